@@ -1,0 +1,204 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// DefaultRefreshInterval is how often a FileSource polls its files when
+// FileConfig.RefreshInterval is zero; it matches gRPC's file_watcher plugin.
+const DefaultRefreshInterval = 10 * time.Minute
+
+// FileConfig names the PEM files of a FileSource, as istio-agent writes
+// them for proxyless gRPC (cert-chain.pem, key.pem, root-cert.pem) and as the
+// gRPC file_watcher certificate provider (gRFC A29) describes them.
+type FileConfig struct {
+	// CertFile holds the SVID's certificate chain, leaf first.
+	CertFile string
+	// KeyFile holds the leaf's private key (PKCS#8, SEC 1 or PKCS#1).
+	KeyFile string
+	// CAFile holds the trust bundle of the SVID's trust domain.
+	CAFile string
+	// RefreshInterval is how often the files are polled for changes;
+	// zero means DefaultRefreshInterval.
+	RefreshInterval time.Duration
+}
+
+// Validate reports the first missing or invalid field.
+func (c FileConfig) Validate() error {
+	switch {
+	case c.CertFile == "":
+		return errors.New("identity: file config: CertFile is required")
+	case c.KeyFile == "":
+		return errors.New("identity: file config: KeyFile is required")
+	case c.CAFile == "":
+		return errors.New("identity: file config: CAFile is required")
+	case c.RefreshInterval < 0:
+		return fmt.Errorf("identity: file config: RefreshInterval %v is negative", c.RefreshInterval)
+	}
+	return nil
+}
+
+// FileSource is a Source backed by PEM files that it polls for changes.
+// A changed set of files that fails to load is logged and ignored: the last
+// good SVID and bundle stay in force until a good set appears.
+type FileSource struct {
+	cfg    FileConfig
+	logger *slog.Logger
+	notify *notifier
+
+	mu     sync.RWMutex
+	svid   *x509svid.SVID
+	bundle *x509bundle.Bundle
+	closed bool
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+var _ Source = (*FileSource)(nil)
+
+// NewFileSource loads cfg's files and starts polling them every
+// cfg.RefreshInterval. It fails if the files cannot be read or do not form a
+// valid SVID with its bundle; the error names the file and the problem.
+// ctx bounds only the initial load; the poller runs until Close.
+func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSource, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("identity: loading %s: %w", cfg.CertFile, err)
+	}
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+	o := newOptions(opts)
+	raw, err := readSet(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	svid, bundle, err := parseSet(cfg, raw, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	s := &FileSource{
+		cfg:    cfg,
+		logger: o.logger,
+		notify: newNotifier(),
+		svid:   svid,
+		bundle: bundle,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
+		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
+	go s.poll(raw)
+	return s, nil
+}
+
+// GetX509SVID returns the current SVID. It implements x509svid.Source.
+func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	return s.svid, nil
+}
+
+// GetX509BundleForTrustDomain returns the CA file's bundle if td is the
+// SVID's trust domain. It implements x509bundle.Source.
+func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if td != s.bundle.TrustDomain() {
+		return nil, fmt.Errorf("identity: no bundle for trust domain %q", td.Name())
+	}
+	return s.bundle, nil
+}
+
+// Updated returns a channel that is closed at the next successful reload
+// (and at Close). Call it again after each wake-up to wait for the next one;
+// take the channel before causing the change you wait for.
+func (s *FileSource) Updated() <-chan struct{} { return s.notify.updated() }
+
+// Close stops the poller and waits for it to exit. Later calls to the
+// getters return ErrClosed. Close is idempotent.
+func (s *FileSource) Close() error {
+	s.once.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.notify.close()
+	})
+	return nil
+}
+
+func (s *FileSource) poll(last pemSet) {
+	defer close(s.done)
+	ticker := time.NewTicker(s.cfg.RefreshInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-ticker.C:
+		}
+		raw, err := readSet(s.cfg)
+		if err != nil {
+			// Files briefly missing while being replaced are normal; the next
+			// tick retries.
+			s.logger.Warn("identity: reading certificate files failed; keeping current SVID", "error", err)
+			continue
+		}
+		if raw.equal(last) {
+			continue
+		}
+		// Remember the attempt even if it fails, so a bad set is logged once
+		// rather than on every tick.
+		last = raw
+		svid, bundle, err := parseSet(s.cfg, raw, time.Now())
+		if err != nil {
+			s.logger.Warn("identity: reloading certificate files failed; keeping current SVID", "error", err)
+			continue
+		}
+		s.mu.Lock()
+		s.svid, s.bundle = svid, bundle
+		s.mu.Unlock()
+		s.logger.Info("identity: reloaded SVID", "spiffe_id", svid.ID.String(),
+			"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
+		s.notify.notify()
+	}
+}
+
+func readSet(cfg FileConfig) (pemSet, error) {
+	var (
+		raw pemSet
+		err error
+	)
+	if raw.cert, err = os.ReadFile(cfg.CertFile); err != nil {
+		return pemSet{}, fmt.Errorf("reading certificate file: %w", err)
+	}
+	if raw.key, err = os.ReadFile(cfg.KeyFile); err != nil {
+		return pemSet{}, fmt.Errorf("reading key file: %w", err)
+	}
+	if raw.ca, err = os.ReadFile(cfg.CAFile); err != nil {
+		return pemSet{}, fmt.Errorf("reading CA file: %w", err)
+	}
+	return raw, nil
+}

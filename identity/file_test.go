@@ -1,0 +1,413 @@
+package identity_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"math/big"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"mesh/identity"
+	"mesh/identity/identitytest"
+)
+
+const (
+	testTD   = "example.org"
+	clientID = "spiffe://example.org/ns/default/sa/client"
+)
+
+// pollInterval is tiny so reloads happen quickly; tests wait on signals,
+// never on durations.
+const pollInterval = 2 * time.Millisecond
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newCA(t *testing.T, td string) *identitytest.CA {
+	t.Helper()
+	ca, err := identitytest.NewCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func issue(t *testing.T, ca *identitytest.CA, id string) *x509svid.SVID {
+	t.Helper()
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid
+}
+
+func writeFiles(t *testing.T, ca *identitytest.CA, dir string, svid *x509svid.SVID) identity.FileConfig {
+	t.Helper()
+	cfg, err := ca.WriteFiles(dir, svid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RefreshInterval = pollInterval
+	return cfg
+}
+
+func newFileSource(t *testing.T, cfg identity.FileConfig, opts ...identity.Option) *identity.FileSource {
+	t.Helper()
+	opts = append([]identity.Option{identity.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
+	src, err := identity.NewFileSource(testContext(t), cfg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	return src
+}
+
+// warnings is a slog handler that hands Warn-and-above records to the test.
+type warnings chan slog.Record
+
+func (w warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w warnings) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case w <- r.Clone():
+	default: // never block the poller; tests only need the first few
+	}
+	return nil
+}
+func (w warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w warnings) WithGroup(string) slog.Handler      { return w }
+
+func recordError(r slog.Record) string {
+	var msg string
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			msg = a.Value.String()
+		}
+		return true
+	})
+	return msg
+}
+
+func serialOf(t *testing.T, src identity.Source) *big.Int {
+	t.Helper()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[0].SerialNumber
+}
+
+func waitClosed(ctx context.Context, t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func TestFileConfigValidate(t *testing.T) {
+	full := identity.FileConfig{CertFile: "c", KeyFile: "k", CAFile: "ca"}
+	tests := []struct {
+		name string
+		edit func(*identity.FileConfig)
+		want string
+	}{
+		{"ok", func(*identity.FileConfig) {}, ""},
+		{"no cert", func(c *identity.FileConfig) { c.CertFile = "" }, "CertFile is required"},
+		{"no key", func(c *identity.FileConfig) { c.KeyFile = "" }, "KeyFile is required"},
+		{"no ca", func(c *identity.FileConfig) { c.CAFile = "" }, "CAFile is required"},
+		{"negative interval", func(c *identity.FileConfig) { c.RefreshInterval = -time.Second }, "RefreshInterval -1s is negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := full
+			tt.edit(&cfg)
+			err := cfg.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestFileSourceLoads(t *testing.T) {
+	ca := newCA(t, testTD)
+	svid := issue(t, ca, clientID)
+	src := newFileSource(t, writeFiles(t, ca, t.TempDir(), svid))
+
+	got, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID.String() != clientID {
+		t.Errorf("SVID ID = %s, want %s", got.ID, clientID)
+	}
+	if got.Certificates[0].SerialNumber.Cmp(svid.Certificates[0].SerialNumber) != 0 {
+		t.Errorf("loaded serial %v, want %v", got.Certificates[0].SerialNumber, svid.Certificates[0].SerialNumber)
+	}
+	bundle, err := src.GetX509BundleForTrustDomain(ca.TrustDomain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bundle.HasX509Authority(ca.Root()) {
+		t.Error("bundle lacks the CA root")
+	}
+	_, err = src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.org"))
+	if err == nil || !strings.Contains(err.Error(), `no bundle for trust domain "other.org"`) {
+		t.Errorf("foreign trust domain: err = %v, want no bundle for trust domain", err)
+	}
+}
+
+func TestFileSourceAcceptsSEC1AndPKCS1Keys(t *testing.T) {
+	ca := newCA(t, testTD)
+	svid := issue(t, ca, clientID)
+	cfg := writeFiles(t, ca, t.TempDir(), svid)
+	der, err := x509.MarshalECPrivateKey(svid.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec1 := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+	if err := identitytest.WriteFileAtomic(cfg.KeyFile, sec1); err != nil {
+		t.Fatal(err)
+	}
+	src := newFileSource(t, cfg)
+	if got := serialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
+		t.Errorf("serial = %v, want %v", got, svid.Certificates[0].SerialNumber)
+	}
+}
+
+func TestNewFileSourceErrors(t *testing.T) {
+	ca := newCA(t, testTD)
+	otherCA := newCA(t, testTD)
+	svid := issue(t, ca, clientID)
+	other := issue(t, ca, "spiffe://example.org/ns/default/sa/other")
+
+	noSPIFFE := selfSigned(t)
+	tests := []struct {
+		name  string
+		setup func(cfg identity.FileConfig)
+		want  string
+	}{
+		{"missing key file", func(cfg identity.FileConfig) { _ = os.Remove(cfg.KeyFile) }, "key.pem: no such file"},
+		{"key is not PEM", func(cfg identity.FileConfig) { write(t, cfg.KeyFile, []byte("garbage")) }, "key.pem: no PEM private key"},
+		{"cert is not PEM", func(cfg identity.FileConfig) { write(t, cfg.CertFile, []byte("garbage")) }, "cert-chain.pem: no PEM certificate"},
+		{"ca is not PEM", func(cfg identity.FileConfig) { write(t, cfg.CAFile, nil) }, "root-cert.pem: no PEM certificate"},
+		{"no SPIFFE ID", func(cfg identity.FileConfig) { write(t, cfg.CertFile, noSPIFFE) }, "cert-chain.pem: certificate has no SPIFFE ID URI SAN"},
+		{"key of another SVID", func(cfg identity.FileConfig) {
+			_, keyPEM, err := other.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			write(t, cfg.KeyFile, keyPEM)
+		}, "key.pem: key does not match certificate"},
+		{"foreign root", func(cfg identity.FileConfig) {
+			write(t, cfg.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: otherCA.Root().Raw}))
+		}, "does not verify against"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := writeFiles(t, ca, t.TempDir(), svid)
+			tt.setup(cfg)
+			src, err := identity.NewFileSource(testContext(t), cfg)
+			if err == nil {
+				_ = src.Close()
+				t.Fatalf("NewFileSource succeeded, want error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewFileSource error = %q, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+
+	t.Run("invalid config", func(t *testing.T) {
+		_, err := identity.NewFileSource(testContext(t), identity.FileConfig{CertFile: "c"})
+		if err == nil || !strings.Contains(err.Error(), "KeyFile is required") {
+			t.Fatalf("err = %v, want KeyFile is required", err)
+		}
+	})
+	t.Run("canceled context", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		cfg := writeFiles(t, ca, t.TempDir(), svid)
+		if _, err := identity.NewFileSource(ctx, cfg); !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	})
+}
+
+func TestFileSourceReloadsChangedFiles(t *testing.T) {
+	ctx := testContext(t)
+	ca := newCA(t, testTD)
+	dir := t.TempDir()
+	first := issue(t, ca, clientID)
+	src := newFileSource(t, writeFiles(t, ca, dir, first))
+
+	for range 2 { // twice: the channel is replaced after each reload
+		updated := src.Updated()
+		next := issue(t, ca, clientID)
+		writeFiles(t, ca, dir, next)
+		waitClosed(ctx, t, updated, "reload")
+		if got, want := serialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+			t.Fatalf("after reload serial = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
+	ctx := testContext(t)
+	ca := newCA(t, testTD)
+	dir := t.TempDir()
+	good := issue(t, ca, clientID)
+	warned := make(warnings, 8)
+	src := newFileSource(t, writeFiles(t, ca, dir, good), identity.WithLogger(slog.New(warned)))
+	updated := src.Updated()
+
+	cfg := writeFiles(t, ca, dir, good)
+	write(t, cfg.KeyFile, []byte("-----BEGIN NOTHING-----\n-----END NOTHING-----\n"))
+	select {
+	case r := <-warned:
+		if msg := recordError(r); !strings.Contains(msg, "key.pem: no PEM private key") {
+			t.Fatalf("warning error = %q, want it to name key.pem", msg)
+		}
+	case <-ctx.Done():
+		t.Fatal("timed out waiting for the bad set to be reported")
+	}
+	select {
+	case <-updated:
+		t.Fatal("Updated fired for a bad set")
+	default:
+	}
+	if got := serialOf(t, src); got.Cmp(good.Certificates[0].SerialNumber) != 0 {
+		t.Fatalf("serial after bad set = %v, want the last good %v", got, good.Certificates[0].SerialNumber)
+	}
+
+	// The poller lives on: a good set is picked up.
+	next := issue(t, ca, clientID)
+	writeFiles(t, ca, dir, next)
+	waitClosed(ctx, t, updated, "reload after recovery")
+	if got := serialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
+		t.Fatalf("serial after recovery = %v, want %v", got, next.Certificates[0].SerialNumber)
+	}
+}
+
+func TestFileSourceCloseStopsPoller(t *testing.T) {
+	ca := newCA(t, testTD)
+	src, err := identity.NewFileSource(testContext(t), writeFiles(t, ca, t.TempDir(), issue(t, ca, clientID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	done := identity.PollerDone(src)
+	select {
+	case <-done:
+		t.Fatal("poller exited before Close")
+	default:
+	}
+	updated := src.Updated()
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close waits for the poller, so it has exited now, not eventually.
+	select {
+	case <-done:
+	default:
+		t.Fatal("Close returned before the poller exited")
+	}
+	select {
+	case <-updated:
+	default:
+		t.Fatal("Close did not wake Updated waiters")
+	}
+	if _, err := src.GetX509SVID(); !errors.Is(err, identity.ErrClosed) {
+		t.Errorf("GetX509SVID after Close: err = %v, want ErrClosed", err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(ca.TrustDomain()); !errors.Is(err, identity.ErrClosed) {
+		t.Errorf("GetX509BundleForTrustDomain after Close: err = %v, want ErrClosed", err)
+	}
+	if err := src.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+// pollerRunning reports whether any FileSource poller goroutine exists,
+// allowing the pollers of closed sources a moment to finish returning.
+func pollerRunning() bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		buf := make([]byte, 1<<20)
+		for {
+			n := runtime.Stack(buf, true)
+			if n < len(buf) {
+				buf = buf[:n]
+				break
+			}
+			buf = make([]byte, 2*len(buf))
+		}
+		if !strings.Contains(string(buf), "identity.(*FileSource).poll") {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 && pollerRunning() {
+		println("leaked FileSource poller goroutine")
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func write(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := identitytest.WriteFileAtomic(path, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selfSigned returns a PEM leaf certificate without any URI SAN.
+func selfSigned(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		DNSNames:     []string{"payments.example.org"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}

@@ -1,0 +1,67 @@
+package telemetry
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/metadata"
+)
+
+func TestOutgoingHeaders(t *testing.T) {
+	var h outgoingHeaders
+	h.reset()
+	h.Set("X-B3-TraceId", "a")
+	h.Set("x-b3-traceid", "b")
+	h.Set("traceparent", "c")
+	if got := h.Get("X-B3-TRACEID"); got != "b" {
+		t.Errorf("Get = %q, want the replaced value %q", got, "b")
+	}
+	if got, want := h.Keys(), []string{"x-b3-traceid", "traceparent"}; !slices.Equal(got, want) {
+		t.Errorf("Keys = %q, want %q", got, want)
+	}
+
+	// No existing metadata: appended.
+	ctx := h.attachOutgoing(context.Background())
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if got := md.Get("traceparent"); !slices.Equal(got, []string{"c"}) {
+		t.Errorf("traceparent = %q, want [c]", got)
+	}
+
+	// Existing values under the same keys are replaced, others kept.
+	ctx = metadata.NewOutgoingContext(context.Background(), metadata.Pairs("traceparent", "stale", "x-user", "u"))
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-b3-traceid", "stale-too")
+	md, _ = metadata.FromOutgoingContext(h.attachOutgoing(ctx))
+	for key, want := range map[string][]string{"traceparent": {"c"}, "x-b3-traceid": {"b"}, "x-user": {"u"}} {
+		if got := md.Get(key); !slices.Equal(got, want) {
+			t.Errorf("%s = %q, want %q", key, got, want)
+		}
+	}
+
+	var none outgoingHeaders
+	none.reset()
+	if ctx := context.Background(); none.attachOutgoing(ctx) != ctx {
+		t.Error("attaching no headers changed the context")
+	}
+}
+
+func TestIncomingHeaders(t *testing.T) {
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{"traceparent": {"p", "q"}, "Baggage": {"k=v"}})
+	h := incomingHeaders{ctx: ctx}
+	if got := h.Get("traceparent"); got != "p" {
+		t.Errorf("Get(traceparent) = %q, want the first value", got)
+	}
+	if got := h.Get("baggage"); got != "k=v" {
+		t.Errorf("Get(baggage) = %q, want a case-insensitive match", got)
+	}
+	h.Set("traceparent", "x") // read-only: ignored
+	if got := h.Get("traceparent"); got != "p" {
+		t.Errorf("Set changed incoming metadata to %q", got)
+	}
+	if got, want := h.Keys(), []string{"baggage", "traceparent"}; !slices.Equal(got, want) {
+		t.Errorf("Keys = %q, want %q", got, want)
+	}
+	if got := (incomingHeaders{ctx: context.Background()}).Get("traceparent"); got != "" {
+		t.Errorf("Get without metadata = %q, want empty", got)
+	}
+}

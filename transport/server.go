@@ -1,0 +1,147 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/credentials"
+
+	"mesh/xdsclient"
+)
+
+// Chooser picks the TLS settings for one accepted connection, typically
+// from the server listener's filter chain that matches it: nil settings mean
+// plaintext, an error rejects the connection.
+type Chooser = func(conn net.Conn) (*xdsclient.DownstreamTLS, error)
+
+type serverCredentials struct {
+	providers Providers
+	chooser   Chooser
+	logger    *slog.Logger
+}
+
+// NewServerCredentials returns gRPC transport credentials for mesh servers.
+// For each connection chooser decides: nil settings serve it in plaintext;
+// otherwise the server presents the SVID of the Identity provider and, when
+// Roots is set, verifies client certificates against the Roots provider's
+// bundle for the client's trust domain. RequireClientCertificate rejects
+// clients without a certificate, plaintext clients included. A nil chooser
+// rejects every connection.
+func NewServerCredentials(providers Providers, chooser Chooser, opts ...Option) credentials.TransportCredentials {
+	o := newOptions(opts)
+	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger}
+}
+
+func (s *serverCredentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, authInfo, err := s.handshake(rawConn)
+	if err != nil {
+		err = fmt.Errorf("transport: connection from %s to %s: %w", rawConn.RemoteAddr(), rawConn.LocalAddr(), err)
+		s.logger.Warn("transport: server handshake failed", "peer", rawConn.RemoteAddr().String(), "error", err)
+		return nil, nil, err
+	}
+	return conn, authInfo, nil
+}
+
+func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if s.chooser == nil {
+		return nil, nil, errors.New("rejected: server credentials have no chooser")
+	}
+	settings, err := s.chooser(rawConn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rejected: %w", err)
+	}
+	if settings == nil {
+		return rawConn, plaintextAuthInfo(), nil
+	}
+	cfg, err := s.tlsConfig(settings)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn := tls.Server(rawConn, cfg)
+	if err := conn.Handshake(); err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	state := conn.ConnectionState()
+	if state.NegotiatedProtocol != alpnH2 {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("client did not negotiate ALPN protocol %q (got %q)", alpnH2, state.NegotiatedProtocol)
+	}
+	var id spiffeid.ID
+	// Peer certificates are only accepted after verification, which needs
+	// Roots; without Roots the server never asks for them.
+	if settings.Roots != nil && len(state.PeerCertificates) > 0 {
+		if id, err = x509svid.IDFromCert(state.PeerCertificates[0]); err != nil {
+			_ = conn.Close()
+			return nil, nil, fmt.Errorf("client certificate: %w", err)
+		}
+	}
+	return conn, AuthInfo{
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		State:          &state,
+		PeerID:         id,
+	}, nil
+}
+
+func (s *serverCredentials) tlsConfig(settings *xdsclient.DownstreamTLS) (*tls.Config, error) {
+	ident, err := lookupProvider(s.providers, settings.Identity.Provider, "identity")
+	if err != nil {
+		return nil, err
+	}
+	get := certificateFrom(settings.Identity.Provider, ident)
+	cfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{alpnH2},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return get() },
+		ClientAuth:     tls.NoClientCert,
+	}
+	if settings.Roots == nil {
+		if settings.RequireClientCertificate {
+			return nil, errors.New("tls settings require a client certificate but name no roots to verify it")
+		}
+		return cfg, nil
+	}
+	roots, err := lookupProvider(s.providers, settings.Roots.Provider, "roots")
+	if err != nil {
+		return nil, err
+	}
+	cfg.ClientAuth = tls.RequestClientCert
+	if settings.RequireClientCertificate {
+		// Any: the chain is verified as an SVID below, not by crypto/tls,
+		// whose ClientCAs cannot choose roots by the client's trust domain.
+		cfg.ClientAuth = tls.RequireAnyClientCert
+	}
+	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return nil // optional certificate not sent; RequireAnyClientCert already refused this case
+		}
+		if _, _, err := verifyChain(raw, roots); err != nil {
+			return fmt.Errorf("cannot verify client certificate: %w", err)
+		}
+		return nil
+	}
+	return cfg, nil
+}
+
+func (s *serverCredentials) ClientHandshake(_ context.Context, _ string, _ net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("transport: server credentials cannot dial; use NewClientCredentials")
+}
+
+func (s *serverCredentials) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: securityProtocol}
+}
+
+func (s *serverCredentials) Clone() credentials.TransportCredentials {
+	clone := *s
+	return &clone
+}
+
+// OverrideServerName has no meaning for servers.
+func (s *serverCredentials) OverrideServerName(string) error { return nil }

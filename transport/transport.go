@@ -1,0 +1,119 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"mesh/identity"
+)
+
+// Providers looks up certificate provider instances by the name the xDS
+// resources use (a bootstrap certificate_providers key, gRFC A29), such as
+// istio's "default".
+type Providers interface {
+	Provider(name string) (identity.Source, bool)
+}
+
+// ProviderMap is a fixed set of providers by name.
+type ProviderMap map[string]identity.Source
+
+// Provider returns the source registered under name.
+func (m ProviderMap) Provider(name string) (identity.Source, bool) {
+	src, ok := m[name]
+	return src, ok && src != nil
+}
+
+// AuthType values reported by AuthInfo.
+const (
+	AuthTypeMTLS      = "mesh-mtls"
+	AuthTypePlaintext = "mesh-plaintext"
+)
+
+// AuthInfo describes the security of one connection; gRPC exposes it as
+// peer.Peer.AuthInfo.
+type AuthInfo struct {
+	credentials.CommonAuthInfo
+	// State is the TLS connection state; nil for plaintext.
+	State *tls.ConnectionState
+	// PeerID is the verified SPIFFE ID of the other side; zero for
+	// plaintext and for TLS clients that presented no certificate.
+	PeerID spiffeid.ID
+}
+
+// AuthType returns AuthTypeMTLS for TLS connections (even when the client
+// sent no certificate) and AuthTypePlaintext otherwise.
+func (a AuthInfo) AuthType() string {
+	if a.State != nil {
+		return AuthTypeMTLS
+	}
+	return AuthTypePlaintext
+}
+
+func plaintextAuthInfo() AuthInfo {
+	return AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
+}
+
+// PeerID returns the verified SPIFFE ID of the peer of the RPC in ctx: the
+// client in a server handler, or the server after a client call made with
+// grpc.Peer. It reports false when there is none.
+func PeerID(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	var id spiffeid.ID
+	switch ai := p.AuthInfo.(type) {
+	case AuthInfo:
+		id = ai.PeerID
+	case *AuthInfo:
+		if ai != nil {
+			id = ai.PeerID
+		}
+	}
+	return id, !id.IsZero()
+}
+
+// Option configures credentials.
+type Option interface {
+	apply(*options)
+}
+
+type options struct {
+	logger *slog.Logger
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithLogger sets the logger for handshake failures; the default is
+// slog.Default().
+func WithLogger(logger *slog.Logger) Option {
+	return optionFunc(func(o *options) {
+		if logger != nil {
+			o.logger = logger
+		}
+	})
+}
+
+func newOptions(opts []Option) options {
+	o := options{logger: slog.Default()}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.apply(&o)
+		}
+	}
+	return o
+}
+
+// alpnH2 is the only application protocol gRPC speaks; grpc-go refuses TLS
+// connections that did not negotiate it.
+const alpnH2 = "h2"
+
+// securityProtocol is what Info reports, as gRPC's own xDS credentials do.
+const securityProtocol = "tls"
