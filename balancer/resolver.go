@@ -1,0 +1,427 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/serviceconfig"
+
+	"mesh/xdsclient"
+)
+
+// Scheme is the URI scheme of targets the resolver serves: "mesh:///host:port".
+const Scheme = "mesh"
+
+// ErrResourceNotFound is wrapped by the error a channel reports when the
+// control plane says a resource it needs does not exist, or when the
+// resources it has cannot route the target at all.
+var ErrResourceNotFound = errors.New("xds resource not found")
+
+// XDSClient is the part of *xdsclient.Client the balancer uses.
+type XDSClient interface {
+	WatchListener(name string, fn func(xdsclient.Event[*xdsclient.Listener])) (cancel func())
+	WatchRouteConfig(name string, fn func(xdsclient.Event[*xdsclient.RouteConfig])) (cancel func())
+	WatchCluster(name string, fn func(xdsclient.Event[*xdsclient.Cluster])) (cancel func())
+	WatchEndpoints(name string, fn func(xdsclient.Event[*xdsclient.Endpoints])) (cancel func())
+}
+
+// serviceConfigJSON selects this package's LB policy for every channel the
+// resolver serves.
+const serviceConfigJSON = `{"loadBalancingConfig":[{"` + PolicyName + `":{}}]}`
+
+// NewResolverBuilder returns the resolver for "mesh:///host:port" targets.
+// Pass it to each channel with grpc.WithResolvers; it is never registered
+// globally. Each channel it builds watches the listener "host:port" (see
+// WithListenerNameTemplate), its route config, and the clusters and
+// endpoints the routes name, and hands the LB policy one immutable snapshot
+// whenever all of them are known.
+func NewResolverBuilder(client XDSClient, opts ...Option) resolver.Builder {
+	return &resolverBuilder{client: client, cfg: newConfig(opts)}
+}
+
+type resolverBuilder struct {
+	client XDSClient
+	cfg    *config
+}
+
+func (b *resolverBuilder) Scheme() string { return Scheme }
+
+func (b *resolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	if b.client == nil {
+		return nil, errors.New("mesh resolver: xds client is nil")
+	}
+	authority := target.Endpoint()
+	if authority == "" {
+		return nil, fmt.Errorf("mesh resolver: target %q: want mesh:///host:port", target.String())
+	}
+	listenerName := authority
+	if b.cfg.listenerTemplate != "" {
+		listenerName = strings.ReplaceAll(b.cfg.listenerTemplate, "%s", authority)
+	}
+	sc := cc.ParseServiceConfig(serviceConfigJSON)
+	if sc.Err != nil {
+		return nil, fmt.Errorf("mesh resolver: service config: %w", sc.Err)
+	}
+	r := &xdsResolver{
+		client:        b.client,
+		cc:            cc,
+		cfg:           b.cfg,
+		logger:        b.cfg.logger.With("target", target.String(), "listener", listenerName),
+		listenerName:  listenerName,
+		authority:     authority,
+		serviceConfig: sc,
+		wake:          make(chan struct{}, 1),
+		done:          make(chan struct{}),
+		stopped:       make(chan struct{}),
+		clusters:      map[string]*clusterWatch{},
+	}
+	go r.run()
+	r.enqueue(r.watchListener)
+	return r, nil
+}
+
+// xdsResolver turns xDS watch events into snapshots. Watch callbacks only
+// queue work; one goroutine (run) owns all state below the queue and is the
+// only caller of Watch* and cancel, so a client that delivers a cached
+// resource from inside Watch* cannot deadlock it.
+type xdsResolver struct {
+	client        XDSClient
+	cc            resolver.ClientConn
+	cfg           *config
+	logger        *slog.Logger
+	listenerName  string
+	authority     string
+	serviceConfig *serviceconfig.ParseResult
+
+	queueMu sync.Mutex
+	queue   []func()
+	wake    chan struct{}
+	done    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+
+	// Owned by run.
+	ldsCancel        func()
+	listener         *xdsclient.Listener
+	listenerNotFound bool
+	rds              *rdsWatch
+	clusters         map[string]*clusterWatch
+	sentSnapshot     bool
+	reportedErr      string
+}
+
+type rdsWatch struct {
+	name     string
+	cancel   func()
+	rc       *xdsclient.RouteConfig
+	notFound bool
+}
+
+type clusterWatch struct {
+	name      string
+	cdsCancel func()
+	cluster   *xdsclient.Cluster
+	cdsKnown  bool // a resource or NotFound arrived
+	eds       *edsWatch
+}
+
+type edsWatch struct {
+	name      string
+	cancel    func()
+	endpoints *xdsclient.Endpoints
+	known     bool
+}
+
+func (r *xdsResolver) enqueue(f func()) {
+	r.queueMu.Lock()
+	r.queue = append(r.queue, f)
+	r.queueMu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *xdsResolver) run() {
+	defer close(r.stopped)
+	defer r.cancelAll()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-r.wake:
+		}
+		r.queueMu.Lock()
+		batch := r.queue
+		r.queue = nil
+		r.queueMu.Unlock()
+		for _, f := range batch {
+			f()
+		}
+		select {
+		case <-r.done:
+			return
+		default:
+		}
+		r.update()
+	}
+}
+
+// ResolveNow is a no-op: the control plane pushes every change.
+func (r *xdsResolver) ResolveNow(resolver.ResolveNowOptions) {}
+
+// Close cancels every watch and waits for the resolver's goroutine.
+func (r *xdsResolver) Close() {
+	r.once.Do(func() { close(r.done) })
+	<-r.stopped
+}
+
+func (r *xdsResolver) cancelAll() {
+	if r.ldsCancel != nil {
+		r.ldsCancel()
+	}
+	r.setRDS("")
+	for name, cw := range r.clusters {
+		cw.stop()
+		delete(r.clusters, name)
+	}
+}
+
+func (cw *clusterWatch) stop() {
+	cw.cdsCancel()
+	if cw.eds != nil {
+		cw.eds.cancel()
+	}
+}
+
+func (r *xdsResolver) watchListener() {
+	r.ldsCancel = r.client.WatchListener(r.listenerName, func(ev xdsclient.Event[*xdsclient.Listener]) {
+		r.enqueue(func() {
+			switch {
+			case ev.NotFound:
+				r.listener, r.listenerNotFound = nil, true
+			case ev.Err != nil:
+				r.resourceError("listener", r.listenerName, ev.Err)
+			case ev.Resource != nil:
+				r.listener, r.listenerNotFound = ev.Resource, false
+			}
+		})
+	})
+}
+
+// setRDS makes the RDS watch follow name; "" cancels it.
+func (r *xdsResolver) setRDS(name string) {
+	if r.rds != nil && r.rds.name == name {
+		return
+	}
+	if r.rds != nil {
+		r.rds.cancel()
+		r.rds = nil
+	}
+	if name == "" {
+		return
+	}
+	w := &rdsWatch{name: name}
+	r.rds = w
+	w.cancel = r.client.WatchRouteConfig(name, func(ev xdsclient.Event[*xdsclient.RouteConfig]) {
+		r.enqueue(func() {
+			if r.rds != w {
+				return // a stale event of a cancelled watch
+			}
+			switch {
+			case ev.NotFound:
+				w.rc, w.notFound = nil, true
+			case ev.Err != nil:
+				r.resourceError("route config", name, ev.Err)
+			case ev.Resource != nil:
+				w.rc, w.notFound = ev.Resource, false
+			}
+		})
+	})
+}
+
+func (r *xdsResolver) watchCluster(name string) *clusterWatch {
+	cw := &clusterWatch{name: name}
+	cw.cdsCancel = r.client.WatchCluster(name, func(ev xdsclient.Event[*xdsclient.Cluster]) {
+		r.enqueue(func() {
+			if r.clusters[name] != cw {
+				return
+			}
+			switch {
+			case ev.NotFound:
+				cw.cluster, cw.cdsKnown = nil, true
+			case ev.Err != nil:
+				r.resourceError("cluster", name, ev.Err)
+			case ev.Resource != nil:
+				cw.cluster, cw.cdsKnown = ev.Resource, true
+			}
+		})
+	})
+	return cw
+}
+
+// setEDS makes cw's endpoints watch follow name; "" cancels it.
+func (r *xdsResolver) setEDS(cw *clusterWatch, name string) {
+	if cw.eds != nil && cw.eds.name == name {
+		return
+	}
+	if cw.eds != nil {
+		cw.eds.cancel()
+		cw.eds = nil
+	}
+	if name == "" {
+		return
+	}
+	w := &edsWatch{name: name}
+	cw.eds = w
+	w.cancel = r.client.WatchEndpoints(name, func(ev xdsclient.Event[*xdsclient.Endpoints]) {
+		r.enqueue(func() {
+			if r.clusters[cw.name] != cw || cw.eds != w {
+				return
+			}
+			switch {
+			case ev.NotFound:
+				w.endpoints, w.known = nil, true
+			case ev.Err != nil:
+				r.resourceError("endpoints", name, ev.Err)
+			case ev.Resource != nil:
+				w.endpoints, w.known = ev.Resource, true
+			}
+		})
+	})
+}
+
+// resourceError logs a NACK or stream error; the last good resource stays in
+// force. Only a channel that has never had a usable snapshot reports it, so
+// that its RPCs fail with the reason instead of waiting.
+func (r *xdsResolver) resourceError(kind, name string, err error) {
+	r.logger.Warn("xds resource error; keeping the last good version", "type", kind, "name", name, "error", err)
+	if !r.sentSnapshot {
+		r.reportError(fmt.Errorf("%s %q: %w", kind, name, err))
+	}
+}
+
+func (r *xdsResolver) reportError(err error) {
+	if err.Error() == r.reportedErr {
+		return
+	}
+	r.reportedErr = err.Error()
+	r.cc.ReportError(err)
+}
+
+// update recomputes what to watch and, when everything needed is known,
+// sends a snapshot.
+func (r *xdsResolver) update() {
+	if r.listenerNotFound {
+		r.reportError(fmt.Errorf("%w: listener %q", ErrResourceNotFound, r.listenerName))
+		return
+	}
+	if r.listener == nil {
+		return
+	}
+	hcm := r.listener.HTTP
+	if hcm == nil {
+		r.reportError(fmt.Errorf("%w: listener %q: not a client listener (no api_listener http connection manager)", ErrResourceNotFound, r.listenerName))
+		return
+	}
+	var rc *xdsclient.RouteConfig
+	if hcm.RouteConfig != nil {
+		r.setRDS("")
+		rc = hcm.RouteConfig
+	} else {
+		r.setRDS(hcm.RouteConfigName)
+		if r.rds == nil {
+			r.reportError(fmt.Errorf("%w: listener %q: no route config", ErrResourceNotFound, r.listenerName))
+			return
+		}
+		if r.rds.notFound {
+			r.reportError(fmt.Errorf("%w: route config %q (listener %q)", ErrResourceNotFound, r.rds.name, r.listenerName))
+			return
+		}
+		rc = r.rds.rc
+		if rc == nil {
+			return
+		}
+	}
+	router, err := NewRouter(rc, r.authority)
+	if err != nil {
+		r.reportError(fmt.Errorf("%w: listener %q: %w", ErrResourceNotFound, r.listenerName, err))
+		return
+	}
+
+	wanted := make(map[string]bool, len(router.clusters))
+	for _, name := range router.clusters {
+		wanted[name] = true
+		if r.clusters[name] == nil {
+			r.clusters[name] = r.watchCluster(name)
+		}
+	}
+	for name, cw := range r.clusters {
+		if !wanted[name] {
+			cw.stop()
+			delete(r.clusters, name)
+		}
+	}
+
+	snap := &snapshot{
+		router:    router,
+		clusters:  make(map[string]*xdsclient.Cluster, len(wanted)),
+		endpoints: make(map[string]*xdsclient.Endpoints, len(wanted)),
+		cfg:       r.cfg,
+	}
+	complete := true
+	for _, name := range router.clusters {
+		cw := r.clusters[name]
+		switch {
+		case cw == nil || !cw.cdsKnown:
+			complete = false
+		case cw.cluster == nil: // not found: the LB policy fails its RPCs
+			r.setEDS(cw, "")
+			snap.clusters[name] = nil
+		case cw.cluster.Type == xdsclient.ClusterLogicalDNS:
+			r.setEDS(cw, "")
+			snap.clusters[name] = cw.cluster
+		default:
+			r.setEDS(cw, cw.cluster.EndpointsName())
+			snap.clusters[name] = cw.cluster
+			if !cw.eds.known {
+				complete = false
+			}
+			snap.endpoints[name] = cw.eds.endpoints
+		}
+	}
+	if !complete {
+		return
+	}
+	r.sentSnapshot = true
+	r.reportedErr = ""
+	err = r.cc.UpdateState(resolver.State{
+		ServiceConfig: r.serviceConfig,
+		Attributes:    attributes.New(snapshotKey{}, snap),
+	})
+	if err != nil {
+		r.logger.Debug("channel did not accept the snapshot", "error", err)
+	}
+}
+
+type snapshotKey struct{}
+
+// snapshot is everything the LB policy of one channel needs, immutable. A
+// nil cluster or endpoints entry means the control plane says it does not
+// exist.
+type snapshot struct {
+	router    *Router
+	clusters  map[string]*xdsclient.Cluster
+	endpoints map[string]*xdsclient.Endpoints
+	cfg       *config
+}
+
+func snapshotFrom(s resolver.State) *snapshot {
+	snap, _ := s.Attributes.Value(snapshotKey{}).(*snapshot)
+	return snap
+}
