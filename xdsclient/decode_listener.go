@@ -1,0 +1,304 @@
+package xdsclient
+
+import (
+	"fmt"
+	"strings"
+
+	udpatypepb "github.com/cncf/xds/go/udpa/type/v1"
+	xdstypepb "github.com/cncf/xds/go/xds/type/v3"
+
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// decodeListener unmarshals and validates an LDS resource. The returned
+// name is set whenever the proto could be read, even if validation fails,
+// so the caller can tell watchers of that name.
+func (dc *decodeContext) decodeListener(a *anypb.Any) (string, *Listener, error) {
+	pb := &listenerpb.Listener{}
+	if err := a.UnmarshalTo(pb); err != nil {
+		return "", nil, fmt.Errorf("listener: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
+	}
+	name := pb.GetName()
+	if name == "" {
+		return "", nil, fmt.Errorf("listener: name: missing")
+	}
+	l, err := dc.listener(pb)
+	if err != nil {
+		return name, nil, fmt.Errorf("listener %q: %w", name, err)
+	}
+	return name, l, nil
+}
+
+func (dc *decodeContext) listener(pb *listenerpb.Listener) (*Listener, error) {
+	l := &Listener{Name: pb.GetName()}
+	if api := pb.GetApiListener(); api != nil {
+		hcm, err := dc.hcmFromAny(api.GetApiListener(), "api_listener.api_listener", false)
+		if err != nil {
+			return nil, err
+		}
+		l.HTTP = hcm
+		return l, nil
+	}
+	if pb.GetAddress() == nil {
+		return nil, fmt.Errorf("address: missing (a listener needs an api_listener or an address)")
+	}
+	addr, err := socketAddress(pb.GetAddress(), "address", true)
+	if err != nil {
+		return nil, err
+	}
+	l.Address = addr
+	if len(pb.GetFilterChains()) == 0 && pb.GetDefaultFilterChain() == nil {
+		return nil, fmt.Errorf("filter_chains: a server listener needs at least one filter chain or a default_filter_chain")
+	}
+	for i, fc := range pb.GetFilterChains() {
+		chain, err := dc.filterChain(fc, fmt.Sprintf("filter_chains[%d]", i))
+		if err != nil {
+			return nil, err
+		}
+		l.FilterChains = append(l.FilterChains, chain)
+	}
+	if fc := pb.GetDefaultFilterChain(); fc != nil {
+		chain, err := dc.filterChain(fc, "default_filter_chain")
+		if err != nil {
+			return nil, err
+		}
+		l.DefaultFilterChain = &chain
+	}
+	return l, nil
+}
+
+func (dc *decodeContext) filterChain(fc *listenerpb.FilterChain, path string) (FilterChain, error) {
+	out := FilterChain{Name: fc.GetName()}
+	m := fc.GetFilterChainMatch()
+	if m != nil {
+		out.Match.DestinationPort = m.GetDestinationPort().GetValue()
+		for i, r := range m.GetPrefixRanges() {
+			p, err := cidrRange(r, fmt.Sprintf("%s.filter_chain_match.prefix_ranges[%d]", path, i))
+			if err != nil {
+				return out, err
+			}
+			out.Match.PrefixRanges = append(out.Match.PrefixRanges, p)
+		}
+		switch m.GetSourceType() {
+		case listenerpb.FilterChainMatch_ANY:
+			out.Match.SourceType = SourceAny
+		case listenerpb.FilterChainMatch_SAME_IP_OR_LOOPBACK:
+			out.Match.SourceType = SourceSameIPOrLoopback
+		case listenerpb.FilterChainMatch_EXTERNAL:
+			out.Match.SourceType = SourceExternal
+		default:
+			return out, fmt.Errorf("%s.filter_chain_match.source_type: unknown value %d", path, m.GetSourceType())
+		}
+		for i, r := range m.GetSourcePrefixRanges() {
+			p, err := cidrRange(r, fmt.Sprintf("%s.filter_chain_match.source_prefix_ranges[%d]", path, i))
+			if err != nil {
+				return out, err
+			}
+			out.Match.SourcePrefixRanges = append(out.Match.SourcePrefixRanges, p)
+		}
+		for i, p := range m.GetSourcePorts() {
+			if p == 0 || p > 65535 {
+				return out, fmt.Errorf("%s.filter_chain_match.source_ports[%d]: %d is not a valid port", path, i, p)
+			}
+		}
+		out.Match.SourcePorts = append([]uint32(nil), m.GetSourcePorts()...)
+		switch tp := m.GetTransportProtocol(); tp {
+		case "", "raw_buffer", "tls":
+			out.Match.TransportProtocol = tp
+		default:
+			return out, fmt.Errorf("%s.filter_chain_match.transport_protocol: unsupported %q", path, tp)
+		}
+		out.Match.ApplicationProtocols = append([]string(nil), m.GetApplicationProtocols()...)
+	}
+
+	filters := fc.GetFilters()
+	if len(filters) != 1 {
+		return out, fmt.Errorf("%s.filters: want exactly one HttpConnectionManager filter, got %d filters", path, len(filters))
+	}
+	f := filters[0]
+	tc := f.GetTypedConfig()
+	if tc == nil || tc.GetTypeUrl() != typeURLHCM {
+		return out, fmt.Errorf("%s.filters: filter %q is not an HttpConnectionManager (typed_config %q)", path, f.GetName(), tc.GetTypeUrl())
+	}
+	hcm, err := dc.hcmFromAny(tc, fmt.Sprintf("%s.filters[0].typed_config", path), true)
+	if err != nil {
+		return out, err
+	}
+	out.HTTP = hcm
+
+	if ts := fc.GetTransportSocket(); ts != nil {
+		tls, err := dc.downstreamTLS(ts, path+".transport_socket")
+		if err != nil {
+			return out, err
+		}
+		out.TLS = tls
+	}
+	return out, nil
+}
+
+func (dc *decodeContext) downstreamTLS(ts *corepb.TransportSocket, path string) (*DownstreamTLS, error) {
+	tc := ts.GetTypedConfig()
+	if tc == nil {
+		if ts.GetName() == transportSocketTLS {
+			return nil, fmt.Errorf("%s.typed_config: missing", path)
+		}
+		return nil, fmt.Errorf("%s.name: unsupported transport socket %q", path, ts.GetName())
+	}
+	if tc.GetTypeUrl() != typeURLDownstreamTLS {
+		return nil, fmt.Errorf("%s.typed_config: unsupported type %q", path, tc.GetTypeUrl())
+	}
+	pb := &tlspb.DownstreamTlsContext{}
+	if err := tc.UnmarshalTo(pb); err != nil {
+		return nil, fmt.Errorf("%s.typed_config: %w", path, err)
+	}
+	path += ".typed_config.common_tls_context"
+	ctx := pb.GetCommonTlsContext()
+	if ctx == nil {
+		return nil, fmt.Errorf("%s: missing", path)
+	}
+	id, err := dc.identityProvider(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	if id == nil {
+		return nil, fmt.Errorf("%s.tls_certificate_provider_instance: missing (a server needs its own certificate)", path)
+	}
+	v, err := dc.validationContext(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	out := &DownstreamTLS{Identity: *id, Roots: v.roots, RequireClientCertificate: pb.GetRequireClientCertificate().GetValue()}
+	if out.RequireClientCertificate && out.Roots == nil {
+		return nil, fmt.Errorf("%s: require_client_certificate is set but no root certificate provider is configured", path)
+	}
+	return out, nil
+}
+
+// hcmFromAny decodes an HttpConnectionManager. server selects the rules of
+// gRFC A36 (server side) instead of A27/A39 (client side).
+func (dc *decodeContext) hcmFromAny(a *anypb.Any, path string, server bool) (*HTTPConnectionManager, error) {
+	if a == nil {
+		return nil, fmt.Errorf("%s: missing", path)
+	}
+	if a.GetTypeUrl() != typeURLHCM {
+		return nil, fmt.Errorf("%s: want an HttpConnectionManager, got %q", path, a.GetTypeUrl())
+	}
+	pb := &hcmpb.HttpConnectionManager{}
+	if err := a.UnmarshalTo(pb); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	out := &HTTPConnectionManager{}
+	switch rs := pb.GetRouteSpecifier().(type) {
+	case *hcmpb.HttpConnectionManager_Rds:
+		cs := rs.Rds.GetConfigSource()
+		if cs.GetAds() == nil && cs.GetSelf() == nil {
+			return nil, fmt.Errorf("%s.rds.config_source: must be ads or self", path)
+		}
+		if rs.Rds.GetRouteConfigName() == "" {
+			return nil, fmt.Errorf("%s.rds.route_config_name: missing", path)
+		}
+		out.RouteConfigName = rs.Rds.GetRouteConfigName()
+	case *hcmpb.HttpConnectionManager_RouteConfig:
+		rc, err := dc.routeConfig(rs.RouteConfig, path+".route_config", server)
+		if err != nil {
+			return nil, err
+		}
+		out.RouteConfig = rc
+	case nil:
+		return nil, fmt.Errorf("%s: route_specifier: missing (want rds or route_config)", path)
+	default:
+		return nil, fmt.Errorf("%s: route_specifier: unsupported %T", path, rs)
+	}
+	if d := pb.GetCommonHttpProtocolOptions().GetMaxStreamDuration(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, fmt.Errorf("%s.common_http_protocol_options.max_stream_duration: %w", path, err)
+		}
+		out.MaxStreamDuration = d.AsDuration()
+	}
+	filters, err := dc.httpFilters(pb.GetHttpFilters(), path+".http_filters")
+	if err != nil {
+		return nil, err
+	}
+	out.HTTPFilters = filters
+	return out, nil
+}
+
+// knownHTTPFilters are the filter types mesh implements (gRFC A39, A33, A41).
+var knownHTTPFilters = map[string]bool{typeURLRouter: true, typeURLFault: true, typeURLRBAC: true}
+
+func (dc *decodeContext) httpFilters(filters []*hcmpb.HttpFilter, path string) ([]HTTPFilter, error) {
+	if len(filters) == 0 {
+		return nil, fmt.Errorf("%s: missing (the router filter is required)", path)
+	}
+	seen := map[string]bool{}
+	var out []HTTPFilter
+	for i, f := range filters {
+		fpath := fmt.Sprintf("%s[%d]", path, i)
+		if f.GetName() == "" {
+			return nil, fmt.Errorf("%s.name: missing", fpath)
+		}
+		if seen[f.GetName()] {
+			return nil, fmt.Errorf("%s.name: duplicate filter name %q", fpath, f.GetName())
+		}
+		seen[f.GetName()] = true
+		if f.GetConfigDiscovery() != nil {
+			return nil, fmt.Errorf("%s.config_discovery: unsupported", fpath)
+		}
+		tc := f.GetTypedConfig()
+		if tc == nil {
+			if f.GetIsOptional() {
+				continue
+			}
+			return nil, fmt.Errorf("%s.typed_config: missing for filter %q", fpath, f.GetName())
+		}
+		typeURL, err := filterTypeURL(tc)
+		if err != nil {
+			return nil, fmt.Errorf("%s.typed_config: %w", fpath, err)
+		}
+		if !knownHTTPFilters[typeURL] {
+			if f.GetIsOptional() {
+				dc.log().Debug("xds: skipping unsupported optional http filter", "filter", f.GetName(), "type_url", typeURL)
+				continue
+			}
+			return nil, fmt.Errorf("%s.typed_config: unsupported filter type %q for filter %q", fpath, typeURL, f.GetName())
+		}
+		if typeURL == typeURLRouter && i != len(filters)-1 {
+			return nil, fmt.Errorf("%s: the router filter must be last", fpath)
+		}
+		out = append(out, HTTPFilter{Name: f.GetName(), TypeURL: typeURL})
+	}
+	if len(out) == 0 || out[len(out)-1].TypeURL != typeURLRouter {
+		return nil, fmt.Errorf("%s: the last filter must be the router (%s)", path, typeURLRouter)
+	}
+	return out, nil
+}
+
+// filterTypeURL returns the filter config type, looking inside the
+// TypedStruct wrappers some control planes use.
+func filterTypeURL(a *anypb.Any) (string, error) {
+	var typeURL string
+	switch a.GetTypeUrl() {
+	case typeURLTypedStruct:
+		ts := &xdstypepb.TypedStruct{}
+		if err := a.UnmarshalTo(ts); err != nil {
+			return "", fmt.Errorf("invalid TypedStruct: %w", err)
+		}
+		typeURL = ts.GetTypeUrl()
+	case typeURLUDPATypedStrc:
+		ts := &udpatypepb.TypedStruct{}
+		if err := a.UnmarshalTo(ts); err != nil {
+			return "", fmt.Errorf("invalid TypedStruct: %w", err)
+		}
+		typeURL = ts.GetTypeUrl()
+	default:
+		return a.GetTypeUrl(), nil
+	}
+	if !strings.HasPrefix(typeURL, "type.googleapis.com/") {
+		typeURL = "type.googleapis.com/" + typeURL[strings.LastIndex(typeURL, "/")+1:]
+	}
+	return typeURL, nil
+}

@@ -1,0 +1,252 @@
+package xdsclient
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func (dc *decodeContext) decodeRouteConfig(a *anypb.Any) (string, *RouteConfig, error) {
+	pb := &routepb.RouteConfiguration{}
+	if err := a.UnmarshalTo(pb); err != nil {
+		return "", nil, fmt.Errorf("route_config: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
+	}
+	name := pb.GetName()
+	if name == "" {
+		return "", nil, fmt.Errorf("route_config: name: missing")
+	}
+	rc, err := dc.routeConfig(pb, "", false)
+	if err != nil {
+		return name, nil, fmt.Errorf("route_config %q: %w", name, err)
+	}
+	return name, rc, nil
+}
+
+// routeConfig validates a RouteConfiguration; path is "" for an RDS
+// resource and the field path for an inline one.
+func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string, server bool) (*RouteConfig, error) {
+	rc := &RouteConfig{Name: pb.GetName()}
+	for i, vh := range pb.GetVirtualHosts() {
+		vpath := joinPath(path, fmt.Sprintf("virtual_hosts[%d]", i))
+		if len(vh.GetDomains()) == 0 {
+			return nil, fmt.Errorf("%s.domains: missing", vpath)
+		}
+		for j, d := range vh.GetDomains() {
+			if d == "" {
+				return nil, fmt.Errorf("%s.domains[%d]: empty domain", vpath, j)
+			}
+		}
+		out := VirtualHost{Name: vh.GetName(), Domains: append([]string(nil), vh.GetDomains()...)}
+		for j, r := range vh.GetRoutes() {
+			rpath := fmt.Sprintf("%s.routes[%d]", vpath, j)
+			route, keep, err := dc.route(r, rpath, server)
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				out.Routes = append(out.Routes, route)
+			}
+		}
+		rc.VirtualHosts = append(rc.VirtualHosts, out)
+	}
+	return rc, nil
+}
+
+// route decodes one route. keep is false for routes that gRPC clients
+// ignore (query parameter matchers) and for actions mesh does not
+// implement (redirect, direct_response, filter_action): such routes are
+// skipped with a logged warning, so the next route (or no route) matches.
+func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Route, bool, error) {
+	out := Route{Name: r.GetName()}
+	m := r.GetMatch()
+	if m == nil {
+		return out, false, fmt.Errorf("%s.match: missing", path)
+	}
+	mpath := path + ".match"
+	switch ps := m.GetPathSpecifier().(type) {
+	case *routepb.RouteMatch_Prefix:
+		out.Match.Prefix = ps.Prefix
+	case *routepb.RouteMatch_Path:
+		if ps.Path == "" {
+			return out, false, fmt.Errorf("%s.path: must not be empty", mpath)
+		}
+		out.Match.Path = ps.Path
+	case *routepb.RouteMatch_SafeRegex:
+		re, err := compileRegex(ps.SafeRegex, mpath+".safe_regex")
+		if err != nil {
+			return out, false, err
+		}
+		out.Match.Regex = re
+	case nil:
+		return out, false, fmt.Errorf("%s: path_specifier: missing (want prefix, path or safe_regex)", mpath)
+	default:
+		return out, false, fmt.Errorf("%s: path_specifier: unsupported %T", mpath, ps)
+	}
+	out.Match.CaseSensitive = true
+	if cs := m.GetCaseSensitive(); cs != nil {
+		out.Match.CaseSensitive = cs.GetValue()
+	}
+	for i, h := range m.GetHeaders() {
+		hm, err := headerMatcher(h, fmt.Sprintf("%s.headers[%d]", mpath, i))
+		if err != nil {
+			return out, false, err
+		}
+		out.Match.Headers = append(out.Match.Headers, hm)
+	}
+	if rf := m.GetRuntimeFraction(); rf != nil {
+		v, err := fractionPerMillion(rf.GetDefaultValue(), mpath+".runtime_fraction.default_value")
+		if err != nil {
+			return out, false, err
+		}
+		out.Match.FractionPerMillion = &v
+	}
+	if len(m.GetQueryParameters()) > 0 {
+		dc.log().Warn("xds: skipping route with query parameter matchers", "route", path)
+		return out, false, nil
+	}
+
+	switch a := r.GetAction().(type) {
+	case *routepb.Route_Route:
+		action, err := routeAction(a.Route, path+".route")
+		if err != nil {
+			return out, false, err
+		}
+		out.Action = action
+	case *routepb.Route_NonForwardingAction:
+		out.NonForwarding = true
+	case nil:
+		return out, false, fmt.Errorf("%s: action: missing", path)
+	default:
+		dc.log().Warn("xds: skipping route with an unsupported action", "route", path, "action", fmt.Sprintf("%T", a))
+		return out, false, nil
+	}
+	if server && !out.NonForwarding {
+		// gRFC A36: a server route that would forward fails RPCs; keep it so
+		// the server can reject what it matches, rather than fall through.
+		dc.log().Debug("xds: server route without non_forwarding_action", "route", path)
+	}
+	return out, true, nil
+}
+
+func routeAction(a *routepb.RouteAction, path string) (RouteAction, error) {
+	var out RouteAction
+	switch cs := a.GetClusterSpecifier().(type) {
+	case *routepb.RouteAction_Cluster:
+		if cs.Cluster == "" {
+			return out, fmt.Errorf("%s.cluster: must not be empty", path)
+		}
+		out.Cluster = cs.Cluster
+	case *routepb.RouteAction_WeightedClusters:
+		wpath := path + ".weighted_clusters"
+		clusters := cs.WeightedClusters.GetClusters()
+		if len(clusters) == 0 {
+			return out, fmt.Errorf("%s.clusters: missing", wpath)
+		}
+		var total uint64
+		for i, c := range clusters {
+			if c.GetName() == "" {
+				return out, fmt.Errorf("%s.clusters[%d].name: missing", wpath, i)
+			}
+			w := c.GetWeight().GetValue()
+			total += uint64(w)
+			out.WeightedClusters = append(out.WeightedClusters, ClusterWeight{Name: c.GetName(), Weight: w})
+		}
+		if total == 0 {
+			return out, fmt.Errorf("%s: total weight is 0", wpath)
+		}
+		if total > math.MaxUint32 {
+			return out, fmt.Errorf("%s: total weight %d overflows uint32", wpath, total)
+		}
+	case nil:
+		return out, fmt.Errorf("%s: cluster_specifier: missing", path)
+	default:
+		return out, fmt.Errorf("%s: cluster_specifier: unsupported %T", path, cs)
+	}
+	if msd := a.GetMaxStreamDuration(); msd != nil {
+		d := msd.GetGrpcTimeoutHeaderMax()
+		field := "grpc_timeout_header_max"
+		if d == nil {
+			d, field = msd.GetMaxStreamDuration(), "max_stream_duration"
+		}
+		t, err := nonNegativeDuration(d, path+".max_stream_duration."+field)
+		if err != nil {
+			return out, err
+		}
+		out.Timeout = t
+	}
+	return out, nil
+}
+
+func nonNegativeDuration(d *durationpb.Duration, path string) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if d.AsDuration() < 0 {
+		return 0, fmt.Errorf("%s: must not be negative", path)
+	}
+	return d.AsDuration(), nil
+}
+
+func headerMatcher(h *routepb.HeaderMatcher, path string) (HeaderMatcher, error) {
+	out := HeaderMatcher{Name: h.GetName(), Invert: h.GetInvertMatch()}
+	if h.GetName() == "" {
+		return out, fmt.Errorf("%s.name: missing", path)
+	}
+	var sm *StringMatcher
+	set := func(kind MatchKind, v, field string) error {
+		if v == "" && kind != MatchExact {
+			return fmt.Errorf("%s.%s: must not be empty", path, field)
+		}
+		sm = &StringMatcher{Kind: kind, Value: v}
+		return nil
+	}
+	var err error
+	switch s := h.GetHeaderMatchSpecifier().(type) {
+	case *routepb.HeaderMatcher_ExactMatch:
+		err = set(MatchExact, s.ExactMatch, "exact_match")
+	case *routepb.HeaderMatcher_PrefixMatch:
+		err = set(MatchPrefix, s.PrefixMatch, "prefix_match")
+	case *routepb.HeaderMatcher_SuffixMatch:
+		err = set(MatchSuffix, s.SuffixMatch, "suffix_match")
+	case *routepb.HeaderMatcher_ContainsMatch:
+		err = set(MatchContains, s.ContainsMatch, "contains_match")
+	case *routepb.HeaderMatcher_SafeRegexMatch:
+		re, rerr := compileRegex(s.SafeRegexMatch, path+".safe_regex_match")
+		if rerr != nil {
+			return out, rerr
+		}
+		sm = &StringMatcher{Kind: MatchRegex, Value: s.SafeRegexMatch.GetRegex(), Regex: re}
+	case *routepb.HeaderMatcher_StringMatch:
+		v, serr := stringMatcher(s.StringMatch, path+".string_match")
+		if serr != nil {
+			return out, serr
+		}
+		sm = &v
+	case *routepb.HeaderMatcher_PresentMatch:
+		present := s.PresentMatch
+		out.Present = &present
+	case *routepb.HeaderMatcher_RangeMatch:
+		if s.RangeMatch.GetStart() >= s.RangeMatch.GetEnd() {
+			return out, fmt.Errorf("%s.range_match: start %d must be below end %d", path, s.RangeMatch.GetStart(), s.RangeMatch.GetEnd())
+		}
+		out.Range = &Int64Range{Start: s.RangeMatch.GetStart(), End: s.RangeMatch.GetEnd()}
+	case nil:
+		// Envoy treats a matcher with no specifier as a presence check.
+		present := true
+		out.Present = &present
+	default:
+		return out, fmt.Errorf("%s: unsupported header_match_specifier %T", path, s)
+	}
+	if err != nil {
+		return out, err
+	}
+	out.Match = sm
+	return out, nil
+}
