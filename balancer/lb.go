@@ -164,11 +164,10 @@ func (b *routerBalancer) UpdateClientConnState(s grpcbalancer.ClientConnState) e
 	b.drainGrace = snap.cfg.drainGrace
 	p := b.newPlan(snap)
 	b.ensureSubConns(p)
-	if b.published == nil {
-		b.publish(p)
-	} else {
-		b.setPending(p)
-	}
+	// The first table waits for its clusters too: RPCs queued meanwhile are
+	// picked again when a table arrives, and re-picking only among the
+	// clusters already connected would skew a weighted split toward them.
+	b.setPending(p)
 	b.mu.Unlock()
 	b.notify()
 	return nil

@@ -1,0 +1,10 @@
+package benchmarks
+
+import "testing"
+
+// BenchmarkUnary runs plain grpc-go and mesh in the same run; compare the
+// two sub-benchmarks, not their absolute times.
+func BenchmarkUnary(b *testing.B) {
+	b.Run("grpc-go-mtls", UnaryGRPC)
+	b.Run("mesh", UnaryMesh)
+}

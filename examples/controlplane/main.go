@@ -1,0 +1,64 @@
+// Command controlplane runs the embedded control plane on its own: it serves
+// xDS, watches an Istio YAML file, and writes a bootstrap (with SVID files)
+// for each example workload.
+//
+//	go run ./examples/controlplane -dir /tmp/mesh -config examples/controlplane/mesh.yaml
+//	MESH_BOOTSTRAP=/tmp/mesh/payments-v1/bootstrap.json go run ./examples/payments -version v1
+//	MESH_BOOTSTRAP=/tmp/mesh/payments-v2/bootstrap.json go run ./examples/payments -version v2
+//	MESH_BOOTSTRAP=/tmp/mesh/checkout/bootstrap.json go run ./examples/checkout
+//
+// Edit the YAML's weights while checkout runs, and watch its split follow.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+
+	"mesh/controlplane"
+	"mesh/internal/shop"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:15010", "address to serve xDS on")
+	dir := flag.String("dir", filepath.Join(os.TempDir(), "mesh"), "directory for the workloads' bootstraps and certificates")
+	config := flag.String("config", "", "Istio YAML file to serve and watch (default: the example's 90/10 split)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, *addr, *dir, *config); err != nil {
+		fmt.Fprintln(os.Stderr, "controlplane:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, addr, dir, config string) error {
+	opts := []controlplane.Option{controlplane.WithAddress(addr), controlplane.WithLogger(slog.Default())}
+	if config != "" {
+		opts = append(opts, controlplane.WithConfigFile(config))
+	}
+	cp, err := controlplane.New(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	defer cp.Close()
+	if config == "" {
+		if err := cp.Apply(shop.MeshYAML(90, 10)); err != nil {
+			return err
+		}
+	}
+	for _, w := range shop.Workloads() {
+		path, err := cp.WriteBootstrap(filepath.Join(dir, w.Name), w)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("MESH_BOOTSTRAP=%s\n", path)
+	}
+	fmt.Printf("serving xDS on %s; Ctrl-C to stop\n", cp.Addr())
+	<-ctx.Done()
+	return nil
+}

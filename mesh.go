@@ -1,0 +1,207 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/stats"
+
+	"mesh/balancer"
+	"mesh/identity"
+	"mesh/telemetry"
+	"mesh/transport"
+	"mesh/xdsclient"
+)
+
+// ErrClosed is returned by methods of a Mesh that has been closed.
+var ErrClosed = errors.New("mesh: closed")
+
+// Scheme is the gRPC target scheme a Mesh resolves: "mesh:///host:port".
+const Scheme = "mesh"
+
+// Mesh is one process's membership in the service mesh: one xDS client
+// (one ADS stream per control plane server, shared by every channel and
+// server it makes), the workload's identities, and its telemetry.
+//
+// Make one Mesh per process, early, and Close it last.
+type Mesh struct {
+	logger    *slog.Logger
+	bootstrap *xdsclient.Bootstrap
+	xds       *xdsclient.Client
+	providers transport.ProviderMap
+	resolver  resolver.Builder
+	clientTLS credentials.TransportCredentials
+
+	clientStats stats.Handler
+	serverStats stats.Handler
+
+	mu      sync.Mutex
+	closed  bool
+	closers []func() error
+}
+
+// New joins the mesh: it reads the xDS bootstrap (from an option, or from
+// MESH_BOOTSTRAP, GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG), loads the
+// certificate providers it names and creates the xDS client. Streams to the
+// control plane open with the first Dial or Serve. ctx bounds only the setup.
+func New(ctx context.Context, opts ...Option) (*Mesh, error) {
+	var o options
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	logger := o.logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	bs, err := loadBootstrap(&o)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}}
+	if err := m.startProviders(ctx); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	m.xds, err = xdsclient.New(bs, xdsclient.WithLogger(logger))
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	m.closers = append(m.closers, m.xds.Close)
+	balancerOpts := []balancer.Option{balancer.WithLogger(logger)}
+	if tmpl := bs.ClientDefaultListenerResourceNameTemplate; tmpl != "" {
+		balancerOpts = append(balancerOpts, balancer.WithListenerNameTemplate(tmpl))
+	}
+	m.resolver = balancer.NewResolverBuilder(m.xds, balancerOpts...)
+	m.clientTLS = transport.NewClientCredentials(m.providers)
+
+	tp := o.tracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	telem := []telemetry.Option{telemetry.WithTracerProvider(tp)}
+	if o.propagator != nil {
+		telem = append(telem, telemetry.WithPropagator(o.propagator))
+	}
+	m.clientStats = telemetry.NewClientHandler(telem...)
+	m.serverStats = telemetry.NewServerHandler(telem...)
+	return m, nil
+}
+
+func loadBootstrap(o *options) (*xdsclient.Bootstrap, error) {
+	switch {
+	case o.bootstrap != nil:
+		if err := o.bootstrap.Validate(); err != nil {
+			return nil, err
+		}
+		return o.bootstrap, nil
+	case o.bootstrapJSON != nil:
+		return xdsclient.ParseBootstrap(o.bootstrapJSON)
+	case o.bootstrapFile != "":
+		return xdsclient.LoadBootstrapFile(o.bootstrapFile)
+	default:
+		return xdsclient.BootstrapFromEnv()
+	}
+}
+
+// startProviders starts one identity source per certificate provider
+// instance of the bootstrap. Plugins mesh does not implement are logged and
+// left out: a resource that names one fails its handshakes with that name.
+func (m *Mesh) startProviders(ctx context.Context) error {
+	for name, cp := range m.bootstrap.CertificateProviders {
+		if cp.FileWatcher == nil {
+			m.logger.Warn("certificate provider plugin not supported; resources naming it will fail their handshakes",
+				"instance", name, "plugin", cp.PluginName)
+			continue
+		}
+		fw := cp.FileWatcher
+		src, err := identity.NewFileSource(ctx, identity.FileConfig{
+			CertFile:        fw.CertificateFile,
+			KeyFile:         fw.PrivateKeyFile,
+			CAFile:          fw.CACertificateFile,
+			RefreshInterval: fw.RefreshInterval,
+		}, identity.WithLogger(m.logger))
+		if err != nil {
+			return fmt.Errorf("certificate provider %q: %w", name, err)
+		}
+		m.providers[name] = src
+		m.closers = append(m.closers, src.Close)
+	}
+	return nil
+}
+
+// Bootstrap returns the bootstrap the mesh was started with. It must not be
+// modified.
+func (m *Mesh) Bootstrap() *xdsclient.Bootstrap { return m.bootstrap }
+
+// XDSClient returns the mesh's xDS client, for watching resources directly.
+//
+// # Experimental
+func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
+
+// DialOptions returns what a gRPC channel needs to be routed, secured and
+// traced by the mesh: the "mesh" resolver, the mesh's transport credentials
+// and its client stats handler. Use them with a "mesh:///host:port" target:
+//
+//	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080", m.DialOptions()...)
+//
+// They are a slice, not one grpc.DialOption, because grpc-go offers no public
+// way to merge dial options.
+func (m *Mesh) DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithResolvers(m.resolver),
+		grpc.WithTransportCredentials(m.clientTLS),
+		grpc.WithStatsHandler(m.clientStats),
+	}
+}
+
+// Dial returns a client for target, a "host:port" that the control plane
+// knows as a listener (istiod: the service's host and port), routed by xDS.
+// Further options are applied after the mesh's own. Dial does not block: the
+// channel connects on first use. It is grpc.NewClient with DialOptions.
+func (m *Mesh) Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if m.isClosed() {
+		return nil, ErrClosed
+	}
+	if !strings.HasPrefix(target, Scheme+":") {
+		target = Scheme + ":///" + target
+	}
+	conn, err := grpc.NewClient(target, append(m.DialOptions(), opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
+	}
+	return conn, nil
+}
+
+func (m *Mesh) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// Close stops the xDS client and the certificate watchers. Channels and
+// servers made from the mesh should be closed first. Close is idempotent.
+func (m *Mesh) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	closers := m.closers
+	m.closers = nil
+	m.mu.Unlock()
+	var errs []error
+	for i := len(closers) - 1; i >= 0; i-- {
+		errs = append(errs, closers[i]())
+	}
+	return errors.Join(errs...)
+}

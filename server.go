@@ -1,0 +1,279 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"mesh/transport"
+	"mesh/xdsclient"
+)
+
+// GRPCServer is a gRPC server whose transport security comes from the
+// control plane (gRFC A36): for each listener it serves, it watches the
+// inbound listener resource named by the bootstrap's
+// server_listener_resource_name_template and handshakes each connection as
+// the matching filter chain says (mTLS with client certificates required
+// under STRICT, plaintext under DISABLE). It accepts no connection before
+// that resource has arrived.
+type GRPCServer struct {
+	m   *Mesh
+	srv *grpc.Server
+
+	mu        sync.Mutex
+	listeners map[*servingListener]struct{}
+}
+
+// NewGRPCServer returns a server secured and traced by the mesh. opts are
+// applied after the mesh's own; do not pass grpc.Creds.
+func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
+	s := &GRPCServer{m: m, listeners: map[*servingListener]struct{}{}}
+	creds := transport.NewServerCredentials(m.providers, chooseTLS)
+	base := []grpc.ServerOption{grpc.Creds(creds), grpc.StatsHandler(m.serverStats)}
+	s.srv = grpc.NewServer(append(base, opts...)...)
+	return s
+}
+
+// RegisterService implements grpc.ServiceRegistrar.
+func (s *GRPCServer) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.srv.RegisterService(desc, impl)
+}
+
+// GetServiceInfo returns the services registered, as grpc.Server does.
+func (s *GRPCServer) GetServiceInfo() map[string]grpc.ServiceInfo { return s.srv.GetServiceInfo() }
+
+// Serve serves lis until Stop or GracefulStop. Connections are accepted only
+// once the inbound listener resource for lis's address has arrived.
+func (s *GRPCServer) Serve(lis net.Listener) error {
+	if s.m.isClosed() {
+		return ErrClosed
+	}
+	name, err := s.m.serverListenerName(lis.Addr())
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("mesh: serve: %w", err)
+	}
+	sl := newServingListener(lis, name, s.m)
+	s.mu.Lock()
+	s.listeners[sl] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, sl)
+		s.mu.Unlock()
+		sl.stopWatch()
+	}()
+	return s.srv.Serve(sl)
+}
+
+// Stop stops the server at once, closing every connection.
+func (s *GRPCServer) Stop() { s.srv.Stop() }
+
+// GracefulStop stops accepting connections and waits for pending RPCs.
+func (s *GRPCServer) GracefulStop() { s.srv.GracefulStop() }
+
+// serverListenerName applies the gRFC A36 template to a listening address.
+func (m *Mesh) serverListenerName(addr net.Addr) (string, error) {
+	tmpl := m.bootstrap.ServerListenerResourceNameTemplate
+	if tmpl == "" {
+		return "", errors.New("bootstrap has no server_listener_resource_name_template")
+	}
+	return strings.ReplaceAll(tmpl, "%s", addr.String()), nil
+}
+
+// servingListener gates a net.Listener on its inbound listener resource and
+// tags every accepted connection with the resource it is to be served by.
+type servingListener struct {
+	net.Listener
+	name   string
+	m      *Mesh
+	config atomic.Pointer[xdsclient.Listener] // nil: not serving
+
+	ready     chan struct{} // closed when the first resource arrives
+	readyOnce sync.Once
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	cancel    func()
+}
+
+func newServingListener(lis net.Listener, name string, m *Mesh) *servingListener {
+	sl := &servingListener{Listener: lis, name: name, m: m, ready: make(chan struct{}), done: make(chan struct{})}
+	sl.cancel = m.xds.WatchListener(name, sl.onUpdate)
+	return sl
+}
+
+func (sl *servingListener) onUpdate(ev xdsclient.Event[*xdsclient.Listener]) {
+	log := sl.m.logger.With("listener", sl.name)
+	switch {
+	case ev.NotFound:
+		if sl.config.Swap(nil) != nil {
+			log.Warn("inbound listener removed by the control plane; not serving new connections")
+		}
+	case ev.Err != nil:
+		log.Warn("inbound listener update rejected; serving with the last good one", "error", ev.Err)
+	case !ev.Resource.IsServer():
+		log.Error("resource is a client listener, not an inbound one; not serving")
+	default:
+		if sl.config.Swap(ev.Resource) == nil {
+			log.Info("serving", "address", sl.Addr().String())
+		}
+		sl.readyOnce.Do(func() { close(sl.ready) })
+	}
+}
+
+// Accept waits for the inbound listener resource, then returns connections
+// while the mesh says to serve; others are closed at once.
+func (sl *servingListener) Accept() (net.Conn, error) {
+	select {
+	case <-sl.ready:
+	case <-sl.done:
+		return nil, net.ErrClosed
+	}
+	for {
+		conn, err := sl.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		cfg := sl.config.Load()
+		if cfg == nil {
+			conn.Close()
+			continue
+		}
+		return &servingConn{Conn: conn, listener: cfg}, nil
+	}
+}
+
+func (sl *servingListener) Close() error {
+	sl.closeOnce.Do(func() { close(sl.done) })
+	return sl.Listener.Close()
+}
+
+func (sl *servingListener) stopWatch() { sl.cancel() }
+
+// servingConn is an accepted connection with the listener resource that was
+// current when it arrived.
+type servingConn struct {
+	net.Conn
+	listener *xdsclient.Listener
+}
+
+// chooseTLS is the server credentials' per-connection choice of TLS settings.
+func chooseTLS(conn net.Conn) (*xdsclient.DownstreamTLS, error) {
+	sc, ok := conn.(*servingConn)
+	if !ok {
+		return nil, errors.New("connection was not accepted by a mesh listener")
+	}
+	fc := selectFilterChain(sc.listener, conn.LocalAddr(), conn.RemoteAddr())
+	if fc == nil {
+		return nil, fmt.Errorf("listener %q: no filter chain matches connection from %s", sc.listener.Name, conn.RemoteAddr())
+	}
+	return fc.TLS, nil
+}
+
+// selectFilterChain picks the filter chain for a connection the way gRFC A36
+// does: narrowing the candidates by the most specific destination prefix,
+// then source type, then source prefix, then source port, falling back to
+// the default filter chain.
+func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr) *xdsclient.FilterChain {
+	dst := addrPort(local)
+	src := addrPort(remote)
+	var cands []*xdsclient.FilterChain
+	for i := range l.FilterChains {
+		fc := &l.FilterChains[i]
+		// gRPC servers listen on one port, so chains matching on a
+		// destination port or on an application protocol never match.
+		if fc.Match.DestinationPort != 0 || len(fc.Match.ApplicationProtocols) > 0 {
+			continue
+		}
+		cands = append(cands, fc)
+	}
+	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int { return prefixScore(fc.Match.PrefixRanges, dst.Addr()) })
+	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int {
+		return sourceTypeScore(fc.Match.SourceType, dst.Addr(), src.Addr())
+	})
+	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int { return prefixScore(fc.Match.SourcePrefixRanges, src.Addr()) })
+	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int { return portScore(fc.Match.SourcePorts, src.Port()) })
+	if len(cands) > 0 {
+		return cands[0]
+	}
+	return l.DefaultFilterChain
+}
+
+// keepBest keeps the candidates with the highest non-negative score.
+func keepBest(cands []*xdsclient.FilterChain, score func(*xdsclient.FilterChain) int) []*xdsclient.FilterChain {
+	best := -1
+	var out []*xdsclient.FilterChain
+	for _, fc := range cands {
+		switch s := score(fc); {
+		case s > best:
+			best, out = s, append(out[:0], fc)
+		case s == best && s >= 0:
+			out = append(out, fc)
+		}
+	}
+	return out
+}
+
+// prefixScore is the longest matching prefix length plus one; 0 when the
+// chain has no prefixes (matches anything); -1 when none match.
+func prefixScore(prefixes []netip.Prefix, ip netip.Addr) int {
+	if len(prefixes) == 0 {
+		return 0
+	}
+	best := -1
+	for _, p := range prefixes {
+		if p.Contains(ip.Unmap()) && p.Bits()+1 > best {
+			best = p.Bits() + 1
+		}
+	}
+	return best
+}
+
+func sourceTypeScore(t xdsclient.SourceType, dst, src netip.Addr) int {
+	local := src.IsLoopback() || src == dst
+	switch t {
+	case xdsclient.SourceSameIPOrLoopback:
+		if local {
+			return 1
+		}
+		return -1
+	case xdsclient.SourceExternal:
+		if !local {
+			return 1
+		}
+		return -1
+	}
+	return 0
+}
+
+func portScore(ports []uint32, port uint16) int {
+	if len(ports) == 0 {
+		return 0
+	}
+	for _, p := range ports {
+		if p == uint32(port) {
+			return 1
+		}
+	}
+	return -1
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// PeerID returns the SPIFFE ID the caller of an RPC proved with its client
+// certificate. ok is false for plaintext or unauthenticated callers.
+func PeerID(ctx context.Context) (id spiffeid.ID, ok bool) { return transport.PeerID(ctx) }
