@@ -1,0 +1,46 @@
+// Package controlplane is mesh's embedded control plane: an istiod-like xDS
+// server for proxyless gRPC workloads, with a CA that issues SPIFFE SVIDs,
+// usable on one machine and as a test helper the way net/http/httptest is.
+//
+//	cp, err := controlplane.New(ctx) // ADS on 127.0.0.1:<free port>
+//	if err != nil { ... }
+//	defer cp.Close()
+//
+//	// Tell it about a workload and get the files istio-agent would write.
+//	bootstrap, err := cp.WriteBootstrap(dir, controlplane.Workload{
+//		Name: "payments-v1", Service: "payments", Port: 8080,
+//		Labels: map[string]string{"version": "v1"},
+//	})
+//	os.Setenv("GRPC_XDS_BOOTSTRAP", bootstrap)
+//
+//	// Route with Istio YAML.
+//	err = cp.Apply([]byte(`
+//	apiVersion: networking.istio.io/v1
+//	kind: VirtualService
+//	metadata: {name: payments}
+//	spec:
+//	  hosts: [payments]
+//	  http:
+//	  - route:
+//	    - destination: {host: payments}
+//	`))
+//
+// # What it serves
+//
+// The output follows istiod's proxyless generator: a client listener and
+// route configuration named "<host>:<port>" per service port (short names
+// such as "payments:8080" are answered too), clusters
+// "outbound|<port>|<subset>|<host>" fed by EDS, and for every
+// "xds.istio.io/grpc/lds/inbound/<ip>:<port>" a workload asks for, its
+// server-side listener with mTLS per PeerAuthentication.
+//
+// Services come from workloads declared through their bootstraps, from
+// connected workloads (node metadata MESH_SERVICE, and MESH_ADDRESS or the
+// inbound listener they ask for, which gives their endpoint) and from
+// ServiceEntry/WorkloadEntry objects. A workload's endpoint disappears when
+// its ADS stream closes.
+//
+// Configuration (VirtualService, DestinationRule, PeerAuthentication,
+// ServiceEntry, WorkloadEntry) is validated as a whole; a bad object is
+// rejected with an error naming it and the field path, and nothing changes.
+package controlplane

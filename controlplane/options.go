@@ -1,0 +1,107 @@
+package controlplane
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+)
+
+// Option configures a Server built by New.
+type Option interface {
+	apply(*settings)
+}
+
+type optionFunc func(*settings)
+
+func (f optionFunc) apply(s *settings) { f(s) }
+
+type settings struct {
+	address           string
+	logger            *slog.Logger
+	trustDomain       string
+	configFile        string
+	fileCheckInterval time.Duration
+	caCertPEM         []byte
+	caKeyPEM          []byte
+	certTTL           time.Duration
+	snapshotHook      func(nodeID string, resources map[string][]types.Resource)
+	workloads         []Workload
+}
+
+func defaultSettings() settings {
+	return settings{
+		address:           "127.0.0.1:0",
+		logger:            slog.New(slog.DiscardHandler),
+		trustDomain:       "cluster.local",
+		fileCheckInterval: time.Second,
+		certTTL:           24 * time.Hour,
+	}
+}
+
+// WithAddress sets the TCP address the xDS server listens on
+// (default "127.0.0.1:0": a free loopback port).
+func WithAddress(addr string) Option {
+	return optionFunc(func(s *settings) { s.address = addr })
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(s *settings) {
+		if l != nil {
+			s.logger = l
+		}
+	})
+}
+
+// WithTrustDomain sets the SPIFFE trust domain of issued SVIDs and of the
+// subject alt names in cluster TLS settings (default "cluster.local").
+func WithTrustDomain(td string) Option {
+	return optionFunc(func(s *settings) { s.trustDomain = td })
+}
+
+// WithConfigFile loads Istio YAML from path at New and then watches it: a
+// changed valid file replaces the whole configuration; an invalid one is
+// logged and the last good configuration stays.
+func WithConfigFile(path string) Option {
+	return optionFunc(func(s *settings) { s.configFile = path })
+}
+
+// WithFileCheckInterval sets how often the config file's content is
+// compared with the last one read (default 1s).
+func WithFileCheckInterval(d time.Duration) Option {
+	return optionFunc(func(s *settings) { s.fileCheckInterval = d })
+}
+
+// WithCA makes the server sign SVIDs with the given CA certificate and key
+// (PEM) instead of a fresh self-signed root.
+func WithCA(certPEM, keyPEM []byte) Option {
+	return optionFunc(func(s *settings) {
+		s.caCertPEM = append([]byte(nil), certPEM...)
+		s.caKeyPEM = append([]byte(nil), keyPEM...)
+	})
+}
+
+// WithCertTTL sets the lifetime of issued SVIDs (default 24h).
+func WithCertTTL(d time.Duration) Option {
+	return optionFunc(func(s *settings) { s.certTTL = d })
+}
+
+// WithWorkloads declares workloads up front, as BootstrapJSON does, so that
+// configuration (for example a config file loaded by New) may route to their
+// services before they connect.
+func WithWorkloads(ws ...Workload) Option {
+	return optionFunc(func(s *settings) { s.workloads = append(s.workloads, ws...) })
+}
+
+// WithSnapshotHook registers fn, called with a node's resources (keyed by
+// type URL) right before its snapshot is set. fn may change the map, for
+// example to inject invalid resources and observe a NACK. It runs with the
+// server's lock held and must not call the Server.
+//
+// # Experimental
+//
+// This hook exists for tests and may change or go away.
+func WithSnapshotHook(fn func(nodeID string, resources map[string][]types.Resource)) Option {
+	return optionFunc(func(s *settings) { s.snapshotHook = fn })
+}
