@@ -26,7 +26,7 @@ func main() {
 	fmt.Printf("machine: %s, %d cores, %s/%s, %s\n\n", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Println("| measurement | grpc-go | mesh | mesh / grpc-go |")
 	fmt.Println("| --- | ---: | ---: | ---: |")
-	base, mesh := best(*rounds, benchmarks.UnaryGRPC), best(*rounds, benchmarks.UnaryMesh)
+	base, mesh := bestOf(*rounds, benchmarks.UnaryGRPC, benchmarks.UnaryMesh)
 	row := func(name string, b, m float64, unit string) {
 		ratio := "n/a"
 		if b > 0 {
@@ -43,21 +43,25 @@ func main() {
 		float64(pick.T.Nanoseconds())/float64(pick.N), pick.AllocsPerOp(), pick.N)
 }
 
-// best runs f rounds times, interleaved with nothing else, and keeps the
-// fastest result, which is the least disturbed by the rest of the machine.
-func best(rounds int, f func(*testing.B)) testing.BenchmarkResult {
-	var out testing.BenchmarkResult
-	for range rounds {
+// bestOf runs the two sides alternately, rounds times, and keeps each
+// side's fastest round: alternating exposes both to the same machine, and
+// the fastest round is the one least disturbed by anything else on it.
+func bestOf(rounds int, base, mesh func(*testing.B)) (b, m testing.BenchmarkResult) {
+	keep := func(best *testing.BenchmarkResult, f func(*testing.B)) {
 		r := testing.Benchmark(f)
 		if r.N == 0 {
 			fmt.Fprintln(os.Stderr, "compare: a benchmark failed; run go test -bench . ./benchmarks for its error")
 			os.Exit(1)
 		}
-		if out.N == 0 || r.NsPerOp() < out.NsPerOp() {
-			out = r
+		if best.N == 0 || r.NsPerOp() < best.NsPerOp() {
+			*best = r
 		}
 	}
-	return out
+	for range rounds {
+		keep(&b, base)
+		keep(&m, mesh)
+	}
+	return b, m
 }
 
 func cpuModel() string {

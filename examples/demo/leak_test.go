@@ -1,0 +1,10 @@
+package main
+
+import (
+	"testing"
+
+	"mesh/internal/leakcheck"
+)
+
+// The demo stops everything it starts.
+func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc") }
