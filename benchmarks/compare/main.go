@@ -24,44 +24,48 @@ func main() {
 	flag.Parse()
 
 	fmt.Printf("machine: %s, %d cores, %s/%s, %s\n\n", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-	fmt.Println("| measurement | grpc-go | mesh | mesh / grpc-go |")
-	fmt.Println("| --- | ---: | ---: | ---: |")
-	base, mesh := bestOf(*rounds, benchmarks.UnaryGRPC, benchmarks.UnaryMesh)
-	row := func(name string, b, m float64, unit string) {
-		ratio := "n/a"
-		if b > 0 {
-			ratio = fmt.Sprintf("%.2f", m/b)
-		}
-		fmt.Printf("| unary RPC, %s | %.0f %s | %.0f %s | %s |\n", name, b, unit, m, unit, ratio)
+	fmt.Println("| measurement | grpc-go + mTLS | + tracing | mesh | mesh / grpc-go | mesh / grpc-go + tracing |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
+	r := bestOf(*rounds, benchmarks.UnaryGRPC, benchmarks.UnaryGRPCTraced, benchmarks.UnaryMesh)
+	base, traced, mesh := r[0], r[1], r[2]
+	row := func(name, unit string, get func(testing.BenchmarkResult) float64) {
+		b, t, m := get(base), get(traced), get(mesh)
+		fmt.Printf("| unary RPC, %s | %.0f %s | %.0f %s | %.0f %s | %s | %s |\n", name, b, unit, t, unit, m, unit, ratio(m, b), ratio(m, t))
 	}
-	row("time", float64(base.NsPerOp()), float64(mesh.NsPerOp()), "ns")
-	row("memory", float64(base.AllocedBytesPerOp()), float64(mesh.AllocedBytesPerOp()), "B")
-	row("allocations", float64(base.AllocsPerOp()), float64(mesh.AllocsPerOp()), "allocs")
+	row("time", "ns", func(r testing.BenchmarkResult) float64 { return float64(r.NsPerOp()) })
+	row("memory", "B", func(r testing.BenchmarkResult) float64 { return float64(r.AllocedBytesPerOp()) })
+	row("allocations", "allocs", func(r testing.BenchmarkResult) float64 { return float64(r.AllocsPerOp()) })
 
 	pick := testing.Benchmark(benchmarks.RoutePick)
 	fmt.Printf("\nroute match + weighted pick: %.1f ns/op, %d allocs/op (%d iterations)\n",
 		float64(pick.T.Nanoseconds())/float64(pick.N), pick.AllocsPerOp(), pick.N)
 }
 
-// bestOf runs the two sides alternately, rounds times, and keeps each
-// side's fastest round: alternating exposes both to the same machine, and
+// bestOf runs the sides in turn, rounds times, and keeps each side's
+// fastest round: taking turns exposes every side to the same machine, and
 // the fastest round is the one least disturbed by anything else on it.
-func bestOf(rounds int, base, mesh func(*testing.B)) (b, m testing.BenchmarkResult) {
-	keep := func(best *testing.BenchmarkResult, f func(*testing.B)) {
-		r := testing.Benchmark(f)
-		if r.N == 0 {
-			fmt.Fprintln(os.Stderr, "compare: a benchmark failed; run go test -bench . ./benchmarks for its error")
-			os.Exit(1)
-		}
-		if best.N == 0 || r.NsPerOp() < best.NsPerOp() {
-			*best = r
-		}
-	}
+func bestOf(rounds int, sides ...func(*testing.B)) []testing.BenchmarkResult {
+	best := make([]testing.BenchmarkResult, len(sides))
 	for range rounds {
-		keep(&b, base)
-		keep(&m, mesh)
+		for i, f := range sides {
+			r := testing.Benchmark(f)
+			if r.N == 0 {
+				fmt.Fprintln(os.Stderr, "compare: a benchmark failed; run go test -bench . ./benchmarks for its error")
+				os.Exit(1)
+			}
+			if best[i].N == 0 || r.NsPerOp() < best[i].NsPerOp() {
+				best[i] = r
+			}
+		}
 	}
-	return b, m
+	return best
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", a/b)
 }
 
 func cpuModel() string {
