@@ -76,3 +76,18 @@ func BenchmarkServerHandler(b *testing.B) {
 		runHandler(ctx, h, benchInfo, events)
 	}
 }
+
+// BenchmarkClientHandlerWithMetrics adds Istio's metrics, peer metadata
+// and a sampled span to the client's per-RPC cost.
+func BenchmarkClientHandlerWithMetrics(b *testing.B) {
+	tp, _ := newRecordingProvider(b, sdktrace.AlwaysSample())
+	mp, _ := newMeter(b)
+	h := telemetry.NewClientHandler(telemetry.WithTracerProvider(tp), telemetry.WithMeterProvider(mp),
+		telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost))
+	events := clientEvents()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		runHandler(ctx, h, benchInfo, events)
+	}
+}

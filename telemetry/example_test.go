@@ -3,11 +3,18 @@ package telemetry_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
+	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -88,7 +95,9 @@ func ExampleNewServerHandler() {
 		telemetry.WithPropagator(propagation.TraceContext{}),
 		telemetry.WithAttributes(attribute.String("service.namespace", "shop")),
 	)
-	srv := grpc.NewServer(grpc.StatsHandler(handler))
+	// ServerOptions installs the stats handler and the interceptors that send
+	// this workload's peer metadata back to callers.
+	srv := grpc.NewServer(handler.ServerOptions()...)
 	defer srv.Stop()
 	// Register services, then srv.Serve(listener).
 }
@@ -118,3 +127,139 @@ func ExampleMetadataCarrier_extract() {
 	// Output:
 	// 4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 sampled: false remote: true
 }
+
+// Istio's standard metrics for a net/http server and its client, read here
+// through an SDK ManualReader; a real program registers the OpenTelemetry
+// Prometheus exporter instead, and the series come out under Istio's names.
+func ExampleMiddleware() {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer func() { _ = mp.Shutdown(context.Background()) }()
+
+	payments := telemetry.Workload{Name: "payments-v1", Namespace: "shop", App: "payments", Version: "v1"}
+	checkout := telemetry.Workload{Name: "checkout-v1", Namespace: "shop", App: "checkout", Version: "v1"}
+	srv := httptest.NewServer(telemetry.Middleware(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), telemetry.WithWorkload(payments)))
+	defer srv.Close()
+
+	client := &http.Client{Transport: telemetry.Transport(http.DefaultTransport,
+		telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout),
+		telemetry.WithService("payments.shop.svc.cluster.local"))}
+	resp, err := client.Get(srv.URL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close() // the client records once the body is done
+
+	var rm metricdata.ResourceMetrics
+	_ = reader.Collect(context.Background(), &rm)
+	for _, m := range rm.ScopeMetrics[0].Metrics {
+		if sum, ok := m.Data.(metricdata.Sum[int64]); ok {
+			for _, pt := range sum.DataPoints {
+				label := func(k string) string { v, _ := pt.Attributes.Value(attribute.Key(k)); return v.AsString() }
+				fmt.Printf("%s{reporter=%q, source_workload=%q, destination_workload=%q, destination_service_name=%q, response_code=%q} %d\n",
+					m.Name, label("reporter"), label("source_workload"), label("destination_workload"),
+					label("destination_service_name"), label("response_code"), pt.Value)
+			}
+		}
+	}
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	// Output:
+	// istio_requests_total{reporter="source", source_workload="checkout-v1", destination_workload="payments-v1", destination_service_name="payments", response_code="200"} 1
+}
+
+// The headers of Istio's metadata exchange, and reading them back.
+func ExamplePeerMetadata() {
+	id, value, err := telemetry.PeerMetadata(telemetry.Workload{
+		Name: "payments-v1", Namespace: "shop", App: "payments", Version: "v1", Cluster: "Kubernetes",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(telemetry.HeaderPeerMetadataID+":", id)
+	w, err := telemetry.ParsePeerMetadata(value)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(w.Name, w.Namespace, w.App, w.Version, w.CanonicalService, w.CanonicalRevision, w.Cluster)
+	// Output:
+	// x-envoy-peer-metadata-id: sidecar~~payments-v1.shop~shop.svc.cluster.local
+	// payments-v1 shop payments v1 payments v1 Kubernetes
+}
+
+// B3 writes the multi-header form Envoy reads by default.
+func ExampleB3() {
+	traceID, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	spanID, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: traceID, SpanID: spanID, TraceFlags: trace.FlagsSampled,
+	}))
+	md := metadata.MD{}
+	telemetry.B3{}.Inject(ctx, telemetry.MetadataCarrier(md))
+	for _, k := range telemetry.MetadataCarrier(md).Keys() {
+		fmt.Println(k+":", md.Get(k)[0])
+	}
+	// Output:
+	// x-b3-sampled: 1
+	// x-b3-spanid: 00f067aa0ba902b7
+	// x-b3-traceid: 4bf92f3577b34da6a3ce929d0e0e4736
+}
+
+// The single b3 header, for proxies configured to read it.
+func ExampleB3_singleHeader() {
+	md := metadata.Pairs("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1")
+	ctx := telemetry.B3{SingleHeader: true}.Extract(context.Background(), telemetry.MetadataCarrier(md))
+	sc := trace.SpanContextFromContext(ctx)
+	fmt.Println(sc.TraceID(), sc.SpanID(), "sampled:", sc.IsSampled())
+	// Output:
+	// 4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 sampled: true
+}
+
+// Access logs go to any slog.Logger; this one drops the timing fields to
+// keep the output stable.
+func ExampleWithAccessLog() {
+	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			switch a.Key {
+			case slog.TimeKey, "start_time", "duration", "trace_id":
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	h := telemetry.Middleware(http.NotFoundHandler(),
+		telemetry.WithAccessLog(logger, telemetry.AccessLogConfig{
+			Filter: func(e telemetry.Entry) bool { return e.ResponseCode >= 400 },
+		}))
+	req := httptest.NewRequest(http.MethodGet, "/missing", nil)
+	req.Header.Set("x-request-id", "7c1f8a5e-0000-4000-8000-000000000001")
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	// Output:
+	// level=INFO msg=access direction=inbound method=GET path=/missing protocol=HTTP/1.1 authority=example.com response_code=404 grpc_status="" response_flags=- upstream_cluster="" upstream_host="" bytes_received=0 bytes_sent=19 peer_principal="" request_id=7c1f8a5e-0000-4000-8000-000000000001
+}
+
+// The router tells telemetry where a request went, on the context the
+// handler tagged; spans and access logs then name the cluster and endpoint.
+func ExampleSetRouteInfo() {
+	inner := roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		ok := telemetry.SetRouteInfo(r.Context(), telemetry.RouteInfo{
+			Cluster: "outbound|8080|v2|payments.shop.svc.cluster.local", Subset: "v2", Endpoint: "10.0.0.7:8080",
+		})
+		fmt.Println("route recorded:", ok)
+		return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
+	})
+	client := &http.Client{Transport: telemetry.Transport(inner)}
+	resp, err := client.Get("http://payments.shop.svc.cluster.local:8080/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	// Output:
+	// route recorded: true
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

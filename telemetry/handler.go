@@ -2,15 +2,22 @@ package telemetry
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
@@ -31,56 +38,162 @@ const (
 	keyPeerPort          = attribute.Key("network.peer.port")
 )
 
-// NewClientHandler returns a gRPC stats handler that records a client span
-// for every RPC attempt and sends its trace context to the server in the
-// request metadata. Install it with grpc.WithStatsHandler.
+// Span attributes Envoy records, under Envoy's names, so spans from proxies
+// and from proxyless workloads read alike.
+const (
+	keyRequestID       = attribute.Key("guid:x-request-id")
+	keyUpstreamCluster = attribute.Key("upstream_cluster")
+	keyUpstreamSubset  = attribute.Key("upstream_subset")
+	keyUpstreamAddress = attribute.Key("upstream_address")
+	keyRetryCount      = attribute.Key("retry.count")
+	keyResponseFlags   = attribute.Key("response_flags")
+)
+
+// setRouteAttributes records what the router decided, when it said.
+func setRouteAttributes(span trace.Span, route RouteInfo, flags string) {
+	if route.Cluster != "" {
+		span.SetAttributes(keyUpstreamCluster.String(route.Cluster))
+	}
+	if route.Subset != "" {
+		span.SetAttributes(keyUpstreamSubset.String(route.Subset))
+	}
+	if route.Endpoint != "" {
+		span.SetAttributes(keyUpstreamAddress.String(route.Endpoint))
+	}
+	if route.Retries > 0 {
+		span.SetAttributes(keyRetryCount.Int(route.Retries))
+	}
+	if flags != "" && flags != noResponseFlags {
+		span.SetAttributes(keyResponseFlags.String(flags))
+	}
+}
+
+// NewClientHandler returns a gRPC stats handler for a client channel. For
+// every RPC attempt it records a client span, sends the span's trace context,
+// an x-request-id and (given WithWorkload) this workload's Istio peer
+// metadata in the request metadata, learns the server's peer metadata from
+// the response headers, and records Istio's standard metrics with reporter
+// "source" and an access log record. Install it with grpc.WithStatsHandler;
+// use one handler per channel, with WithService naming the target host.
 func NewClientHandler(opts ...Option) stats.Handler {
 	return newHandler(true, opts)
 }
 
-// NewServerHandler returns a gRPC stats handler that continues the trace
-// context a client sent, records a server span for every RPC and puts that
-// span in the context the service method receives. Install it with
-// grpc.StatsHandler.
-func NewServerHandler(opts ...Option) stats.Handler {
-	return newHandler(false, opts)
+// ServerHandler is the gRPC stats handler of a server, with the interceptors
+// that send this workload's peer metadata in response headers (a stats
+// handler cannot write headers). ServerOptions installs all three.
+type ServerHandler struct{ h *handler }
+
+var _ stats.Handler = (*ServerHandler)(nil)
+
+// NewServerHandler returns a gRPC server handler. For every RPC it continues
+// the trace context a client sent, records a server span and puts it in the
+// context the service method receives, reads (or generates) the
+// x-request-id and the client's Istio peer metadata, and records Istio's
+// standard metrics with reporter "destination" and an access log record.
+// Install it with grpc.NewServer(h.ServerOptions()...), or with
+// grpc.StatsHandler(h) alone when peers need not learn this workload's
+// labels.
+func NewServerHandler(opts ...Option) *ServerHandler {
+	return &ServerHandler{h: newHandler(false, opts)}
+}
+
+// TagRPC implements stats.Handler.
+func (s *ServerHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return s.h.TagRPC(ctx, info)
+}
+
+// HandleRPC implements stats.Handler.
+func (s *ServerHandler) HandleRPC(ctx context.Context, rs stats.RPCStats) { s.h.HandleRPC(ctx, rs) }
+
+// TagConn implements stats.Handler.
+func (s *ServerHandler) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
+	return s.h.TagConn(ctx, info)
+}
+
+// HandleConn implements stats.Handler.
+func (s *ServerHandler) HandleConn(ctx context.Context, cs stats.ConnStats) { s.h.HandleConn(ctx, cs) }
+
+// UnaryInterceptor returns an interceptor that adds this workload's peer
+// metadata to the response headers of unary RPCs.
+func (s *ServerHandler) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if s.h.metaValue != "" {
+			// Only fails when the headers were already sent, which cannot
+			// have happened before the method runs.
+			_ = grpc.SetHeader(ctx, metadata.Pairs(HeaderPeerMetadataID, s.h.metaID, HeaderPeerMetadata, s.h.metaValue))
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamInterceptor returns an interceptor that adds this workload's peer
+// metadata to the response headers of streaming RPCs.
+func (s *ServerHandler) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if s.h.metaValue != "" {
+			_ = ss.SetHeader(metadata.Pairs(HeaderPeerMetadataID, s.h.metaID, HeaderPeerMetadata, s.h.metaValue))
+		}
+		return handler(srv, ss)
+	}
+}
+
+// ServerOptions returns the server options that install the handler and
+// its interceptors (chained, so they add to any others).
+func (s *ServerHandler) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.StatsHandler(s),
+		grpc.ChainUnaryInterceptor(s.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(s.StreamInterceptor()),
+	}
 }
 
 // handler is the one stats.Handler behind both constructors. Each concern
-// (traces now; metrics and access logs later) keeps its long-lived parts here
-// and its per-RPC parts in rpcState, so an RPC pays for one state allocation
-// however many concerns are switched on.
+// (traces, metrics, access logs) keeps its long-lived parts in core and its
+// per-RPC parts in rpcState, so an RPC pays for one state allocation however
+// many concerns are switched on.
 type handler struct {
-	client     bool
-	tracer     trace.Tracer
-	propagator propagation.TextMapPropagator
+	*core
 	// startOptions is built once: passing a fresh variadic slice to the
 	// Tracer interface would allocate on every RPC.
 	startOptions []trace.SpanStartOption
 	systemAttr   attribute.KeyValue
-	extraAttrs   []attribute.KeyValue
 }
 
 func newHandler(client bool, opts []Option) *handler {
-	cfg := newConfig(opts)
 	kind := trace.SpanKindServer
 	if client {
 		kind = trace.SpanKindClient
 	}
 	return &handler{
-		client:       client,
-		tracer:       cfg.tracerProvider.Tracer(instrumentationName),
-		propagator:   cfg.propagator,
+		core:         newCore(client, opts),
 		startOptions: []trace.SpanStartOption{trace.WithSpanKind(kind)},
 		systemAttr:   keyRPCSystem.String("grpc"),
-		extraAttrs:   cfg.attributes,
 	}
 }
 
 // rpcState is what a handler remembers about one RPC (one attempt, on the
-// client) between TagRPC and the stats.End that closes it.
+// client) between TagRPC and the stats.End that closes it. Events of one
+// streaming RPC can arrive on different goroutines, hence the atomics and
+// the mutex.
 type rpcState struct {
-	span trace.Span
+	span       trace.Span
+	start      time.Time
+	fullMethod string
+	requestID  string
+	route      *routeSlot
+	ownRoute   routeSlot
+	ended      atomic.Bool
+	responded  atomic.Bool // the client saw response headers or trailers
+	peer       atomic.Pointer[Workload]
+	reqBytes   atomic.Int64
+	respBytes  atomic.Int64
+
+	mu         sync.Mutex
+	authority  string
+	remoteAddr string
+	localAddr  string
+
 	// headers is scratch space for injection, kept here to share the state's
 	// allocation.
 	headers outgoingHeaders
@@ -99,8 +212,19 @@ type rpcContext struct {
 }
 
 func (c *rpcContext) Value(key any) any {
-	if k, ok := key.(rpcStateKey); ok && k.owner == c.owner {
-		return &c.state
+	switch k := key.(type) {
+	case rpcStateKey:
+		if k.owner == c.owner {
+			return &c.state
+		}
+	case routeSlotKey:
+		// Only client attempts are routed. A server's context must not
+		// offer one: calls its method makes would share and overwrite it.
+		if c.owner.client {
+			return c.state.route
+		}
+	case requestIDKey:
+		return c.state.requestID
 	}
 	return c.Context.Value(key)
 }
@@ -111,8 +235,8 @@ func (h *handler) stateFromContext(ctx context.Context) *rpcState {
 }
 
 // TagRPC starts the RPC's span. On the client it also writes the span's
-// trace context into the outgoing metadata; on the server it first reads the
-// client's trace context from the incoming metadata.
+// trace context, the request ID and this workload's peer metadata into the
+// outgoing metadata; on the server it first reads the client's.
 func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
 	var fullMethod string
 	var nameResolutionDelayed bool
@@ -120,29 +244,63 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		fullMethod = info.FullMethodName
 		nameResolutionDelayed = info.NameResolutionDelay
 	}
-	if !h.client {
-		ctx = h.propagator.Extract(ctx, incomingHeaders{ctx: ctx})
+	rc := &rpcContext{owner: h, state: rpcState{fullMethod: fullMethod, start: h.now()}}
+	st := &rc.state
+	st.route = &st.ownRoute
+	if h.client {
+		if slot, _ := ctx.Value(routeSlotKey{}).(*routeSlot); slot != nil {
+			st.route = slot // an outer handler's slot: the router fills one for both
+		}
 	}
+	if h.client {
+		st.requestID = outgoingValue(ctx, HeaderRequestID)
+	} else {
+		ctx = h.propagator.Extract(ctx, incomingHeaders{ctx: ctx})
+		st.requestID = incomingValue(ctx, HeaderRequestID)
+		if w := h.peerFromHeader(incomingValue(ctx, HeaderPeerMetadata)); w != nil {
+			st.peer.Store(w)
+		}
+		st.authority = incomingValue(ctx, ":authority")
+	}
+	inheritedID := st.requestID != ""
+	if !inheritedID {
+		st.requestID, inheritedID = RequestIDFromContext(ctx)
+		if !inheritedID {
+			st.requestID = newRequestID()
+		}
+	}
+	parent := trace.SpanContextFromContext(ctx)
 	ctx, span := h.tracer.Start(ctx, spanName(fullMethod), h.startOptions...)
+	st.span = span
 	if span.IsRecording() {
-		h.setMethodAttributes(span, fullMethod)
+		h.setMethodAttributes(span, fullMethod, st.requestID)
 		if nameResolutionDelayed {
 			span.AddEvent("delayed name resolution complete")
 		}
 	}
-	rc := &rpcContext{owner: h, state: rpcState{span: span}}
 	if h.client {
-		rc.state.headers.reset()
-		h.propagator.Inject(ctx, &rc.state.headers)
-		ctx = rc.state.headers.attachOutgoing(ctx)
-		rc.state.headers = outgoingHeaders{} // metadata holds its own copy now
+		st.headers.reset()
+		injectCtx := ctx
+		if h.sendsParent && parent.IsValid() {
+			injectCtx = withParentSpanID(ctx, parent.SpanID())
+		}
+		h.propagator.Inject(injectCtx, &st.headers)
+		if outgoingValue(ctx, HeaderRequestID) == "" {
+			st.headers.Set(HeaderRequestID, st.requestID)
+		}
+		if h.metaValue != "" {
+			st.headers.Set(HeaderPeerMetadataID, h.metaID)
+			st.headers.Set(HeaderPeerMetadata, h.metaValue)
+		}
+		ctx = st.headers.attachOutgoing(ctx)
+		st.headers = outgoingHeaders{} // metadata holds its own copy now
 	}
 	rc.Context = ctx
 	return rc
 }
 
-// HandleRPC adds what the RPC's events reveal to its span and ends the span
-// when the RPC ends.
+// HandleRPC adds what the RPC's events reveal to its state and span, and
+// records everything when the RPC ends.
 func (h *handler) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 	st := h.stateFromContext(ctx)
 	if st == nil {
@@ -151,24 +309,66 @@ func (h *handler) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 	span := st.span
 	switch rs := rs.(type) {
 	case *stats.OutHeader:
-		if h.client && span.IsRecording() {
-			setServerAttributes(span, rs.Authority)
-			setPeerAttributes(span, rs.RemoteAddr)
+		if h.client {
+			st.mu.Lock()
+			st.authority = rs.Authority
+			st.remoteAddr = addrString(rs.RemoteAddr)
+			st.mu.Unlock()
+			if span.IsRecording() {
+				setServerAttributes(span, rs.Authority)
+				setPeerAttributes(span, rs.RemoteAddr)
+			}
 		}
 	case *stats.InHeader:
-		if !h.client && span.IsRecording() {
-			setPeerAttributes(span, rs.RemoteAddr)
+		if h.client {
+			st.responded.Store(true)
+			h.learnPeer(st, rs.Header)
+		} else {
+			st.mu.Lock()
+			st.remoteAddr = addrString(rs.RemoteAddr)
+			st.localAddr = addrString(rs.LocalAddr)
+			st.mu.Unlock()
+			if span.IsRecording() {
+				setPeerAttributes(span, rs.RemoteAddr)
+			}
+		}
+	case *stats.InTrailer:
+		if h.client {
+			st.responded.Store(true)
+			h.learnPeer(st, rs.Trailer) // a trailers-only response carries headers here
+		}
+	case *stats.InPayload:
+		if h.client {
+			st.respBytes.Add(int64(rs.WireLength))
+		} else {
+			st.reqBytes.Add(int64(rs.WireLength))
+		}
+	case *stats.OutPayload:
+		if h.client {
+			st.reqBytes.Add(int64(rs.WireLength))
+		} else {
+			st.respBytes.Add(int64(rs.WireLength))
 		}
 	case *stats.DelayedPickComplete:
 		if span.IsRecording() {
 			span.AddEvent("delayed load balancer pick complete")
 		}
 	case *stats.End:
-		h.endSpan(span, rs.Error)
+		if st.ended.CompareAndSwap(false, true) {
+			h.end(ctx, st, rs.Error)
+		}
 	}
 }
 
-// TagConn returns ctx unchanged: spans are per RPC.
+func (h *handler) learnPeer(st *rpcState, md metadata.MD) {
+	if v := md.Get(HeaderPeerMetadata); len(v) > 0 {
+		if w := h.peerFromHeader(v[0]); w != nil {
+			st.peer.Store(w)
+		}
+	}
+}
+
+// TagConn returns ctx unchanged: everything is per RPC.
 func (h *handler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
 	return ctx
 }
@@ -176,19 +376,135 @@ func (h *handler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Con
 // HandleConn ignores connection events.
 func (h *handler) HandleConn(context.Context, stats.ConnStats) {}
 
-func (h *handler) endSpan(span trace.Span, err error) {
+// end finishes the span and records metrics and the access log.
+func (h *handler) end(ctx context.Context, st *rpcState, err error) {
+	code := grpccodes.OK
+	var message string
+	if err != nil {
+		s := status.Convert(err)
+		code, message = s.Code(), s.Message()
+	}
+	route := routeInfo(ctx, st.route)
+	st.mu.Lock()
+	ex := exchange{
+		protocol:      protocolGRPC,
+		httpProtocol:  "HTTP/2",
+		method:        "POST",
+		path:          st.fullMethod,
+		authority:     st.authority,
+		peer:          st.peer.Load(),
+		responseCode:  grpcHTTPStatus,
+		grpcStatus:    strconv.Itoa(int(code)),
+		flags:         route.ResponseFlags,
+		start:         st.start,
+		duration:      h.now().Sub(st.start),
+		requestBytes:  st.reqBytes.Load(),
+		responseBytes: st.respBytes.Load(),
+		route:         route,
+		remoteAddr:    st.remoteAddr,
+		localAddr:     st.localAddr,
+		requestID:     st.requestID,
+		traceID:       traceIDOf(st.span),
+	}
+	st.mu.Unlock()
+	ex.peerPrincipal, ex.mutualTLS = h.peerSecurity(ctx)
+	if h.client && !st.responded.Load() {
+		ex.responseCode = noResponseStatus
+	}
+	if ex.flags == "" {
+		ex.flags = grpcResponseFlags(h.client, st.responded.Load(), code)
+	}
+
+	span := st.span
 	if span.IsRecording() {
-		code := grpccodes.OK
-		if err != nil {
-			s := status.Convert(err)
-			code = s.Code()
-			if h.client || serverFault(code) {
-				span.SetStatus(codes.Error, s.Message())
-			}
+		if err != nil && (h.client || serverFault(code)) {
+			span.SetStatus(codes.Error, message)
 		}
 		span.SetAttributes(keyRPCGRPCStatusCode.Int(int(code)))
+		setRouteAttributes(span, route, ex.flags)
 	}
 	span.End()
+	h.record(ctx, &ex)
+}
+
+// grpcResponseFlags derives Envoy response flags from how an RPC failed.
+func grpcResponseFlags(client, responded bool, code grpccodes.Code) string {
+	switch {
+	case code == grpccodes.Canceled:
+		return "DC" // the caller went away
+	case client && !responded && code == grpccodes.Unavailable:
+		return "UF" // no connection to the upstream
+	case client && !responded && code == grpccodes.DeadlineExceeded:
+		return "UT" // the upstream did not answer in time
+	}
+	return noResponseFlags
+}
+
+// peerSecurity returns the verified SPIFFE ID of the RPC's peer and whether
+// the connection is mutual TLS (the peer proved an identity).
+func (h *handler) peerSecurity(ctx context.Context) (string, bool) {
+	if h.peerIdentity != nil {
+		id, ok := h.peerIdentity(ctx)
+		return id, ok && id != ""
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", false
+	}
+	var state *tls.ConnectionState
+	switch ai := p.AuthInfo.(type) {
+	case credentials.TLSInfo:
+		state = &ai.State
+	case *credentials.TLSInfo:
+		if ai != nil {
+			state = &ai.State
+		}
+	}
+	id := principalOf(state)
+	return id, id != ""
+}
+
+// principalOf returns the SPIFFE ID in the peer's leaf certificate, if any.
+func principalOf(state *tls.ConnectionState) string {
+	if state == nil || len(state.PeerCertificates) == 0 {
+		return ""
+	}
+	for _, u := range state.PeerCertificates[0].URIs {
+		if u.Scheme == "spiffe" {
+			return u.String()
+		}
+	}
+	return ""
+}
+
+func traceIDOf(span trace.Span) string {
+	if sc := span.SpanContext(); sc.HasTraceID() {
+		return sc.TraceID().String()
+	}
+	return ""
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// outgoingValue returns the first value of key in ctx's outgoing metadata.
+func outgoingValue(ctx context.Context, key string) string {
+	if v := metadata.ValueFromOutgoingContext(ctx, key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// incomingValue returns the first value of key in ctx's incoming metadata.
+func incomingValue(ctx context.Context, key string) string {
+	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // serverFault reports whether a server span should be marked as an error:
@@ -223,10 +539,10 @@ func splitMethod(fullMethod string) (service, method string) {
 	return "", name
 }
 
-func (h *handler) setMethodAttributes(span trace.Span, fullMethod string) {
+func (h *handler) setMethodAttributes(span trace.Span, fullMethod, requestID string) {
 	service, method := splitMethod(fullMethod)
-	attrs := make([]attribute.KeyValue, 0, 3+len(h.extraAttrs))
-	attrs = append(attrs, h.systemAttr)
+	attrs := make([]attribute.KeyValue, 0, 4+len(h.extraAttrs))
+	attrs = append(attrs, h.systemAttr, keyRequestID.String(requestID))
 	if service != "" {
 		attrs = append(attrs, keyRPCService.String(service))
 	}

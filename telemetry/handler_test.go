@@ -31,9 +31,13 @@ const testTimeout = 15 * time.Second
 
 // observation is what the test service saw of one request.
 type observation struct {
-	traceparent []string
-	spanContext trace.SpanContext
-	baggage     baggage.Baggage
+	traceparent    []string
+	b3             string
+	b3ParentSpanID string
+	requestID      string // x-request-id as received
+	ctxRequestID   string // telemetry.RequestIDFromContext
+	spanContext    trace.SpanContext
+	baggage        baggage.Baggage
 }
 
 // healthService answers Check according to the requested service name, so
@@ -45,10 +49,21 @@ type healthService struct {
 
 func (s *healthService) observe(ctx context.Context) {
 	md, _ := metadata.FromIncomingContext(ctx)
+	first := func(key string) string {
+		if v := md.Get(key); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	ctxID, _ := telemetry.RequestIDFromContext(ctx)
 	s.seen <- observation{
-		traceparent: md.Get("traceparent"),
-		spanContext: trace.SpanContextFromContext(ctx),
-		baggage:     baggage.FromContext(ctx),
+		traceparent:    md.Get("traceparent"),
+		b3:             first("b3"),
+		b3ParentSpanID: first("x-b3-parentspanid"),
+		requestID:      first("x-request-id"),
+		ctxRequestID:   ctxID,
+		spanContext:    trace.SpanContextFromContext(ctx),
+		baggage:        baggage.FromContext(ctx),
 	}
 }
 

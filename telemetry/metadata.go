@@ -49,11 +49,12 @@ func (c MetadataCarrier) Keys() []string {
 
 // outgoingHeaders collects what a propagator injects, as key/value pairs
 // ready for metadata.AppendToOutgoingContext. The inline buffer fits W3C
-// (traceparent, tracestate, baggage) and multi-header B3 together, so
+// (traceparent, tracestate, baggage), multi-header B3, x-request-id and
+// the two peer metadata headers together, so
 // injection usually needs no allocation of its own.
 type outgoingHeaders struct {
 	kv  []string
-	buf [10]string
+	buf [16]string
 }
 
 func (h *outgoingHeaders) reset() { h.kv = h.buf[:0] }

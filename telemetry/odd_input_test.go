@@ -29,7 +29,7 @@ func TestHandlersTolerateOddInput(t *testing.T) {
 	for _, client := range []bool{true, false} {
 		for _, tt := range tests {
 			tp, rec := newRecordingProvider(t, sdktrace.AlwaysSample())
-			h := telemetry.NewServerHandler(telemetry.WithTracerProvider(tp))
+			var h stats.Handler = telemetry.NewServerHandler(telemetry.WithTracerProvider(tp))
 			if client {
 				h = telemetry.NewClientHandler(telemetry.WithTracerProvider(tp))
 			}
@@ -118,4 +118,31 @@ func TestTwoHandlersOnOneChannelKeepTheirOwnSpans(t *testing.T) {
 	if spans[1].Parent().SpanID() != spans[0].SpanContext().SpanID() {
 		t.Errorf("inner span's parent %v, want the outer span %v", spans[1].Parent().SpanID(), spans[0].SpanContext().SpanID())
 	}
+}
+
+func TestRouteInfoIsSharedByStackedClientHandlersOnly(t *testing.T) {
+	tp, rec := newRecordingProvider(t, sdktrace.AlwaysSample())
+	outer := telemetry.NewClientHandler(telemetry.WithTracerProvider(tp))
+	inner := telemetry.NewClientHandler(telemetry.WithTracerProvider(tp))
+	ctx := outer.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: "/s/m"})
+	ctx = inner.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: "/s/m"})
+	if !telemetry.SetRouteInfo(ctx, telemetry.RouteInfo{Cluster: "outbound|80||a.b.svc.cluster.local"}) {
+		t.Fatal("SetRouteInfo found no slot in a client attempt's context")
+	}
+	inner.HandleRPC(ctx, &stats.End{Client: true})
+	outer.HandleRPC(ctx, &stats.End{Client: true})
+	for _, s := range rec.Ended() {
+		if got, _ := spanAttr(s, "upstream_cluster"); got.AsString() != "outbound|80||a.b.svc.cluster.local" {
+			t.Errorf("span %v: upstream_cluster %q, want the route both handlers share", s.SpanContext().SpanID(), got.AsString())
+		}
+	}
+
+	// A server's context offers no slot: calls its method makes must each
+	// get their own.
+	server := telemetry.NewServerHandler(telemetry.WithTracerProvider(tp))
+	sctx := server.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: "/s/m"})
+	if telemetry.SetRouteInfo(sctx, telemetry.RouteInfo{Cluster: "x"}) {
+		t.Error("SetRouteInfo succeeded on a server context")
+	}
+	server.HandleRPC(sctx, &stats.End{})
 }

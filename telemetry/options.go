@@ -1,19 +1,33 @@
 package telemetry
 
 import (
+	"context"
+	"log/slog"
+	"time"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Option configures NewClientHandler and NewServerHandler.
+// Option configures NewClientHandler, NewServerHandler, Middleware and
+// Transport.
 type Option interface{ apply(*config) }
 
 type config struct {
 	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
 	propagator     propagation.TextMapPropagator
 	attributes     []attribute.KeyValue
+	workload       Workload
+	service        string
+	peerIdentity   func(context.Context) (principal string, ok bool)
+	accessLogger   *slog.Logger
+	accessLog      AccessLogConfig
+	logger         *slog.Logger
+	now            func() time.Time
 }
 
 type optionFunc func(*config)
@@ -30,11 +44,23 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	})
 }
 
-// WithPropagator sets how trace context travels in gRPC metadata. Without it,
-// or given nil, a handler uses W3C Trace Context and W3C Baggage
-// (traceparent, tracestate and baggage headers); the global propagator is
-// deliberately not consulted, so one library cannot change another's wire
-// format behind its back.
+// WithMeterProvider sets where Istio's standard metrics go. Without it, or
+// given nil, a handler uses otel.GetMeterProvider() as it was when the
+// handler was built.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(c *config) {
+		if mp != nil {
+			c.meterProvider = mp
+		}
+	})
+}
+
+// WithPropagator sets how trace context travels in gRPC metadata and HTTP
+// headers. Without it, or given nil, a handler uses W3C Trace Context and W3C
+// Baggage (traceparent, tracestate and baggage headers); the global
+// propagator is deliberately not consulted, so one library cannot change
+// another's wire format behind its back. Use B3{} or EnvoyPropagator() to
+// join traces with Envoy sidecars that only speak B3.
 func WithPropagator(p propagation.TextMapPropagator) Option {
 	return optionFunc(func(c *config) {
 		if p != nil {
@@ -51,10 +77,78 @@ func WithAttributes(attrs ...attribute.KeyValue) Option {
 	})
 }
 
+// WithWorkload names the local workload: it fills the source_* labels of
+// client metrics and the destination_* labels of server metrics, and is sent
+// to peers as Istio peer metadata (x-envoy-peer-metadata) so that their
+// metrics can name this workload too. Without it nothing is sent and the
+// local labels read "unknown".
+func WithWorkload(w Workload) Option {
+	return optionFunc(func(c *config) { c.workload = w })
+}
+
+// WithService sets destination_service: on a client, the host the channel
+// or HTTP client addresses (the facade passes the dial target, for example
+// "payments.shop.svc.cluster.local"); on a server, the service host it
+// serves. A port, if present, is dropped. Without it a client uses each
+// request's authority and a server the authority the client sent.
+func WithService(host string) Option {
+	return optionFunc(func(c *config) { c.service = stripPort(host) })
+}
+
+// WithPeerIdentity sets how a gRPC handler learns the verified SPIFFE ID of
+// the peer from an RPC's context, for the source_principal and
+// destination_principal labels. Without it the handler reads the leaf
+// certificate of a standard credentials.TLSInfo; the facade passes a function
+// that reads mesh's own transport credentials. A nil function is ignored.
+func WithPeerIdentity(f func(ctx context.Context) (principal string, ok bool)) Option {
+	return optionFunc(func(c *config) {
+		if f != nil {
+			c.peerIdentity = f
+		}
+	})
+}
+
+// WithAccessLog writes one Envoy-style access log record per request to
+// logger, subject to cfg's filter and sampling. A nil logger turns access
+// logging off. An invalid cfg (see AccessLogConfig.Validate) is reported
+// through the handler's logger and logs every request instead.
+func WithAccessLog(logger *slog.Logger, cfg AccessLogConfig) Option {
+	return optionFunc(func(c *config) {
+		c.accessLogger = logger
+		c.accessLog = cfg
+	})
+}
+
+// WithLogger sets where the handler reports its own problems, such as an
+// instrument the meter provider refused. The default is slog.Default().
+func WithLogger(logger *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if logger != nil {
+			c.logger = logger
+		}
+	})
+}
+
+// withClock replaces time.Now, so tests can make durations exact.
+func withClock(now func() time.Time) Option {
+	return optionFunc(func(c *config) {
+		if now != nil {
+			c.now = now
+		}
+	})
+}
+
 // DefaultPropagator returns the propagator handlers use unless told
 // otherwise: W3C Trace Context followed by W3C Baggage.
 func DefaultPropagator() propagation.TextMapPropagator {
 	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+}
+
+// EnvoyPropagator returns a propagator that writes and reads both W3C Trace
+// Context and multi-header B3, plus W3C Baggage: Envoy sidecars configured
+// for either format join the trace.
+func EnvoyPropagator() propagation.TextMapPropagator {
+	return propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, B3{}, propagation.Baggage{})
 }
 
 func newConfig(opts []Option) config {
@@ -67,8 +161,17 @@ func newConfig(opts []Option) config {
 	if c.tracerProvider == nil {
 		c.tracerProvider = otel.GetTracerProvider()
 	}
+	if c.meterProvider == nil {
+		c.meterProvider = otel.GetMeterProvider()
+	}
 	if c.propagator == nil {
 		c.propagator = DefaultPropagator()
+	}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	if c.now == nil {
+		c.now = time.Now
 	}
 	// Own the slice, so callers reusing their backing array cannot race spans.
 	c.attributes = append([]attribute.KeyValue(nil), c.attributes...)

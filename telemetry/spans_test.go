@@ -37,3 +37,5 @@ func spanAttr(s sdktrace.ReadOnlySpan, key attribute.Key) (attribute.Value, bool
 	}
 	return attribute.Value{}, false
 }
+
+func attrString(s string) attribute.Value { return attribute.StringValue(s) }

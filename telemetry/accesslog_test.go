@@ -1,0 +1,220 @@
+package telemetry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/protobuf/proto"
+
+	"mesh/telemetry"
+)
+
+// logBuffer collects JSON log lines; slog handlers may write from several
+// goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) records(t *testing.T) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+func newJSONLogger(b *logBuffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(b, nil))
+}
+
+// router stands in for mesh's balancer: when an attempt begins it records
+// the route on the attempt's context, as the picker does with PickInfo.Ctx.
+type router struct {
+	stats.Handler
+	route telemetry.RouteInfo
+}
+
+func (r router) HandleRPC(ctx context.Context, rs stats.RPCStats) {
+	if _, ok := rs.(*stats.Begin); ok {
+		telemetry.SetRouteInfo(ctx, r.route)
+	}
+	r.Handler.HandleRPC(ctx, rs)
+}
+
+func TestGRPCAccessLogAndRequestID(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	var clientLog, serverLog logBuffer
+	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
+	serverTP, _ := newRecordingProvider(t, nil)
+	clientCreds, serverCreds := mtlsPair(t)
+	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080", Retries: 1}
+	p := startPair(t, pairConfig{
+		clientCreds: clientCreds, serverCreds: serverCreds,
+		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP), telemetry.WithWorkload(checkout),
+			telemetry.WithService(paymentsHost), telemetry.WithClock(stepClock(25 * time.Millisecond)),
+			telemetry.WithAccessLog(newJSONLogger(&clientLog), telemetry.AccessLogConfig{})},
+		serverOpts: []telemetry.Option{telemetry.WithTracerProvider(serverTP), telemetry.WithWorkload(payments),
+			telemetry.WithClock(stepClock(25 * time.Millisecond)),
+			telemetry.WithAccessLog(newJSONLogger(&serverLog), telemetry.AccessLogConfig{})},
+		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
+	})
+
+	req := &healthpb.HealthCheckRequest{Service: "payments"}
+	if _, err := p.client.Check(telemetry.WithRequestID(ctx, "req-abc"), req); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	seen := <-p.service.seen
+	if seen.requestID != "req-abc" || seen.ctxRequestID != "req-abc" {
+		t.Errorf("server saw x-request-id %q, context %q; want req-abc in both", seen.requestID, seen.ctxRequestID)
+	}
+	if _, err := p.client.Check(ctx, req); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	generated := <-p.service.seen
+	if len(generated.requestID) != 36 || generated.ctxRequestID != generated.requestID {
+		t.Errorf("generated x-request-id %q (context %q), want one UUID in both", generated.requestID, generated.ctxRequestID)
+	}
+	waitN(ctx, t, "client", p.clientEnds, 2)
+	waitN(ctx, t, "server", p.serverEnds, 2)
+
+	clientRecs, serverRecs := clientLog.records(t), serverLog.records(t)
+	if len(clientRecs) != 2 || len(serverRecs) != 2 {
+		t.Fatalf("%d client and %d server records, want 2 each", len(clientRecs), len(serverRecs))
+	}
+	var clientSpan trace.SpanContext
+	for _, s := range clientSpans.Ended() {
+		if a, ok := spanAttr(s, "guid:x-request-id"); ok && a.AsString() == "req-abc" {
+			clientSpan = s.SpanContext()
+			wantAttr(t, s, "upstream_cluster", attrString(route.Cluster))
+			wantAttr(t, s, "upstream_address", attrString(route.Endpoint))
+		}
+	}
+	reqWire := float64(proto.Size(req) + 5)
+	respWire := float64(proto.Size(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}) + 5)
+	common := map[string]any{
+		"msg": "access", "method": "POST", "path": "/grpc.health.v1.Health/Check", "protocol": "HTTP/2",
+		"response_code": 200.0, "grpc_status": "0", "response_flags": "-", "duration": 25.0,
+		"bytes_received": reqWire, "bytes_sent": respWire, "request_id": "req-abc",
+		"trace_id": clientSpan.TraceID().String(), "start_time": "2026-01-02T03:04:05.025Z",
+	}
+	wantRecord(t, "client", clientRecs[0], common, map[string]any{
+		"direction": "outbound", "upstream_cluster": route.Cluster, "upstream_host": route.Endpoint,
+		"peer_principal": payments.Principal,
+	})
+	wantRecord(t, "server", serverRecs[0], common, map[string]any{
+		"direction": "inbound", "upstream_cluster": fmt.Sprintf("inbound|%d||", p.serverAddr.Port),
+		"upstream_host": p.serverAddr.String(), "peer_principal": checkout.Principal,
+	})
+	if clientRecs[1]["request_id"] != generated.requestID || serverRecs[1]["request_id"] != generated.requestID {
+		t.Errorf("second request logged as %v (client), %v (server), want %s", clientRecs[1]["request_id"], serverRecs[1]["request_id"], generated.requestID)
+	}
+}
+
+func wantRecord(t *testing.T, who string, rec map[string]any, wants ...map[string]any) {
+	t.Helper()
+	for _, want := range wants {
+		for k, v := range want {
+			if rec[k] != v {
+				t.Errorf("%s record: %s = %v (%T), want %v (%T)", who, k, rec[k], rec[k], v, v)
+			}
+		}
+	}
+}
+
+func TestAccessLogFilterAndSampling(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/fail" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	serve := func(h http.Handler, path, id string) {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		req.Header.Set("x-request-id", id)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}
+
+	var errorsOnly logBuffer
+	h := telemetry.Middleware(ok, telemetry.WithAccessLog(newJSONLogger(&errorsOnly), telemetry.AccessLogConfig{
+		Filter: func(e telemetry.Entry) bool { return e.ResponseCode >= 500 },
+	}))
+	serve(h, "/fine", "a")
+	serve(h, "/fail", "b")
+	recs := errorsOnly.records(t)
+	if len(recs) != 1 || recs[0]["request_id"] != "b" || recs[0]["response_code"] != 503.0 || recs[0]["direction"] != "inbound" {
+		t.Errorf("filtered log %v, want only the 503", recs)
+	}
+
+	// Two hops sampling at the same rate log the same requests, chosen by
+	// request ID.
+	var hop1, hop2 logBuffer
+	half := telemetry.AccessLogConfig{SampleRate: 0.5}
+	h1 := telemetry.Middleware(ok, telemetry.WithAccessLog(newJSONLogger(&hop1), half))
+	h2 := telemetry.Middleware(ok, telemetry.WithAccessLog(newJSONLogger(&hop2), half))
+	const n = 200
+	for i := range n {
+		id := fmt.Sprintf("request-%d", i)
+		serve(h1, "/", id)
+		serve(h2, "/", id)
+	}
+	r1, r2 := hop1.records(t), hop2.records(t)
+	// Five binomial standard deviations (sqrt(200/4) ~ 7) either side of 100.
+	if len(r1) < n/2-35 || len(r1) > n/2+35 {
+		t.Errorf("sampling at 0.5 logged %d of %d requests", len(r1), n)
+	}
+	if len(r1) != len(r2) {
+		t.Fatalf("hops logged %d and %d requests, want the same", len(r1), len(r2))
+	}
+	for i := range r1 {
+		if r1[i]["request_id"] != r2[i]["request_id"] {
+			t.Errorf("record %d: hop 1 logged %v, hop 2 %v", i, r1[i]["request_id"], r2[i]["request_id"])
+		}
+	}
+
+	// An invalid rate is reported and logs everything.
+	var all, warnings logBuffer
+	bad := telemetry.Middleware(ok, telemetry.WithLogger(newJSONLogger(&warnings)),
+		telemetry.WithAccessLog(newJSONLogger(&all), telemetry.AccessLogConfig{SampleRate: 1.5}))
+	for i := range 10 {
+		serve(bad, "/", fmt.Sprint(i))
+	}
+	if got := len(all.records(t)); got != 10 {
+		t.Errorf("invalid rate logged %d of 10", got)
+	}
+	if w := warnings.records(t); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0]["error"]), "SampleRate 1.5") {
+		t.Errorf("warnings %v, want one naming SampleRate 1.5", w)
+	}
+	if err := (telemetry.AccessLogConfig{SampleRate: -0.1}).Validate(); err == nil {
+		t.Error("negative SampleRate validated")
+	}
+}

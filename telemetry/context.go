@@ -1,0 +1,102 @@
+package telemetry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"sync/atomic"
+)
+
+// RouteInfo says where the router sent a request, for span attributes,
+// access logs and response flags.
+type RouteInfo struct {
+	// Cluster is the upstream cluster, e.g. "outbound|8080|v2|payments.shop.svc.cluster.local".
+	Cluster string
+	// Subset is the DestinationRule subset within the service, e.g. "v2".
+	Subset string
+	// Endpoint is the address picked, "ip:port".
+	Endpoint string
+	// Retries counts the attempts made before this one.
+	Retries int
+	// ResponseFlags holds Envoy response flags the router raised, such as
+	// "UH" (no healthy upstream) or "NR" (no route); empty means none.
+	ResponseFlags string
+}
+
+type routeSlotKey struct{}
+
+// routeSlot is the per-request place the router writes its decision into;
+// the picker runs on the RPC's goroutine but the handler may read the slot
+// from another, so it is atomic.
+type routeSlot struct{ info atomic.Pointer[RouteInfo] }
+
+type routeValueKey struct{}
+
+// WithRouteInfo returns ctx carrying info, for a caller that knows the route
+// before the request starts. SetRouteInfo, called during the request,
+// overrides it.
+func WithRouteInfo(ctx context.Context, info RouteInfo) context.Context {
+	return context.WithValue(ctx, routeValueKey{}, info)
+}
+
+// SetRouteInfo records where a request went, in the request context a
+// telemetry handler tagged: the balancer calls it with the picker's
+// PickInfo.Ctx (gRPC) or the request's context (net/http, inside Transport).
+// A later call replaces an earlier one. It reports false, and records
+// nothing, when no handler tagged ctx.
+func SetRouteInfo(ctx context.Context, info RouteInfo) bool {
+	slot, _ := ctx.Value(routeSlotKey{}).(*routeSlot)
+	if slot == nil {
+		return false
+	}
+	slot.info.Store(&info)
+	return true
+}
+
+// routeInfo returns what SetRouteInfo recorded in slot, or else what
+// WithRouteInfo put in ctx.
+func routeInfo(ctx context.Context, slot *routeSlot) RouteInfo {
+	if slot != nil {
+		if p := slot.info.Load(); p != nil {
+			return *p
+		}
+	}
+	info, _ := ctx.Value(routeValueKey{}).(RouteInfo)
+	return info
+}
+
+type requestIDKey struct{}
+
+// WithRequestID returns ctx carrying id, which client handlers send as
+// x-request-id instead of generating one.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestIDFromContext returns the x-request-id of the request ctx belongs
+// to: the one a server handler received (or generated), or one set with
+// WithRequestID. Calls a service method makes with its context carry the
+// same ID onward, as Envoy sidecars do.
+func RequestIDFromContext(ctx context.Context) (string, bool) {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id, id != ""
+}
+
+// newRequestID returns a random (version 4) UUID, the form Envoy generates.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}

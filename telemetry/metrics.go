@@ -1,0 +1,284 @@
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Names of Istio's standard metrics. With the OpenTelemetry Prometheus
+// exporter they come out unchanged: the counter already ends in _total and
+// each unit suffix is already part of its name.
+const (
+	MetricRequestsTotal   = "istio_requests_total"
+	MetricRequestDuration = "istio_request_duration_milliseconds"
+	MetricRequestBytes    = "istio_request_bytes"
+	MetricResponseBytes   = "istio_response_bytes"
+)
+
+// Istio's default histogram buckets.
+var (
+	durationBucketsMillis = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+	sizeBucketsBytes      = []float64{1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000}
+)
+
+// Label values Istio uses.
+const (
+	unknown           = "unknown"
+	reporterSource    = "source"
+	reporterDest      = "destination"
+	protocolGRPC      = "grpc"
+	protocolHTTP      = "http"
+	policyMutualTLS   = "mutual_tls"
+	policyNone        = "none"
+	noResponseFlags   = "-"
+	grpcHTTPStatus    = 200
+	noResponseStatus  = 0
+	meterInstrumentID = instrumentationName
+)
+
+type instruments struct {
+	requests      metric.Int64Counter
+	duration      metric.Float64Histogram
+	requestBytes  metric.Int64Histogram
+	responseBytes metric.Int64Histogram
+}
+
+// newInstruments creates Istio's instruments. A meter provider may refuse
+// one (returning a no-op instrument with the error); the rest still work.
+func newInstruments(mp metric.MeterProvider, logger *slog.Logger) instruments {
+	meter := mp.Meter(meterInstrumentID)
+	var in instruments
+	var err error
+	report := func(name string, err error) {
+		if err != nil {
+			logger.Warn("telemetry: creating instrument", "instrument", name, "error", err)
+		}
+	}
+	in.requests, err = meter.Int64Counter(MetricRequestsTotal,
+		metric.WithDescription("Requests, by source, destination and outcome (Istio standard metric)."))
+	report(MetricRequestsTotal, err)
+	in.duration, err = meter.Float64Histogram(MetricRequestDuration, metric.WithUnit("ms"),
+		metric.WithDescription("Request duration (Istio standard metric)."),
+		metric.WithExplicitBucketBoundaries(durationBucketsMillis...))
+	report(MetricRequestDuration, err)
+	in.requestBytes, err = meter.Int64Histogram(MetricRequestBytes, metric.WithUnit("By"),
+		metric.WithDescription("Request body size (Istio standard metric)."),
+		metric.WithExplicitBucketBoundaries(sizeBucketsBytes...))
+	report(MetricRequestBytes, err)
+	in.responseBytes, err = meter.Int64Histogram(MetricResponseBytes, metric.WithUnit("By"),
+		metric.WithDescription("Response body size (Istio standard metric)."),
+		metric.WithExplicitBucketBoundaries(sizeBucketsBytes...))
+	report(MetricResponseBytes, err)
+	return in
+}
+
+func (in *instruments) enabled(ctx context.Context) bool {
+	return in.requests.Enabled(ctx) || in.duration.Enabled(ctx) ||
+		in.requestBytes.Enabled(ctx) || in.responseBytes.Enabled(ctx)
+}
+
+// core is what gRPC handlers and HTTP wrappers share: configuration resolved
+// once, instruments, and the peer metadata cache.
+type core struct {
+	client       bool
+	tracer       trace.Tracer
+	propagator   propagation.TextMapPropagator
+	sendsParent  bool // the propagator writes a parent span ID (B3)
+	extraAttrs   []attribute.KeyValue
+	instruments  instruments
+	workload     Workload
+	service      string
+	peerIdentity func(context.Context) (string, bool)
+	metaID       string // this workload's peer metadata headers; "" sends none
+	metaValue    string
+	peers        peerCache
+	accessLogger *slog.Logger
+	accessLog    AccessLogConfig
+	logger       *slog.Logger
+	now          func() time.Time
+}
+
+func newCore(client bool, opts []Option) *core {
+	cfg := newConfig(opts)
+	c := &core{
+		client:       client,
+		tracer:       cfg.tracerProvider.Tracer(instrumentationName),
+		propagator:   cfg.propagator,
+		extraAttrs:   cfg.attributes,
+		instruments:  newInstruments(cfg.meterProvider, cfg.logger),
+		workload:     cfg.workload,
+		service:      cfg.service,
+		peerIdentity: cfg.peerIdentity,
+		accessLogger: cfg.accessLogger,
+		accessLog:    cfg.accessLog,
+		logger:       cfg.logger,
+		now:          cfg.now,
+	}
+	for _, f := range cfg.propagator.Fields() {
+		if f == b3ParentSpanID || f == b3Single {
+			c.sendsParent = true
+		}
+	}
+	if !cfg.workload.IsZero() {
+		id, value, err := PeerMetadata(cfg.workload)
+		if err != nil {
+			c.logger.Warn("telemetry: not sending peer metadata", "error", err)
+		} else {
+			c.metaID, c.metaValue = id, value
+		}
+	}
+	if err := cfg.accessLog.Validate(); err != nil {
+		c.logger.Warn("telemetry: logging every request", "error", err)
+		c.accessLog.SampleRate = 1
+	}
+	return c
+}
+
+// peerFromHeader decodes a peer's metadata header, logging a malformed one
+// the first time it is seen.
+func (c *core) peerFromHeader(value string) *Workload {
+	w, err := c.peers.lookup(value)
+	if err != nil {
+		c.logger.Debug("telemetry: ignoring peer metadata", "error", err)
+	}
+	return w
+}
+
+// exchange is what one request (one attempt, on a client) revealed, in the
+// form both metrics and access logs need.
+type exchange struct {
+	protocol      string // protocolGRPC or protocolHTTP
+	httpProtocol  string // "HTTP/2", "HTTP/1.1"
+	method        string
+	path          string
+	authority     string
+	peer          *Workload
+	peerPrincipal string
+	mutualTLS     bool
+	responseCode  int
+	grpcStatus    string
+	flags         string
+	start         time.Time
+	duration      time.Duration
+	requestBytes  int64
+	responseBytes int64
+	route         RouteInfo
+	remoteAddr    string
+	localAddr     string
+	requestID     string
+	traceID       string
+}
+
+// record turns a finished exchange into metrics and an access log record.
+func (c *core) record(ctx context.Context, ex *exchange) {
+	if ex.flags == "" {
+		ex.flags = noResponseFlags
+	}
+	if c.instruments.enabled(ctx) {
+		set := attribute.NewSet(c.labels(ex)...)
+		opt := metric.WithAttributeSet(set)
+		c.instruments.requests.Add(ctx, 1, opt)
+		c.instruments.duration.Record(ctx, float64(ex.duration)/float64(time.Millisecond), opt)
+		c.instruments.requestBytes.Record(ctx, ex.requestBytes, opt)
+		c.instruments.responseBytes.Record(ctx, ex.responseBytes, opt)
+	}
+	c.writeAccessLog(ctx, ex)
+}
+
+// destinationService returns the host the request addressed.
+func (c *core) destinationService(ex *exchange) string {
+	if c.service != "" {
+		return c.service
+	}
+	return stripPort(ex.authority)
+}
+
+// labels returns Istio's standard label set for ex, in Istio's order.
+func (c *core) labels(ex *exchange) []attribute.KeyValue {
+	local := &c.workload
+	peer := ex.peer
+	if peer == nil {
+		peer = &Workload{}
+	}
+	src, dst := local, peer
+	srcPrincipal, dstPrincipal := local.Principal, ex.peerPrincipal
+	reporter, policy := reporterSource, unknown
+	if !c.client {
+		src, dst = peer, local
+		srcPrincipal, dstPrincipal = ex.peerPrincipal, local.Principal
+		reporter, policy = reporterDest, policyNone
+		if ex.mutualTLS {
+			policy = policyMutualTLS
+		}
+	}
+	service := c.destinationService(ex)
+	serviceName, serviceNamespace := splitServiceHost(service)
+	if serviceNamespace == "" {
+		serviceNamespace = dst.Namespace
+	}
+	return []attribute.KeyValue{
+		attribute.String("reporter", reporter),
+		attribute.String("source_workload", orUnknown(src.Name)),
+		attribute.String("source_workload_namespace", orUnknown(src.Namespace)),
+		attribute.String("source_principal", orUnknown(srcPrincipal)),
+		attribute.String("source_app", orUnknown(src.App)),
+		attribute.String("source_version", orUnknown(src.Version)),
+		attribute.String("source_canonical_service", orUnknown(src.canonicalService())),
+		attribute.String("source_canonical_revision", orUnknown(src.canonicalRevision())),
+		attribute.String("source_cluster", orUnknown(src.Cluster)),
+		attribute.String("destination_workload", orUnknown(dst.Name)),
+		attribute.String("destination_workload_namespace", orUnknown(dst.Namespace)),
+		attribute.String("destination_principal", orUnknown(dstPrincipal)),
+		attribute.String("destination_app", orUnknown(dst.App)),
+		attribute.String("destination_version", orUnknown(dst.Version)),
+		attribute.String("destination_service", orUnknown(service)),
+		attribute.String("destination_service_name", orUnknown(serviceName)),
+		attribute.String("destination_service_namespace", orUnknown(serviceNamespace)),
+		attribute.String("destination_canonical_service", orUnknown(dst.canonicalService())),
+		attribute.String("destination_canonical_revision", orUnknown(dst.canonicalRevision())),
+		attribute.String("destination_cluster", orUnknown(dst.Cluster)),
+		attribute.String("request_protocol", ex.protocol),
+		attribute.String("response_code", strconv.Itoa(ex.responseCode)),
+		attribute.String("grpc_response_status", ex.grpcStatus),
+		attribute.String("response_flags", ex.flags),
+		attribute.String("connection_security_policy", policy),
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return unknown
+	}
+	return s
+}
+
+// splitServiceHost returns the service name and namespace of a Kubernetes
+// service host ("name.namespace.svc" or longer, as in
+// "name.namespace.svc.cluster.local"); any other host is its own name, with
+// no namespace.
+func splitServiceHost(host string) (name, namespace string) {
+	if host == "" {
+		return "", ""
+	}
+	labels := strings.Split(host, ".")
+	if len(labels) >= 3 && labels[2] == "svc" {
+		return labels[0], labels[1]
+	}
+	return host, ""
+}
+
+// stripPort drops a ":port" from host, keeping IPv6 literals intact.
+func stripPort(host string) string {
+	if h, _, ok := splitHostPort(host); ok {
+		return h
+	}
+	return host
+}
