@@ -40,8 +40,8 @@ type Mesh struct {
 	resolver  resolver.Builder
 	clientTLS credentials.TransportCredentials
 
-	clientStats stats.Handler
-	serverStats stats.Handler
+	clientStats     stats.Handler
+	serverTelemetry *telemetry.ServerHandler
 
 	mu      sync.Mutex
 	closed  bool
@@ -87,12 +87,27 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
-	telem := []telemetry.Option{telemetry.WithTracerProvider(tp)}
+	mp := o.meterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	workload := localWorkload(bs, m.providers)
+	if err := workload.Validate(); err != nil {
+		m.logger.Warn("node metadata does not make valid telemetry labels; leaving them out", "error", err)
+		workload = telemetry.Workload{}
+	}
+	telem := []telemetry.Option{
+		telemetry.WithTracerProvider(tp),
+		telemetry.WithMeterProvider(mp),
+		telemetry.WithWorkload(workload),
+		telemetry.WithPeerIdentity(peerPrincipal),
+		telemetry.WithLogger(logger),
+	}
 	if o.propagator != nil {
 		telem = append(telem, telemetry.WithPropagator(o.propagator))
 	}
 	m.clientStats = telemetry.NewClientHandler(telem...)
-	m.serverStats = telemetry.NewServerHandler(telem...)
+	m.serverTelemetry = telemetry.NewServerHandler(telem...)
 	return m, nil
 }
 

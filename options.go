@@ -3,6 +3,7 @@ package mesh
 import (
 	"log/slog"
 
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -18,6 +19,7 @@ type options struct {
 	bootstrapJSON  []byte
 	logger         *slog.Logger
 	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
 	propagator     propagation.TextMapPropagator
 }
 
@@ -52,6 +54,13 @@ func WithLogger(l *slog.Logger) Option {
 // the global provider (otel.GetTracerProvider) at the time New is called.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return optionFunc(func(o *options) { o.tracerProvider = tp })
+}
+
+// WithMeterProvider sets where Istio's standard metrics go
+// (istio_requests_total and the rest). The default is the global provider
+// (otel.GetMeterProvider) at the time New is called.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) { o.meterProvider = mp })
 }
 
 // WithPropagator sets how trace context crosses the wire. The default is

@@ -37,7 +37,7 @@ type GRPCServer struct {
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	s := &GRPCServer{m: m, listeners: map[*servingListener]struct{}{}}
 	creds := transport.NewServerCredentials(m.providers, chooseTLS)
-	base := []grpc.ServerOption{grpc.Creds(creds), grpc.StatsHandler(m.serverStats)}
+	base := append([]grpc.ServerOption{grpc.Creds(creds)}, m.serverTelemetry.ServerOptions()...)
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
 }
