@@ -39,6 +39,7 @@ type Server struct {
 	logger      *slog.Logger
 	trustDomain spiffeid.TrustDomain
 	ca          *authority
+	certService *caService // IstioCertificateService; see caservice.go
 	hook        func(nodeID string, resources map[string][]types.Resource)
 	listener    net.Listener
 	grpcServer  *grpc.Server
@@ -159,6 +160,7 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	}
 	s.grpcServer = grpc.NewServer(grpc.WaitForHandlers(true))
 	discovery.RegisterAggregatedDiscoveryServiceServer(s.grpcServer, ads)
+	s.registerCAService()
 
 	s.mu.Lock()
 	lastErr := error(nil)
@@ -210,6 +212,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.grpcServer.Stop()
+	s.certService.stop()
 	s.wg.Wait()
 	return nil
 }

@@ -21,4 +21,21 @@
 // Consumers fetch the SVID on every TLS handshake, so a rotated certificate is
 // used from the next connection on without a restart. Updated reports
 // rotations to those who want to react to them.
+//
+// # Sources
+//
+//   - FileSource polls the PEM files istio-agent (or any agent) writes.
+//   - WorkloadAPISource streams SVIDs and bundles from a SPIFFE Workload API
+//     (a SPIRE agent) on "unix:///path" or "tcp://ip:port".
+//   - CSRSource is agentless: it makes its own key, asks a CA speaking
+//     Istio's IstioCertificateService (istiod, or mesh's embedded control
+//     plane) for a certificate with a bearer token, and renews at half-life.
+//   - StaticSource holds what it is given, for tests.
+//
+// RenewalTime tells when a certificate is due for replacement; a connection
+// that must outlive its certificate can be re-established after it.
+//
+// Private keys stay in memory; only CSRSource writes one to disk, and only
+// to the path given with WithKeyFile (mode 0600). Keys and tokens are never
+// logged.
 package identity

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 
 	"mesh/identity"
 	"mesh/identity/identitytest"
+	"mesh/internal/leakcheck"
 )
 
 const (
@@ -351,37 +351,10 @@ func TestFileSourceCloseStopsPoller(t *testing.T) {
 	}
 }
 
-// pollerRunning reports whether any FileSource poller goroutine exists,
-// allowing the pollers of closed sources a moment to finish returning.
-func pollerRunning() bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		buf := make([]byte, 1<<20)
-		for {
-			n := runtime.Stack(buf, true)
-			if n < len(buf) {
-				buf = buf[:n]
-				break
-			}
-			buf = make([]byte, 2*len(buf))
-		}
-		if !strings.Contains(string(buf), "identity.(*FileSource).poll") {
-			return false
-		}
-		if time.Now().After(deadline) {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
+// TestMain fails the binary if any source, server or connection a test
+// started outlives it: every Close must stop and wait for its goroutines.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 && pollerRunning() {
-		println("leaked FileSource poller goroutine")
-		code = 1
-	}
-	os.Exit(code)
+	leakcheck.Main(m, "mesh/", "google.golang.org/grpc")
 }
 
 func write(t *testing.T, path string, data []byte) {

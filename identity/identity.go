@@ -3,6 +3,7 @@ package identity
 import (
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -25,6 +26,15 @@ type Option interface {
 
 type options struct {
 	logger *slog.Logger
+	// clock drives rotation and retries; tests replace it.
+	clock clock
+	// retryMin and retryMax bound the delay between attempts to reach a
+	// Workload API or a CA that failed.
+	retryMin, retryMax time.Duration
+	// svidHint picks one SVID among several the Workload API offers.
+	svidHint string
+	// keyFile, if set, is where a CSRSource writes its private key.
+	keyFile string
 }
 
 type optionFunc func(*options)
@@ -41,12 +51,39 @@ func WithLogger(logger *slog.Logger) Option {
 	})
 }
 
+// Default bounds of the delay between attempts to reach a Workload API or
+// a CA that failed; the delay doubles from min to max.
+const (
+	defaultRetryMin = 200 * time.Millisecond
+	defaultRetryMax = 30 * time.Second
+)
+
+// WithRetryBackoff bounds the delay between attempts to reach a Workload
+// API or a CA after a failure: it starts at minDelay and doubles up to
+// maxDelay (defaults 200ms and 30s). Non-positive values keep the default.
+func WithRetryBackoff(minDelay, maxDelay time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if minDelay > 0 {
+			o.retryMin = minDelay
+		}
+		if maxDelay > 0 {
+			o.retryMax = maxDelay
+		}
+	})
+}
+
 func newOptions(opts []Option) options {
-	o := options{logger: slog.Default()}
+	o := options{
+		logger:   slog.Default(),
+		clock:    realClock{},
+		retryMin: defaultRetryMin,
+		retryMax: defaultRetryMax,
+	}
 	for _, opt := range opts {
 		if opt != nil {
 			opt.apply(&o)
 		}
 	}
+	o.retryMax = max(o.retryMax, o.retryMin)
 	return o
 }

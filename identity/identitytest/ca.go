@@ -188,3 +188,64 @@ func newSerial() (*big.Int, error) {
 	}
 	return serial.Add(serial, big.NewInt(1)), nil
 }
+
+// SignCSR issues a certificate for the public key and SPIFFE ID of a PEM or
+// DER certificate signing request, valid for ttl, the way a CA serving
+// IstioCertificateService does once it has authenticated the caller. The
+// request must be signed by its key and carry exactly one URI SAN, a SPIFFE
+// ID in the CA's trust domain.
+func (ca *CA) SignCSR(csr []byte, ttl time.Duration) (*x509.Certificate, error) {
+	if block, _ := pem.Decode(csr); block != nil {
+		if block.Type != "CERTIFICATE REQUEST" {
+			return nil, fmt.Errorf("identitytest: CSR: PEM block is %q, not CERTIFICATE REQUEST", block.Type)
+		}
+		csr = block.Bytes
+	}
+	req, err := x509.ParseCertificateRequest(csr)
+	if err != nil {
+		return nil, fmt.Errorf("identitytest: CSR: %w", err)
+	}
+	if err := req.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("identitytest: CSR: signature: %w", err)
+	}
+	if len(req.URIs) != 1 {
+		return nil, fmt.Errorf("identitytest: CSR: has %d URI SANs, want one SPIFFE ID", len(req.URIs))
+	}
+	id, err := spiffeid.FromURI(req.URIs[0])
+	if err != nil {
+		return nil, fmt.Errorf("identitytest: CSR: URI SAN: %w", err)
+	}
+	if id.TrustDomain() != ca.td {
+		return nil, fmt.Errorf("identitytest: CSR: SPIFFE ID %s is not in trust domain %q", id, ca.td.Name())
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("identitytest: ttl %v must be positive", ttl)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		URIs:         []*url.URL{id.URL()},
+		NotBefore:    now.Add(-backdate),
+		NotAfter:     now.Add(ttl),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, req.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("identitytest: signing CSR for %s: %w", id, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("identitytest: parsing certificate of %s: %w", id, err)
+	}
+	return cert, nil
+}
+
+// RootPEM returns the CA certificate in PEM form.
+func (ca *CA) RootPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}

@@ -1,6 +1,12 @@
 package identitytest_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -85,5 +91,59 @@ func TestWriteFiles(t *testing.T) {
 	root, err := os.ReadFile(cfg.CAFile)
 	if err != nil || !strings.Contains(string(root), "BEGIN CERTIFICATE") {
 		t.Errorf("root-cert.pem = %q, %v", root, err)
+	}
+}
+
+func TestSignCSR(t *testing.T) {
+	ca, err := identitytest.NewCA("example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := func(uris ...string) []byte {
+		tmpl := &x509.CertificateRequest{}
+		for _, u := range uris {
+			parsed, err := url.Parse(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tmpl.URIs = append(tmpl.URIs, parsed)
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	}
+	cert, err := ca.SignCSR(csr("spiffe://example.org/ns/a/sa/b"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		t.Error("certificate is not for the CSR's key")
+	}
+	id, _, err := x509svid.Verify([]*x509.Certificate{cert}, ca.Bundle())
+	if err != nil || id.String() != "spiffe://example.org/ns/a/sa/b" {
+		t.Errorf("Verify = %v, %v; want spiffe://example.org/ns/a/sa/b", id, err)
+	}
+	for _, tt := range []struct {
+		name string
+		csr  []byte
+		ttl  time.Duration
+		want string
+	}{
+		{"foreign trust domain", csr("spiffe://other.org/x"), time.Hour, "not in trust domain"},
+		{"no URI", csr(), time.Hour, "has 0 URI SANs"},
+		{"not a SPIFFE ID", csr("https://example.org/x"), time.Hour, "URI SAN"},
+		{"zero ttl", csr("spiffe://example.org/x"), 0, "ttl"},
+		{"not a CSR", ca.RootPEM(), time.Hour, "not CERTIFICATE REQUEST"},
+		{"garbage", []byte("garbage"), time.Hour, "CSR"},
+	} {
+		if _, err := ca.SignCSR(tt.csr, tt.ttl); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.want)
+		}
 	}
 }

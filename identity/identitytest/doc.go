@@ -13,5 +13,7 @@
 //	src := identity.NewStaticSource(svid, ca.Bundle())
 //
 // WriteFiles lays an SVID out as istio-agent does (cert-chain.pem, key.pem,
-// root-cert.pem), ready for identity.NewFileSource.
+// root-cert.pem), ready for identity.NewFileSource. WorkloadAPI plays a SPIRE
+// agent for identity.NewWorkloadAPISource, and SignCSR is the signing half
+// of a CA for identity.NewCSRSource.
 package identitytest
