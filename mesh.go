@@ -66,6 +66,9 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}}
+	for name, src := range o.providers {
+		m.providers[name] = src
+	}
 	if err := m.startProviders(ctx); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("mesh: %w", err)
@@ -128,10 +131,13 @@ func loadBootstrap(o *options) (*xdsclient.Bootstrap, error) {
 }
 
 // startProviders starts one identity source per certificate provider
-// instance of the bootstrap. Plugins mesh does not implement are logged and
+// instance of the bootstrap that no option supplied. Plugins mesh does not implement are logged and
 // left out: a resource that names one fails its handshakes with that name.
 func (m *Mesh) startProviders(ctx context.Context) error {
 	for name, cp := range m.bootstrap.CertificateProviders {
+		if _, given := m.providers[name]; given {
+			continue // WithCertificateProvider replaces the bootstrap's
+		}
 		if cp.FileWatcher == nil {
 			m.logger.Warn("certificate provider plugin not supported; resources naming it will fail their handshakes",
 				"instance", name, "plugin", cp.PluginName)

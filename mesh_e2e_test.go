@@ -24,6 +24,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"mesh"
+	"mesh/controlplane"
+	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/internal/shop"
 	"mesh/transport"
@@ -312,5 +315,56 @@ func TestBadResourceIsNACKedAndLastGoodRouteKeepsServing(t *testing.T) {
 	split := shop.Run(ctx, w.Conn, 1_000, 8)
 	if split.Failed() != 0 || split.Count("v2") != 1_000 {
 		t.Fatalf("after the NACK: %s, want all 1000 on v2", split)
+	}
+}
+
+// A workload with no certificate files at all: it makes its own key, proves
+// who it is to the control plane's CA with its token, and calls payments
+// over mTLS with the certificate it got back.
+func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
+	ctx := testContext(t)
+	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
+	cp := w.ControlPlane
+	workload := controlplane.Workload{Name: "checkout-agentless", Namespace: "default", ServiceAccount: "checkout", Service: "checkout", Port: 8080}
+	token, err := cp.WorkloadToken(workload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := identity.NewCSRSource(ctx, identity.CSRConfig{
+		Addr:           cp.Addr(),
+		Token:          func(context.Context) (string, error) { return token, nil },
+		TrustDomain:    "cluster.local",
+		Namespace:      "default",
+		ServiceAccount: "checkout",
+		TTL:            time.Hour,
+		RootPEM:        cp.RootPEM(),
+		Insecure:       true, // the embedded control plane's port is plaintext on loopback
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	// The bootstrap names certificate files that do not exist; the option
+	// supplies the "default" provider instead.
+	bootstrap, err := cp.BootstrapJSON(workload, filepath.Join(t.TempDir(), "no-such-dir"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mesh.New(ctx, mesh.WithBootstrapJSON(bootstrap), mesh.WithCertificateProvider("default", src), mesh.WithLogger(shop.TestLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	conn, err := m.Dial(shop.PaymentsTarget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	reply, err := shop.Charge(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "spiffe://cluster.local/ns/default/sa/checkout"; reply.Caller != want {
+		t.Fatalf("payments saw caller %q, want %q", reply.Caller, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"mesh/identity"
 	"mesh/xdsclient"
 )
 
@@ -21,6 +22,7 @@ type options struct {
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
 	propagator     propagation.TextMapPropagator
+	providers      map[string]identity.Source
 }
 
 type optionFunc func(*options)
@@ -67,4 +69,19 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // W3C trace context plus baggage.
 func WithPropagator(p propagation.TextMapPropagator) Option {
 	return optionFunc(func(o *options) { o.propagator = p })
+}
+
+// WithCertificateProvider supplies the identity source for a certificate
+// provider instance that xDS TLS settings name (istiod names "default"),
+// in place of the bootstrap's file_watcher for it: for example
+// identity.NewCSRSource for agentless certificates, or
+// identity.NewWorkloadAPISource for a SPIRE agent. The caller keeps
+// ownership and closes src after the Mesh.
+func WithCertificateProvider(instance string, src identity.Source) Option {
+	return optionFunc(func(o *options) {
+		if o.providers == nil {
+			o.providers = map[string]identity.Source{}
+		}
+		o.providers[instance] = src
+	})
 }
