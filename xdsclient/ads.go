@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -10,35 +11,71 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
 const typeURLResourceWrapper = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
+// errPrimaryBack ends a stream to a fallback server once the primary
+// server is reachable again (gRFC A71).
+var errPrimaryBack = errors.New("xds: primary server is reachable again")
+
 // typeState is the per-type protocol state of one ADS stream.
 type typeState struct {
-	version string // last ACKed version_info; survives reconnects
+	version string // last ACKed version_info (SotW); survives reconnects to the same server
 	nonce   string // last response nonce on the current stream
 	nack    error  // pending error_detail for the next request
 	dirty   bool   // a request for this type is due
+	// ackDue is set when a delta response awaits its ACK or NACK.
+	ackDue bool
+	// namesChanged is set when the watched names changed since the last
+	// delta request: only then is the subscription diffed, so an ACK
+	// costs the same however many resources are watched.
+	namesChanged bool
+	// subscribed is what the current delta stream has subscribed to;
+	// nil until the first request of this type on the stream.
+	subscribed map[string]bool
 }
 
-// adsChannel is the state-of-the-world ADS stream to one xDS server. Its
-// mutable fields are guarded by the owning Client's mu.
+// adsChannel is the ADS stream of the client: to the first reachable
+// server of the bootstrap's xds_servers, state-of-the-world or delta as
+// that server's features say. Its mutable fields are guarded by the
+// owning Client's mu.
 type adsChannel struct {
-	c      *Client
-	server ServerConfig
-	cc     *grpc.ClientConn
-	wake   chan struct{}
-	types  [numKinds]typeState
+	c     *Client
+	conns []*grpc.ClientConn // one per xds_servers entry, created up front
+	wake  chan struct{}
+	types [numKinds]typeState
+	// server is the index of the server of the current (or last) stream.
+	server int
 }
 
-func newADSChannel(c *Client, server ServerConfig) (*adsChannel, error) {
-	cc, err := grpc.NewClient(server.URI, grpc.WithTransportCredentials(c.creds))
-	if err != nil {
-		return nil, fmt.Errorf("xds: server %q: %w", server.URI, err)
+func newADSChannel(c *Client) (*adsChannel, error) {
+	a := &adsChannel{c: c, wake: make(chan struct{}, 1), server: -1}
+	for i, s := range c.bs.Servers {
+		cc, err := grpc.NewClient(s.URI, grpc.WithTransportCredentials(c.creds[i]))
+		if err != nil {
+			a.closeConns()
+			return nil, fmt.Errorf("xds: server %q: %w", s.URI, err)
+		}
+		a.conns = append(a.conns, cc)
 	}
-	return &adsChannel{c: c, server: server, cc: cc, wake: make(chan struct{}, 1)}, nil
+	return a, nil
+}
+
+func (a *adsChannel) closeConns() error {
+	var errs []error
+	for _, cc := range a.conns {
+		errs = append(errs, cc.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// namesChangedLocked records that kind's watched names changed.
+func (a *adsChannel) namesChangedLocked(kind resourceKind) {
+	a.types[kind].namesChanged = true
+	a.markDirtyLocked(kind)
 }
 
 func (a *adsChannel) markDirtyLocked(kind resourceKind) {
@@ -52,6 +89,7 @@ func (a *adsChannel) markDirtyLocked(kind resourceKind) {
 func (a *adsChannel) responseHandledLocked(kind resourceKind, version, nonce string, nack error) {
 	ts := &a.types[kind]
 	ts.nonce = nonce
+	ts.ackDue = true
 	if nack == nil {
 		ts.version = version
 		ts.nack = nil
@@ -62,7 +100,19 @@ func (a *adsChannel) responseHandledLocked(kind resourceKind, version, nonce str
 	a.markDirtyLocked(kind)
 }
 
-// run keeps a stream open until the client closes, reconnecting with backoff.
+// serverURILocked is the URI of the server in use, "" before the first stream.
+func (a *adsChannel) serverURILocked() string {
+	if a.server < 0 {
+		return ""
+	}
+	return a.c.bs.Servers[a.server].URI
+}
+
+// run keeps a stream open until the client closes. It prefers the first
+// server; when a server cannot be reached it moves to the next one at
+// once, and only after the last one fails does it back off and start over
+// (gRFC A71). While on a fallback server it watches the primary and
+// returns to it as soon as it is reachable.
 func (a *adsChannel) run() {
 	defer a.c.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -75,19 +125,31 @@ func (a *adsChannel) run() {
 		}
 	}()
 
-	attempt := 0
+	attempt, server := 0, 0
 	for {
-		gotResponse, err := a.runStream(ctx)
+		uri := a.c.bs.Servers[server].URI
+		gotResponse, err := a.runStream(ctx, server)
 		if ctx.Err() != nil {
 			return
 		}
-		a.c.log.Warn("xds: ADS stream failed", "server", a.server.URI, "error", err)
+		if errors.Is(err, errPrimaryBack) {
+			a.c.log.Info("xds: leaving fallback server for the primary", "fallback", uri, "primary", a.c.bs.Servers[0].URI)
+			server, attempt = 0, 0
+			continue
+		}
+		a.c.log.Warn("xds: ADS stream failed", "server", uri, "error", err)
+		if !gotResponse && server+1 < len(a.c.bs.Servers) {
+			server++
+			a.c.log.Info("xds: falling back to the next server", "server", a.c.bs.Servers[server].URI)
+			continue
+		}
 		a.c.mu.Lock()
-		a.c.streamDownLocked(fmt.Errorf("%w: server %s: %w", ErrStreamFailed, a.server.URI, err))
+		a.c.streamDownLocked(fmt.Errorf("%w: server %s: %w", ErrStreamFailed, uri, err))
 		a.c.mu.Unlock()
 		if gotResponse {
 			attempt = 0
 		}
+		server = 0
 		delay := a.c.opts.backoff(attempt)
 		attempt++
 		t := time.NewTimer(delay)
@@ -100,27 +162,95 @@ func (a *adsChannel) run() {
 	}
 }
 
-// runStream runs one stream until it fails; gotResponse reports whether it
-// received anything, which resets the backoff.
-func (a *adsChannel) runStream(ctx context.Context) (gotResponse bool, err error) {
+// runStream runs one stream to server until it fails; gotResponse reports
+// whether it received anything, which resets the backoff.
+func (a *adsChannel) runStream(ctx context.Context, server int) (gotResponse bool, err error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if server > 0 {
+		probeDone := make(chan struct{})
+		go func() {
+			defer close(probeDone)
+			if waitReady(sctx, a.conns[0]) {
+				cancel(errPrimaryBack)
+			}
+		}()
+		defer func() {
+			cancel(nil)
+			<-probeDone
+		}()
+	}
+	delta := a.c.bs.Servers[server].hasFeature(ServerFeatureDelta)
+	if delta {
+		gotResponse, err = a.runDeltaStream(sctx, server)
+	} else {
+		gotResponse, err = a.runSotWStream(sctx, server)
+	}
+	if cause := context.Cause(sctx); errors.Is(cause, errPrimaryBack) {
+		err = errPrimaryBack
+	}
+	return gotResponse, err
+}
+
+// waitReady reports whether cc becomes READY before ctx ends.
+func waitReady(ctx context.Context, cc *grpc.ClientConn) bool {
+	cc.Connect()
+	for {
+		s := cc.GetState()
+		switch s {
+		case connectivity.Ready:
+			return true
+		case connectivity.Idle:
+			cc.Connect()
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			return false
+		}
+	}
+}
+
+// startStreamLocked resets the per-stream protocol state for a new
+// stream to server. Versions are kept across reconnects to the same
+// server and dropped when the server changes: they mean nothing to
+// another one.
+func (a *adsChannel) startStreamLocked(server int) {
+	changed := a.server != server
+	a.server = server
+	for k := range a.types {
+		ts := &a.types[k]
+		ts.nonce, ts.nack, ts.ackDue, ts.subscribed = "", nil, false, nil
+		if changed {
+			ts.version = ""
+		}
+		a.namesChangedLocked(resourceKind(k))
+	}
+	if changed {
+		a.c.serverChangedLocked()
+	}
+}
+
+func (a *adsChannel) gotFirstResponse(server int) {
+	a.c.connected.Store(true)
+	a.c.log.Info("xds: ADS stream up", "server", a.c.bs.Servers[server].URI)
+}
+
+func (a *adsChannel) runSotWStream(ctx context.Context, server int) (gotResponse bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
-	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(a.cc).StreamAggregatedResources(sctx)
+	defer cancel()
+	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]).StreamAggregatedResources(sctx)
 	if err != nil {
-		cancel()
 		return false, err
 	}
 	a.c.mu.Lock()
-	for k := range a.types {
-		a.types[k].nonce = ""
-		a.types[k].nack = nil
-		a.markDirtyLocked(resourceKind(k))
-	}
+	a.startStreamLocked(server)
 	a.c.mu.Unlock()
 
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
-		a.sendLoop(sctx, cancel, stream)
+		a.sendLoop(sctx, cancel, func(first bool) (bool, error) {
+			return a.sendSotW(stream, first)
+		})
 	}()
 	defer func() {
 		cancel()
@@ -134,87 +264,247 @@ func (a *adsChannel) runStream(ctx context.Context) (gotResponse bool, err error
 		}
 		if !gotResponse {
 			gotResponse = true
-			a.c.connected.Store(true)
-			a.c.log.Info("xds: ADS stream up", "server", a.server.URI)
+			a.gotFirstResponse(server)
 		}
 		a.c.handleResponse(a, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resp.GetResources())
 	}
 }
 
-// sendLoop sends the due requests whenever woken. Requests are built at
-// send time from the current subscriptions, so bursts of changes coalesce.
-func (a *adsChannel) sendLoop(ctx context.Context, cancel context.CancelFunc, stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient) {
-	sentNode := false
+func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotResponse bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]).DeltaAggregatedResources(sctx)
+	if err != nil {
+		return false, err
+	}
+	a.c.mu.Lock()
+	a.startStreamLocked(server)
+	a.c.mu.Unlock()
+
+	senderDone := make(chan struct{})
+	go func() {
+		defer close(senderDone)
+		a.sendLoop(sctx, cancel, func(first bool) (bool, error) {
+			return a.sendDelta(stream, first)
+		})
+	}()
+	defer func() {
+		cancel()
+		<-senderDone
+	}()
+
 	for {
-		a.c.mu.Lock()
-		var reqs []*discoverypb.DiscoveryRequest
-		var kinds []resourceKind
-		for k := range a.types {
-			kind := resourceKind(k)
-			ts := &a.types[k]
-			if !ts.dirty {
-				continue
-			}
-			ts.dirty = false
-			names := make([]string, 0, len(a.c.watches[kind]))
-			for name, st := range a.c.watches[kind] {
-				if !st.retired {
-					names = append(names, name)
-				}
-			}
-			if len(names) == 0 {
-				// An empty list on a SotW stream is a wildcard request for
-				// LDS and CDS (istiod would send every resource), so a type
-				// with no names left gets no request at all.
-				continue
-			}
-			// This request tells the server which names we dropped.
-			for name, st := range a.c.watches[kind] {
-				if st.retired {
-					delete(a.c.watches[kind], name)
-				}
-			}
-			slices.Sort(names)
-			req := &discoverypb.DiscoveryRequest{
-				TypeUrl:       a.c.kinds[kind].typeURL,
-				ResourceNames: names,
-				VersionInfo:   ts.version,
-				ResponseNonce: ts.nonce,
-			}
-			if ts.nack != nil {
-				req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: ts.nack.Error()}
-				ts.nack = nil
-			}
-			if !sentNode {
-				req.Node = a.c.node
-				sentNode = true
-			}
-			reqs = append(reqs, req)
-			kinds = append(kinds, kind)
+		resp, err := stream.Recv()
+		if err != nil {
+			return gotResponse, err
 		}
-		a.c.mu.Unlock()
+		if !gotResponse {
+			gotResponse = true
+			a.gotFirstResponse(server)
+		}
+		a.c.handleDeltaResponse(a, resp.GetTypeUrl(), resp.GetNonce(), resp.GetResources(), resp.GetRemovedResources())
+	}
+}
 
-		for _, req := range reqs {
-			if err := stream.Send(req); err != nil {
-				// Recv reports the stream's real error.
-				cancel()
-				return
-			}
+// sendLoop sends the due requests whenever woken. Requests are built at
+// send time from the current subscriptions, so bursts of changes
+// coalesce. send reports whether it sent anything.
+func (a *adsChannel) sendLoop(ctx context.Context, cancel context.CancelFunc, send func(needNode bool) (bool, error)) {
+	needNode := true
+	for {
+		sent, err := send(needNode)
+		if err != nil {
+			// Recv reports the stream's real error.
+			cancel()
+			return
 		}
-		if len(kinds) > 0 {
-			a.c.mu.Lock()
-			for _, kind := range kinds {
-				a.c.markRequestedLocked(kind)
-			}
-			a.c.mu.Unlock()
+		if sent {
+			needNode = false
 		}
-
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.wake:
 		}
 	}
+}
+
+// watchedNamesLocked returns kind's names that have watchers, sorted, and
+// forgets the retired ones: the request being built tells the server.
+func (a *adsChannel) watchedNamesLocked(kind resourceKind) []string {
+	names := make([]string, 0, len(a.c.watches[kind]))
+	for name, st := range a.c.watches[kind] {
+		if !st.retired {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (a *adsChannel) dropRetiredLocked(kind resourceKind) {
+	for name, st := range a.c.watches[kind] {
+		if st.retired {
+			delete(a.c.watches[kind], name)
+		}
+	}
+}
+
+func (a *adsChannel) sendSotW(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, needNode bool) (bool, error) {
+	a.c.mu.Lock()
+	var reqs []*discoverypb.DiscoveryRequest
+	var kinds []resourceKind
+	for k := range a.types {
+		kind := resourceKind(k)
+		ts := &a.types[k]
+		if !ts.dirty {
+			continue
+		}
+		ts.dirty = false
+		names := a.watchedNamesLocked(kind)
+		if len(names) == 0 {
+			// An empty list on a SotW stream is a wildcard request for
+			// LDS and CDS (istiod would send every resource), so a type
+			// with no names left gets no request at all.
+			continue
+		}
+		a.dropRetiredLocked(kind)
+		req := &discoverypb.DiscoveryRequest{
+			TypeUrl:       a.c.kinds[kind].typeURL,
+			ResourceNames: names,
+			VersionInfo:   ts.version,
+			ResponseNonce: ts.nonce,
+		}
+		if ts.nack != nil {
+			req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: ts.nack.Error()}
+			ts.nack = nil
+		}
+		ts.ackDue = false
+		if needNode && len(reqs) == 0 {
+			req.Node = a.c.node
+		}
+		reqs = append(reqs, req)
+		kinds = append(kinds, kind)
+	}
+	a.c.mu.Unlock()
+
+	for _, req := range reqs {
+		if err := stream.Send(req); err != nil {
+			return false, err
+		}
+	}
+	a.requested(kinds)
+	return len(reqs) > 0, nil
+}
+
+// takeNACKLocked returns the pending error_detail of kind, if any, and
+// marks its ACK or NACK sent.
+func (a *adsChannel) takeNACKLocked(kind resourceKind) *statuspb.Status {
+	ts := &a.types[kind]
+	var detail *statuspb.Status
+	if ts.nack != nil {
+		detail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: ts.nack.Error()}
+	}
+	ts.ackDue, ts.nack = false, nil
+	return detail
+}
+
+// deltaAckLocked builds a request that only ACKs or NACKs.
+func (a *adsChannel) deltaAckLocked(kind resourceKind) *discoverypb.DeltaDiscoveryRequest {
+	nonce := a.types[kind].nonce
+	return &discoverypb.DeltaDiscoveryRequest{TypeUrl: a.c.kinds[kind].typeURL, ResponseNonce: nonce, ErrorDetail: a.takeNACKLocked(kind)}
+}
+
+// sendDelta sends, per type, the names to subscribe and unsubscribe since
+// the last request and the ACK or NACK of the last response. The first
+// request of a type on a stream subscribes to every watched name and
+// lists the versions already held (initial_resource_versions), so the
+// server resends only what changed.
+func (a *adsChannel) sendDelta(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, needNode bool) (bool, error) {
+	a.c.mu.Lock()
+	uri := a.serverURILocked()
+	var reqs []*discoverypb.DeltaDiscoveryRequest
+	var kinds []resourceKind
+	for k := range a.types {
+		kind := resourceKind(k)
+		ts := &a.types[k]
+		if !ts.dirty {
+			continue
+		}
+		ts.dirty = false
+		if !ts.namesChanged {
+			if ts.ackDue && ts.subscribed != nil {
+				reqs = append(reqs, a.deltaAckLocked(kind))
+			}
+			continue
+		}
+		ts.namesChanged = false
+		names := a.watchedNamesLocked(kind)
+		first := ts.subscribed == nil
+		if first && len(names) == 0 {
+			// An empty first request would be a legacy wildcard subscription.
+			continue
+		}
+		req := &discoverypb.DeltaDiscoveryRequest{TypeUrl: a.c.kinds[kind].typeURL}
+		want := make(map[string]bool, len(names))
+		for _, name := range names {
+			want[name] = true
+			if !ts.subscribed[name] {
+				req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, name)
+			}
+		}
+		for name := range ts.subscribed {
+			if !want[name] {
+				req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, name)
+			}
+		}
+		slices.Sort(req.ResourceNamesUnsubscribe)
+		if first {
+			for _, name := range names {
+				st := a.c.watches[kind][name]
+				if st.hasValue && st.version != "" && st.source == uri {
+					if req.InitialResourceVersions == nil {
+						req.InitialResourceVersions = map[string]string{}
+					}
+					req.InitialResourceVersions[name] = st.version
+				}
+			}
+		}
+		if ts.ackDue {
+			req.ResponseNonce = ts.nonce
+			req.ErrorDetail = a.takeNACKLocked(kind)
+		}
+		ts.subscribed = want
+		a.dropRetiredLocked(kind)
+		if !first && req.ResponseNonce == "" && len(req.ResourceNamesSubscribe) == 0 && len(req.ResourceNamesUnsubscribe) == 0 {
+			continue
+		}
+		if needNode && len(reqs) == 0 {
+			req.Node = a.c.node
+		}
+		reqs = append(reqs, req)
+		kinds = append(kinds, kind)
+	}
+	a.c.mu.Unlock()
+
+	for _, req := range reqs {
+		if err := stream.Send(req); err != nil {
+			return false, err
+		}
+	}
+	a.requested(kinds)
+	return len(reqs) > 0, nil
+}
+
+func (a *adsChannel) requested(kinds []resourceKind) {
+	if len(kinds) == 0 {
+		return
+	}
+	a.c.mu.Lock()
+	for _, kind := range kinds {
+		a.c.markRequestedLocked(kind)
+	}
+	a.c.mu.Unlock()
 }
 
 // unwrapResource accepts a resource either bare or inside the

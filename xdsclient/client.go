@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -28,6 +27,9 @@ var (
 	ErrResourceRejected = errors.New("xds: resource rejected")
 	// ErrStreamFailed: the ADS stream broke; the client is reconnecting.
 	ErrStreamFailed = errors.New("xds: ADS stream failed")
+	// ErrResourceNotFound: the server does not have the resource. It is
+	// wrapped by the Error of a DOES_NOT_EXIST entry in Dump.
+	ErrResourceNotFound = errors.New("xds: resource does not exist")
 )
 
 // resourceKind indexes the four resource types.
@@ -100,6 +102,17 @@ type resourceState struct {
 	// still believes we hold it and will not resend it.
 	retired bool
 	timer   *time.Timer
+
+	// What Dump and CSDS report.
+	version   string    // the resource's version (SotW: the response's)
+	source    string    // URI of the server it came from
+	fromCache bool      // loaded from the WithCache file, not yet confirmed by a server
+	updatedAt time.Time // when the current value (or NotFound) arrived
+	nackErr   error     // why the last update was rejected; nil after a good one
+	nackAt    time.Time
+	nackVer   string
+	absentErr error    // why the resource is NotFound
+	ignored   []string // fields of the current value mesh does not implement
 }
 
 // Client is an xDS client: one ADS stream per xDS server, shared by every
@@ -111,8 +124,11 @@ type Client struct {
 	kinds  [numKinds]kindInfo
 	dc     *decodeContext
 	node   *corepb.Node
-	creds  credentials.TransportCredentials
+	creds  []credentials.TransportCredentials // per xds_servers entry
 	events *serializer
+	now    func() time.Time
+	meter  *clientMetrics
+	cache  *persister // nil without WithCache
 
 	connected atomic.Bool
 	wg        sync.WaitGroup
@@ -124,6 +140,9 @@ type Client struct {
 	// ads is the stream to the first xds_server, started on the first
 	// watch. Federation (gRFC A47) will add one per authority's server.
 	ads *adsChannel
+	// loggedIgnored remembers which ignored fields were logged, so each
+	// is logged once per resource.
+	loggedIgnored map[string]bool
 }
 
 // New validates bs and returns a Client. No connection is made until the
@@ -140,9 +159,11 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	creds, err := transportCredentials(bs.Servers[0], "xds_servers[0]")
-	if err != nil {
-		return nil, err
+	creds := make([]credentials.TransportCredentials, len(bs.Servers))
+	for i, s := range bs.Servers {
+		if creds[i], err = transportCredentials(s, fmt.Sprintf("xds_servers[%d]", i)); err != nil {
+			return nil, err
+		}
 	}
 	c := &Client{
 		bs:     bs,
@@ -153,13 +174,26 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		node:   node,
 		creds:  creds,
 		events: newSerializer(),
+		now:    time.Now,
 		stop:   make(chan struct{}),
+
+		loggedIgnored: map[string]bool{},
 	}
 	if c.dc.providers == nil {
 		c.dc.providers = map[string]CertificateProvider{}
 	}
 	for k := range c.watches {
 		c.watches[k] = map[string]*resourceState{}
+	}
+	meter, err := newClientMetrics(c, o.meterProvider)
+	if err != nil {
+		c.events.close()
+		return nil, err
+	}
+	c.meter = meter
+	if o.cachePath != "" {
+		c.loadCache(o.cachePath)
+		c.cache = newPersister(c, o.cachePath)
 	}
 	return c, nil
 }
@@ -255,8 +289,12 @@ func (c *Client) Close() error {
 	c.wg.Wait()
 	var err error
 	if ads != nil {
-		err = ads.cc.Close()
+		err = ads.closeConns()
 	}
+	if c.cache != nil {
+		c.cache.close()
+	}
+	c.meter.close()
 	c.events.close()
 	c.connected.Store(false)
 	return err
@@ -352,7 +390,7 @@ func (c *Client) unwatch(kind resourceKind, name string, w *watcher) {
 // send kind's new set of names.
 func (c *Client) subscriptionChangedLocked(kind resourceKind) {
 	if c.ads == nil {
-		ads, err := newADSChannel(c, c.bs.Servers[0])
+		ads, err := newADSChannel(c)
 		if err != nil {
 			// grpc.NewClient fails only on a malformed target, which the
 			// watchers must hear about; retrying would not help.
@@ -368,7 +406,7 @@ func (c *Client) subscriptionChangedLocked(kind resourceKind) {
 		c.wg.Add(1)
 		go ads.run()
 	}
-	c.ads.markDirtyLocked(kind)
+	c.ads.namesChangedLocked(kind)
 }
 
 // deliverLocked queues ev for w; callbacks run on the serializer, never
@@ -416,115 +454,6 @@ func (c *Client) resourceTimedOut(kind resourceKind, name string, st *resourceSt
 		return
 	}
 	st.timer = nil
-	st.notFound = true
 	c.log.Info("xds: resource not received in time, reporting it does not exist", "type", c.kinds[kind].name, "name", name)
-	c.notifyLocked(st, rawEvent{notFound: true})
-}
-
-// decoded is one resource of a response after decoding.
-type decoded struct {
-	name  string
-	value any
-	raw   []byte
-	err   error
-}
-
-// handleResponse decodes a response, updates the cache and watchers, and
-// queues the ACK or NACK. Responses of unknown types are logged and dropped.
-func (c *Client) handleResponse(a *adsChannel, typeURL, version, nonce string, resources []*anypb.Any) {
-	kind := resourceKind(-1)
-	for k, info := range c.kinds {
-		if info.typeURL == typeURL {
-			kind = resourceKind(k)
-		}
-	}
-	if kind < 0 {
-		c.log.Warn("xds: ignoring response of unknown type", "type_url", typeURL)
-		return
-	}
-	info := c.kinds[kind]
-	results := make([]decoded, 0, len(resources))
-	for i, r := range resources {
-		r, err := unwrapResource(r, typeURL)
-		if err != nil {
-			results = append(results, decoded{err: fmt.Errorf("%s: resources[%d]: %w", info.name, i, err)})
-			continue
-		}
-		name, v, err := info.decode(c.dc, r)
-		results = append(results, decoded{name: name, value: v, raw: r.GetValue(), err: err})
-	}
-
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return
-	}
-	present := map[string]bool{}
-	var nackMsgs []string
-	for _, d := range results {
-		if d.name != "" {
-			present[d.name] = true
-		}
-		st := c.watches[kind][d.name]
-		if d.err != nil {
-			nackMsgs = append(nackMsgs, d.err.Error())
-			c.log.Warn("xds: rejecting resource", "type", info.name, "name", d.name, "version", version, "error", d.err)
-			if st != nil {
-				c.notifyLocked(st, rawEvent{err: fmt.Errorf("%w: %w", ErrResourceRejected, d.err)})
-			}
-			continue
-		}
-		if st == nil {
-			continue // not subscribed (any more)
-		}
-		stopTimer(st)
-		if st.hasValue && bytes.Equal(st.raw, d.raw) {
-			continue
-		}
-		st.value, st.raw, st.hasValue, st.notFound = d.value, d.raw, true, false
-		c.notifyLocked(st, rawEvent{value: d.value})
-	}
-	if info.fullState {
-		for name, st := range c.watches[kind] {
-			if present[name] || !st.requested || st.notFound || st.retired {
-				continue
-			}
-			stopTimer(st)
-			st.value, st.raw, st.hasValue, st.notFound = nil, nil, false, true
-			c.notifyLocked(st, rawEvent{notFound: true})
-		}
-	}
-	var nack error
-	if len(nackMsgs) > 0 {
-		nack = errors.New(joinMessages(nackMsgs))
-	}
-	a.responseHandledLocked(kind, version, nonce, nack)
-}
-
-func joinMessages(msgs []string) string {
-	var b bytes.Buffer
-	for i, m := range msgs {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(m)
-	}
-	return b.String()
-}
-
-// streamDownLocked reacts to a broken stream: resources keep serving from
-// the cache, watchers hear the error (meaning "keep last good"), and
-// does-not-exist timers stop since silence is not the server's answer.
-func (c *Client) streamDownLocked(err error) {
-	c.connected.Store(false)
-	if c.closed {
-		return
-	}
-	for _, m := range c.watches {
-		for _, st := range m {
-			stopTimer(st)
-			st.requested = false
-			c.notifyLocked(st, rawEvent{err: err})
-		}
-	}
+	c.setNotFoundLocked(kind, name, st, "was not received within the resource timeout")
 }

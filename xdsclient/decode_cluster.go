@@ -62,15 +62,23 @@ func (dc *decodeContext) cluster(pb *clusterpb.Cluster) (*Cluster, error) {
 		return nil, fmt.Errorf("type: missing")
 	}
 
-	switch pb.GetLbPolicy() {
-	case clusterpb.Cluster_ROUND_ROBIN:
-		c.LBPolicy = LBRoundRobin
-	case clusterpb.Cluster_LEAST_REQUEST:
-		c.LBPolicy = LBLeastRequest
-	case clusterpb.Cluster_RING_HASH:
-		c.LBPolicy = LBRingHash
-	default:
-		return nil, fmt.Errorf("lb_policy: unsupported %v (want ROUND_ROBIN, LEAST_REQUEST or RING_HASH)", pb.GetLbPolicy())
+	if lbp := pb.GetLoadBalancingPolicy(); lbp != nil {
+		policy, err := dc.loadBalancingPolicy(lbp.GetPolicies(), "load_balancing_policy.policies")
+		if err != nil {
+			return nil, err
+		}
+		c.LBPolicy = policy
+	} else {
+		switch pb.GetLbPolicy() {
+		case clusterpb.Cluster_ROUND_ROBIN:
+			c.LBPolicy = LBRoundRobin
+		case clusterpb.Cluster_LEAST_REQUEST:
+			c.LBPolicy = LBLeastRequest
+		case clusterpb.Cluster_RING_HASH:
+			c.LBPolicy = LBRingHash
+		default:
+			return nil, fmt.Errorf("lb_policy: unsupported %v (want ROUND_ROBIN, LEAST_REQUEST or RING_HASH)", pb.GetLbPolicy())
+		}
 	}
 
 	for i, th := range pb.GetCircuitBreakers().GetThresholds() {
@@ -95,6 +103,43 @@ func (dc *decodeContext) cluster(pb *clusterpb.Cluster) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// LB policy extensions mesh implements, by type URL (gRFC A52).
+var knownLBPolicies = map[string]LBPolicy{
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin":                                        LBRoundRobin,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest":                                    LBLeastRequest,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash":                                            LBRingHash,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality":                                      LBRoundRobin,
+	"type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin": LBRoundRobin,
+}
+
+// loadBalancingPolicy picks the first policy of the list that mesh
+// implements (gRFC A52); the unsupported ones before it are recorded as
+// ignored. A list with none supported is rejected.
+func (dc *decodeContext) loadBalancingPolicy(policies []*clusterpb.LoadBalancingPolicy_Policy, path string) (LBPolicy, error) {
+	if len(policies) == 0 {
+		return "", fmt.Errorf("%s: missing", path)
+	}
+	for i, p := range policies {
+		ppath := fmt.Sprintf("%s[%d].typed_extension_config.typed_config", path, i)
+		tc := p.GetTypedExtensionConfig().GetTypedConfig()
+		if tc == nil {
+			return "", fmt.Errorf("%s: missing", ppath)
+		}
+		typeURL, err := filterTypeURL(tc)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", ppath, err)
+		}
+		if policy, ok := knownLBPolicies[typeURL]; ok {
+			return policy, nil
+		}
+		dc.ignore(ppath, fmt.Sprintf("unsupported LB policy %s skipped", typeURL))
+	}
+	return "", fmt.Errorf("%s: no supported policy (want round_robin, least_request, ring_hash or wrr_locality)", path)
+}
+
+// maxSNILength is the longest host name TLS allows in SNI.
+const maxSNILength = 255
 
 func logicalDNSAddress(la *endpointpb.ClusterLoadAssignment) (string, error) {
 	const path = "load_assignment"
@@ -148,6 +193,9 @@ func (dc *decodeContext) upstreamTLS(ts *corepb.TransportSocket, path string) (*
 	}
 	if v.roots == nil {
 		return nil, fmt.Errorf("%s: no root certificate provider (set validation_context.ca_certificate_provider_instance)", cpath)
+	}
+	if len(pb.GetSni()) > maxSNILength {
+		return nil, fmt.Errorf("%s.typed_config.sni: %d bytes, longer than %d", path, len(pb.GetSni()), maxSNILength)
 	}
 	return &UpstreamTLS{Identity: id, Roots: *v.roots, SubjectAltNames: v.sans, SNI: pb.GetSni()}, nil
 }

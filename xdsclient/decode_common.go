@@ -38,6 +38,17 @@ type decodeContext struct {
 	// as gRFC A29 asks).
 	providers map[string]CertificateProvider
 	logger    *slog.Logger
+	// ignored collects the fields of the resource being decoded that mesh
+	// does not implement and skips; the client logs each once and lists
+	// them in Dump.
+	ignored []string
+}
+
+// ignore records that the field at path was skipped, and why.
+func (dc *decodeContext) ignore(path, why string) {
+	if dc != nil {
+		dc.ignored = append(dc.ignored, path+": "+why)
+	}
 }
 
 func (dc *decodeContext) log() *slog.Logger {

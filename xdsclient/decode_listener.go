@@ -251,6 +251,7 @@ func (dc *decodeContext) httpFilters(filters []*hcmpb.HttpFilter, path string) (
 		tc := f.GetTypedConfig()
 		if tc == nil {
 			if f.GetIsOptional() {
+				dc.ignore(fpath, fmt.Sprintf("optional filter %q has no typed_config", f.GetName()))
 				continue
 			}
 			return nil, fmt.Errorf("%s.typed_config: missing for filter %q", fpath, f.GetName())
@@ -261,7 +262,7 @@ func (dc *decodeContext) httpFilters(filters []*hcmpb.HttpFilter, path string) (
 		}
 		if !knownHTTPFilters[typeURL] {
 			if f.GetIsOptional() {
-				dc.log().Debug("xds: skipping unsupported optional http filter", "filter", f.GetName(), "type_url", typeURL)
+				dc.ignore(fpath, fmt.Sprintf("unsupported optional filter %q (%s)", f.GetName(), typeURL))
 				continue
 			}
 			return nil, fmt.Errorf("%s.typed_config: unsupported filter type %q for filter %q", fpath, typeURL, f.GetName())
@@ -269,7 +270,15 @@ func (dc *decodeContext) httpFilters(filters []*hcmpb.HttpFilter, path string) (
 		if typeURL == typeURLRouter && i != len(filters)-1 {
 			return nil, fmt.Errorf("%s: the router filter must be last", fpath)
 		}
-		out = append(out, HTTPFilter{Name: f.GetName(), TypeURL: typeURL})
+		hf := HTTPFilter{Name: f.GetName(), TypeURL: typeURL}
+		if typeURL == typeURLRBAC {
+			rbac, err := decodeRBACFilter(tc, fpath+".typed_config")
+			if err != nil {
+				return nil, err
+			}
+			hf.Config = rbac
+		}
+		out = append(out, hf)
 	}
 	if len(out) == 0 || out[len(out)-1].TypeURL != typeURLRouter {
 		return nil, fmt.Errorf("%s: the last filter must be the router (%s)", path, typeURLRouter)

@@ -41,6 +41,10 @@ func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string
 			}
 		}
 		out := VirtualHost{Name: vh.GetName(), Domains: append([]string(nil), vh.GetDomains()...)}
+		vhRetry, err := dc.retryPolicy(vh.GetRetryPolicy(), vpath+".retry_policy")
+		if err != nil {
+			return nil, err
+		}
 		for j, r := range vh.GetRoutes() {
 			rpath := fmt.Sprintf("%s.routes[%d]", vpath, j)
 			route, keep, err := dc.route(r, rpath, server)
@@ -48,6 +52,9 @@ func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string
 				return nil, err
 			}
 			if keep {
+				if route.Action.RetryPolicy == nil && !route.NonForwarding {
+					route.Action.RetryPolicy = vhRetry // a route's own policy wins
+				}
 				out.Routes = append(out.Routes, route)
 			}
 		}
@@ -56,8 +63,7 @@ func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string
 	return rc, nil
 }
 
-// route decodes one route. keep is false for routes that gRPC clients
-// ignore (query parameter matchers) and for actions mesh does not
+// route decodes one route. keep is false for actions mesh does not
 // implement (redirect, direct_response, filter_action): such routes are
 // skipped with a logged warning, so the next route (or no route) matches.
 func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Route, bool, error) {
@@ -104,10 +110,11 @@ func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Rout
 		}
 		out.Match.FractionPerMillion = &v
 	}
-	if len(m.GetQueryParameters()) > 0 {
-		dc.log().Warn("xds: skipping route with query parameter matchers", "route", path)
-		return out, false, nil
+	qps, err := queryParameterMatchers(m.GetQueryParameters(), mpath+".query_parameters")
+	if err != nil {
+		return out, false, err
 	}
+	out.Match.QueryParameters = qps
 
 	switch a := r.GetAction().(type) {
 	case *routepb.Route_Route:
@@ -116,12 +123,18 @@ func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Rout
 			return out, false, err
 		}
 		out.Action = action
+		if out.Action.RetryPolicy, err = dc.retryPolicy(a.Route.GetRetryPolicy(), path+".route.retry_policy"); err != nil {
+			return out, false, err
+		}
+		if out.Action.HashPolicies, err = dc.hashPolicies(a.Route.GetHashPolicy(), path+".route.hash_policy"); err != nil {
+			return out, false, err
+		}
 	case *routepb.Route_NonForwardingAction:
 		out.NonForwarding = true
 	case nil:
 		return out, false, fmt.Errorf("%s: action: missing", path)
 	default:
-		dc.log().Warn("xds: skipping route with an unsupported action", "route", path, "action", fmt.Sprintf("%T", a))
+		dc.ignore(path, fmt.Sprintf("route with unsupported action %T skipped", a))
 		return out, false, nil
 	}
 	if server && !out.NonForwarding {

@@ -1,7 +1,8 @@
 // Package xdsclient is mesh's xDS client: it reads the gRPC xDS bootstrap,
-// keeps one state-of-the-world ADS stream per xDS server, decodes and
-// validates Listener, RouteConfiguration, Cluster and ClusterLoadAssignment
-// resources into mesh's own immutable types, and hands them to watchers.
+// keeps one ADS stream (state of the world or delta) to the first
+// reachable xDS server, decodes and validates Listener,
+// RouteConfiguration, Cluster and ClusterLoadAssignment resources into
+// mesh's own immutable types, and hands them to watchers.
 //
 //	bs, err := xdsclient.BootstrapFromEnv() // MESH_BOOTSTRAP, GRPC_XDS_BOOTSTRAP(_CONFIG)
 //	if err != nil {
@@ -39,11 +40,61 @@
 // When the last watch of a type is cancelled no request is sent for that
 // type: on a state-of-the-world stream an empty name list asks for every
 // listener or cluster (istiod reads it as a wildcard), so the client
-// simply ignores further updates for names it no longer watches.
+// simply ignores further updates for names it no longer watches. A
+// proxyless client only ever asks for names it needs, so wildcard
+// subscriptions are never used, on either protocol.
+//
+// # Delta xDS
+//
+// A server whose server_features include "delta" (ServerFeatureDelta) is
+// spoken to with the incremental protocol: each request subscribes and
+// unsubscribes only the names that changed, every resource carries its
+// own version, removed_resources means NotFound, and a reconnect lists
+// the versions already held (initial_resource_versions) so the server
+// resends only what changed. ACKs and NACKs go by nonce, a NACK with an
+// error_detail naming each bad resource and field.
+//
+// # Fallback (gRFC A71)
+//
+// With several xds_servers the client uses the first it can reach. If
+// the primary cannot be reached it moves to the next at once, keeping
+// the cached resources until the new server sends its own; while on a
+// fallback it keeps trying the primary and returns to it as soon as it
+// answers. Each server speaks its own protocol (its "delta" feature).
+//
+// # Resource lifecycle
+//
+// With the "ignore_resource_deletion" server feature (gRFC A53) a
+// listener or cluster the server deletes keeps serving and the deletion
+// is logged; route configurations and endpoints are deleted as usual.
+// The error behind a NotFound names the resource, its type and the
+// server (see Dump).
+//
+// # Last-good cache
+//
+// WithCache(path) writes every accepted resource to path after each
+// response (atomically, 0600, with a SHA-256 checksum) and loads it at
+// New, so a process that restarts while the control plane is down still
+// serves its last configuration. A corrupt file, or one written for
+// another node, is logged and ignored.
+//
+// # Visibility
+//
+// Dump lists every watched resource with its version, status (ACKED,
+// NACKED, DOES_NOT_EXIST, REQUESTED), error, update time and the fields
+// mesh ignored in it; RegisterCSDS serves the same as Envoy's Client
+// Status Discovery Service. Fields mesh does not implement but may skip
+// (optional HTTP filters of unknown types, routes with unsupported
+// actions, unknown LB policies ahead of a known one in a
+// load_balancing_policy list) are logged once per resource and listed in
+// Dump, never dropped silently. Metrics go to the OpenTelemetry meter
+// provider (WithMeterProvider): mesh.xds.client.connected,
+// mesh.xds.client.resources{type,status}, mesh.xds.client.resource_updates
+// and mesh.xds.client.nacks, each by type.
 //
 // Routes with actions mesh does not implement (redirect, direct_response)
-// or with query parameter matchers are dropped from the route table with a
-// logged warning, so requests they would match fall through to later routes.
+// are dropped from the route table (and listed as ignored in Dump), so
+// requests they would match fall through to later routes.
 // HTTP filter configs are recorded by name and type URL only for now.
 //
 // Envoy protos never leave this package; package xdstest (test support)

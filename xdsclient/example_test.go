@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"mesh/xdsclient"
 )
 
@@ -73,4 +75,66 @@ func ExampleDefaultBackoff() {
 	// Output:
 	// true
 	// true
+}
+
+// Dump shows where each watched resource stands; here the control plane
+// is unreachable, so the cluster is still REQUESTED.
+func ExampleClient_Dump() {
+	bs := &xdsclient.Bootstrap{
+		Node:    xdsclient.Node{ID: "example"},
+		Servers: []xdsclient.ServerConfig{{URI: "127.0.0.1:1", ChannelCreds: []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}}}},
+	}
+	client, err := xdsclient.New(bs, xdsclient.WithResourceTimeout(0))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+	cancel := client.WatchCluster("outbound|8080||payments.default.svc.cluster.local", func(xdsclient.Event[*xdsclient.Cluster]) {})
+	defer cancel()
+	for _, rs := range client.Dump() {
+		fmt.Println(rs.Type, rs.Name, rs.Status)
+	}
+	// Output:
+	// cluster outbound|8080||payments.default.svc.cluster.local REQUESTED
+}
+
+// A primary delta server with a state-of-the-world fallback, and a
+// last-good cache for restarts while both are down.
+func ExampleWithCache_fallback() {
+	bs := &xdsclient.Bootstrap{
+		Node: xdsclient.Node{ID: "sidecar~10.0.0.7~payments-v1.default~default.svc.cluster.local"},
+		Servers: []xdsclient.ServerConfig{
+			{URI: "istiod.istio-system.svc:15010", ChannelCreds: []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}},
+				ServerFeatures: []string{xdsclient.ServerFeatureDelta, xdsclient.ServerFeatureIgnoreResourceDeletion}},
+			{URI: "istiod-backup.istio-system.svc:15010", ChannelCreds: []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}}},
+		},
+	}
+	client, err := xdsclient.New(bs, xdsclient.WithCache("/var/lib/payments/xds-cache"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+	fmt.Println(len(client.Bootstrap().Servers), "servers")
+	// Output: 2 servers
+}
+
+// The Client Status Discovery Service shows the client's resources to
+// tools such as istioctl x describe or grpcdebug.
+func ExampleClient_RegisterCSDS() {
+	bs := &xdsclient.Bootstrap{
+		Node:    xdsclient.Node{ID: "example"},
+		Servers: []xdsclient.ServerConfig{{URI: "127.0.0.1:1", ChannelCreds: []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}}}},
+	}
+	client, err := xdsclient.New(bs)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+	admin := grpc.NewServer()
+	client.RegisterCSDS(admin)
+	fmt.Println(len(admin.GetServiceInfo()["envoy.service.status.v3.ClientStatusDiscoveryService"].Methods), "methods")
+	// Output: 2 methods
 }

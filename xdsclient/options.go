@@ -5,6 +5,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Option configures a Client.
@@ -14,6 +17,8 @@ type options struct {
 	logger          *slog.Logger
 	backoff         func(attempt int) time.Duration
 	resourceTimeout time.Duration
+	cachePath       string
+	meterProvider   metric.MeterProvider
 }
 
 type optionFunc func(*options)
@@ -47,8 +52,30 @@ func WithResourceTimeout(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.resourceTimeout = d })
 }
 
+// WithCache keeps the last good resources in the file at path: after
+// each response the client writes every accepted resource (serialized,
+// with its version, type and name) atomically, with a SHA-256 checksum
+// and mode 0600. When the client starts, it loads the file and serves
+// watches from it until the control plane answers, so a restart while
+// the control plane is down still finds its configuration. A corrupt
+// file, or one written for another node, is logged and ignored.
+func WithCache(path string) Option {
+	return optionFunc(func(o *options) { o.cachePath = path })
+}
+
+// WithMeterProvider sets where the client's metrics go (the
+// mesh.xds.client.* instruments); the default is otel.GetMeterProvider().
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) {
+		if mp != nil {
+			o.meterProvider = mp
+		}
+	})
+}
+
 func defaultOptions() options {
 	return options{
+		meterProvider:   otel.GetMeterProvider(),
 		logger:          discardLogger(),
 		backoff:         DefaultBackoff,
 		resourceTimeout: 15 * time.Second,

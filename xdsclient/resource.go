@@ -136,6 +136,9 @@ type RouteMatch struct {
 	Headers       []HeaderMatcher
 	// FractionPerMillion, when non-nil, matches that share of requests.
 	FractionPerMillion *uint32
+	// QueryParameters match HTTP query parameters; gRPC requests have none,
+	// so a route with any never matches a gRPC request (gRFC A28).
+	QueryParameters []QueryParameterMatcher
 }
 
 // HeaderMatcher matches one request header (gRPC metadata).
@@ -158,6 +161,11 @@ type RouteAction struct {
 	WeightedClusters []ClusterWeight
 	// Timeout is the route's max_stream_duration (gRFC A31); 0 means none.
 	Timeout time.Duration
+	// RetryPolicy is the route's (or else its virtual host's) retry policy
+	// (gRFC A44); nil means no retries.
+	RetryPolicy *RetryPolicy
+	// HashPolicies compute the request hash ring_hash clusters use (gRFC A42).
+	HashPolicies []HashPolicy
 }
 
 // ClusterWeight is one leg of a weighted split. Weight 0 gets no traffic.

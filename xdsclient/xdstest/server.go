@@ -15,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	deltav3 "github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -23,9 +24,10 @@ import (
 	"mesh/xdsclient"
 )
 
-// Server is a real go-control-plane ADS server (state of the world, backed
-// by a SnapshotCache) listening on 127.0.0.1. It records every
-// DiscoveryRequest it receives, so tests can check ACKs and NACKs.
+// Server is a real go-control-plane ADS server, state of the world and
+// delta (incremental), backed by one SnapshotCache and listening on
+// 127.0.0.1. It records every DiscoveryRequest and DeltaDiscoveryRequest
+// it receives, so tests can check ACKs and NACKs.
 type Server struct {
 	cache      cachev3.SnapshotCache
 	addr       string
@@ -36,6 +38,7 @@ type Server struct {
 	done     chan struct{} // closed when the current grpc.Server's Serve returns
 	versions map[string]int
 	requests []*discoverypb.DiscoveryRequest
+	deltas   []*discoverypb.DeltaDiscoveryRequest
 	changed  chan struct{} // closed and replaced on every new request
 }
 
@@ -76,8 +79,9 @@ func (s *Server) serve(lis net.Listener) {
 	// pkg/server/v3 would pull in the rate limit module, which this module
 	// does not require, so the ADS service is assembled from the sotw server.
 	sotw := sotwv3.NewServer(context.Background(), nackDampingCache{s.cache}, recorder{s})
+	delta := deltav3.NewServer(context.Background(), s.cache, recorder{s})
 	gs := grpc.NewServer(s.serverOpts...)
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, adsService{sotw: sotw})
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(gs, adsService{sotw: sotw, delta: delta})
 	done := make(chan struct{})
 	s.mu.Lock()
 	s.grpc, s.done = gs, done
@@ -88,18 +92,38 @@ func (s *Server) serve(lis net.Listener) {
 	}()
 }
 
-// adsService serves state-of-the-world ADS; delta ADS is left unimplemented.
+// adsService serves state-of-the-world and delta ADS.
 type adsService struct {
 	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
-	sotw sotwv3.Server
+	sotw  sotwv3.Server
+	delta deltav3.Server
+}
+
+func (a adsService) DeltaAggregatedResources(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return a.delta.DeltaStreamHandler(stream, resource.AnyType)
 }
 
 func (a adsService) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	return a.sotw.StreamHandler(stream, resource.AnyType)
 }
 
-// recorder is the sotw callbacks: it records requests.
+// recorder is the sotw and delta callbacks: it records requests.
 type recorder struct{ s *Server }
+
+func (recorder) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
+func (recorder) OnDeltaStreamClosed(int64, *corepb.Node)                {}
+func (recorder) OnStreamDeltaResponse(int64, *discoverypb.DeltaDiscoveryRequest, *discoverypb.DeltaDiscoveryResponse) {
+}
+
+func (r recorder) OnStreamDeltaRequest(_ int64, req *discoverypb.DeltaDiscoveryRequest) error {
+	s := r.s
+	s.mu.Lock()
+	s.deltas = append(s.deltas, proto.Clone(req).(*discoverypb.DeltaDiscoveryRequest))
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	return nil
+}
 
 func (recorder) OnStreamOpen(context.Context, int64, string) error { return nil }
 func (recorder) OnStreamClosed(int64, *corepb.Node)                {}
@@ -193,6 +217,36 @@ func (s *Server) Requests() []*discoverypb.DiscoveryRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]*discoverypb.DiscoveryRequest(nil), s.requests...)
+}
+
+// DeltaRequests returns a copy of every DeltaDiscoveryRequest received so far.
+func (s *Server) DeltaRequests() []*discoverypb.DeltaDiscoveryRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*discoverypb.DeltaDiscoveryRequest(nil), s.deltas...)
+}
+
+// WaitForDeltaRequest returns the first received delta request (past or
+// future) for which match returns true, or ctx's error.
+func (s *Server) WaitForDeltaRequest(ctx context.Context, match func(*discoverypb.DeltaDiscoveryRequest) bool) (*discoverypb.DeltaDiscoveryRequest, error) {
+	seen := 0
+	for {
+		s.mu.Lock()
+		reqs := s.deltas[seen:]
+		changed := s.changed
+		seen = len(s.deltas)
+		s.mu.Unlock()
+		for _, r := range reqs {
+			if match(r) {
+				return r, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(errors.New("xdstest: no matching delta request"), ctx.Err())
+		case <-changed:
+		}
+	}
 }
 
 // WaitForRequest returns the first received request (past or future) for

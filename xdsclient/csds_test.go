@@ -1,0 +1,229 @@
+package xdsclient_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"go.opentelemetry.io/otel/attribute"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"mesh/xdsclient"
+	"mesh/xdsclient/xdstest"
+)
+
+// statusMesh serves a good listener and cluster, a cluster whose
+// endpoints are invalid, and no "missing" cluster.
+func statusMesh(t *testing.T, srv *xdstest.Server) {
+	t.Helper()
+	srv.SetResources(t, nodeID,
+		[]types.Resource{xdstest.ClientListener(listenerName, routeName)},
+		nil,
+		[]types.Resource{xdstest.EDSCluster(clusterV1, false), xdstest.EDSCluster(clusterV2, false)},
+		[]types.Resource{xdstest.Endpoints(clusterV1, "127.0.0.1:8080"), xdstest.Endpoints(clusterV2, "127.0.0.1:0")},
+	)
+}
+
+// watchStatusMesh sets up one resource in each status and waits for them.
+func watchStatusMesh(ctx context.Context, t *testing.T, c *xdsclient.Client) {
+	t.Helper()
+	lds, cds, missing, bad := newEvents[*xdsclient.Listener](), newEvents[*xdsclient.Cluster](), newEvents[*xdsclient.Cluster](), newEvents[*xdsclient.Endpoints]()
+	c.WatchListener(listenerName, lds.fn)
+	c.WatchCluster(clusterV1, cds.fn)
+	c.WatchCluster("missing", missing.fn)
+	c.WatchEndpoints(clusterV2, bad.fn)
+	c.WatchRouteConfig("never-sent", func(xdsclient.Event[*xdsclient.RouteConfig]) {})
+	next(ctx, t, lds, isValue)
+	next(ctx, t, cds, isValue)
+	next(ctx, t, missing, isNotFound)
+	next(ctx, t, bad, func(ev xdsclient.Event[*xdsclient.Endpoints]) bool { return ev.Err != nil })
+}
+
+func TestDumpAndCSDS(t *testing.T) {
+	ctx := testContext(t)
+	srv := xdstest.NewServer(t)
+	statusMesh(t, srv)
+	c := newClient(t, srv, xdsclient.WithResourceTimeout(0))
+	watchStatusMesh(ctx, t, c)
+
+	want := map[string]xdsclient.ResourceStatusKind{
+		"cluster/" + clusterV1:                 xdsclient.StatusAcked,
+		"cluster/missing":                      xdsclient.StatusDoesNotExist,
+		"cluster_load_assignment/" + clusterV2: xdsclient.StatusNACKed,
+		"listener/" + listenerName:             xdsclient.StatusAcked,
+		"route_config/never-sent":              xdsclient.StatusRequested,
+	}
+	dump := c.Dump()
+	if len(dump) != len(want) {
+		t.Fatalf("Dump has %d entries, want %d: %+v", len(dump), len(want), dump)
+	}
+	for _, rs := range dump {
+		if got := want[rs.Type+"/"+rs.Name]; rs.Status != got {
+			t.Errorf("%s %s: status %s, want %s", rs.Type, rs.Name, rs.Status, got)
+		}
+		switch rs.Status {
+		case xdsclient.StatusAcked:
+			if rs.Version != "1" || rs.UpdatedAt.IsZero() || rs.Error != nil {
+				t.Errorf("acked entry = %+v", rs)
+			}
+		case xdsclient.StatusNACKed:
+			if rs.Error == nil || !strings.Contains(rs.Error.Error(), "port_value") {
+				t.Errorf("nacked entry = %+v", rs)
+			}
+		case xdsclient.StatusDoesNotExist:
+			if rs.Error == nil || !strings.Contains(rs.Error.Error(), `cluster "missing"`) || !strings.Contains(rs.Error.Error(), srv.Addr()) {
+				t.Errorf("missing entry = %+v", rs)
+			}
+		}
+	}
+
+	// The same through CSDS, fetched and streamed over real gRPC.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	c.RegisterCSDS(gs)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-served })
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	csds := statuspb.NewClientStatusDiscoveryServiceClient(cc)
+	resp, err := csds.FetchClientStatus(ctx, &statuspb.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := csds.StreamClientStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&statuspb.ClientStatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	streamed, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.CloseSend()
+	for _, r := range []*statuspb.ClientStatusResponse{resp, streamed} {
+		if len(r.GetConfig()) != 1 || r.GetConfig()[0].GetNode().GetId() != nodeID {
+			t.Fatalf("CSDS config = %v", r)
+		}
+		got := map[string]adminpb.ClientResourceStatus{}
+		for _, g := range r.GetConfig()[0].GetGenericXdsConfigs() {
+			got[g.GetName()] = g.GetClientStatus()
+			switch g.GetClientStatus() {
+			case adminpb.ClientResourceStatus_ACKED:
+				if g.GetVersionInfo() != "1" || g.GetXdsConfig().GetTypeUrl() != g.GetTypeUrl() || g.GetLastUpdated() == nil {
+					t.Errorf("acked CSDS entry = %v", g)
+				}
+			case adminpb.ClientResourceStatus_NACKED:
+				if !strings.Contains(g.GetErrorState().GetDetails(), "port_value") || g.GetErrorState().GetVersionInfo() != "1" {
+					t.Errorf("nacked CSDS entry = %v", g)
+				}
+			}
+		}
+		wantCSDS := map[string]adminpb.ClientResourceStatus{
+			listenerName: adminpb.ClientResourceStatus_ACKED,
+			clusterV1:    adminpb.ClientResourceStatus_ACKED,
+			"missing":    adminpb.ClientResourceStatus_DOES_NOT_EXIST,
+			clusterV2:    adminpb.ClientResourceStatus_NACKED,
+			"never-sent": adminpb.ClientResourceStatus_REQUESTED,
+		}
+		for name, st := range wantCSDS {
+			if got[name] != st {
+				t.Errorf("CSDS %s = %v, want %v", name, got[name], st)
+			}
+		}
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ctx := testContext(t)
+	srv := xdstest.NewServer(t)
+	statusMesh(t, srv)
+	mp := newRecordingMeterProvider()
+	c := newClient(t, srv, xdsclient.WithResourceTimeout(0), xdsclient.WithMeterProvider(mp))
+	watchStatusMesh(ctx, t, c)
+
+	got := mp.collect(ctx)
+	value := func(name string, attrs ...attribute.KeyValue) int64 {
+		t.Helper()
+		set := attribute.NewSet(attrs...)
+		v, ok := got[name][set.Equivalent()]
+		if !ok {
+			t.Fatalf("no %s point with %v in %v", name, attrs, got[name])
+		}
+		return v
+	}
+	if v := value(xdsclient.MetricConnected); v != 1 {
+		t.Errorf("connected = %d", v)
+	}
+	typ, status := attribute.Key("type"), attribute.Key("status")
+	if v := value(xdsclient.MetricResources, typ.String("cluster"), status.String("ACKED")); v != 1 {
+		t.Errorf("acked clusters = %d", v)
+	}
+	if v := value(xdsclient.MetricResources, typ.String("cluster"), status.String("DOES_NOT_EXIST")); v != 1 {
+		t.Errorf("missing clusters = %d", v)
+	}
+	if v := value(xdsclient.MetricResources, typ.String("cluster_load_assignment"), status.String("NACKED")); v != 1 {
+		t.Errorf("nacked endpoints = %d", v)
+	}
+	if v := value(xdsclient.MetricNACKs, typ.String("cluster_load_assignment")); v < 1 {
+		t.Errorf("nacks = %d", v)
+	}
+	if v := value(xdsclient.MetricResourceUpdates, typ.String("listener")); v != 1 {
+		t.Errorf("listener updates = %d", v)
+	}
+	_ = c.Close()
+	if after := mp.collect(ctx); len(after[xdsclient.MetricConnected]) != 0 {
+		t.Errorf("gauges still observed after Close: %v", after[xdsclient.MetricConnected])
+	}
+}
+
+func TestIgnoredFieldsAreDumpedAndLoggedOnce(t *testing.T) {
+	ctx := testContext(t)
+	srv := xdstest.NewServer(t)
+	listener := func(statPrefix string) *listenerpb.Listener {
+		hcm := xdstest.HCM(routeName)
+		hcm.StatPrefix = statPrefix // changes the bytes, so each is a new version
+		hcm.HttpFilters = append([]*hcmpb.HttpFilter{{
+			Name:       "vendor.telemetry",
+			IsOptional: true,
+			ConfigType: &hcmpb.HttpFilter_TypedConfig{TypedConfig: xdstest.MustAny(wrapperspb.String("x"))},
+		}}, hcm.HttpFilters...)
+		return &listenerpb.Listener{Name: listenerName, ApiListener: &listenerpb.ApiListener{ApiListener: xdstest.MustAny(hcm)}}
+	}
+	set := func(prefix string) {
+		srv.SetResources(t, nodeID, []types.Resource{listener(prefix)}, nil, []types.Resource{xdstest.EDSCluster(clusterV1, false)}, nil)
+	}
+	set("a")
+	log, logs := bufferLogger()
+	c := newClient(t, srv, xdsclient.WithLogger(log))
+	lds := newEvents[*xdsclient.Listener]()
+	c.WatchListener(listenerName, lds.fn)
+	if ev := next(ctx, t, lds, isValue); len(ev.Resource.HTTP.HTTPFilters) != 1 {
+		t.Fatalf("filters = %+v, want only the router", ev.Resource.HTTP.HTTPFilters)
+	}
+	set("b")
+	next(ctx, t, lds, isValue)
+	rs := statusOf(t, c, "listener", listenerName)
+	if len(rs.Ignored) != 1 || !strings.Contains(rs.Ignored[0], "http_filters[0]") || !strings.Contains(rs.Ignored[0], "vendor.telemetry") {
+		t.Fatalf("ignored = %q", rs.Ignored)
+	}
+	if n := strings.Count(logs.String(), "does not implement"); n != 1 {
+		t.Fatalf("ignored field logged %d times, want once:\n%s", n, logs.String())
+	}
+}
