@@ -122,10 +122,11 @@ func (c *recordingCreds) handshakes() []handshake.Info {
 // testEnv is one channel through the mesh resolver and LB policy, fed by a
 // fakeXDS.
 type testEnv struct {
-	xds    *fakeXDS
-	creds  *recordingCreds
-	conn   *grpc.ClientConn
-	client testgrpc.TestServiceClient
+	xds     *fakeXDS
+	builder *ResolverBuilder
+	creds   *recordingCreds
+	conn    *grpc.ClientConn
+	client  testgrpc.TestServiceClient
 }
 
 func newTestEnv(t *testing.T, opts ...Option) *testEnv {
@@ -142,9 +143,11 @@ func newTestEnv(t *testing.T, opts ...Option) *testEnv {
 func newTestEnvWith(t *testing.T, client XDSClient, opts ...Option) *testEnv {
 	t.Helper()
 	e := &testEnv{creds: newRecordingCreds()}
-	conn, err := grpc.NewClient("mesh:///"+testTarget,
-		grpc.WithResolvers(NewResolverBuilder(client, opts...)),
-		grpc.WithTransportCredentials(e.creds))
+	// DialOptions adds the timeout and retry interceptors, which pass RPCs
+	// of routes without a policy straight through.
+	e.builder = NewResolverBuilder(client, opts...)
+	dialOpts := append(e.builder.DialOptions(), grpc.WithTransportCredentials(e.creds))
+	conn, err := grpc.NewClient("mesh:///"+testTarget, dialOpts...)
 	if err != nil {
 		t.Fatalf("grpc.NewClient: %v", err)
 	}
@@ -262,7 +265,8 @@ func leakedGoroutines() []string {
 			continue
 		}
 		if strings.Contains(g, "google.golang.org/grpc") ||
-			strings.Contains(g, "mesh/balancer.(*") {
+			strings.Contains(g, "mesh/balancer.(*") ||
+			strings.Contains(g, "net/http.(*persistConn)") {
 			leaked = append(leaked, g)
 		}
 	}

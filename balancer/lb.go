@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,9 @@ func (policyBuilder) Build(cc grpcbalancer.ClientConn, _ grpcbalancer.BuildOptio
 		picker:   &picker{},
 		subConns: map[scKey]*subConn{},
 		tls:      map[string]*xdsclient.UpstreamTLS{},
-		counters: map[string]*atomic.Uint32{},
+		counters: map[string]*clusterState{},
+		// Hashed by ring_hash routes with a channel ID hash policy.
+		channelID: rand.Uint64(),
 	}
 	b.picker.table.Store(&table{err: grpcbalancer.ErrNoSubConnAvailable})
 	return b
@@ -60,11 +63,13 @@ type routerBalancer struct {
 	logger         *slog.Logger
 	publishTimeout time.Duration
 	drainGrace     time.Duration
+	retryBudget    retryBudget
 	subConns       map[scKey]*subConn
 	// tls is each cluster's TLS settings as SubConns use them: a new Cluster
 	// with equal settings keeps the old pointer, so its SubConns are kept.
-	tls      map[string]*xdsclient.UpstreamTLS
-	counters map[string]*atomic.Uint32
+	tls       map[string]*xdsclient.UpstreamTLS
+	counters  map[string]*clusterState
+	channelID uint64
 	// published is the plan the picker serves; nil before the first one and
 	// after the resources went away.
 	published    *plan
@@ -88,6 +93,12 @@ type subConn struct {
 	state   connectivity.State
 	lastErr error
 	drain   *time.Timer
+	// active counts RPCs in flight on the SubConn (least_request).
+	active atomic.Int64
+	// done ends an RPC picked for doneFor; made once per cluster state so
+	// that picks do not allocate.
+	done    func(grpcbalancer.DoneInfo)
+	doneFor *clusterState
 }
 
 // plan is a snapshot resolved into SubConn keys.
@@ -102,22 +113,29 @@ type planCluster struct {
 	carriesTraffic bool
 	missing        error
 	keys           []scKey
+	// maxRequests is the circuit breaker limit; 0 for a missing cluster.
+	maxRequests uint32
+	lbPolicy    xdsclient.LBPolicy
 }
 
 // table is what one Pick needs; immutable once published except for the
 // round-robin counters.
 type table struct {
-	router   *Router
-	clusters []tableCluster
+	router    *Router
+	clusters  []tableCluster
+	channelID uint64
 	// err, when set, fails every pick: the channel has nothing to route with.
 	err error
 }
 
 type tableCluster struct {
-	ready      []grpcbalancer.SubConn
+	ready []grpcbalancer.SubConn
+	// dones[i] and the chooser's counters belong to ready[i].
+	dones      []func(grpcbalancer.DoneInfo)
+	chooser    endpointChooser
 	connecting bool
 	failErr    error
-	next       *atomic.Uint32
+	state      *clusterState
 }
 
 // picker serves the current table; publishing a table is one atomic store.
@@ -135,13 +153,27 @@ func (p *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, erro
 		md, _ := metadata.FromOutgoingContext(info.Ctx)
 		headers = MetadataHeaders(md)
 	}
-	idx, _, err := t.router.pick(info.FullMethodName, headers)
+	idx, route, err := t.router.pick(info.FullMethodName, headers)
 	if err != nil {
 		return grpcbalancer.PickResult{}, status.Error(codes.Unavailable, err.Error())
 	}
 	c := &t.clusters[idx]
+	if call := callFromContext(info.Ctx); call != nil {
+		call.cluster.Store(c.state)
+	}
 	if n := uint32(len(c.ready)); n > 0 {
-		return grpcbalancer.PickResult{SubConn: c.ready[c.next.Add(1)%n]}, nil
+		cs := c.state
+		if !cs.acquire() {
+			return grpcbalancer.PickResult{}, cs.overLimitStatus
+		}
+		var hash uint64
+		var hashed bool
+		if c.chooser.policy == xdsclient.LBRingHash {
+			hash, hashed = requestHash(route.Action.HashPolicies, headers, nil, t.channelID)
+		}
+		i := c.chooser.choose(int(n), &cs.next, hash, hashed)
+		c.chooser.active[i].Add(1)
+		return grpcbalancer.PickResult{SubConn: c.ready[i], Done: c.dones[i]}, nil
 	}
 	if c.connecting {
 		return grpcbalancer.PickResult{}, grpcbalancer.ErrNoSubConnAvailable
@@ -162,6 +194,7 @@ func (b *routerBalancer) UpdateClientConnState(s grpcbalancer.ClientConnState) e
 	b.logger = snap.cfg.logger.With("lb_policy", PolicyName)
 	b.publishTimeout = snap.cfg.publishTimeout
 	b.drainGrace = snap.cfg.drainGrace
+	b.retryBudget = snap.cfg.retryBudget
 	p := b.newPlan(snap)
 	b.ensureSubConns(p)
 	// The first table waits for its clusters too: RPCs queued meanwhile are
@@ -246,6 +279,8 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 			pc.missing = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
 			continue
 		}
+		pc.maxRequests = cluster.MaxRequests
+		pc.lbPolicy = cluster.LBPolicy
 		tls := b.canonicalTLS(name, cluster.TLS)
 		var addrs []string
 		if cluster.Type == xdsclient.ClusterLogicalDNS {
@@ -451,16 +486,19 @@ func (b *routerBalancer) prune() {
 // states, in one atomic store.
 func (b *routerBalancer) rebuildTable() {
 	p := b.published
-	t := &table{router: p.router, clusters: make([]tableCluster, len(p.clusters))}
+	t := &table{router: p.router, clusters: make([]tableCluster, len(p.clusters)), channelID: b.channelID}
 	anyReady, anyConnecting := false, false
 	for i, pc := range p.clusters {
 		tc := &t.clusters[i]
-		tc.next = b.counters[pc.name]
-		if tc.next == nil {
-			tc.next = new(atomic.Uint32)
-			b.counters[pc.name] = tc.next
+		tc.state = b.counters[pc.name]
+		if tc.state == nil {
+			tc.state = newClusterState(pc.name, b.retryBudget)
+			b.counters[pc.name] = tc.state
 		}
+		tc.state.maxRequests.Store(pc.maxRequests)
 		var lastErr error
+		var readyAddrs []string
+		var active []*atomic.Int64
 		for _, k := range pc.keys {
 			s := b.subConns[k]
 			if s == nil {
@@ -468,7 +506,18 @@ func (b *routerBalancer) rebuildTable() {
 			}
 			switch s.state {
 			case connectivity.Ready:
+				if s.doneFor != tc.state {
+					cs := tc.state
+					s.doneFor = cs
+					s.done = func(grpcbalancer.DoneInfo) {
+						s.active.Add(-1)
+						cs.release()
+					}
+				}
 				tc.ready = append(tc.ready, s.sc)
+				tc.dones = append(tc.dones, s.done)
+				readyAddrs = append(readyAddrs, k.addr)
+				active = append(active, &s.active)
 			case connectivity.TransientFailure:
 				if s.lastErr != nil {
 					lastErr = s.lastErr
@@ -477,6 +526,7 @@ func (b *routerBalancer) rebuildTable() {
 				tc.connecting = true
 			}
 		}
+		tc.chooser = newEndpointChooser(pc.lbPolicy, readyAddrs, active)
 		// Plain errors, not statuses: gRPC fails fail-fast RPCs with
 		// UNAVAILABLE and this message, and lets wait-for-ready RPCs wait
 		// for the cluster to recover, as it does for any transient failure.

@@ -9,9 +9,13 @@ import (
 const (
 	DefaultPublishTimeout = 10 * time.Second
 	DefaultDrainGrace     = 5 * time.Second
+	// DefaultRetryBudgetPercent and DefaultMinRetryConcurrency are the retry
+	// budget's defaults, as in Envoy.
+	DefaultRetryBudgetPercent  = 20
+	DefaultMinRetryConcurrency = 3
 )
 
-// Option configures NewResolverBuilder.
+// Option configures NewResolverBuilder and NewRoundTripper.
 type Option interface{ apply(*config) }
 
 type config struct {
@@ -19,13 +23,18 @@ type config struct {
 	listenerTemplate string
 	publishTimeout   time.Duration
 	drainGrace       time.Duration
+	retryBudget      retryBudget
+	plaintextHTTP2   bool
+	idleConnTimeout  time.Duration
 }
 
 func newConfig(opts []Option) *config {
 	c := &config{
-		logger:         slog.New(slog.DiscardHandler),
-		publishTimeout: DefaultPublishTimeout,
-		drainGrace:     DefaultDrainGrace,
+		logger:          slog.New(slog.DiscardHandler),
+		publishTimeout:  DefaultPublishTimeout,
+		drainGrace:      DefaultDrainGrace,
+		retryBudget:     retryBudget{percent: DefaultRetryBudgetPercent, min: DefaultMinRetryConcurrency},
+		idleConnTimeout: DefaultIdleConnTimeout,
 	}
 	for _, o := range opts {
 		if o != nil {
@@ -75,6 +84,35 @@ func WithDrainGrace(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d >= 0 {
 			c.drainGrace = d
+		}
+	})
+}
+
+// DefaultIdleConnTimeout is how long the RoundTripper keeps an idle
+// connection to an endpoint.
+const DefaultIdleConnTimeout = 90 * time.Second
+
+// WithRetryBudget limits concurrent retries per cluster to percent of the
+// requests in flight to it, but always allows minConcurrent (Envoy's
+// retry_budget). Default DefaultRetryBudgetPercent and
+// DefaultMinRetryConcurrency.
+func WithRetryBudget(percent, minConcurrent uint32) Option {
+	return optionFunc(func(c *config) { c.retryBudget = retryBudget{percent: percent, min: minConcurrent} })
+}
+
+// WithPlaintextHTTP2 makes the RoundTripper speak HTTP/2 without TLS (h2c,
+// prior knowledge) to clusters without TLS; by default it speaks HTTP/1.1
+// to them. Over TLS the protocol is what ALPN negotiates.
+func WithPlaintextHTTP2() Option {
+	return optionFunc(func(c *config) { c.plaintextHTTP2 = true })
+}
+
+// WithIdleConnTimeout sets how long the RoundTripper keeps idle connections
+// to endpoints. Default DefaultIdleConnTimeout.
+func WithIdleConnTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d > 0 {
+			c.idleConnTimeout = d
 		}
 	})
 }

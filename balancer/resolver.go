@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/serviceconfig"
 
 	"mesh/xdsclient"
 )
@@ -39,19 +38,25 @@ const serviceConfigJSON = `{"loadBalancingConfig":[{"` + PolicyName + `":{}}]}`
 // globally. Each channel it builds watches the listener "host:port" (see
 // WithListenerNameTemplate), its route config, and the clusters and
 // endpoints the routes name, and hands the LB policy one immutable snapshot
-// whenever all of them are known.
-func NewResolverBuilder(client XDSClient, opts ...Option) resolver.Builder {
-	return &resolverBuilder{client: client, cfg: newConfig(opts)}
+// whenever all of them are known. Its ClientInterceptors apply the routes'
+// timeouts and retry policies to the channels it serves.
+func NewResolverBuilder(client XDSClient, opts ...Option) *ResolverBuilder {
+	return &ResolverBuilder{client: client, cfg: newConfig(opts), routers: newRouterRegistry()}
 }
 
-type resolverBuilder struct {
-	client XDSClient
-	cfg    *config
+// ResolverBuilder is the resolver.Builder of the "mesh" scheme; see
+// NewResolverBuilder.
+type ResolverBuilder struct {
+	client  XDSClient
+	cfg     *config
+	routers *routerRegistry
 }
 
-func (b *resolverBuilder) Scheme() string { return Scheme }
+// Scheme returns Scheme.
+func (b *ResolverBuilder) Scheme() string { return Scheme }
 
-func (b *resolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+// Build starts resolving target for one channel.
+func (b *ResolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	if b.client == nil {
 		return nil, errors.New("mesh resolver: xds client is nil")
 	}
@@ -59,44 +64,83 @@ func (b *resolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, 
 	if authority == "" {
 		return nil, fmt.Errorf("mesh resolver: target %q: want mesh:///host:port", target.String())
 	}
-	listenerName := authority
-	if b.cfg.listenerTemplate != "" {
-		listenerName = strings.ReplaceAll(b.cfg.listenerTemplate, "%s", authority)
-	}
 	sc := cc.ParseServiceConfig(serviceConfigJSON)
 	if sc.Err != nil {
 		return nil, fmt.Errorf("mesh resolver: service config: %w", sc.Err)
 	}
-	r := &xdsResolver{
-		client:        b.client,
-		cc:            cc,
-		cfg:           b.cfg,
-		logger:        b.cfg.logger.With("target", target.String(), "listener", listenerName),
-		listenerName:  listenerName,
-		authority:     authority,
-		serviceConfig: sc,
-		wake:          make(chan struct{}, 1),
-		done:          make(chan struct{}),
-		stopped:       make(chan struct{}),
-		clusters:      map[string]*clusterWatch{},
-	}
-	go r.run()
-	r.enqueue(r.watchListener)
+	r := &xdsResolver{}
+	r.agg = newAggregator(b.client, b.cfg, authority, b.cfg.logger.With("target", target.String()),
+		func(snap *snapshot) {
+			b.routers.publish(authority, r, snap.router)
+			err := cc.UpdateState(resolver.State{ServiceConfig: sc, Attributes: attributes.New(snapshotKey{}, snap)})
+			if err != nil {
+				r.agg.logger.Debug("channel did not accept the snapshot", "error", err)
+			}
+		},
+		cc.ReportError)
+	r.stop = func() { b.routers.forget(authority, r) }
 	return r, nil
 }
 
-// xdsResolver turns xDS watch events into snapshots. Watch callbacks only
+// xdsResolver is the gRPC face of an aggregator.
+type xdsResolver struct {
+	agg  *aggregator
+	stop func()
+}
+
+// ResolveNow is a no-op: the control plane pushes every change.
+func (r *xdsResolver) ResolveNow(resolver.ResolveNowOptions) {}
+
+// Close cancels every watch and waits for the aggregator's goroutine.
+func (r *xdsResolver) Close() {
+	r.agg.Close()
+	r.stop()
+}
+
+// listenerName returns the listener to watch for authority "host:port".
+func (c *config) listenerName(authority string) string {
+	if c.listenerTemplate != "" {
+		return strings.ReplaceAll(c.listenerTemplate, "%s", authority)
+	}
+	return authority
+}
+
+// newAggregator starts watching the listener for authority and everything
+// it leads to. onSnapshot receives every complete snapshot and onError every
+// reason there is none, both from the aggregator's goroutine.
+func newAggregator(client XDSClient, cfg *config, authority string, logger *slog.Logger, onSnapshot func(*snapshot), onError func(error)) *aggregator {
+	listenerName := cfg.listenerName(authority)
+	a := &aggregator{
+		client:       client,
+		cfg:          cfg,
+		logger:       logger.With("listener", listenerName),
+		listenerName: listenerName,
+		authority:    authority,
+		onSnapshot:   onSnapshot,
+		onError:      onError,
+		wake:         make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		stopped:      make(chan struct{}),
+		clusters:     map[string]*clusterWatch{},
+	}
+	go a.run()
+	a.enqueue(a.watchListener)
+	return a
+}
+
+// aggregator turns xDS watch events for one target into snapshots; the gRPC
+// resolver and the http.RoundTripper both use it. Watch callbacks only
 // queue work; one goroutine (run) owns all state below the queue and is the
 // only caller of Watch* and cancel, so a client that delivers a cached
 // resource from inside Watch* cannot deadlock it.
-type xdsResolver struct {
-	client        XDSClient
-	cc            resolver.ClientConn
-	cfg           *config
-	logger        *slog.Logger
-	listenerName  string
-	authority     string
-	serviceConfig *serviceconfig.ParseResult
+type aggregator struct {
+	client       XDSClient
+	cfg          *config
+	logger       *slog.Logger
+	listenerName string
+	authority    string
+	onSnapshot   func(*snapshot)
+	onError      func(error)
 
 	queueMu sync.Mutex
 	queue   []func()
@@ -137,7 +181,7 @@ type edsWatch struct {
 	known     bool
 }
 
-func (r *xdsResolver) enqueue(f func()) {
+func (r *aggregator) enqueue(f func()) {
 	r.queueMu.Lock()
 	r.queue = append(r.queue, f)
 	r.queueMu.Unlock()
@@ -147,7 +191,7 @@ func (r *xdsResolver) enqueue(f func()) {
 	}
 }
 
-func (r *xdsResolver) run() {
+func (r *aggregator) run() {
 	defer close(r.stopped)
 	defer r.cancelAll()
 	for {
@@ -172,16 +216,13 @@ func (r *xdsResolver) run() {
 	}
 }
 
-// ResolveNow is a no-op: the control plane pushes every change.
-func (r *xdsResolver) ResolveNow(resolver.ResolveNowOptions) {}
-
-// Close cancels every watch and waits for the resolver's goroutine.
-func (r *xdsResolver) Close() {
+// Close cancels every watch and waits for the aggregator's goroutine.
+func (r *aggregator) Close() {
 	r.once.Do(func() { close(r.done) })
 	<-r.stopped
 }
 
-func (r *xdsResolver) cancelAll() {
+func (r *aggregator) cancelAll() {
 	if r.ldsCancel != nil {
 		r.ldsCancel()
 	}
@@ -199,7 +240,7 @@ func (cw *clusterWatch) stop() {
 	}
 }
 
-func (r *xdsResolver) watchListener() {
+func (r *aggregator) watchListener() {
 	r.ldsCancel = r.client.WatchListener(r.listenerName, func(ev xdsclient.Event[*xdsclient.Listener]) {
 		r.enqueue(func() {
 			switch {
@@ -215,7 +256,7 @@ func (r *xdsResolver) watchListener() {
 }
 
 // setRDS makes the RDS watch follow name; "" cancels it.
-func (r *xdsResolver) setRDS(name string) {
+func (r *aggregator) setRDS(name string) {
 	if r.rds != nil && r.rds.name == name {
 		return
 	}
@@ -245,7 +286,7 @@ func (r *xdsResolver) setRDS(name string) {
 	})
 }
 
-func (r *xdsResolver) watchCluster(name string) *clusterWatch {
+func (r *aggregator) watchCluster(name string) *clusterWatch {
 	cw := &clusterWatch{name: name}
 	cw.cdsCancel = r.client.WatchCluster(name, func(ev xdsclient.Event[*xdsclient.Cluster]) {
 		r.enqueue(func() {
@@ -266,7 +307,7 @@ func (r *xdsResolver) watchCluster(name string) *clusterWatch {
 }
 
 // setEDS makes cw's endpoints watch follow name; "" cancels it.
-func (r *xdsResolver) setEDS(cw *clusterWatch, name string) {
+func (r *aggregator) setEDS(cw *clusterWatch, name string) {
 	if cw.eds != nil && cw.eds.name == name {
 		return
 	}
@@ -299,24 +340,24 @@ func (r *xdsResolver) setEDS(cw *clusterWatch, name string) {
 // resourceError logs a NACK or stream error; the last good resource stays in
 // force. Only a channel that has never had a usable snapshot reports it, so
 // that its RPCs fail with the reason instead of waiting.
-func (r *xdsResolver) resourceError(kind, name string, err error) {
+func (r *aggregator) resourceError(kind, name string, err error) {
 	r.logger.Warn("xds resource error; keeping the last good version", "type", kind, "name", name, "error", err)
 	if !r.sentSnapshot {
 		r.reportError(fmt.Errorf("%s %q: %w", kind, name, err))
 	}
 }
 
-func (r *xdsResolver) reportError(err error) {
+func (r *aggregator) reportError(err error) {
 	if err.Error() == r.reportedErr {
 		return
 	}
 	r.reportedErr = err.Error()
-	r.cc.ReportError(err)
+	r.onError(err)
 }
 
 // update recomputes what to watch and, when everything needed is known,
 // sends a snapshot.
-func (r *xdsResolver) update() {
+func (r *aggregator) update() {
 	if r.listenerNotFound {
 		r.reportError(fmt.Errorf("%w: listener %q", ErrResourceNotFound, r.listenerName))
 		return
@@ -400,13 +441,7 @@ func (r *xdsResolver) update() {
 	}
 	r.sentSnapshot = true
 	r.reportedErr = ""
-	err = r.cc.UpdateState(resolver.State{
-		ServiceConfig: r.serviceConfig,
-		Attributes:    attributes.New(snapshotKey{}, snap),
-	})
-	if err != nil {
-		r.logger.Debug("channel did not accept the snapshot", "error", err)
-	}
+	r.onSnapshot(snap)
 }
 
 type snapshotKey struct{}
@@ -424,4 +459,44 @@ type snapshot struct {
 func snapshotFrom(s resolver.State) *snapshot {
 	snap, _ := s.Attributes.Value(snapshotKey{}).(*snapshot)
 	return snap
+}
+
+// routerRegistry maps each authority that live channels resolve to its
+// current Router, for the client interceptors, which see the channel's
+// target but not its LB policy.
+type routerRegistry struct {
+	mu     sync.Mutex
+	owners map[string]map[*xdsResolver]bool
+	// current maps authority to *Router; read without a lock per RPC.
+	current sync.Map
+}
+
+func newRouterRegistry() *routerRegistry {
+	return &routerRegistry{owners: map[string]map[*xdsResolver]bool{}}
+}
+
+func (g *routerRegistry) publish(authority string, owner *xdsResolver, r *Router) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.owners[authority] == nil {
+		g.owners[authority] = map[*xdsResolver]bool{}
+	}
+	g.owners[authority][owner] = true
+	g.current.Store(authority, r)
+}
+
+func (g *routerRegistry) forget(authority string, owner *xdsResolver) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.owners[authority], owner)
+	if len(g.owners[authority]) == 0 {
+		delete(g.owners, authority)
+		g.current.Delete(authority)
+	}
+}
+
+func (g *routerRegistry) lookup(authority string) *Router {
+	r, _ := g.current.Load(authority)
+	router, _ := r.(*Router)
+	return router
 }

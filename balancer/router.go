@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -63,6 +64,7 @@ type Router struct {
 	// in first-seen order; legs refer to it by index.
 	clusters     []string
 	needsHeaders bool
+	needsQuery   bool
 }
 
 type compiledRoute struct {
@@ -133,6 +135,17 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 		if len(route.Match.Headers) > 0 {
 			r.needsHeaders = true
 		}
+		if len(route.Match.QueryParameters) > 0 {
+			r.needsQuery = true
+		}
+		for _, hp := range route.Action.HashPolicies {
+			switch hp.Kind {
+			case xdsclient.HashHeader:
+				r.needsHeaders = true
+			case xdsclient.HashQueryParameter:
+				r.needsQuery = true
+			}
+		}
 		r.routes = append(r.routes, cr)
 	}
 	return r, nil
@@ -147,8 +160,23 @@ func (r *Router) VirtualHost() *xdsclient.VirtualHost { return r.virtualHost }
 // Clusters returns every cluster r may route to, weight-0 legs included.
 func (r *Router) Clusters() []string { return append([]string(nil), r.clusters...) }
 
-// NeedsHeaders reports whether any route matches on headers; when it does
-// not, callers may pass nil Headers to Pick and skip collecting them.
+// carriesTraffic reports whether some route gives cluster index i a
+// weight above 0.
+func (r *Router) carriesTraffic(i int) bool {
+	for _, cr := range r.routes {
+		var prev uint64
+		for _, leg := range cr.legs {
+			if leg.cluster == i && leg.cumulative > prev {
+				return true
+			}
+			prev = leg.cumulative
+		}
+	}
+	return false
+}
+
+// NeedsHeaders reports whether any route matches or hashes on headers;
+// when it does not, callers may pass nil Headers to Pick and skip collecting them.
 func (r *Router) NeedsHeaders() bool { return r.needsHeaders }
 
 // Pick returns the cluster a request for path goes to and the route that
@@ -161,11 +189,46 @@ func (r *Router) Pick(path string, headers Headers) (cluster string, route *xdsc
 	return r.clusters[idx], route, nil
 }
 
+// PickRequest is Pick for an HTTP request: it matches on the URL's path,
+// the headers and the query parameters.
+func (r *Router) PickRequest(req *http.Request) (cluster string, route *xdsclient.Route, err error) {
+	idx, route, err := r.pickRequest(req)
+	if err != nil {
+		return "", nil, err
+	}
+	return r.clusters[idx], route, nil
+}
+
+func (r *Router) pickRequest(req *http.Request) (int, *xdsclient.Route, error) {
+	var query url.Values
+	if r.needsQuery && req.URL.RawQuery != "" {
+		query = req.URL.Query()
+	}
+	return r.pickQuery(req.URL.Path, HTTPHeaders(req.Header), query)
+}
+
 // pick returns the index in r.clusters of the chosen cluster.
 func (r *Router) pick(path string, headers Headers) (int, *xdsclient.Route, error) {
+	return r.pickQuery(path, headers, nil)
+}
+
+// matchOnly returns the first route matching a gRPC request, without
+// choosing a cluster.
+func (r *Router) matchOnly(path string, headers Headers) *xdsclient.Route {
+	for i := range r.routes {
+		if matchRoute(&r.routes[i].route.Match, path, headers, nil) {
+			return r.routes[i].route
+		}
+	}
+	return nil
+}
+
+// pickQuery is pick with query parameters; nil query (every gRPC request)
+// matches no route that has query parameter matchers.
+func (r *Router) pickQuery(path string, headers Headers, query url.Values) (int, *xdsclient.Route, error) {
 	for i := range r.routes {
 		cr := &r.routes[i]
-		if !matchRoute(&cr.route.Match, path, headers) {
+		if !matchRoute(&cr.route.Match, path, headers, query) {
 			continue
 		}
 		if len(cr.legs) == 1 {
@@ -183,7 +246,7 @@ func (r *Router) pick(path string, headers Headers) (int, *xdsclient.Route, erro
 	return 0, nil, fmt.Errorf("%w %s in route config %q", ErrNoRoute, path, r.routeConfig)
 }
 
-func matchRoute(m *xdsclient.RouteMatch, path string, headers Headers) bool {
+func matchRoute(m *xdsclient.RouteMatch, path string, headers Headers, query url.Values) bool {
 	switch {
 	case m.Regex != nil:
 		// case_sensitive does not apply to regexes (gRFC A28); use (?i).
@@ -212,10 +275,28 @@ func matchRoute(m *xdsclient.RouteMatch, path string, headers Headers) bool {
 			return false
 		}
 	}
+	for i := range m.QueryParameters {
+		if !matchQueryParameter(&m.QueryParameters[i], query) {
+			return false
+		}
+	}
 	if m.FractionPerMillion != nil && rand.Uint32N(1_000_000) >= *m.FractionPerMillion {
 		return false
 	}
 	return true
+}
+
+// matchQueryParameter follows Envoy: the first value of the parameter is
+// matched; an absent parameter matches nothing.
+func matchQueryParameter(qm *xdsclient.QueryParameterMatcher, query url.Values) bool {
+	values, ok := query[qm.Name]
+	if !ok {
+		return false
+	}
+	if qm.Match == nil {
+		return qm.Present
+	}
+	return len(values) > 0 && qm.Match.Match(values[0])
 }
 
 // matchHeader follows gRPC's proxyless semantics (gRFC A28): binary headers

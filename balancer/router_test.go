@@ -236,11 +236,20 @@ func TestRouterPickDoesNotAllocate(t *testing.T) {
 // connect; calling any method panics.
 type fakeSubConn struct{ grpcbalancer.SubConn }
 
-func benchPicker(tb testing.TB) *picker {
+func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 	r := benchRouter(tb)
 	t := &table{router: r, clusters: make([]tableCluster, len(r.clusters))}
 	for i := range t.clusters {
-		t.clusters[i] = tableCluster{ready: []grpcbalancer.SubConn{&fakeSubConn{}, &fakeSubConn{}}, next: new(atomic.Uint32)}
+		cs := newClusterState(r.clusters[i], retryBudget{percent: 20, min: 3})
+		cs.maxRequests.Store(1 << 30)
+		var active [2]atomic.Int64
+		done := func(grpcbalancer.DoneInfo) { cs.release() }
+		t.clusters[i] = tableCluster{
+			ready:   []grpcbalancer.SubConn{&fakeSubConn{}, &fakeSubConn{}},
+			dones:   []func(grpcbalancer.DoneInfo){done, done},
+			chooser: newEndpointChooser(policy, []string{"10.0.0.1:80", "10.0.0.2:80"}, []*atomic.Int64{&active[0], &active[1]}),
+			state:   cs,
+		}
 	}
 	p := &picker{}
 	p.table.Store(t)
@@ -248,15 +257,21 @@ func benchPicker(tb testing.TB) *picker {
 }
 
 func TestPickerPickDoesNotAllocate(t *testing.T) {
-	p := benchPicker(t)
-	info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: t.Context()}
-	allocs := testing.AllocsPerRun(1000, func() {
-		if res, err := p.Pick(info); err != nil || res.SubConn == nil {
-			t.Fatalf("Pick = %v, %v", res, err)
+	for _, policy := range []xdsclient.LBPolicy{xdsclient.LBRoundRobin, xdsclient.LBLeastRequest, xdsclient.LBRingHash} {
+		p := benchPicker(t, policy)
+		// As the client interceptors call it: with a call to record the
+		// cluster in, and Done called.
+		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: withCallInfo(t.Context(), &callInfo{})}
+		allocs := testing.AllocsPerRun(1000, func() {
+			res, err := p.Pick(info)
+			if err != nil || res.SubConn == nil {
+				t.Fatalf("Pick = %v, %v", res, err)
+			}
+			res.Done(grpcbalancer.DoneInfo{})
+		})
+		if allocs != 0 {
+			t.Errorf("%s: picker.Pick allocates %.1f times per call, want 0", policy, allocs)
 		}
-	})
-	if allocs != 0 {
-		t.Errorf("picker.Pick allocates %.1f times per call, want 0", allocs)
 	}
 }
 
@@ -273,7 +288,7 @@ func BenchmarkRouterPick(b *testing.B) {
 }
 
 func BenchmarkPickerPick(b *testing.B) {
-	p := benchPicker(b)
+	p := benchPicker(b, xdsclient.LBRoundRobin)
 	info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: b.Context()}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -1,0 +1,333 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"mesh/xdsclient"
+)
+
+// scriptedService is a gRPC test service whose every call runs script,
+// numbered from 1 in arrival order; a nil error lets the call succeed.
+type scriptedService struct {
+	testgrpc.UnimplementedTestServiceServer
+	calls  atomic.Int64
+	script func(ctx context.Context, call int64) error
+}
+
+func (s *scriptedService) EmptyCall(ctx context.Context, _ *testpb.Empty) (*testpb.Empty, error) {
+	if err := s.script(ctx, s.calls.Add(1)); err != nil {
+		return nil, err
+	}
+	return &testpb.Empty{}, nil
+}
+
+func (s *scriptedService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream testgrpc.TestService_StreamingOutputCallServer) error {
+	if err := s.script(stream.Context(), s.calls.Add(1)); err != nil {
+		return err
+	}
+	for range req.GetResponseParameters() {
+		if err := stream.Send(&testpb.StreamingOutputCallResponse{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startScriptedBackend serves a scriptedService on 127.0.0.1:0.
+func startScriptedBackend(t *testing.T, script func(ctx context.Context, call int64) error) (*backend, *scriptedService) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	svc := &scriptedService{script: script}
+	b := &backend{name: "scripted", addr: lis.Addr().String(), srv: grpc.NewServer()}
+	testgrpc.RegisterTestServiceServer(b.srv, svc)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = b.srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		b.srv.Stop()
+		<-served
+	})
+	return b, svc
+}
+
+// routeAction points testTarget's listener at one route with action.
+func (e *testEnv) routeAction(action xdsclient.RouteAction) {
+	e.xds.listeners.set(testTarget, testListener(testTarget, "rc"))
+	e.xds.routes.set("rc", actionRouteConfig("rc", action))
+}
+
+func actionRouteConfig(name string, action xdsclient.RouteAction) *xdsclient.RouteConfig {
+	return &xdsclient.RouteConfig{Name: name, VirtualHosts: []xdsclient.VirtualHost{{
+		Name: "vh", Domains: []string{"*"},
+		Routes: []xdsclient.Route{{Name: "default", Match: xdsclient.RouteMatch{Prefix: ""}, Action: action}},
+	}}}
+}
+
+func grpcRetryPolicy(retries uint32, on ...codes.Code) *xdsclient.RetryPolicy {
+	return &xdsclient.RetryPolicy{GRPCCodes: on, NumRetries: retries, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+}
+
+// waitRouted waits until an RPC on e succeeds, which means the channel has a
+// routing table (and the interceptors see the route).
+func (e *testEnv) waitRouted(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("first RPC: %v", err)
+	}
+}
+
+func TestGRPCRouteTimeoutBoundsTheRPC(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t)
+	var blocking atomic.Bool
+	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
+		if blocking.Load() {
+			<-ctx.Done() // until the client gives up
+			return ctx.Err()
+		}
+		return nil
+	})
+	e.serve("c", b)
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: 20 * time.Millisecond})
+	e.waitRouted(ctx, t)
+	blocking.Store(true)
+
+	// The caller's deadline is 20 s; the route's is what ends the RPC.
+	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("RPC on a route with a timeout: %v, want DeadlineExceeded", err)
+	}
+	// A caller deadline shorter than the route's still wins.
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: time.Hour})
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	if _, err := e.client.EmptyCall(short, &testpb.Empty{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("RPC with a short caller deadline: %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t)
+	var mu sync.Mutex
+	var previous []string
+	var failNext atomic.Int64 // how many of the next calls fail
+	b, svc := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		mu.Lock()
+		previous = append(previous, strings.Join(md.Get(previousAttemptsHeader), ","))
+		mu.Unlock()
+		if failNext.Add(-1) >= 0 {
+			return status.Error(codes.Unavailable, "first attempt fails")
+		}
+		return nil
+	})
+	e.serve("c", b)
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(2, codes.Unavailable)})
+	e.waitRouted(ctx, t)
+
+	svc.calls.Store(0)
+	mu.Lock()
+	previous = nil
+	mu.Unlock()
+	failNext.Store(1)
+	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Fatalf("RPC whose first attempt fails: %v, want the retry to succeed", err)
+	}
+	if n := svc.calls.Load(); n != 2 {
+		t.Errorf("backend saw %d attempts, want 2", n)
+	}
+	mu.Lock()
+	if len(previous) != 2 || previous[0] != "" || previous[1] != "1" {
+		t.Errorf("grpc-previous-rpc-attempts per attempt = %q, want [\"\" \"1\"]", previous)
+	}
+	mu.Unlock()
+
+	// num_retries bounds the attempts: 1 + 2.
+	svc.calls.Store(0)
+	failNext.Store(10)
+	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("RPC failing every attempt: %v, want Unavailable", err)
+	}
+	if n := svc.calls.Load(); n != 3 {
+		t.Errorf("backend saw %d attempts, want 3 (num_retries 2)", n)
+	}
+
+	// Codes outside retry_on are not retried.
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(2, codes.Internal)})
+	waitFor(ctx, t, "the new retry policy", func() bool {
+		r := e.builderRoute(t)
+		return r != nil && r.Action.RetryPolicy.RetriesGRPC(codes.Internal)
+	})
+	svc.calls.Store(0)
+	failNext.Store(1)
+	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("RPC failing with a code not in retry_on: %v, want Unavailable", err)
+	}
+	if n := svc.calls.Load(); n != 1 {
+		t.Errorf("backend saw %d attempts, want 1", n)
+	}
+}
+
+// builderRoute returns the route the interceptors see for EmptyCall.
+func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
+	t.Helper()
+	return e.builder.routeFor(context.Background(), e.conn, "/grpc.testing.TestService/EmptyCall")
+}
+
+func TestGRPCRetryBudgetStopsAStorm(t *testing.T) {
+	ctx := testContext(t)
+	// A budget of one concurrent retry, whatever the load.
+	e := newTestEnv(t, WithRetryBudget(0, 1))
+	release := make(chan struct{})
+	retryRunning := make(chan struct{})
+	var firstAttempts atomic.Int64
+	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if len(md.Get(previousAttemptsHeader)) > 0 {
+			close(retryRunning) // only one retry may ever run here
+			<-release
+			return nil
+		}
+		if md.Get("x-warmup") != nil {
+			return nil
+		}
+		firstAttempts.Add(1)
+		return status.Error(codes.Unavailable, "overloaded")
+	})
+	e.serve("c", b)
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(3, codes.Unavailable)})
+	warm := metadata.AppendToOutgoingContext(ctx, "x-warmup", "1")
+	if _, err := e.client.EmptyCall(warm, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
+		first <- err
+	}()
+	select {
+	case <-retryRunning:
+	case <-ctx.Done():
+		t.Fatal("the first RPC was never retried")
+	}
+	// The budget's one slot is taken: these fail without a retry.
+	for i := range 5 {
+		if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("RPC %d while the budget is spent: %v, want Unavailable", i, err)
+		}
+	}
+	if n := firstAttempts.Load(); n != 6 {
+		t.Errorf("backend saw %d first attempts, want 6", n)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("retried RPC: %v", err)
+	}
+}
+
+func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t)
+	var failNext atomic.Int64
+	b, svc := startScriptedBackend(t, func(context.Context, int64) error {
+		if failNext.Add(-1) >= 0 {
+			return status.Error(codes.Unavailable, "not yet")
+		}
+		return nil
+	})
+	e.serve("c", b)
+	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(1, codes.Unavailable)})
+	e.waitRouted(ctx, t)
+
+	svc.calls.Store(0)
+	failNext.Store(1)
+	req := &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{}, {}, {}}}
+	stream, err := e.client.StreamingOutputCall(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		_, err := stream.Recv()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("stream: %v after %d messages", err, got)
+			}
+			break
+		}
+		got++
+	}
+	if got != 3 || svc.calls.Load() != 2 {
+		t.Errorf("got %d messages over %d attempts, want 3 over 2", got, svc.calls.Load())
+	}
+}
+
+func TestGRPCCircuitBreakerRejectsOverLimit(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t)
+	release := make(chan struct{})
+	var inHandler atomic.Int64
+	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if md.Get("x-block") != nil {
+			inHandler.Add(1)
+			<-release
+		}
+		return nil
+	})
+	cluster := testCluster("c")
+	cluster.MaxRequests = 2
+	e.xds.clusters.set("c", cluster)
+	e.xds.endpoints.set("c-eds", testEndpoints("c-eds", b.addr))
+	e.routeAction(xdsclient.RouteAction{Cluster: "c"})
+	e.waitRouted(ctx, t)
+
+	block := metadata.AppendToOutgoingContext(ctx, "x-block", "1")
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for range 2 {
+		wg.Go(func() {
+			_, err := e.client.EmptyCall(block, &testpb.Empty{})
+			errs <- err
+		})
+	}
+	waitFor(ctx, t, "two RPCs in flight", func() bool { return inHandler.Load() == 2 })
+	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `cluster "c"`) || !strings.Contains(err.Error(), "circuit breaker") {
+		t.Fatalf("third concurrent RPC: %v, want Unavailable naming cluster c's circuit breaker", err)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("RPC within the limit: %v", err)
+		}
+	}
+	// Done released the slots.
+	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
+		t.Fatalf("RPC after the others finished: %v", err)
+	}
+}

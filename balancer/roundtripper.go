@@ -1,0 +1,655 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mesh/internal/handshake"
+	"mesh/xdsclient"
+)
+
+// DialTLSFunc opens a connection to addr, an endpoint of info.Cluster. When
+// info.TLS is nil the cluster is plaintext and the function returns a plain
+// connection; otherwise it does the cluster's (m)TLS handshake and returns
+// a *tls.Conn, whose negotiated ALPN protocol ("h2" or "http/1.1") picks
+// HTTP/2 or HTTP/1.1.
+type DialTLSFunc func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error)
+
+// ErrClosed is returned by a RoundTripper after Close.
+var ErrClosed = errors.New("balancer: closed")
+
+// UnavailableError is what the RoundTripper returns when it cannot send a
+// request at all: no route matches, the cluster has no usable endpoint, or
+// its circuit breaker is open. It stands for a 503; it never comes with a
+// response.
+type UnavailableError struct{ Err error }
+
+func (e *UnavailableError) Error() string { return "mesh: unavailable: " + e.Err.Error() }
+
+// Unwrap returns the cause (ErrNoRoute, ErrCircuitOpen, ...).
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// StatusCode is the HTTP status a proxy would have answered with: 503.
+func (e *UnavailableError) StatusCode() int { return http.StatusServiceUnavailable }
+
+// RoundTripper is an http.RoundTripper that routes "http://host:port/..."
+// requests the way the mesh resolver routes gRPC channels: it watches the
+// listener "host:port", matches each request against its routes (path,
+// headers, query parameters), picks a weighted cluster and an endpoint
+// round robin, and sends the request over a connection pool per endpoint,
+// dialled with the caller's DialTLSFunc. It applies the route's timeout
+// and retry policy and the cluster's circuit breaker.
+//
+// Config changes never fail a request: a table that sends traffic to a
+// cluster without usable endpoints waits (up to WithPublishTimeout) while
+// the old table serves.
+type RoundTripper struct {
+	client XDSClient
+	dial   DialTLSFunc
+	cfg    *config
+	logger *slog.Logger
+	// channelID is what ring_hash routes with a channel ID hash policy hash.
+	channelID uint64
+
+	mu       sync.Mutex
+	closed   bool
+	channels map[string]*httpChannel
+}
+
+var _ http.RoundTripper = (*RoundTripper)(nil)
+
+// NewRoundTripper returns a RoundTripper that routes with client and dials
+// endpoints with dial. Close it to stop its watches and close its
+// connections.
+func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...Option) *RoundTripper {
+	cfg := newConfig(opts)
+	return &RoundTripper{client: client, dial: dial, cfg: cfg, logger: cfg.logger, channelID: rand.Uint64(), channels: map[string]*httpChannel{}}
+}
+
+// RoundTrip sends req to an endpoint of the cluster its route picks.
+// Requests are retried (per the route's retry policy) only when their body
+// can be replayed: no body, or GetBody set.
+func (rt *RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil {
+		closeBody(req)
+		return nil, errors.New("mesh round tripper: request has no URL")
+	}
+	if req.URL.Scheme != "http" {
+		closeBody(req)
+		return nil, fmt.Errorf("mesh round tripper: %q: unsupported scheme %q (use http://; the mesh adds TLS)", req.URL.Redacted(), req.URL.Scheme)
+	}
+	authority := req.URL.Host
+	if _, _, err := net.SplitHostPort(authority); err != nil {
+		authority = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
+	ch, err := rt.channel(authority)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	t, err := ch.waitTable(req.Context())
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	idx, route, err := t.router.pickRequest(req)
+	if err != nil {
+		closeBody(req)
+		return nil, &UnavailableError{Err: err}
+	}
+	return ch.send(req, authority, &t.clusters[idx], route)
+}
+
+// Close stops every watch and closes every connection. Requests in flight
+// fail; responses being read may be cut short.
+func (rt *RoundTripper) Close() error {
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		return nil
+	}
+	rt.closed = true
+	channels := rt.channels
+	rt.channels = nil
+	rt.mu.Unlock()
+	for _, ch := range channels {
+		ch.close()
+	}
+	return nil
+}
+
+// CloseIdleConnections closes idle connections to every endpoint; http.Client
+// calls it.
+func (rt *RoundTripper) CloseIdleConnections() {
+	rt.mu.Lock()
+	channels := make([]*httpChannel, 0, len(rt.channels))
+	for _, ch := range rt.channels {
+		channels = append(channels, ch)
+	}
+	rt.mu.Unlock()
+	for _, ch := range channels {
+		ch.mu.Lock()
+		for _, ep := range ch.endpoints {
+			ep.transport.CloseIdleConnections()
+		}
+		ch.mu.Unlock()
+	}
+}
+
+func (rt *RoundTripper) channel(authority string) (*httpChannel, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.closed {
+		return nil, ErrClosed
+	}
+	if rt.client == nil {
+		return nil, errors.New("mesh round tripper: xds client is nil")
+	}
+	if ch := rt.channels[authority]; ch != nil {
+		return ch, nil
+	}
+	ch := &httpChannel{
+		rt:        rt,
+		authority: authority,
+		logger:    rt.logger.With("authority", authority),
+		ready:     make(chan struct{}),
+		endpoints: map[scKey]*endpointTransport{},
+		states:    map[string]*clusterState{},
+		tls:       map[string]*xdsclient.UpstreamTLS{},
+	}
+	ch.agg = newAggregator(rt.client, rt.cfg, authority, ch.logger, ch.onSnapshot, ch.onError)
+	rt.channels[authority] = ch
+	return ch, nil
+}
+
+// httpChannel is the RoundTripper's state for one authority: an aggregator
+// feeding routing tables, and the connection pools of their endpoints.
+type httpChannel struct {
+	rt        *RoundTripper
+	authority string
+	logger    *slog.Logger
+	agg       *aggregator
+
+	// table is what requests use: one atomic load each.
+	table     atomic.Pointer[httpTable]
+	ready     chan struct{} // closed once table is set
+	readyOnce sync.Once
+
+	timers sync.WaitGroup
+
+	mu           sync.Mutex
+	closed       bool
+	published    bool // a table with a router was published
+	endpoints    map[scKey]*endpointTransport
+	states       map[string]*clusterState
+	tls          map[string]*xdsclient.UpstreamTLS
+	pending      *snapshot
+	pendingTimer *time.Timer
+}
+
+type httpTable struct {
+	router   *Router
+	clusters []httpCluster // indexed like router.clusters
+	// err, when set, fails every request.
+	err error
+}
+
+type httpCluster struct {
+	name      string
+	endpoints []*endpointTransport
+	chooser   endpointChooser
+	state     *clusterState
+	failErr   error
+}
+
+// endpointTransport is the connection pool of one (cluster, endpoint, TLS
+// settings).
+type endpointTransport struct {
+	key       scKey
+	scheme    string
+	transport *http.Transport
+	drain     *time.Timer
+	// active counts requests in flight to the endpoint (least_request).
+	active atomic.Int64
+}
+
+// waitTable returns the current table, waiting for the first one up to the
+// publish timeout or ctx's end.
+func (ch *httpChannel) waitTable(ctx context.Context) (*httpTable, error) {
+	if t := ch.table.Load(); t != nil {
+		return t.usable()
+	}
+	timer := time.NewTimer(ch.rt.cfg.publishTimeout)
+	defer timer.Stop()
+	select {
+	case <-ch.ready:
+		return ch.table.Load().usable()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("mesh round tripper: waiting for the routes of %q: %w", ch.authority, ctx.Err())
+	case <-timer.C:
+		return nil, &UnavailableError{Err: fmt.Errorf("no routes for %q from the control plane after %v", ch.authority, ch.rt.cfg.publishTimeout)}
+	}
+}
+
+func (t *httpTable) usable() (*httpTable, error) {
+	if t.err != nil {
+		return nil, &UnavailableError{Err: t.err}
+	}
+	return t, nil
+}
+
+func (ch *httpChannel) setTable(t *httpTable) {
+	ch.table.Store(t)
+	ch.readyOnce.Do(func() { close(ch.ready) })
+}
+
+// onError mirrors the gRPC LB policy: a resource that went away, or an
+// error before any table, fails requests; other errors keep the table.
+func (ch *httpChannel) onError(err error) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed {
+		return
+	}
+	if ch.published && !errors.Is(err, ErrResourceNotFound) {
+		ch.logger.Warn("xds error; keeping the current routing table", "error", err)
+		return
+	}
+	ch.logger.Warn("no routing table", "error", err)
+	ch.published = false
+	ch.setPendingLocked(nil)
+	ch.setTable(&httpTable{err: err})
+	ch.drainUnusedLocked(nil)
+}
+
+// onSnapshot publishes snap at once when every cluster it sends traffic to
+// has usable endpoints (or there is no table to keep); otherwise it waits
+// for a snapshot that has them, or for the publish timeout.
+func (ch *httpChannel) onSnapshot(snap *snapshot) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed {
+		return
+	}
+	if ch.published && !snapshotReady(snap) {
+		ch.logger.Debug("new routing table waits for endpoints")
+		ch.setPendingLocked(snap)
+		return
+	}
+	ch.setPendingLocked(nil)
+	ch.publishLocked(snap)
+}
+
+func (ch *httpChannel) setPendingLocked(snap *snapshot) {
+	ch.pending = snap
+	if ch.pendingTimer != nil && ch.pendingTimer.Stop() {
+		ch.timers.Done()
+	}
+	ch.pendingTimer = nil
+	if snap == nil {
+		return
+	}
+	ch.timers.Add(1)
+	ch.pendingTimer = time.AfterFunc(ch.rt.cfg.publishTimeout, func() {
+		defer ch.timers.Done()
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		if ch.closed || ch.pending != snap {
+			return
+		}
+		ch.logger.Warn("publishing routing table before every new cluster has endpoints", "timeout", ch.rt.cfg.publishTimeout)
+		ch.pending, ch.pendingTimer = nil, nil
+		ch.publishLocked(snap)
+	})
+}
+
+// snapshotReady reports whether every existing cluster that snap sends
+// traffic to has a usable endpoint.
+func snapshotReady(snap *snapshot) bool {
+	for i, name := range snap.router.clusters {
+		if !snap.router.carriesTraffic(i) {
+			continue
+		}
+		c := snap.clusters[name]
+		if c == nil || c.Type == xdsclient.ClusterLogicalDNS {
+			continue
+		}
+		if eps := snap.endpoints[name]; eps != nil && len(usableAddresses(eps)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (ch *httpChannel) publishLocked(snap *snapshot) {
+	r := snap.router
+	t := &httpTable{router: r, clusters: make([]httpCluster, len(r.clusters))}
+	used := map[scKey]bool{}
+	for i, name := range r.clusters {
+		hc := &t.clusters[i]
+		hc.name = name
+		hc.state = ch.states[name]
+		if hc.state == nil {
+			hc.state = newClusterState(name, ch.rt.cfg.retryBudget)
+			ch.states[name] = hc.state
+		}
+		cluster := snap.clusters[name]
+		if cluster == nil {
+			hc.state.maxRequests.Store(0)
+			hc.failErr = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+			continue
+		}
+		hc.state.maxRequests.Store(cluster.MaxRequests)
+		tls := ch.canonicalTLSLocked(name, cluster.TLS)
+		var addrs []string
+		if cluster.Type == xdsclient.ClusterLogicalDNS {
+			addrs = []string{cluster.DNSAddress}
+		} else if eps := snap.endpoints[name]; eps != nil {
+			addrs = usableAddresses(eps)
+		} else {
+			hc.failErr = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
+			continue
+		}
+		if len(addrs) == 0 {
+			hc.failErr = fmt.Errorf("cluster %q has no usable endpoints", name)
+		}
+		active := make([]*atomic.Int64, 0, len(addrs))
+		for _, addr := range addrs {
+			k := scKey{cluster: name, addr: addr, tls: tls}
+			used[k] = true
+			ep := ch.endpointLocked(k)
+			hc.endpoints = append(hc.endpoints, ep)
+			active = append(active, &ep.active)
+		}
+		hc.chooser = newEndpointChooser(cluster.LBPolicy, addrs, active)
+	}
+	ch.published = true
+	ch.setTable(t)
+	ch.drainUnusedLocked(used)
+	for name := range ch.states {
+		if !slices.Contains(r.clusters, name) {
+			delete(ch.states, name)
+			delete(ch.tls, name)
+		}
+	}
+	ch.logger.Debug("published routing table", "route_config", r.routeConfig, "clusters", len(r.clusters))
+}
+
+func (ch *httpChannel) canonicalTLSLocked(cluster string, tls *xdsclient.UpstreamTLS) *xdsclient.UpstreamTLS {
+	if old, ok := ch.tls[cluster]; ok && equalTLS(old, tls) {
+		return old
+	}
+	ch.tls[cluster] = tls
+	return tls
+}
+
+// endpointLocked returns the pool for k, creating it or stopping its drain.
+func (ch *httpChannel) endpointLocked(k scKey) *endpointTransport {
+	if ep := ch.endpoints[k]; ep != nil {
+		if ep.drain != nil && ep.drain.Stop() {
+			ch.timers.Done()
+		}
+		ep.drain = nil
+		return ep
+	}
+	info := &handshake.Info{Cluster: k.cluster, TLS: k.tls}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := ch.rt.dial(ctx, network, addr, info)
+		if err != nil {
+			return nil, &connectError{cluster: k.cluster, addr: addr, err: err}
+		}
+		return conn, nil
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     ch.rt.cfg.idleConnTimeout,
+		Protocols:           new(http.Protocols),
+	}
+	ep := &endpointTransport{key: k, transport: tr}
+	if k.tls == nil {
+		ep.scheme = "http"
+		tr.DialContext = dial
+		if ch.rt.cfg.plaintextHTTP2 {
+			tr.Protocols.SetUnencryptedHTTP2(true)
+		} else {
+			tr.Protocols.SetHTTP1(true)
+		}
+	} else {
+		ep.scheme = "https"
+		tr.DialTLSContext = dial
+		tr.Protocols.SetHTTP1(true)
+		tr.Protocols.SetHTTP2(true)
+	}
+	ch.endpoints[k] = ep
+	return ep
+}
+
+// drainUnusedLocked closes, after the drain grace, the pools no published
+// table uses; requests already on them finish first.
+func (ch *httpChannel) drainUnusedLocked(used map[scKey]bool) {
+	for k, ep := range ch.endpoints {
+		if used[k] || ep.drain != nil {
+			continue
+		}
+		ch.scheduleDrainLocked(k, ep)
+	}
+}
+
+func (ch *httpChannel) scheduleDrainLocked(k scKey, ep *endpointTransport) {
+	var timer *time.Timer
+	ch.timers.Add(1)
+	timer = time.AfterFunc(ch.rt.cfg.drainGrace, func() {
+		defer ch.timers.Done()
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		if ch.closed || ch.endpoints[k] != ep || ep.drain != timer {
+			return
+		}
+		if ep.active.Load() > 0 {
+			// Closing now would leave their connections idle for
+			// IdleConnTimeout once they finish; look again later.
+			ch.scheduleDrainLocked(k, ep)
+			return
+		}
+		delete(ch.endpoints, k)
+		ep.transport.CloseIdleConnections()
+	})
+	ep.drain = timer
+}
+
+func (ch *httpChannel) close() {
+	ch.agg.Close() // no callbacks after this returns
+	ch.mu.Lock()
+	ch.closed = true
+	// Requests that raced with Close fail instead of waiting for a table.
+	ch.setTable(&httpTable{err: ErrClosed})
+	ch.setPendingLocked(nil)
+	for k, ep := range ch.endpoints {
+		if ep.drain != nil && ep.drain.Stop() {
+			ch.timers.Done()
+		}
+		ep.transport.CloseIdleConnections()
+		delete(ch.endpoints, k)
+	}
+	ch.mu.Unlock()
+	ch.timers.Wait()
+}
+
+// connectError marks a failure to connect (or to handshake), which the
+// retry condition "connect-failure" covers.
+type connectError struct {
+	cluster, addr string
+	err           error
+}
+
+func (e *connectError) Error() string {
+	return fmt.Sprintf("cluster %q endpoint %s: connect: %v", e.cluster, e.addr, e.err)
+}
+
+func (e *connectError) Unwrap() error { return e.err }
+
+// send runs the attempts of one request to cluster c.
+func (ch *httpChannel) send(req *http.Request, authority string, c *httpCluster, route *xdsclient.Route) (*http.Response, error) {
+	ctx := req.Context()
+	cancel := context.CancelFunc(func() {})
+	if t := route.Action.Timeout; t > 0 {
+		ctx, cancel = context.WithTimeout(ctx, t)
+	}
+	policy := route.Action.RetryPolicy
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	maxAttempts := 1
+	if policy != nil && replayable {
+		maxAttempts = int(policy.NumRetries) + 1
+	}
+	cs := c.state
+	retrySlot := false
+	releaseRetry := func() {
+		if retrySlot {
+			cs.releaseRetry()
+			retrySlot = false
+		}
+	}
+	host := req.Host
+	if host == "" {
+		host = authority
+	}
+	var hash uint64
+	var hashed bool
+	if c.chooser.policy == xdsclient.LBRingHash && len(route.Action.HashPolicies) > 0 {
+		hash, hashed = requestHash(route.Action.HashPolicies, HTTPHeaders(req.Header), req.URL.Query(), ch.rt.channelID)
+	}
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 && hashed {
+			// A retry goes to another endpoint, as Envoy's ring hash retries do.
+			hash = hash*fnvPrime + uint64(attempt)
+		}
+		resp, err := ch.attempt(ctx, req, host, c, attempt, hash, hashed)
+		releaseRetry()
+		retry := attempt < maxAttempts && ctx.Err() == nil && retriableHTTP(policy, resp, err)
+		if retry && cs.acquireRetry() {
+			retrySlot = true
+			if resp != nil {
+				discard(resp.Body)
+			}
+			if sleepContext(ctx, retryBackoff(policy, attempt)) == nil {
+				continue
+			}
+			releaseRetry()
+			if resp == nil {
+				cancel()
+				return nil, err
+			}
+			// The response was discarded; report why it was not retried.
+			cancel()
+			return nil, fmt.Errorf("mesh round tripper: retry of %s after status %d: %w", req.URL.Redacted(), resp.StatusCode, ctx.Err())
+		}
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		resp.Request = req
+		// The route timeout covers reading the body too.
+		resp.Body = &finishingBody{ReadCloser: resp.Body, finish: cancel}
+		return resp, nil
+	}
+}
+
+// attempt sends one copy of req to the next endpoint of c. On success the
+// request stays counted in flight to the cluster until the response body
+// is closed.
+func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host string, c *httpCluster, attempt int, hash uint64, hashed bool) (*http.Response, error) {
+	n := uint32(len(c.endpoints))
+	if n == 0 {
+		closeBody(req)
+		return nil, &UnavailableError{Err: c.failErr}
+	}
+	cs := c.state
+	if !cs.acquire() {
+		closeBody(req)
+		return nil, &UnavailableError{Err: cs.overLimitErr}
+	}
+	ep := c.endpoints[c.chooser.choose(int(n), &cs.next, hash, hashed)]
+	ep.active.Add(1)
+	release := func() {
+		ep.active.Add(-1)
+		cs.release()
+	}
+	out := req.Clone(ctx)
+	out.URL.Scheme = ep.scheme
+	out.URL.Host = ep.key.addr
+	out.Host = host
+	out.RequestURI = ""
+	if attempt > 1 && req.Body != nil && req.Body != http.NoBody {
+		body, err := req.GetBody()
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("mesh round tripper: replaying the body of %s: %w", req.URL.Redacted(), err)
+		}
+		out.Body = body
+	}
+	resp, err := ep.transport.RoundTrip(out)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	resp.Body = &finishingBody{ReadCloser: resp.Body, finish: release}
+	return resp, nil
+}
+
+// retriableHTTP reports whether the policy retries an attempt that ended
+// with resp or err. A response here still holds its cluster slot.
+func retriableHTTP(p *xdsclient.RetryPolicy, resp *http.Response, err error) bool {
+	if p == nil {
+		return false
+	}
+	if err != nil {
+		var unavailable *UnavailableError
+		if errors.As(err, &unavailable) {
+			return false
+		}
+		var connect *connectError
+		if errors.As(err, &connect) {
+			return p.HTTPConnectFailure || p.HTTPReset || p.HTTP5xx || p.HTTPGatewayError
+		}
+		return p.HTTPReset || p.HTTP5xx
+	}
+	return p.RetriesHTTPStatus(resp.StatusCode)
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// discard reads a little of a retried response so its connection can be
+// reused, then closes it.
+func discard(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, 4<<10)
+	_ = body.Close()
+}
+
+// finishingBody calls finish once, when the body is closed.
+type finishingBody struct {
+	io.ReadCloser
+	once   sync.Once
+	finish func()
+}
+
+func (b *finishingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.finish)
+	return err
+}
