@@ -165,24 +165,37 @@ type servingConn struct {
 	listener *xdsclient.Listener
 }
 
-// chooseTLS is the server credentials' per-connection choice of TLS settings.
-func chooseTLS(conn net.Conn) (*xdsclient.DownstreamTLS, error) {
-	sc, ok := conn.(*servingConn)
+// chooseTLS is the server credentials' per-connection choice of filter
+// chain; transportProtocol is what the client's first bytes showed
+// ("tls" or "raw_buffer").
+func chooseTLS(conn net.Conn, transportProtocol string) (*xdsclient.FilterChain, error) {
+	// The transport wraps the accepted connection (to replay the bytes it
+	// sniffed); unwrap down to ours.
+	inner := conn
+	for range 8 { // bounded: wrappers nest a level or two
+		w, ok := inner.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		inner = w.NetConn()
+	}
+	sc, ok := inner.(*servingConn)
 	if !ok {
 		return nil, errors.New("connection was not accepted by a mesh listener")
 	}
-	fc := selectFilterChain(sc.listener, conn.LocalAddr(), conn.RemoteAddr())
+	fc := selectFilterChain(sc.listener, conn.LocalAddr(), conn.RemoteAddr(), transportProtocol)
 	if fc == nil {
-		return nil, fmt.Errorf("listener %q: no filter chain matches connection from %s", sc.listener.Name, conn.RemoteAddr())
+		return nil, fmt.Errorf("listener %q: no filter chain matches %s connection from %s", sc.listener.Name, transportProtocol, conn.RemoteAddr())
 	}
-	return fc.TLS, nil
+	return fc, nil
 }
 
 // selectFilterChain picks the filter chain for a connection the way gRFC A36
-// does: narrowing the candidates by the most specific destination prefix,
-// then source type, then source prefix, then source port, falling back to
-// the default filter chain.
-func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr) *xdsclient.FilterChain {
+// does, with Envoy's transport protocol step added: narrowing the candidates
+// by the most specific destination prefix, then transport protocol, then
+// source type, then source prefix, then source port, falling back to the
+// default filter chain.
+func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr, transportProtocol string) *xdsclient.FilterChain {
 	dst := addrPort(local)
 	src := addrPort(remote)
 	var cands []*xdsclient.FilterChain
@@ -196,6 +209,15 @@ func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr) *xdsclient
 		cands = append(cands, fc)
 	}
 	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int { return prefixScore(fc.Match.PrefixRanges, dst.Addr()) })
+	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int {
+		switch fc.Match.TransportProtocol {
+		case "":
+			return 0
+		case transportProtocol:
+			return 1
+		}
+		return -1
+	})
 	cands = keepBest(cands, func(fc *xdsclient.FilterChain) int {
 		return sourceTypeScore(fc.Match.SourceType, dst.Addr(), src.Addr())
 	})

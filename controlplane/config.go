@@ -98,6 +98,8 @@ func newSpec(kind string) (proto.Message, string) {
 		return &networking.WorkloadEntry{}, "networking.istio.io"
 	case KindPeerAuthentication:
 		return &security.PeerAuthentication{}, "security.istio.io"
+	case KindAuthorizationPolicy:
+		return &security.AuthorizationPolicy{}, "security.istio.io"
 	}
 	return nil, ""
 }
@@ -149,7 +151,7 @@ func parseDocument(index int, doc []byte) (*object, error) {
 	}
 	spec, group := newSpec(hdr.Kind)
 	if spec == nil {
-		return nil, fmt.Errorf("document %d: kind %q: unsupported (want VirtualService, DestinationRule, PeerAuthentication, ServiceEntry or WorkloadEntry)", index, hdr.Kind)
+		return nil, fmt.Errorf("document %d: kind %q: unsupported (want VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, ServiceEntry or WorkloadEntry)", index, hdr.Kind)
 	}
 	if hdr.Metadata.Namespace == "" {
 		hdr.Metadata.Namespace = "default"

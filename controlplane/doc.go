@@ -32,7 +32,10 @@
 // such as "payments:8080" are answered too), clusters
 // "outbound|<port>|<subset>|<host>" fed by EDS, and for every
 // "xds.istio.io/grpc/lds/inbound/<ip>:<port>" a workload asks for, its
-// server-side listener with mTLS per PeerAuthentication.
+// server-side listener with mTLS per PeerAuthentication (PERMISSIVE as two
+// filter chains told apart by the client's first bytes: "tls" with mTLS,
+// "raw_buffer" in plaintext) and RBAC HTTP filters per AuthorizationPolicy
+// (AUDIT, then DENY, then ALLOW; gRFC A41).
 //
 // Services come from workloads declared through their bootstraps, from
 // connected workloads (node metadata MESH_SERVICE, and MESH_ADDRESS or the
@@ -41,6 +44,17 @@
 // its ADS stream closes.
 //
 // Configuration (VirtualService, DestinationRule, PeerAuthentication,
-// ServiceEntry, WorkloadEntry) is validated as a whole; a bad object is
+// AuthorizationPolicy, ServiceEntry, WorkloadEntry) is validated as a whole; a bad object is
 // rejected with an error naming it and the field path, and nothing changes.
+//
+// # Certificates for agentless workloads
+//
+// Besides writing certificate files (WriteBootstrap, IssueSVID), the CA
+// serves Istio's IstioCertificateService on Addr, as istiod does on port
+// 15012, for workloads that make their own key (identity.NewCSRSource).
+// A caller authenticates with the bearer token WorkloadToken minted for its
+// namespace and service account, and is issued only that SPIFFE ID. The
+// xDS port is plaintext, so there the token is only as safe as the network;
+// ServeCATLS adds a TLS endpoint for the CA, verified with RootPEM under
+// the name CAServerName.
 package controlplane

@@ -11,6 +11,7 @@ func FuzzParseYAML(f *testing.F) {
 	f.Add([]byte(vsYAML(90, 10)))
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mode: STRICT}}\n"))
 	f.Add([]byte("---\n---\n# nothing\n"))
+	f.Add([]byte(authzPolicies))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		objs, err := parseYAML(data)
 		if err != nil {

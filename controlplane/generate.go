@@ -494,43 +494,60 @@ func (g *generation) inboundListener(name string, n *nodeInfo) *listener.Listene
 	if err != nil {
 		return nil
 	}
-	manager := &hcm.HttpConnectionManager{
-		StatPrefix: "inbound",
-		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
-			Name: "inbound",
-			VirtualHosts: []*route.VirtualHost{{
-				Name:    "inbound|http|" + strconv.FormatUint(uint64(port), 10),
-				Domains: []string{"*"},
-				Routes: []*route.Route{{
-					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-					Action: &route.Route_NonForwardingAction{NonForwardingAction: &route.NonForwardingAction{}},
+	filters := append(g.rbacFilters(n), httpFilter(routerFilterName, &router.Router{}))
+	newChain := func(name string) *listener.FilterChain {
+		manager := &hcm.HttpConnectionManager{
+			StatPrefix: "inbound",
+			RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+				Name: "inbound",
+				VirtualHosts: []*route.VirtualHost{{
+					Name:    "inbound|http|" + strconv.FormatUint(uint64(port), 10),
+					Domains: []string{"*"},
+					Routes: []*route.Route{{
+						Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &route.Route_NonForwardingAction{NonForwardingAction: &route.NonForwardingAction{}},
+					}},
 				}},
 			}},
-		}},
-		HttpFilters: []*hcm.HttpFilter{httpFilter(routerFilterName, &router.Router{})},
+			HttpFilters: filters,
+		}
+		return &listener.FilterChain{
+			Name: name,
+			Filters: []*listener.Filter{{
+				Name:       hcmFilterName,
+				ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(manager)},
+			}},
+		}
 	}
-	chain := &listener.FilterChain{
-		Name: "inbound-plaintext",
-		Filters: []*listener.Filter{{
-			Name:       hcmFilterName,
-			ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(manager)},
-		}},
-	}
-	// PERMISSIVE is served as mTLS, as istiod does for proxyless workloads
-	// in the mesh: a gRPC server cannot take TLS and plaintext on one port
-	// without sniffing, and clients of mesh workloads use mTLS (auto-mTLS).
-	if mtlsMode(g.cfg, n.namespace, n.labels) != security.PeerAuthentication_MutualTLS_DISABLE {
-		chain.Name = "inbound-mtls"
+	mtls := func() *listener.FilterChain {
+		chain := newChain("inbound-mtls")
 		chain.TransportSocket = transportSocket(&tlsv3.DownstreamTlsContext{
 			CommonTlsContext:         commonTLSContext(nil),
 			RequireClientCertificate: wrapperspb.Bool(true),
 		})
+		return chain
+	}
+	var chains []*listener.FilterChain
+	switch mtlsMode(g.cfg, n.namespace, n.labels) {
+	case security.PeerAuthentication_MutualTLS_DISABLE:
+		chains = []*listener.FilterChain{newChain("inbound-plaintext")}
+	case security.PeerAuthentication_MutualTLS_STRICT:
+		chains = []*listener.FilterChain{mtls()}
+	default:
+		// PERMISSIVE, as Envoy serves it: the client's first bytes pick
+		// the chain, mTLS for TLS clients (mesh clients use auto-mTLS) and
+		// plaintext for the rest.
+		tlsChain := mtls()
+		tlsChain.FilterChainMatch = &listener.FilterChainMatch{TransportProtocol: "tls"}
+		plain := newChain("inbound-plaintext")
+		plain.FilterChainMatch = &listener.FilterChainMatch{TransportProtocol: "raw_buffer"}
+		chains = []*listener.FilterChain{tlsChain, plain}
 	}
 	return &listener.Listener{
 		Name:             name,
 		Address:          socketAddress(ip, port),
 		TrafficDirection: core.TrafficDirection_INBOUND,
-		FilterChains:     []*listener.FilterChain{chain},
+		FilterChains:     chains,
 	}
 }
 

@@ -270,7 +270,7 @@ func mtlsMode(cfg configSet, namespace string, labels map[string]string) securit
 // unrelated updates.
 func validateConfig(cfg configSet, changed map[objectKey]bool, reg *registry) error {
 	named := configNamedHosts(cfg, reg)
-	for _, kind := range []string{KindServiceEntry, KindWorkloadEntry, KindDestinationRule, KindPeerAuthentication, KindVirtualService} {
+	for _, kind := range []string{KindServiceEntry, KindWorkloadEntry, KindDestinationRule, KindPeerAuthentication, KindAuthorizationPolicy, KindVirtualService} {
 		for _, o := range cfg.sorted(kind) {
 			if err := validateObject(o, cfg, changed[o.key], reg, named); err != nil {
 				return fmt.Errorf("%s %s/%s: %w", o.key.kind, o.key.namespace, o.key.name, err)
@@ -313,6 +313,8 @@ func validateObject(o *object, cfg configSet, checkHosts bool, reg *registry, na
 		}
 	case *security.PeerAuthentication:
 		return nil
+	case *security.AuthorizationPolicy:
+		return validateAuthorizationPolicy(o.key.namespace, spec)
 	}
 	return nil
 }

@@ -11,12 +11,28 @@
 //	conn, err := grpc.NewClient(target,
 //		grpc.WithTransportCredentials(transport.NewClientCredentials(providers)))
 //
-//	// Server: chooser picks the TLS settings of each accepted connection,
-//	// typically from the inbound listener's matching filter chain.
-//	srv := grpc.NewServer(grpc.Creds(transport.NewServerCredentials(providers, chooser)))
+//	// Server: chooser picks the filter chain of each accepted connection,
+//	// typically the inbound listener's chain matching the transport
+//	// protocol ("tls" or "raw_buffer") sniffed from the client's first
+//	// bytes; the Authorizer enforces that chain's RBAC filters.
+//	authz := transport.NewAuthorizer()
+//	srv := grpc.NewServer(
+//		grpc.Creds(transport.NewServerCredentials(providers, chooser)),
+//		grpc.ChainUnaryInterceptor(authz.UnaryServerInterceptor()),
+//		grpc.ChainStreamInterceptor(authz.StreamServerInterceptor()))
 //
 //	// In a handler, who called?
 //	id, ok := transport.PeerID(ctx)
+//
+// A listener with a "tls" and a "raw_buffer" filter chain serves mTLS and
+// plaintext clients on one port (istio's PERMISSIVE mode): a connection
+// whose first bytes are a TLS handshake record gets the "tls" chain. A
+// client that sends nothing within WithSniffTimeout is dropped.
+//
+// Authorization follows gRFC A41: the RBAC filters of the connection's
+// chain run in order (istiod emits DENY before ALLOW); a refused RPC gets
+// codes.PermissionDenied (403 from Middleware) and the deciding policy is
+// logged. LOG policies (istio's AUDIT) are logged and never refuse.
 //
 // Certificates are fetched from their identity.Source on every handshake,
 // so rotated SVIDs take effect on the next connection without a restart.

@@ -2,9 +2,11 @@ package transport_test
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log"
 	"net"
+	"net/url"
 	"time"
 
 	"google.golang.org/grpc"
@@ -39,7 +41,9 @@ func ExampleNewClientCredentials_mutualTLS() {
 	}
 	srv := grpc.NewServer(
 		grpc.Creds(transport.NewServerCredentials(serverProviders,
-			func(net.Conn) (*xdsclient.DownstreamTLS, error) { return strictMTLS, nil })),
+			func(net.Conn, string) (*xdsclient.FilterChain, error) {
+				return &xdsclient.FilterChain{Name: "inbound-mtls", TLS: strictMTLS}, nil
+			})),
 		grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
 			if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
 				return err
@@ -110,4 +114,61 @@ func ExamplePeerID() {
 	id, ok := transport.PeerID(context.Background())
 	fmt.Printf("%q %v\n", id.String(), ok)
 	// Output: "" false
+}
+
+// A DENY filter before an ALLOW filter, as istiod emits them: the DENY
+// policy wins even for a caller the ALLOW policy admits.
+func ExampleEvaluateRBAC_denyBeforeAllow() {
+	checkout, _ := url.Parse("spiffe://example.org/ns/default/sa/checkout")
+	filters := []xdsclient.HTTPFilter{
+		{Name: "envoy.filters.http.rbac.DENY", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
+			Action: xdsclient.RBACDeny,
+			Policies: []xdsclient.RBACPolicy{{
+				Name:        "ns[default]-policy[deny-refunds]-rule[0]",
+				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionURLPath, URLPath: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: "/payments.Payments/Refund"}}},
+				Principals:  []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAny}},
+			}},
+		}}},
+		{Name: "envoy.filters.http.rbac", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
+			Action: xdsclient.RBACAllow,
+			Policies: []xdsclient.RBACPolicy{{
+				Name:        "ns[default]-policy[allow-checkout]-rule[0]",
+				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionAny}},
+				Principals: []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAuthenticated,
+					PrincipalName: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: checkout.String()}}},
+			}},
+		}}},
+	}
+	peer := &x509.Certificate{URIs: []*url.URL{checkout}}
+	for _, path := range []string{"/payments.Payments/Pay", "/payments.Payments/Refund"} {
+		d := transport.EvaluateRBAC(filters, &transport.RBACRequest{PeerCertificate: peer, Method: "POST", Path: path})
+		if d.Allowed {
+			fmt.Println(path, "allowed")
+		} else {
+			fmt.Println(path, "denied by", d.Policy)
+		}
+	}
+	// Output:
+	// /payments.Payments/Pay allowed
+	// /payments.Payments/Refund denied by ns[default]-policy[deny-refunds]-rule[0]
+}
+
+// The Authorizer's gRPC interceptors go on a server whose credentials come
+// from NewServerCredentials, which records each connection's filter chain.
+func ExampleNewAuthorizer() {
+	authz := transport.NewAuthorizer()
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(authz.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(authz.StreamServerInterceptor()))
+	defer srv.Stop()
+	fmt.Println(len(srv.GetServiceInfo()))
+	// Output: 0
+}
+
+func ExampleDetectProtocol() {
+	fmt.Println(transport.DetectProtocol([]byte{0x16, 0x03, 0x01}))
+	fmt.Println(transport.DetectProtocol([]byte("PRI * HTTP/2.0\r\n")))
+	// Output:
+	// tls
+	// raw_buffer
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -16,27 +17,34 @@ import (
 	"mesh/xdsclient"
 )
 
-// Chooser picks the TLS settings for one accepted connection, typically
-// from the server listener's filter chain that matches it: nil settings mean
-// plaintext, an error rejects the connection.
-type Chooser = func(conn net.Conn) (*xdsclient.DownstreamTLS, error)
+// Chooser picks the server listener's filter chain for one accepted
+// connection. transportProtocol is what the client's first bytes say it
+// speaks (ProtocolTLS or ProtocolRawBuffer), to be matched against
+// FilterChainMatch.TransportProtocol. The chain's TLS settings decide the
+// handshake (nil: plaintext); an error or a nil chain rejects the
+// connection. The chain is reported in AuthInfo.FilterChain, where the
+// Authorizer finds its HTTP filters.
+type Chooser = func(conn net.Conn, transportProtocol string) (*xdsclient.FilterChain, error)
 
 type serverCredentials struct {
-	providers Providers
-	chooser   Chooser
-	logger    *slog.Logger
+	providers    Providers
+	chooser      Chooser
+	logger       *slog.Logger
+	sniffTimeout time.Duration
 }
 
 // NewServerCredentials returns gRPC transport credentials for mesh servers.
-// For each connection chooser decides: nil settings serve it in plaintext;
-// otherwise the server presents the SVID of the Identity provider and, when
+// Each connection's first bytes are read (within WithSniffTimeout) to tell
+// TLS clients from plaintext ones, then chooser picks its filter chain: a
+// chain without TLS settings serves it in plaintext; otherwise the server
+// presents the SVID of the Identity provider and, when
 // Roots is set, verifies client certificates against the Roots provider's
 // bundle for the client's trust domain. RequireClientCertificate rejects
 // clients without a certificate, plaintext clients included. A nil chooser
 // rejects every connection.
 func NewServerCredentials(providers Providers, chooser Chooser, opts ...Option) credentials.TransportCredentials {
 	o := newOptions(opts)
-	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger}
+	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout}
 }
 
 func (s *serverCredentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -53,18 +61,32 @@ func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.A
 	if s.chooser == nil {
 		return nil, nil, errors.New("rejected: server credentials have no chooser")
 	}
-	settings, err := s.chooser(rawConn)
+	sniffed, protocol, err := sniff(rawConn, s.sniffTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	fc, err := s.chooser(sniffed, protocol)
 	if err != nil {
 		return nil, nil, fmt.Errorf("rejected: %w", err)
 	}
+	if fc == nil {
+		return nil, nil, fmt.Errorf("rejected: no filter chain for a %s connection", protocol)
+	}
+	settings := fc.TLS
 	if settings == nil {
-		return rawConn, plaintextAuthInfo(), nil
+		// gRPC clears the handshake deadline itself once we return.
+		ai := plaintextAuthInfo()
+		ai.FilterChain = fc
+		return sniffed, ai, nil
+	}
+	if protocol != ProtocolTLS {
+		return nil, nil, fmt.Errorf("rejected: plaintext client, but filter chain %q requires TLS", fc.Name)
 	}
 	cfg, err := s.tlsConfig(settings)
 	if err != nil {
 		return nil, nil, err
 	}
-	conn := tls.Server(rawConn, cfg)
+	conn := tls.Server(sniffed, cfg)
 	if err := conn.Handshake(); err != nil {
 		_ = conn.Close()
 		return nil, nil, fmt.Errorf("tls handshake: %w", err)
@@ -87,6 +109,7 @@ func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.A
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		State:          &state,
 		PeerID:         id,
+		FilterChain:    fc,
 	}, nil
 }
 

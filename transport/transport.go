@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"mesh/identity"
+	"mesh/xdsclient"
 )
 
 // Providers looks up certificate provider instances by the name the xDS
@@ -43,6 +45,10 @@ type AuthInfo struct {
 	// PeerID is the verified SPIFFE ID of the other side; zero for
 	// plaintext and for TLS clients that presented no certificate.
 	PeerID spiffeid.ID
+	// FilterChain is the server listener's filter chain the connection is
+	// served by (server side only; nil on clients). Its HTTP filters carry
+	// the RBAC policies the Authorizer enforces.
+	FilterChain *xdsclient.FilterChain
 }
 
 // AuthType returns AuthTypeMTLS for TLS connections (even when the client
@@ -84,7 +90,9 @@ type Option interface {
 }
 
 type options struct {
-	logger *slog.Logger
+	logger       *slog.Logger
+	sniffTimeout time.Duration
+	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
 }
 
 type optionFunc func(*options)
@@ -101,8 +109,29 @@ func WithLogger(logger *slog.Logger) Option {
 	})
 }
 
+// WithSniffTimeout bounds how long a server waits for a new connection's
+// first bytes, which tell TLS clients from plaintext ones; the default is
+// DefaultSniffTimeout. The same deadline covers the TLS handshake.
+func WithSniffTimeout(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d > 0 {
+			o.sniffTimeout = d
+		}
+	})
+}
+
+// WithCurrentFilterChain lets an Authorizer enforce the filter chain that is
+// current now rather than the one a connection was accepted with, so an
+// AuthorizationPolicy change applies to long-lived connections at once.
+// current gets the RPC's context (peer.FromContext gives its addresses) and
+// the chain chosen at handshake; it returns the chain to enforce, or nil to
+// keep the chosen one.
+func WithCurrentFilterChain(current func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain) Option {
+	return optionFunc(func(o *options) { o.currentChain = current })
+}
+
 func newOptions(opts []Option) options {
-	o := options{logger: slog.Default()}
+	o := options{logger: slog.Default(), sniffTimeout: DefaultSniffTimeout}
 	for _, opt := range opts {
 		if opt != nil {
 			opt.apply(&o)

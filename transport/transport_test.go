@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/internal/handshake"
+	"mesh/internal/leakcheck"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -172,13 +171,19 @@ func ref(provider, cert string) *xdsclient.CertificateRef {
 }
 
 // strict is a chooser for istio's STRICT mTLS.
-func strict() func(net.Conn) (*xdsclient.DownstreamTLS, error) {
-	settings := &xdsclient.DownstreamTLS{
+func strict() transport.Chooser {
+	return chain(&xdsclient.DownstreamTLS{
 		Identity:                 *ref("default", "default"),
 		Roots:                    ref("default", "ROOTCA"),
 		RequireClientCertificate: true,
-	}
-	return func(net.Conn) (*xdsclient.DownstreamTLS, error) { return settings, nil }
+	})
+}
+
+// chain is a chooser that serves every connection with one filter chain
+// with the given TLS settings (nil: plaintext).
+func chain(settings *xdsclient.DownstreamTLS) transport.Chooser {
+	fc := &xdsclient.FilterChain{Name: "test", TLS: settings}
+	return func(net.Conn, string) (*xdsclient.FilterChain, error) { return fc, nil }
 }
 
 func mtlsInfo(sans ...xdsclient.StringMatcher) *handshake.Info {
@@ -261,7 +266,7 @@ func TestMutualTLS(t *testing.T) {
 func TestPlaintextBothSides(t *testing.T) {
 	ctx := testContext(t)
 	f := newFixture(t)
-	plaintext := func(net.Conn) (*xdsclient.DownstreamTLS, error) { return nil, nil }
+	plaintext := chain(nil)
 	addr := startServer(t, transport.NewServerCredentials(f.server, plaintext, quiet))
 	// No handshake.Info and an Info without TLS both mean plaintext.
 	for _, info := range []*handshake.Info{nil, {Cluster: clusterName}} {
@@ -292,7 +297,7 @@ func TestStrictServerRejectsPlaintextClient(t *testing.T) {
 	if err == nil {
 		t.Fatal("plaintext RPC to a STRICT server succeeded")
 	}
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "tls handshake") || !strings.Contains(msg, "does not look like a TLS handshake") {
+	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "plaintext client, but filter chain \"test\" requires TLS") {
 		t.Errorf("server error = %q, want a TLS handshake failure", msg)
 	}
 }
@@ -321,7 +326,7 @@ func TestOptionalClientCertificate(t *testing.T) {
 	f := newFixture(t)
 	permissive := &xdsclient.DownstreamTLS{Identity: *ref("default", "default"), Roots: ref("default", "ROOTCA")}
 	addr := startServer(t, transport.NewServerCredentials(f.server,
-		func(net.Conn) (*xdsclient.DownstreamTLS, error) { return permissive, nil }))
+		chain(permissive)))
 
 	withoutCert := mtlsInfo()
 	withoutCert.TLS.Identity = nil
@@ -442,7 +447,9 @@ func TestMisconfiguration(t *testing.T) {
 	})
 	t.Run("chooser error rejects", func(t *testing.T) {
 		logs := newLogSink()
-		reject := func(net.Conn) (*xdsclient.DownstreamTLS, error) { return nil, errors.New("no filter chain matches") }
+		reject := func(net.Conn, string) (*xdsclient.FilterChain, error) {
+			return nil, errors.New("no filter chain matches")
+		}
 		addr := startServer(t, transport.NewServerCredentials(f.server, reject, transport.WithLogger(slog.New(logs))))
 		if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded on a rejected connection")
@@ -455,7 +462,7 @@ func TestMisconfiguration(t *testing.T) {
 		logs := newLogSink()
 		bad := &xdsclient.DownstreamTLS{Identity: *ref("default", ""), RequireClientCertificate: true}
 		addr := startServer(t, transport.NewServerCredentials(f.server,
-			func(net.Conn) (*xdsclient.DownstreamTLS, error) { return bad, nil }, transport.WithLogger(slog.New(logs))))
+			chain(bad), transport.WithLogger(slog.New(logs))))
 		if _, err := call(ctx, dial(t, addr, mtlsInfo(), transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded")
 		}
@@ -562,28 +569,6 @@ func TestPeerIDWithoutPeer(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 && fileSourceLeaked() {
-		println("leaked FileSource poller goroutine")
-		code = 1
-	}
-	os.Exit(code)
-}
-
-// fileSourceLeaked reports whether a FileSource poller outlives the tests,
-// allowing closed ones a moment to finish returning.
-func fileSourceLeaked() bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		buf := make([]byte, 4<<20)
-		n := runtime.Stack(buf, true)
-		if !strings.Contains(string(buf[:n]), "identity.(*FileSource).poll") {
-			return false
-		}
-		if time.Now().After(deadline) {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// TestMain fails the run if any server, client, watcher or FileSource
+// poller a test started outlives it.
+func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc") }

@@ -1,0 +1,236 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"mesh/xdsclient"
+)
+
+// ErrPermissionDenied is wrapped by Authorize's error when RBAC refuses a
+// request.
+var ErrPermissionDenied = errors.New("rbac: access denied")
+
+// Authorizer enforces the RBAC HTTP filters (gRFC A41) of the filter chain
+// each connection is served by: for gRPC servers it reads the chain from
+// the connection's AuthInfo (set by NewServerCredentials); for net/http
+// servers from the request context (see ContextWithFilterChain). Requests
+// on connections without a known chain are let through: there is no
+// policy to apply to them.
+//
+// Refusals are logged at Warn with the filter and policy that decided;
+// matching LOG policies (istio's AUDIT) are logged at Info and never
+// refuse.
+type Authorizer struct {
+	logger       *slog.Logger
+	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
+}
+
+// NewAuthorizer returns an Authorizer. WithLogger sets where its decisions
+// are logged; WithCurrentFilterChain makes it follow listener updates on
+// existing connections.
+func NewAuthorizer(opts ...Option) *Authorizer {
+	o := newOptions(opts)
+	return &Authorizer{logger: o.logger, currentChain: o.currentChain}
+}
+
+// chainFor returns the filter chain to enforce for a request on a
+// connection accepted with chosen.
+func (a *Authorizer) chainFor(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
+	if a.currentChain != nil && chosen != nil {
+		if fc := a.currentChain(ctx, chosen); fc != nil {
+			return fc
+		}
+	}
+	return chosen
+}
+
+// Authorize evaluates req against the RBAC filters among filters. The
+// error wraps ErrPermissionDenied when the request is refused.
+func (a *Authorizer) Authorize(ctx context.Context, filters []xdsclient.HTTPFilter, req *RBACRequest) error {
+	d := EvaluateRBAC(filters, req)
+	for _, logged := range d.Logged {
+		a.logger.LogAttrs(ctx, slog.LevelInfo, "rbac: audit policy matched",
+			slog.String("policy", logged), slog.String("path", req.Path), slog.String("peer", peerName(req)))
+	}
+	if d.Allowed {
+		return nil
+	}
+	policy := d.Policy
+	if policy == "" {
+		policy = "(no ALLOW policy matched)"
+	}
+	a.logger.LogAttrs(ctx, slog.LevelWarn, "rbac: request denied",
+		slog.String("filter", d.Filter), slog.String("policy", policy),
+		slog.String("path", req.Path), slog.String("peer", peerName(req)))
+	return fmt.Errorf("%w: filter %q, policy %s", ErrPermissionDenied, d.Filter, policy)
+}
+
+func peerName(req *RBACRequest) string {
+	if req.PeerCertificate != nil && len(req.PeerCertificate.URIs) > 0 {
+		return req.PeerCertificate.URIs[0].String()
+	}
+	if req.Source.IsValid() {
+		return req.Source.String()
+	}
+	return "unknown"
+}
+
+// ServerOptions returns the unary and stream interceptors as gRPC server
+// options, chained after any others.
+func (a *Authorizer) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(a.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(a.StreamServerInterceptor()),
+	}
+}
+
+// UnaryServerInterceptor returns a gRPC interceptor that refuses
+// unauthorized calls with codes.PermissionDenied.
+func (a *Authorizer) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := a.authorizeRPC(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamServerInterceptor returns a gRPC interceptor that refuses
+// unauthorized streams with codes.PermissionDenied before the handler runs.
+func (a *Authorizer) StreamServerInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := a.authorizeRPC(ss.Context(), info.FullMethod); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
+}
+
+func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ai := authInfoOf(p.AuthInfo)
+	if ai == nil {
+		return nil
+	}
+	fc := a.chainFor(ctx, ai.FilterChain)
+	if fc == nil || fc.HTTP == nil {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	req := &RBACRequest{
+		Source:      addrPortOf(p.Addr),
+		Destination: addrPortOf(p.LocalAddr),
+		Method:      http.MethodPost,
+		Path:        fullMethod,
+		Header:      func(name string) []string { return md[name] },
+	}
+	if v := md[":authority"]; len(v) > 0 {
+		req.Authority = v[0]
+	}
+	if ai.State != nil {
+		req.ServerName = ai.State.ServerName
+		// PeerID is set only once the certificate was verified.
+		if !ai.PeerID.IsZero() && len(ai.State.PeerCertificates) > 0 {
+			req.PeerCertificate = ai.State.PeerCertificates[0]
+		}
+	}
+	if err := a.Authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {
+		return status.Error(codes.PermissionDenied, ErrPermissionDenied.Error())
+	}
+	return nil
+}
+
+func authInfoOf(ai any) *AuthInfo {
+	switch v := ai.(type) {
+	case AuthInfo:
+		return &v
+	case *AuthInfo:
+		return v
+	}
+	return nil
+}
+
+type filterChainKey struct{}
+
+// ContextWithFilterChain returns ctx carrying the filter chain a connection
+// is served by. An http.Server's ConnContext sets it so that Middleware
+// finds the chain's RBAC filters.
+func ContextWithFilterChain(ctx context.Context, fc *xdsclient.FilterChain) context.Context {
+	return context.WithValue(ctx, filterChainKey{}, fc)
+}
+
+// FilterChainFromContext returns the filter chain set by
+// ContextWithFilterChain, or nil.
+func FilterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
+	fc, _ := ctx.Value(filterChainKey{}).(*xdsclient.FilterChain)
+	return fc
+}
+
+// Middleware returns next guarded by RBAC: unauthorized requests get 403
+// Forbidden. The filter chain comes from the request context
+// (ContextWithFilterChain); the peer certificate from r.TLS, which the
+// server's TLS config must have verified (as NewServerCredentials' does).
+func (a *Authorizer) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fc := a.chainFor(r.Context(), FilterChainFromContext(r.Context()))
+		if fc == nil || fc.HTTP == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		req := &RBACRequest{
+			Source:    addrPortFromString(r.RemoteAddr),
+			Method:    r.Method,
+			Path:      r.URL.RequestURI(),
+			Authority: r.Host,
+			Header:    func(name string) []string { return r.Header.Values(name) },
+		}
+		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			req.Destination = addrPortOf(local)
+		}
+		if r.TLS != nil {
+			req.ServerName = r.TLS.ServerName
+			if len(r.TLS.PeerCertificates) > 0 {
+				req.PeerCertificate = r.TLS.PeerCertificates[0]
+			}
+		}
+		if err := a.Authorize(r.Context(), fc.HTTP.HTTPFilters, req); err != nil {
+			http.Error(w, "RBAC: access denied", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return addrPortFromString(a.String())
+}
+
+func addrPortFromString(s string) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return ap
+}
