@@ -20,7 +20,9 @@
 //	pb.RegisterPaymentsServer(srv, impl)
 //	srv.Serve(lis)
 //
-// Handlers learn who called them with PeerID.
+// net/http gets the same routing, mTLS, authorization and telemetry through
+// HTTPClient and NewHTTPServer. Handlers of either kind learn who called
+// them with PeerID.
 //
 // One Mesh holds one xDS stream per control plane server, shared by all the
 // channels and servers made from it, so a process should make one Mesh.

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 
 	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/stats"
 
 	"mesh/balancer"
@@ -37,11 +37,13 @@ type Mesh struct {
 	bootstrap *xdsclient.Bootstrap
 	xds       *xdsclient.Client
 	providers transport.ProviderMap
-	resolver  resolver.Builder
+	resolver  *balancer.ResolverBuilder
 	clientTLS credentials.TransportCredentials
 
 	clientStats     stats.Handler
 	serverTelemetry *telemetry.ServerHandler
+	telemetry       []telemetry.Option // for the net/http middleware and transport
+	httpTransport   http.RoundTripper // routed, secured and measured
 
 	mu      sync.Mutex
 	closed  bool
@@ -111,6 +113,10 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	}
 	m.clientStats = telemetry.NewClientHandler(telem...)
 	m.serverTelemetry = telemetry.NewServerHandler(telem...)
+	m.telemetry = telem
+	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.providers, transport.WithLogger(logger)), balancerOpts...)
+	m.closers = append(m.closers, rt.Close)
+	m.httpTransport = telemetry.Transport(rt, telem...)
 	return m, nil
 }
 
@@ -169,7 +175,8 @@ func (m *Mesh) Bootstrap() *xdsclient.Bootstrap { return m.bootstrap }
 func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
 
 // DialOptions returns what a gRPC channel needs to be routed, secured and
-// traced by the mesh: the "mesh" resolver, the mesh's transport credentials
+// traced by the mesh: the "mesh" resolver with the interceptors that apply
+// each route's timeout and retry policy, the mesh's transport credentials
 // and its client stats handler. Use them with a "mesh:///host:port" target:
 //
 //	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080", m.DialOptions()...)
@@ -177,11 +184,10 @@ func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
 // They are a slice, not one grpc.DialOption, because grpc-go offers no public
 // way to merge dial options.
 func (m *Mesh) DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{
-		grpc.WithResolvers(m.resolver),
+	return append(m.resolver.DialOptions(), // the resolver, and the route's timeouts and retries
 		grpc.WithTransportCredentials(m.clientTLS),
 		grpc.WithStatsHandler(m.clientStats),
-	}
+	)
 }
 
 // Dial returns a client for target, a "host:port" that the control plane
@@ -200,6 +206,16 @@ func (m *Mesh) Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, e
 		return nil, fmt.Errorf("mesh: dial %s: %w", target, err)
 	}
 	return conn, nil
+}
+
+// HTTPClient returns an HTTP client for mesh services: a request to
+// "http://host:port/path" is routed by the listener "host:port" like a gRPC
+// call (route match on path, headers and query; weighted cluster; endpoint;
+// retries and timeouts) and sent over mTLS when the cluster says so (the
+// mesh adds TLS: use http://). Requests are measured and traced as gRPC
+// calls are.
+func (m *Mesh) HTTPClient() *http.Client {
+	return &http.Client{Transport: m.httpTransport}
 }
 
 func (m *Mesh) isClosed() bool {

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 
 	"mesh/transport"
 	"mesh/xdsclient"
@@ -25,19 +27,20 @@ import (
 // under STRICT, plaintext under DISABLE). It accepts no connection before
 // that resource has arrived.
 type GRPCServer struct {
-	m   *Mesh
-	srv *grpc.Server
-
-	mu        sync.Mutex
-	listeners map[*servingListener]struct{}
+	m       *Mesh
+	srv     *grpc.Server
+	serving servingSet
 }
 
 // NewGRPCServer returns a server secured and traced by the mesh. opts are
 // applied after the mesh's own; do not pass grpc.Creds.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
-	s := &GRPCServer{m: m, listeners: map[*servingListener]struct{}{}}
-	creds := transport.NewServerCredentials(m.providers, chooseTLS)
+	s := &GRPCServer{m: m}
+	creds := transport.NewServerCredentials(m.providers, chooseTLS, transport.WithLogger(m.logger))
+	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.serving.currentChainForRPC))
 	base := append([]grpc.ServerOption{grpc.Creds(creds)}, m.serverTelemetry.ServerOptions()...)
+	// Authorization after telemetry, so denied calls are still measured.
+	base = append(base, authz.ServerOptions()...)
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
 }
@@ -56,22 +59,93 @@ func (s *GRPCServer) Serve(lis net.Listener) error {
 	if s.m.isClosed() {
 		return ErrClosed
 	}
-	name, err := s.m.serverListenerName(lis.Addr())
+	sl, stop, err := s.m.listen(lis, &s.serving)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	return s.srv.Serve(sl)
+}
+
+// listen starts watching lis's inbound listener resource and adds it to set;
+// stop undoes both.
+func (m *Mesh) listen(lis net.Listener, set *servingSet) (sl *servingListener, stop func(), err error) {
+	name, err := m.serverListenerName(lis.Addr())
 	if err != nil {
 		lis.Close()
-		return fmt.Errorf("mesh: serve: %w", err)
+		return nil, nil, fmt.Errorf("mesh: serve: %w", err)
 	}
-	sl := newServingListener(lis, name, s.m)
-	s.mu.Lock()
-	s.listeners[sl] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, sl)
-		s.mu.Unlock()
+	sl = newServingListener(lis, name, m)
+	return sl, set.add(sl), nil
+}
+
+// servingSet is the listeners a server serves, readable without a lock.
+type servingSet struct {
+	mu sync.Mutex // serializes changes
+	ls atomic.Pointer[[]*servingListener]
+}
+
+// add starts serving sl and returns what stops it.
+func (ss *servingSet) add(sl *servingListener) (remove func()) {
+	ss.change(func(ls []*servingListener) []*servingListener { return append(ls, sl) })
+	return func() {
+		ss.change(func(ls []*servingListener) []*servingListener {
+			return slices.DeleteFunc(ls, func(l *servingListener) bool { return l == sl })
+		})
 		sl.stopWatch()
-	}()
-	return s.srv.Serve(sl)
+	}
+}
+
+func (ss *servingSet) change(f func([]*servingListener) []*servingListener) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	var cur []*servingListener
+	if p := ss.ls.Load(); p != nil {
+		cur = slices.Clone(*p)
+	}
+	ss.ls.Store(new(f(cur)))
+}
+
+// currentChainForRPC is currentChain for a gRPC call's connection.
+func (ss *servingSet) currentChainForRPC(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.LocalAddr == nil {
+		return nil
+	}
+	return ss.currentChain(p.LocalAddr, p.Addr, chosen)
+}
+
+// currentChain gives the authorizer the filter chain a connection would get
+// from the listener resource now in force, when that resource changed since
+// the connection was accepted: servers cannot drain single connections, so
+// this is how an AuthorizationPolicy change reaches them. nil keeps the
+// chain chosen at accept time.
+func (ss *servingSet) currentChain(local, remote net.Addr, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
+	ls := ss.ls.Load()
+	if ls == nil {
+		return nil
+	}
+	port := addrPort(local).Port()
+	for _, sl := range *ls {
+		if addrPort(sl.Addr()).Port() != port {
+			continue
+		}
+		cfg := sl.config.Load()
+		if cfg == nil || cfg.DefaultFilterChain == chosen {
+			return nil
+		}
+		for i := range cfg.FilterChains {
+			if &cfg.FilterChains[i] == chosen {
+				return nil // the resource has not changed
+			}
+		}
+		proto := transport.ProtocolRawBuffer
+		if chosen != nil && chosen.TLS != nil {
+			proto = transport.ProtocolTLS
+		}
+		return selectFilterChain(cfg, local, remote, proto)
+	}
+	return nil
 }
 
 // Stop stops the server at once, closing every connection.

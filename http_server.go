@@ -1,0 +1,172 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"mesh/telemetry"
+	"mesh/transport"
+	"mesh/xdsclient"
+)
+
+// HTTPServer is a net/http server secured, authorized and measured by the
+// mesh like GRPCServer: each connection it serves is handshaken as the
+// matching filter chain of its inbound listener resource says (mTLS,
+// plaintext, or either under PERMISSIVE, told apart by the first bytes),
+// requests are checked against the chain's RBAC policies (403 when
+// denied), and handlers learn the caller with PeerID(r.Context()).
+//
+// Its Server field is the http.Server underneath, for timeouts and the
+// like; do not set its Handler, ConnContext or TLSConfig.
+type HTTPServer struct {
+	Server  *http.Server
+	m       *Mesh
+	creds   credentials.TransportCredentials
+	serving servingSet
+}
+
+// NewHTTPServer returns a server for h. The mesh terminates TLS itself, so
+// serve it with Serve, never ServeTLS. It speaks HTTP/1.1 and HTTP/2 (the
+// latter negotiated inside the mesh's TLS, or with prior knowledge).
+func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
+	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.providers, chooseTLS, transport.WithLogger(m.logger))}
+	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain))
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	// The http.Server sees the connection after the mesh's TLS, so HTTP/2
+	// negotiated by ALPN arrives as HTTP/2 with prior knowledge.
+	protocols.SetUnencryptedHTTP2(true)
+	s.Server = &http.Server{
+		Handler:     s.withPeer(telemetry.Middleware(authz.Middleware(h), m.telemetry...)),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, meshConnKey{}, c) },
+		Protocols:   &protocols,
+	}
+	return s
+}
+
+// Serve serves lis until Shutdown or Close. Connections are accepted only
+// once the inbound listener resource for lis's address has arrived.
+func (s *HTTPServer) Serve(lis net.Listener) error {
+	if s.m.isClosed() {
+		return ErrClosed
+	}
+	sl, stop, err := s.m.listen(lis, &s.serving)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	return s.Server.Serve(&handshakingListener{servingListener: sl, creds: s.creds})
+}
+
+// Shutdown stops the server gracefully, as http.Server.Shutdown does.
+func (s *HTTPServer) Shutdown(ctx context.Context) error { return s.Server.Shutdown(ctx) }
+
+// Close stops the server at once, as http.Server.Close does.
+func (s *HTTPServer) Close() error { return s.Server.Close() }
+
+func (s *HTTPServer) currentChain(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
+	c, ok := ctx.Value(meshConnKey{}).(*handshakingConn)
+	if !ok {
+		return nil
+	}
+	return s.serving.currentChain(c.LocalAddr(), c.RemoteAddr(), chosen)
+}
+
+// withPeer gives each request what the connection's handshake established:
+// r.TLS, the peer (as gRPC handlers see it, so PeerID works) and the filter
+// chain the authorizer enforces.
+func (s *HTTPServer) withPeer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, ok := r.Context().Value(meshConnKey{}).(*handshakingConn)
+		if !ok || c.err != nil {
+			http.Error(w, "connection not secured by the mesh", http.StatusInternalServerError)
+			return
+		}
+		ctx := peer.NewContext(r.Context(), &peer.Peer{Addr: c.RemoteAddr(), LocalAddr: c.LocalAddr(), AuthInfo: c.info})
+		ctx = transport.ContextWithFilterChain(ctx, c.info.FilterChain)
+		r = r.WithContext(ctx)
+		r.TLS = c.info.State
+		next.ServeHTTP(w, r)
+	})
+}
+
+type meshConnKey struct{}
+
+// handshakingListener hands out connections that perform the mesh's
+// handshake on first use, in the connection's own goroutine, so a slow
+// client cannot hold up Accept.
+type handshakingListener struct {
+	*servingListener
+	creds credentials.TransportCredentials
+}
+
+func (l *handshakingListener) Accept() (net.Conn, error) {
+	c, err := l.servingListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &handshakingConn{raw: c, creds: l.creds}, nil
+}
+
+// handshakingConn is an accepted connection whose first Read or Write runs
+// the server handshake (sniffing, then TLS or plaintext as the filter chain
+// says); afterwards it reads and writes the secured connection.
+type handshakingConn struct {
+	raw   net.Conn
+	creds credentials.TransportCredentials
+
+	once sync.Once
+	conn net.Conn
+	info transport.AuthInfo
+	err  error
+}
+
+func (c *handshakingConn) handshake() error {
+	c.once.Do(func() {
+		conn, ai, err := c.creds.ServerHandshake(c.raw)
+		if err != nil {
+			c.err = fmt.Errorf("mesh: http handshake with %s: %w", c.raw.RemoteAddr(), err)
+			return
+		}
+		info, ok := ai.(transport.AuthInfo)
+		if !ok {
+			conn.Close()
+			c.err = errors.New("mesh: http handshake: unexpected auth info")
+			return
+		}
+		c.conn, c.info = conn, info
+	})
+	return c.err
+}
+
+func (c *handshakingConn) Read(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.conn.Read(p)
+}
+
+func (c *handshakingConn) Write(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.conn.Write(p)
+}
+
+// Close closes the raw connection, which ends a secured one too; it may run
+// while the handshake is under way in the connection's goroutine.
+func (c *handshakingConn) Close() error { return c.raw.Close() }
+
+func (c *handshakingConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
+func (c *handshakingConn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
+func (c *handshakingConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
+func (c *handshakingConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *handshakingConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
