@@ -32,7 +32,7 @@ var (
 	ErrResourceNotFound = errors.New("xds: resource does not exist")
 )
 
-// resourceKind indexes the four resource types.
+// resourceKind indexes the resource types.
 type resourceKind int
 
 const (
@@ -40,6 +40,7 @@ const (
 	kindRouteConfig
 	kindCluster
 	kindEndpoints
+	kindSecret
 	numKinds
 )
 
@@ -69,6 +70,10 @@ func kinds() [numKinds]kindInfo {
 		}},
 		kindEndpoints: {"cluster_load_assignment", typeURLEndpoints, false, func(dc *decodeContext, a *anypb.Any) (string, any, error) {
 			n, v, err := dc.decodeEndpoints(a)
+			return n, v, err
+		}},
+		kindSecret: {"secret", typeURLSecret, false, func(dc *decodeContext, a *anypb.Any) (string, any, error) {
+			n, v, err := dc.decodeSecret(a)
 			return n, v, err
 		}},
 	}
@@ -192,8 +197,10 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 	}
 	c.meter = meter
 	if o.cachePath != "" {
-		c.loadCache(o.cachePath)
+		// The persister first, so what the file held is kept even if no
+		// response ever arrives.
 		c.cache = newPersister(c, o.cachePath)
+		c.loadCache(o.cachePath)
 	}
 	return c, nil
 }

@@ -32,8 +32,8 @@ const (
 // ResourceStatus is one watched resource as the client sees it, for
 // admin pages and debugging.
 type ResourceStatus struct {
-	// Type is "listener", "route_config", "cluster" or
-	// "cluster_load_assignment"; TypeURL is its xDS type URL.
+	// Type is "listener", "route_config", "cluster",
+	// "cluster_load_assignment" or "secret"; TypeURL is its xDS type URL.
 	Type    string
 	TypeURL string
 	Name    string
@@ -133,7 +133,11 @@ func (c *Client) clientStatus() *statuspb.ClientStatusResponse {
 			}
 			g := &statuspb.ClientConfig_GenericXdsConfig{TypeUrl: info.typeURL, Name: name, VersionInfo: st.version}
 			if st.hasValue {
-				g.XdsConfig = &anypb.Any{TypeUrl: info.typeURL, Value: st.raw}
+				raw := st.raw
+				if resourceKind(k) == kindSecret {
+					raw = redactSecret(raw) // keys never leave the process
+				}
+				g.XdsConfig = &anypb.Any{TypeUrl: info.typeURL, Value: raw}
 			}
 			if !st.updatedAt.IsZero() {
 				g.LastUpdated = timestamppb.New(st.updatedAt)

@@ -94,6 +94,12 @@ func (dc *decodeContext) cluster(pb *clusterpb.Cluster) (*Cluster, error) {
 		break
 	}
 
+	od, err := outlierDetection(pb.GetOutlierDetection(), "outlier_detection")
+	if err != nil {
+		return nil, err
+	}
+	c.OutlierDetection = od
+
 	if ts := pb.GetTransportSocket(); ts != nil {
 		tls, err := dc.upstreamTLS(ts, "transport_socket")
 		if err != nil {
@@ -192,7 +198,7 @@ func (dc *decodeContext) upstreamTLS(ts *corepb.TransportSocket, path string) (*
 		return nil, err
 	}
 	if v.roots == nil {
-		return nil, fmt.Errorf("%s: no root certificate provider (set validation_context.ca_certificate_provider_instance)", cpath)
+		return nil, fmt.Errorf("%s: no root certificate provider or SDS secret (set validation_context.ca_certificate_provider_instance or validation_context_sds_secret_config)", cpath)
 	}
 	if len(pb.GetSni()) > maxSNILength {
 		return nil, fmt.Errorf("%s.typed_config.sni: %d bytes, longer than %d", path, len(pb.GetSni()), maxSNILength)

@@ -196,8 +196,8 @@ func (dc *decodeContext) certRef(p certificateProviderInstance, path string) (Ce
 // identityProvider returns the certificate provider of a TLS context's own
 // certificate, nil when none is configured.
 func (dc *decodeContext) identityProvider(ctx *tlspb.CommonTlsContext, path string) (*CertificateRef, error) {
-	if len(ctx.GetTlsCertificates()) > 0 || len(ctx.GetTlsCertificateSdsSecretConfigs()) > 0 {
-		return nil, fmt.Errorf("%s: tls_certificates and SDS secrets are unsupported; use tls_certificate_provider_instance", path)
+	if len(ctx.GetTlsCertificates()) > 0 {
+		return nil, fmt.Errorf("%s.tls_certificates: unsupported; use tls_certificate_provider_instance or tls_certificate_sds_secret_configs", path)
 	}
 	if p := ctx.GetTlsCertificateProviderInstance(); p != nil {
 		ref, err := dc.certRef(p, path+".tls_certificate_provider_instance")
@@ -207,7 +207,27 @@ func (dc *decodeContext) identityProvider(ctx *tlspb.CommonTlsContext, path stri
 		ref, err := dc.certRef(p, path+".tls_certificate_certificate_provider_instance")
 		return &ref, err
 	}
+	if sds := ctx.GetTlsCertificateSdsSecretConfigs(); len(sds) > 0 {
+		if len(sds) > 1 {
+			return nil, fmt.Errorf("%s.tls_certificate_sds_secret_configs: %d secrets; mesh presents exactly one certificate", path, len(sds))
+		}
+		ref, err := sdsRef(sds[0], path+".tls_certificate_sds_secret_configs[0]")
+		return &ref, err
+	}
 	return nil, nil
+}
+
+// sdsRef validates an SDS secret reference: a name fetched over ADS.
+func sdsRef(sc *tlspb.SdsSecretConfig, path string) (CertificateRef, error) {
+	if sc.GetName() == "" {
+		return CertificateRef{}, fmt.Errorf("%s.name: missing", path)
+	}
+	if sc.GetSdsConfig().GetAds() == nil {
+		// Secrets come on the one ADS stream; a missing sds_config would
+		// mean a static bootstrap secret, which gRPC bootstraps lack.
+		return CertificateRef{}, fmt.Errorf("%s.sds_config: must be ads", path)
+	}
+	return CertificateRef{Provider: SDSProviderName(sc.GetName()), Certificate: sc.GetName(), SDS: true}, nil
 }
 
 // validation is what a TLS context says about verifying the peer.
@@ -234,7 +254,20 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 				return out, err
 			}
 			out.roots = &ref
+		} else if sc := t.CombinedValidationContext.GetValidationContextSdsSecretConfig(); sc != nil {
+			ref, err := sdsRef(sc, path+".combined_validation_context.validation_context_sds_secret_config")
+			if err != nil {
+				return out, err
+			}
+			out.roots = &ref
 		}
+	case *tlspb.CommonTlsContext_ValidationContextSdsSecretConfig:
+		ref, err := sdsRef(t.ValidationContextSdsSecretConfig, path+".validation_context_sds_secret_config")
+		if err != nil {
+			return out, err
+		}
+		out.roots = &ref
+		return out, nil
 	case *tlspb.CommonTlsContext_ValidationContextCertificateProviderInstance:
 		ref, err := dc.certRef(t.ValidationContextCertificateProviderInstance, path+".validation_context_certificate_provider_instance")
 		if err != nil {
@@ -243,7 +276,7 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 		out.roots = &ref
 		return out, nil
 	default:
-		return out, fmt.Errorf("%s: unsupported validation context type %T; use a certificate provider instance", path, t)
+		return out, fmt.Errorf("%s: unsupported validation context type %T; use a certificate provider instance or an SDS secret", path, t)
 	}
 	if vc == nil {
 		return out, nil

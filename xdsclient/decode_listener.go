@@ -165,7 +165,7 @@ func (dc *decodeContext) downstreamTLS(ts *corepb.TransportSocket, path string) 
 		return nil, err
 	}
 	if id == nil {
-		return nil, fmt.Errorf("%s.tls_certificate_provider_instance: missing (a server needs its own certificate)", path)
+		return nil, fmt.Errorf("%s.tls_certificate_provider_instance: missing, and no tls_certificate_sds_secret_configs (a server needs its own certificate)", path)
 	}
 	v, err := dc.validationContext(ctx, path)
 	if err != nil {
@@ -277,6 +277,16 @@ func (dc *decodeContext) httpFilters(filters []*hcmpb.HttpFilter, path string) (
 				return nil, err
 			}
 			hf.Config = rbac
+		}
+		if typeURL == typeURLFault {
+			if tc.GetTypeUrl() != typeURLFault {
+				return nil, fmt.Errorf("%s.typed_config: the fault filter's config must be an HTTPFault, not a TypedStruct", fpath)
+			}
+			f, err := decodeFault(tc, fpath+".typed_config")
+			if err != nil {
+				return nil, err
+			}
+			hf.Config = f
 		}
 		out = append(out, hf)
 	}

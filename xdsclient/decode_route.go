@@ -45,6 +45,10 @@ func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string
 		if err != nil {
 			return nil, err
 		}
+		vhOverrides, err := dc.filterOverrides(vh.GetTypedPerFilterConfig(), vpath+".typed_per_filter_config")
+		if err != nil {
+			return nil, err
+		}
 		for j, r := range vh.GetRoutes() {
 			rpath := fmt.Sprintf("%s.routes[%d]", vpath, j)
 			route, keep, err := dc.route(r, rpath, server)
@@ -52,6 +56,7 @@ func (dc *decodeContext) routeConfig(pb *routepb.RouteConfiguration, path string
 				return nil, err
 			}
 			if keep {
+				route.FilterOverrides = mergeOverrides(vhOverrides, route.FilterOverrides)
 				if route.Action.RetryPolicy == nil && !route.NonForwarding {
 					route.Action.RetryPolicy = vhRetry // a route's own policy wins
 				}
@@ -137,6 +142,11 @@ func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Rout
 		dc.ignore(path, fmt.Sprintf("route with unsupported action %T skipped", a))
 		return out, false, nil
 	}
+	overrides, err := dc.filterOverrides(r.GetTypedPerFilterConfig(), path+".typed_per_filter_config")
+	if err != nil {
+		return out, false, err
+	}
+	out.FilterOverrides = overrides
 	if server && !out.NonForwarding {
 		// gRFC A36: a server route that would forward fails RPCs; keep it so
 		// the server can reject what it matches, rather than fall through.

@@ -306,7 +306,7 @@ func TestDecodeIstioInboundListener(t *testing.T) {
 		fc.Match.SourcePorts[0] != 1234 || fc.Match.TransportProtocol != "tls" || len(fc.Match.ApplicationProtocols) != 2 {
 		t.Errorf("match = %+v", fc.Match)
 	}
-	want := DownstreamTLS{Identity: CertificateRef{"default", "default"}, Roots: &CertificateRef{"default", "ROOTCA"}, RequireClientCertificate: true}
+	want := DownstreamTLS{Identity: CertificateRef{Provider: "default", Certificate: "default"}, Roots: &CertificateRef{Provider: "default", Certificate: "ROOTCA"}, RequireClientCertificate: true}
 	if fc.TLS == nil || fc.TLS.Identity != want.Identity || *fc.TLS.Roots != *want.Roots || !fc.TLS.RequireClientCertificate {
 		t.Errorf("tls = %+v", fc.TLS)
 	}
@@ -378,7 +378,7 @@ func TestDecodeClusterWithIstioTLS(t *testing.T) {
 		t.Errorf("cluster = %+v", got)
 	}
 	tls := got.TLS
-	if tls == nil || *tls.Identity != (CertificateRef{"default", "default"}) || tls.Roots != (CertificateRef{"default", "ROOTCA"}) ||
+	if tls == nil || *tls.Identity != (CertificateRef{Provider: "default", Certificate: "default"}) || tls.Roots != (CertificateRef{Provider: "default", Certificate: "ROOTCA"}) ||
 		tls.SNI != "outbound_.8080_._.svc" || len(tls.SubjectAltNames) != 1 || !tls.SubjectAltNames[0].Match("spiffe://cluster.local/ns/default/sa/payments") {
 		t.Errorf("tls = %+v", tls)
 	}

@@ -97,6 +97,17 @@
 // requests they would match fall through to later routes.
 // HTTP filter configs are recorded by name and type URL only for now.
 //
+// # Secrets (SDS)
+//
+// WatchSecret fetches SDS Secret resources on the same stream: a
+// tls_certificate (inline chain and key) or a validation_context
+// (inline trusted_ca, or per-trust-domain bundles in a SPIFFE certificate
+// validator config). TLS contexts may name secrets with sds_secret_config
+// (over ADS) instead of certificate provider instances; such references
+// have SDS set and Provider SDSProviderName(secret). Private keys never
+// appear in errors, logs, Dump or CSDS (the key is "[redacted]"), and
+// secrets are not written to the WithCache file.
+//
 // Envoy protos never leave this package; package xdstest (test support)
 // runs a real go-control-plane server and builds resources for tests.
 package xdsclient

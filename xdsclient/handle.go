@@ -207,6 +207,7 @@ func (c *Client) finishResponseLocked(a *adsChannel, kind resourceKind, version,
 	}
 	a.responseHandledLocked(kind, version, nonce, nack)
 	if c.cache != nil {
+		c.keepAcceptedLocked()
 		c.cache.markDirty()
 	}
 }

@@ -279,3 +279,32 @@ func TestIgnoreResourceDeletion(t *testing.T) {
 		t.Fatalf("deletion not logged:\n%s", logs.String())
 	}
 }
+
+// A process closes its channels (cancelling their watches) before its
+// client: the cache must still hold what they used, even when a response
+// for another watch is written after the cancels.
+func TestCacheKeepsResourcesAfterTheirWatchesEnd(t *testing.T) {
+	ctx := testContext(t)
+	path := filepath.Join(t.TempDir(), "xds-cache")
+	srv := xdstest.NewServer(t)
+	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}, {Name: clusterV2, Weight: 1}}, "127.0.0.1:8080")
+
+	first := newClient(t, srv, xdsclient.WithCache(path))
+	cds := newEvents[*xdsclient.Cluster]()
+	cancel := first.WatchCluster(clusterV1, cds.fn)
+	next(ctx, t, cds, isValue)
+	cancel()
+	// A later response (for another cluster) rewrites the cache file.
+	other := newEvents[*xdsclient.Cluster]()
+	first.WatchCluster(clusterV2, other.fn)
+	next(ctx, t, other, isValue)
+	_ = first.Close()
+
+	srv.Stop()
+	second := newClient(t, srv, xdsclient.WithCache(path))
+	cds2 := newEvents[*xdsclient.Cluster]()
+	second.WatchCluster(clusterV1, cds2.fn)
+	if ev := next(ctx, t, cds2, nil); !isValue(ev) || ev.Resource.Name != clusterV1 {
+		t.Fatalf("cluster %s from cache after its watch ended = %+v", clusterV1, ev)
+	}
+}

@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -138,31 +140,56 @@ func (c *Client) loadCache(path string) {
 			version: e.Version, source: e.Source, updatedAt: e.UpdatedAt, fromCache: true,
 			ignored: d.ignored,
 		}
+		if c.cache != nil {
+			c.cache.kept[e.TypeURL+"\x00"+e.Name] = e
+		}
 		loaded++
 	}
 	c.log.Info("xds: loaded last-good cache; serving it until the control plane answers",
 		"path", path, "resources", loaded, "age", c.now().Sub(f.SavedAt).Round(time.Second), "saved_at", f.SavedAt)
 }
 
-// snapshotCacheLocked lists every accepted resource for the cache file.
-func (c *Client) snapshotCacheLocked() *cacheFile {
-	f := &cacheFile{NodeID: c.bs.Node.ID, SavedAt: c.now().UTC()}
+// keepAcceptedLocked records in the persister the last accepted version of
+// every resource held now. It runs as each response is handled, because a
+// resource whose last watch ends is dropped from the watches by the next
+// request: a process closes its channels before its client, and the cache
+// must still hold what they used. A resource leaves the cache only when the
+// client knows its name but holds no value (the server said it does not
+// exist).
+func (c *Client) keepAcceptedLocked() {
+	kept := c.cache.kept
 	for k, m := range c.watches {
 		info := c.kinds[k]
+		if resourceKind(k) == kindSecret {
+			continue // private keys stay off disk; SDS refetches them
+		}
 		for name, st := range m {
+			key := info.typeURL + "\x00" + name
 			if !st.hasValue {
+				delete(kept, key)
 				continue
 			}
 			a, err := proto.Marshal(&anypb.Any{TypeUrl: info.typeURL, Value: st.raw})
 			if err != nil {
 				continue // cannot happen for bytes already parsed once
 			}
-			f.Resources = append(f.Resources, cachedEntries{
+			kept[key] = cachedEntries{
 				TypeURL: info.typeURL, Name: name, Version: st.version, Source: st.source,
 				UpdatedAt: st.updatedAt.UTC(), Resource: a,
-			})
+			}
 		}
 	}
+}
+
+// cacheFileLocked lists the kept resources for the cache file.
+func (c *Client) cacheFileLocked() *cacheFile {
+	f := &cacheFile{NodeID: c.bs.Node.ID, SavedAt: c.now().UTC()}
+	for _, e := range c.cache.kept {
+		f.Resources = append(f.Resources, e)
+	}
+	slices.SortFunc(f.Resources, func(a, b cachedEntries) int {
+		return cmp.Or(cmp.Compare(a.TypeURL, b.TypeURL), cmp.Compare(a.Name, b.Name))
+	})
 	return f
 }
 
@@ -201,13 +228,14 @@ func writeFileAtomic(path string, data []byte) error {
 type persister struct {
 	c    *Client
 	path string
+	kept map[string]cachedEntries // guarded by c.mu
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
 }
 
 func newPersister(c *Client, path string) *persister {
-	p := &persister{c: c, path: path, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &persister{c: c, path: path, kept: map[string]cachedEntries{}, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.run()
 	return p
 }
@@ -238,7 +266,7 @@ func (p *persister) run() {
 
 func (p *persister) write() {
 	p.c.mu.Lock()
-	f := p.c.snapshotCacheLocked()
+	f := p.c.cacheFileLocked()
 	p.c.mu.Unlock()
 	data, err := encodeCache(f)
 	if err == nil {

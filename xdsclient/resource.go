@@ -76,10 +76,13 @@ const (
 )
 
 // CertificateRef names a certificate from a bootstrap certificate provider
-// instance (gRFC A29), e.g. {Provider: "default", Certificate: "ROOTCA"}.
+// instance (gRFC A29), e.g. {Provider: "default", Certificate: "ROOTCA"},
+// or, when SDS is set, an SDS secret fetched on the ADS stream: then
+// Certificate is the secret's name and Provider is SDSProviderName of it.
 type CertificateRef struct {
 	Provider    string
 	Certificate string
+	SDS         bool
 }
 
 // DownstreamTLS is a server filter chain's TLS settings.
@@ -124,6 +127,11 @@ type Route struct {
 	// NonForwarding is set for server-side routes (gRFC A36), which accept
 	// instead of forwarding.
 	NonForwarding bool
+	// FilterOverrides are the route's typed_per_filter_config (merged over
+	// its virtual host's) for the filters mesh implements, keyed by HTTP
+	// filter name; a *FaultInjection replaces that fault filter's config
+	// for this route (gRFC A33, A39).
+	FilterOverrides map[string]any
 }
 
 // RouteMatch selects requests (gRFC A28). Exactly one of Prefix, Path and
@@ -219,6 +227,8 @@ type Cluster struct {
 	TLS *UpstreamTLS
 	// MaxRequests is the circuit breaker's concurrent request limit (gRFC A32).
 	MaxRequests uint32
+	// OutlierDetection is nil when the cluster has none (gRFC A50).
+	OutlierDetection *OutlierDetection
 }
 
 // EndpointsName returns the EDS resource name to watch for c.
