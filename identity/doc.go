@@ -30,6 +30,9 @@
 //   - CSRSource is agentless: it makes its own key, asks a CA speaking
 //     Istio's IstioCertificateService (istiod, or mesh's embedded control
 //     plane) for a certificate with a bearer token, and renews at half-life.
+//   - SDSSource takes the SVID and roots from SDS secrets ("default",
+//     "ROOTCA") pushed on the xDS stream (xdsclient.Client.WatchSecret);
+//     every push rotates the next handshake's certificate.
 //   - StaticSource holds what it is given, for tests.
 //
 // RenewalTime tells when a certificate is due for replacement; a connection
