@@ -56,8 +56,28 @@
 //   - LB policy: round_robin, least_request (two random choices, gRFC A48)
 //     and ring_hash (gRFC A42) with the route's hash policies (header,
 //     channel ID, and for HTTP query parameter).
+//   - fault injection (gRFC A33): the listener's fault filters, or a
+//     route's (or virtual host's) typed_per_filter_config override, delay
+//     (fixed or from x-envoy-fault-delay-request) and abort (gRPC status,
+//     HTTP status, or from x-envoy-fault-abort-(grpc-)request) a share of
+//     requests, within max_active_faults. Delays end early with the
+//     request's context. Aborted gRPC RPCs fail with the status; aborted
+//     HTTP requests get a local response with the status (and grpc-status).
+//   - outlier detection (gRFC A50): success-rate and failure-percentage
+//     ejection, and Envoy's consecutive_5xx (Istio's consecutive5xxErrors)
+//     checked every interval; per-endpoint counters are atomics updated as
+//     requests finish, and ejected endpoints leave the published table until
+//     base_ejection_time x their multiplier (capped by max_ejection_time)
+//     has passed.
+//   - localities and priorities (gRFC A27, A52): traffic goes to the most
+//     preferred priority that has a ready endpoint (not ejected); a priority
+//     still connecting holds RPCs, one whose endpoints all failed fails over
+//     to the next. Every priority is connected, so failover needs no dial.
+//     Within the priority, round_robin is weighted by locality weight times
+//     the endpoint's share of its locality's endpoint weights (smooth
+//     weighted round robin, unrolled into a schedule, so a pick stays one
+//     atomic add and no allocation).
 //
-// Within a cluster, endpoints are those of the most preferred priority
-// that has usable ones; locality and endpoint weights and outlier
-// detection are not applied yet.
+// Timers (fault delays, outlier detection intervals) run on WithClock's
+// clock, so tests step time instead of waiting for it.
 package balancer

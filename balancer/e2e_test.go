@@ -132,7 +132,7 @@ func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 	// The channel sees the route once its first RPC resolved it.
 	waitFor(ctx, t, "the channel's routes", func() bool {
 		_, _ = tc.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
-		route := builder.routeFor(ctx, conn, "/grpc.testing.TestService/EmptyCall")
+		_, route, _ := builder.routeFor(ctx, conn, "/grpc.testing.TestService/EmptyCall")
 		return route != nil && route.Action.RetryPolicy != nil
 	})
 	grpcAttempts.Store(0)

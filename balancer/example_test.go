@@ -187,3 +187,61 @@ func ExampleResolverBuilder_DialOptions() {
 	}
 	defer conn.Close()
 }
+
+// A route's fault filter override (Istio's VirtualService fault) makes the
+// RoundTripper answer without sending the request.
+func ExampleNewRoundTripper_faultInjection() {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "served")
+	}))
+	defer backend.Close()
+
+	const cluster = "outbound|8080||payments.default.svc.cluster.local"
+	abort := &xdsclient.FaultInjection{Abort: &xdsclient.FaultAbort{HTTPStatus: 503, PerMillion: 1_000_000, Denominator: 100}}
+	xds := &staticXDS{
+		listeners: map[string]*xdsclient.Listener{"payments:8080": {Name: "payments:8080", HTTP: &xdsclient.HTTPConnectionManager{
+			RouteConfigName: "routes",
+			HTTPFilters: []xdsclient.HTTPFilter{
+				{Name: "envoy.filters.http.fault", TypeURL: xdsclient.TypeURLFault, Config: &xdsclient.FaultInjection{}},
+				{Name: "envoy.filters.http.router"},
+			}}}},
+		routes: map[string]*xdsclient.RouteConfig{"routes": {Name: "routes", VirtualHosts: []xdsclient.VirtualHost{{
+			Domains: []string{"*"},
+			Routes: []xdsclient.Route{
+				{Match: xdsclient.RouteMatch{Prefix: "/broken", CaseSensitive: true}, Action: xdsclient.RouteAction{Cluster: cluster},
+					FilterOverrides: map[string]any{"envoy.filters.http.fault": abort}},
+				{Action: xdsclient.RouteAction{Cluster: cluster}},
+			}}}}},
+		clusters: map[string]*xdsclient.Cluster{cluster: {Name: cluster, LBPolicy: xdsclient.LBRoundRobin}},
+		endpoints: map[string]*xdsclient.Endpoints{cluster: {Name: cluster, Localities: []xdsclient.LocalityEndpoints{{
+			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String()}}}}}},
+	}
+	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	rt := balancer.NewRoundTripper(xds, dial)
+	defer rt.Close()
+	client := &http.Client{Transport: rt}
+	for _, path := range []string{"/ok", "/broken"} {
+		resp, err := client.Get("http://payments:8080" + path)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		resp.Body.Close()
+		fmt.Println(path, resp.StatusCode)
+	}
+	// Output:
+	// /ok 200
+	// /broken 503
+}
+
+func ExampleWithClock() {
+	var client balancer.XDSClient // e.g. an *xdsclient.Client
+	var clock balancer.Clock      // e.g. a test's fake clock; nil keeps the system clock
+	// Fault delays and outlier detection intervals run on clock.
+	builder := balancer.NewResolverBuilder(client, balancer.WithClock(clock))
+	fmt.Println(builder.Scheme())
+	// Output: mesh
+}

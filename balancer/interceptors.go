@@ -42,7 +42,7 @@ func (b *ResolverBuilder) DialOptions() []grpc.DialOption {
 // cluster's retry budget). RPCs on other channels pass through.
 func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		route := b.routeFor(ctx, cc, method)
+		router, route, headers := b.routeFor(ctx, cc, method)
 		if route == nil {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
@@ -50,6 +50,14 @@ func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, t)
 			defer cancel()
+		}
+		abort, release, err := b.faults.inject(ctx, router, route, headers, true)
+		defer release()
+		if err != nil {
+			return status.FromContextError(err).Err()
+		}
+		if abort != nil {
+			return abort.grpcStatus()
 		}
 		policy := route.Action.RetryPolicy
 		if policy == nil || len(policy.GRPCCodes) == 0 {
@@ -75,13 +83,24 @@ func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 // timeout bounds the whole stream.
 func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		route := b.routeFor(ctx, cc, method)
+		router, route, headers := b.routeFor(ctx, cc, method)
 		if route == nil {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
 		cancel := context.CancelFunc(func() {})
 		if t := route.Action.Timeout; t > 0 {
 			ctx, cancel = context.WithTimeout(ctx, t)
+		}
+		// A stream's fault counts as active until its delay ends.
+		abort, release, err := b.faults.inject(ctx, router, route, headers, true)
+		release()
+		if err != nil {
+			cancel()
+			return nil, status.FromContextError(err).Err()
+		}
+		if abort != nil {
+			cancel()
+			return nil, abort.grpcStatus()
 		}
 		policy := route.Action.RetryPolicy
 		if policy == nil || len(policy.GRPCCodes) == 0 {
@@ -116,23 +135,24 @@ func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor
 	}
 }
 
-// routeFor returns the route an RPC on cc matches, or nil when cc is not a
-// mesh channel or its routes are not known yet.
-func (b *ResolverBuilder) routeFor(ctx context.Context, cc *grpc.ClientConn, method string) *xdsclient.Route {
+// routeFor returns the route an RPC on cc matches, with its router and
+// headers, or a nil route when cc is not a mesh channel or its routes are
+// not known yet.
+func (b *ResolverBuilder) routeFor(ctx context.Context, cc *grpc.ClientConn, method string) (*Router, *xdsclient.Route, Headers) {
 	authority, ok := strings.CutPrefix(cc.Target(), Scheme+":///")
 	if !ok {
-		return nil
+		return nil, nil, nil
 	}
 	router := b.routers.lookup(authority)
 	if router == nil {
-		return nil
+		return nil, nil, nil
 	}
 	var headers Headers
-	if router.needsHeaders {
+	if router.needsHeaders || router.faultHeaders {
 		md, _ := metadata.FromOutgoingContext(ctx)
 		headers = MetadataHeaders(md)
 	}
-	return router.matchOnly(method, headers)
+	return router, router.matchOnly(method, headers), headers
 }
 
 // grpcRetrier decides, attempt after attempt, whether an RPC is retried. It

@@ -192,7 +192,8 @@ func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
 // builderRoute returns the route the interceptors see for EmptyCall.
 func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
 	t.Helper()
-	return e.builder.routeFor(context.Background(), e.conn, "/grpc.testing.TestService/EmptyCall")
+	_, route, _ := e.builder.routeFor(context.Background(), e.conn, "/grpc.testing.TestService/EmptyCall")
+	return route
 }
 
 func TestGRPCRetryBudgetStopsAStorm(t *testing.T) {

@@ -39,6 +39,8 @@ func (policyBuilder) Build(cc grpcbalancer.ClientConn, _ grpcbalancer.BuildOptio
 		subConns: map[scKey]*subConn{},
 		tls:      map[string]*xdsclient.UpstreamTLS{},
 		counters: map[string]*clusterState{},
+		outliers: map[string]*outlierDetector{},
+		clock:    systemClock{},
 		// Hashed by ring_hash routes with a channel ID hash policy.
 		channelID: rand.Uint64(),
 	}
@@ -67,8 +69,11 @@ type routerBalancer struct {
 	subConns       map[scKey]*subConn
 	// tls is each cluster's TLS settings as SubConns use them: a new Cluster
 	// with equal settings keeps the old pointer, so its SubConns are kept.
-	tls       map[string]*xdsclient.UpstreamTLS
-	counters  map[string]*clusterState
+	tls      map[string]*xdsclient.UpstreamTLS
+	counters map[string]*clusterState
+	// outliers are the outlier detectors of clusters that have one.
+	outliers  map[string]*outlierDetector
+	clock     Clock
 	channelID uint64
 	// published is the plan the picker serves; nil before the first one and
 	// after the resources went away.
@@ -92,13 +97,18 @@ type subConn struct {
 	sc      grpcbalancer.SubConn
 	state   connectivity.State
 	lastErr error
-	drain   *time.Timer
+	// failedSinceReady keeps a SubConn that failed counted as failed while
+	// it reconnects, so priority failover does not flap (gRPC's sticky
+	// TRANSIENT_FAILURE).
+	failedSinceReady bool
+	drain            *time.Timer
 	// active counts RPCs in flight on the SubConn (least_request).
 	active atomic.Int64
 	// done ends an RPC picked for doneFor; made once per cluster state so
 	// that picks do not allocate.
-	done    func(grpcbalancer.DoneInfo)
-	doneFor *clusterState
+	done      func(grpcbalancer.DoneInfo)
+	doneFor   *clusterState
+	doneStats *endpointStats
 }
 
 // plan is a snapshot resolved into SubConn keys.
@@ -113,9 +123,13 @@ type planCluster struct {
 	carriesTraffic bool
 	missing        error
 	keys           []scKey
+	// endpoints[i] is keys[i]'s priority and weight; keys are ordered by
+	// priority.
+	endpoints []weightedAddr
 	// maxRequests is the circuit breaker limit; 0 for a missing cluster.
 	maxRequests uint32
 	lbPolicy    xdsclient.LBPolicy
+	outlier     *xdsclient.OutlierDetection
 }
 
 // table is what one Pick needs; immutable once published except for the
@@ -195,6 +209,7 @@ func (b *routerBalancer) UpdateClientConnState(s grpcbalancer.ClientConnState) e
 	b.publishTimeout = snap.cfg.publishTimeout
 	b.drainGrace = snap.cfg.drainGrace
 	b.retryBudget = snap.cfg.retryBudget
+	b.clock = snap.cfg.clock
 	p := b.newPlan(snap)
 	b.ensureSubConns(p)
 	// The first table waits for its clusters too: RPCs queued meanwhile are
@@ -247,6 +262,10 @@ func (b *routerBalancer) ExitIdle() {
 func (b *routerBalancer) Close() {
 	b.mu.Lock()
 	b.closed = true
+	for name, d := range b.outliers {
+		d.stop()
+		delete(b.outliers, name)
+	}
 	b.stopTimer(b.pendingTimer)
 	b.pendingTimer = nil
 	for k, s := range b.subConns {
@@ -281,49 +300,24 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 		}
 		pc.maxRequests = cluster.MaxRequests
 		pc.lbPolicy = cluster.LBPolicy
+		pc.outlier = cluster.OutlierDetection
 		tls := b.canonicalTLS(name, cluster.TLS)
-		var addrs []string
 		if cluster.Type == xdsclient.ClusterLogicalDNS {
-			addrs = []string{cluster.DNSAddress}
+			pc.endpoints = []weightedAddr{{addr: cluster.DNSAddress, weight: 1}}
 		} else {
 			eps := snap.endpoints[name]
 			if eps == nil {
 				pc.missing = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
 				continue
 			}
-			addrs = usableAddresses(eps)
+			// Every priority is connected, so that failover is immediate.
+			pc.endpoints = weightedEndpoints(eps)
 		}
-		for _, a := range addrs {
-			pc.keys = append(pc.keys, scKey{cluster: name, addr: a, tls: tls})
+		for _, wa := range pc.endpoints {
+			pc.keys = append(pc.keys, scKey{cluster: name, addr: wa.addr, tls: tls})
 		}
 	}
 	return p
-}
-
-// usableAddresses returns the distinct usable endpoint addresses of the most
-// preferred priority that has any.
-func usableAddresses(eps *xdsclient.Endpoints) []string {
-	byPriority := map[uint32][]string{}
-	for _, loc := range eps.Localities {
-		for _, ep := range loc.Endpoints {
-			if ep.Health.Usable() && ep.Address != "" {
-				byPriority[loc.Priority] = append(byPriority[loc.Priority], ep.Address)
-			}
-		}
-	}
-	if len(byPriority) == 0 {
-		return nil
-	}
-	best := uint32(0)
-	first := true
-	for prio := range byPriority {
-		if first || prio < best {
-			best, first = prio, false
-		}
-	}
-	addrs := byPriority[best]
-	slices.Sort(addrs)
-	return slices.Compact(addrs)
 }
 
 func (b *routerBalancer) canonicalTLS(cluster string, tls *xdsclient.UpstreamTLS) *xdsclient.UpstreamTLS {
@@ -374,8 +368,11 @@ func (b *routerBalancer) onSubConnState(s *subConn, st grpcbalancer.SubConnState
 	}
 	s.state = st.ConnectivityState
 	switch s.state {
+	case connectivity.Ready:
+		s.failedSinceReady = false
 	case connectivity.TransientFailure:
 		s.lastErr = st.ConnectionError
+		s.failedSinceReady = true
 	case connectivity.Idle:
 		// The connection went away; reconnect at once so that the
 		// cluster stays ready for flips.
@@ -480,6 +477,12 @@ func (b *routerBalancer) prune() {
 			delete(b.counters, name)
 		}
 	}
+	for name, d := range b.outliers {
+		if !inUse[name] {
+			d.stop()
+			delete(b.outliers, name)
+		}
+	}
 }
 
 // rebuildTable publishes the table of b.published with the SubConns' current
@@ -496,37 +499,62 @@ func (b *routerBalancer) rebuildTable() {
 			b.counters[pc.name] = tc.state
 		}
 		tc.state.maxRequests.Store(pc.maxRequests)
+		stats := b.outlierStats(pc)
 		var lastErr error
 		var readyAddrs []string
 		var active []*atomic.Int64
-		for _, k := range pc.keys {
+		var weights []float64
+		ejected := 0
+		// The first priority with a ready endpoint serves; one still
+		// connecting holds traffic back (RPCs wait); one whose endpoints
+		// all failed or are ejected fails over to the next (gRFC A27).
+		for j, k := range pc.keys {
+			if j > 0 && pc.endpoints[j].priority != pc.endpoints[j-1].priority && (len(tc.ready) > 0 || tc.connecting) {
+				break
+			}
 			s := b.subConns[k]
 			if s == nil {
 				continue
 			}
 			switch s.state {
 			case connectivity.Ready:
-				if s.doneFor != tc.state {
+				st := stats[k.addr]
+				if st != nil && st.ejected.Load() {
+					ejected++
+					continue
+				}
+				if s.doneFor != tc.state || s.doneStats != st {
 					cs := tc.state
-					s.doneFor = cs
-					s.done = func(grpcbalancer.DoneInfo) {
+					s.doneFor, s.doneStats = cs, st
+					s.done = func(di grpcbalancer.DoneInfo) {
 						s.active.Add(-1)
 						cs.release()
+						st.record(di.Err == nil)
 					}
 				}
 				tc.ready = append(tc.ready, s.sc)
 				tc.dones = append(tc.dones, s.done)
 				readyAddrs = append(readyAddrs, k.addr)
 				active = append(active, &s.active)
+				weights = append(weights, pc.endpoints[j].weight)
 			case connectivity.TransientFailure:
 				if s.lastErr != nil {
 					lastErr = s.lastErr
 				}
 			default:
+				if s.failedSinceReady {
+					if s.lastErr != nil {
+						lastErr = s.lastErr
+					}
+					continue
+				}
 				tc.connecting = true
 			}
 		}
-		tc.chooser = newEndpointChooser(pc.lbPolicy, readyAddrs, active)
+		if len(tc.ready) > 0 {
+			tc.connecting = false
+		}
+		tc.chooser = newEndpointChooser(pc.lbPolicy, readyAddrs, active).withWeights(weights)
 		// Plain errors, not statuses: gRPC fails fail-fast RPCs with
 		// UNAVAILABLE and this message, and lets wait-for-ready RPCs wait
 		// for the cluster to recover, as it does for any transient failure.
@@ -535,6 +563,8 @@ func (b *routerBalancer) rebuildTable() {
 			tc.failErr = fmt.Errorf("cluster %q: %w", pc.name, pc.missing)
 		case len(pc.keys) == 0:
 			tc.failErr = fmt.Errorf("cluster %q has no usable endpoints", pc.name)
+		case ejected > 0 && len(tc.ready) == 0 && !tc.connecting:
+			tc.failErr = fmt.Errorf("cluster %q: every ready endpoint is ejected by outlier detection", pc.name)
 		default:
 			tc.failErr = fmt.Errorf("cluster %q has no ready endpoint; last connection error: %v", pc.name, lastErr)
 		}
@@ -635,4 +665,38 @@ func equalTLS(a, b *xdsclient.UpstreamTLS) bool {
 		}
 		return x.Regex == nil || x.Regex.String() == y.Regex.String()
 	})
+}
+
+// outlierStats syncs the outlier detector of pc's cluster with its config
+// and endpoints and returns its per-address stats; nil when the cluster
+// has no outlier detection.
+func (b *routerBalancer) outlierStats(pc planCluster) map[string]*endpointStats {
+	d := b.outliers[pc.name]
+	if pc.outlier == nil {
+		if d != nil {
+			d.stop()
+			delete(b.outliers, pc.name)
+		}
+		return nil
+	}
+	if d == nil {
+		d = newOutlierDetector(b.clock, &b.timers, b.onOutlierChange)
+		b.outliers[pc.name] = d
+	}
+	addrs := make([]string, 0, len(pc.keys))
+	for _, k := range pc.keys {
+		addrs = append(addrs, k.addr)
+	}
+	return d.sync(pc.outlier, addrs)
+}
+
+// onOutlierChange republishes the table after endpoints were ejected or
+// returned.
+func (b *routerBalancer) onOutlierChange() {
+	b.mu.Lock()
+	if !b.closed && b.published != nil {
+		b.rebuildTable()
+	}
+	b.mu.Unlock()
+	b.notify()
 }

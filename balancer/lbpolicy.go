@@ -34,6 +34,9 @@ type endpointChooser struct {
 	active []*atomic.Int64
 	// ring is sorted by hash (ring_hash).
 	ring []ringEntry
+	// schedule, when set, is the weighted round-robin order of endpoint
+	// indexes (round_robin with unequal locality or endpoint weights).
+	schedule []int32
 }
 
 // newEndpointChooser prepares policy over endpoints named by addrs, whose
@@ -93,7 +96,19 @@ func (c *endpointChooser) choose(n int, next *atomic.Uint32, hash uint64, hashed
 		}
 		return c.ring[i].index
 	}
+	if len(c.schedule) > 0 {
+		return int(c.schedule[next.Add(1)%uint32(len(c.schedule))])
+	}
 	return int(next.Add(1) % uint32(n))
+}
+
+// withWeights makes a round_robin chooser weighted by weights (one per
+// endpoint, in the chooser's order).
+func (c endpointChooser) withWeights(weights []float64) endpointChooser {
+	if c.policy == xdsclient.LBRoundRobin || c.policy == "" {
+		c.schedule = wrrSchedule(weights)
+	}
+	return c
 }
 
 // FNV-1a, 64 bit: stable across processes, so every client puts a key on

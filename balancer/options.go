@@ -26,6 +26,7 @@ type config struct {
 	retryBudget      retryBudget
 	plaintextHTTP2   bool
 	idleConnTimeout  time.Duration
+	clock            Clock
 }
 
 func newConfig(opts []Option) *config {
@@ -35,6 +36,7 @@ func newConfig(opts []Option) *config {
 		drainGrace:      DefaultDrainGrace,
 		retryBudget:     retryBudget{percent: DefaultRetryBudgetPercent, min: DefaultMinRetryConcurrency},
 		idleConnTimeout: DefaultIdleConnTimeout,
+		clock:           systemClock{},
 	}
 	for _, o := range opts {
 		if o != nil {

@@ -41,7 +41,8 @@ const serviceConfigJSON = `{"loadBalancingConfig":[{"` + PolicyName + `":{}}]}`
 // whenever all of them are known. Its ClientInterceptors apply the routes'
 // timeouts and retry policies to the channels it serves.
 func NewResolverBuilder(client XDSClient, opts ...Option) *ResolverBuilder {
-	return &ResolverBuilder{client: client, cfg: newConfig(opts), routers: newRouterRegistry()}
+	cfg := newConfig(opts)
+	return &ResolverBuilder{client: client, cfg: cfg, routers: newRouterRegistry(), faults: &faultInjector{clock: cfg.clock}}
 }
 
 // ResolverBuilder is the resolver.Builder of the "mesh" scheme; see
@@ -50,6 +51,7 @@ type ResolverBuilder struct {
 	client  XDSClient
 	cfg     *config
 	routers *routerRegistry
+	faults  *faultInjector
 }
 
 // Scheme returns Scheme.
@@ -394,6 +396,8 @@ func (r *aggregator) update() {
 		r.reportError(fmt.Errorf("%w: listener %q: %w", ErrResourceNotFound, r.listenerName, err))
 		return
 	}
+	router.faults = faultFilters(hcm.HTTPFilters)
+	router.faultHeaders = faultsReadHeaders(router)
 
 	wanted := make(map[string]bool, len(router.clusters))
 	for _, name := range router.clusters {

@@ -60,6 +60,7 @@ type RoundTripper struct {
 	logger *slog.Logger
 	// channelID is what ring_hash routes with a channel ID hash policy hash.
 	channelID uint64
+	faults    *faultInjector
 
 	mu       sync.Mutex
 	closed   bool
@@ -73,7 +74,7 @@ var _ http.RoundTripper = (*RoundTripper)(nil)
 // connections.
 func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...Option) *RoundTripper {
 	cfg := newConfig(opts)
-	return &RoundTripper{client: client, dial: dial, cfg: cfg, logger: cfg.logger, channelID: rand.Uint64(), channels: map[string]*httpChannel{}}
+	return &RoundTripper{client: client, dial: dial, cfg: cfg, logger: cfg.logger, channelID: rand.Uint64(), channels: map[string]*httpChannel{}, faults: &faultInjector{clock: cfg.clock}}
 }
 
 // RoundTrip sends req to an endpoint of the cluster its route picks.
@@ -107,7 +108,7 @@ func (rt *RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, &UnavailableError{Err: err}
 	}
-	return ch.send(req, authority, &t.clusters[idx], route)
+	return ch.send(req, authority, t.router, &t.clusters[idx], route)
 }
 
 // Close stops every watch and closes every connection. Requests in flight
@@ -195,6 +196,10 @@ type httpChannel struct {
 	tls          map[string]*xdsclient.UpstreamTLS
 	pending      *snapshot
 	pendingTimer *time.Timer
+	// current is the published snapshot, republished when outlier
+	// detection ejects or returns endpoints.
+	current  *snapshot
+	outliers map[string]*outlierDetector
 }
 
 type httpTable struct {
@@ -207,9 +212,12 @@ type httpTable struct {
 type httpCluster struct {
 	name      string
 	endpoints []*endpointTransport
-	chooser   endpointChooser
-	state     *clusterState
-	failErr   error
+	// stats[i] counts the outcomes of endpoints[i] for outlier detection;
+	// nil without it.
+	stats   []*endpointStats
+	chooser endpointChooser
+	state   *clusterState
+	failErr error
 }
 
 // endpointTransport is the connection pool of one (cluster, endpoint, TLS
@@ -351,35 +359,67 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		}
 		hc.state.maxRequests.Store(cluster.MaxRequests)
 		tls := ch.canonicalTLSLocked(name, cluster.TLS)
-		var addrs []string
+		var endpoints []weightedAddr
 		if cluster.Type == xdsclient.ClusterLogicalDNS {
-			addrs = []string{cluster.DNSAddress}
+			endpoints = []weightedAddr{{addr: cluster.DNSAddress, weight: 1}}
 		} else if eps := snap.endpoints[name]; eps != nil {
-			addrs = usableAddresses(eps)
+			endpoints = weightedEndpoints(eps)
 		} else {
 			hc.failErr = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
 			continue
 		}
-		if len(addrs) == 0 {
+		if len(endpoints) == 0 {
 			hc.failErr = fmt.Errorf("cluster %q has no usable endpoints", name)
 		}
-		active := make([]*atomic.Int64, 0, len(addrs))
-		for _, addr := range addrs {
-			k := scKey{cluster: name, addr: addr, tls: tls}
+		addrs := make([]string, 0, len(endpoints))
+		for _, wa := range endpoints {
+			addrs = append(addrs, wa.addr)
+		}
+		stats := ch.outlierStatsLocked(name, cluster.OutlierDetection, addrs)
+		active := make([]*atomic.Int64, 0, len(endpoints))
+		chosen := make([]string, 0, len(endpoints))
+		var weights []float64
+		// The first priority with an endpoint not ejected serves; the
+		// others' transports stay for failover (gRFC A27).
+		var servingPriority uint32
+		for _, wa := range endpoints {
+			k := scKey{cluster: name, addr: wa.addr, tls: tls}
 			used[k] = true
 			ep := ch.endpointLocked(k)
+			if len(chosen) > 0 && wa.priority != servingPriority {
+				continue
+			}
+			if st := stats[wa.addr]; st != nil {
+				if st.ejected.Load() {
+					continue // its connections stay for its return
+				}
+				hc.stats = append(hc.stats, st)
+			}
 			hc.endpoints = append(hc.endpoints, ep)
 			active = append(active, &ep.active)
+			chosen = append(chosen, wa.addr)
+			servingPriority = wa.priority
+			weights = append(weights, wa.weight)
 		}
-		hc.chooser = newEndpointChooser(cluster.LBPolicy, addrs, active)
+		if len(endpoints) > 0 && len(chosen) == 0 {
+			hc.failErr = fmt.Errorf("cluster %q: every endpoint is ejected by outlier detection", name)
+		}
+		hc.chooser = newEndpointChooser(cluster.LBPolicy, chosen, active).withWeights(weights)
 	}
 	ch.published = true
+	ch.current = snap
 	ch.setTable(t)
 	ch.drainUnusedLocked(used)
 	for name := range ch.states {
 		if !slices.Contains(r.clusters, name) {
 			delete(ch.states, name)
 			delete(ch.tls, name)
+		}
+	}
+	for name, d := range ch.outliers {
+		if !slices.Contains(r.clusters, name) {
+			d.stop()
+			delete(ch.outliers, name)
 		}
 	}
 	ch.logger.Debug("published routing table", "route_config", r.routeConfig, "clusters", len(r.clusters))
@@ -476,6 +516,10 @@ func (ch *httpChannel) close() {
 	// Requests that raced with Close fail instead of waiting for a table.
 	ch.setTable(&httpTable{err: ErrClosed})
 	ch.setPendingLocked(nil)
+	for name, d := range ch.outliers {
+		d.stop()
+		delete(ch.outliers, name)
+	}
 	for k, ep := range ch.endpoints {
 		if ep.drain != nil && ep.drain.Stop() {
 			ch.timers.Done()
@@ -501,11 +545,23 @@ func (e *connectError) Error() string {
 func (e *connectError) Unwrap() error { return e.err }
 
 // send runs the attempts of one request to cluster c.
-func (ch *httpChannel) send(req *http.Request, authority string, c *httpCluster, route *xdsclient.Route) (*http.Response, error) {
+func (ch *httpChannel) send(req *http.Request, authority string, router *Router, c *httpCluster, route *xdsclient.Route) (*http.Response, error) {
 	ctx := req.Context()
 	cancel := context.CancelFunc(func() {})
 	if t := route.Action.Timeout; t > 0 {
 		ctx, cancel = context.WithTimeout(ctx, t)
+	}
+	abort, releaseFault, err := ch.rt.faults.inject(ctx, router, route, HTTPHeaders(req.Header), false)
+	releaseFault()
+	if err != nil {
+		cancel()
+		closeBody(req)
+		return nil, fmt.Errorf("mesh round tripper: %s: during an injected delay: %w", req.URL.Redacted(), err)
+	}
+	if abort != nil {
+		cancel()
+		closeBody(req)
+		return abort.httpResponse(req), nil
 	}
 	policy := route.Action.RetryPolicy
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
@@ -580,7 +636,12 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 		closeBody(req)
 		return nil, &UnavailableError{Err: cs.overLimitErr}
 	}
-	ep := c.endpoints[c.chooser.choose(int(n), &cs.next, hash, hashed)]
+	i := c.chooser.choose(int(n), &cs.next, hash, hashed)
+	ep := c.endpoints[i]
+	var st *endpointStats
+	if c.stats != nil {
+		st = c.stats[i]
+	}
 	ep.active.Add(1)
 	release := func() {
 		ep.active.Add(-1)
@@ -600,6 +661,9 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 		out.Body = body
 	}
 	resp, err := ep.transport.RoundTrip(out)
+	// A 5xx or no response counts against the endpoint (gRFC A50 counts
+	// RPC failures; Envoy counts 5xx for HTTP).
+	st.record(err == nil && resp.StatusCode < 500)
 	if err != nil {
 		release()
 		return nil, err
@@ -652,4 +716,35 @@ func (b *finishingBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.finish)
 	return err
+}
+
+// outlierStatsLocked syncs cluster's outlier detector with its config and
+// endpoints; nil when it has none.
+func (ch *httpChannel) outlierStatsLocked(cluster string, cfg *xdsclient.OutlierDetection, addrs []string) map[string]*endpointStats {
+	d := ch.outliers[cluster]
+	if cfg == nil {
+		if d != nil {
+			d.stop()
+			delete(ch.outliers, cluster)
+		}
+		return nil
+	}
+	if d == nil {
+		if ch.outliers == nil {
+			ch.outliers = map[string]*outlierDetector{}
+		}
+		d = newOutlierDetector(ch.rt.cfg.clock, &ch.timers, ch.onOutlierChange)
+		ch.outliers[cluster] = d
+	}
+	return d.sync(cfg, addrs)
+}
+
+// onOutlierChange republishes the current snapshot after endpoints were
+// ejected or returned.
+func (ch *httpChannel) onOutlierChange() {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if !ch.closed && ch.published && ch.current != nil {
+		ch.publishLocked(ch.current)
+	}
 }

@@ -65,6 +65,11 @@ type Router struct {
 	clusters     []string
 	needsHeaders bool
 	needsQuery   bool
+	// faults are the listener's fault filters (gRFC A33), set before the
+	// router is published; faultHeaders is set when one of them (or a
+	// route's override) reads request headers.
+	faults       []faultFilter
+	faultHeaders bool
 }
 
 type compiledRoute struct {
