@@ -57,4 +57,13 @@
 // xDS port is plaintext, so there the token is only as safe as the network;
 // ServeCATLS adds a TLS endpoint for the CA, verified with RootPEM under
 // the name CAServerName.
+//
+// # Certificates over SDS
+//
+// Any node that asks for SDS secrets gets "default" (an SVID minted from
+// its NAMESPACE and SERVICE_ACCOUNT metadata, with its key) and "ROOTCA"
+// (the trust domain's bundle as a SPIFFE validator config). WithSDS(true)
+// makes the generated TLS contexts name those secrets instead of the
+// bootstrap's certificate provider, and WithSDSRotation re-mints and
+// pushes the SVIDs on an interval.
 package controlplane

@@ -54,10 +54,16 @@ type generation struct {
 	reg         *registry
 	clusters    []types.Resource
 	endpoints   []types.Resource
+	sds         bool // TLS contexts name SDS secrets; see WithSDS
 }
 
 func newGeneration(td string, cfg configSet, reg *registry) *generation {
-	g := &generation{trustDomain: td, cfg: cfg, reg: reg}
+	return buildGeneration(&generation{trustDomain: td, cfg: cfg, reg: reg})
+}
+
+// buildGeneration fills g's shared clusters and endpoints.
+func buildGeneration(g *generation) *generation {
+	cfg, reg := g.cfg, g.reg
 	for _, host := range reg.hosts() {
 		svc := reg.get(host)
 		dr := findDestinationRule(cfg, reg, host)
@@ -93,11 +99,11 @@ func (g *generation) addCluster(svc *service, port uint32, dr *networking.Destin
 	applyTrafficPolicy(c, policy)
 	if g.clusterUsesMTLS(svc, eps, policy) {
 		c.TransportSocket = transportSocket(&tlsv3.UpstreamTlsContext{
-			CommonTlsContext: commonTLSContext(sortedKeys(svc.sans)),
+			CommonTlsContext: g.tlsContext(sortedKeys(svc.sans)),
 		})
 	}
 	g.clusters = append(g.clusters, c)
-	g.endpoints = append(g.endpoints, loadAssignment(name, port, eps))
+	g.endpoints = append(g.endpoints, loadAssignment(name, port, eps, policy.GetLoadBalancer().GetLocalityLbSetting()))
 }
 
 // mergeTrafficPolicy lets a subset's policy override its rule's, field by
@@ -143,9 +149,14 @@ func applyTrafficPolicy(c *cluster.Cluster, tp *networking.TrafficPolicy) {
 		out := &cluster.OutlierDetection{
 			Interval:         od.GetInterval(),
 			BaseEjectionTime: od.GetBaseEjectionTime(),
+			// As istiod: Istio's outlier detection is consecutive errors only.
+			EnforcingSuccessRate: wrapperspb.UInt32(0),
 		}
 		if od.GetConsecutive_5XxErrors() != nil {
 			out.Consecutive_5Xx = od.GetConsecutive_5XxErrors()
+			if od.GetConsecutive_5XxErrors().GetValue() > 0 {
+				out.EnforcingConsecutive_5Xx = wrapperspb.UInt32(100)
+			}
 		}
 		if od.GetConsecutiveGatewayErrors() != nil {
 			out.ConsecutiveGatewayFailure = od.GetConsecutiveGatewayErrors()
@@ -177,30 +188,90 @@ func (g *generation) clusterUsesMTLS(svc *service, eps []endpoint, tp *networkin
 	return false
 }
 
-func loadAssignment(name string, port uint32, eps []endpoint) *endpointv3.ClusterLoadAssignment {
+// loadAssignment groups eps by locality. A locality weighs the sum of its
+// endpoints' weights (as istiod does), unless localityLbSetting distributes
+// traffic from every locality ("from: '*'"): then localities get the
+// weights of the "to" entries they match, and those matching none get no
+// traffic. Per-client settings (other "from" values, failover) need the
+// client's locality and are not applied.
+func loadAssignment(name string, port uint32, eps []endpoint, lls *networking.LocalityLoadBalancerSetting) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-	var lbs []*endpointv3.LbEndpoint
+	byLocality := map[string]*endpointv3.LocalityLbEndpoints{}
+	var distribute map[string]uint32
+	for _, d := range lls.GetDistribute() {
+		if d.GetFrom() == "*" {
+			distribute = d.GetTo()
+		}
+	}
 	for _, e := range eps {
 		target, ok := e.ports[port]
 		if !ok {
 			continue
 		}
-		lbs = append(lbs, &endpointv3.LbEndpoint{
+		loc := byLocality[e.locality]
+		if loc == nil {
+			loc = &endpointv3.LocalityLbEndpoints{Locality: parseLocality(e.locality)}
+			byLocality[e.locality] = loc
+		}
+		loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(e.ip, target),
 			}},
 			HealthStatus:        core.HealthStatus_HEALTHY,
 			LoadBalancingWeight: wrapperspb.UInt32(e.weight),
 		})
+		weight := loc.GetLoadBalancingWeight().GetValue() + e.weight
+		loc.LoadBalancingWeight = wrapperspb.UInt32(weight)
 	}
-	if len(lbs) > 0 {
-		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{
-			Locality:            &core.Locality{},
-			LbEndpoints:         lbs,
-			LoadBalancingWeight: wrapperspb.UInt32(1),
-		}}
+	for _, key := range sortedKeys(byLocality) {
+		loc := byLocality[key]
+		if distribute != nil {
+			weight := uint32(0)
+			for pattern, w := range distribute {
+				if localityMatches(pattern, key) {
+					weight = w
+					break
+				}
+			}
+			if weight == 0 {
+				continue
+			}
+			loc.LoadBalancingWeight = wrapperspb.UInt32(weight)
+		}
+		cla.Endpoints = append(cla.Endpoints, loc)
 	}
 	return cla
+}
+
+// parseLocality turns Istio's "region/zone/subzone" into an Envoy locality.
+func parseLocality(s string) *core.Locality {
+	parts := strings.SplitN(s, "/", 3)
+	loc := &core.Locality{Region: parts[0]}
+	if len(parts) > 1 {
+		loc.Zone = parts[1]
+	}
+	if len(parts) > 2 {
+		loc.SubZone = parts[2]
+	}
+	return loc
+}
+
+// localityMatches matches "region/zone/subzone" against a pattern whose
+// segments may be "*" (and whose trailing segments may be left out).
+func localityMatches(pattern, locality string) bool {
+	ps, ls := strings.Split(pattern, "/"), strings.Split(locality, "/")
+	for i, p := range ps {
+		if p == "*" {
+			if i == len(ps)-1 {
+				return true
+			}
+			continue
+		}
+		if i >= len(ls) || ls[i] != p {
+			return false
+		}
+	}
+	return true
 }
 
 // nodeResources builds one node's snapshot content: the shared clusters and
@@ -328,6 +399,7 @@ func (g *generation) routeConfig(host string, port uint32, extraDomains []string
 			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &route.Route_Route{Route: &route.RouteAction{
 				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: ClusterName(port, "", host)},
+				HashPolicy:       g.hashPolicy("", &networking.Destination{Host: host}),
 			}},
 		})
 	}
@@ -433,6 +505,9 @@ func (g *generation) routeAction(ns string, hr *networking.HTTPRoute, host strin
 		a.Timeout = durationpb.New(t.AsDuration())
 		a.MaxStreamDuration = &route.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(t.AsDuration())}
 	}
+	if len(dests) > 0 {
+		a.HashPolicy = g.hashPolicy(ns, dests[0].GetDestination())
+	}
 	if r := hr.GetRetries(); r != nil && r.GetAttempts() > 0 {
 		on := r.GetRetryOn()
 		if on == "" {
@@ -522,7 +597,7 @@ func (g *generation) inboundListener(name string, n *nodeInfo) *listener.Listene
 	mtls := func() *listener.FilterChain {
 		chain := newChain("inbound-mtls")
 		chain.TransportSocket = transportSocket(&tlsv3.DownstreamTlsContext{
-			CommonTlsContext:         commonTLSContext(nil),
+			CommonTlsContext:         g.tlsContext(nil),
 			RequireClientCertificate: wrapperspb.Bool(true),
 		})
 		return chain
@@ -622,4 +697,37 @@ func mustAny(m proto.Message) *anypb.Any {
 		return &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName())}
 	}
 	return a
+}
+
+// hashPolicy is the route hash policy for a destination whose
+// DestinationRule (or subset) asks for consistentHash, as istiod writes it
+// for proxyless clients: httpHeaderName hashes that header,
+// httpQueryParameterName that parameter, and useSourceIp the client
+// channel's ID (gRPC's filter_state key io.grpc.channel_id), which is what
+// keeps one client on one endpoint. Cookies are not supported by gRPC and
+// are skipped.
+func (g *generation) hashPolicy(ns string, d *networking.Destination) []*route.RouteAction_HashPolicy {
+	host, _ := g.reg.resolve(d.GetHost(), ns)
+	dr := findDestinationRule(g.cfg, g.reg, host)
+	policy := dr.GetTrafficPolicy()
+	for _, sub := range dr.GetSubsets() {
+		if sub.GetName() == d.GetSubset() && sub.GetTrafficPolicy() != nil {
+			policy = mergeTrafficPolicy(policy, sub.GetTrafficPolicy())
+		}
+	}
+	ch := policy.GetLoadBalancer().GetConsistentHash()
+	switch {
+	case ch == nil:
+		return nil
+	case ch.GetHttpHeaderName() != "":
+		return []*route.RouteAction_HashPolicy{{PolicySpecifier: &route.RouteAction_HashPolicy_Header_{
+			Header: &route.RouteAction_HashPolicy_Header{HeaderName: ch.GetHttpHeaderName()}}}}
+	case ch.GetHttpQueryParameterName() != "":
+		return []*route.RouteAction_HashPolicy{{PolicySpecifier: &route.RouteAction_HashPolicy_QueryParameter_{
+			QueryParameter: &route.RouteAction_HashPolicy_QueryParameter{Name: ch.GetHttpQueryParameterName()}}}}
+	case ch.GetUseSourceIp():
+		return []*route.RouteAction_HashPolicy{{PolicySpecifier: &route.RouteAction_HashPolicy_FilterState_{
+			FilterState: &route.RouteAction_HashPolicy_FilterState{Key: "io.grpc.channel_id"}}}}
+	}
+	return nil
 }

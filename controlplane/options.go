@@ -27,6 +27,8 @@ type settings struct {
 	certTTL           time.Duration
 	snapshotHook      func(nodeID string, resources map[string][]types.Resource)
 	workloads         []Workload
+	sds               bool          // see WithSDS
+	sdsRotation       time.Duration // see WithSDSRotation
 }
 
 func defaultSettings() settings {

@@ -20,6 +20,8 @@ type endpoint struct {
 	namespace      string
 	serviceAccount string
 	weight         uint32
+	// locality is Istio's "region/zone/subzone" ("" when unknown).
+	locality string
 	// inMesh is false for ServiceEntry endpoints not labelled as Istio
 	// workloads: auto-mTLS leaves them plaintext, as Istio does.
 	inMesh bool
@@ -160,6 +162,7 @@ func buildRegistry(td string, declared map[string]Workload, nodes []*nodeInfo, c
 			return endpoint{
 				ip: we.GetAddress(), ports: ports, labels: we.GetLabels(), namespace: weNamespace,
 				serviceAccount: sa, weight: w, inMesh: we.GetLabels()["security.istio.io/tlsMode"] == "istio",
+				locality: we.GetLocality(),
 			}
 		}
 		for _, we := range se.GetEndpoints() {

@@ -54,6 +54,9 @@ type Server struct {
 	streams  map[streamKey]*nodeInfo
 	gen      *generation
 	pushes   uint64 // counts full pushes; the file watcher retries on change
+
+	ops operations // admin servers and metrics endpoints; see graph.go
+	sds sdsState   // minted SDS secrets; see sds.go
 }
 
 // streamKey tells SotW and delta streams apart: their ids are counted
@@ -76,6 +79,7 @@ type nodeInfo struct {
 	listeners      map[string]bool // listener names currently subscribed
 	lastNonce      map[string]string
 	lastVersion    map[string]string
+	wantsSecrets   bool // asked for SDS secrets; see sds.go
 }
 
 // addresses are the "ip:port"s the node serves its service on.
@@ -110,6 +114,9 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if st.configFile != "" && st.fileCheckInterval <= 0 {
 		return nil, fmt.Errorf("file check interval %v: must be positive", st.fileCheckInterval)
 	}
+	if err := validateSDSRotation(st.sdsRotation); err != nil {
+		return nil, err
+	}
 	ca, err := newAuthority(td, st.caCertPEM, st.caKeyPEM, st.certTTL)
 	if err != nil {
 		return nil, err
@@ -122,6 +129,7 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		cfg:         configSet{},
 		declared:    map[string]Workload{},
 		streams:     map[streamKey]*nodeInfo{},
+		sds:         sdsState{enabled: st.sds},
 	}
 	for i, w := range st.workloads {
 		if err := w.Validate(); err != nil {
@@ -187,6 +195,13 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 			s.logger.Error("xds server stopped", "error", err)
 		}
 	}()
+	if st.sdsRotation > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.rotateSecrets(serveCtx, st.sdsRotation)
+		}()
+	}
 	if st.configFile != "" {
 		s.wg.Add(1)
 		go func() {
@@ -213,6 +228,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.grpcServer.Stop()
 	s.certService.stop()
+	s.ops.close()
 	s.wg.Wait()
 	return nil
 }
@@ -358,7 +374,7 @@ func (s *Server) pushAllLocked() {
 	}
 	nodes := s.nodeList()
 	reg := buildRegistry(s.trustDomain.Name(), s.declared, nodes, s.cfg)
-	s.gen = newGeneration(s.trustDomain.Name(), s.cfg, reg)
+	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled})
 	s.pushes++
 	seen := map[string]bool{}
 	for _, n := range nodes {
@@ -393,6 +409,7 @@ func (s *Server) pushNodeLocked(nodeID string) {
 		return
 	}
 	res := s.gen.nodeResources(primary, sortedKeys(requested))
+	s.addSecretsLocked(primary, res)
 	snap := newSnapshot(res)
 	if err := checkConsistent(snap); err != nil {
 		// A bug in generation: keep the node on its last good snapshot.
@@ -561,10 +578,12 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 			}
 		}
 	}
+	secretsWanted := typeURL == resource.SecretType && !n.wantsSecrets
+	n.wantsSecrets = n.wantsSecrets || secretsWanted
 	switch {
 	case isNew && n.serviceHost != "":
 		s.pushAllLocked()
-	case isNew || listenersChanged:
+	case isNew || listenersChanged || secretsWanted:
 		s.pushNodeLocked(n.id)
 	}
 	return nil
@@ -587,6 +606,7 @@ func (s *Server) onClosed(key streamKey) {
 		}
 	}
 	if !stillConnected {
+		delete(s.sds.minted, n.id)
 		s.cache.ClearSnapshot(n.id)
 	}
 	switch {
