@@ -9,96 +9,74 @@
 // client identity the server saw through mTLS and a trace that spans both.
 //
 //	go run ./examples/demo
+//
+// With -serve it then keeps the mesh running with traffic and prints the
+// URLs of each workload's admin pages (/metrics, /debug/config) and of the
+// control plane's live service graph, until interrupted. Traces go to an
+// OTLP collector when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
+	"os/signal"
+	"syscall"
 	"time"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-
-	"mesh"
-	"mesh/controlplane"
 	"mesh/internal/shop"
 )
 
 const calls = 10_000
 
 func main() {
+	serve := flag.Bool("serve", os.Getenv("MESH_DEMO_SERVE") != "",
+		"after the demo, keep the mesh running with traffic and print the admin and graph URLs, until interrupted (or set MESH_DEMO_SERVE=1)")
+	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	var then func(context.Context, *world, io.Writer) error
+	if *serve {
+		cancel()
+		ctx, cancel = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		then = serveUntilDone
+	}
 	defer cancel()
-	if err := run(ctx, os.Stdout); err != nil {
+	if err := runThen(ctx, os.Stdout, then); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer) error {
+func run(ctx context.Context, out io.Writer) error { return runThen(ctx, out, nil) }
+
+// runThen runs the demo, then (if not nil) then with the mesh still up.
+func runThen(ctx context.Context, out io.Writer, then func(context.Context, *world, io.Writer) error) error {
 	start := time.Now()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
-	defer tp.Shutdown(context.Background())
-
-	cp, err := controlplane.New(ctx, controlplane.WithLogger(logger))
+	tp, err := newTracerProvider(ctx)
 	if err != nil {
 		return err
 	}
-	defer cp.Close()
+	defer func() {
+		// Bounded: an unreachable OTLP collector must not hang the exit.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(sctx)
+	}()
+
+	w, err := startWorld(ctx, logger, tp)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	cp, conn := w.cp, w.checkout
 	fmt.Fprintf(out, "control plane  xds://%s\n", cp.Addr())
-
-	dir, err := os.MkdirTemp("", "mesh-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	bootstraps := map[string]string{}
-	for _, w := range shop.Workloads() {
-		path, err := cp.WriteBootstrap(filepath.Join(dir, w.Name), w)
-		if err != nil {
-			return fmt.Errorf("bootstrap for %s: %w", w.Name, err)
-		}
-		bootstraps[w.Name] = path
-	}
-	if err := cp.Apply(shop.MeshYAML(90, 10)); err != nil {
-		return err
-	}
-
-	join := func(name string) (*mesh.Mesh, error) {
-		return mesh.New(ctx, mesh.WithBootstrapFile(bootstraps[name]), mesh.WithLogger(logger.With("workload", name)), mesh.WithTracerProvider(tp))
-	}
 	for _, version := range []string{"v1", "v2"} {
-		m, err := join("payments-" + version)
-		if err != nil {
-			return err
-		}
-		defer m.Close()
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := m.NewGRPCServer()
-		(&shop.Payments{Version: version}).Register(srv)
-		go srv.Serve(lis)
-		defer srv.Stop()
-		fmt.Fprintf(out, "payments %s    %s\n", version, lis.Addr())
+		fmt.Fprintf(out, "payments %s    %s\n", version, w.paymentsAddr[version])
 	}
-
-	checkout, err := join("checkout")
-	if err != nil {
-		return err
-	}
-	defer checkout.Close()
-	conn, err := checkout.Dial(shop.PaymentsTarget)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
 	if err := shop.WaitFor(ctx, conn, 1, func(shop.Reply) bool { return true }); err != nil {
 		return fmt.Errorf("payments never answered: %w", err)
 	}
@@ -130,5 +108,8 @@ func run(ctx context.Context, out io.Writer) error {
 		return fmt.Errorf("%d RPCs failed", split.Failed())
 	}
 	fmt.Fprintf(out, "done in %.1fs\n", time.Since(start).Seconds())
+	if then != nil {
+		return then(ctx, w, out)
+	}
 	return nil
 }
