@@ -37,7 +37,7 @@ type HTTPServer struct {
 // serve it with Serve, never ServeTLS. It speaks HTTP/1.1 and HTTP/2 (the
 // latter negotiated inside the mesh's TLS, or with prior knowledge).
 func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
-	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.providers, chooseTLS, transport.WithLogger(m.logger))}
+	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))}
 	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

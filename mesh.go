@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -36,14 +37,18 @@ type Mesh struct {
 	logger    *slog.Logger
 	bootstrap *xdsclient.Bootstrap
 	xds       *xdsclient.Client
-	providers transport.ProviderMap
+	providers transport.ProviderMap // certificate provider instances by name
+	certs     certProviders         // those, then SDS secrets
 	resolver  *balancer.ResolverBuilder
 	clientTLS credentials.TransportCredentials
 
 	clientStats     stats.Handler
 	serverTelemetry *telemetry.ServerHandler
 	telemetry       []telemetry.Option // for the net/http middleware and transport
-	httpTransport   http.RoundTripper // routed, secured and measured
+	httpTransport   http.RoundTripper  // routed, secured and measured
+
+	servingState func(addr net.Addr, serving bool, err error) // may be nil
+	adminAddr    string
 
 	mu      sync.Mutex
 	closed  bool
@@ -67,7 +72,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}}
+	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}, servingState: o.servingState}
 	for name, src := range o.providers {
 		m.providers[name] = src
 	}
@@ -75,26 +80,39 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		m.Close()
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	m.xds, err = xdsclient.New(bs, xdsclient.WithLogger(logger))
+	mp := o.meterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	xdsOpts := []xdsclient.Option{xdsclient.WithLogger(logger), xdsclient.WithMeterProvider(mp)}
+	if o.xdsCache != "" {
+		xdsOpts = append(xdsOpts, xdsclient.WithCache(o.xdsCache))
+	}
+	if o.xdsBackoff != nil {
+		xdsOpts = append(xdsOpts, xdsclient.WithBackoff(o.xdsBackoff))
+	}
+	m.xds, err = xdsclient.New(bs, xdsOpts...)
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m.closers = append(m.closers, m.xds.Close)
+	// TLS settings name either a certificate provider instance (the
+	// bootstrap's, or an option's) or an SDS secret, which is watched on the
+	// ADS stream the first time a handshake needs it.
+	sds := identity.NewSDSProviders(m.xds, identity.WithLogger(logger))
+	m.closers = append(m.closers, sds.Close)
+	m.certs = certProviders{static: m.providers, sds: sds}
 	balancerOpts := []balancer.Option{balancer.WithLogger(logger)}
 	if tmpl := bs.ClientDefaultListenerResourceNameTemplate; tmpl != "" {
 		balancerOpts = append(balancerOpts, balancer.WithListenerNameTemplate(tmpl))
 	}
 	m.resolver = balancer.NewResolverBuilder(m.xds, balancerOpts...)
-	m.clientTLS = transport.NewClientCredentials(m.providers)
+	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
 	tp := o.tracerProvider
 	if tp == nil {
 		tp = otel.GetTracerProvider()
-	}
-	mp := o.meterProvider
-	if mp == nil {
-		mp = otel.GetMeterProvider()
 	}
 	workload := localWorkload(bs, m.providers)
 	if err := workload.Validate(); err != nil {
@@ -114,9 +132,15 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.clientStats = telemetry.NewClientHandler(telem...)
 	m.serverTelemetry = telemetry.NewServerHandler(telem...)
 	m.telemetry = telem
-	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.providers, transport.WithLogger(logger)), balancerOpts...)
+	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
 	m.closers = append(m.closers, rt.Close)
 	m.httpTransport = telemetry.Transport(rt, telem...)
+	if o.adminAddr != "" {
+		if err := m.serveAdmin(o.adminAddr, o.adminMetrics); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("mesh: %w", err)
+		}
+	}
 	return m, nil
 }
 
@@ -241,4 +265,18 @@ func (m *Mesh) Close() error {
 		errs = append(errs, closers[i]())
 	}
 	return errors.Join(errs...)
+}
+
+// certProviders finds the identity source a TLS setting names: a
+// certificate provider instance, or an SDS secret ("sds:<name>").
+type certProviders struct {
+	static transport.ProviderMap
+	sds    *identity.SDSProviders
+}
+
+func (p certProviders) Provider(name string) (identity.Source, bool) {
+	if src, ok := p.static.Provider(name); ok {
+		return src, true
+	}
+	return p.sds.Provider(name)
 }

@@ -2,8 +2,14 @@ package mesh_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"io"
 	"math"
 	"math/big"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -367,4 +373,78 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 	if want := "spiffe://cluster.local/ns/default/sa/checkout"; reply.Caller != want {
 		t.Fatalf("payments saw caller %q, want %q", reply.Caller, want)
 	}
+}
+
+// With the control plane's SDS on, TLS settings name secrets instead of the
+// bootstrap's file provider: the server presents the SVID the control plane
+// pushed over ADS, not the one in its files, and mTLS works end to end.
+func TestSDSSecretsSecureCalls(t *testing.T) {
+	ctx := testContext(t)
+	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0},
+		shop.WorldOptions{ControlPlane: []controlplane.Option{controlplane.WithSDS(true)}})
+	reply, err := shop.Charge(ctx, w.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "spiffe://cluster.local/ns/default/sa/checkout"; reply.Caller != want {
+		t.Fatalf("payments saw caller %q, want %q", reply.Caller, want)
+	}
+	chain, err := os.ReadFile(filepath.Join(w.Dirs["payments-v1"], identitytest.CertChainFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(chain)
+	fileCert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served := servingCertSerial(ctx, t, w.Conn); served.Cmp(fileCert.SerialNumber) == 0 {
+		t.Fatal("the server presented its file certificate; SDS was not used")
+	}
+}
+
+func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
+	ctx := testContext(t)
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "# test registry\n") })
+	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
+		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
+			if wl.Name != "checkout" {
+				return nil
+			}
+			return []mesh.Option{mesh.WithAdmin("127.0.0.1:0", metrics)}
+		},
+	})
+	base := "http://" + w.Checkout.AdminAddr()
+	fetch := func(path string) string {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
+		}
+		return string(body)
+	}
+	if got := fetch("/metrics"); got != "# test registry\n" {
+		t.Fatalf("/metrics = %q", got)
+	}
+	fetch("/healthz")
+	var config struct {
+		Resources []struct{ Type, Name, Version, Status string }
+	}
+	if err := json.Unmarshal([]byte(fetch("/debug/config")), &config); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range config.Resources {
+		if r.Name == shop.PaymentsTarget && r.Type == "listener" {
+			if r.Status != "ACK" || r.Version == "" {
+				t.Fatalf("listener %s: status %q version %q, want an ACKed version", r.Name, r.Status, r.Version)
+			}
+			return
+		}
+	}
+	t.Fatalf("/debug/config has no listener %s: %+v", shop.PaymentsTarget, config.Resources)
 }

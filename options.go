@@ -2,6 +2,9 @@ package mesh
 
 import (
 	"log/slog"
+	"net"
+	"net/http"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -23,6 +26,11 @@ type options struct {
 	meterProvider  metric.MeterProvider
 	propagator     propagation.TextMapPropagator
 	providers      map[string]identity.Source
+	adminAddr      string
+	adminMetrics   http.Handler
+	xdsCache       string
+	xdsBackoff     func(attempt int) time.Duration
+	servingState   func(addr net.Addr, serving bool, err error)
 }
 
 type optionFunc func(*options)
@@ -84,4 +92,39 @@ func WithCertificateProvider(instance string, src identity.Source) Option {
 		}
 		o.providers[instance] = src
 	})
+}
+
+// WithXDSCache keeps the last good xDS resources in the file at path
+// (xdsclient.WithCache), so a process restarted while the control plane is
+// down still routes with the configuration it had.
+func WithXDSCache(path string) Option {
+	return optionFunc(func(o *options) { o.xdsCache = path })
+}
+
+// WithXDSBackoff sets the delay before reconnect attempt number attempt
+// (0-based) to the control plane (xdsclient.WithBackoff). The default is
+// gRPC's connection backoff.
+func WithXDSBackoff(backoff func(attempt int) time.Duration) Option {
+	return optionFunc(func(o *options) { o.xdsBackoff = backoff })
+}
+
+// WithServingStateCallback sets fn, called whenever a listener of a
+// GRPCServer or HTTPServer made from the mesh starts or stops serving
+// (gRFC A36 serving mode): serving is true when its inbound listener
+// resource arrives, false with err saying why when the control plane
+// removes it or never sends a usable one. While not serving, new
+// connections are closed at once. fn runs on the xDS client's goroutine
+// and must not block.
+func WithServingStateCallback(fn func(addr net.Addr, serving bool, err error)) Option {
+	return optionFunc(func(o *options) { o.servingState = fn })
+}
+
+// WithAdmin serves the mesh's admin pages on addr (e.g. "127.0.0.1:15000";
+// port 0 picks one, see AdminAddr): /metrics from metrics (typically
+// promhttp over the registry of the OpenTelemetry Prometheus exporter; nil
+// leaves it out), /debug/config with every xDS resource's version and
+// ACK/NACK status, and /healthz. Off by default; bind it to a private
+// address, as Envoy's admin port is.
+func WithAdmin(addr string, metrics http.Handler) Option {
+	return optionFunc(func(o *options) { o.adminAddr, o.adminMetrics = addr, metrics })
 }

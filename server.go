@@ -19,13 +19,19 @@ import (
 	"mesh/xdsclient"
 )
 
+// ErrListenerNotFound is the error a serving state callback gets when the
+// control plane has no inbound listener resource for a listening address.
+var ErrListenerNotFound = errors.New("mesh: inbound listener resource not found")
+
 // GRPCServer is a gRPC server whose transport security comes from the
 // control plane (gRFC A36): for each listener it serves, it watches the
 // inbound listener resource named by the bootstrap's
 // server_listener_resource_name_template and handshakes each connection as
 // the matching filter chain says (mTLS with client certificates required
 // under STRICT, plaintext under DISABLE). It accepts no connection before
-// that resource has arrived.
+// that resource has arrived, and closes new connections at once while the
+// control plane says the resource does not exist (not serving; see
+// WithServingStateCallback).
 type GRPCServer struct {
 	m       *Mesh
 	srv     *grpc.Server
@@ -36,7 +42,7 @@ type GRPCServer struct {
 // applied after the mesh's own; do not pass grpc.Creds.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	s := &GRPCServer{m: m}
-	creds := transport.NewServerCredentials(m.providers, chooseTLS, transport.WithLogger(m.logger))
+	creds := transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))
 	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.serving.currentChainForRPC))
 	base := append([]grpc.ServerOption{grpc.Creds(creds)}, m.serverTelemetry.ServerOptions()...)
 	// Authorization after telemetry, so denied calls are still measured.
@@ -171,7 +177,10 @@ type servingListener struct {
 	m      *Mesh
 	config atomic.Pointer[xdsclient.Listener] // nil: not serving
 
-	ready     chan struct{} // closed when the first resource arrives
+	stateMu sync.Mutex
+	state   servingState // last reported to the mesh's callback
+
+	ready     chan struct{} // closed when the first resource or NotFound arrives
 	readyOnce sync.Once
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -185,26 +194,67 @@ func newServingListener(lis net.Listener, name string, m *Mesh) *servingListener
 }
 
 func (sl *servingListener) onUpdate(ev xdsclient.Event[*xdsclient.Listener]) {
-	log := sl.m.logger.With("listener", sl.name)
+	log := sl.m.logger.With("listener", sl.name, "address", sl.Addr().String())
 	switch {
 	case ev.NotFound:
-		if sl.config.Swap(nil) != nil {
-			log.Warn("inbound listener removed by the control plane; not serving new connections")
+		sl.config.Store(nil)
+		if sl.setServing(false, fmt.Errorf("inbound listener %q: %w", sl.name, ErrListenerNotFound)) {
+			log.Warn("not serving: the control plane has no inbound listener resource for this address; new connections are closed")
 		}
+		// Not serving is a decided state: accept and close connections
+		// rather than leave them waiting in the backlog.
+		sl.readyOnce.Do(func() { close(sl.ready) })
 	case ev.Err != nil:
-		log.Warn("inbound listener update rejected; serving with the last good one", "error", ev.Err)
+		if sl.config.Load() != nil {
+			log.Warn("inbound listener update rejected; serving with the last good one", "error", ev.Err)
+			return
+		}
+		log.Warn("not serving: the first inbound listener resource was rejected", "error", ev.Err)
+		sl.setServing(false, fmt.Errorf("inbound listener %q: %w", sl.name, ev.Err))
 	case !ev.Resource.IsServer():
 		log.Error("resource is a client listener, not an inbound one; not serving")
+		if sl.config.Load() == nil {
+			sl.setServing(false, fmt.Errorf("inbound listener %q: resource is a client listener (it has an api_listener)", sl.name))
+		}
 	default:
-		if sl.config.Swap(ev.Resource) == nil {
-			log.Info("serving", "address", sl.Addr().String())
+		sl.config.Store(ev.Resource)
+		if sl.setServing(true, nil) {
+			log.Info("serving: inbound listener resource arrived")
 		}
 		sl.readyOnce.Do(func() { close(sl.ready) })
 	}
 }
 
-// Accept waits for the inbound listener resource, then returns connections
-// while the mesh says to serve; others are closed at once.
+// setServing reports a change of serving state to the mesh's callback,
+// once per change, and says whether it was one.
+func (sl *servingListener) setServing(serving bool, err error) (changed bool) {
+	sl.stateMu.Lock()
+	defer sl.stateMu.Unlock()
+	state := servingStateNotServing
+	if serving {
+		state = servingStateServing
+	}
+	if sl.state == state {
+		return false
+	}
+	sl.state = state
+	if fn := sl.m.servingState; fn != nil {
+		fn(sl.Addr(), serving, err)
+	}
+	return true
+}
+
+type servingState int
+
+const (
+	servingStateUnknown servingState = iota // before the first resource or error
+	servingStateServing
+	servingStateNotServing
+)
+
+// Accept waits for the inbound listener resource (or word that it does not
+// exist), then returns connections while the mesh says to serve; others are
+// closed at once.
 func (sl *servingListener) Accept() (net.Conn, error) {
 	select {
 	case <-sl.ready:

@@ -83,4 +83,11 @@
 // response_flags, duration (milliseconds), upstream_cluster, upstream_host,
 // bytes_received, bytes_sent, peer_principal, request_id and trace_id.
 // Sampling is decided by request ID, so all hops log the same requests.
+//
+// # Admin pages
+//
+// The mesh's admin listener (mesh.WithAdmin) serves /metrics, the xDS
+// configuration in force and a live service graph built from these metrics,
+// as Kiali builds its graph; the embedded control plane serves the graph of
+// the whole mesh.
 package telemetry

@@ -16,7 +16,6 @@ import (
 
 	"mesh"
 	"mesh/controlplane"
-	"mesh/xdsclient"
 )
 
 // World is the example mesh, started for one test or benchmark on real
@@ -62,12 +61,29 @@ func TestLogger(tb testing.TB) *slog.Logger {
 // payments.
 func StartWorld(tb testing.TB, ctx context.Context, cfg WorldConfig) *World {
 	tb.Helper()
+	return StartWorldWith(tb, ctx, cfg, WorldOptions{})
+}
+
+// WorldOptions add to a WorldConfig what StartWorldWith passes to the parts
+// it starts.
+type WorldOptions struct {
+	// ControlPlane options are added to the control plane's.
+	ControlPlane []controlplane.Option
+	// Mesh, when set, returns extra options for a workload's mesh; dir is
+	// the workload's directory of bootstrap and SVID files.
+	Mesh func(w controlplane.Workload, dir string) []mesh.Option
+}
+
+// StartWorldWith is StartWorld with options for the control plane and the
+// workloads' meshes.
+func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo WorldOptions) *World {
+	tb.Helper()
 	logger := TestLogger(tb)
 	cpOpts := []controlplane.Option{controlplane.WithLogger(logger)}
 	if cfg.SnapshotHook != nil {
 		cpOpts = append(cpOpts, controlplane.WithSnapshotHook(cfg.SnapshotHook))
 	}
-	cp, err := controlplane.New(ctx, cpOpts...)
+	cp, err := controlplane.New(ctx, append(cpOpts, wo.ControlPlane...)...)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -80,58 +96,34 @@ func StartWorld(tb testing.TB, ctx context.Context, cfg WorldConfig) *World {
 	if sampler == nil {
 		sampler = sdktrace.AlwaysSample()
 	}
-	join := func(workload controlplane.Workload) (*mesh.Mesh, *tracetest.SpanRecorder) {
-		dir := filepath.Join(tb.TempDir(), workload.Name)
-		path, err := cp.WriteBootstrap(dir, workload)
-		if err != nil {
+	for _, wl := range Workloads() {
+		dir := filepath.Join(tb.TempDir(), wl.Name)
+		if _, err := cp.WriteBootstrap(dir, wl); err != nil {
 			tb.Fatal(err)
 		}
-		w.Dirs[workload.Name] = dir
-		bs, err := xdsclient.LoadBootstrapFile(path)
+		w.Dirs[wl.Name] = dir
+		bs, err := LoadBootstrap(dir, cfg.CertRefresh)
 		if err != nil {
 			tb.Fatal(err)
-		}
-		if cfg.CertRefresh > 0 {
-			for name, p := range bs.CertificateProviders {
-				if p.FileWatcher != nil {
-					p.FileWatcher.RefreshInterval = cfg.CertRefresh
-					bs.CertificateProviders[name] = p
-				}
-			}
 		}
 		rec := tracetest.NewSpanRecorder()
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(sampler))
 		tb.Cleanup(func() { tp.Shutdown(context.Background()) })
-		m, err := mesh.New(ctx, mesh.WithBootstrap(bs), mesh.WithLogger(logger.With("workload", workload.Name)), mesh.WithTracerProvider(tp))
+		opts := []mesh.Option{mesh.WithBootstrap(bs), mesh.WithLogger(logger.With("workload", wl.Name)), mesh.WithTracerProvider(tp)}
+		if wo.Mesh != nil {
+			opts = append(opts, wo.Mesh(wl, dir)...)
+		}
+		m, err := mesh.New(ctx, opts...)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { m.Close() })
-		return m, rec
-	}
-	for _, wl := range Workloads() {
-		m, rec := join(wl)
 		if wl.Service != "payments" {
 			w.Checkout, w.ClientSpans = m, rec
 			continue
 		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		srv := m.NewGRPCServer()
 		version := wl.Labels["version"]
-		(&Payments{Version: version}).Register(srv)
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			srv.Serve(lis)
-		}()
-		tb.Cleanup(func() {
-			srv.Stop()
-			<-served
-		})
-		w.Payments[version] = lis.Addr()
+		w.Payments[version] = ServePayments(tb, m, version)
 		w.ServerSpans[version] = rec
 	}
 	conn, err := w.Checkout.Dial(PaymentsTarget)
