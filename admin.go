@@ -10,10 +10,16 @@ import (
 )
 
 // AdminHandler returns the mesh's admin pages (see WithAdmin) for mounting
-// on a server of your own.
+// on a server of your own; /debug/graph is served only on WithAdmin's
+// listener, which knows where its own /metrics are.
 func (m *Mesh) AdminHandler(metrics http.Handler) http.Handler {
+	return m.adminHandler(metrics, nil)
+}
+
+func (m *Mesh) adminHandler(metrics http.Handler, graph admin.GraphSource) http.Handler {
 	return admin.NewHandler(admin.Config{
 		Metrics: metrics,
+		Graph:   graph,
 		XDS:     m.xds.Dump,
 		Healthy: func() error {
 			if m.isClosed() {
@@ -36,7 +42,16 @@ func (m *Mesh) serveAdmin(addr string, metrics http.Handler) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	m.adminAddr = lis.Addr().String()
-	srv := &http.Server{Handler: m.AdminHandler(metrics)}
+	// The workload's own graph: the edges its metrics report, as seen
+	// from here. The embedded control plane draws the whole mesh's.
+	var graph admin.GraphSource
+	var scraper *admin.Scraper
+	if metrics != nil {
+		self := []string{"http://" + m.adminAddr + "/metrics"}
+		scraper = admin.NewScraper(func() []string { return self }, admin.WithLogger(m.logger))
+		graph = scraper
+	}
+	srv := &http.Server{Handler: m.adminHandler(metrics, graph)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -47,6 +62,9 @@ func (m *Mesh) serveAdmin(addr string, metrics http.Handler) error {
 	m.closers = append(m.closers, func() error {
 		err := srv.Close()
 		<-done
+		if scraper != nil {
+			scraper.CloseIdleConnections()
+		}
 		return err
 	})
 	return nil

@@ -129,6 +129,9 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if o.propagator != nil {
 		telem = append(telem, telemetry.WithPropagator(o.propagator))
 	}
+	if o.accessLog != nil {
+		telem = append(telem, telemetry.WithAccessLog(o.accessLog, o.accessLogCfg))
+	}
 	m.clientStats = telemetry.NewClientHandler(telem...)
 	m.serverTelemetry = telemetry.NewServerHandler(telem...)
 	m.telemetry = telem

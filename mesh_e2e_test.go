@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log/slog"
 	"math"
 	"math/big"
 	"net/http"
@@ -35,6 +36,7 @@ import (
 	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/internal/shop"
+	"mesh/telemetry"
 	"mesh/transport"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
@@ -432,6 +434,9 @@ func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 		t.Fatalf("/metrics = %q", got)
 	}
 	fetch("/healthz")
+	if got := fetch("/debug/graph.json"); !strings.Contains(got, "nodes") {
+		t.Fatalf("/debug/graph.json = %s", got)
+	}
 	var config struct {
 		Resources []struct{ Type, Name, Version, Status string }
 	}
@@ -447,4 +452,28 @@ func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 		}
 	}
 	t.Fatalf("/debug/config has no listener %s: %+v", shop.PaymentsTarget, config.Resources)
+}
+
+func TestAccessLogRecordsEachCall(t *testing.T) {
+	ctx := testContext(t)
+	var logs syncBuffer
+	accessLog := slog.New(slog.NewJSONHandler(&logs, nil))
+	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
+		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
+			if wl.Name != "checkout" {
+				return nil
+			}
+			return []mesh.Option{mesh.WithAccessLog(accessLog, telemetry.AccessLogConfig{})}
+		},
+	})
+	if _, err := shop.Charge(ctx, w.Conn); err != nil {
+		t.Fatal(err)
+	}
+	payments := w.Payments["v1"].String()
+	for _, want := range []string{`"path":"` + shop.ChargeMethod + `"`, `"response_code":200`, `"grpc_status":"0"`,
+		`"upstream_host":"` + payments + `"`, `"peer_principal":"spiffe://cluster.local/ns/default/sa/payments"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("access log lacks %s:\n%s", want, logs.String())
+		}
+	}
 }

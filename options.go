@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"mesh/identity"
+	"mesh/telemetry"
 	"mesh/xdsclient"
 )
 
@@ -27,6 +28,8 @@ type options struct {
 	propagator     propagation.TextMapPropagator
 	providers      map[string]identity.Source
 	adminAddr      string
+	accessLog      *slog.Logger
+	accessLogCfg   telemetry.AccessLogConfig
 	adminMetrics   http.Handler
 	xdsCache       string
 	xdsBackoff     func(attempt int) time.Duration
@@ -127,4 +130,13 @@ func WithServingStateCallback(fn func(addr net.Addr, serving bool, err error)) O
 // address, as Envoy's admin port is.
 func WithAdmin(addr string, metrics http.Handler) Option {
 	return optionFunc(func(o *options) { o.adminAddr, o.adminMetrics = addr, metrics })
+}
+
+// WithAccessLog writes one record per request, gRPC or HTTP, client and
+// server side, to l, with Envoy's access log fields (start time, method,
+// path, status, duration, upstream cluster and host, response flags,
+// bytes, peer principal, request and trace ids). cfg filters and samples;
+// sampling follows x-request-id, so every hop logs the same requests.
+func WithAccessLog(l *slog.Logger, cfg telemetry.AccessLogConfig) Option {
+	return optionFunc(func(o *options) { o.accessLog, o.accessLogCfg = l, cfg })
 }
