@@ -1,6 +1,9 @@
 package shop
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // PaymentsHost and PaymentsPort are where checkout reaches payments: the
 // service's host and port, which the control plane serves as listener
@@ -14,7 +17,7 @@ const (
 // MeshYAML is the example mesh's Istio configuration: STRICT mTLS for the
 // namespace, payments subsets v1 and v2 by label, and a weighted split.
 func MeshYAML(v1Weight, v2Weight int) []byte {
-	return fmt.Appendf(nil, `apiVersion: security.istio.io/v1beta1
+	return append([]byte(`apiVersion: security.istio.io/v1beta1
 kind: PeerAuthentication
 metadata:
   name: default
@@ -23,13 +26,21 @@ spec:
   mtls:
     mode: STRICT
 ---
-apiVersion: networking.istio.io/v1beta1
+`), SplitYAML(PaymentsHost, v1Weight, v2Weight)...)
+}
+
+// SplitYAML splits the traffic to host between its subsets v1 and v2
+// (workloads labelled version: v1 or v2) by weight. The objects are named
+// after host's first label.
+func SplitYAML(host string, v1Weight, v2Weight int) []byte {
+	name, _, _ := strings.Cut(host, ".")
+	return fmt.Appendf(nil, `apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata:
-  name: payments
+  name: %[1]s
   namespace: default
 spec:
-  host: %[1]s
+  host: %[2]s
   subsets:
   - name: v1
     labels:
@@ -41,20 +52,20 @@ spec:
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata:
-  name: payments
+  name: %[1]s
   namespace: default
 spec:
   hosts:
-  - %[1]s
+  - %[2]s
   http:
   - route:
     - destination:
-        host: %[1]s
+        host: %[2]s
         subset: v1
-      weight: %[2]d
-    - destination:
-        host: %[1]s
-        subset: v2
       weight: %[3]d
-`, PaymentsHost, v1Weight, v2Weight)
+    - destination:
+        host: %[2]s
+        subset: v2
+      weight: %[4]d
+`, name, host, v1Weight, v2Weight)
 }

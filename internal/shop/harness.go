@@ -74,42 +74,7 @@ const (
 )
 
 // WebYAML routes the web service's subsets v1 and v2 by weight.
-func WebYAML(v1Weight, v2Weight int) []byte {
-	return fmt.Appendf(nil, `apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata:
-  name: web
-  namespace: default
-spec:
-  host: %[1]s
-  subsets:
-  - name: v1
-    labels:
-      version: v1
-  - name: v2
-    labels:
-      version: v2
----
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: web
-  namespace: default
-spec:
-  hosts:
-  - %[1]s
-  http:
-  - route:
-    - destination:
-        host: %[1]s
-        subset: v1
-      weight: %[2]d
-    - destination:
-        host: %[1]s
-        subset: v2
-      weight: %[3]d
-`, WebHost, v1Weight, v2Weight)
-}
+func WebYAML(v1Weight, v2Weight int) []byte { return SplitYAML(WebHost, v1Weight, v2Weight) }
 
 // StartWeb joins workload web-<version> to cp's mesh (with opts added to
 // its mesh's) and serves, over the mesh's HTTPServer, a handler answering
