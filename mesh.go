@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc"
@@ -49,6 +50,7 @@ type Mesh struct {
 
 	servingState func(addr net.Addr, serving bool, err error) // may be nil
 	adminAddr    string
+	maxConnAge   time.Duration // from WithMaxConnectionAge; 0 derives it
 
 	mu      sync.Mutex
 	closed  bool
@@ -72,7 +74,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}, servingState: o.servingState}
+	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}, servingState: o.servingState, maxConnAge: o.maxConnAge}
 	for name, src := range o.providers {
 		m.providers[name] = src
 	}
@@ -282,4 +284,29 @@ func (p certProviders) Provider(name string) (identity.Source, bool) {
 		return src, true
 	}
 	return p.sds.Provider(name)
+}
+
+// connectionAge is how long servers keep a connection (see
+// WithMaxConnectionAge); 0 means unbounded.
+func (m *Mesh) connectionAge() time.Duration {
+	if m.maxConnAge != 0 {
+		return max(m.maxConnAge, 0)
+	}
+	src, ok := m.providers["default"]
+	if !ok {
+		return 0 // identities from SDS: their lifetime is not known here
+	}
+	svid, err := src.GetX509SVID()
+	if err != nil || len(svid.Certificates) == 0 {
+		return 0
+	}
+	leaf := svid.Certificates[0]
+	return connectionAgeFor(leaf.NotAfter.Sub(leaf.NotBefore))
+}
+
+// connectionAgeFor is a quarter of a certificate lifetime: SVIDs rotate at
+// half their lifetime, so a connection made with the newest one is
+// re-made well before it expires. It is at least a second.
+func connectionAgeFor(lifetime time.Duration) time.Duration {
+	return max(lifetime/4, time.Second)
 }

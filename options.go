@@ -29,6 +29,7 @@ type options struct {
 	providers      map[string]identity.Source
 	adminAddr      string
 	accessLog      *slog.Logger
+	maxConnAge     time.Duration
 	accessLogCfg   telemetry.AccessLogConfig
 	adminMetrics   http.Handler
 	xdsCache       string
@@ -139,4 +140,14 @@ func WithAdmin(addr string, metrics http.Handler) Option {
 // sampling follows x-request-id, so every hop logs the same requests.
 func WithAccessLog(l *slog.Logger, cfg telemetry.AccessLogConfig) Option {
 	return optionFunc(func(o *options) { o.accessLog, o.accessLogCfg = l, cfg })
+}
+
+// WithMaxConnectionAge bounds how long a mesh gRPC server keeps a client
+// connection: past it the server sends GOAWAY, calls in flight finish, and
+// the client reconnects with a new handshake, so long-lived connections
+// move to rotated certificates before the old ones expire. The default is
+// a quarter of the server's SVID lifetime (workloads rotate at half of
+// it); a negative d turns it off.
+func WithMaxConnectionAge(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.maxConnAge = d })
 }

@@ -14,8 +14,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"mesh"
 	"mesh/controlplane"
@@ -215,4 +218,29 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// A long-lived connection is re-made, with a new handshake and whatever
+// certificate is current then, before its certificates can expire: the
+// server bounds connection age with a graceful GOAWAY, and no call fails.
+func TestLongLivedConnectionsAreRemadeWithoutFailing(t *testing.T) {
+	ctx := testContext(t)
+	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
+		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
+			if wl.Service != "payments" {
+				return nil
+			}
+			return []mesh.Option{mesh.WithMaxConnectionAge(200 * time.Millisecond)}
+		},
+	})
+	// Each new connection has a new client port; three of them in a row of
+	// calls means the channel moved to a new connection at least twice.
+	ports := map[string]bool{}
+	for calls := 0; len(ports) < 3; calls++ {
+		var p peer.Peer
+		if err := w.Conn.Invoke(ctx, shop.ChargeMethod, &structpb.Struct{}, &structpb.Struct{}, grpc.Peer(&p)); err != nil {
+			t.Fatalf("call %d failed while connections were re-made: %v", calls, err)
+		}
+		ports[p.LocalAddr.String()] = true
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 
 	"mesh/transport"
@@ -47,6 +48,9 @@ func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	base := append([]grpc.ServerOption{grpc.Creds(creds)}, m.serverTelemetry.ServerOptions()...)
 	// Authorization after telemetry, so denied calls are still measured.
 	base = append(base, authz.ServerOptions()...)
+	if age := m.connectionAge(); age > 0 {
+		base = append(base, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: age}))
+	}
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
 }
