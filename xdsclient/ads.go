@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -38,23 +39,26 @@ type typeState struct {
 	subscribed map[string]bool
 }
 
-// adsChannel is the ADS stream of the client: to the first reachable
-// server of the bootstrap's xds_servers, state-of-the-world or delta as
-// that server's features say. Its mutable fields are guarded by the
-// owning Client's mu.
+// adsChannel is one ADS stream of the client: to the first reachable
+// server of one server set (the top-level xds_servers or an authority's),
+// state-of-the-world or delta as that server's features say. Its mutable
+// fields are guarded by the owning Client's mu.
 type adsChannel struct {
 	c     *Client
-	conns []*grpc.ClientConn // one per xds_servers entry, created up front
+	set   *serverSet
+	conns []*grpc.ClientConn // one per server of set, created up front
 	wake  chan struct{}
 	types [numKinds]typeState
 	// server is the index of the server of the current (or last) stream.
 	server int
+	// connected: the stream is up and has answered since it (re)opened.
+	connected atomic.Bool
 }
 
-func newADSChannel(c *Client) (*adsChannel, error) {
-	a := &adsChannel{c: c, wake: make(chan struct{}, 1), server: -1}
-	for i, s := range c.bs.Servers {
-		cc, err := grpc.NewClient(s.URI, grpc.WithTransportCredentials(c.creds[i]))
+func newADSChannel(c *Client, set *serverSet) (*adsChannel, error) {
+	a := &adsChannel{c: c, set: set, wake: make(chan struct{}, 1), server: -1}
+	for i, s := range set.servers {
+		cc, err := grpc.NewClient(s.URI, grpc.WithTransportCredentials(set.creds[i]))
 		if err != nil {
 			a.closeConns()
 			return nil, fmt.Errorf("xds: server %q: %w", s.URI, err)
@@ -105,7 +109,17 @@ func (a *adsChannel) serverURILocked() string {
 	if a.server < 0 {
 		return ""
 	}
-	return a.c.bs.Servers[a.server].URI
+	return a.set.servers[a.server].URI
+}
+
+// hasFeature reports whether the server of a with uri lists feature.
+func (a *adsChannel) hasFeature(uri, feature string) bool {
+	for _, s := range a.set.servers {
+		if s.URI == uri {
+			return s.hasFeature(feature)
+		}
+	}
+	return false
 }
 
 // run keeps a stream open until the client closes. It prefers the first
@@ -127,24 +141,24 @@ func (a *adsChannel) run() {
 
 	attempt, server := 0, 0
 	for {
-		uri := a.c.bs.Servers[server].URI
+		uri := a.set.servers[server].URI
 		gotResponse, err := a.runStream(ctx, server)
 		if ctx.Err() != nil {
 			return
 		}
 		if errors.Is(err, errPrimaryBack) {
-			a.c.log.Info("xds: leaving fallback server for the primary", "fallback", uri, "primary", a.c.bs.Servers[0].URI)
+			a.c.log.Info("xds: leaving fallback server for the primary", "fallback", uri, "primary", a.set.servers[0].URI)
 			server, attempt = 0, 0
 			continue
 		}
 		a.c.log.Warn("xds: ADS stream failed", "server", uri, "error", err)
-		if !gotResponse && server+1 < len(a.c.bs.Servers) {
+		if !gotResponse && server+1 < len(a.set.servers) {
 			server++
-			a.c.log.Info("xds: falling back to the next server", "server", a.c.bs.Servers[server].URI)
+			a.c.log.Info("xds: falling back to the next server", "server", a.set.servers[server].URI)
 			continue
 		}
 		a.c.mu.Lock()
-		a.c.streamDownLocked(fmt.Errorf("%w: server %s: %w", ErrStreamFailed, uri, err))
+		a.c.streamDownLocked(a, fmt.Errorf("%w: server %s: %w", ErrStreamFailed, uri, err))
 		a.c.mu.Unlock()
 		if gotResponse {
 			attempt = 0
@@ -180,7 +194,7 @@ func (a *adsChannel) runStream(ctx context.Context, server int) (gotResponse boo
 			<-probeDone
 		}()
 	}
-	delta := a.c.bs.Servers[server].hasFeature(ServerFeatureDelta)
+	delta := a.set.servers[server].hasFeature(ServerFeatureDelta)
 	if delta {
 		gotResponse, err = a.runDeltaStream(sctx, server)
 	} else {
@@ -225,13 +239,13 @@ func (a *adsChannel) startStreamLocked(server int) {
 		a.namesChangedLocked(resourceKind(k))
 	}
 	if changed {
-		a.c.serverChangedLocked()
+		a.c.serverChangedLocked(a)
 	}
 }
 
 func (a *adsChannel) gotFirstResponse(server int) {
-	a.c.connected.Store(true)
-	a.c.log.Info("xds: ADS stream up", "server", a.c.bs.Servers[server].URI)
+	a.connected.Store(true)
+	a.c.log.Info("xds: ADS stream up", "server", a.set.servers[server].URI)
 }
 
 func (a *adsChannel) runSotWStream(ctx context.Context, server int) (gotResponse bool, err error) {
@@ -334,7 +348,7 @@ func (a *adsChannel) sendLoop(ctx context.Context, cancel context.CancelFunc, se
 func (a *adsChannel) watchedNamesLocked(kind resourceKind) []string {
 	names := make([]string, 0, len(a.c.watches[kind]))
 	for name, st := range a.c.watches[kind] {
-		if !st.retired {
+		if !st.retired && st.channel == a.set.key {
 			names = append(names, name)
 		}
 	}
@@ -344,7 +358,7 @@ func (a *adsChannel) watchedNamesLocked(kind resourceKind) []string {
 
 func (a *adsChannel) dropRetiredLocked(kind resourceKind) {
 	for name, st := range a.c.watches[kind] {
-		if st.retired {
+		if st.retired && st.channel == a.set.key {
 			delete(a.c.watches[kind], name)
 		}
 	}
@@ -502,7 +516,7 @@ func (a *adsChannel) requested(kinds []resourceKind) {
 	}
 	a.c.mu.Lock()
 	for _, kind := range kinds {
-		a.c.markRequestedLocked(kind)
+		a.c.markRequestedLocked(a, kind)
 	}
 	a.c.mu.Unlock()
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -134,7 +136,8 @@ func ParseBootstrap(data []byte) (*Bootstrap, error) {
 	}
 	if len(raw.Authorities) > 0 {
 		bs.Authorities = make(map[string]Authority, len(raw.Authorities))
-		for name, a := range raw.Authorities {
+		for _, name := range slices.Sorted(maps.Keys(raw.Authorities)) {
+			a := raw.Authorities[name]
 			servers, err := convertServers(a.XDSServers, "authorities."+name+".xds_servers")
 			if err != nil {
 				return nil, err
@@ -260,17 +263,55 @@ func (b *Bootstrap) Validate() error {
 			}
 		}
 	}
-	if t := b.ClientDefaultListenerResourceNameTemplate; t != "" && strings.HasPrefix(t, "xdstp:") && !strings.Contains(t, "%s") {
-		return errors.New("bootstrap: client_default_listener_resource_name_template: an xdstp template must contain %s")
+	if err := b.validateListenerTemplate("client_default_listener_resource_name_template", b.ClientDefaultListenerResourceNameTemplate); err != nil {
+		return err
 	}
-	for name, a := range b.Authorities {
+	if err := b.validateListenerTemplate("server_listener_resource_name_template", b.ServerListenerResourceNameTemplate); err != nil {
+		return err
+	}
+	// Sorted, so the same bad bootstrap always reports the same error.
+	names := slices.Sorted(maps.Keys(b.Authorities))
+	for _, name := range names {
+		a := b.Authorities[name]
 		path := "authorities." + name
-		if t := a.ClientListenerResourceNameTemplate; t != "" && !strings.HasPrefix(t, "xdstp://"+name+"/") {
-			return fmt.Errorf("bootstrap: %s.client_listener_resource_name_template: %q must start with %q", path, t, "xdstp://"+name+"/")
+		if strings.ContainsAny(name, "/?#") {
+			return fmt.Errorf("bootstrap: authorities: %q is not a valid URI authority", name)
+		}
+		prefix := xdstpScheme + name + "/"
+		if t := a.ClientListenerResourceNameTemplate; t != "" {
+			if !strings.HasPrefix(t, prefix) {
+				return fmt.Errorf("bootstrap: %s.client_listener_resource_name_template: must start with %q (got %q)", path, prefix, t)
+			}
+			if _, err := parseXDSTPName(strings.ReplaceAll(t, "%s", "x")); err != nil {
+				return fmt.Errorf("bootstrap: %s.client_listener_resource_name_template: %w", path, err)
+			}
 		}
 		if err := validateServers(a.Servers, path+".xds_servers"); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// validateListenerTemplate checks a top-level listener name template: an
+// xdstp one must be a well-formed name with a %s and an authority the
+// bootstrap lists (gRFC A47).
+func (b *Bootstrap) validateListenerTemplate(field, tmpl string) error {
+	if !isXDSTP(tmpl) {
+		return nil
+	}
+	if !strings.Contains(tmpl, "%s") {
+		return fmt.Errorf("bootstrap: %s: an xdstp template must contain %%s (got %q)", field, tmpl)
+	}
+	n, err := parseXDSTPName(strings.ReplaceAll(tmpl, "%s", "x"))
+	if err != nil {
+		return fmt.Errorf("bootstrap: %s: %w", field, err)
+	}
+	if want := strings.TrimPrefix(typeURLListener, typeURLPrefix); n.typeName != want {
+		return fmt.Errorf("bootstrap: %s: type %q must be %q", field, n.typeName, want)
+	}
+	if _, ok := b.Authorities[n.authority]; !ok {
+		return fmt.Errorf("bootstrap: %s: authority %q is not in authorities", field, n.authority)
 	}
 	return nil
 }

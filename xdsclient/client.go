@@ -3,10 +3,13 @@ package xdsclient
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +33,12 @@ var (
 	// ErrResourceNotFound: the server does not have the resource. It is
 	// wrapped by the Error of a DOES_NOT_EXIST entry in Dump.
 	ErrResourceNotFound = errors.New("xds: resource does not exist")
+	// ErrUnknownAuthority: a watched xdstp name has an authority the
+	// bootstrap's authorities do not list (gRFC A47). No stream is opened.
+	ErrUnknownAuthority = errors.New("xds: unknown authority")
+	// ErrInvalidResourceName: a watched xdstp name is malformed or names
+	// another resource type.
+	ErrInvalidResourceName = errors.New("xds: invalid resource name")
 )
 
 // resourceKind indexes the resource types.
@@ -118,33 +127,51 @@ type resourceState struct {
 	nackVer   string
 	absentErr error    // why the resource is NotFound
 	ignored   []string // fields of the current value mesh does not implement
+
+	// channel is the key of the server set (and so the ADS stream) the
+	// resource comes from: its authority's servers for an xdstp name,
+	// the top-level ones otherwise.
+	channel string
 }
 
-// Client is an xDS client: one ADS stream per xDS server, shared by every
-// watch, with a cache of the last good version of each resource.
-type Client struct {
-	bs     *Bootstrap
-	opts   options
-	log    *slog.Logger
-	kinds  [numKinds]kindInfo
-	dc     *decodeContext
-	node   *corepb.Node
-	creds  []credentials.TransportCredentials // per xds_servers entry
-	events *serializer
-	now    func() time.Time
-	meter  *clientMetrics
-	cache  *persister // nil without WithCache
+// serverSet is one distinct list of xDS servers: the top-level one or an
+// authority's. Authorities with equal lists share its ADS stream.
+type serverSet struct {
+	key     string
+	servers []ServerConfig
+	creds   []credentials.TransportCredentials
+}
 
-	connected atomic.Bool
-	wg        sync.WaitGroup
-	stop      chan struct{}
+// Client is an xDS client: one ADS stream per distinct server list (the
+// top-level xds_servers and each authority's, gRFC A47), shared by every
+// watch routed to it, with a cache of the last good version of each
+// resource.
+type Client struct {
+	bs    *Bootstrap
+	opts  options
+	log   *slog.Logger
+	kinds [numKinds]kindInfo
+	dc    *decodeContext
+	node  *corepb.Node
+	// serverSets are keyed by serverListKey; defaultSet is the top-level
+	// xds_servers' key and authoritySets maps each authority to its key.
+	serverSets    map[string]*serverSet
+	defaultSet    string
+	authoritySets map[string]string
+	events        *serializer
+	now           func() time.Time
+	meter         *clientMetrics
+	cache         *persister // nil without WithCache
+
+	wg   sync.WaitGroup
+	stop chan struct{}
 
 	mu      sync.Mutex
 	closed  bool
 	watches [numKinds]map[string]*resourceState
-	// ads is the stream to the first xds_server, started on the first
-	// watch. Federation (gRFC A47) will add one per authority's server.
-	ads *adsChannel
+	// channels holds one ADS stream per server set, keyed like
+	// serverSets, each started by the first watch that needs it.
+	channels map[string]*adsChannel
 	// loggedIgnored remembers which ignored fields were logged, so each
 	// is logged once per resource.
 	loggedIgnored map[string]bool
@@ -164,23 +191,35 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	creds := make([]credentials.TransportCredentials, len(bs.Servers))
-	for i, s := range bs.Servers {
-		if creds[i], err = transportCredentials(s, fmt.Sprintf("xds_servers[%d]", i)); err != nil {
+	sets := map[string]*serverSet{}
+	defaultSet, err := addServerSet(sets, bs.Servers, "xds_servers")
+	if err != nil {
+		return nil, err
+	}
+	authoritySets := make(map[string]string, len(bs.Authorities))
+	for _, name := range slices.Sorted(maps.Keys(bs.Authorities)) {
+		servers, path := bs.Authorities[name].Servers, "authorities."+name+".xds_servers"
+		if len(servers) == 0 {
+			servers, path = bs.Servers, "xds_servers"
+		}
+		if authoritySets[name], err = addServerSet(sets, servers, path); err != nil {
 			return nil, err
 		}
 	}
 	c := &Client{
-		bs:     bs,
-		opts:   o,
-		log:    o.logger,
-		kinds:  kinds(),
-		dc:     &decodeContext{providers: bs.CertificateProviders, logger: o.logger},
-		node:   node,
-		creds:  creds,
-		events: newSerializer(),
-		now:    time.Now,
-		stop:   make(chan struct{}),
+		bs:            bs,
+		opts:          o,
+		log:           o.logger,
+		kinds:         kinds(),
+		dc:            &decodeContext{providers: bs.CertificateProviders, logger: o.logger},
+		node:          node,
+		serverSets:    sets,
+		defaultSet:    defaultSet,
+		authoritySets: authoritySets,
+		channels:      map[string]*adsChannel{},
+		events:        newSerializer(),
+		now:           time.Now,
+		stop:          make(chan struct{}),
 
 		loggedIgnored: map[string]bool{},
 	}
@@ -203,6 +242,55 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		c.loadCache(o.cachePath)
 	}
 	return c, nil
+}
+
+// addServerSet adds servers to sets unless an equal list is there, and
+// returns its key.
+func addServerSet(sets map[string]*serverSet, servers []ServerConfig, path string) (string, error) {
+	key, err := serverListKey(servers)
+	if err != nil {
+		return "", fmt.Errorf("bootstrap: %s: %w", path, err)
+	}
+	if sets[key] != nil {
+		return key, nil
+	}
+	set := &serverSet{key: key, servers: servers, creds: make([]credentials.TransportCredentials, len(servers))}
+	for i, s := range servers {
+		if set.creds[i], err = transportCredentials(s, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+			return "", err
+		}
+	}
+	sets[key] = set
+	return key, nil
+}
+
+// serverListKey identifies a server list by its whole config, so that
+// the same server named by several authorities gets one stream (gRFC A47).
+func serverListKey(servers []ServerConfig) (string, error) {
+	b, err := json.Marshal(servers)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// routeName canonicalizes a watched name and picks its server set: an
+// xdstp name's authority decides, an old-style name uses the top-level
+// servers.
+func (c *Client) routeName(kind resourceKind, name string) (canonical, set string, err error) {
+	if !isXDSTP(name) {
+		return name, c.defaultSet, nil
+	}
+	canonical, err = CanonicalResourceName(c.kinds[kind].typeURL, name)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %s: %w", ErrInvalidResourceName, c.kinds[kind].name, err)
+	}
+	n, _ := parseXDSTPName(canonical)
+	set, ok := c.authoritySets[n.authority]
+	if !ok {
+		return "", "", fmt.Errorf("%w: %s %q: authority %q is not in the bootstrap's authorities", ErrUnknownAuthority, c.kinds[kind].name, name, n.authority)
+	}
+	return canonical, set, nil
 }
 
 // userAgentName identifies mesh to control planes.
@@ -270,9 +358,22 @@ func (c *Client) Bootstrap() *Bootstrap { return c.bs }
 // Node returns the node identity the client sends to the control plane.
 func (c *Client) Node() Node { return c.bs.Node }
 
-// Connected reports whether the ADS stream is up and has received at least
-// one response since it was (re)opened.
-func (c *Client) Connected() bool { return c.connected.Load() }
+// Connected reports whether the ADS streams are up and each has received
+// at least one response since it was (re)opened. With federation there is
+// one stream per distinct server list in use; all must be up.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || len(c.channels) == 0 {
+		return false
+	}
+	for _, a := range c.channels {
+		if !a.connected.Load() {
+			return false
+		}
+	}
+	return true
+}
 
 // Close stops the ADS stream and the callback goroutine and waits for
 // them. Pending callbacks are dropped. It must not be called from a watch
@@ -289,21 +390,22 @@ func (c *Client) Close() error {
 			stopTimer(st)
 		}
 	}
-	ads := c.ads
+	channels := slices.Collect(maps.Values(c.channels))
 	close(c.stop)
 	c.mu.Unlock()
 
 	c.wg.Wait()
-	var err error
-	if ads != nil {
-		err = ads.closeConns()
+	var errs []error
+	for _, a := range channels {
+		a.connected.Store(false)
+		errs = append(errs, a.closeConns())
 	}
+	err := errors.Join(errs...)
 	if c.cache != nil {
 		c.cache.close()
 	}
 	c.meter.close()
 	c.events.close()
-	c.connected.Store(false)
 	return err
 }
 
@@ -343,15 +445,24 @@ func (c *Client) watch(kind resourceKind, name string, fn func(rawEvent)) func()
 		c.log.Warn("xds: watch on a closed client", "type", c.kinds[kind].name, "name", name)
 		return func() {}
 	}
+	canonical, set, err := c.routeName(kind, name)
+	if err != nil {
+		c.log.Warn("xds: cannot watch resource", "type", c.kinds[kind].name, "name", name, "error", err)
+		c.deliverLocked(w, rawEvent{err: err})
+		c.mu.Unlock()
+		return func() { w.cancelled.Store(true) }
+	}
+	name = canonical
 	st := c.watches[kind][name]
 	switch {
 	case st == nil:
-		st = &resourceState{watchers: map[*watcher]struct{}{}}
+		st = &resourceState{watchers: map[*watcher]struct{}{}, channel: set}
 		c.watches[kind][name] = st
-		c.subscriptionChangedLocked(kind)
+		c.subscriptionChangedLocked(kind, st)
 	case st.retired:
 		st.retired = false
-		c.subscriptionChangedLocked(kind)
+		st.channel = set
+		c.subscriptionChangedLocked(kind, st)
 	}
 	st.watchers[w] = struct{}{}
 	switch {
@@ -389,31 +500,41 @@ func (c *Client) unwatch(kind resourceKind, name string, w *watcher) {
 		delete(c.watches[kind], name)
 	}
 	if !c.closed {
-		c.subscriptionChangedLocked(kind)
+		c.subscriptionChangedLocked(kind, st)
 	}
 }
 
-// subscriptionChangedLocked starts the ADS stream if needed and has it
-// send kind's new set of names.
-func (c *Client) subscriptionChangedLocked(kind resourceKind) {
-	if c.ads == nil {
-		ads, err := newADSChannel(c)
+// subscriptionChangedLocked starts the ADS stream of st's server set if
+// needed and has it send kind's new set of names.
+func (c *Client) subscriptionChangedLocked(kind resourceKind, st *resourceState) {
+	a := c.channels[st.channel]
+	if a == nil {
+		set := c.serverSets[st.channel]
+		var err error
+		if set == nil {
+			err = fmt.Errorf("xds: %s: no server set for the resource", c.kinds[kind].name)
+		} else {
+			a, err = newADSChannel(c, set)
+		}
 		if err != nil {
 			// grpc.NewClient fails only on a malformed target, which the
 			// watchers must hear about; retrying would not help.
-			c.log.Error("xds: cannot create channel", "server", c.bs.Servers[0].URI, "error", err)
-			for _, st := range c.watches[kind] {
-				for w := range st.watchers {
+			c.log.Error("xds: cannot create channel", "error", err)
+			for _, other := range c.watches[kind] {
+				if other.channel != st.channel {
+					continue
+				}
+				for w := range other.watchers {
 					c.deliverLocked(w, rawEvent{err: err})
 				}
 			}
 			return
 		}
-		c.ads = ads
+		c.channels[st.channel] = a
 		c.wg.Add(1)
-		go ads.run()
+		go a.run()
 	}
-	c.ads.namesChangedLocked(kind)
+	a.namesChangedLocked(kind)
 }
 
 // deliverLocked queues ev for w; callbacks run on the serializer, never
@@ -439,11 +560,11 @@ func stopTimer(st *resourceState) {
 	}
 }
 
-// markRequestedLocked records that kind's names went out on the stream and
+// markRequestedLocked records that kind's names went out on a's stream and
 // starts the does-not-exist timer of each resource still without a value.
-func (c *Client) markRequestedLocked(kind resourceKind) {
+func (c *Client) markRequestedLocked(a *adsChannel, kind resourceKind) {
 	for name, st := range c.watches[kind] {
-		if st.retired {
+		if st.retired || st.channel != a.set.key {
 			continue
 		}
 		st.requested = true

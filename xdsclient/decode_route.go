@@ -184,6 +184,12 @@ func routeAction(a *routepb.RouteAction, path string) (RouteAction, error) {
 		if total > math.MaxUint32 {
 			return out, fmt.Errorf("%s: total weight %d overflows uint32", wpath, total)
 		}
+	case *routepb.RouteAction_ClusterHeader:
+		name, err := clusterHeaderName(cs.ClusterHeader, path+".cluster_header")
+		if err != nil {
+			return out, err
+		}
+		out.ClusterHeader = name
 	case nil:
 		return out, fmt.Errorf("%s: cluster_specifier: missing", path)
 	default:

@@ -1,6 +1,6 @@
 // Package xdsclient is mesh's xDS client: it reads the gRPC xDS bootstrap,
 // keeps one ADS stream (state of the world or delta) to the first
-// reachable xDS server, decodes and validates Listener,
+// reachable xDS server of each server list in use, decodes and validates Listener,
 // RouteConfiguration, Cluster and ClusterLoadAssignment resources into
 // mesh's own immutable types, and hands them to watchers.
 //
@@ -61,6 +61,23 @@
 // the cached resources until the new server sends its own; while on a
 // fallback it keeps trying the primary and returns to it as soon as it
 // answers. Each server speaks its own protocol (its "delta" feature).
+//
+// # Federation (gRFC A47)
+//
+// A watched name "xdstp://<authority>/<type>/<id>?<params>" is fetched
+// from the servers of its authority in the bootstrap's authorities (the
+// top-level xds_servers when the authority lists none); old-style names
+// use the top-level servers. There is one ADS stream per distinct server
+// list, shared by every authority that names it. Names are matched in
+// canonical form (context parameters sorted, see CanonicalResourceName),
+// so "?b=2&a=1" and "?a=1&b=2" are one resource. The type segment must be
+// the watched type's proto name (envoy.config.listener.v3.Listener for
+// WatchListener, ...). A name whose authority is not in the bootstrap, or
+// a malformed one, gets an Err (ErrUnknownAuthority,
+// ErrInvalidResourceName) and opens no stream. A stream failure or a
+// deletion affects only the resources of that stream's authorities.
+// Bootstrap.ClientListenerName and ServerListenerName apply the listener
+// name templates to a dial target and a listening address.
 //
 // # Resource lifecycle
 //

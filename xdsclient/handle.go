@@ -35,6 +35,14 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 	dc := *c.dc
 	dc.ignored = nil
 	name, v, err := c.kinds[kind].decode(&dc, r)
+	if err == nil && isXDSTP(name) {
+		// Watches are keyed by canonical name; so are resources.
+		canonical, cerr := CanonicalResourceName(c.kinds[kind].typeURL, name)
+		if cerr != nil {
+			return decoded{name: name, raw: r.GetValue(), err: fmt.Errorf("%s %q: name: %w", c.kinds[kind].name, name, cerr)}
+		}
+		name = canonical
+	}
 	return decoded{name: name, value: v, raw: r.GetValue(), ignored: dc.ignored, err: err}
 }
 
@@ -66,13 +74,13 @@ func (c *Client) handleResponse(a *adsChannel, typeURL, version, nonce string, r
 		return
 	}
 	source := a.serverURILocked()
-	present, nackMsgs := c.applyLocked(kind, results, source)
+	present, nackMsgs := c.applyLocked(a, kind, results, source)
 	if info.fullState {
 		for name, st := range c.watches[kind] {
-			if present[name] || !st.requested || st.notFound || st.retired {
+			if present[name] || !st.requested || st.notFound || st.retired || st.channel != a.set.key {
 				continue
 			}
-			c.deletedLocked(kind, name, st, source)
+			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
 	c.finishResponseLocked(a, kind, version, nonce, nackMsgs)
@@ -99,7 +107,7 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 			continue
 		}
 		d := c.decodeOne(kind, res)
-		if d.err == nil && r.GetName() != "" && d.name != r.GetName() {
+		if d.err == nil && r.GetName() != "" && d.name != canonicalOrSelf(typeURL, r.GetName()) {
 			d.err = fmt.Errorf("%s %q: resources[%d].name: %q does not match the resource's own name", info.name, d.name, i, r.GetName())
 		}
 		d.version = r.GetVersion()
@@ -112,10 +120,10 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 		return
 	}
 	source := a.serverURILocked()
-	_, nackMsgs := c.applyLocked(kind, results, source)
+	_, nackMsgs := c.applyLocked(a, kind, results, source)
 	for _, name := range removed {
-		if st := c.watches[kind][name]; st != nil && !st.retired && !st.notFound {
-			c.deletedLocked(kind, name, st, source)
+		if st := c.watches[kind][canonicalOrSelf(typeURL, name)]; st != nil && !st.retired && !st.notFound && st.channel == a.set.key {
+			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
 	c.finishResponseLocked(a, kind, "", nonce, nackMsgs)
@@ -123,7 +131,7 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 
 // applyLocked stores the valid resources of a response and tells their
 // watchers; it returns the names present and the NACK messages.
-func (c *Client) applyLocked(kind resourceKind, results []decoded, source string) (map[string]bool, []string) {
+func (c *Client) applyLocked(a *adsChannel, kind resourceKind, results []decoded, source string) (map[string]bool, []string) {
 	info := c.kinds[kind]
 	now := c.now()
 	present := make(map[string]bool, len(results))
@@ -133,6 +141,11 @@ func (c *Client) applyLocked(kind resourceKind, results []decoded, source string
 			present[d.name] = true
 		}
 		st := c.watches[kind][d.name]
+		if st != nil && st.channel != a.set.key {
+			// Watched, but from another authority's servers: this server
+			// has no say over it.
+			st = nil
+		}
 		if d.err != nil {
 			nackMsgs = append(nackMsgs, d.err.Error())
 			c.log.Warn("xds: rejecting resource", "type", info.name, "name", d.name, "version", d.version, "server", source, "error", d.err)
@@ -166,30 +179,30 @@ func (c *Client) applyLocked(kind resourceKind, results []decoded, source string
 // deletedLocked handles the server deleting a resource. With the
 // ignore_resource_deletion server feature (gRFC A53) listeners and
 // clusters keep their last value.
-func (c *Client) deletedLocked(kind resourceKind, name string, st *resourceState, source string) {
+func (c *Client) deletedLocked(a *adsChannel, kind resourceKind, name string, st *resourceState, source string) {
 	info := c.kinds[kind]
-	if info.fullState && st.hasValue && c.serverHas(source, ServerFeatureIgnoreResourceDeletion) {
+	if info.fullState && st.hasValue && a.hasFeature(source, ServerFeatureIgnoreResourceDeletion) {
 		c.log.Warn("xds: ignoring deletion of resource (ignore_resource_deletion)", "type", info.name, "name", name, "server", source)
 		return
 	}
 	c.setNotFoundLocked(kind, name, st, "was deleted by server "+source)
 }
 
-func (c *Client) serverHas(uri, feature string) bool {
-	for _, s := range c.bs.Servers {
-		if s.URI == uri {
-			return s.hasFeature(feature)
-		}
+// canonicalOrSelf is name canonicalized, or name itself if it is not a
+// valid xdstp name (it then matches no watch).
+func canonicalOrSelf(typeURL, name string) string {
+	if canonical, err := CanonicalResourceName(typeURL, name); err == nil {
+		return canonical
 	}
-	return false
+	return name
 }
 
 // setNotFoundLocked drops the cached value of name and reports NotFound.
 func (c *Client) setNotFoundLocked(kind resourceKind, name string, st *resourceState, why string) {
 	stopTimer(st)
 	server := ""
-	if c.ads != nil {
-		server = c.ads.serverURILocked()
+	if a := c.channels[st.channel]; a != nil {
+		server = a.serverURILocked()
 	}
 	st.value, st.raw, st.hasValue, st.notFound, st.fromCache = nil, nil, false, true, false
 	st.version, st.updatedAt, st.ignored = "", c.now(), nil
@@ -226,13 +239,16 @@ func (c *Client) logIgnoredLocked(kind resourceKind, name string, ignored []stri
 // streamDownLocked reacts to a broken stream: resources keep serving from
 // the cache, watchers hear the error (meaning "keep last good"), and
 // does-not-exist timers stop since silence is not the server's answer.
-func (c *Client) streamDownLocked(err error) {
-	c.connected.Store(false)
+func (c *Client) streamDownLocked(a *adsChannel, err error) {
+	a.connected.Store(false)
 	if c.closed {
 		return
 	}
 	for _, m := range c.watches {
 		for _, st := range m {
+			if st.channel != a.set.key {
+				continue
+			}
 			stopTimer(st)
 			st.requested = false
 			c.notifyLocked(st, rawEvent{err: err})
@@ -243,9 +259,12 @@ func (c *Client) streamDownLocked(err error) {
 // serverChangedLocked restarts the does-not-exist bookkeeping when the
 // client moves to another server; cached values keep serving until the
 // new server sends its own (gRFC A71).
-func (c *Client) serverChangedLocked() {
+func (c *Client) serverChangedLocked(a *adsChannel) {
 	for _, m := range c.watches {
 		for _, st := range m {
+			if st.channel != a.set.key {
+				continue
+			}
 			stopTimer(st)
 			st.requested = false
 		}

@@ -133,7 +133,11 @@ func (c *Client) loadCache(path string) {
 			c.log.Warn("xds: skipping last-good cache entry", "path", path, "entry", i, "name", e.Name, "error", err)
 			continue
 		}
+		// A name the bootstrap cannot route (its authority is gone) keeps
+		// no set; it is never requested and no watch can reach it.
+		_, set, _ := c.routeName(kind, e.Name)
 		c.watches[kind][e.Name] = &resourceState{
+			channel:  set,
 			watchers: map[*watcher]struct{}{},
 			value:    d.value, raw: d.raw, hasValue: true,
 			retired: true, // kept until a watch wants it or a request drops it

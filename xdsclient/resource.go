@@ -162,11 +162,18 @@ type HeaderMatcher struct {
 // Int64Range is a half-open range [Start, End).
 type Int64Range struct{ Start, End int64 }
 
-// RouteAction says where matched requests go: to Cluster, or split over
-// WeightedClusters.
+// RouteAction says where matched requests go: to Cluster, split over
+// WeightedClusters, or to the cluster a request header names
+// (ClusterHeader). Exactly one of the three is set.
 type RouteAction struct {
 	Cluster          string
 	WeightedClusters []ClusterWeight
+	// ClusterHeader is Envoy's cluster_header, lowercased: the request
+	// header whose (first) value is the name of the cluster to use. gRPC
+	// ignores it (gRFC A28); mesh follows Envoy. Clusters cannot be known
+	// in advance, so a router only reaches clusters that other routes of
+	// the same virtual host name.
+	ClusterHeader string
 	// Timeout is the route's max_stream_duration (gRFC A31); 0 means none.
 	Timeout time.Duration
 	// RetryPolicy is the route's (or else its virtual host's) retry policy
@@ -183,7 +190,8 @@ type ClusterWeight struct {
 }
 
 // Clusters returns the names of every cluster the action can send to,
-// including weight-0 legs (they stay connected so a flip never fails).
+// including weight-0 legs (they stay connected so a flip never fails). It
+// is empty for a ClusterHeader action.
 func (a *RouteAction) Clusters() []string {
 	if a.Cluster != "" {
 		return []string{a.Cluster}
