@@ -77,6 +77,19 @@
 //     the endpoint's share of its locality's endpoint weights (smooth
 //     weighted round robin, unrolled into a schedule, so a pick stays one
 //     atomic add and no allocation).
+//   - cluster_header (Envoy's RouteAction.cluster_header; gRPC ignores
+//     it, gRFC A28): the request header's first value names the cluster.
+//     The resolver cannot watch a cluster it first hears of in a request,
+//     so only clusters that other routes of the same virtual host name
+//     are routable (a weight-0 leg is enough to make one reachable);
+//     any other value, or a missing header, fails the request with
+//     UNAVAILABLE (gRPC) or a 503 UnavailableError (HTTP) wrapping
+//     ErrUnroutableCluster, naming the header and the cluster.
+//
+// ResolverBuilder.ClusterStates and RoundTripper.ClusterStates list every
+// live channel's clusters and endpoints (connection state, in-flight
+// requests, outlier ejections), read from the published tables, for admin
+// pages.
 //
 // Timers (fault delays, outlier detection intervals) run on WithClock's
 // clock, so tests step time instead of waiting for it.

@@ -245,3 +245,44 @@ func ExampleWithClock() {
 	fmt.Println(builder.Scheme())
 	// Output: mesh
 }
+
+func ExampleRoundTripper_ClusterStates() {
+	backend := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer backend.Close()
+
+	const cluster = "outbound|8080|v1|payments.default.svc.cluster.local"
+	xds := &staticXDS{
+		listeners: map[string]*xdsclient.Listener{"payments:8080": {
+			Name: "payments:8080", HTTP: &xdsclient.HTTPConnectionManager{RouteConfigName: "payments-routes"}}},
+		routes:   map[string]*xdsclient.RouteConfig{"payments-routes": exampleRouteConfig()},
+		clusters: map[string]*xdsclient.Cluster{cluster: {Name: cluster, LBPolicy: xdsclient.LBRoundRobin}},
+		endpoints: map[string]*xdsclient.Endpoints{cluster: {Name: cluster, Localities: []xdsclient.LocalityEndpoints{{
+			Locality:  xdsclient.Locality{Region: "eu-west1", Zone: "eu-west1-b"},
+			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String(), Weight: 10}}}}}},
+	}
+	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	rt := balancer.NewRoundTripper(xds, dial)
+	defer rt.Close()
+	resp, err := (&http.Client{Transport: rt}).Get("http://payments:8080/payments.Payments/Charge")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	resp.Body.Close()
+
+	// What an admin page shows: the v2 cluster has no resource, so no
+	// endpoints.
+	for _, c := range rt.ClusterStates() {
+		fmt.Println(c.Channel, c.Name, "in flight:", c.InFlight)
+		for _, ep := range c.Endpoints {
+			fmt.Println("  ", ep.Locality, ep.Weight, ep.Health, ep.Ejected)
+		}
+	}
+	// Output:
+	// payments:8080 outbound|8080|v1|payments.default.svc.cluster.local in flight: 0
+	//    eu-west1/eu-west1-b 10 READY false
+	// payments:8080 outbound|8080|v2|payments.default.svc.cluster.local in flight: 0
+}

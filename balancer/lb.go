@@ -75,6 +75,10 @@ type routerBalancer struct {
 	outliers  map[string]*outlierDetector
 	clock     Clock
 	channelID uint64
+	// channels is the registry this policy is listed in, under
+	// channelName, for ResolverBuilder.ClusterStates.
+	channels    *channelRegistry
+	channelName string
 	// published is the plan the picker serves; nil before the first one and
 	// after the resources went away.
 	published    *plan
@@ -210,6 +214,16 @@ func (b *routerBalancer) UpdateClientConnState(s grpcbalancer.ClientConnState) e
 	b.drainGrace = snap.cfg.drainGrace
 	b.retryBudget = snap.cfg.retryBudget
 	b.clock = snap.cfg.clock
+	b.channelName = snap.channel
+	if b.channels != snap.channels {
+		if b.channels != nil {
+			b.channels.remove(b)
+		}
+		b.channels = snap.channels
+		if b.channels != nil {
+			b.channels.add(b)
+		}
+	}
 	p := b.newPlan(snap)
 	b.ensureSubConns(p)
 	// The first table waits for its clusters too: RPCs queued meanwhile are
@@ -262,6 +276,9 @@ func (b *routerBalancer) ExitIdle() {
 func (b *routerBalancer) Close() {
 	b.mu.Lock()
 	b.closed = true
+	if b.channels != nil {
+		b.channels.remove(b)
+	}
 	for name, d := range b.outliers {
 		d.stop()
 		delete(b.outliers, name)
@@ -289,6 +306,10 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 			}
 			prev = leg.cumulative
 		}
+	}
+	for i := range p.clusters {
+		// A cluster_header route may send traffic to any cluster.
+		p.clusters[i].carriesTraffic = p.clusters[i].carriesTraffic || r.headerRouted
 	}
 	for i, name := range r.clusters {
 		pc := &p.clusters[i]

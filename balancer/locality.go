@@ -16,6 +16,9 @@ type weightedAddr struct {
 	// locality's endpoint weights (gRFC A52's wrr_locality with weighted
 	// endpoints): the endpoint's share of its priority's traffic.
 	weight float64
+	// locality and endpointWeight are what admin pages show.
+	locality       string
+	endpointWeight uint32
 }
 
 // weightedEndpoints returns a cluster's usable endpoints, ordered by
@@ -33,6 +36,7 @@ func weightedEndpoints(eps *xdsclient.Endpoints) []weightedAddr {
 		if sum == 0 {
 			continue
 		}
+		locality := localityName(loc.Locality)
 		for _, ep := range loc.Endpoints {
 			if !ep.Health.Usable() || ep.Address == "" || seen[ep.Address] {
 				continue
@@ -42,6 +46,9 @@ func weightedEndpoints(eps *xdsclient.Endpoints) []weightedAddr {
 				addr:     ep.Address,
 				priority: loc.Priority,
 				weight:   float64(max(loc.Weight, 1)) * float64(max(ep.Weight, 1)) / sum,
+
+				locality:       locality,
+				endpointWeight: max(ep.Weight, 1),
 			})
 		}
 	}
@@ -52,6 +59,18 @@ func weightedEndpoints(eps *xdsclient.Endpoints) []weightedAddr {
 		return cmp.Compare(a.addr, b.addr)
 	})
 	return out
+}
+
+// localityName writes a locality as Istio's locality labels do:
+// "region/zone/sub_zone", without trailing empty parts.
+func localityName(l xdsclient.Locality) string {
+	switch {
+	case l.SubZone != "":
+		return l.Region + "/" + l.Zone + "/" + l.SubZone
+	case l.Zone != "":
+		return l.Region + "/" + l.Zone
+	}
+	return l.Region
 }
 
 // usableAddresses returns the distinct usable endpoint addresses of the most

@@ -51,6 +51,23 @@ func TestWeightedChooserDoesNotAllocate(t *testing.T) {
 	}
 }
 
+func TestLocalityName(t *testing.T) {
+	for _, tc := range []struct {
+		l    xdsclient.Locality
+		want string
+	}{
+		{xdsclient.Locality{}, ""},
+		{xdsclient.Locality{Region: "us"}, "us"},
+		{xdsclient.Locality{Region: "us", Zone: "us-a"}, "us/us-a"},
+		{xdsclient.Locality{Zone: "us-a"}, "/us-a"},
+		{xdsclient.Locality{Region: "us", SubZone: "rack1"}, "us//rack1"},
+	} {
+		if got := localityName(tc.l); got != tc.want {
+			t.Errorf("localityName(%+v) = %q, want %q", tc.l, got, tc.want)
+		}
+	}
+}
+
 func TestWeightedEndpointsCombineLocalityAndEndpointWeights(t *testing.T) {
 	eps := &xdsclient.Endpoints{Localities: []xdsclient.LocalityEndpoints{
 		{Locality: xdsclient.Locality{Zone: "a"}, Weight: 1, Endpoints: []xdsclient.Endpoint{
@@ -62,10 +79,10 @@ func TestWeightedEndpointsCombineLocalityAndEndpointWeights(t *testing.T) {
 	}}
 	got := weightedEndpoints(eps)
 	want := []weightedAddr{
-		{addr: "10.0.0.1:80", weight: 0.25},
-		{addr: "10.0.0.2:80", weight: 0.75},
-		{addr: "10.0.1.1:80", weight: 2},
-		{addr: "10.0.2.1:80", priority: 1, weight: 5},
+		{addr: "10.0.0.1:80", weight: 0.25, locality: "/a", endpointWeight: 1},
+		{addr: "10.0.0.2:80", weight: 0.75, locality: "/a", endpointWeight: 3},
+		{addr: "10.0.1.1:80", weight: 2, locality: "/b", endpointWeight: 7},
+		{addr: "10.0.2.1:80", priority: 1, weight: 5, locality: "/c", endpointWeight: 1},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("weightedEndpoints = %+v, want %+v", got, want)

@@ -21,6 +21,7 @@ type Option interface{ apply(*config) }
 type config struct {
 	logger           *slog.Logger
 	listenerTemplate string
+	listenerNamer    func(target string) string
 	publishTimeout   time.Duration
 	drainGrace       time.Duration
 	retryBudget      retryBudget
@@ -58,6 +59,14 @@ func WithLogger(l *slog.Logger) Option {
 			c.logger = l
 		}
 	})
+}
+
+// WithListenerName turns a target ("host:port", or an xdstp:// name) into
+// the name of the listener to watch; it takes precedence over
+// WithListenerNameTemplate. The mesh passes its bootstrap's
+// ClientListenerName, which knows the authorities' templates (gRFC A47).
+func WithListenerName(name func(target string) string) Option {
+	return optionFunc(func(c *config) { c.listenerNamer = name })
 }
 
 // WithListenerNameTemplate turns a target "host:port" into the listener

@@ -42,7 +42,7 @@ const serviceConfigJSON = `{"loadBalancingConfig":[{"` + PolicyName + `":{}}]}`
 // timeouts and retry policies to the channels it serves.
 func NewResolverBuilder(client XDSClient, opts ...Option) *ResolverBuilder {
 	cfg := newConfig(opts)
-	return &ResolverBuilder{client: client, cfg: cfg, routers: newRouterRegistry(), faults: &faultInjector{clock: cfg.clock}}
+	return &ResolverBuilder{client: client, cfg: cfg, routers: newRouterRegistry(), channels: newChannelRegistry(), faults: &faultInjector{clock: cfg.clock}}
 }
 
 // ResolverBuilder is the resolver.Builder of the "mesh" scheme; see
@@ -51,7 +51,9 @@ type ResolverBuilder struct {
 	client  XDSClient
 	cfg     *config
 	routers *routerRegistry
-	faults  *faultInjector
+	// channels are the LB policies of live channels, for ClusterStates.
+	channels *channelRegistry
+	faults   *faultInjector
 }
 
 // Scheme returns Scheme.
@@ -73,6 +75,7 @@ func (b *ResolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, 
 	r := &xdsResolver{}
 	r.agg = newAggregator(b.client, b.cfg, authority, b.cfg.logger.With("target", target.String()),
 		func(snap *snapshot) {
+			snap.channels = b.channels
 			b.routers.publish(authority, r, snap.router)
 			err := cc.UpdateState(resolver.State{ServiceConfig: sc, Attributes: attributes.New(snapshotKey{}, snap)})
 			if err != nil {
@@ -101,6 +104,9 @@ func (r *xdsResolver) Close() {
 
 // listenerName returns the listener to watch for authority "host:port".
 func (c *config) listenerName(authority string) string {
+	if c.listenerNamer != nil {
+		return c.listenerNamer(authority)
+	}
 	if c.listenerTemplate != "" {
 		return strings.ReplaceAll(c.listenerTemplate, "%s", authority)
 	}
@@ -418,6 +424,7 @@ func (r *aggregator) update() {
 		clusters:  make(map[string]*xdsclient.Cluster, len(wanted)),
 		endpoints: make(map[string]*xdsclient.Endpoints, len(wanted)),
 		cfg:       r.cfg,
+		channel:   r.authority,
 	}
 	complete := true
 	for _, name := range router.clusters {
@@ -458,6 +465,11 @@ type snapshot struct {
 	clusters  map[string]*xdsclient.Cluster
 	endpoints map[string]*xdsclient.Endpoints
 	cfg       *config
+	// channel is the authority the snapshot routes; channels is the
+	// registry of the ResolverBuilder that made it (nil for the
+	// RoundTripper), which the LB policy joins for ClusterStates.
+	channel  string
+	channels *channelRegistry
 }
 
 func snapshotFrom(s resolver.State) *snapshot {

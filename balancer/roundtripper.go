@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/connectivity"
+
 	"mesh/internal/handshake"
 	"mesh/xdsclient"
 )
@@ -200,6 +202,8 @@ type httpChannel struct {
 	// detection ejects or returns endpoints.
 	current  *snapshot
 	outliers map[string]*outlierDetector
+	// view is the published table as ClusterStates shows it.
+	view []httpClusterView
 }
 
 type httpTable struct {
@@ -229,6 +233,8 @@ type endpointTransport struct {
 	drain     *time.Timer
 	// active counts requests in flight to the endpoint (least_request).
 	active atomic.Int64
+	// health is a connectivity.State: the outcome of the last dial.
+	health atomic.Int32
 }
 
 // waitTable returns the current table, waiting for the first one up to the
@@ -342,6 +348,7 @@ func snapshotReady(snap *snapshot) bool {
 func (ch *httpChannel) publishLocked(snap *snapshot) {
 	r := snap.router
 	t := &httpTable{router: r, clusters: make([]httpCluster, len(r.clusters))}
+	view := make([]httpClusterView, len(r.clusters))
 	used := map[scKey]bool{}
 	for i, name := range r.clusters {
 		hc := &t.clusters[i]
@@ -351,6 +358,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 			hc.state = newClusterState(name, ch.rt.cfg.retryBudget)
 			ch.states[name] = hc.state
 		}
+		view[i] = httpClusterView{name: name, state: hc.state}
 		cluster := snap.clusters[name]
 		if cluster == nil {
 			hc.state.maxRequests.Store(0)
@@ -386,6 +394,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 			k := scKey{cluster: name, addr: wa.addr, tls: tls}
 			used[k] = true
 			ep := ch.endpointLocked(k)
+			view[i].endpoints = append(view[i].endpoints, httpEndpointView{wa: wa, ep: ep})
 			if len(chosen) > 0 && wa.priority != servingPriority {
 				continue
 			}
@@ -408,6 +417,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 	}
 	ch.published = true
 	ch.current = snap
+	ch.view = view
 	ch.setTable(t)
 	ch.drainUnusedLocked(used)
 	for name := range ch.states {
@@ -443,11 +453,22 @@ func (ch *httpChannel) endpointLocked(k scKey) *endpointTransport {
 		return ep
 	}
 	info := &handshake.Info{Cluster: k.cluster, TLS: k.tls}
+	ep := &endpointTransport{key: k}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// Only the first dial shows CONNECTING: later ones keep the last
+		// outcome until theirs is known.
+		ep.health.CompareAndSwap(int32(connectivity.Idle), int32(connectivity.Connecting))
 		conn, err := ch.rt.dial(ctx, network, addr, info)
 		if err != nil {
+			if ctx.Err() != nil {
+				// The request gave up; that says nothing of the endpoint.
+				ep.health.CompareAndSwap(int32(connectivity.Connecting), int32(connectivity.Idle))
+			} else {
+				ep.health.Store(int32(connectivity.TransientFailure))
+			}
 			return nil, &connectError{cluster: k.cluster, addr: addr, err: err}
 		}
+		ep.health.Store(int32(connectivity.Ready))
 		return conn, nil
 	}
 	tr := &http.Transport{
@@ -457,7 +478,7 @@ func (ch *httpChannel) endpointLocked(k scKey) *endpointTransport {
 		IdleConnTimeout:     ch.rt.cfg.idleConnTimeout,
 		Protocols:           new(http.Protocols),
 	}
-	ep := &endpointTransport{key: k, transport: tr}
+	ep.transport = tr
 	if k.tls == nil {
 		ep.scheme = "http"
 		tr.DialContext = dial

@@ -18,6 +18,13 @@ import (
 // virtual host matches a request.
 var ErrNoRoute = errors.New("no route matched")
 
+// ErrUnroutableCluster is wrapped by the error Router.Pick returns when a
+// cluster_header route matches a request whose header is missing or names
+// a cluster the router cannot reach: one no route of the virtual host
+// names. gRPC RPCs fail with UNAVAILABLE and
+// HTTP requests with an *UnavailableError (503).
+var ErrUnroutableCluster = errors.New("cluster header names no routable cluster")
+
 // ErrNoVirtualHost is wrapped by the error NewRouter returns when no virtual
 // host of the route config serves the authority.
 var ErrNoVirtualHost = errors.New("no virtual host matches authority")
@@ -62,7 +69,13 @@ type Router struct {
 	routes      []compiledRoute
 	// clusters lists every cluster any route names, weight-0 legs included,
 	// in first-seen order; legs refer to it by index.
-	clusters     []string
+	clusters []string
+	// clusterIndex maps a cluster name to its index in clusters, for
+	// cluster_header routes.
+	clusterIndex map[string]int
+	// headerRouted is set when some route takes its cluster from a
+	// request header: then every cluster may carry traffic.
+	headerRouted bool
 	needsHeaders bool
 	needsQuery   bool
 	// faults are the listener's fault filters (gRFC A33), set before the
@@ -76,6 +89,12 @@ type compiledRoute struct {
 	route *xdsclient.Route
 	legs  []weightedLeg
 	total uint64
+	// clusterHeader is the route's cluster_header (lowercase) and
+	// canonicalHeader its net/http form, looked up without allocating.
+	clusterHeader   string
+	canonicalHeader string
+	// where names the route in errors.
+	where string
 }
 
 // weightedLeg is one cluster of a route with the running sum of weights up
@@ -87,7 +106,8 @@ type weightedLeg struct {
 }
 
 // NewRouter builds the router for the virtual host of rc that serves
-// authority (Envoy domain matching, gRFC A27/A28).
+// authority (Envoy domain matching, gRFC A27/A28). A cluster_header route
+// can reach only the clusters other routes of the virtual host name.
 func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 	if rc == nil {
 		return nil, errors.New("route config is nil")
@@ -96,8 +116,8 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 	if vh == nil {
 		return nil, fmt.Errorf("route config %q: %w %q", rc.Name, ErrNoVirtualHost, authority)
 	}
-	r := &Router{routeConfig: rc.Name, virtualHost: vh, routes: make([]compiledRoute, 0, len(vh.Routes))}
-	index := map[string]int{}
+	r := &Router{routeConfig: rc.Name, virtualHost: vh, routes: make([]compiledRoute, 0, len(vh.Routes)), clusterIndex: map[string]int{}}
+	index := r.clusterIndex
 	for i := range vh.Routes {
 		route := &vh.Routes[i]
 		if route.NonForwarding {
@@ -105,7 +125,7 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 			continue
 		}
 		where := fmt.Sprintf("route config %q virtual host %q routes[%d]", rc.Name, vh.Name, i)
-		cr := compiledRoute{route: route}
+		cr := compiledRoute{route: route, where: routeName(rc.Name, vh.Name, route.Name, i)}
 		add := func(name string, weight uint32) error {
 			if name == "" {
 				return fmt.Errorf("%s: action: empty cluster name", where)
@@ -134,6 +154,13 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 			if cr.total == 0 {
 				return nil, fmt.Errorf("%s: action.weighted_clusters: all weights are 0", where)
 			}
+		case route.Action.ClusterHeader != "":
+			// The cluster is the header's value, looked up among the
+			// clusters the other routes name (see clusterByHeader).
+			cr.clusterHeader = strings.ToLower(route.Action.ClusterHeader)
+			cr.canonicalHeader = http.CanonicalHeaderKey(cr.clusterHeader)
+			r.headerRouted = true
+			r.needsHeaders = true
 		default:
 			return nil, fmt.Errorf("%s: action: no cluster", where)
 		}
@@ -168,6 +195,9 @@ func (r *Router) Clusters() []string { return append([]string(nil), r.clusters..
 // carriesTraffic reports whether some route gives cluster index i a
 // weight above 0.
 func (r *Router) carriesTraffic(i int) bool {
+	if r.headerRouted {
+		return true
+	}
 	for _, cr := range r.routes {
 		var prev uint64
 		for _, leg := range cr.legs {
@@ -185,7 +215,8 @@ func (r *Router) carriesTraffic(i int) bool {
 func (r *Router) NeedsHeaders() bool { return r.needsHeaders }
 
 // Pick returns the cluster a request for path goes to and the route that
-// matched. headers may be nil when NeedsHeaders is false.
+// matched. headers may be nil when NeedsHeaders is false. Errors wrap
+// ErrNoRoute, or ErrUnroutableCluster for a cluster_header route.
 func (r *Router) Pick(path string, headers Headers) (cluster string, route *xdsclient.Route, err error) {
 	idx, route, err := r.pick(path, headers)
 	if err != nil {
@@ -236,6 +267,9 @@ func (r *Router) pickQuery(path string, headers Headers, query url.Values) (int,
 		if !matchRoute(&cr.route.Match, path, headers, query) {
 			continue
 		}
+		if cr.clusterHeader != "" {
+			return r.clusterByHeader(cr, headers)
+		}
 		if len(cr.legs) == 1 {
 			return cr.legs[0].cluster, cr.route, nil
 		}
@@ -249,6 +283,40 @@ func (r *Router) pickQuery(path string, headers Headers, query url.Values) (int,
 		return cr.legs[len(cr.legs)-1].cluster, cr.route, nil
 	}
 	return 0, nil, fmt.Errorf("%w %s in route config %q", ErrNoRoute, path, r.routeConfig)
+}
+
+// clusterByHeader picks the cluster a cluster_header route's header names
+// (its first value, as Envoy reads it). Only clusters that some route of
+// the config names are known to the router, and so routable: the resolver
+// cannot watch clusters it has never heard of before a request names one.
+func (r *Router) clusterByHeader(cr *compiledRoute, headers Headers) (int, *xdsclient.Route, error) {
+	var values []string
+	switch h := headers.(type) {
+	case nil:
+	case HTTPHeaders:
+		// Direct map access with the precomputed canonical key: Values
+		// would canonicalize, and allocate, on every request.
+		values = h[cr.canonicalHeader]
+	default:
+		values = h.Values(cr.clusterHeader)
+	}
+	if len(values) == 0 || values[0] == "" {
+		return 0, nil, fmt.Errorf("%s: cluster_header %q: header missing from the request: %w", cr.where, cr.clusterHeader, ErrUnroutableCluster)
+	}
+	idx, ok := r.clusterIndex[values[0]]
+	if !ok {
+		return 0, nil, fmt.Errorf("%s: cluster_header %q names cluster %q, which no route of its virtual host names: %w",
+			cr.where, cr.clusterHeader, values[0], ErrUnroutableCluster)
+	}
+	return idx, cr.route, nil
+}
+
+// routeName names route i of a virtual host for errors.
+func routeName(routeConfig, virtualHost, route string, i int) string {
+	if route != "" {
+		return fmt.Sprintf("route config %q virtual host %q route %q", routeConfig, virtualHost, route)
+	}
+	return fmt.Sprintf("route config %q virtual host %q routes[%d]", routeConfig, virtualHost, i)
 }
 
 func matchRoute(m *xdsclient.RouteMatch, path string, headers Headers, query url.Values) bool {
