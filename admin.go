@@ -18,9 +18,10 @@ func (m *Mesh) AdminHandler(metrics http.Handler) http.Handler {
 
 func (m *Mesh) adminHandler(metrics http.Handler, graph admin.GraphSource) http.Handler {
 	return admin.NewHandler(admin.Config{
-		Metrics: metrics,
-		Graph:   graph,
-		XDS:     m.xds.Dump,
+		Metrics:  metrics,
+		Graph:    graph,
+		Clusters: m.clusterStatus,
+		XDS:      m.xds.Dump,
 		Healthy: func() error {
 			if m.isClosed() {
 				return ErrClosed
@@ -68,4 +69,22 @@ func (m *Mesh) serveAdmin(addr string, metrics http.Handler) error {
 		return err
 	})
 	return nil
+}
+
+// clusterStatus is /debug/clusters: every cluster the mesh's gRPC channels
+// and HTTP client route to, with its endpoints' connection state, outlier
+// ejection and requests in flight.
+func (m *Mesh) clusterStatus() []admin.ClusterStatus {
+	var out []admin.ClusterStatus
+	for _, c := range append(m.resolver.ClusterStates(), m.httpRouter.ClusterStates()...) {
+		cs := admin.ClusterStatus{Channel: c.Channel, Name: c.Name, InFlight: c.InFlight}
+		for _, e := range c.Endpoints {
+			cs.Endpoints = append(cs.Endpoints, admin.EndpointStatus{
+				Address: e.Address, Locality: e.Locality, Weight: e.Weight, Health: e.Health,
+				Ejected: e.Ejected, EjectedUntil: e.EjectedUntil, InFlight: e.InFlight,
+			})
+		}
+		out = append(out, cs)
+	}
+	return out
 }

@@ -47,6 +47,7 @@ type Mesh struct {
 	serverTelemetry *telemetry.ServerHandler
 	telemetry       []telemetry.Option // for the net/http middleware and transport
 	httpTransport   http.RoundTripper  // routed, secured and measured
+	httpRouter      *balancer.RoundTripper
 
 	servingState func(addr net.Addr, serving bool, err error) // may be nil
 	adminAddr    string
@@ -106,9 +107,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.closers = append(m.closers, sds.Close)
 	m.certs = certProviders{static: m.providers, sds: sds}
 	balancerOpts := []balancer.Option{balancer.WithLogger(logger)}
-	if tmpl := bs.ClientDefaultListenerResourceNameTemplate; tmpl != "" {
-		balancerOpts = append(balancerOpts, balancer.WithListenerNameTemplate(tmpl))
-	}
+	balancerOpts = append(balancerOpts, balancer.WithListenerName(bs.ClientListenerName))
 	m.resolver = balancer.NewResolverBuilder(m.xds, balancerOpts...)
 	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
@@ -139,6 +138,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.telemetry = telem
 	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
 	m.closers = append(m.closers, rt.Close)
+	m.httpRouter = rt
 	m.httpTransport = telemetry.Transport(rt, telem...)
 	if o.adminAddr != "" {
 		if err := m.serveAdmin(o.adminAddr, o.adminMetrics); err != nil {

@@ -437,6 +437,25 @@ func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 	if got := fetch("/debug/graph.json"); !strings.Contains(got, "nodes") {
 		t.Fatalf("/debug/graph.json = %s", got)
 	}
+	var clusters struct {
+		Clusters []struct {
+			Name      string
+			Endpoints []struct{ Address, Health string }
+		}
+	}
+	body := fetch("/debug/clusters")
+	if err := json.Unmarshal([]byte(body), &clusters); err != nil {
+		t.Fatal(err)
+	}
+	ready := false
+	for _, c := range clusters.Clusters {
+		for _, e := range c.Endpoints {
+			ready = ready || (c.Name == "outbound|8080|v1|"+shop.PaymentsHost && e.Address == w.Payments["v1"].String() && e.Health == "READY")
+		}
+	}
+	if !ready {
+		t.Fatalf("/debug/clusters does not show payments v1's endpoint READY: %s", body)
+	}
 	var config struct {
 		Resources []struct{ Type, Name, Version, Status string }
 	}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -164,13 +163,14 @@ func (s *GRPCServer) Stop() { s.srv.Stop() }
 // GracefulStop stops accepting connections and waits for pending RPCs.
 func (s *GRPCServer) GracefulStop() { s.srv.GracefulStop() }
 
-// serverListenerName applies the gRFC A36 template to a listening address.
+// serverListenerName applies the gRFC A36 template (percent-encoding the
+// address when the template is an xdstp:// name, gRFC A47).
 func (m *Mesh) serverListenerName(addr net.Addr) (string, error) {
-	tmpl := m.bootstrap.ServerListenerResourceNameTemplate
-	if tmpl == "" {
+	name := m.bootstrap.ServerListenerName(addr.String())
+	if name == "" {
 		return "", errors.New("bootstrap has no server_listener_resource_name_template")
 	}
-	return strings.ReplaceAll(tmpl, "%s", addr.String()), nil
+	return name, nil
 }
 
 // servingListener gates a net.Listener on its inbound listener resource and

@@ -33,7 +33,9 @@ type Config struct {
 
 // ClusterStatus is one upstream cluster as the client's balancer sees it.
 type ClusterStatus struct {
-	Name string `json:"name"`
+	// Channel is the target ("host:port") whose routes use the cluster.
+	Channel string `json:"channel,omitempty"`
+	Name    string `json:"name"`
 	// InFlight counts the requests outstanding to the cluster (what circuit
 	// breaking limits).
 	InFlight  int64            `json:"in_flight"`
@@ -45,8 +47,9 @@ type EndpointStatus struct {
 	Address  string `json:"address"`
 	Locality string `json:"locality,omitempty"`
 	Weight   uint32 `json:"weight,omitempty"`
-	// Health is the EDS health status: "HEALTHY", "UNHEALTHY", "DRAINING",
-	// "UNKNOWN"...
+	// Health is the state of the connection to the endpoint: "READY",
+	// "CONNECTING", "TRANSIENT_FAILURE" or "IDLE" (only endpoints EDS calls
+	// healthy are connected to at all).
 	Health string `json:"health"`
 	// Ejected is set while outlier detection keeps the endpoint out of
 	// rotation, until EjectedUntil.
