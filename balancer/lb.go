@@ -249,7 +249,9 @@ func (b *routerBalancer) ResolverError(err error) {
 	b.published = nil
 	b.setPending(nil)
 	b.drainUnused()
-	b.picker.table.Store(&table{err: status.Error(codes.Unavailable, err.Error())})
+	// A plain error, as for a cluster with no ready endpoint: fail-fast RPCs
+	// fail with UNAVAILABLE and this reason; wait-for-ready RPCs wait.
+	b.picker.table.Store(&table{err: err})
 	b.state = connectivity.TransientFailure
 	b.dirty = true
 	b.mu.Unlock()

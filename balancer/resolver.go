@@ -255,7 +255,7 @@ func (r *aggregator) watchListener() {
 			case ev.NotFound:
 				r.listener, r.listenerNotFound = nil, true
 			case ev.Err != nil:
-				r.resourceError("listener", r.listenerName, ev.Err)
+				r.resourceError("listener", r.listenerName, ev.Err, r.listener != nil)
 			case ev.Resource != nil:
 				r.listener, r.listenerNotFound = ev.Resource, false
 			}
@@ -286,7 +286,7 @@ func (r *aggregator) setRDS(name string) {
 			case ev.NotFound:
 				w.rc, w.notFound = nil, true
 			case ev.Err != nil:
-				r.resourceError("route config", name, ev.Err)
+				r.resourceError("route config", name, ev.Err, w.rc != nil)
 			case ev.Resource != nil:
 				w.rc, w.notFound = ev.Resource, false
 			}
@@ -305,7 +305,7 @@ func (r *aggregator) watchCluster(name string) *clusterWatch {
 			case ev.NotFound:
 				cw.cluster, cw.cdsKnown = nil, true
 			case ev.Err != nil:
-				r.resourceError("cluster", name, ev.Err)
+				r.resourceError("cluster", name, ev.Err, cw.cluster != nil)
 			case ev.Resource != nil:
 				cw.cluster, cw.cdsKnown = ev.Resource, true
 			}
@@ -337,7 +337,7 @@ func (r *aggregator) setEDS(cw *clusterWatch, name string) {
 			case ev.NotFound:
 				w.endpoints, w.known = nil, true
 			case ev.Err != nil:
-				r.resourceError("endpoints", name, ev.Err)
+				r.resourceError("endpoints", name, ev.Err, w.endpoints != nil)
 			case ev.Resource != nil:
 				w.endpoints, w.known = ev.Resource, true
 			}
@@ -346,11 +346,14 @@ func (r *aggregator) setEDS(cw *clusterWatch, name string) {
 }
 
 // resourceError logs a NACK or stream error; the last good resource stays in
-// force. Only a channel that has never had a usable snapshot reports it, so
-// that its RPCs fail with the reason instead of waiting.
-func (r *aggregator) resourceError(kind, name string, err error) {
+// force. Only a channel that has never had a usable snapshot, about a
+// resource it holds no version of, reports it, so that its RPCs fail with
+// the reason instead of waiting. A resource served from the last-good
+// cache while the control plane is down has a version: that error is only
+// logged, and the snapshot being assembled from the cache goes ahead.
+func (r *aggregator) resourceError(kind, name string, err error, haveVersion bool) {
 	r.logger.Warn("xds resource error; keeping the last good version", "type", kind, "name", name, "error", err)
-	if !r.sentSnapshot {
+	if !r.sentSnapshot && !haveVersion {
 		r.reportError(fmt.Errorf("%s %q: %w", kind, name, err))
 	}
 }
