@@ -31,13 +31,14 @@ type HTTPServer struct {
 	m       *Mesh
 	creds   credentials.TransportCredentials
 	serving servingSet
+	maxAge  time.Duration // see WithMaxConnectionAge; 0: unbounded
 }
 
 // NewHTTPServer returns a server for h. The mesh terminates TLS itself, so
 // serve it with Serve, never ServeTLS. It speaks HTTP/1.1 and HTTP/2 (the
 // latter negotiated inside the mesh's TLS, or with prior knowledge).
 func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
-	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))}
+	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger)), maxAge: m.connectionAge()}
 	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -94,6 +95,12 @@ func (s *HTTPServer) withPeer(next http.Handler) http.Handler {
 		ctx = transport.ContextWithFilterChain(ctx, c.info.FilterChain)
 		r = r.WithContext(ctx)
 		r.TLS = c.info.State
+		// A connection past its age is closed after this response (a
+		// graceful GOAWAY on HTTP/2), so the client reconnects with a new
+		// handshake before the certificates it was made with expire.
+		if s.maxAge > 0 && time.Since(c.accepted) > s.maxAge {
+			w.Header().Set("Connection", "close")
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -113,15 +120,16 @@ func (l *handshakingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &handshakingConn{raw: c, creds: l.creds}, nil
+	return &handshakingConn{raw: c, creds: l.creds, accepted: time.Now()}, nil
 }
 
 // handshakingConn is an accepted connection whose first Read or Write runs
 // the server handshake (sniffing, then TLS or plaintext as the filter chain
 // says); afterwards it reads and writes the secured connection.
 type handshakingConn struct {
-	raw   net.Conn
-	creds credentials.TransportCredentials
+	raw      net.Conn
+	creds    credentials.TransportCredentials
+	accepted time.Time
 
 	once sync.Once
 	conn net.Conn

@@ -142,9 +142,10 @@ func WithAccessLog(l *slog.Logger, cfg telemetry.AccessLogConfig) Option {
 	return optionFunc(func(o *options) { o.accessLog, o.accessLogCfg = l, cfg })
 }
 
-// WithMaxConnectionAge bounds how long a mesh gRPC server keeps a client
-// connection: past it the server sends GOAWAY, calls in flight finish, and
-// the client reconnects with a new handshake, so long-lived connections
+// WithMaxConnectionAge bounds how long a mesh server keeps a client
+// connection: past it a gRPC server sends GOAWAY (calls in flight finish),
+// an HTTP server closes the connection after its next response (GOAWAY on
+// HTTP/2), and the client reconnects with a new handshake, so long-lived connections
 // move to rotated certificates before the old ones expire. The default is
 // a quarter of the server's SVID lifetime (workloads rotate at half of
 // it); a negative d turns it off.

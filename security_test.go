@@ -3,8 +3,11 @@ package mesh_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -242,5 +245,41 @@ func TestLongLivedConnectionsAreRemadeWithoutFailing(t *testing.T) {
 			t.Fatalf("call %d failed while connections were re-made: %v", calls, err)
 		}
 		ports[p.LocalAddr.String()] = true
+	}
+}
+
+// The same for net/http: the server closes an aged connection after a
+// response (GOAWAY on HTTP/2), the client moves to a new one, and no
+// request fails.
+func TestLongLivedHTTPConnectionsAreRemadeWithoutFailing(t *testing.T) {
+	ctx := testContext(t)
+	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
+	if err := w.ControlPlane.Apply(shop.WebYAML(100, 0)); err != nil {
+		t.Fatal(err)
+	}
+	shop.StartWeb(t, ctx, w.ControlPlane, "v1", mesh.WithMaxConnectionAge(200*time.Millisecond))
+	client := w.Checkout.HTTPClient()
+	remotes := map[string]bool{}
+	for requests := 0; len(remotes) < 3; requests++ {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+shop.WebHost+":8080/peer", nil)
+		resp, err := client.Do(req)
+		var body []byte
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %s", resp.Status, body)
+			}
+		}
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			t.Fatalf("only %d connections after %d requests: %v", len(remotes), requests, err)
+		case len(remotes) > 0:
+			t.Fatalf("request %d failed while connections were re-made: %v", requests, err)
+		default:
+			continue // the route and the endpoint are on their way
+		}
+		remotes[string(body)] = true
 	}
 }

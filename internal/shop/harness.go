@@ -96,7 +96,13 @@ func StartWeb(tb testing.TB, ctx context.Context, cp *controlplane.Server, versi
 	if err != nil {
 		tb.Fatal(err)
 	}
-	hs := m.NewHTTPServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { io.WriteString(rw, version) }))
+	hs := m.NewHTTPServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/peer" { // which connection the request came on
+			io.WriteString(rw, r.RemoteAddr)
+			return
+		}
+		io.WriteString(rw, version)
+	}))
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
