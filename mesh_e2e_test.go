@@ -490,7 +490,7 @@ func TestAccessLogRecordsEachCall(t *testing.T) {
 	}
 	payments := w.Payments["v1"].String()
 	for _, want := range []string{`"path":"` + shop.ChargeMethod + `"`, `"response_code":200`, `"grpc_status":"0"`,
-		`"upstream_host":"` + payments + `"`, `"peer_principal":"spiffe://cluster.local/ns/default/sa/payments"`} {
+		`"upstream_cluster":"outbound|8080|v1|` + shop.PaymentsHost + `"`, `"upstream_host":"` + payments + `"`, `"peer_principal":"spiffe://cluster.local/ns/default/sa/payments"`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("access log lacks %s:\n%s", want, logs.String())
 		}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/internal/handshake"
+	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
@@ -113,6 +114,9 @@ type subConn struct {
 	done      func(grpcbalancer.DoneInfo)
 	doneFor   *clusterState
 	doneStats *endpointStats
+	// route is what telemetry reports for RPCs sent on the SubConn; made
+	// once, so that picks do not allocate.
+	route *routeinfo.Info
 }
 
 // plan is a snapshot resolved into SubConn keys.
@@ -150,6 +154,7 @@ type tableCluster struct {
 	ready []grpcbalancer.SubConn
 	// dones[i] and the chooser's counters belong to ready[i].
 	dones      []func(grpcbalancer.DoneInfo)
+	routes     []*routeinfo.Info // parallel to ready
 	chooser    endpointChooser
 	connecting bool
 	failErr    error
@@ -191,6 +196,7 @@ func (p *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, erro
 		}
 		i := c.chooser.choose(int(n), &cs.next, hash, hashed)
 		c.chooser.active[i].Add(1)
+		routeinfo.Set(info.Ctx, c.routes[i])
 		return grpcbalancer.PickResult{SubConn: c.ready[i], Done: c.dones[i]}, nil
 	}
 	if c.connecting {
@@ -555,8 +561,12 @@ func (b *routerBalancer) rebuildTable() {
 						st.record(di.Err == nil)
 					}
 				}
+				if s.route == nil {
+					s.route = routeinfo.New(k.cluster, k.addr)
+				}
 				tc.ready = append(tc.ready, s.sc)
 				tc.dones = append(tc.dones, s.done)
+				tc.routes = append(tc.routes, s.route)
 				readyAddrs = append(readyAddrs, k.addr)
 				active = append(active, &s.active)
 				weights = append(weights, pc.endpoints[j].weight)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"mesh/internal/handshake"
+	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
@@ -659,6 +660,9 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 	}
 	i := c.chooser.choose(int(n), &cs.next, hash, hashed)
 	ep := c.endpoints[i]
+	info := routeinfo.New(ep.key.cluster, ep.key.addr)
+	info.Retries = attempt - 1
+	routeinfo.Set(ctx, info)
 	var st *endpointStats
 	if c.stats != nil {
 		st = c.stats[i]

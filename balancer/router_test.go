@@ -12,6 +12,7 @@ import (
 	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/metadata"
 
+	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
@@ -247,6 +248,7 @@ func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 		t.clusters[i] = tableCluster{
 			ready:   []grpcbalancer.SubConn{&fakeSubConn{}, &fakeSubConn{}},
 			dones:   []func(grpcbalancer.DoneInfo){done, done},
+			routes:  []*routeinfo.Info{routeinfo.New(r.clusters[i], "10.0.0.1:80"), routeinfo.New(r.clusters[i], "10.0.0.2:80")},
 			chooser: newEndpointChooser(policy, []string{"10.0.0.1:80", "10.0.0.2:80"}, []*atomic.Int64{&active[0], &active[1]}),
 			state:   cs,
 		}
@@ -261,7 +263,9 @@ func TestPickerPickDoesNotAllocate(t *testing.T) {
 		p := benchPicker(t, policy)
 		// As the client interceptors call it: with a call to record the
 		// cluster in, and Done called.
-		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: withCallInfo(t.Context(), &callInfo{})}
+		// And with telemetry's slot for the route, which the pick fills.
+		slot := &routeinfo.Slot{}
+		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: withCallInfo(routeinfo.WithSlot(t.Context(), slot), &callInfo{})}
 		allocs := testing.AllocsPerRun(1000, func() {
 			res, err := p.Pick(info)
 			if err != nil || res.SubConn == nil {
@@ -271,6 +275,9 @@ func TestPickerPickDoesNotAllocate(t *testing.T) {
 		})
 		if allocs != 0 {
 			t.Errorf("%s: picker.Pick allocates %.1f times per call, want 0", policy, allocs)
+		}
+		if got := slot.Load(); got == nil || got.Endpoint == "" || got.Cluster == "" {
+			t.Errorf("%s: the pick left no route for telemetry: %+v", policy, got)
 		}
 	}
 }

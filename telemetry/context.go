@@ -4,31 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"sync/atomic"
+
+	"mesh/internal/routeinfo"
 )
 
 // RouteInfo says where the router sent a request, for span attributes,
-// access logs and response flags.
-type RouteInfo struct {
-	// Cluster is the upstream cluster, e.g. "outbound|8080|v2|payments.shop.svc.cluster.local".
-	Cluster string
-	// Subset is the DestinationRule subset within the service, e.g. "v2".
-	Subset string
-	// Endpoint is the address picked, "ip:port".
-	Endpoint string
-	// Retries counts the attempts made before this one.
-	Retries int
-	// ResponseFlags holds Envoy response flags the router raised, such as
-	// "UH" (no healthy upstream) or "NR" (no route); empty means none.
-	ResponseFlags string
-}
-
-type routeSlotKey struct{}
-
-// routeSlot is the per-request place the router writes its decision into;
-// the picker runs on the RPC's goroutine but the handler may read the slot
-// from another, so it is atomic.
-type routeSlot struct{ info atomic.Pointer[RouteInfo] }
+// access logs and response flags: Cluster (e.g.
+// "outbound|8080|v2|payments.shop.svc.cluster.local"), Subset ("v2"),
+// Endpoint ("ip:port"), Retries (attempts before this one) and
+// ResponseFlags (Envoy's, such as "UH" or "NR"; empty means none).
+type RouteInfo = routeinfo.Info
 
 type routeValueKey struct{}
 
@@ -45,19 +30,14 @@ func WithRouteInfo(ctx context.Context, info RouteInfo) context.Context {
 // A later call replaces an earlier one. It reports false, and records
 // nothing, when no handler tagged ctx.
 func SetRouteInfo(ctx context.Context, info RouteInfo) bool {
-	slot, _ := ctx.Value(routeSlotKey{}).(*routeSlot)
-	if slot == nil {
-		return false
-	}
-	slot.info.Store(&info)
-	return true
+	return routeinfo.Set(ctx, &info)
 }
 
 // routeInfo returns what SetRouteInfo recorded in slot, or else what
 // WithRouteInfo put in ctx.
-func routeInfo(ctx context.Context, slot *routeSlot) RouteInfo {
+func routeInfo(ctx context.Context, slot *routeinfo.Slot) RouteInfo {
 	if slot != nil {
-		if p := slot.info.Load(); p != nil {
+		if p := slot.Load(); p != nil {
 			return *p
 		}
 	}

@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
+
+	"mesh/internal/routeinfo"
 )
 
 // instrumentationName names the tracer, so backends can tell mesh's spans
@@ -181,8 +183,8 @@ type rpcState struct {
 	start      time.Time
 	fullMethod string
 	requestID  string
-	route      *routeSlot
-	ownRoute   routeSlot
+	route      *routeinfo.Slot
+	ownRoute   routeinfo.Slot
 	ended      atomic.Bool
 	responded  atomic.Bool // the client saw response headers or trailers
 	peer       atomic.Pointer[Workload]
@@ -217,7 +219,7 @@ func (c *rpcContext) Value(key any) any {
 		if k.owner == c.owner {
 			return &c.state
 		}
-	case routeSlotKey:
+	case routeinfo.SlotKey:
 		// Only client attempts are routed. A server's context must not
 		// offer one: calls its method makes would share and overwrite it.
 		if c.owner.client {
@@ -248,7 +250,7 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 	st := &rc.state
 	st.route = &st.ownRoute
 	if h.client {
-		if slot, _ := ctx.Value(routeSlotKey{}).(*routeSlot); slot != nil {
+		if slot, _ := ctx.Value(routeinfo.SlotKey{}).(*routeinfo.Slot); slot != nil {
 			st.route = slot // an outer handler's slot: the router fills one for both
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"mesh/internal/routeinfo"
 )
 
 // Attribute keys from the OpenTelemetry semantic conventions for HTTP spans.
@@ -156,10 +158,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	start := t.now()
 	ctx := req.Context()
-	slot, _ := ctx.Value(routeSlotKey{}).(*routeSlot)
+	slot, _ := ctx.Value(routeinfo.SlotKey{}).(*routeinfo.Slot)
 	if slot == nil {
-		slot = &routeSlot{}
-		ctx = context.WithValue(ctx, routeSlotKey{}, slot)
+		slot = &routeinfo.Slot{}
+		ctx = routeinfo.WithSlot(ctx, slot)
 	}
 	requestID := req.Header.Get(HeaderRequestID)
 	if requestID == "" {
@@ -259,7 +261,7 @@ type clientCall struct {
 	// only until the response body ends, to record against it.
 	ctx       context.Context
 	span      trace.Span
-	slot      *routeSlot
+	slot      *routeinfo.Slot
 	reqB      *countingBody
 	respBytes atomic.Int64
 	once      sync.Once
