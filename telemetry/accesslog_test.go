@@ -16,6 +16,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/proto"
 
@@ -217,4 +218,34 @@ func TestAccessLogFilterAndSampling(t *testing.T) {
 	if err := (telemetry.AccessLogConfig{SampleRate: -0.1}).Validate(); err == nil {
 		t.Error("negative SampleRate validated")
 	}
+}
+
+// The router's route info is shared by a call's attempts; the attempt
+// number comes from the header the retry interceptor sets (gRFC A6).
+func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
+	clientCreds, serverCreds := mtlsPair(t)
+	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}
+	p := startPair(t, pairConfig{
+		clientCreds: clientCreds, serverCreds: serverCreds,
+		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP)},
+		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
+	})
+	attemptCtx := metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", "2")
+	if _, err := p.client.Check(attemptCtx, &healthpb.HealthCheckRequest{Service: "payments"}); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	waitN(ctx, t, "client", p.clientEnds, 1)
+	for _, s := range clientSpans.Ended() {
+		if s.SpanKind() != trace.SpanKindClient {
+			continue
+		}
+		if v, ok := spanAttr(s, "retry.count"); !ok || v.AsInt64() != 2 {
+			t.Fatalf("client span retry.count = %v (set %t), want 2", v.AsInt64(), ok)
+		}
+		return
+	}
+	t.Fatal("no client span")
 }

@@ -378,6 +378,10 @@ func (h *handler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Con
 // HandleConn ignores connection events.
 func (h *handler) HandleConn(context.Context, stats.ConnStats) {}
 
+// headerPreviousAttempts counts the attempts of a call made before this one
+// (gRFC A6).
+const headerPreviousAttempts = "grpc-previous-rpc-attempts"
+
 // end finishes the span and records metrics and the access log.
 func (h *handler) end(ctx context.Context, st *rpcState, err error) {
 	code := grpccodes.OK
@@ -387,6 +391,13 @@ func (h *handler) end(ctx context.Context, st *rpcState, err error) {
 		code, message = s.Code(), s.Message()
 	}
 	route := routeInfo(ctx, st.route)
+	if h.client && route.Retries == 0 {
+		// The mesh's retry interceptor numbers gRPC attempts as gRFC A6
+		// does; the picker's route info is shared by all of them.
+		if n, err := strconv.Atoi(outgoingValue(ctx, headerPreviousAttempts)); err == nil {
+			route.Retries = n
+		}
+	}
 	st.mu.Lock()
 	ex := exchange{
 		protocol:      protocolGRPC,
