@@ -249,45 +249,38 @@ func (a *adsChannel) gotFirstResponse(server int) {
 }
 
 func (a *adsChannel) runSotWStream(ctx context.Context, server int) (gotResponse bool, err error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]).StreamAggregatedResources(sctx)
-	if err != nil {
-		return false, err
-	}
-	a.c.mu.Lock()
-	a.startStreamLocked(server)
-	a.c.mu.Unlock()
-
-	senderDone := make(chan struct{})
-	go func() {
-		defer close(senderDone)
-		a.sendLoop(sctx, cancel, func(first bool) (bool, error) {
-			return a.sendSotW(stream, first)
+	return runStream(ctx, a, server,
+		func(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient) (discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, error) {
+			return c.StreamAggregatedResources(ctx)
+		},
+		a.sendSotW,
+		func(resp *discoverypb.DiscoveryResponse) {
+			a.c.handleResponse(a, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resp.GetResources())
 		})
-	}()
-	defer func() {
-		cancel()
-		<-senderDone
-	}()
-
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return gotResponse, err
-		}
-		if !gotResponse {
-			gotResponse = true
-			a.gotFirstResponse(server)
-		}
-		a.c.handleResponse(a, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resp.GetResources())
-	}
 }
 
 func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotResponse bool, err error) {
+	return runStream(ctx, a, server,
+		func(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient) (discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, error) {
+			return c.DeltaAggregatedResources(ctx)
+		},
+		a.sendDelta,
+		func(resp *discoverypb.DeltaDiscoveryResponse) {
+			a.c.handleDeltaResponse(a, resp.GetTypeUrl(), resp.GetNonce(), resp.GetResources(), resp.GetRemovedResources())
+		})
+}
+
+// runStream runs one ADS stream (state of the world or delta) on server
+// until it fails: a sender goroutine, owned by this call and stopped before
+// it returns, sends what send builds, and each response goes to handle.
+func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *adsChannel, server int,
+	open func(context.Context, discoverypb.AggregatedDiscoveryServiceClient) (S, error),
+	send func(stream S, first bool) (bool, error),
+	handle func(R),
+) (gotResponse bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]).DeltaAggregatedResources(sctx)
+	stream, err := open(sctx, discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]))
 	if err != nil {
 		return false, err
 	}
@@ -298,9 +291,7 @@ func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotRespons
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
-		a.sendLoop(sctx, cancel, func(first bool) (bool, error) {
-			return a.sendDelta(stream, first)
-		})
+		a.sendLoop(sctx, cancel, func(first bool) (bool, error) { return send(stream, first) })
 	}()
 	defer func() {
 		cancel()
@@ -316,7 +307,7 @@ func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotRespons
 			gotResponse = true
 			a.gotFirstResponse(server)
 		}
-		a.c.handleDeltaResponse(a, resp.GetTypeUrl(), resp.GetNonce(), resp.GetResources(), resp.GetRemovedResources())
+		handle(resp)
 	}
 }
 
