@@ -160,20 +160,55 @@ func rbacPolicy(ns string, r *security.Rule, path string) (*rbacconfig.Policy, e
 	return p, nil
 }
 
-// principalField is one list-valued field of a source: values ORed,
-// notValues as a negated OR, fields ANDed.
-type principalField struct {
+// ruleField is one list-valued field of an AuthorizationPolicy source or
+// operation: its values are ORed, its not- form (notPrincipals, ...)
+// negates the OR, and the caller ANDs the fields.
+type ruleField[T any] struct {
 	name      string
 	values    []string
 	notValues []string
-	build     func(v, path string) (*rbacconfig.Principal, error)
+	build     func(v, path string) (T, error)
+}
+
+// buildRuleFields builds each field's values, ORs them with or, and wraps
+// a not- field's OR with not; errors name the field path under path.
+func buildRuleFields[T any](fields []ruleField[T], path string, or func([]T) T, not func(T) T) ([]T, error) {
+	var out []T
+	for _, f := range fields {
+		for _, set := range []struct {
+			values []string
+			not    bool
+		}{{f.values, false}, {f.notValues, true}} {
+			if len(set.values) == 0 {
+				continue
+			}
+			fieldName := f.name
+			if set.not {
+				fieldName = "not" + strings.ToUpper(f.name[:1]) + f.name[1:]
+			}
+			var items []T
+			for i, v := range set.values {
+				item, err := f.build(v, fmt.Sprintf("%s.%s[%d]", path, fieldName, i))
+				if err != nil {
+					return nil, err
+				}
+				items = append(items, item)
+			}
+			item := or(items)
+			if set.not {
+				item = not(item)
+			}
+			out = append(out, item)
+		}
+	}
+	return out, nil
 }
 
 func sourceIDs(ns string, s *security.Source, path string) ([]*rbacconfig.Principal, error) {
 	if len(s.GetRequestPrincipals()) > 0 || len(s.GetNotRequestPrincipals()) > 0 {
 		return nil, fmt.Errorf("%s.requestPrincipals: not supported (no JWT authentication in proxyless servers)", path)
 	}
-	fields := []principalField{
+	fields := []ruleField[*rbacconfig.Principal]{
 		{"principals", s.GetPrincipals(), s.GetNotPrincipals(), func(v, _ string) (*rbacconfig.Principal, error) {
 			return authenticated(principalMatcher(v)), nil
 		}},
@@ -208,47 +243,13 @@ func sourceIDs(ns string, s *security.Source, path string) ([]*rbacconfig.Princi
 			return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_RemoteIp{RemoteIp: c}}, nil
 		}},
 	}
-	var out []*rbacconfig.Principal
-	for _, f := range fields {
-		for _, set := range []struct {
-			values []string
-			not    bool
-		}{{f.values, false}, {f.notValues, true}} {
-			if len(set.values) == 0 {
-				continue
-			}
-			fieldName := f.name
-			if set.not {
-				fieldName = "not" + strings.ToUpper(f.name[:1]) + f.name[1:]
-			}
-			var ids []*rbacconfig.Principal
-			for i, v := range set.values {
-				id, err := f.build(v, fmt.Sprintf("%s.%s[%d]", path, fieldName, i))
-				if err != nil {
-					return nil, err
-				}
-				ids = append(ids, id)
-			}
-			id := orIDs(ids)
-			if set.not {
-				id = &rbacconfig.Principal{Identifier: &rbacconfig.Principal_NotId{NotId: id}}
-			}
-			out = append(out, id)
-		}
-	}
-	return out, nil
-}
-
-// permissionField is principalField's counterpart for operations.
-type permissionField struct {
-	name      string
-	values    []string
-	notValues []string
-	build     func(v, path string) (*rbacconfig.Permission, error)
+	return buildRuleFields(fields, path, orIDs, func(id *rbacconfig.Principal) *rbacconfig.Principal {
+		return &rbacconfig.Principal{Identifier: &rbacconfig.Principal_NotId{NotId: id}}
+	})
 }
 
 func operationRules(op *security.Operation, path string) ([]*rbacconfig.Permission, error) {
-	fields := []permissionField{
+	fields := []ruleField[*rbacconfig.Permission]{
 		{"hosts", op.GetHosts(), op.GetNotHosts(), func(v, _ string) (*rbacconfig.Permission, error) {
 			m := wildcardMatcher(v, "")
 			m.IgnoreCase = true
@@ -276,35 +277,9 @@ func operationRules(op *security.Operation, path string) ([]*rbacconfig.Permissi
 			}}}, nil
 		}},
 	}
-	var out []*rbacconfig.Permission
-	for _, f := range fields {
-		for _, set := range []struct {
-			values []string
-			not    bool
-		}{{f.values, false}, {f.notValues, true}} {
-			if len(set.values) == 0 {
-				continue
-			}
-			fieldName := f.name
-			if set.not {
-				fieldName = "not" + strings.ToUpper(f.name[:1]) + f.name[1:]
-			}
-			var rules []*rbacconfig.Permission
-			for i, v := range set.values {
-				r, err := f.build(v, fmt.Sprintf("%s.%s[%d]", path, fieldName, i))
-				if err != nil {
-					return nil, err
-				}
-				rules = append(rules, r)
-			}
-			rule := orRules(rules)
-			if set.not {
-				rule = &rbacconfig.Permission{Rule: &rbacconfig.Permission_NotRule{NotRule: rule}}
-			}
-			out = append(out, rule)
-		}
-	}
-	return out, nil
+	return buildRuleFields(fields, path, orRules, func(rule *rbacconfig.Permission) *rbacconfig.Permission {
+		return &rbacconfig.Permission{Rule: &rbacconfig.Permission_NotRule{NotRule: rule}}
+	})
 }
 
 // headerKey extracts X from "request.headers[X]".
