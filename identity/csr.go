@@ -142,10 +142,7 @@ type CSRSource struct {
 	done   chan struct{}
 	once   sync.Once
 
-	mu     sync.RWMutex
-	svid   *x509svid.SVID
-	bundle *x509bundle.Bundle
-	closed bool
+	current
 }
 
 var _ Source = (*CSRSource)(nil)
@@ -191,30 +188,6 @@ func NewCSRSource(ctx context.Context, cfg CSRConfig, opts ...Option) (*CSRSourc
 	s.cancel = cancel
 	go s.run(runCtx, newBackoff(o.retryMin, o.retryMax))
 	return s, nil
-}
-
-// GetX509SVID returns the current SVID. It implements x509svid.Source.
-func (s *CSRSource) GetX509SVID() (*x509svid.SVID, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	return s.svid, nil
-}
-
-// GetX509BundleForTrustDomain returns the bundle of the SVID's trust
-// domain. It implements x509bundle.Source.
-func (s *CSRSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	if td != s.bundle.TrustDomain() {
-		return nil, fmt.Errorf("identity: no bundle for trust domain %q", td.Name())
-	}
-	return s.bundle, nil
 }
 
 // Updated returns a channel that is closed at the next renewal (and at

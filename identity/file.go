@@ -8,10 +8,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // DefaultRefreshInterval is how often a FileSource polls its files when
@@ -56,10 +52,7 @@ type FileSource struct {
 	logger *slog.Logger
 	notify *notifier
 
-	mu     sync.RWMutex
-	svid   *x509svid.SVID
-	bundle *x509bundle.Bundle
-	closed bool
+	current
 
 	stop chan struct{}
 	done chan struct{}
@@ -92,42 +85,17 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	s := &FileSource{
-		cfg:    cfg,
-		logger: o.logger,
-		notify: newNotifier(),
-		svid:   svid,
-		bundle: bundle,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		logger:  o.logger,
+		notify:  newNotifier(),
+		current: current{svid: svid, bundle: bundle},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
 	go s.poll(raw)
 	return s, nil
-}
-
-// GetX509SVID returns the current SVID. It implements x509svid.Source.
-func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	return s.svid, nil
-}
-
-// GetX509BundleForTrustDomain returns the CA file's bundle if td is the
-// SVID's trust domain. It implements x509bundle.Source.
-func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	if td != s.bundle.TrustDomain() {
-		return nil, fmt.Errorf("identity: no bundle for trust domain %q", td.Name())
-	}
-	return s.bundle, nil
 }
 
 // Updated returns a channel that is closed at the next successful reload
