@@ -450,11 +450,40 @@ func (b *routerBalancer) evaluatePending() {
 		return
 	}
 	for _, pc := range p.clusters {
-		if pc.carriesTraffic && pc.missing == nil && !b.settled(pc.keys) {
+		if !pc.carriesTraffic || pc.missing != nil {
+			continue
+		}
+		// An update that takes every endpoint from a cluster serving now
+		// waits, like any other change, until it settles or the publish
+		// timeout: endpoints that vanish for a moment (a server's xDS
+		// stream reconnecting) must not fail calls that the old ones serve.
+		if len(pc.keys) == 0 && b.servingNow(pc.name) {
+			return
+		}
+		if !b.settled(pc.keys) {
 			return
 		}
 	}
 	b.publish(p)
+}
+
+// servingNow reports whether the published plan's cluster name has a READY
+// SubConn.
+func (b *routerBalancer) servingNow(name string) bool {
+	if b.published == nil {
+		return false
+	}
+	for _, old := range b.published.clusters {
+		if old.name != name {
+			continue
+		}
+		for _, k := range old.keys {
+			if s := b.subConns[k]; s != nil && s.state == connectivity.Ready {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // settled reports whether SubConns have a READY one, or all failed, or none.

@@ -535,3 +535,22 @@ func TestEqualTLS(t *testing.T) {
 		t.Error("identity or nil handling is wrong")
 	}
 }
+
+// Endpoints that vanish for a moment from a serving cluster (a server's
+// xDS stream reconnecting, say) do not fail calls: the old endpoints keep
+// serving until the endpoints return or the publish timeout passes.
+func TestVanishingEndpointsDoNotFailCalls(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t, WithPublishTimeout(time.Minute))
+	a := startBackend(t, "a")
+	e.serve("cluster-a", a)
+	e.route(w("cluster-a", 1))
+	warmUp(ctx, t, e, "a")
+
+	l := startLoad(ctx, e, 4, 200000)
+	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds")) // none
+	l.waitOnly(ctx, t, "a", 200)
+	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
+	l.waitOnly(ctx, t, "a", 200)
+	l.finish(t)
+}
