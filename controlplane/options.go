@@ -17,6 +17,7 @@ type optionFunc func(*settings)
 func (f optionFunc) apply(s *settings) { f(s) }
 
 type settings struct {
+	endpointGrace     time.Duration
 	address           string
 	logger            *slog.Logger
 	trustDomain       string
@@ -38,6 +39,7 @@ func defaultSettings() settings {
 		trustDomain:       "cluster.local",
 		fileCheckInterval: time.Second,
 		certTTL:           24 * time.Hour,
+		endpointGrace:     DefaultEndpointGracePeriod,
 	}
 }
 
@@ -106,4 +108,17 @@ func WithWorkloads(ws ...Workload) Option {
 // This hook exists for tests and may change or go away.
 func WithSnapshotHook(fn func(nodeID string, resources map[string][]types.Resource)) Option {
 	return optionFunc(func(s *settings) { s.snapshotHook = fn })
+}
+
+// DefaultEndpointGracePeriod is how long a workload's endpoints outlive its
+// xDS stream by default.
+const DefaultEndpointGracePeriod = 2 * time.Second
+
+// WithEndpointGracePeriod sets how long a serving workload's endpoints stay
+// in EDS after its xDS stream closes. A workload whose stream only
+// reconnects (a network blip, a control plane restart on its side) keeps
+// its endpoints and its clients notice nothing; one that is gone leaves
+// when the period ends. 0 removes endpoints at once.
+func WithEndpointGracePeriod(d time.Duration) Option {
+	return optionFunc(func(s *settings) { s.endpointGrace = max(d, 0) })
 }

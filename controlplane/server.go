@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,8 +53,12 @@ type Server struct {
 	cfg      configSet
 	declared map[string]Workload // by namespace/name
 	streams  map[streamKey]*nodeInfo
-	gen      *generation
-	pushes   uint64 // counts full pushes; the file watcher retries on change
+	// departed holds serving workloads whose last stream closed, by node
+	// id, until their grace period ends; their endpoints stay meanwhile.
+	departed      map[string]*departure
+	endpointGrace time.Duration
+	gen           *generation
+	pushes        uint64 // counts full pushes; the file watcher retries on change
 
 	ops operations // admin servers and metrics endpoints; see graph.go
 	sds sdsState   // minted SDS secrets; see sds.go
@@ -122,14 +127,16 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		logger:      st.logger,
-		trustDomain: td,
-		ca:          ca,
-		hook:        st.snapshotHook,
-		cfg:         configSet{},
-		declared:    map[string]Workload{},
-		streams:     map[streamKey]*nodeInfo{},
-		sds:         sdsState{enabled: st.sds},
+		logger:        st.logger,
+		trustDomain:   td,
+		ca:            ca,
+		hook:          st.snapshotHook,
+		cfg:           configSet{},
+		declared:      map[string]Workload{},
+		streams:       map[streamKey]*nodeInfo{},
+		departed:      map[string]*departure{},
+		endpointGrace: st.endpointGrace,
+		sds:           sdsState{enabled: st.sds},
 	}
 	for i, w := range st.workloads {
 		if err := w.Validate(); err != nil {
@@ -224,6 +231,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	for _, d := range s.departed {
+		d.timer.Stop()
+	}
 	s.mu.Unlock()
 	s.cancel()
 	s.grpcServer.Stop()
@@ -373,7 +383,7 @@ func (s *Server) pushAllLocked() {
 		return
 	}
 	nodes := s.nodeList()
-	reg := buildRegistry(s.trustDomain.Name(), s.declared, nodes, s.cfg)
+	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(nodes, s.departedNodes()...), s.cfg)
 	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled})
 	s.pushes++
 	seen := map[string]bool{}
@@ -537,6 +547,10 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 		}
 		n = s.parseNode(node)
 		s.streams[key] = n
+		if d := s.departed[n.id]; d != nil {
+			d.timer.Stop() // back within its grace period: nothing changed
+			delete(s.departed, n.id)
+		}
 		s.logger.Info("node connected", "node", n.id, "service", n.serviceHost, "delta", key.delta)
 	}
 	if sotw != nil && sotw.GetErrorDetail() != nil {
@@ -610,11 +624,46 @@ func (s *Server) onClosed(key streamKey) {
 		s.cache.ClearSnapshot(n.id)
 	}
 	switch {
+	case n.serviceHost != "" && !stillConnected && s.endpointGrace > 0:
+		s.departLocked(n)
 	case n.serviceHost != "":
 		s.pushAllLocked()
 	case stillConnected:
 		s.pushNodeLocked(n.id)
 	}
+}
+
+// departure is a serving workload in its grace period.
+type departure struct {
+	node  *nodeInfo
+	timer *time.Timer
+}
+
+// departLocked keeps n's endpoints for the grace period, then removes them
+// and pushes, unless n connects again first.
+func (s *Server) departLocked(n *nodeInfo) {
+	d := &departure{node: n}
+	d.timer = time.AfterFunc(s.endpointGrace, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed || s.departed[n.id] != d {
+			return
+		}
+		delete(s.departed, n.id)
+		s.logger.Info("workload gone; removing its endpoints", "node", n.id)
+		s.pushAllLocked()
+	})
+	s.departed[n.id] = d
+}
+
+// departedNodes lists the departed workloads, by node id.
+func (s *Server) departedNodes() []*nodeInfo {
+	ids := slices.Sorted(maps.Keys(s.departed))
+	out := make([]*nodeInfo, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, s.departed[id].node)
+	}
+	return out
 }
 
 // parseNode reads istio-style node metadata; malformed values are logged

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -390,5 +391,39 @@ func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
 	}
 	if calls.Load() == 0 {
 		t.Fatal("hook never called")
+	}
+}
+
+// A serving workload whose stream closes keeps its endpoints for the grace
+// period: it may only be reconnecting, and its clients must not notice.
+func TestEndpointsOutliveTheirStreamForTheGracePeriod(t *testing.T) {
+	s := newTestServer(t, WithEndpointGracePeriod(time.Minute))
+	ctx := testContext(t)
+	declarePayments(t, s)
+	server, _ := serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
+	server.close()
+	for departed := 0; departed == 0; {
+		s.mu.Lock()
+		departed = len(s.departed)
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			t.Fatal("the control plane never saw the workload's stream close")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	client := dialADS(t, s, clientNode())
+	client.subscribe(resource.EndpointType, paymentsCluster)
+	client.await(ctx, resource.EndpointType, func(r *discovery.DiscoveryResponse) bool {
+		cla, ok := decode[*endpointv3.ClusterLoadAssignment](t, r)[paymentsCluster]
+		return ok && slices.Equal(endpointAddrs(cla), []string{"127.0.0.1:9001"})
+	})
+	// Back within the period: the departure is forgotten.
+	serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
+	s.mu.Lock()
+	left := len(s.departed)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d departures left after the workload came back", left)
 	}
 }
