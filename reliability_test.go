@@ -98,10 +98,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	ctx := testContext(t)
 	// The test holds the CA's key, so the second control plane can sign
 	// with the same root and the workloads' SVIDs stay valid.
-	ca, err := shop.NewTestCA("cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signWithCA := testCA(t)
 	// The embedded control plane learns endpoints from connected servers
 	// (istiod reads them from Kubernetes), so checkout must resubscribe
 	// after payments or it would get empty endpoints: its reconnect
@@ -122,7 +119,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 		})}
 	}
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0},
-		shop.WorldOptions{ControlPlane: []controlplane.Option{controlplane.WithCA(ca.CertPEM, ca.KeyPEM)}, Mesh: meshOpts})
+		shop.WorldOptions{ControlPlane: []controlplane.Option{signWithCA}, Mesh: meshOpts})
 	t.Cleanup(openGate) // runs before the meshes close
 	addr := w.ControlPlane.Addr()
 
@@ -154,7 +151,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 			openGate()
 		}
 	}
-	cp2, err := controlplane.New(ctx, controlplane.WithAddress(addr), controlplane.WithCA(ca.CertPEM, ca.KeyPEM),
+	cp2, err := controlplane.New(ctx, controlplane.WithAddress(addr), signWithCA,
 		controlplane.WithLogger(shop.TestLogger(t)), controlplane.WithWorkloads(shop.Workloads()...), controlplane.WithSnapshotHook(hook))
 	if err != nil {
 		t.Fatalf("restarting the control plane on %s: %v", addr, err)

@@ -133,14 +133,11 @@ func chargeOnce(ctx context.Context, t *testing.T, m *mesh.Mesh) (shop.Reply, er
 
 func TestServerRefusesBadClientCertificates(t *testing.T) {
 	ctx := testContext(t)
-	ca, err := shop.NewTestCA("cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, signWithCA := testCA(t)
 	// payments' logs, where a refused handshake says why.
 	serverLog := &syncBuffer{}
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
-		ControlPlane: []controlplane.Option{controlplane.WithCA(ca.CertPEM, ca.KeyPEM)},
+		ControlPlane: []controlplane.Option{signWithCA},
 		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
 			if wl.Service != "payments" {
 				return nil
@@ -153,7 +150,7 @@ func TestServerRefusesBadClientCertificates(t *testing.T) {
 
 	// Control: a valid certificate from the same CA, handed over the same
 	// way, is let in; only the certificate differs in the cases below.
-	valid, err := ca.Issue(checkoutID, now.Add(-time.Minute), now.Add(time.Hour))
+	valid, err := ca.IssueBetween(checkoutID.String(), now.Add(-time.Minute), now.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +167,7 @@ func TestServerRefusesBadClientCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expired, err := ca.Issue(checkoutID, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	expired, err := ca.IssueBetween(checkoutID.String(), now.Add(-2*time.Hour), now.Add(-time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,4 +279,19 @@ func TestLongLivedHTTPConnectionsAreRemadeWithoutFailing(t *testing.T) {
 		}
 		remotes[string(body)] = true
 	}
+}
+
+// testCA is a CA whose key the test holds, and the option that makes a
+// control plane sign with it.
+func testCA(t *testing.T) (*identitytest.CA, controlplane.Option) {
+	t.Helper()
+	ca, err := identitytest.NewCA("cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, controlplane.WithCA(ca.RootPEM(), key)
 }

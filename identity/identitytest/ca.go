@@ -91,15 +91,22 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 // Issue returns an SVID for spiffeID, valid for ttl, with an optional list
 // of DNS SANs. spiffeID must belong to the CA's trust domain.
 func (ca *CA) Issue(spiffeID string, ttl time.Duration, dnsNames ...string) (*x509svid.SVID, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("identitytest: ttl %v must be positive", ttl)
+	}
+	now := time.Now()
+	return ca.IssueBetween(spiffeID, now.Add(-backdate), now.Add(ttl), dnsNames...)
+}
+
+// IssueBetween is Issue with an explicit validity window, for tests of
+// certificates that are expired or not yet valid.
+func (ca *CA) IssueBetween(spiffeID string, notBefore, notAfter time.Time, dnsNames ...string) (*x509svid.SVID, error) {
 	id, err := spiffeid.FromString(spiffeID)
 	if err != nil {
 		return nil, fmt.Errorf("identitytest: SPIFFE ID %q: %w", spiffeID, err)
 	}
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("identitytest: SPIFFE ID %q is not in trust domain %q", spiffeID, ca.td.Name())
-	}
-	if ttl <= 0 {
-		return nil, fmt.Errorf("identitytest: ttl %v must be positive", ttl)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -109,13 +116,12 @@ func (ca *CA) Issue(spiffeID string, ttl time.Duration, dnsNames ...string) (*x5
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		URIs:         []*url.URL{id.URL()},
 		DNSNames:     dnsNames,
-		NotBefore:    now.Add(-backdate),
-		NotAfter:     now.Add(ttl),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
@@ -243,6 +249,16 @@ func (ca *CA) SignCSR(csr []byte, ttl time.Duration) (*x509.Certificate, error) 
 		return nil, fmt.Errorf("identitytest: parsing certificate of %s: %w", id, err)
 	}
 	return cert, nil
+}
+
+// KeyPEM returns the CA's private key, PEM-encoded (PKCS#8), for a control
+// plane that is to sign with this CA (controlplane.WithCA).
+func (ca *CA) KeyPEM() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("identitytest: encoding CA key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // RootPEM returns the CA certificate in PEM form.

@@ -2,25 +2,13 @@ package shop
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"mesh"
 	"mesh/controlplane"
@@ -134,88 +122,4 @@ func GetVersion(ctx context.Context, client *http.Client, url string) (string, e
 		return "", fmt.Errorf("GET %s: status %d: %s", url, resp.StatusCode, body)
 	}
 	return string(body), nil
-}
-
-// TestCA is a root CA whose key a test holds, so that it can hand the key to
-// a control plane (controlplane.WithCA) and also mint certificates the
-// control plane would not, such as expired ones.
-type TestCA struct {
-	TrustDomain spiffeid.TrustDomain
-	CertPEM     []byte
-	KeyPEM      []byte
-	cert        *x509.Certificate
-	key         *ecdsa.PrivateKey
-}
-
-// NewTestCA makes a self-signed root for trustDomain, valid for a day.
-func NewTestCA(trustDomain string) (*TestCA, error) {
-	td, err := spiffeid.TrustDomainFromString(trustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: trust domain %q: %w", trustDomain, err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: generating key: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(now.UnixNano()),
-		Subject:               pkix.Name{CommonName: "mesh test root " + td.Name()},
-		URIs:                  []*url.URL{td.ID().URL()},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: self-signing: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: parsing: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: encoding key: %w", err)
-	}
-	return &TestCA{
-		TrustDomain: td,
-		CertPEM:     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:      pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		cert:        cert,
-		key:         key,
-	}, nil
-}
-
-// Bundle is the CA's trust bundle.
-func (ca *TestCA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.cert})
-}
-
-// Issue mints an SVID for id valid from notBefore to notAfter, which may
-// both lie in the past.
-func (ca *TestCA) Issue(id spiffeid.ID, notBefore, notAfter time.Time) (*x509svid.SVID, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: generating key for %s: %w", id, err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		URIs:         []*url.URL{id.URL()},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: issuing %s: %w", id, err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("test ca: parsing certificate of %s: %w", id, err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
 }
