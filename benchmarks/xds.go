@@ -172,37 +172,13 @@ func xdsDeltaOneChange(b *testing.B, clusters int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = c.Close() })
-	initialDone := make(chan struct{}, clusters)
 	changed := make(chan int, 1)
 	target := benchClusterName(0)
-	for i := range clusters {
-		name := benchClusterName(i)
-		first := true
-		c.WatchEndpoints(name, func(ev xdsclient.Event[*xdsclient.Endpoints]) {
-			if ev.Err != nil || ev.NotFound {
-				return
-			}
-			if first {
-				first = false
-				initialDone <- struct{}{}
-				return
-			}
-			if name == target {
-				_, portStr, _ := net.SplitHostPort(ev.Resource.Localities[0].Endpoints[0].Address)
-				port, _ := strconv.Atoi(portStr)
-				changed <- port
-			}
-		})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), xdsWaitLimit)
-	defer cancel()
-	for range clusters {
-		select {
-		case <-initialDone:
-		case <-ctx.Done():
-			b.Fatal("initial ingest timed out")
-		}
-	}
+	watchIngest(b, c, clusters, target, func(eps *xdsclient.Endpoints) {
+		_, portStr, _ := net.SplitHostPort(eps.Localities[0].Endpoints[0].Address)
+		port, _ := strconv.Atoi(portStr)
+		changed <- port
+	})
 
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -277,32 +253,10 @@ func xdsDeltaClientOneChange(b *testing.B, clusters int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = c.Close() })
-	initialDone := make(chan struct{}, clusters)
 	changed := make(chan struct{}, 1)
-	for i := range clusters {
-		name := benchClusterName(i)
-		first := true
-		c.WatchEndpoints(name, func(ev xdsclient.Event[*xdsclient.Endpoints]) {
-			if ev.Err != nil || ev.NotFound {
-				return
-			}
-			if first {
-				first = false
-				initialDone <- struct{}{}
-			} else if name == target {
-				changed <- struct{}{}
-			}
-		})
-	}
+	watchIngest(b, c, clusters, target, func(*xdsclient.Endpoints) { changed <- struct{}{} })
 	ctx, cancel := context.WithTimeout(context.Background(), xdsWaitLimit)
 	defer cancel()
-	for range clusters {
-		select {
-		case <-initialDone:
-		case <-ctx.Done():
-			b.Fatal("initial ingest timed out")
-		}
-	}
 
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -401,8 +355,29 @@ func xdsSotWOneChange(b *testing.B, clusters int) {
 	}
 	b.Cleanup(func() { _ = c.Close() })
 	target := benchClusterName(0)
-	initialDone := make(chan struct{}, clusters)
 	changed := make(chan struct{}, 1)
+	watchIngest(b, c, clusters, target, func(*xdsclient.Endpoints) { changed <- struct{}{} })
+	ctx, cancel := context.WithTimeout(context.Background(), xdsWaitLimit)
+	defer cancel()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		endpoints[0] = benchEndpoints(target, ingestEndpointsPerCluster, i%999+1)
+		srv.SetResources(b, node, nil, nil, nil, endpoints)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			b.Fatal("update not delivered")
+		}
+	}
+}
+
+// watchIngest watches the endpoints of the first clusters benchmark
+// clusters on c and waits until each has arrived once; later updates of
+// target go to onChange, on the client's callback goroutine.
+func watchIngest(b *testing.B, c *xdsclient.Client, clusters int, target string, onChange func(*xdsclient.Endpoints)) {
+	b.Helper()
+	initialDone := make(chan struct{}, clusters)
 	for i := range clusters {
 		name := benchClusterName(i)
 		first := true
@@ -413,8 +388,10 @@ func xdsSotWOneChange(b *testing.B, clusters int) {
 			if first {
 				first = false
 				initialDone <- struct{}{}
-			} else if name == target {
-				changed <- struct{}{}
+				return
+			}
+			if name == target {
+				onChange(ev.Resource)
 			}
 		})
 	}
@@ -425,17 +402,6 @@ func xdsSotWOneChange(b *testing.B, clusters int) {
 		case <-initialDone:
 		case <-ctx.Done():
 			b.Fatal("initial ingest timed out")
-		}
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		endpoints[0] = benchEndpoints(target, ingestEndpointsPerCluster, i%999+1)
-		srv.SetResources(b, node, nil, nil, nil, endpoints)
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			b.Fatal("update not delivered")
 		}
 	}
 }
