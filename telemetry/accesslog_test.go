@@ -113,6 +113,13 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 	if len(clientRecs) != 2 || len(serverRecs) != 2 {
 		t.Fatalf("%d client and %d server records, want 2 each", len(clientRecs), len(serverRecs))
 	}
+	// A side logs a call when it ends, and the server may end the first call
+	// after the client has started the second: order the records by call.
+	for _, recs := range [][]map[string]any{clientRecs, serverRecs} {
+		if recs[0]["request_id"] != "req-abc" {
+			recs[0], recs[1] = recs[1], recs[0]
+		}
+	}
 	var clientSpan trace.SpanContext
 	for _, s := range clientSpans.Ended() {
 		if a, ok := spanAttr(s, "guid:x-request-id"); ok && a.AsString() == "req-abc" {
