@@ -2,6 +2,7 @@ package mesh_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -346,15 +347,16 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 		ServiceAccount: "checkout",
 		TTL:            time.Hour,
 		RootPEM:        cp.RootPEM(),
-		Insecure:       true, // the embedded control plane's port is plaintext on loopback
+		TLS:            &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close()
 	// The bootstrap names certificate files that do not exist; the option
-	// supplies the "default" provider instead.
-	bootstrap, err := cp.BootstrapJSON(workload, filepath.Join(t.TempDir(), "no-such-dir"))
+	// supplies the "default" provider instead. Its directory holds only
+	// what the xDS stream needs: the CA's root and the token.
+	bootstrap, err := cp.BootstrapJSON(workload, xdsCredentialsDir(t, cp, workload))
 	if err != nil {
 		t.Fatal(err)
 	}

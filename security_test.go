@@ -107,7 +107,7 @@ func TestSVIDRotationUnderLoadFailsNothing(t *testing.T) {
 func meshWithIdentity(ctx context.Context, t *testing.T, cp *controlplane.Server, name string, svid *x509svid.SVID, bundle *x509bundle.Bundle) *mesh.Mesh {
 	t.Helper()
 	wl := controlplane.Workload{Name: name, Namespace: "default", ServiceAccount: "checkout"}
-	bootstrap, err := cp.BootstrapJSON(wl, filepath.Join(t.TempDir(), "unused"))
+	bootstrap, err := cp.BootstrapJSON(wl, xdsCredentialsDir(t, cp, wl))
 	if err != nil {
 		t.Fatal(err)
 	}

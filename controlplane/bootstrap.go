@@ -18,6 +18,10 @@ const (
 	KeyFile       = "key.pem"
 	RootCertFile  = "root-cert.pem"
 	BootstrapFile = "bootstrap.json"
+	// TokenFile holds the workload's enrollment token, the credential its
+	// xDS streams prove it with (istio-agent's istio-token plays that role
+	// for istiod). Mode 0600; treat it as a secret.
+	TokenFile = "istio-token"
 )
 
 // Node metadata keys written into bootstraps and read back from connecting
@@ -151,10 +155,12 @@ type xdsServerJSON struct {
 	ServerURI      string            `json:"server_uri"`
 	ChannelCreds   []channelCredJSON `json:"channel_creds"`
 	ServerFeatures []string          `json:"server_features"`
+	CallCreds      []channelCredJSON `json:"call_creds,omitempty"`
 }
 
 type channelCredJSON struct {
-	Type string `json:"type"`
+	Type   string            `json:"type"`
+	Config map[string]string `json:"config,omitempty"`
 }
 
 type nodeJSON struct {
@@ -179,17 +185,28 @@ type fileWatcherJSON struct {
 // istio-agent writes it for proxyless gRPC, pointing its "default"
 // certificate provider at files in certDir. It also declares w to the
 // server, so configuration may route to w's service before w connects.
+//
+// The xDS server is reached over TLS ("tls" channel creds, gRFC A65,
+// trusting certDir/root-cert.pem) with the token in certDir/istio-token
+// as call credentials (gRFC A97 jwt_token_file): an enrollment token
+// (WriteBootstrap writes one) or a WorkloadToken, which proves w's
+// identity while the rest of w comes from its declaration here. The
+// SVID files are not needed to reach the server, so an SVID from
+// elsewhere (SDS, a CSR source) is enough. With WithPlaintextXDS the
+// bootstrap says "insecure" and names no credential.
 func (s *Server) BootstrapJSON(w Workload, certDir string) ([]byte, error) {
+	return s.bootstrapJSON(w, certDir, false)
+}
+
+// bootstrapJSON is BootstrapJSON; withCert adds the SVID files in certDir
+// as the TLS client certificate of the xDS channel.
+func (s *Server) bootstrapJSON(w Workload, certDir string, withCert bool) ([]byte, error) {
 	if err := w.Validate(); err != nil {
 		return nil, err
 	}
 	w = w.withDefaults()
 	if err := s.declare(w); err != nil {
 		return nil, err
-	}
-	ip := "127.0.0.1"
-	if w.Address != "" {
-		ip, _, _ = parseHostPort(w.Address)
 	}
 	labels := make(map[string]string, len(w.Labels))
 	for k, v := range w.Labels {
@@ -208,14 +225,26 @@ func (s *Server) BootstrapJSON(w Workload, certDir string) ([]byte, error) {
 	if w.Address != "" {
 		meta[MetaAddress] = w.Address
 	}
+	server := xdsServerJSON{
+		ServerURI:      s.Addr(),
+		ChannelCreds:   []channelCredJSON{{Type: "insecure"}},
+		ServerFeatures: []string{"xds_v3"},
+	}
+	if !s.plaintext {
+		tlsConfig := map[string]string{"ca_certificate_file": filepath.Join(certDir, RootCertFile)}
+		if withCert {
+			tlsConfig["certificate_file"] = filepath.Join(certDir, CertChainFile)
+			tlsConfig["private_key_file"] = filepath.Join(certDir, KeyFile)
+		}
+		server.ChannelCreds = []channelCredJSON{{Type: "tls", Config: tlsConfig}}
+		server.CallCreds = []channelCredJSON{{Type: "jwt_token_file", Config: map[string]string{
+			"jwt_token_file": filepath.Join(certDir, TokenFile),
+		}}}
+	}
 	b := bootstrapJSON{
-		XDSServers: []xdsServerJSON{{
-			ServerURI:      s.Addr(),
-			ChannelCreds:   []channelCredJSON{{Type: "insecure"}},
-			ServerFeatures: []string{"xds_v3"},
-		}},
+		XDSServers: []xdsServerJSON{server},
 		Node: nodeJSON{
-			ID:       fmt.Sprintf("sidecar~%s~%s.%s~%s.%s", ip, w.Name, w.Namespace, w.Namespace, clusterDomain),
+			ID:       nodeID(w),
 			Metadata: meta,
 		},
 		CertificateProviders: map[string]certProviderJSON{
@@ -238,9 +267,27 @@ func (s *Server) BootstrapJSON(w Workload, certDir string) ([]byte, error) {
 	return out, nil
 }
 
-// WriteBootstrap issues an SVID for w and writes into dir the files
-// istio-agent would: cert-chain.pem, key.pem (mode 0600), root-cert.pem and
-// bootstrap.json. It returns the bootstrap's path.
+// nodeID is the istio-style node id of w's bootstrap.
+func nodeID(w Workload) string {
+	ip := "127.0.0.1"
+	if w.Address != "" {
+		ip, _, _ = parseHostPort(w.Address)
+	}
+	return fmt.Sprintf("sidecar~%s~%s.%s~%s.%s", ip, w.Name, w.Namespace, w.Namespace, clusterDomain)
+}
+
+// WriteBootstrap enrolls w: it issues an SVID and an enrollment token for
+// w and writes into dir the files istio-agent would: cert-chain.pem,
+// key.pem, root-cert.pem, istio-token and bootstrap.json. The key, the
+// token and the bootstrap are written with mode 0600 (a new dir 0700).
+// It returns the bootstrap's path. The bootstrap's xDS channel sends both
+// the token and the SVID (as TLS client certificate); either proves w,
+// so a control plane restarted with the same CA (WithCA) but a new token
+// key still knows w by its SVID.
+//
+// The token proves w's whole enrollment (name, identity, service, labels,
+// address) to this server's xDS port: whoever holds it is w, so keep dir
+// private to w.
 func (s *Server) WriteBootstrap(dir string, w Workload) (string, error) {
 	if err := w.Validate(); err != nil {
 		return "", err
@@ -250,27 +297,36 @@ func (s *Server) WriteBootstrap(dir string, w Workload) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("bootstrap dir %q: %w", dir, err)
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
+	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return "", fmt.Errorf("bootstrap dir: %w", err)
 	}
 	chain, key, err := s.IssueSVID(w.Namespace, w.ServiceAccount)
 	if err != nil {
 		return "", err
 	}
-	data, err := s.BootstrapJSON(w, abs)
+	data, err := s.bootstrapJSON(w, abs, true)
 	if err != nil {
 		return "", err
 	}
-	files := []struct {
+	type file struct {
 		name string
 		data []byte
 		mode os.FileMode
-	}{
+	}
+	files := []file{
 		{KeyFile, key, 0o600},
 		{CertChainFile, chain, 0o644},
 		{RootCertFile, s.RootPEM(), 0o644},
-		{BootstrapFile, data, 0o644},
 	}
+	if !s.plaintext {
+		token, err := s.certService.mintEnrollment(w, nodeID(w))
+		if err != nil {
+			return "", err
+		}
+		files = append(files, file{TokenFile, []byte(token + "\n"), 0o600})
+	}
+	// The bootstrap last: whoever watches for it finds the rest in place.
+	files = append(files, file{BootstrapFile, data, 0o600})
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(abs, f.name), f.data, f.mode); err != nil {
 			return "", err

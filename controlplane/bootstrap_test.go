@@ -30,7 +30,9 @@ func TestWriteBootstrap(t *testing.T) {
 	if path != filepath.Join(dir, BootstrapFile) {
 		t.Fatalf("path = %s", path)
 	}
-	modes := map[string]os.FileMode{KeyFile: 0o600, CertChainFile: 0o644, RootCertFile: 0o644, BootstrapFile: 0o644}
+	// The key, the token and the bootstrap (which names the token) are
+	// secrets: only the workload may read them.
+	modes := map[string]os.FileMode{KeyFile: 0o600, CertChainFile: 0o644, RootCertFile: 0o644, BootstrapFile: 0o600, TokenFile: 0o600}
 	for name, want := range modes {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
@@ -51,8 +53,13 @@ func TestWriteBootstrap(t *testing.T) {
 		XDSServers []struct {
 			ServerURI    string `json:"server_uri"`
 			ChannelCreds []struct {
-				Type string `json:"type"`
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
 			} `json:"channel_creds"`
+			CallCreds []struct {
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
+			} `json:"call_creds"`
 			ServerFeatures []string `json:"server_features"`
 		} `json:"xds_servers"`
 		Node struct {
@@ -69,9 +76,17 @@ func TestWriteBootstrap(t *testing.T) {
 	if err := json.Unmarshal(data, &b); err != nil {
 		t.Fatalf("bootstrap is not JSON: %v", err)
 	}
-	if len(b.XDSServers) != 1 || b.XDSServers[0].ServerURI != s.Addr() || b.XDSServers[0].ChannelCreds[0].Type != "insecure" ||
+	if len(b.XDSServers) != 1 || b.XDSServers[0].ServerURI != s.Addr() || len(b.XDSServers[0].ChannelCreds) != 1 ||
 		strings.Join(b.XDSServers[0].ServerFeatures, ",") != "xds_v3" {
 		t.Fatalf("xds_servers = %+v", b.XDSServers)
+	}
+	// gRFC A65 TLS trusting the CA, and gRFC A97 call creds with the token.
+	if cc := b.XDSServers[0].ChannelCreds[0]; cc.Type != "tls" || cc.Config["ca_certificate_file"] != filepath.Join(dir, RootCertFile) ||
+		cc.Config["certificate_file"] != filepath.Join(dir, CertChainFile) || cc.Config["private_key_file"] != filepath.Join(dir, KeyFile) {
+		t.Fatalf("channel_creds = %+v", b.XDSServers[0].ChannelCreds)
+	}
+	if cc := b.XDSServers[0].CallCreds; len(cc) != 1 || cc[0].Type != "jwt_token_file" || cc[0].Config["jwt_token_file"] != filepath.Join(dir, TokenFile) {
+		t.Fatalf("call_creds = %+v", cc)
 	}
 	if want := "sidecar~127.0.0.1~payments-v1-abc.default~default.svc.cluster.local"; b.Node.ID != want {
 		t.Fatalf("node id = %q, want %q", b.Node.ID, want)

@@ -46,9 +46,8 @@ import (
 // proves. A validity_duration under the CA's certificate TTL shortens the
 // certificate; a longer one is capped at the TTL.
 //
-// The xDS port is plaintext, so there the token travels in the clear:
-// acceptable on loopback, where the embedded control plane listens by
-// default, and not beyond it. ServeCATLS adds a TLS listener for the CA.
+// The xDS port serves TLS (unless WithPlaintextXDS), so the token is
+// encrypted; ServeCATLS adds a second TLS listener for the CA alone.
 
 // tokenPrefix versions the token format.
 const tokenPrefix = "mesh1"
@@ -66,6 +65,10 @@ type caService struct {
 	ca       *authority
 	tokenKey []byte
 	logger   *slog.Logger
+	// servingDNS and servingIPs are the SANs of the serving certificate:
+	// the names clients may dial the xDS port and ServeCATLS by.
+	servingDNS []string
+	servingIPs []net.IP
 
 	mu        sync.Mutex
 	tlsServer *grpc.Server // nil until ServeCATLS
@@ -76,12 +79,13 @@ type caService struct {
 	servingDue time.Time // when serving is replaced: half its lifetime
 }
 
-// registerCAService adds the CA service to the server's gRPC server.
-func (s *Server) registerCAService() {
+// newCAService makes the CA service, with a fresh token key, whose
+// serving certificate names what a client may dial lis by.
+func (s *Server) newCAService(lis net.Addr) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes instead
-	s.certService = &caService{ca: s.ca, tokenKey: key, logger: s.logger}
-	securitypb.RegisterIstioCertificateServiceServer(s.grpcServer, s.certService)
+	dns, ips := servingNames(lis)
+	s.certService = &caService{ca: s.ca, tokenKey: key, logger: s.logger, servingDNS: dns, servingIPs: ips}
 }
 
 // ServeCATLS serves the CA (IstioCertificateService) on a second listener at
@@ -155,7 +159,7 @@ func (c *caService) servingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, 
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate id: %w", err)
 	}
-	_, leaf, err := c.ca.signPublicKey(id, &key.PublicKey, c.ca.ttl, CAServerName)
+	_, leaf, err := c.ca.signPublicKey(id, &key.PublicKey, c.ca.ttl, c.servingDNS, c.servingIPs)
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +270,7 @@ func (c *caService) CreateCertificate(ctx context.Context, req *securitypb.Istio
 	case v > 0 && v < int64(c.ca.ttl/time.Second):
 		ttl = time.Duration(v) * time.Second
 	}
-	leafPEM, leaf, err := c.ca.signPublicKey(proven, csr.PublicKey, ttl)
+	leafPEM, leaf, err := c.ca.signPublicKey(proven, csr.PublicKey, ttl, nil, nil)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "create certificate for %s: %v", proven, err)
 	}
@@ -313,7 +317,7 @@ func parseCSR(data string) (*x509.CertificateRequest, error) {
 
 // signPublicKey issues a leaf SVID for id and pub, like issue does for a
 // key it makes itself.
-func (a *authority) signPublicKey(id spiffeid.ID, pub any, ttl time.Duration, dnsNames ...string) ([]byte, *x509.Certificate, error) {
+func (a *authority) signPublicKey(id spiffeid.ID, pub any, ttl time.Duration, dnsNames []string, ips []net.IP) ([]byte, *x509.Certificate, error) {
 	serial, err := randomSerial()
 	if err != nil {
 		return nil, nil, err
@@ -333,6 +337,7 @@ func (a *authority) signPublicKey(id spiffeid.ID, pub any, ttl time.Duration, dn
 		BasicConstraintsValid: true,
 		URIs:                  []*url.URL{id.URL()},
 		DNSNames:              dnsNames,
+		IPAddresses:           ips,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, pub, a.key)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -13,7 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	securitypb "istio.io/api/security/v1alpha1"
 
@@ -40,8 +41,11 @@ func ExampleServer_WorkloadToken() {
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
 	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 
-	// The control plane's port is plaintext: fine on loopback only.
-	conn, err := grpc.NewClient(cp.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The control plane's port serves TLS with a certificate from its CA.
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(cp.RootPEM())
+	tlsCreds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: controlplane.CAServerName, MinVersion: tls.VersionTLS12})
+	conn, err := grpc.NewClient(cp.Addr(), grpc.WithTransportCredentials(tlsCreds))
 	if err != nil {
 		log.Fatal(err)
 	}

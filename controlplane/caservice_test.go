@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
@@ -34,7 +33,7 @@ var paymentsWorkload = Workload{Name: "payments-v1", Namespace: "shop", ServiceA
 
 func dialCA(t *testing.T, s *Server) securitypb.IstioCertificateServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(xdsTLS(t, s, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

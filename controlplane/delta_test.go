@@ -10,7 +10,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -19,7 +18,8 @@ import (
 func TestDeltaInboundListenerRegistersEndpoint(t *testing.T) {
 	s := newTestServer(t)
 	ctx := testContext(t)
-	conn, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	const nodeID = "sidecar~127.0.0.1~payments-d.default~default.svc.cluster.local"
+	conn, err := grpc.NewClient(s.Addr(), xdsDialOptions(t, s, Workload{Name: "payments-d", Service: "payments", Port: 8080}.withDefaults(), nodeID)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestDeltaInboundListenerRegistersEndpoint(t *testing.T) {
 	md, _ := structpb.NewStruct(map[string]any{MetaNamespace: "default", MetaService: paymentsListener})
 	name := inboundName("127.0.0.1:9301")
 	err = stream.Send(&discovery.DeltaDiscoveryRequest{
-		Node:                   &core.Node{Id: "sidecar~127.0.0.1~payments-d.default~default.svc.cluster.local", Metadata: md},
+		Node:                   &core.Node{Id: nodeID, Metadata: md},
 		TypeUrl:                resource.ListenerType,
 		ResourceNamesSubscribe: []string{name},
 	})

@@ -75,14 +75,19 @@ func TestConfigFileInvalidAtStartFailsNew(t *testing.T) {
 
 func TestConfigFileRetriedWhenRegistryChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
-	// Routes to a service nothing has declared yet: rejected at start.
-	vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: checkout}\nspec:\n  hosts: [checkout]\n  http:\n  - route:\n    - destination: {host: payments}\n"
-	if err := os.WriteFile(path, []byte(vs), 0o644); err != nil {
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rec := newLogRecorder()
 	s := newTestServer(t, WithConfigFile(path), WithFileCheckInterval(5*time.Millisecond), WithLogger(slog.New(rec)))
 	ctx := testContext(t)
+	// Routes to a service nothing has declared yet: rejected, the last
+	// good (empty) config stays.
+	vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: checkout}\nspec:\n  hosts: [checkout]\n  http:\n  - route:\n    - destination: {host: payments}\n"
+	if err := writeFileAtomic(path, []byte(vs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec.await(ctx, t, "config file rejected")
 	if got := s.configSnapshot(); got != "" {
 		t.Fatalf("rejected file was applied: %s", got)
 	}

@@ -2,7 +2,11 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +21,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -96,7 +101,7 @@ func dialADS(t *testing.T, s *Server, n testNode) *adsClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.Addr(), xdsDialOptions(t, s, n.enrollment(), n.id)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +134,60 @@ func dialADS(t *testing.T, s *Server, n testNode) *adsClient {
 	t.Cleanup(c.close)
 	return c
 }
+
+// enrollment is the workload n stands for, so that its stream carries a
+// credential proving exactly what n claims.
+func (n testNode) enrollment() Workload {
+	w := Workload{Name: "test-node", Namespace: n.namespace, ServiceAccount: n.sa, Labels: n.labels, Address: n.address}
+	if n.service != "" {
+		host, port, _ := net.SplitHostPort(n.service)
+		p, _ := strconv.ParseUint(port, 10, 16)
+		w.Service, _, _ = strings.Cut(host, ".")
+		w.Port = uint32(p)
+	}
+	return w.withDefaults()
+}
+
+// xdsDialOptions dial s's xDS port as w enrolled with node id nodeID:
+// TLS trusting s's CA and w's enrollment token as bearer token. A zero w
+// sends no token.
+func xdsDialOptions(t *testing.T, s *Server, w Workload, nodeID string) []grpc.DialOption {
+	t.Helper()
+	if s.plaintext {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, nil))}
+	if w.Name != "" {
+		token, err := s.certService.mintEnrollment(w, nodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
+	}
+	return opts
+}
+
+// xdsTLS is TLS to s's xDS port, with cert as client certificate if set.
+func xdsTLS(t *testing.T, s *Server, cert *tls.Certificate) credentials.TransportCredentials {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(s.RootPEM()) {
+		t.Fatal("no root certificate")
+	}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return credentials.NewTLS(cfg)
+}
+
+// bearer is a static bearer token as call credentials.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (b bearer) RequireTransportSecurity() bool { return true }
 
 // close ends the stream and waits for the reader goroutine.
 func (c *adsClient) close() {

@@ -30,6 +30,8 @@ type settings struct {
 	workloads         []Workload
 	sds               bool          // see WithSDS
 	sdsRotation       time.Duration // see WithSDSRotation
+	plaintextXDS      bool          // see WithPlaintextXDS
+	inCodeConfig      [][]byte      // see WithConfig
 }
 
 func defaultSettings() settings {
@@ -65,8 +67,9 @@ func WithTrustDomain(td string) Option {
 }
 
 // WithConfigFile loads Istio YAML from path at New and then watches it: a
-// changed valid file replaces the whole configuration; an invalid one is
-// logged and the last good configuration stays.
+// changed valid file replaces the whole configuration (but WithConfig's);
+// an invalid one is logged and the last good configuration stays. If the
+// file does not load at New, New returns the error.
 func WithConfigFile(path string) Option {
 	return optionFunc(func(s *settings) { s.configFile = path })
 }
@@ -121,4 +124,23 @@ const DefaultEndpointGracePeriod = 2 * time.Second
 // when the period ends. 0 removes endpoints at once.
 func WithEndpointGracePeriod(d time.Duration) Option {
 	return optionFunc(func(s *settings) { s.endpointGrace = max(d, 0) })
+}
+
+// WithPlaintextXDS serves xDS and the CA without TLS and trusts what each
+// node's metadata claims, with no proof: any process that reaches the
+// port may then claim any workload, receive its SVID and key, and join
+// its service. New logs it as insecure. Bootstraps then say "insecure"
+// and carry no token. For tests of plaintext clients and demos on
+// loopback only.
+func WithPlaintextXDS() Option {
+	return optionFunc(func(s *settings) { s.plaintextXDS = true })
+}
+
+// WithConfig loads Istio YAML at New, before any xDS request is answered:
+// in-code configuration that takes effect at start, as a config file
+// does, so a restarted control plane never serves a weaker one meanwhile.
+// New fails if it does not load. A config file's content is applied on
+// top of it. It may be given more than once.
+func WithConfig(yaml []byte) Option {
+	return optionFunc(func(s *settings) { s.inCodeConfig = append(s.inCodeConfig, append([]byte(nil), yaml...)) })
 }

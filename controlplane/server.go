@@ -28,9 +28,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+	securitypb "istio.io/api/security/v1alpha1"
 )
 
 // Server is an embedded, istiod-like xDS control plane for proxyless gRPC
@@ -62,6 +65,17 @@ type Server struct {
 
 	ops operations // admin servers and metrics endpoints; see graph.go
 	sds sdsState   // minted SDS secrets; see sds.go
+
+	// plaintext is WithPlaintextXDS: no TLS and no proof of identity.
+	plaintext bool
+	// proofs are what each open stream's credentials proved, from its
+	// opening until it closes; see auth.go.
+	proofs map[streamKey]*proof
+	// refusals remembers refused streams already logged.
+	refusals map[string]bool
+	// baseConfig is the in-code configuration (WithConfig); a config
+	// file's content is applied on top of it, never instead of it.
+	baseConfig []*object
 }
 
 // streamKey tells SotW and delta streams apart: their ids are counted
@@ -84,7 +98,8 @@ type nodeInfo struct {
 	listeners      map[string]bool // listener names currently subscribed
 	lastNonce      map[string]string
 	lastVersion    map[string]string
-	wantsSecrets   bool // asked for SDS secrets; see sds.go
+	wantsSecrets   bool   // asked for SDS secrets; see sds.go
+	proof          *proof // what its credentials proved; nil in plaintext mode
 }
 
 // addresses are the "ip:port"s the node serves its service on.
@@ -105,6 +120,13 @@ func (n *nodeInfo) addresses() []string {
 
 // New starts a control plane serving ADS (state of the world and delta)
 // on 127.0.0.1:0 unless WithAddress says otherwise. ctx bounds startup only.
+//
+// It serves xDS over TLS with its CA's certificate, and every stream must
+// prove its workload (see WriteBootstrap); WithPlaintextXDS turns both off.
+// Configuration given by options (WithConfig, WithConfigFile) is loaded
+// before the first xDS request is answered; if it does not load, New
+// returns the error and serves nothing, so no workload ever receives a
+// configuration weaker than the one the operator wrote.
 func New(ctx context.Context, opts ...Option) (*Server, error) {
 	st := defaultSettings()
 	for _, o := range opts {
@@ -137,6 +159,9 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		departed:      map[string]*departure{},
 		endpointGrace: st.endpointGrace,
 		sds:           sdsState{enabled: st.sds},
+		plaintext:     st.plaintextXDS,
+		proofs:        map[streamKey]*proof{},
+		refusals:      map[string]bool{},
 	}
 	for i, w := range st.workloads {
 		if err := w.Validate(); err != nil {
@@ -145,7 +170,14 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		w = w.withDefaults()
 		s.declared[w.Namespace+"/"+w.Name] = w
 	}
-	var initial []*object
+	for i, y := range st.inCodeConfig {
+		objs, err := parseYAML(y)
+		if err != nil {
+			return nil, fmt.Errorf("WithConfig[%d]: %w", i, err)
+		}
+		s.baseConfig = append(s.baseConfig, objs...)
+	}
+	initial := s.baseConfig
 	var initialHash string
 	if st.configFile != "" {
 		data, err := os.ReadFile(st.configFile)
@@ -153,9 +185,11 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 			return nil, fmt.Errorf("config file: %w", err)
 		}
 		initialHash = hashBytes(data)
-		if initial, err = parseYAML(data); err != nil {
+		objs, err := parseYAML(data)
+		if err != nil {
 			return nil, fmt.Errorf("config file %s: %w", st.configFile, err)
 		}
+		initial = append(slices.Clip(s.baseConfig), objs...)
 	}
 	lis, err := (&net.ListenConfig{}).Listen(ctx, "tcp", st.address)
 	if err != nil {
@@ -173,25 +207,27 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		sotw:  sotwserver.NewServer(serveCtx, s.cache, cb, withLogger),
 		delta: deltaserver.NewServer(serveCtx, s.cache, cb, withLogger),
 	}
-	s.grpcServer = grpc.NewServer(grpc.WaitForHandlers(true))
+	s.newCAService(lis.Addr())
+	serverOpts := []grpc.ServerOption{grpc.WaitForHandlers(true)}
+	if !s.plaintext {
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.xdsServerTLS())))
+	}
+	s.grpcServer = grpc.NewServer(serverOpts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(s.grpcServer, ads)
-	s.registerCAService()
+	securitypb.RegisterIstioCertificateServiceServer(s.grpcServer, s.certService)
 
+	// Every configured source loads before the server answers anything:
+	// an empty or partial configuration is weaker than the one intended.
 	s.mu.Lock()
-	lastErr := error(nil)
-	// The watcher starts from what New applied and from the push count of
-	// that moment, so a registry change before its goroutine runs still
-	// retries a rejected file.
 	initialPushes := s.pushes
-	if initial != nil {
-		lastErr = s.replaceLocked(initial)
-		if lastErr != nil {
-			s.logger.Error("config file rejected; will retry when it or the service registry changes",
-				"file", st.configFile, "error", lastErr)
-			s.pushAllLocked() // serve the empty config meanwhile
+	if err := s.replaceLocked(initial); err != nil {
+		s.mu.Unlock()
+		cancel()
+		lis.Close()
+		if st.configFile != "" {
+			return nil, fmt.Errorf("config file %s: %w", st.configFile, err)
 		}
-	} else {
-		s.pushAllLocked()
+		return nil, fmt.Errorf("WithConfig: %w", err)
 	}
 	s.mu.Unlock()
 
@@ -213,10 +249,15 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.watchFile(serveCtx, st.configFile, st.fileCheckInterval, initialHash, initialPushes, lastErr == nil)
+			s.watchFile(serveCtx, st.configFile, st.fileCheckInterval, initialHash, initialPushes, true)
 		}()
 	}
-	s.logger.Info("control plane listening", "address", s.Addr(), "trust_domain", td.Name())
+	if s.plaintext {
+		s.logger.Warn("INSECURE: xDS served in plaintext and node metadata trusted without proof; "+
+			"any process that reaches this address may claim any workload, its secrets and its endpoints",
+			"address", s.Addr())
+	}
+	s.logger.Info("control plane listening", "address", s.Addr(), "trust_domain", td.Name(), "tls", !s.plaintext)
 	return s, nil
 }
 
@@ -486,6 +527,7 @@ func (a *adsServer) DeltaAggregatedResources(stream discovery.AggregatedDiscover
 
 // callbackFuncs implements both go-control-plane callback interfaces.
 type callbackFuncs struct {
+	StreamOpenFunc         func(context.Context, streamKey) error
 	StreamRequestFunc      func(int64, *discovery.DiscoveryRequest) error
 	StreamResponseFunc     func(context.Context, int64, *discovery.DiscoveryRequest, *discovery.DiscoveryResponse)
 	StreamClosedFunc       func(int64, *core.Node)
@@ -493,7 +535,9 @@ type callbackFuncs struct {
 	DeltaStreamClosedFunc  func(int64, *core.Node)
 }
 
-func (c callbackFuncs) OnStreamOpen(context.Context, int64, string) error { return nil }
+func (c callbackFuncs) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.StreamOpenFunc(ctx, streamKey{id: id})
+}
 func (c callbackFuncs) OnStreamClosed(id int64, n *core.Node)             { c.StreamClosedFunc(id, n) }
 func (c callbackFuncs) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) error {
 	return c.StreamRequestFunc(id, r)
@@ -501,7 +545,9 @@ func (c callbackFuncs) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) 
 func (c callbackFuncs) OnStreamResponse(ctx context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 	c.StreamResponseFunc(ctx, id, req, resp)
 }
-func (c callbackFuncs) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
+func (c callbackFuncs) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.StreamOpenFunc(ctx, streamKey{delta: true, id: id})
+}
 func (c callbackFuncs) OnDeltaStreamClosed(id int64, n *core.Node)             { c.DeltaStreamClosedFunc(id, n) }
 func (c callbackFuncs) OnStreamDeltaRequest(id int64, r *discovery.DeltaDiscoveryRequest) error {
 	return c.StreamDeltaRequestFunc(id, r)
@@ -511,6 +557,7 @@ func (c callbackFuncs) OnStreamDeltaResponse(int64, *discovery.DeltaDiscoveryReq
 
 func (s *Server) callbacks() callbackFuncs {
 	return callbackFuncs{
+		StreamOpenFunc: s.onOpen,
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			return s.onRequest(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req, nil)
 		},
@@ -530,6 +577,26 @@ func (s *Server) callbacks() callbackFuncs {
 	}
 }
 
+// onOpen authenticates a stream before it may ask for anything.
+func (s *Server) onOpen(ctx context.Context, key streamKey) error {
+	if s.plaintext {
+		return nil
+	}
+	p, err := s.streamProof(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		addr := "unknown"
+		if pr, ok := peer.FromContext(ctx); ok {
+			addr = pr.Addr.String()
+		}
+		s.logRefusalLocked("", "", err, "peer", addr)
+		return status.Errorf(codes.Unauthenticated, "xds stream: %v", err)
+	}
+	s.proofs[key] = p
+	return nil
+}
+
 // onRequest tracks the node and its listener subscriptions, and updates
 // snapshots before go-control-plane's cache answers the request, so that a
 // just-requested inbound or short-name listener is already there.
@@ -546,6 +613,17 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 			return status.Error(codes.InvalidArgument, "first request on a stream must carry node.id")
 		}
 		n = s.parseNode(node)
+		if !s.plaintext {
+			p := s.proofs[key]
+			if p == nil {
+				return status.Error(codes.Unauthenticated, "xds stream: not authenticated")
+			}
+			if err := s.checkClaimsLocked(p, n); err != nil {
+				s.logRefusalLocked(n.id, p.spiffeID(s.trustDomain), err)
+				return err
+			}
+			n.proof = p
+		}
 		s.streams[key] = n
 		if d := s.departed[n.id]; d != nil {
 			d.timer.Stop() // back within its grace period: nothing changed
@@ -606,6 +684,7 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 func (s *Server) onClosed(key streamKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.proofs, key)
 	n := s.streams[key]
 	if n == nil {
 		return
@@ -742,15 +821,14 @@ func (s *Server) watchFile(ctx context.Context, path string, every time.Duration
 			continue
 		}
 		lastHash, lastPushes = h, pushes
-		if err := s.Replace(data); err != nil {
+		if err := s.replaceFromFile(data); err != nil {
 			if errors.Is(err, ErrClosed) {
 				return
 			}
+			// lastPushes stays as read before the attempt: a registry change
+			// since then (say, while this is logged) retries the file.
 			lastOK = false
 			s.logger.Error("config file rejected; keeping last good config", "file", path, "error", err)
-			s.mu.Lock()
-			lastPushes = s.pushes
-			s.mu.Unlock()
 			continue
 		}
 		lastOK = true
@@ -759,6 +837,21 @@ func (s *Server) watchFile(ctx context.Context, path string, every time.Duration
 		s.mu.Unlock()
 		s.logger.Info("config file applied", "file", path)
 	}
+}
+
+// replaceFromFile makes the in-code configuration plus the file's content
+// the whole configuration.
+func (s *Server) replaceFromFile(data []byte) error {
+	objs, err := parseYAML(data)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.replaceLocked(append(slices.Clip(s.baseConfig), objs...))
 }
 
 func hashBytes(b []byte) string {

@@ -38,7 +38,8 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 		ServiceAccount: "payments",
 		TTL:            10 * time.Minute,
 		RootPEM:        cp.RootPEM(),
-		Insecure:       true, // the control plane's port is plaintext, on loopback
+		// The control plane's port serves TLS with a certificate of its CA.
+		TLS: &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	}
 	clk := identity.NewFakeClock(time.Now())
 	src := newCSRSource(t, cfg, identity.WithClock(clk))
@@ -122,4 +123,13 @@ func poolOf(c *x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(c)
 	return p
+}
+
+func rootPool(t *testing.T, pemData []byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		t.Fatal("root PEM did not parse")
+	}
+	return pool
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"os"
 	"time"
 
 	"mesh/controlplane"
@@ -23,11 +24,18 @@ func ExampleNewSDSSource() {
 		log.Fatal(err)
 	}
 	defer cp.Close()
-	data, err := cp.BootstrapJSON(controlplane.Workload{Name: "checkout-1", ServiceAccount: "checkout"}, "/unused")
+	// The bootstrap's directory holds the enrollment token and the CA's
+	// root, with which the xDS stream is authenticated over TLS.
+	dir, err := os.MkdirTemp("", "sds-example")
 	if err != nil {
 		log.Fatal(err)
 	}
-	bs, err := xdsclient.ParseBootstrap(data)
+	defer os.RemoveAll(dir)
+	path, err := cp.WriteBootstrap(dir, controlplane.Workload{Name: "checkout-1", ServiceAccount: "checkout"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	bs, err := xdsclient.LoadBootstrapFile(path)
 	if err != nil {
 		log.Fatal(err)
 	}

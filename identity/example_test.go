@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log"
@@ -143,6 +144,8 @@ func ExampleNewCSRSource() {
 		log.Fatal(err)
 	}
 
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(cp.RootPEM())
 	src, err := identity.NewCSRSource(ctx, identity.CSRConfig{
 		Addr:           cp.Addr(),
 		Token:          func(context.Context) (string, error) { return token, nil },
@@ -151,7 +154,8 @@ func ExampleNewCSRSource() {
 		ServiceAccount: "payments",
 		TTL:            time.Hour, // renewed after 30 minutes
 		RootPEM:        cp.RootPEM(),
-		Insecure:       true, // the control plane listens in plaintext on loopback
+		// The control plane's port serves TLS with a certificate of its CA.
+		TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 	}, identity.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		log.Fatal(err)

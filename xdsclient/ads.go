@@ -58,7 +58,7 @@ type adsChannel struct {
 func newADSChannel(c *Client, set *serverSet) (*adsChannel, error) {
 	a := &adsChannel{c: c, set: set, wake: make(chan struct{}, 1), server: -1}
 	for i, s := range set.servers {
-		cc, err := grpc.NewClient(s.URI, grpc.WithTransportCredentials(set.creds[i]))
+		cc, err := grpc.NewClient(s.URI, set.dialOpts[i]...)
 		if err != nil {
 			a.closeConns()
 			return nil, fmt.Errorf("xds: server %q: %w", s.URI, err)

@@ -53,6 +53,7 @@ type jsonServer struct {
 	ServerURI      string            `json:"server_uri"`
 	ChannelCreds   []jsonChannelCred `json:"channel_creds"`
 	ServerFeatures []string          `json:"server_features"`
+	CallCreds      []jsonChannelCred `json:"call_creds"`
 }
 
 type jsonChannelCred struct {
@@ -165,6 +166,11 @@ func convertServers(raw []jsonServer, path string) ([]ServerConfig, error) {
 			seen = append(seen, c.Type)
 			if c.Type == CredsInsecure || c.Type == CredsTLS {
 				sc.ChannelCreds = append(sc.ChannelCreds, ChannelCreds{Type: c.Type, Config: c.Config})
+			}
+		}
+		for _, c := range s.CallCreds {
+			if c.Type == CallCredsJWTTokenFile {
+				sc.CallCreds = append(sc.CallCreds, CallCreds{Type: c.Type, Config: c.Config})
 			}
 		}
 		if len(sc.ChannelCreds) == 0 {
@@ -337,8 +343,31 @@ func validateServers(servers []ServerConfig, path string) error {
 			return fmt.Errorf("bootstrap: %s[%d].channel_creds: server %q has no supported type (supported: %q, %q)",
 				path, i, s.URI, CredsInsecure, CredsTLS)
 		}
+		for j, c := range s.CallCreds {
+			if c.Type != CallCredsJWTTokenFile {
+				continue
+			}
+			if _, err := parseTokenFileConfig(c.Config); err != nil {
+				return fmt.Errorf("bootstrap: %s[%d].call_creds[%d].config: %w", path, i, j, err)
+			}
+			if firstSupportedCreds(s.ChannelCreds) != CredsTLS {
+				// A bearer token must never travel in the clear.
+				return fmt.Errorf("bootstrap: %s[%d].call_creds[%d]: %q needs %q channel creds, not %q",
+					path, i, j, CallCredsJWTTokenFile, CredsTLS, firstSupportedCreds(s.ChannelCreds))
+			}
+		}
 	}
 	return nil
+}
+
+// firstSupportedCreds is the channel creds type a client dials with.
+func firstSupportedCreds(creds []ChannelCreds) string {
+	for _, c := range creds {
+		if c.Type == CredsInsecure || c.Type == CredsTLS {
+			return c.Type
+		}
+	}
+	return ""
 }
 
 func parseTLSCredsConfig(raw json.RawMessage) (jsonTLSCreds, error) {

@@ -32,6 +32,17 @@ type ServerConfig struct {
 	// ChannelCreds are tried in order; the first supported one is used.
 	ChannelCreds   []ChannelCreds
 	ServerFeatures []string
+	// CallCreds are all applied (gRFC A97); types mesh does not support
+	// are dropped when parsing.
+	CallCreds []CallCreds
+}
+
+// CallCreds is one call_creds entry (gRFC A97): "jwt_token_file" with
+// {"jwt_token_file": <path>}, a bearer token read from that file and sent
+// on the ADS stream, as istio-agent's token authenticates to istiod.
+type CallCreds struct {
+	Type   string
+	Config json.RawMessage
 }
 
 // ChannelCreds is one channel_creds entry: "insecure" or "tls" (with an

@@ -1,22 +1,18 @@
 package xdsclient
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -139,7 +135,8 @@ type resourceState struct {
 type serverSet struct {
 	key     string
 	servers []ServerConfig
-	creds   []credentials.TransportCredentials
+	// dialOpts are each server's channel and call credentials.
+	dialOpts [][]grpc.DialOption
 }
 
 // Client is an xDS client: one ADS stream per distinct server list (the
@@ -254,9 +251,9 @@ func addServerSet(sets map[string]*serverSet, servers []ServerConfig, path strin
 	if sets[key] != nil {
 		return key, nil
 	}
-	set := &serverSet{key: key, servers: servers, creds: make([]credentials.TransportCredentials, len(servers))}
+	set := &serverSet{key: key, servers: servers, dialOpts: make([][]grpc.DialOption, len(servers))}
 	for i, s := range servers {
-		if set.creds[i], err = transportCredentials(s, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+		if set.dialOpts[i], err = dialOptions(s, fmt.Sprintf("%s[%d]", path, i)); err != nil {
 			return "", err
 		}
 	}
@@ -315,41 +312,6 @@ func nodeProto(n Node) (*corepb.Node, error) {
 		pb.Metadata = md
 	}
 	return pb, nil
-}
-
-func transportCredentials(s ServerConfig, path string) (credentials.TransportCredentials, error) {
-	for i, cc := range s.ChannelCreds {
-		switch cc.Type {
-		case CredsInsecure:
-			return insecure.NewCredentials(), nil
-		case CredsTLS:
-			cfg, err := parseTLSCredsConfig(cc.Config)
-			if err != nil {
-				return nil, fmt.Errorf("bootstrap: %s.channel_creds[%d].config: %w", path, i, err)
-			}
-			tc := &tls.Config{MinVersion: tls.VersionTLS12}
-			if cfg.CACertificateFile != "" {
-				pem, err := os.ReadFile(cfg.CACertificateFile)
-				if err != nil {
-					return nil, fmt.Errorf("bootstrap: %s.channel_creds[%d].config.ca_certificate_file: %w", path, i, err)
-				}
-				pool := x509.NewCertPool()
-				if !pool.AppendCertsFromPEM(pem) {
-					return nil, fmt.Errorf("bootstrap: %s.channel_creds[%d].config.ca_certificate_file: no PEM certificates in %s", path, i, cfg.CACertificateFile)
-				}
-				tc.RootCAs = pool
-			}
-			if cfg.CertificateFile != "" {
-				cert, err := tls.LoadX509KeyPair(cfg.CertificateFile, cfg.PrivateKeyFile)
-				if err != nil {
-					return nil, fmt.Errorf("bootstrap: %s.channel_creds[%d].config.certificate_file: %w", path, i, err)
-				}
-				tc.Certificates = []tls.Certificate{cert}
-			}
-			return credentials.NewTLS(tc), nil
-		}
-	}
-	return nil, fmt.Errorf("bootstrap: %s.channel_creds: server %q has no supported type", path, s.URI)
 }
 
 // Bootstrap returns the bootstrap the client was built with. Do not modify it.

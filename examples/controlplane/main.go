@@ -37,20 +37,20 @@ func main() {
 }
 
 func run(ctx context.Context, addr, dir, config string) error {
-	opts := []controlplane.Option{controlplane.WithAddress(addr), controlplane.WithLogger(slog.Default())}
+	// Workloads and configuration are given to New, so that no workload is
+	// ever answered before the configuration is in force.
+	opts := []controlplane.Option{controlplane.WithAddress(addr), controlplane.WithLogger(slog.Default()),
+		controlplane.WithWorkloads(shop.Workloads()...)}
 	if config != "" {
 		opts = append(opts, controlplane.WithConfigFile(config))
+	} else {
+		opts = append(opts, controlplane.WithConfig(shop.MeshYAML(90, 10)))
 	}
 	cp, err := controlplane.New(ctx, opts...)
 	if err != nil {
 		return err
 	}
 	defer cp.Close()
-	if config == "" {
-		if err := cp.Apply(shop.MeshYAML(90, 10)); err != nil {
-			return err
-		}
-	}
 	for _, w := range shop.Workloads() {
 		path, err := cp.WriteBootstrap(filepath.Join(dir, w.Name), w)
 		if err != nil {
