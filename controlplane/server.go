@@ -538,7 +538,7 @@ type callbackFuncs struct {
 func (c callbackFuncs) OnStreamOpen(ctx context.Context, id int64, _ string) error {
 	return c.StreamOpenFunc(ctx, streamKey{id: id})
 }
-func (c callbackFuncs) OnStreamClosed(id int64, n *core.Node)             { c.StreamClosedFunc(id, n) }
+func (c callbackFuncs) OnStreamClosed(id int64, n *core.Node) { c.StreamClosedFunc(id, n) }
 func (c callbackFuncs) OnStreamRequest(id int64, r *discovery.DiscoveryRequest) error {
 	return c.StreamRequestFunc(id, r)
 }
@@ -548,7 +548,7 @@ func (c callbackFuncs) OnStreamResponse(ctx context.Context, id int64, req *disc
 func (c callbackFuncs) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
 	return c.StreamOpenFunc(ctx, streamKey{delta: true, id: id})
 }
-func (c callbackFuncs) OnDeltaStreamClosed(id int64, n *core.Node)             { c.DeltaStreamClosedFunc(id, n) }
+func (c callbackFuncs) OnDeltaStreamClosed(id int64, n *core.Node) { c.DeltaStreamClosedFunc(id, n) }
 func (c callbackFuncs) OnStreamDeltaRequest(id int64, r *discovery.DeltaDiscoveryRequest) error {
 	return c.StreamDeltaRequestFunc(id, r)
 }
