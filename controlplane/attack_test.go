@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	jwtcreds "google.golang.org/grpc/credentials/jwt"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -425,4 +426,31 @@ spec:
 
 func meshWidePeerAuth(mode string) string {
 	return "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: " + mode + "}}\n"
+}
+
+// The enrollment token is a JWT that grpc-go's own gRFC A97 call
+// credentials (credentials/jwt, which needs "exp") read from the file
+// WriteBootstrap writes and send as the stream's bearer token.
+func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
+	ctx := testContext(t)
+	s := newTestServer(t)
+	w := Workload{Name: "payments-v1", ServiceAccount: "payments", Service: "payments", Port: 8080, Address: "127.0.0.1:9001"}
+	dir := t.TempDir()
+	if _, err := s.WriteBootstrap(dir, w); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := jwtcreds.NewTokenFileCallCredentials(filepath.Join(dir, TokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, nil)), grpc.WithPerRPCCredentials(creds)}
+	claims := map[string]any{MetaNamespace: "default", MetaServiceAccount: "payments", MetaWorkloadName: "payments-v1",
+		MetaService: "payments:8080", MetaAddress: w.Address}
+	resp, err := attack(ctx, t, s, opts, rawNode(t, nodeID(w.withDefaults()), claims), resource.ListenerType, inboundName(w.Address))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(inboundName(w.Address))(resp) {
+		t.Fatalf("no inbound listener in %v", resp)
+	}
 }
