@@ -3,7 +3,9 @@
 //
 // It is a module of its own: google.golang.org/grpc/xds pulls in modules
 // that mesh does not require, and the library must never import it. Run it
-// from this directory with `go test ./...`.
+// from this directory with `go test ./...`, and again with
+// GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true for grpc-go's token
+// file call credentials (gRFC A97).
 package grpcinterop
 
 import (
@@ -104,7 +106,19 @@ func TestGRPCGoXDSInterop(t *testing.T) {
 		versionAt[lis.Addr().String()] = version
 	}
 
-	clientBootstrap := writeBootstrap(t, cp, controlplane.Workload{Name: "checkout", Service: "checkout", Port: 8080, ServiceAccount: "checkout"})
+	checkout := controlplane.Workload{Name: "checkout", Service: "checkout", Port: 8080, ServiceAccount: "checkout"}
+	clientBootstrap := writeBootstrap(t, cp, checkout)
+	if os.Getenv("GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS") == "true" {
+		// grpc-go then reads call_creds (gRFC A97): the client's channel
+		// proves checkout by the token file alone, no client certificate.
+		dir := filepath.Join(t.TempDir(), "checkout-token-only")
+		if _, err := cp.WriteBootstrap(dir, checkout); err != nil {
+			t.Fatal(err)
+		}
+		if clientBootstrap, err = cp.BootstrapJSON(checkout, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
 	resolverBuilder, err := xds.NewXDSResolverWithConfigForTesting(clientBootstrap)
 	if err != nil {
 		t.Fatal(err)
