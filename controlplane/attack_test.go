@@ -454,3 +454,32 @@ func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
 		t.Fatalf("no inbound listener in %v", resp)
 	}
 }
+
+// WithPlaintextXDS is the explicit, logged opt-out: plaintext bootstraps
+// with no credential, and streams served on their claims.
+func TestPlaintextXDSIsExplicitAndLogged(t *testing.T) {
+	ctx := testContext(t)
+	rec := newLogRecorder()
+	s := newTestServer(t, WithPlaintextXDS(), WithLogger(slog.New(rec)))
+	rec.await(ctx, t, "INSECURE")
+	dir := t.TempDir()
+	path, err := s.WriteBootstrap(dir, Workload{Name: "checkout-1", ServiceAccount: "checkout"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"type": "insecure"`) || strings.Contains(string(data), "call_creds") {
+		t.Fatalf("plaintext bootstrap:\n%s", data)
+	}
+	if _, err := os.Stat(filepath.Join(dir, TokenFile)); !os.IsNotExist(err) {
+		t.Fatalf("token file written for a plaintext control plane: %v", err)
+	}
+	resp, err := attack(ctx, t, s, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		rawNode(t, checkoutID, map[string]any{MetaServiceAccount: "checkout"}), resource.SecretType, SecretDefault)
+	if err != nil || secretIdentity(t, resp) != "spiffe://cluster.local/ns/default/sa/checkout" {
+		t.Fatalf("plaintext stream: %v, %v", resp, err)
+	}
+}

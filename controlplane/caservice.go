@@ -170,8 +170,10 @@ func (c *caService) servingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, 
 
 // WorkloadToken mints the bearer token with which w may ask this Server's
 // CA (IstioCertificateService on Addr) for the SVID of its namespace and
-// service account. Only those two fields of w matter; the token is valid
-// until the Server closes. Treat it as a secret.
+// service account, and open xDS streams as that identity (the rest of the
+// workload then comes from its declaration: BootstrapJSON, WithWorkloads).
+// Only those two fields of w matter; the token is valid until the Server
+// closes. Treat it as a secret.
 func (s *Server) WorkloadToken(w Workload) (string, error) {
 	if err := w.Validate(); err != nil {
 		return "", err

@@ -2,7 +2,7 @@
 // server for proxyless gRPC workloads, with a CA that issues SPIFFE SVIDs,
 // usable on one machine and as a test helper the way net/http/httptest is.
 //
-//	cp, err := controlplane.New(ctx) // ADS on 127.0.0.1:<free port>
+//	cp, err := controlplane.New(ctx) // ADS over TLS on 127.0.0.1:<free port>
 //	if err != nil { ... }
 //	defer cp.Close()
 //
@@ -47,21 +47,42 @@
 // AuthorizationPolicy, ServiceEntry, WorkloadEntry) is validated as a whole; a bad object is
 // rejected with an error naming it and the field path, and nothing changes.
 //
+// # Trust
+//
+// xDS and the CA are served over TLS (the analogue of istiod's port
+// 15012), with a certificate from the CA for 127.0.0.1 (the listener's
+// address) and CAServerName, verified with RootPEM. Every ADS stream must
+// prove its workload: with the enrollment token WriteBootstrap writes
+// (gRPC bootstrap call_creds jwt_token_file, gRFC A97; the role a
+// Kubernetes service-account token plays for istiod), with a
+// WorkloadToken, or with its SVID as TLS client certificate. Node metadata
+// is only a claim: NAMESPACE, SERVICE_ACCOUNT, WORKLOAD_NAME, MESH_SERVICE,
+// LABELS, MESH_ADDRESS and the node id must match the enrollment the
+// credential proves (for a token or SVID proving only an identity, the
+// workload as declared by BootstrapJSON or WithWorkloads), or the stream
+// ends with PermissionDenied naming the claim, and no other workload
+// notices. So SDS secrets, endpoint membership and the SANs clients accept
+// all follow proven identities. WithPlaintextXDS turns all of this off,
+// for tests of plaintext clients only, and New logs it as insecure.
+//
+// Configuration given to New (WithConfig, WithConfigFile) is loaded before
+// any request is answered, and New fails if it does not load: a restarted
+// control plane never answers with a weaker configuration than the one it
+// was given.
+//
 // # Certificates for agentless workloads
 //
 // Besides writing certificate files (WriteBootstrap, IssueSVID), the CA
 // serves Istio's IstioCertificateService on Addr, as istiod does on port
 // 15012, for workloads that make their own key (identity.NewCSRSource).
 // A caller authenticates with the bearer token WorkloadToken minted for its
-// namespace and service account, and is issued only that SPIFFE ID. The
-// xDS port is plaintext, so there the token is only as safe as the network;
-// ServeCATLS adds a TLS endpoint for the CA, verified with RootPEM under
-// the name CAServerName.
+// namespace and service account, and is issued only that SPIFFE ID.
+// ServeCATLS adds a second TLS endpoint for the CA alone.
 //
 // # Certificates over SDS
 //
-// Any node that asks for SDS secrets gets "default" (an SVID minted from
-// its NAMESPACE and SERVICE_ACCOUNT metadata, with its key) and "ROOTCA"
+// Any node that asks for SDS secrets gets "default" (an SVID minted for
+// the namespace and service account its credential proved, with its key) and "ROOTCA"
 // (the trust domain's bundle as a SPIFFE validator config). WithSDS(true)
 // makes the generated TLS contexts name those secrets instead of the
 // bootstrap's certificate provider, and WithSDSRotation re-mints and
