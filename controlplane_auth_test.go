@@ -107,23 +107,9 @@ func TestControlPlaneRestartKeepsInboundPolicy(t *testing.T) {
 
 	// The payments servers come back on the new control plane by their
 	// SVIDs (its token key is new); the hook sees their listeners pushed.
-	var mu sync.Mutex
-	servers := map[string]bool{}
 	back := make(chan struct{})
-	hook := func(nodeID string, resources map[string][]types.Resource) {
-		if !hasInboundListener(resources) {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if servers[nodeID] = true; len(servers) == 2 {
-			select {
-			case <-back:
-			default:
-				close(back)
-			}
-		}
-	}
+	var once sync.Once
+	hook := whenServersPushed(2, func() { once.Do(func() { close(back) }) })
 	cp2, err := controlplane.New(ctx, controlplane.WithAddress(addr), signWithCA, controlplane.WithLogger(shop.TestLogger(t)),
 		controlplane.WithWorkloads(shop.Workloads()...), controlplane.WithSnapshotHook(hook),
 		controlplane.WithConfig([]byte(strictAllowCheckout)), controlplane.WithConfig(shop.MeshYAML(100, 0)))
@@ -163,6 +149,23 @@ func TestControlPlaneRestartKeepsInboundPolicy(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("a plaintext caller was never served after PERMISSIVE: %v", err)
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// whenServersPushed is a snapshot hook that calls fn each time an inbound
+// listener is pushed once n distinct nodes have had one.
+func whenServersPushed(n int, fn func()) func(nodeID string, resources map[string][]types.Resource) {
+	var mu sync.Mutex
+	servers := map[string]bool{}
+	return func(nodeID string, resources map[string][]types.Resource) {
+		if !hasInboundListener(resources) {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if servers[nodeID] = true; len(servers) >= n {
+			fn()
 		}
 	}
 }

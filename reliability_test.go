@@ -139,18 +139,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 		t.Fatalf("%d calls failed while the control plane was down; first: %v", n, l.firstErr.Load())
 	}
 
-	var mu sync.Mutex
-	servers := map[string]bool{}
-	hook := func(nodeID string, resources map[string][]types.Resource) {
-		if !hasInboundListener(resources) {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if servers[nodeID] = true; len(servers) == 2 {
-			openGate()
-		}
-	}
+	hook := whenServersPushed(2, openGate)
 	cp2, err := controlplane.New(ctx, controlplane.WithAddress(addr), signWithCA,
 		controlplane.WithLogger(shop.TestLogger(t)), controlplane.WithWorkloads(shop.Workloads()...), controlplane.WithSnapshotHook(hook))
 	if err != nil {

@@ -316,7 +316,10 @@ func (s *Server) Apply(yaml []byte) error {
 
 // Replace makes the objects in yaml the whole configuration and pushes. On
 // error nothing changes.
-func (s *Server) Replace(yaml []byte) error {
+func (s *Server) Replace(yaml []byte) error { return s.replaceOver(nil, yaml) }
+
+// replaceOver makes base plus the objects in yaml the whole configuration.
+func (s *Server) replaceOver(base []*object, yaml []byte) error {
 	objs, err := parseYAML(yaml)
 	if err != nil {
 		return err
@@ -326,7 +329,7 @@ func (s *Server) Replace(yaml []byte) error {
 	if s.closed {
 		return ErrClosed
 	}
-	return s.replaceLocked(objs)
+	return s.replaceLocked(append(slices.Clip(base), objs...))
 }
 
 func (s *Server) replaceLocked(objs []*object) error {
@@ -821,7 +824,8 @@ func (s *Server) watchFile(ctx context.Context, path string, every time.Duration
 			continue
 		}
 		lastHash, lastPushes = h, pushes
-		if err := s.replaceFromFile(data); err != nil {
+		// The in-code configuration stays under whatever the file holds.
+		if err := s.replaceOver(s.baseConfig, data); err != nil {
 			if errors.Is(err, ErrClosed) {
 				return
 			}
@@ -837,21 +841,6 @@ func (s *Server) watchFile(ctx context.Context, path string, every time.Duration
 		s.mu.Unlock()
 		s.logger.Info("config file applied", "file", path)
 	}
-}
-
-// replaceFromFile makes the in-code configuration plus the file's content
-// the whole configuration.
-func (s *Server) replaceFromFile(data []byte) error {
-	objs, err := parseYAML(data)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
-	return s.replaceLocked(append(slices.Clip(s.baseConfig), objs...))
 }
 
 func hashBytes(b []byte) string {

@@ -181,7 +181,7 @@ func (r *reloadingTLS) Clone() credentials.TransportCredentials {
 	return &reloadingTLS{cfg: r.cfg, path: r.path, serverName: r.serverName}
 }
 
-func (r *reloadingTLS) OverrideServerName(name string) error { //nolint:staticcheck // part of the interface
+func (r *reloadingTLS) OverrideServerName(name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.serverName, r.creds = name, nil

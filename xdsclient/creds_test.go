@@ -1,9 +1,6 @@
 package xdsclient_test
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,7 +9,6 @@ import (
 
 	"mesh/controlplane"
 	"mesh/xdsclient"
-	"mesh/xdsclient/xdstest"
 )
 
 // writeAtomic replaces path's content the way token rotators do.
@@ -117,37 +113,13 @@ func TestBootstrapCallCreds(t *testing.T) {
 func TestTLSChannelCredsFilesReloaded(t *testing.T) {
 	ctx := testContext(t)
 	ca, foreign := newTestCA(t), newTestCA(t)
-	serverCert, serverKey := ca.issue(t, 2)
-	pair, err := tls.X509KeyPair(serverCert, serverKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	srv := xdstest.NewTLSServer(t, &tls.Config{
-		Certificates: []tls.Certificate{pair}, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12,
-	})
-	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
+	srv := newMTLSServer(t, ca)
 	dir := t.TempDir()
 	badCert, badKey := foreign.issue(t, 3)
 	writeAtomic(t, filepath.Join(dir, "ca.pem"), ca.pem)
 	writeAtomic(t, filepath.Join(dir, "cert.pem"), badCert)
 	writeAtomic(t, filepath.Join(dir, "key.pem"), badKey)
-	cfg, _ := json.Marshal(map[string]string{
-		"ca_certificate_file": filepath.Join(dir, "ca.pem"),
-		"certificate_file":    filepath.Join(dir, "cert.pem"),
-		"private_key_file":    filepath.Join(dir, "key.pem"),
-	})
-	bs := srv.Bootstrap(nodeID)
-	bs.Servers[0].ChannelCreds = []xdsclient.ChannelCreds{{Type: xdsclient.CredsTLS, Config: cfg}}
-	c, err := xdsclient.New(bs, xdsclient.WithBackoff(fastBackoff))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	eds := newEvents[*xdsclient.Endpoints]()
-	c.WatchEndpoints(clusterV1, eds.fn)
+	eds := watchOverFileTLS(t, srv, dir)
 	if ev := next(ctx, t, eds, nil); !errors.Is(ev.Err, xdsclient.ErrStreamFailed) {
 		t.Fatalf("with a foreign client certificate: %+v, want a stream failure", ev)
 	}

@@ -80,9 +80,10 @@ func (ca *testCA) issue(t *testing.T, serial int64) (certPEM, keyPEM []byte) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 }
 
-func TestMutualTLSChannelCreds(t *testing.T) {
-	ctx := testContext(t)
-	ca := newTestCA(t)
+// newMTLSServer is an xDS server that requires client certificates from
+// ca, serving one cluster's endpoints.
+func newMTLSServer(t *testing.T, ca *testCA) *xdstest.Server {
+	t.Helper()
 	serverCert, serverKey := ca.issue(t, 2)
 	pair, err := tls.X509KeyPair(serverCert, serverKey)
 	if err != nil {
@@ -97,15 +98,13 @@ func TestMutualTLSChannelCreds(t *testing.T) {
 		MinVersion:   tls.VersionTLS12,
 	})
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
+	return srv
+}
 
-	dir := t.TempDir()
-	clientCert, clientKey := ca.issue(t, 3)
-	files := map[string][]byte{"ca.pem": ca.pem, "cert.pem": clientCert, "key.pem": clientKey}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+// watchOverFileTLS watches clusterV1's endpoints on srv with "tls"
+// channel creds read from ca.pem, cert.pem and key.pem in dir.
+func watchOverFileTLS(t *testing.T, srv *xdstest.Server, dir string) *events[*xdsclient.Endpoints] {
+	t.Helper()
 	cfg, _ := json.Marshal(map[string]string{
 		"ca_certificate_file": filepath.Join(dir, "ca.pem"),
 		"certificate_file":    filepath.Join(dir, "cert.pem"),
@@ -120,6 +119,22 @@ func TestMutualTLSChannelCreds(t *testing.T) {
 	t.Cleanup(func() { _ = c.Close() })
 	eds := newEvents[*xdsclient.Endpoints]()
 	c.WatchEndpoints(clusterV1, eds.fn)
+	return eds
+}
+
+func TestMutualTLSChannelCreds(t *testing.T) {
+	ctx := testContext(t)
+	ca := newTestCA(t)
+	srv := newMTLSServer(t, ca)
+	dir := t.TempDir()
+	clientCert, clientKey := ca.issue(t, 3)
+	files := map[string][]byte{"ca.pem": ca.pem, "cert.pem": clientCert, "key.pem": clientKey}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eds := watchOverFileTLS(t, srv, dir)
 	if ev := next(ctx, t, eds, nil); !isValue(ev) {
 		t.Fatalf("event over mTLS = %+v", ev)
 	}
