@@ -118,3 +118,34 @@ func ExampleClusterName() {
 	fmt.Println(controlplane.ClusterName(8080, "v2", "payments.default.svc.cluster.local"))
 	// Output: outbound|8080|v2|payments.default.svc.cluster.local
 }
+
+// Configuration given to New is in force before the first xDS request is
+// answered; if it does not load, New fails rather than serve less.
+func ExampleWithConfig() {
+	strict := []byte(`
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+`)
+	cp, err := controlplane.New(context.Background(), controlplane.WithConfig(strict))
+	if err != nil {
+		log.Fatal(err)
+	}
+	cp.Close()
+
+	_, err = controlplane.New(context.Background(), controlplane.WithConfig(strict), controlplane.WithConfig([]byte(`
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: payments}
+spec:
+  hosts: [payments]
+  http:
+  - route:
+    - destination: {host: payments}
+      weight: -1
+`)))
+	fmt.Println(err)
+	// Output:
+	// WithConfig: VirtualService default/payments: spec.http[0].route[0].weight: -1 must not be negative
+}
