@@ -632,7 +632,11 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 			d.timer.Stop() // back within its grace period: nothing changed
 			delete(s.departed, n.id)
 		}
-		s.logger.Info("node connected", "node", n.id, "service", n.serviceHost, "delta", key.delta)
+		attrs := []any{"node", n.id, "service", n.serviceHost, "delta", key.delta}
+		if n.proof != nil {
+			attrs = append(attrs, "identity", n.proof.spiffeID(s.trustDomain), "proven_by", n.proof.via)
+		}
+		s.logger.Info("node connected", attrs...)
 	}
 	if sotw != nil && sotw.GetErrorDetail() != nil {
 		s.logger.Warn("node rejected config (NACK)", "node", n.id, "type", typeURL,

@@ -37,6 +37,17 @@
 // get Err, the cache keeps serving, and the client reconnects with backoff
 // and resubscribes with the versions it last ACKed.
 //
+// # Credentials to the server
+//
+// Each server is dialed with its first supported channel_creds: "insecure"
+// or "tls" (gRFC A65: ca_certificate_file, and certificate_file with
+// private_key_file for mTLS), and with every "jwt_token_file" call_creds
+// (gRFC A97), which sends the token in that file as
+// "authorization: Bearer" on the stream and only over TLS. Certificate
+// and token files are read again when they change, so rotation needs no
+// restart: the istio-agent path to istiod (TLS, a service-account token
+// from a file) and the embedded control plane's bootstraps both use it.
+//
 // When the last watch of a type is cancelled no request is sent for that
 // type: on a state-of-the-world stream an empty name list asks for every
 // listener or cluster (istiod reads it as a wildcard), so the client
