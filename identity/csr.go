@@ -70,9 +70,9 @@ type CSRConfig struct {
 	// bearer token in the clear; it must then be asked for with Insecure.
 	TLS *tls.Config
 	// Insecure allows a plaintext CA channel (TLS nil). Use it only for a CA
-	// on loopback, such as mesh's embedded control plane on its xDS port;
-	// its ServeCATLS endpoint takes TLS (ServerName
-	// controlplane.CAServerName, RootCAs from its RootPEM).
+	// on loopback. mesh's embedded control plane serves TLS on its xDS
+	// port (RootCAs from its RootPEM; its certificate names 127.0.0.1 and
+	// controlplane.CAServerName) unless started with WithPlaintextXDS.
 	Insecure bool
 }
 
