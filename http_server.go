@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"mesh/internal/drain"
 	"mesh/telemetry"
 	"mesh/transport"
 	"mesh/xdsclient"
@@ -38,8 +39,12 @@ type HTTPServer struct {
 // serve it with Serve, never ServeTLS. It speaks HTTP/1.1 and HTTP/2 (the
 // latter negotiated inside the mesh's TLS, or with prior knowledge).
 func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
-	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger)), maxAge: m.connectionAge()}
-	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain))
+	// HTTP/1.1 over mTLS too (ALPN http/1.1, or none): sidecars speak it.
+	creds := transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger),
+		transport.WithApplicationProtocols("h2", "http/1.1", ""))
+	s := &HTTPServer{m: m, creds: creds, maxAge: m.connectionAge()}
+	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain),
+		transport.WithPathNormalization(m.limits.pathNormalization))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	// The http.Server sees the connection after the mesh's TLS, so HTTP/2
@@ -49,6 +54,13 @@ func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
 		Handler:     s.withPeer(telemetry.Middleware(authz.Middleware(h), m.telemetry...)),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, meshConnKey{}, c) },
 		Protocols:   &protocols,
+		// Envoy-like limits (see limits.go); users may change them here.
+		MaxHeaderBytes:    m.limits.maxHeaderBytes,
+		ReadHeaderTimeout: m.limits.readHeaderTimeout,
+		IdleTimeout:       m.limits.idleTimeout,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: int(m.limits.maxConcurrentStreams),
+		},
 	}
 	return s
 }
@@ -98,7 +110,7 @@ func (s *HTTPServer) withPeer(next http.Handler) http.Handler {
 		// A connection past its age is closed after this response (a
 		// graceful GOAWAY on HTTP/2), so the client reconnects with a new
 		// handshake before the certificates it was made with expire.
-		if s.maxAge > 0 && time.Since(c.accepted) > s.maxAge {
+		if s.maxAge > 0 && time.Since(c.accepted) > s.maxAge || c.draining() {
 			w.Header().Set("Connection", "close")
 		}
 		next.ServeHTTP(w, r)
@@ -150,9 +162,16 @@ func (c *handshakingConn) handshake() error {
 			c.err = errors.New("mesh: http handshake: unexpected auth info")
 			return
 		}
-		c.conn, c.info = conn, info
+		c.conn, c.info = securedConn(c.raw, conn, drain.Detect), info
 	})
 	return c.err
+}
+
+// draining reports whether the connection is being drained because the
+// filter chain it was accepted under changed.
+func (c *handshakingConn) draining() bool {
+	sc := servingConnOf(c.raw)
+	return sc != nil && sc.isDraining()
 }
 
 func (c *handshakingConn) Read(p []byte) (int, error) {

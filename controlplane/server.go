@@ -62,6 +62,8 @@ type Server struct {
 
 	ops operations // admin servers and metrics endpoints; see graph.go
 	sds sdsState   // minted SDS secrets; see sds.go
+
+	pathNormalization PathNormalization // see WithPathNormalization
 }
 
 // streamKey tells SotW and delta streams apart: their ids are counted
@@ -119,6 +121,9 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if st.configFile != "" && st.fileCheckInterval <= 0 {
 		return nil, fmt.Errorf("file check interval %v: must be positive", st.fileCheckInterval)
 	}
+	if err := validatePathNormalization(st.pathNormalization); err != nil {
+		return nil, err
+	}
 	if err := validateSDSRotation(st.sdsRotation); err != nil {
 		return nil, err
 	}
@@ -137,6 +142,8 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		departed:      map[string]*departure{},
 		endpointGrace: st.endpointGrace,
 		sds:           sdsState{enabled: st.sds},
+
+		pathNormalization: st.pathNormalization,
 	}
 	for i, w := range st.workloads {
 		if err := w.Validate(); err != nil {
@@ -384,7 +391,7 @@ func (s *Server) pushAllLocked() {
 	}
 	nodes := s.nodeList()
 	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(nodes, s.departedNodes()...), s.cfg)
-	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled})
+	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled, pathNormalization: s.pathNormalization})
 	s.pushes++
 	seen := map[string]bool{}
 	for _, n := range nodes {
