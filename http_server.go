@@ -143,6 +143,9 @@ type handshakingConn struct {
 	creds    credentials.TransportCredentials
 	accepted time.Time
 
+	deadlineMu   sync.Mutex
+	readDeadline time.Time // the last one the http.Server set
+
 	once sync.Once
 	conn net.Conn
 	info transport.AuthInfo
@@ -152,6 +155,11 @@ type handshakingConn struct {
 func (c *handshakingConn) handshake() error {
 	c.once.Do(func() {
 		conn, ai, err := c.creds.ServerHandshake(c.raw)
+		// The handshake bounded its reads with its own deadline; the
+		// http.Server's (ReadHeaderTimeout) is the one to keep.
+		c.deadlineMu.Lock()
+		c.raw.SetReadDeadline(c.readDeadline)
+		c.deadlineMu.Unlock()
 		if err != nil {
 			c.err = fmt.Errorf("mesh: http handshake with %s: %w", c.raw.RemoteAddr(), err)
 			return
@@ -192,8 +200,20 @@ func (c *handshakingConn) Write(p []byte) (int, error) {
 // while the handshake is under way in the connection's goroutine.
 func (c *handshakingConn) Close() error { return c.raw.Close() }
 
-func (c *handshakingConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
-func (c *handshakingConn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
-func (c *handshakingConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
-func (c *handshakingConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *handshakingConn) LocalAddr() net.Addr  { return c.raw.LocalAddr() }
+func (c *handshakingConn) RemoteAddr() net.Addr { return c.raw.RemoteAddr() }
+func (c *handshakingConn) SetDeadline(t time.Time) error {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	c.readDeadline = t
+	return c.raw.SetDeadline(t)
+}
+
+func (c *handshakingConn) SetReadDeadline(t time.Time) error {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	c.readDeadline = t
+	return c.raw.SetReadDeadline(t)
+}
+
 func (c *handshakingConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
