@@ -227,6 +227,37 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 	if code, err := keepAlive(); code != http.StatusOK {
 		t.Fatalf("plaintext HTTP under PERMISSIVE: %d %v", code, err)
 	}
+	// And a plaintext HTTP/2 connection (prior knowledge).
+	h2closed := make(chan net.Addr, 16)
+	var h2protocols http.Protocols
+	h2protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: &http.Transport{
+		Protocols: &h2protocols,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &watchedConn{Conn: c, closed: h2closed}, nil
+		},
+	}}
+	defer h2.CloseIdleConnections()
+	h2get := func() (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+webAddr.String()+"/version", nil)
+		resp, err := h2.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("plaintext HTTP/2 client answered over %s", resp.Proto)
+		}
+		return resp.StatusCode, nil
+	}
+	if code, err := h2get(); code != http.StatusOK {
+		t.Fatalf("plaintext HTTP/2 under PERMISSIVE: %d %v", code, err)
+	}
 	// checkout's mTLS connection to payments, opened before the change.
 	var meshPeer peer.Peer
 	if err := w.Conn.Invoke(ctx, shop.ChargeMethod, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Peer(&meshPeer)); err != nil {
@@ -286,6 +317,25 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 			t.Fatal("the plaintext HTTP connection is still served under STRICT")
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+
+	// The plaintext HTTP/2 connection: refused, GOAWAY, closed.
+	for {
+		code, err := h2get()
+		if err != nil || code != http.StatusOK {
+			t.Logf("plaintext HTTP/2 request after STRICT: %d %v", code, err)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the plaintext HTTP/2 connection is still served under STRICT")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	select {
+	case <-h2closed:
+	case <-ctx.Done():
+		t.Fatal("the plaintext HTTP/2 connection was never closed")
 	}
 
 	// checkout's mTLS connection still matches: untouched.

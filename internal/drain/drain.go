@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Protocol is what a Conn carries.
@@ -34,9 +35,12 @@ const frameHeaderLen = 9
 type Conn struct {
 	net.Conn
 
+	// proto is read without mu: a reader must never wait for a blocked
+	// write, or both ends of a full connection could wait on each other.
+	proto atomic.Int32
+	first []byte // first bytes read, while proto is Detect; reader only
+
 	mu       sync.Mutex // held across writes to Conn, so frames never interleave
-	proto    Protocol
-	first    []byte // first bytes read, while proto is Detect
 	hdr      [frameHeaderLen]byte
 	hdrN     int  // bytes of the current frame header written
 	left     int  // payload bytes of the current frame still to write
@@ -46,25 +50,26 @@ type Conn struct {
 }
 
 // NewConn wraps a server connection, after its TLS if any.
-func NewConn(c net.Conn, p Protocol) *Conn { return &Conn{Conn: c, proto: p} }
+func NewConn(c net.Conn, p Protocol) *Conn {
+	dc := &Conn{Conn: c}
+	dc.proto.Store(int32(p))
+	return dc
+}
 
 // Read reads from the connection, learning its protocol from the first
 // bytes when it was not known.
 func (c *Conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.mu.Lock()
-		if c.proto == Detect {
-			c.first = append(c.first, p[:min(n, 3-len(c.first))]...)
-			if len(c.first) == 3 {
-				c.proto = HTTP1
-				if string(c.first) == "PRI" {
-					c.proto = HTTP2
-				}
-				c.first = nil
+	if n > 0 && Protocol(c.proto.Load()) == Detect {
+		c.first = append(c.first, p[:min(n, 3-len(c.first))]...)
+		if len(c.first) == 3 {
+			proto := HTTP1
+			if string(c.first) == "PRI" {
+				proto = HTTP2
 			}
+			c.proto.Store(int32(proto))
+			c.first = nil
 		}
-		c.mu.Unlock()
 	}
 	return n, err
 }
@@ -73,16 +78,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.proto != HTTP2 {
+	if Protocol(c.proto.Load()) != HTTP2 {
 		return c.Conn.Write(p)
 	}
 	written := 0
 	for len(p) > 0 {
-		if c.pending && c.atBoundary() {
-			if err := c.writeGoAwayLocked(); err != nil {
-				return written, err
-			}
-		}
 		n := c.frameSpan(p)
 		if !c.pending {
 			n = len(p) // nothing to add: write it all, tracking as we go
@@ -94,6 +94,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 			return written, err
 		}
 		p = p[m:]
+		if c.pending && c.atBoundary() {
+			if err := c.writeGoAwayLocked(); err != nil {
+				return written, err
+			}
+		}
 	}
 	return written, nil
 }
@@ -162,11 +167,11 @@ func (c *Conn) track(p []byte) {
 // speak HTTP/2, which have no GOAWAY. It may block while a write of the
 // server's is blocked; closing the connection ends both.
 func (c *Conn) GoAway() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.proto != HTTP2 {
+	if Protocol(c.proto.Load()) != HTTP2 {
 		return false
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.sentAway {
 		return true
 	}
