@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -490,5 +491,63 @@ func TestHTTPServerSpeaksHTTP1OverMTLS(t *testing.T) {
 			t.Fatalf("HTTP/1.1 over mTLS never served: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// TestServersAnnounceEnvoyLikeLimits reads the HTTP/2 SETTINGS that mesh
+// gRPC and HTTP servers send: a bound on concurrent streams per connection
+// and on the size of a request's headers.
+func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
+	ctx := testContext(t)
+	s := startSite(ctx, t, nil, nil, areas())
+	grpcAddr := serveGRPC(t, s.m.NewGRPCServer())
+	for name, addr := range map[string]net.Addr{"gRPC": grpcAddr, "HTTP": s.addr} {
+		settings := serverSettings(ctx, t, addr)
+		if got := settings[http2.SettingMaxConcurrentStreams]; got != mesh.DefaultMaxConcurrentStreams {
+			t.Errorf("%s server: SETTINGS_MAX_CONCURRENT_STREAMS %d, want %d", name, got, mesh.DefaultMaxConcurrentStreams)
+		}
+		// net/http adds a little slack to MaxHeaderBytes, as it does for
+		// HTTP/1.1.
+		if got := settings[http2.SettingMaxHeaderListSize]; got < mesh.DefaultMaxHeaderBytes || got > mesh.DefaultMaxHeaderBytes+8<<10 {
+			t.Errorf("%s server: SETTINGS_MAX_HEADER_LIST_SIZE %d, want about %d", name, got, mesh.DefaultMaxHeaderBytes)
+		}
+	}
+}
+
+// serverSettings opens a plaintext HTTP/2 connection (prior knowledge) and
+// returns the server's first SETTINGS.
+func serverSettings(ctx context.Context, t *testing.T, addr net.Addr) map[http2.SettingID]uint32 {
+	t.Helper()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl) // hang guard only
+	}
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("%s: no SETTINGS: %v", addr, err)
+		}
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			continue
+		}
+		out := map[http2.SettingID]uint32{}
+		sf.ForeachSetting(func(s http2.Setting) error {
+			out[s.ID] = s.Val
+			return nil
+		})
+		return out
 	}
 }
