@@ -31,25 +31,6 @@ import (
 	"mesh/internal/shop"
 )
 
-// serveGRPC serves srv on a new loopback listener until the test ends.
-func serveGRPC(t *testing.T, srv *mesh.GRPCServer) net.Addr {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return lis.Addr()
-}
-
 // plaintextConn is a gRPC client without the mesh: what an attacker (or a
 // workload outside the mesh) uses under PERMISSIVE. Its connections report
 // when the server closes them.
@@ -58,18 +39,26 @@ func plaintextConn(t *testing.T, addr net.Addr, closed chan<- net.Addr) *grpc.Cl
 	conn, err := grpc.NewClient(addr.String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", a)
-			if err != nil || closed == nil {
-				return c, err
-			}
-			return &watchedConn{Conn: c, closed: closed}, nil
+			return watchedDial(closed)(ctx, "tcp", a)
 		}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// watchedDial dials connections that report to closed (if not nil) when
+// they are closed.
+func watchedDial(closed chan<- net.Addr) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil || closed == nil {
+			return c, err
+		}
+		return &watchedConn{Conn: c, closed: closed}, nil
+	}
 }
 
 // watchedConn reports its local address once a read fails: the server
@@ -109,22 +98,11 @@ func TestAttackMalformedGRPCPath(t *testing.T) {
 		mu.Unlock()
 		return stream.SendMsg(&emptypb.Empty{})
 	}))
-	addr := serveGRPC(t, srv)
-	if err := s.cp.Apply([]byte(`apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: no-admin
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: web
-  action: DENY
-  rules:
-  - to:
+	addr := shop.ServeGRPC(t, srv)
+	if err := s.cp.Apply([]byte(webPolicy("DENY", `  - to:
     - operation:
         paths: ["/admin.Admin/*"]
-`)); err != nil {
+`))); err != nil {
 		t.Fatal(err)
 	}
 	conn := plaintextConn(t, addr, nil)
@@ -158,16 +136,6 @@ spec:
 	}
 }
 
-const strictYAML = `apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
-metadata:
-  name: default
-  namespace: default
-spec:
-  mtls:
-    mode: STRICT
-`
-
 // TestAttackPlaintextConnectionsAfterStrict: PERMISSIVE -> STRICT must
 // reach plaintext connections already open (gRPC and HTTP): their new
 // calls are refused and they are drained (GOAWAY, then closed), while the
@@ -180,7 +148,7 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 		},
 	})
 	webAddr := shop.StartWeb(t, ctx, w.ControlPlane, "v1", mesh.WithDrainPeriod(time.Second))
-	if err := w.ControlPlane.Apply([]byte(permissiveYAML)); err != nil {
+	if err := w.ControlPlane.Apply([]byte(peerAuthentication("PERMISSIVE"))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -203,15 +171,8 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 		t.Fatal(err)
 	}
 	// So is a plaintext HTTP/1.1 keep-alive connection.
-	var d net.Dialer
-	hc, err := d.DialContext(ctx, "tcp", webAddr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := dial(ctx, t, webAddr)
 	defer hc.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		hc.SetDeadline(dl) // hang guard only
-	}
 	br := bufio.NewReader(hc)
 	keepAlive := func() (int, error) {
 		if _, err := fmt.Fprintf(hc, "GET /version HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
@@ -233,14 +194,8 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 	var h2protocols http.Protocols
 	h2protocols.SetUnencryptedHTTP2(true)
 	h2 := &http.Client{Transport: &http.Transport{
-		Protocols: &h2protocols,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &watchedConn{Conn: c, closed: h2closed}, nil
-		},
+		Protocols:   &h2protocols,
+		DialContext: watchedDial(h2closed),
 	}}
 	defer h2.CloseIdleConnections()
 	h2get := func() (int, error) {
@@ -268,7 +223,7 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 	for len(closed) > 0 { // connections refused before PERMISSIVE was in force
 		<-closed
 	}
-	if err := w.ControlPlane.Apply([]byte(strictYAML)); err != nil {
+	if err := w.ControlPlane.Apply([]byte(peerAuthentication("STRICT"))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -373,7 +328,7 @@ func TestAttackOversizedHeaders(t *testing.T) {
 		mu.Unlock()
 		return stream.SendMsg(&emptypb.Empty{})
 	}))
-	conn := plaintextConn(t, serveGRPC(t, srv), nil)
+	conn := plaintextConn(t, shop.ServeGRPC(t, srv), nil)
 	if err := conn.Invoke(ctx, "/any.Service/Call", &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("small call: %v", err)
 	}
@@ -397,11 +352,7 @@ func TestAttackOversizedHeaders(t *testing.T) {
 func TestAttackDrippedHeaders(t *testing.T) {
 	ctx := testContext(t)
 	s := startSite(ctx, t, nil, []mesh.Option{mesh.WithReadHeaderTimeout(300 * time.Millisecond)}, areas())
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dial(ctx, t, s.addr)
 	defer conn.Close()
 	// One whole request first: the attack is on a keep-alive connection.
 	br := bufio.NewReader(conn)
@@ -500,7 +451,7 @@ func TestHTTPServerSpeaksHTTP1OverMTLS(t *testing.T) {
 func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
 	ctx := testContext(t)
 	s := startSite(ctx, t, nil, nil, areas())
-	grpcAddr := serveGRPC(t, s.m.NewGRPCServer())
+	grpcAddr := shop.ServeGRPC(t, s.m.NewGRPCServer())
 	for name, addr := range map[string]net.Addr{"gRPC": grpcAddr, "HTTP": s.addr} {
 		settings := serverSettings(ctx, t, addr)
 		if got := settings[http2.SettingMaxConcurrentStreams]; got != mesh.DefaultMaxConcurrentStreams {
@@ -518,15 +469,8 @@ func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
 // returns the server's first SETTINGS.
 func serverSettings(ctx context.Context, t *testing.T, addr net.Addr) map[http2.SettingID]uint32 {
 	t.Helper()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dial(ctx, t, addr)
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl) // hang guard only
-	}
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
 		t.Fatal(err)
 	}

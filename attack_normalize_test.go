@@ -27,15 +27,17 @@ type site struct {
 	m    *mesh.Mesh
 }
 
-const permissiveYAML = `apiVersion: security.istio.io/v1
+// peerAuthentication is the namespace-wide PeerAuthentication with mode.
+func peerAuthentication(mode string) string {
+	return `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata:
   name: default
   namespace: default
 spec:
   mtls:
-    mode: PERMISSIVE
-`
+    mode: ` + mode + "\n"
+}
 
 // startSite starts a control plane (cpOpts added) and the web workload
 // (meshOpts added) serving h over the mesh's HTTPServer.
@@ -47,7 +49,7 @@ func startSite(ctx context.Context, t *testing.T, cpOpts []controlplane.Option, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cp.Close() })
-	if err := cp.Apply([]byte(permissiveYAML)); err != nil {
+	if err := cp.Apply([]byte(peerAuthentication("PERMISSIVE"))); err != nil {
 		t.Fatal(err)
 	}
 	wl := controlplane.Workload{Name: "web", Namespace: "default", ServiceAccount: "web", Service: "web", Port: 8080,
@@ -61,21 +63,7 @@ func startSite(ctx context.Context, t *testing.T, cpOpts []controlplane.Option, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := m.NewHTTPServer(h)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		hs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		hs.Close()
-		<-served
-	})
-	return &site{cp: cp, addr: lis.Addr(), m: m}
+	return &site{cp: cp, addr: shop.ServeHTTP(t, m, h), m: m}
 }
 
 // rawResponse is what came back for one raw request.
@@ -85,19 +73,26 @@ type rawResponse struct {
 	body   string
 }
 
-// rawHTTP sends one HTTP/1.1 request with exactly this method and target
-// on a new plaintext connection.
-func rawHTTP(ctx context.Context, t *testing.T, addr net.Addr, method, target, extra string) rawResponse {
+// dial opens a TCP connection to addr, with ctx's deadline as a hang guard.
+func dial(ctx context.Context, t *testing.T, addr net.Addr) net.Conn {
 	t.Helper()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl) // hang guard only
 	}
+	return conn
+}
+
+// rawHTTP sends one HTTP/1.1 request with exactly this method and target
+// on a new plaintext connection.
+func rawHTTP(ctx context.Context, t *testing.T, addr net.Addr, method, target, extra string) rawResponse {
+	t.Helper()
+	conn := dial(ctx, t, addr)
+	defer conn.Close()
 	fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: web.default.svc.cluster.local\r\nConnection: close\r\n%s\r\n", method, target, extra)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
@@ -124,7 +119,10 @@ func areas() http.Handler {
 	})
 }
 
-const denyPathsYAML = `apiVersion: security.istio.io/v1
+// webPolicy is AuthorizationPolicy "web-paths" for app=web with action
+// and the YAML of its rules.
+func webPolicy(action, rules string) string {
+	return `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
   name: web-paths
@@ -133,31 +131,24 @@ spec:
   selector:
     matchLabels:
       app: web
-  action: DENY
+  action: ` + action + `
   rules:
-  - to:
+` + rules
+}
+
+var (
+	denyPathsYAML = webPolicy("DENY", `  - to:
     - operation:
         paths: ["/admin", "/admin/*", "/internal/*"]
   - to:
     - operation:
         methods: ["DELETE"]
-`
-
-const allowPathsYAML = `apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: web-paths
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: web
-  action: ALLOW
-  rules:
-  - to:
+`)
+	allowPathsYAML = webPolicy("ALLOW", `  - to:
     - operation:
         paths: ["/public/*"]
-`
+`)
+)
 
 // pathCase is one attack request and, per normalization (BASE,
 // MERGE_SLASHES, DECODE_AND_MERGE_SLASHES), what Envoy under Istio does
