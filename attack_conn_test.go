@@ -452,6 +452,10 @@ func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
 	ctx := testContext(t)
 	s := startSite(ctx, t, nil, nil, areas())
 	grpcAddr := shop.ServeGRPC(t, s.m.NewGRPCServer())
+	if hs := s.m.NewHTTPServer(http.NotFoundHandler()).Server; hs.MaxHeaderBytes != mesh.DefaultMaxHeaderBytes ||
+		hs.ReadHeaderTimeout != mesh.DefaultReadHeaderTimeout || hs.IdleTimeout != mesh.DefaultIdleTimeout {
+		t.Errorf("HTTP server limits: MaxHeaderBytes %d, ReadHeaderTimeout %v, IdleTimeout %v", hs.MaxHeaderBytes, hs.ReadHeaderTimeout, hs.IdleTimeout)
+	}
 	for name, addr := range map[string]net.Addr{"gRPC": grpcAddr, "HTTP": s.addr} {
 		settings := serverSettings(ctx, t, addr)
 		if got := settings[http2.SettingMaxConcurrentStreams]; got != mesh.DefaultMaxConcurrentStreams {

@@ -24,6 +24,12 @@ import (
 // plaintext, or either under PERMISSIVE, told apart by the first bytes),
 // requests are checked against the chain's RBAC policies (403 when
 // denied), and handlers learn the caller with PeerID(r.Context()).
+// Request paths are normalized before authorization, as Envoy does under
+// Istio (see WithPathNormalization), and handlers get the normalized path.
+// Connections are drained on listener changes as GRPCServer's are, and
+// Envoy-like limits apply (WithMaxHeaderBytes, WithReadHeaderTimeout,
+// WithIdleTimeout, WithMaxConcurrentStreams). Over mTLS it speaks HTTP/2
+// and HTTP/1.1 (ALPN h2 or http/1.1).
 //
 // Its Server field is the http.Server underneath, for timeouts and the
 // like; do not set its Handler, ConnContext or TLSConfig.

@@ -35,6 +35,13 @@ var ErrListenerNotFound = errors.New("mesh: inbound listener resource not found"
 // that resource has arrived, and closes new connections at once while the
 // control plane says the resource does not exist (not serving; see
 // WithServingStateCallback).
+//
+// A connection the listener no longer admits as it was handshaken (a
+// plaintext one after PERMISSIVE -> STRICT, or any once the resource is
+// gone) has its new calls refused, gets GOAWAY and is closed after
+// WithDrainPeriod; the others are untouched, and policy changes apply to
+// them at once. Headers and concurrent streams are bounded
+// (WithMaxHeaderBytes, WithMaxConcurrentStreams).
 type GRPCServer struct {
 	m       *Mesh
 	srv     *grpc.Server
