@@ -223,6 +223,11 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 	for len(closed) > 0 { // connections refused before PERMISSIVE was in force
 		<-closed
 	}
+	// checkout's mTLS HTTP connection to web, opened before the change:
+	// web answers /peer with the client address it sees.
+	const webPeerURL = "http://web.default.svc.cluster.local:8080/peer"
+	meshHTTPPeer := get(ctx, t, w.Checkout.HTTPClient(), webPeerURL, http.StatusOK)
+
 	if err := w.ControlPlane.Apply([]byte(peerAuthentication("STRICT"))); err != nil {
 		t.Fatal(err)
 	}
@@ -294,8 +299,11 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 		t.Fatal("the plaintext HTTP/2 connection was never closed")
 	}
 
-	// checkout's mTLS connection still matches: untouched.
+	// checkout's mTLS connections still match: untouched.
 	for range 20 {
+		if got := get(ctx, t, w.Checkout.HTTPClient(), webPeerURL, http.StatusOK); got != meshHTTPPeer {
+			t.Fatalf("mesh HTTP request after STRICT came from %s, want the connection from before STRICT %s", got, meshHTTPPeer)
+		}
 		var p peer.Peer
 		if err := w.Conn.Invoke(ctx, shop.ChargeMethod, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Peer(&p)); err != nil {
 			t.Fatalf("mesh call after STRICT: %v", err)
