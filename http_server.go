@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"mesh/internal/drain"
 	"mesh/telemetry"
 	"mesh/transport"
 	"mesh/xdsclient"
@@ -23,6 +24,12 @@ import (
 // plaintext, or either under PERMISSIVE, told apart by the first bytes),
 // requests are checked against the chain's RBAC policies (403 when
 // denied), and handlers learn the caller with PeerID(r.Context()).
+// Request paths are normalized before authorization, as Envoy does under
+// Istio (see WithPathNormalization), and handlers get the normalized path.
+// Connections are drained on listener changes as GRPCServer's are, and
+// Envoy-like limits apply (WithMaxHeaderBytes, WithReadHeaderTimeout,
+// WithIdleTimeout, WithMaxConcurrentStreams). Over mTLS it speaks HTTP/2
+// and HTTP/1.1 (ALPN h2 or http/1.1).
 //
 // Its Server field is the http.Server underneath, for timeouts and the
 // like; do not set its Handler, ConnContext or TLSConfig.
@@ -38,8 +45,12 @@ type HTTPServer struct {
 // serve it with Serve, never ServeTLS. It speaks HTTP/1.1 and HTTP/2 (the
 // latter negotiated inside the mesh's TLS, or with prior knowledge).
 func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
-	s := &HTTPServer{m: m, creds: transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger)), maxAge: m.connectionAge()}
-	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain))
+	// HTTP/1.1 over mTLS too (ALPN http/1.1, or none): sidecars speak it.
+	creds := transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger),
+		transport.WithApplicationProtocols("h2", "http/1.1", ""))
+	s := &HTTPServer{m: m, creds: creds, maxAge: m.connectionAge()}
+	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.currentChain),
+		transport.WithPathNormalization(m.limits.pathNormalization))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	// The http.Server sees the connection after the mesh's TLS, so HTTP/2
@@ -49,6 +60,13 @@ func (m *Mesh) NewHTTPServer(h http.Handler) *HTTPServer {
 		Handler:     s.withPeer(telemetry.Middleware(authz.Middleware(h), m.telemetry...)),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, meshConnKey{}, c) },
 		Protocols:   &protocols,
+		// Envoy-like limits (see limits.go); users may change them here.
+		MaxHeaderBytes:    m.limits.maxHeaderBytes,
+		ReadHeaderTimeout: m.limits.readHeaderTimeout,
+		IdleTimeout:       m.limits.idleTimeout,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: int(m.limits.maxConcurrentStreams),
+		},
 	}
 	return s
 }
@@ -98,7 +116,7 @@ func (s *HTTPServer) withPeer(next http.Handler) http.Handler {
 		// A connection past its age is closed after this response (a
 		// graceful GOAWAY on HTTP/2), so the client reconnects with a new
 		// handshake before the certificates it was made with expire.
-		if s.maxAge > 0 && time.Since(c.accepted) > s.maxAge {
+		if s.maxAge > 0 && time.Since(c.accepted) > s.maxAge || c.draining() {
 			w.Header().Set("Connection", "close")
 		}
 		next.ServeHTTP(w, r)
@@ -131,6 +149,9 @@ type handshakingConn struct {
 	creds    credentials.TransportCredentials
 	accepted time.Time
 
+	deadlineMu   sync.Mutex
+	readDeadline time.Time // the last one the http.Server set
+
 	once sync.Once
 	conn net.Conn
 	info transport.AuthInfo
@@ -140,6 +161,11 @@ type handshakingConn struct {
 func (c *handshakingConn) handshake() error {
 	c.once.Do(func() {
 		conn, ai, err := c.creds.ServerHandshake(c.raw)
+		// The handshake bounded its reads with its own deadline; the
+		// http.Server's (ReadHeaderTimeout) is the one to keep.
+		c.deadlineMu.Lock()
+		c.raw.SetReadDeadline(c.readDeadline)
+		c.deadlineMu.Unlock()
 		if err != nil {
 			c.err = fmt.Errorf("mesh: http handshake with %s: %w", c.raw.RemoteAddr(), err)
 			return
@@ -150,9 +176,16 @@ func (c *handshakingConn) handshake() error {
 			c.err = errors.New("mesh: http handshake: unexpected auth info")
 			return
 		}
-		c.conn, c.info = conn, info
+		c.conn, c.info = securedConn(c.raw, conn, drain.Detect), info
 	})
 	return c.err
+}
+
+// draining reports whether the connection is being drained because the
+// filter chain it was accepted under changed.
+func (c *handshakingConn) draining() bool {
+	sc := servingConnOf(c.raw)
+	return sc != nil && sc.isDraining()
 }
 
 func (c *handshakingConn) Read(p []byte) (int, error) {
@@ -173,8 +206,20 @@ func (c *handshakingConn) Write(p []byte) (int, error) {
 // while the handshake is under way in the connection's goroutine.
 func (c *handshakingConn) Close() error { return c.raw.Close() }
 
-func (c *handshakingConn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
-func (c *handshakingConn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
-func (c *handshakingConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
-func (c *handshakingConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *handshakingConn) LocalAddr() net.Addr  { return c.raw.LocalAddr() }
+func (c *handshakingConn) RemoteAddr() net.Addr { return c.raw.RemoteAddr() }
+func (c *handshakingConn) SetDeadline(t time.Time) error {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	c.readDeadline = t
+	return c.raw.SetDeadline(t)
+}
+
+func (c *handshakingConn) SetReadDeadline(t time.Time) error {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	c.readDeadline = t
+	return c.raw.SetReadDeadline(t)
+}
+
 func (c *handshakingConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }

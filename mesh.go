@@ -52,6 +52,7 @@ type Mesh struct {
 	servingState func(addr net.Addr, serving bool, err error) // may be nil
 	adminAddr    string
 	maxConnAge   time.Duration // from WithMaxConnectionAge; 0 derives it
+	limits       limits        // see limits.go
 
 	mu      sync.Mutex
 	closed  bool
@@ -63,7 +64,7 @@ type Mesh struct {
 // certificate providers it names and creates the xDS client. Streams to the
 // control plane open with the first Dial or Serve. ctx bounds only the setup.
 func New(ctx context.Context, opts ...Option) (*Mesh, error) {
-	var o options
+	o := options{limits: defaultLimits()}
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
@@ -75,7 +76,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}, servingState: o.servingState, maxConnAge: o.maxConnAge}
+	m := &Mesh{logger: logger, bootstrap: bs, providers: transport.ProviderMap{}, servingState: o.servingState, maxConnAge: o.maxConnAge, limits: o.limits}
 	for name, src := range o.providers {
 		m.providers[name] = src
 	}
@@ -216,6 +217,7 @@ func (m *Mesh) DialOptions() []grpc.DialOption {
 	return append(m.resolver.DialOptions(), // the resolver, and the route's timeouts and retries
 		grpc.WithTransportCredentials(m.clientTLS),
 		grpc.WithStatsHandler(m.clientStats),
+		grpc.WithMaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
 	)
 }
 

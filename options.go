@@ -35,6 +35,7 @@ type options struct {
 	xdsCache       string
 	xdsBackoff     func(attempt int) time.Duration
 	servingState   func(addr net.Addr, serving bool, err error)
+	limits         limits // see limits.go
 }
 
 type optionFunc func(*options)

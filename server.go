@@ -9,12 +9,15 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 
+	"mesh/internal/drain"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -32,6 +35,13 @@ var ErrListenerNotFound = errors.New("mesh: inbound listener resource not found"
 // that resource has arrived, and closes new connections at once while the
 // control plane says the resource does not exist (not serving; see
 // WithServingStateCallback).
+//
+// A connection the listener no longer admits as it was handshaken (a
+// plaintext one after PERMISSIVE -> STRICT, or any once the resource is
+// gone) has its new calls refused, gets GOAWAY and is closed after
+// WithDrainPeriod; the others are untouched, and policy changes apply to
+// them at once. Headers and concurrent streams are bounded
+// (WithMaxHeaderBytes, WithMaxConcurrentStreams).
 type GRPCServer struct {
 	m       *Mesh
 	srv     *grpc.Server
@@ -42,9 +52,13 @@ type GRPCServer struct {
 // applied after the mesh's own; do not pass grpc.Creds.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	s := &GRPCServer{m: m}
-	creds := transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))
+	creds := drainingCredentials{transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))}
 	authz := transport.NewAuthorizer(transport.WithLogger(m.logger), transport.WithCurrentFilterChain(s.serving.currentChainForRPC))
-	base := append([]grpc.ServerOption{grpc.Creds(creds)}, m.serverTelemetry.ServerOptions()...)
+	base := append([]grpc.ServerOption{
+		grpc.Creds(creds),
+		grpc.MaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
+		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),
+	}, m.serverTelemetry.ServerOptions()...)
 	// Authorization after telemetry, so denied calls are still measured.
 	base = append(base, authz.ServerOptions()...)
 	if age := m.connectionAge(); age > 0 {
@@ -126,9 +140,11 @@ func (ss *servingSet) currentChainForRPC(ctx context.Context, chosen *xdsclient.
 
 // currentChain gives the authorizer the filter chain a connection would get
 // from the listener resource now in force, when that resource changed since
-// the connection was accepted: servers cannot drain single connections, so
-// this is how an AuthorizationPolicy change reaches them. nil keeps the
-// chain chosen at accept time.
+// the connection was accepted, so that an AuthorizationPolicy change reaches
+// open connections at once. A connection the resource no longer admits as
+// it was handshaken (a plaintext one under STRICT, or its listener gone) is
+// being drained (see servingListener.drainStale); its new calls are refused
+// until it closes. nil keeps the chain chosen at accept time.
 func (ss *servingSet) currentChain(local, remote net.Addr, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
 	ls := ss.ls.Load()
 	if ls == nil {
@@ -140,7 +156,10 @@ func (ss *servingSet) currentChain(local, remote net.Addr, chosen *xdsclient.Fil
 			continue
 		}
 		cfg := sl.config.Load()
-		if cfg == nil || cfg.DefaultFilterChain == chosen {
+		if cfg == nil {
+			return refusingChain("listener resource removed")
+		}
+		if cfg.DefaultFilterChain == chosen {
 			return nil
 		}
 		for i := range cfg.FilterChains {
@@ -148,13 +167,48 @@ func (ss *servingSet) currentChain(local, remote net.Addr, chosen *xdsclient.Fil
 				return nil // the resource has not changed
 			}
 		}
-		proto := transport.ProtocolRawBuffer
-		if chosen != nil && chosen.TLS != nil {
-			proto = transport.ProtocolTLS
+		fc := selectFilterChain(cfg, local, remote, protocolOf(chosen))
+		if !sameHandshake(chosen, fc) {
+			return refusingChain("filter chain changed")
 		}
-		return selectFilterChain(cfg, local, remote, proto)
+		return fc
 	}
 	return nil
+}
+
+// protocolOf is the transport protocol a connection served by fc spoke.
+func protocolOf(fc *xdsclient.FilterChain) string {
+	if fc != nil && fc.TLS != nil {
+		return transport.ProtocolTLS
+	}
+	return transport.ProtocolRawBuffer
+}
+
+// sameHandshake reports whether a connection handshaken under chain a is
+// still admitted under chain b: same TLS settings, or both plaintext.
+// Other differences (RBAC policies) apply to open connections as they are.
+func sameHandshake(a, b *xdsclient.FilterChain) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	if a.TLS == nil || b.TLS == nil {
+		return a.TLS == nil && b.TLS == nil
+	}
+	x, y := a.TLS, b.TLS
+	return x.Identity == y.Identity && x.RequireClientCertificate == y.RequireClientCertificate &&
+		(x.Roots == nil) == (y.Roots == nil) && (x.Roots == nil || *x.Roots == *y.Roots)
+}
+
+// refusingChain is a chain whose one RBAC filter allows nothing: what the
+// authorizer enforces on a connection being drained. Its filter's name
+// says why, in the log line of each refusal.
+func refusingChain(why string) *xdsclient.FilterChain {
+	return &xdsclient.FilterChain{Name: "draining", HTTP: &xdsclient.HTTPConnectionManager{
+		HTTPFilters: []xdsclient.HTTPFilter{{
+			Name:   "mesh.draining: " + why,
+			Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{Action: xdsclient.RBACAllow}},
+		}},
+	}}
 }
 
 // Stop stops the server at once, closing every connection.
@@ -184,6 +238,10 @@ type servingListener struct {
 	stateMu sync.Mutex
 	state   servingState // last reported to the mesh's callback
 
+	drainPeriod time.Duration
+	connsMu     sync.Mutex
+	conns       map[*servingConn]struct{} // open connections, for drainStale
+
 	ready     chan struct{} // closed when the first resource or NotFound arrives
 	readyOnce sync.Once
 	done      chan struct{} // closed by Close
@@ -192,7 +250,8 @@ type servingListener struct {
 }
 
 func newServingListener(lis net.Listener, name string, m *Mesh) *servingListener {
-	sl := &servingListener{Listener: lis, name: name, m: m, ready: make(chan struct{}), done: make(chan struct{})}
+	sl := &servingListener{Listener: lis, name: name, m: m, ready: make(chan struct{}), done: make(chan struct{}),
+		drainPeriod: m.limits.drainPeriod, conns: map[*servingConn]struct{}{}}
 	sl.cancel = m.xds.WatchListener(name, sl.onUpdate)
 	return sl
 }
@@ -202,6 +261,7 @@ func (sl *servingListener) onUpdate(ev xdsclient.Event[*xdsclient.Listener]) {
 	switch {
 	case ev.NotFound:
 		sl.config.Store(nil)
+		sl.drainStale(nil)
 		if sl.setServing(false, fmt.Errorf("inbound listener %q: %w", sl.name, ErrListenerNotFound)) {
 			log.Warn("not serving: the control plane has no inbound listener resource for this address; new connections are closed")
 		}
@@ -222,6 +282,7 @@ func (sl *servingListener) onUpdate(ev xdsclient.Event[*xdsclient.Listener]) {
 		}
 	default:
 		sl.config.Store(ev.Resource)
+		sl.drainStale(ev.Resource)
 		if sl.setServing(true, nil) {
 			log.Info("serving: inbound listener resource arrived")
 		}
@@ -270,13 +331,50 @@ func (sl *servingListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg := sl.config.Load()
-		if cfg == nil {
+		if sl.config.Load() == nil {
 			conn.Close()
 			continue
 		}
-		return &servingConn{Conn: conn, listener: cfg}, nil
+		sc := &servingConn{Conn: conn, sl: sl}
+		sl.connsMu.Lock()
+		sl.conns[sc] = struct{}{}
+		sl.connsMu.Unlock()
+		return sc, nil
 	}
+}
+
+// drainStale drains the open connections that cfg (nil: no resource) no
+// longer admits as they were handshaken: gRFC A36's graceful close, so a
+// PERMISSIVE to STRICT change does not leave plaintext connections served
+// until they age out. Connections still matching are untouched.
+func (sl *servingListener) drainStale(cfg *xdsclient.Listener) {
+	sl.connsMu.Lock()
+	var stale []*servingConn
+	for sc := range sl.conns {
+		chosen := sc.chosen.Load()
+		if chosen == nil {
+			continue // not handshaken yet: it will choose under cfg
+		}
+		var fc *xdsclient.FilterChain
+		if cfg != nil {
+			fc = selectFilterChain(cfg, sc.LocalAddr(), sc.RemoteAddr(), protocolOf(chosen))
+		}
+		if !sameHandshake(chosen, fc) {
+			stale = append(stale, sc)
+		}
+	}
+	sl.connsMu.Unlock()
+	for _, sc := range stale {
+		sl.m.logger.Info("draining connection: the filter chain it was accepted under changed",
+			"listener", sl.name, "peer", sc.RemoteAddr().String(), "chain", sc.chosen.Load().Name, "drain_period", sl.drainPeriod)
+		sc.drain(sl.drainPeriod)
+	}
+}
+
+func (sl *servingListener) forget(sc *servingConn) {
+	sl.connsMu.Lock()
+	delete(sl.conns, sc)
+	sl.connsMu.Unlock()
 }
 
 func (sl *servingListener) Close() error {
@@ -286,36 +384,132 @@ func (sl *servingListener) Close() error {
 
 func (sl *servingListener) stopWatch() { sl.cancel() }
 
-// servingConn is an accepted connection with the listener resource that was
-// current when it arrived.
+// servingConn is an accepted connection of a servingListener, with the
+// filter chain its handshake chose.
 type servingConn struct {
 	net.Conn
-	listener *xdsclient.Listener
+	sl     *servingListener
+	chosen atomic.Pointer[xdsclient.FilterChain]
+
+	mu       sync.Mutex
+	secured  *drain.Conn // the HTTP/2 side, once handshaken
+	draining bool
+	timer    *time.Timer
+	closed   bool
+}
+
+// setSecured records the connection the HTTP/2 server reads and writes,
+// and sends it GOAWAY if a drain began during the handshake.
+func (sc *servingConn) setSecured(c *drain.Conn) {
+	sc.mu.Lock()
+	sc.secured = c
+	draining := sc.draining
+	sc.mu.Unlock()
+	if draining {
+		go c.GoAway()
+	}
+}
+
+// drain sends GOAWAY (HTTP/2; HTTP/1 connections are told "Connection:
+// close" with their next response) and closes the connection after period.
+func (sc *servingConn) drain(period time.Duration) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.draining || sc.closed {
+		return
+	}
+	sc.draining = true
+	if sc.secured != nil {
+		// Off the xDS callback: GoAway waits for a write of the server's.
+		go sc.secured.GoAway()
+	}
+	sc.timer = time.AfterFunc(period, func() { sc.Close() })
+}
+
+func (sc *servingConn) isDraining() bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.draining
+}
+
+func (sc *servingConn) Close() error {
+	sc.mu.Lock()
+	sc.closed = true
+	if sc.timer != nil {
+		sc.timer.Stop()
+	}
+	sc.mu.Unlock()
+	sc.sl.forget(sc)
+	return sc.Conn.Close()
+}
+
+// drainingCredentials are the server credentials of mesh servers with
+// each secured connection made drainable.
+type drainingCredentials struct {
+	credentials.TransportCredentials
+}
+
+func (d drainingCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, ai, err := d.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	return securedConn(raw, conn, drain.HTTP2), ai, nil
+}
+
+func (d drainingCredentials) Clone() credentials.TransportCredentials {
+	return drainingCredentials{d.TransportCredentials.Clone()}
+}
+
+// securedConn wraps conn, the secured side of raw, for draining.
+func securedConn(raw, conn net.Conn, p drain.Protocol) net.Conn {
+	dc := drain.NewConn(conn, p)
+	if sc := servingConnOf(raw); sc != nil {
+		sc.setSecured(dc)
+	}
+	return dc
+}
+
+// servingConnOf unwraps conn down to the servingConn a mesh listener
+// accepted.
+func servingConnOf(conn net.Conn) *servingConn {
+	for range 8 { // bounded: wrappers nest a level or two
+		if sc, ok := conn.(*servingConn); ok {
+			return sc
+		}
+		w, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			return nil
+		}
+		conn = w.NetConn()
+	}
+	return nil
 }
 
 // chooseTLS is the server credentials' per-connection choice of filter
-// chain; transportProtocol is what the client's first bytes showed
-// ("tls" or "raw_buffer").
+// chain, under the listener resource in force now; transportProtocol is
+// what the client's first bytes showed ("tls" or "raw_buffer").
 func chooseTLS(conn net.Conn, transportProtocol string) (*xdsclient.FilterChain, error) {
-	// The transport wraps the accepted connection (to replay the bytes it
-	// sniffed); unwrap down to ours.
-	inner := conn
-	for range 8 { // bounded: wrappers nest a level or two
-		w, ok := inner.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		inner = w.NetConn()
-	}
-	sc, ok := inner.(*servingConn)
-	if !ok {
+	sc := servingConnOf(conn)
+	if sc == nil {
 		return nil, errors.New("connection was not accepted by a mesh listener")
 	}
-	fc := selectFilterChain(sc.listener, conn.LocalAddr(), conn.RemoteAddr(), transportProtocol)
-	if fc == nil {
-		return nil, fmt.Errorf("listener %q: no filter chain matches %s connection from %s", sc.listener.Name, transportProtocol, conn.RemoteAddr())
+	for attempt := 0; ; attempt++ {
+		cfg := sc.sl.config.Load()
+		if cfg == nil {
+			return nil, fmt.Errorf("listener %q: not serving", sc.sl.name)
+		}
+		fc := selectFilterChain(cfg, conn.LocalAddr(), conn.RemoteAddr(), transportProtocol)
+		if fc == nil {
+			return nil, fmt.Errorf("listener %q: no filter chain matches %s connection from %s", cfg.Name, transportProtocol, conn.RemoteAddr())
+		}
+		sc.chosen.Store(fc)
+		// A resource stored meanwhile may not have seen this choice in
+		// drainStale: choose again under it.
+		if sc.sl.config.Load() == cfg || attempt == 8 {
+			return fc, nil
+		}
 	}
-	return fc, nil
 }
 
 // selectFilterChain picks the filter chain for a connection the way gRFC A36

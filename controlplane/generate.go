@@ -55,6 +55,8 @@ type generation struct {
 	clusters    []types.Resource
 	endpoints   []types.Resource
 	sds         bool // TLS contexts name SDS secrets; see WithSDS
+
+	pathNormalization PathNormalization // see WithPathNormalization
 }
 
 func newGeneration(td string, cfg configSet, reg *registry) *generation {
@@ -586,6 +588,7 @@ func (g *generation) inboundListener(name string, n *nodeInfo) *listener.Listene
 			}},
 			HttpFilters: filters,
 		}
+		g.setPathNormalization(manager)
 		return &listener.FilterChain{
 			Name: name,
 			Filters: []*listener.Filter{{
@@ -623,6 +626,19 @@ func (g *generation) inboundListener(name string, n *nodeInfo) *listener.Listene
 		Address:          socketAddress(ip, port),
 		TrafficDirection: core.TrafficDirection_INBOUND,
 		FilterChains:     chains,
+	}
+}
+
+// setPathNormalization writes the inbound HCM fields that Istio writes for
+// its meshConfig.pathNormalization option.
+func (g *generation) setPathNormalization(manager *hcm.HttpConnectionManager) {
+	manager.NormalizePath = wrapperspb.Bool(true)
+	switch g.pathNormalization {
+	case PathNormalizationMergeSlashes:
+		manager.MergeSlashes = true
+	case PathNormalizationDecodeAndMergeSlashes:
+		manager.MergeSlashes = true
+		manager.PathWithEscapedSlashesAction = hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD
 	}
 }
 

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -32,6 +33,7 @@ type settings struct {
 	sdsRotation       time.Duration // see WithSDSRotation
 	plaintextXDS      bool          // see WithPlaintextXDS
 	inCodeConfig      [][]byte      // see WithConfig
+	pathNormalization PathNormalization
 }
 
 func defaultSettings() settings {
@@ -143,4 +145,38 @@ func WithPlaintextXDS() Option {
 // top of it. It may be given more than once.
 func WithConfig(yaml []byte) Option {
 	return optionFunc(func(s *settings) { s.inCodeConfig = append(s.inCodeConfig, append([]byte(nil), yaml...)) })
+}
+
+// PathNormalization is how servers normalize request paths before
+// authorization, as Istio's meshConfig.pathNormalization names it.
+type PathNormalization string
+
+// Path normalizations, each including the one before (see istio.io,
+// "Authorization Policy Normalization").
+const (
+	// PathNormalizationBase: RFC 3986 normalization with backslashes
+	// read as slashes (Envoy's normalize_path). The default.
+	PathNormalizationBase PathNormalization = "BASE"
+	// PathNormalizationMergeSlashes also merges repeated slashes.
+	PathNormalizationMergeSlashes PathNormalization = "MERGE_SLASHES"
+	// PathNormalizationDecodeAndMergeSlashes also decodes %2F and %5C
+	// first.
+	PathNormalizationDecodeAndMergeSlashes PathNormalization = "DECODE_AND_MERGE_SLASHES"
+)
+
+// WithPathNormalization sets the path normalization of every inbound
+// listener (default PathNormalizationBase), in the HttpConnectionManager
+// fields Envoy reads: normalize_path, merge_slashes and
+// path_with_escaped_slashes_action. New refuses an unknown value.
+func WithPathNormalization(p PathNormalization) Option {
+	return optionFunc(func(s *settings) { s.pathNormalization = p })
+}
+
+func validatePathNormalization(p PathNormalization) error {
+	switch p {
+	case "", PathNormalizationBase, PathNormalizationMergeSlashes, PathNormalizationDecodeAndMergeSlashes:
+		return nil
+	}
+	return fmt.Errorf("path normalization %q: want %s, %s or %s", p,
+		PathNormalizationBase, PathNormalizationMergeSlashes, PathNormalizationDecodeAndMergeSlashes)
 }

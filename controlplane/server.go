@@ -75,7 +75,8 @@ type Server struct {
 	refusals map[string]bool
 	// baseConfig is the in-code configuration (WithConfig); a config
 	// file's content is applied on top of it, never instead of it.
-	baseConfig []*object
+	baseConfig        []*object
+	pathNormalization PathNormalization // see WithPathNormalization
 }
 
 // streamKey tells SotW and delta streams apart: their ids are counted
@@ -141,6 +142,9 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if st.configFile != "" && st.fileCheckInterval <= 0 {
 		return nil, fmt.Errorf("file check interval %v: must be positive", st.fileCheckInterval)
 	}
+	if err := validatePathNormalization(st.pathNormalization); err != nil {
+		return nil, err
+	}
 	if err := validateSDSRotation(st.sdsRotation); err != nil {
 		return nil, err
 	}
@@ -162,6 +166,8 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		plaintext:     st.plaintextXDS,
 		proofs:        map[streamKey]*proof{},
 		refusals:      map[string]bool{},
+
+		pathNormalization: st.pathNormalization,
 	}
 	for i, w := range st.workloads {
 		if err := w.Validate(); err != nil {
@@ -428,7 +434,7 @@ func (s *Server) pushAllLocked() {
 	}
 	nodes := s.nodeList()
 	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(nodes, s.departedNodes()...), s.cfg)
-	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled})
+	s.gen = buildGeneration(&generation{trustDomain: s.trustDomain.Name(), cfg: s.cfg, reg: reg, sds: s.sds.enabled, pathNormalization: s.pathNormalization})
 	s.pushes++
 	seen := map[string]bool{}
 	for _, n := range nodes {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -36,14 +37,16 @@ var ErrPermissionDenied = errors.New("rbac: access denied")
 type Authorizer struct {
 	logger       *slog.Logger
 	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
+	pathFloor    PathNormalization
 }
 
 // NewAuthorizer returns an Authorizer. WithLogger sets where its decisions
 // are logged; WithCurrentFilterChain makes it follow listener updates on
-// existing connections.
+// existing connections; WithPathNormalization raises the least path
+// normalization of HTTP requests.
 func NewAuthorizer(opts ...Option) *Authorizer {
 	o := newOptions(opts)
-	return &Authorizer{logger: o.logger, currentChain: o.currentChain}
+	return &Authorizer{logger: o.logger, currentChain: o.currentChain, pathFloor: o.pathNormalization}
 }
 
 // chainFor returns the filter chain to enforce for a request on a
@@ -120,6 +123,12 @@ func (a *Authorizer) StreamServerInterceptor() grpc.StreamServerInterceptor {
 }
 
 func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error {
+	// Checked before anything else: RBAC rules on paths only mean what
+	// they say for paths of the one shape a gRPC server resolves.
+	if !validMethodName(fullMethod) {
+		a.logger.LogAttrs(ctx, slog.LevelWarn, "rbac: malformed gRPC method name refused", slog.String("path", fullMethod))
+		return status.Errorf(codes.Unimplemented, "malformed method name %q: want /service/method", fullMethod)
+	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return nil
@@ -186,9 +195,34 @@ func FilterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
 // Forbidden. The filter chain comes from the request context
 // (ContextWithFilterChain); the peer certificate from r.TLS, which the
 // server's TLS config must have verified (as NewServerCredentials' does).
+//
+// Before RBAC, the request is made what it would be behind Envoy: a method
+// that is not an upper-case token gets 400, and the path is normalized as
+// the chain's HttpConnectionManager and WithPathNormalization say (400 for
+// %00 and refused escaped slashes). Policies and next both see the
+// normalized path, in r.URL and r.RequestURI.
 func (a *Authorizer) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !validMethod(r.Method) {
+			a.logger.LogAttrs(r.Context(), slog.LevelWarn, "rbac: invalid method refused", slog.String("method", r.Method))
+			http.Error(w, "invalid method: want an upper-case token", http.StatusBadRequest)
+			return
+		}
 		fc := a.chainFor(r.Context(), FilterChainFromContext(r.Context()))
+		var hcm *xdsclient.HTTPConnectionManager
+		if fc != nil {
+			hcm = fc.HTTP
+		}
+		r, redirect, err := a.normalizeRequest(r, hcm)
+		if err != nil {
+			a.logger.LogAttrs(r.Context(), slog.LevelWarn, "rbac: request path refused", slog.String("path", r.RequestURI), slog.String("error", err.Error()))
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if redirect {
+			http.Redirect(w, r, r.RequestURI, http.StatusTemporaryRedirect)
+			return
+		}
 		if fc == nil || fc.HTTP == nil {
 			next.ServeHTTP(w, r)
 			return
@@ -196,9 +230,12 @@ func (a *Authorizer) Middleware(next http.Handler) http.Handler {
 		req := &RBACRequest{
 			Source:    addrPortFromString(r.RemoteAddr),
 			Method:    r.Method,
-			Path:      r.URL.RequestURI(),
+			Path:      r.RequestURI,
 			Authority: r.Host,
 			Header:    func(name string) []string { return r.Header.Values(name) },
+		}
+		if req.Path == "" {
+			req.Path = r.URL.RequestURI()
 		}
 		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 			req.Destination = addrPortOf(local)
@@ -215,6 +252,52 @@ func (a *Authorizer) Middleware(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// normalizeRequest returns r with its path normalized (a shallow copy when
+// it changed). CONNECT and "OPTIONS *" have no path to normalize.
+func (a *Authorizer) normalizeRequest(r *http.Request, hcm *xdsclient.HTTPConnectionManager) (*http.Request, bool, error) {
+	target := r.RequestURI
+	if target == "" {
+		target = r.URL.RequestURI()
+	}
+	if target == "*" || r.Method == http.MethodConnect {
+		return r, false, nil
+	}
+	if !strings.HasPrefix(target, "/") {
+		// Absolute form ("http://host/path"): the path is what follows
+		// the authority.
+		if _, rest, ok := strings.Cut(target, "://"); ok {
+			target = "/"
+			if i := strings.IndexAny(rest, "/?"); i >= 0 {
+				target = rest[i:]
+				if target[0] == '?' {
+					target = "/" + target
+				}
+			}
+		}
+	}
+	norm, redirect, err := normalizePath(target, rulesFor(a.pathFloor, hcm))
+	if err != nil {
+		return r, false, err
+	}
+	if norm == r.RequestURI && !redirect {
+		return r, false, nil
+	}
+	p, _, _ := strings.Cut(norm, "?")
+	decoded, err := url.PathUnescape(p)
+	if err != nil {
+		return r, false, fmt.Errorf("path %q: %w", p, err)
+	}
+	u := *r.URL
+	u.Path, u.RawPath = decoded, ""
+	if u.EscapedPath() != p {
+		u.RawPath = p
+	}
+	r = r.WithContext(r.Context())
+	r.URL = &u
+	r.RequestURI = norm
+	return r, redirect, nil
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

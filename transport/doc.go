@@ -34,6 +34,15 @@
 // codes.PermissionDenied (403 from Middleware) and the deciding policy is
 // logged. LOG policies (istio's AUDIT) are logged and never refuse.
 //
+// Policies see the request Envoy would let them see. Middleware normalizes
+// each HTTP path as Istio's BASE option does (unreserved percent-encodings
+// decoded once, "\\" read as "/", dot segments resolved; %00 gets 400), plus
+// what the chain's HttpConnectionManager or WithPathNormalization add
+// (MERGE_SLASHES, DECODE_AND_MERGE_SLASHES), and hands the handler that
+// same path; methods that are not upper-case tokens get 400. A gRPC :path
+// that is not "/service/method" is refused with codes.Unimplemented before
+// any policy runs (see NormalizePath).
+//
 // Certificates are fetched from their identity.Source on every handshake,
 // so rotated SVIDs take effect on the next connection without a restart.
 package transport

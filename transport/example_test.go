@@ -172,3 +172,22 @@ func ExampleDetectProtocol() {
 	// tls
 	// raw_buffer
 }
+
+// Paths are normalized as Envoy under Istio does before any policy or
+// handler sees them.
+func ExampleNormalizePath() {
+	for _, p := range []string{"/%61dmin", "/public/%2e%2e/admin", "/public\\..\\admin", "//admin?x=/../y", "/admin%2Fx"} {
+		base, _ := transport.NormalizePath(p, transport.PathNormalizationBase)
+		strict, _ := transport.NormalizePath(p, transport.PathNormalizationDecodeAndMergeSlashes)
+		fmt.Printf("%-22s BASE %-16s DECODE_AND_MERGE_SLASHES %s\n", p, base, strict)
+	}
+	_, err := transport.NormalizePath("/admin%00", transport.PathNormalizationBase)
+	fmt.Println(err)
+	// Output:
+	// /%61dmin               BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+	// /public/%2e%2e/admin   BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+	// /public\..\admin       BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+	// //admin?x=/../y        BASE //admin?x=/../y  DECODE_AND_MERGE_SLASHES /admin?x=/../y
+	// /admin%2Fx             BASE /admin%2Fx       DECODE_AND_MERGE_SLASHES /admin/x
+	// path contains %00
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,6 +32,7 @@ type serverCredentials struct {
 	chooser      Chooser
 	logger       *slog.Logger
 	sniffTimeout time.Duration
+	alpn         []string // accepted application protocols; "" for none offered
 }
 
 // NewServerCredentials returns gRPC transport credentials for mesh servers.
@@ -44,7 +46,7 @@ type serverCredentials struct {
 // rejects every connection.
 func NewServerCredentials(providers Providers, chooser Chooser, opts ...Option) credentials.TransportCredentials {
 	o := newOptions(opts)
-	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout}
+	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout, alpn: o.alpn}
 }
 
 func (s *serverCredentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -92,9 +94,9 @@ func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.A
 		return nil, nil, fmt.Errorf("tls handshake: %w", err)
 	}
 	state := conn.ConnectionState()
-	if state.NegotiatedProtocol != alpnH2 {
+	if !slices.Contains(s.alpn, state.NegotiatedProtocol) {
 		_ = conn.Close()
-		return nil, nil, fmt.Errorf("client did not negotiate ALPN protocol %q (got %q)", alpnH2, state.NegotiatedProtocol)
+		return nil, nil, fmt.Errorf("client did not negotiate an ALPN protocol of %q (got %q)", s.alpn, state.NegotiatedProtocol)
 	}
 	var id spiffeid.ID
 	// Peer certificates are only accepted after verification, which needs
@@ -121,7 +123,7 @@ func (s *serverCredentials) tlsConfig(settings *xdsclient.DownstreamTLS) (*tls.C
 	get := certificateFrom(settings.Identity.Provider, ident)
 	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		NextProtos:     []string{alpnH2},
+		NextProtos:     slices.DeleteFunc(slices.Clone(s.alpn), func(p string) bool { return p == "" }),
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return get() },
 		ClientAuth:     tls.NoClientCert,
 	}

@@ -93,6 +93,10 @@ type options struct {
 	logger       *slog.Logger
 	sniffTimeout time.Duration
 	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
+	// pathNormalization: see WithPathNormalization.
+	pathNormalization PathNormalization
+	// alpn: see WithApplicationProtocols.
+	alpn []string
 }
 
 type optionFunc func(*options)
@@ -130,8 +134,20 @@ func WithCurrentFilterChain(current func(ctx context.Context, chosen *xdsclient.
 	return optionFunc(func(o *options) { o.currentChain = current })
 }
 
+// WithApplicationProtocols sets the ALPN protocols server credentials
+// accept over TLS, in order of preference (default "h2", all gRPC speaks).
+// HTTP servers add "http/1.1", which sidecars and most HTTP clients
+// speak; "" in the list accepts TLS clients that offer no ALPN.
+func WithApplicationProtocols(protos ...string) Option {
+	return optionFunc(func(o *options) {
+		if len(protos) > 0 {
+			o.alpn = append([]string(nil), protos...)
+		}
+	})
+}
+
 func newOptions(opts []Option) options {
-	o := options{logger: slog.Default(), sniffTimeout: DefaultSniffTimeout}
+	o := options{logger: slog.Default(), sniffTimeout: DefaultSniffTimeout, alpn: []string{alpnH2}}
 	for _, opt := range opts {
 		if opt != nil {
 			opt.apply(&o)

@@ -224,6 +224,25 @@ func (dc *decodeContext) hcmFromAny(a *anypb.Any, path string, server bool) (*HT
 		return nil, err
 	}
 	out.HTTPFilters = filters
+	if np := pb.GetNormalizePath(); np != nil {
+		v := np.GetValue()
+		out.PathNormalization.NormalizePath = &v
+	}
+	out.PathNormalization.MergeSlashes = pb.GetMergeSlashes()
+	switch a := pb.GetPathWithEscapedSlashesAction(); a {
+	case hcmpb.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT:
+		out.PathNormalization.EscapedSlashes = EscapedSlashesDefault
+	case hcmpb.HttpConnectionManager_KEEP_UNCHANGED:
+		out.PathNormalization.EscapedSlashes = EscapedSlashesKeep
+	case hcmpb.HttpConnectionManager_REJECT_REQUEST:
+		out.PathNormalization.EscapedSlashes = EscapedSlashesReject
+	case hcmpb.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
+		out.PathNormalization.EscapedSlashes = EscapedSlashesUnescapeAndRedirect
+	case hcmpb.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		out.PathNormalization.EscapedSlashes = EscapedSlashesUnescapeAndForward
+	default:
+		return nil, fmt.Errorf("%s.path_with_escaped_slashes_action: unknown value %d", path, a)
+	}
 	return out, nil
 }
 

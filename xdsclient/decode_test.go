@@ -450,3 +450,44 @@ func TestDecodeNilOneofsDoNotPanic(t *testing.T) {
 		}
 	}
 }
+
+// The HttpConnectionManager fields Istio writes for its pathNormalization
+// option reach the decoded listener; an unknown escaped-slashes action is
+// NACKed with the field named.
+func TestDecodePathNormalizationFields(t *testing.T) {
+	withHCM := func(edit func(*hcmpb.HttpConnectionManager)) *anypb.Any {
+		l := istioInboundListener(t)
+		hcm := &hcmpb.HttpConnectionManager{}
+		if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		edit(hcm)
+		l.FilterChains[0].Filters[0].ConfigType = &listenerpb.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)}
+		return mustAny(t, l)
+	}
+	_, l, err := testDecodeContext().decodeListener(withHCM(func(h *hcmpb.HttpConnectionManager) {
+		h.NormalizePath = wrapperspb.Bool(true)
+		h.MergeSlashes = true
+		h.PathWithEscapedSlashesAction = hcmpb.HttpConnectionManager_UNESCAPE_AND_FORWARD
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn := l.FilterChains[0].HTTP.PathNormalization
+	if pn.NormalizePath == nil || !*pn.NormalizePath || !pn.MergeSlashes || pn.EscapedSlashes != EscapedSlashesUnescapeAndForward {
+		t.Errorf("path normalization = %+v", pn)
+	}
+	_, l, err = testDecodeContext().decodeListener(withHCM(func(*hcmpb.HttpConnectionManager) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pn := l.FilterChains[0].HTTP.PathNormalization; pn.NormalizePath != nil || pn.MergeSlashes || pn.EscapedSlashes != EscapedSlashesDefault {
+		t.Errorf("unset fields decoded as %+v", pn)
+	}
+	_, _, err = testDecodeContext().decodeListener(withHCM(func(h *hcmpb.HttpConnectionManager) {
+		h.PathWithEscapedSlashesAction = 42
+	}))
+	if err == nil || !strings.Contains(err.Error(), "path_with_escaped_slashes_action") {
+		t.Errorf("unknown action: %v, want an error naming path_with_escaped_slashes_action", err)
+	}
+}

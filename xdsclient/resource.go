@@ -34,7 +34,36 @@ type HTTPConnectionManager struct {
 	RouteConfig       *RouteConfig
 	MaxStreamDuration time.Duration
 	HTTPFilters       []HTTPFilter
+	// PathNormalization is how a server rewrites request paths before its
+	// filters and handlers see them.
+	PathNormalization PathNormalization
 }
+
+// PathNormalization is the part of Envoy's HttpConnectionManager that
+// rewrites a request's path before any filter sees it (the fields
+// normalize_path, merge_slashes and path_with_escaped_slashes_action).
+type PathNormalization struct {
+	// NormalizePath is normalize_path (RFC 3986 normalization); nil when
+	// the resource leaves it unset.
+	NormalizePath *bool
+	// MergeSlashes is merge_slashes: "//" becomes "/".
+	MergeSlashes bool
+	// EscapedSlashes is path_with_escaped_slashes_action: what to do with
+	// %2F and %5C in the path.
+	EscapedSlashes EscapedSlashesAction
+}
+
+// EscapedSlashesAction is HttpConnectionManager.PathWithEscapedSlashesAction.
+type EscapedSlashesAction int
+
+// Escaped slash actions, as Envoy numbers them.
+const (
+	EscapedSlashesDefault             EscapedSlashesAction = iota // IMPLEMENTATION_SPECIFIC_DEFAULT: kept
+	EscapedSlashesKeep                                            // KEEP_UNCHANGED
+	EscapedSlashesReject                                          // REJECT_REQUEST: 400
+	EscapedSlashesUnescapeAndRedirect                             // UNESCAPE_AND_REDIRECT
+	EscapedSlashesUnescapeAndForward                              // UNESCAPE_AND_FORWARD
+)
 
 // HTTPFilter names one HTTP filter in chain order; Config is the decoded
 // filter config for filters mesh implements, nil for the router.

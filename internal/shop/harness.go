@@ -37,19 +37,40 @@ func LoadBootstrap(dir string, certRefresh time.Duration) (*xdsclient.Bootstrap,
 // with a server made from m, until the test ends.
 func ServePayments(tb testing.TB, m *mesh.Mesh, version string) net.Addr {
 	tb.Helper()
+	srv := m.NewGRPCServer()
+	(&Payments{Version: version}).Register(srv)
+	return ServeGRPC(tb, srv)
+}
+
+// ServeGRPC serves srv on a new loopback listener until the test ends.
+func ServeGRPC(tb testing.TB, srv *mesh.GRPCServer) net.Addr {
+	tb.Helper()
+	return serve(tb, srv.Serve, srv.Stop)
+}
+
+// ServeHTTP serves h with m's HTTPServer on a new loopback listener until
+// the test ends.
+func ServeHTTP(tb testing.TB, m *mesh.Mesh, h http.Handler) net.Addr {
+	tb.Helper()
+	hs := m.NewHTTPServer(h)
+	return serve(tb, hs.Serve, func() { hs.Close() })
+}
+
+// serve runs serveOn on a new loopback listener until the test ends, then
+// stops it and waits.
+func serve(tb testing.TB, serveOn func(net.Listener) error, stop func()) net.Addr {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := m.NewGRPCServer()
-	(&Payments{Version: version}).Register(srv)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		srv.Serve(lis)
+		serveOn(lis)
 	}()
 	tb.Cleanup(func() {
-		srv.Stop()
+		stop()
 		<-served
 	})
 	return lis.Addr()
@@ -80,27 +101,13 @@ func StartWeb(tb testing.TB, ctx context.Context, cp *controlplane.Server, versi
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { m.Close() })
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	hs := m.NewHTTPServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+	return ServeHTTP(tb, m, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/peer" { // which connection the request came on
 			io.WriteString(rw, r.RemoteAddr)
 			return
 		}
 		io.WriteString(rw, version)
 	}))
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		hs.Serve(lis)
-	}()
-	tb.Cleanup(func() {
-		hs.Close()
-		<-served
-	})
-	return lis.Addr()
 }
 
 // GetVersion sends one GET to url and returns the body of a 200 answer.
