@@ -1,0 +1,356 @@
+package xdstest
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient"
+)
+
+// pushOrder is the order in which a full push sends the types, istiod's.
+var pushOrder = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
+
+// DeltaServer is a delta (incremental) ADS server on 127.0.0.1 that treats
+// requests as istiod's delta server does (pilot/pkg/xds/delta.go), so a
+// client can be held to istiod's rules without istiod:
+//
+//   - a request with error_detail is a NACK: it is counted, and nothing
+//     else in it is applied, subscription changes included;
+//   - a request whose response_nonce is set but is not the last nonce sent
+//     for its type is stale and dropped whole, subscription changes
+//     included (istiod logs "Expired nonce received");
+//   - a request with the current nonce is an ACK, one without a nonce a
+//     subscription change; an ACK that changes the subscription, or a
+//     nonce-less request that changes nothing, is a protocol violation
+//     (istiod logs an error, and panics in its own tests);
+//   - a subscription change is answered with the resources it subscribes
+//     to (absent ones in removed_resources), and a CDS change is followed
+//     by a push of every subscribed EDS resource, as istiod forces;
+//   - Set and Push send every subscribed resource of every type with a
+//     new nonce each, from the loop that handles requests, so pushes and
+//     requests cross each other as they do against istiod.
+//
+// Unlike istiod it keeps no record of LDS and CDS names from its own
+// responses: its view of a subscription is exactly what the requests it
+// accepted said.
+type DeltaServer struct {
+	addr string
+	gs   *grpc.Server
+	done chan struct{}
+
+	mu        sync.Mutex
+	resources map[string]map[string]*anypb.Any // type URL -> name -> resource
+	versions  map[string]map[string]string
+	setCount  int
+	streams   map[*deltaStream]bool
+	last      *deltaStream
+	stats     DeltaStats
+}
+
+// DeltaStats counts what a DeltaServer received.
+type DeltaStats struct {
+	Requests      int
+	NACKs         int
+	ExpiredNonces int
+	// Violations describes each request that broke istiod's rules.
+	Violations []string
+}
+
+type deltaStream struct {
+	push chan struct{} // a full push is due; capacity 1, so pushes coalesce
+	// Guarded by DeltaServer.mu.
+	subscribed map[string]map[string]bool
+	nonceSent  map[string]string
+	nonces     int
+}
+
+// NewDeltaServer starts a DeltaServer on 127.0.0.1:0 and stops it in
+// t.Cleanup.
+func NewDeltaServer(t testing.TB) *DeltaServer {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("xdstest: listen: %v", err)
+	}
+	s := &DeltaServer{
+		addr:      lis.Addr().String(),
+		gs:        grpc.NewServer(),
+		done:      make(chan struct{}),
+		resources: map[string]map[string]*anypb.Any{},
+		versions:  map[string]map[string]string{},
+		streams:   map[*deltaStream]bool{},
+	}
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(s.gs, deltaService{s: s})
+	go func() {
+		defer close(s.done)
+		_ = s.gs.Serve(lis)
+	}()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Addr is the server's "127.0.0.1:port".
+func (s *DeltaServer) Addr() string { return s.addr }
+
+// Stop stops the server, breaking every stream, and waits for it.
+func (s *DeltaServer) Stop() {
+	s.gs.Stop()
+	<-s.done
+}
+
+// Bootstrap returns a bootstrap pointing at s with insecure channel creds
+// and the "delta" server feature.
+func (s *DeltaServer) Bootstrap(nodeID string) *xdsclient.Bootstrap {
+	return &xdsclient.Bootstrap{
+		Node: xdsclient.Node{ID: nodeID},
+		Servers: []xdsclient.ServerConfig{{
+			URI:            s.addr,
+			ChannelCreds:   []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}},
+			ServerFeatures: []string{xdsclient.ServerFeatureDelta},
+		}},
+	}
+}
+
+// Set replaces every resource and pushes to every stream. A resource
+// whose bytes did not change keeps its version.
+func (s *DeltaServer) Set(t testing.TB, listeners, routes, clusters, endpoints []types.Resource) {
+	t.Helper()
+	next := map[string]map[string]*anypb.Any{}
+	for _, group := range [][]types.Resource{listeners, routes, clusters, endpoints} {
+		for _, r := range group {
+			a, err := anypb.New(r)
+			if err != nil {
+				t.Fatalf("xdstest: %v", err)
+			}
+			if next[a.TypeUrl] == nil {
+				next[a.TypeUrl] = map[string]*anypb.Any{}
+			}
+			next[a.TypeUrl][cachev3.GetResourceName(r)] = a
+		}
+	}
+	s.mu.Lock()
+	s.setCount++
+	versions := map[string]map[string]string{}
+	for typ, m := range next {
+		versions[typ] = map[string]string{}
+		for name, a := range m {
+			versions[typ][name] = s.versions[typ][name]
+			if old := s.resources[typ][name]; old == nil || !proto.Equal(old, a) {
+				versions[typ][name] = strconv.Itoa(s.setCount)
+			}
+		}
+	}
+	s.resources, s.versions = next, versions
+	s.mu.Unlock()
+	s.Push()
+}
+
+// Push has every stream send every subscribed resource again, each type
+// with a new nonce, as istiod does on any config change.
+func (s *DeltaServer) Push() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ds := range s.streams {
+		select {
+		case ds.push <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Subscribed returns the names of typeURL that the newest stream is
+// subscribed to, as the server sees it, sorted.
+func (s *DeltaServer) Subscribed(typeURL string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(s.last.subscribed[typeURL]))
+}
+
+// Stats returns what the server counted so far.
+func (s *DeltaServer) Stats() DeltaStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Violations = slices.Clone(st.Violations)
+	return st
+}
+
+type deltaService struct {
+	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
+	s *DeltaServer
+}
+
+func (d deltaService) DeltaAggregatedResources(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	s := d.s
+	ds := &deltaStream{push: make(chan struct{}, 1), subscribed: map[string]map[string]bool{}, nonceSent: map[string]string{}}
+	s.mu.Lock()
+	s.streams[ds] = true
+	s.last = ds
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, ds)
+		s.mu.Unlock()
+	}()
+
+	// One goroutine reads, this one handles requests and pushes in turn,
+	// as istiod does. The reader ends with the stream.
+	reqs := make(chan *discoverypb.DeltaDiscoveryRequest, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case req := <-reqs:
+			if err := s.handle(stream, ds, req); err != nil {
+				return err
+			}
+		case <-ds.push:
+			for _, typ := range pushOrder {
+				if err := s.sendSubscribed(stream, ds, typ); err != nil {
+					return err
+				}
+			}
+		case err := <-recvErr:
+			return err
+		}
+	}
+}
+
+func (s *DeltaServer) handle(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, req *discoverypb.DeltaDiscoveryRequest) error {
+	typ := req.GetTypeUrl()
+	s.mu.Lock()
+	s.stats.Requests++
+	if req.GetErrorDetail() != nil {
+		s.stats.NACKs++
+		if len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()) > 0 {
+			s.violationLocked("%s NACK %q carries subscription changes, which are ignored", typ, req.GetResponseNonce())
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	subs := ds.subscribed[typ]
+	if subs == nil {
+		subs = map[string]bool{}
+		ds.subscribed[typ] = subs
+		for _, n := range req.GetResourceNamesSubscribe() {
+			subs[n] = true
+		}
+		for n := range req.GetInitialResourceVersions() {
+			subs[n] = true
+		}
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			delete(subs, n)
+		}
+		s.mu.Unlock()
+		return s.sendSubscribed(stream, ds, typ)
+	}
+	if nonce := req.GetResponseNonce(); nonce != "" && nonce != ds.nonceSent[typ] {
+		s.stats.ExpiredNonces++
+		s.mu.Unlock()
+		return nil
+	}
+	changed := false
+	var asked []string
+	for _, n := range req.GetResourceNamesSubscribe() {
+		if !subs[n] {
+			subs[n], changed = true, true
+		}
+		asked = append(asked, n)
+	}
+	for n := range req.GetInitialResourceVersions() {
+		if !subs[n] {
+			subs[n], changed = true, true
+		}
+		asked = append(asked, n)
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if subs[n] {
+			delete(subs, n)
+			changed = true
+		}
+	}
+	if spontaneous := req.GetResponseNonce() == ""; spontaneous != changed {
+		s.violationLocked("%s request with nonce %q changes the subscription: %v", typ, req.GetResponseNonce(), changed)
+	}
+	s.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	if err := s.send(stream, ds, typ, asked); err != nil {
+		return err
+	}
+	if typ == resource.ClusterType {
+		return s.sendSubscribed(stream, ds, resource.EndpointType)
+	}
+	return nil
+}
+
+func (s *DeltaServer) violationLocked(format string, args ...any) {
+	s.stats.Violations = append(s.stats.Violations, fmt.Sprintf(format, args...))
+}
+
+// sendSubscribed sends every subscribed resource of typ.
+func (s *DeltaServer) sendSubscribed(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string) error {
+	s.mu.Lock()
+	names := slices.Collect(maps.Keys(ds.subscribed[typ]))
+	s.mu.Unlock()
+	return s.send(stream, ds, typ, names)
+}
+
+// send sends the named resources of typ, those it lacks as removed, with
+// a new nonce; nothing if names is empty.
+func (s *DeltaServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	s.mu.Lock()
+	resp := &discoverypb.DeltaDiscoveryResponse{TypeUrl: typ, SystemVersionInfo: strconv.Itoa(s.setCount)}
+	for _, n := range names {
+		if a := s.resources[typ][n]; a != nil {
+			resp.Resources = append(resp.Resources, &discoverypb.Resource{Name: n, Version: s.versions[typ][n], Resource: a})
+		} else {
+			resp.RemovedResources = append(resp.RemovedResources, n)
+		}
+	}
+	ds.nonces++
+	resp.Nonce = strconv.Itoa(ds.nonces)
+	ds.nonceSent[typ] = resp.Nonce
+	s.mu.Unlock()
+	return stream.Send(resp)
+}
+
+// StreamAggregatedResources is not served: a DeltaServer is delta only.
+func (deltaService) StreamAggregatedResources(discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return fmt.Errorf("xdstest: DeltaServer serves delta ADS only")
+}
