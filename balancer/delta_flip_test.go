@@ -30,8 +30,8 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 	const flips = 200
 
 	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
-	srv := xdstest.NewDeltaServer(t)
-	client, err := xdsclient.New(srv.Bootstrap("node-1"), xdsclient.WithResourceTimeout(time.Minute))
+	srv := xdstest.NewStrictServer(t)
+	client, err := xdsclient.New(srv.Bootstrap("node-1", true), xdsclient.WithResourceTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

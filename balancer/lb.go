@@ -324,7 +324,7 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 		pc.name = name
 		cluster := snap.clusters[name]
 		if cluster == nil {
-			pc.missing = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+			pc.missing = snap.unusable(name, nil)
 			continue
 		}
 		pc.maxRequests = cluster.MaxRequests
@@ -336,7 +336,7 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 		} else {
 			eps := snap.endpoints[name]
 			if eps == nil {
-				pc.missing = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
+				pc.missing = snap.unusable(name, cluster)
 				continue
 			}
 			// Every priority is connected, so that failover is immediate.

@@ -363,7 +363,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		cluster := snap.clusters[name]
 		if cluster == nil {
 			hc.state.maxRequests.Store(0)
-			hc.failErr = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+			hc.failErr = snap.unusable(name, nil)
 			continue
 		}
 		hc.state.maxRequests.Store(cluster.MaxRequests)
@@ -374,7 +374,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		} else if eps := snap.endpoints[name]; eps != nil {
 			endpoints = weightedEndpoints(eps)
 		} else {
-			hc.failErr = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
+			hc.failErr = snap.unusable(name, cluster)
 			continue
 		}
 		if len(endpoints) == 0 {

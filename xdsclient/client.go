@@ -470,6 +470,10 @@ func (c *Client) watch(kind resourceKind, name string, fn func(rawEvent)) func()
 		c.deliverLocked(w, rawEvent{value: st.value})
 	case st.notFound:
 		c.deliverLocked(w, rawEvent{notFound: true})
+	case st.nackErr != nil:
+		// Rejected before it was ever good: a late watcher hears why at
+		// once, as the early ones did, instead of waiting for nothing.
+		c.deliverLocked(w, rawEvent{err: fmt.Errorf("%w: %w", ErrResourceRejected, st.nackErr)})
 	}
 	c.mu.Unlock()
 

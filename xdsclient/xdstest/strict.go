@@ -23,9 +23,11 @@ import (
 // pushOrder is the order in which a full push sends the types, istiod's.
 var pushOrder = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
 
-// DeltaServer is a delta (incremental) ADS server on 127.0.0.1 that treats
-// requests as istiod's delta server does (pilot/pkg/xds/delta.go), so a
-// client can be held to istiod's rules without istiod:
+// StrictServer is an ADS server on 127.0.0.1, delta (incremental) and
+// state of the world, that holds a client to istiod's request rules
+// without istiod, and can serve entries verbatim, garbled ones included
+// (SetExtra), which a snapshot cache cannot. On delta streams it treats
+// requests as istiod's delta server does (pilot/pkg/xds/delta.go):
 //
 //   - a request with error_detail is a NACK: it is counted, and nothing
 //     else in it is applied, subscription changes included;
@@ -46,7 +48,11 @@ var pushOrder = []string{resource.ClusterType, resource.EndpointType, resource.L
 // Unlike istiod it keeps no record of LDS and CDS names from its own
 // responses: its view of a subscription is exactly what the requests it
 // accepted said.
-type DeltaServer struct {
+//
+// On state-of-the-world streams a NACK or a stale nonce is likewise
+// ignored, a request with new names is answered with every subscribed
+// resource of its type, and an ACK is not answered.
+type StrictServer struct {
 	addr string
 	gs   *grpc.Server
 	done chan struct{}
@@ -55,45 +61,49 @@ type DeltaServer struct {
 	resources map[string]map[string]*anypb.Any // type URL -> name -> resource
 	versions  map[string]map[string]string
 	setCount  int
+	extra     map[string][]*discoverypb.Resource // served verbatim after the resources
 	streams   map[*deltaStream]bool
 	last      *deltaStream
-	stats     DeltaStats
+	stats     StrictStats
 }
 
-// DeltaStats counts what a DeltaServer received.
-type DeltaStats struct {
+// StrictStats counts what a StrictServer received.
+type StrictStats struct {
 	Requests      int
 	NACKs         int
 	ExpiredNonces int
+	// NACKMessages are the error_detail messages, in order.
+	NACKMessages []string
 	// Violations describes each request that broke istiod's rules.
 	Violations []string
 }
 
 type deltaStream struct {
 	push chan struct{} // a full push is due; capacity 1, so pushes coalesce
-	// Guarded by DeltaServer.mu.
+	// Guarded by StrictServer.mu.
 	subscribed map[string]map[string]bool
 	nonceSent  map[string]string
 	nonces     int
 }
 
-// NewDeltaServer starts a DeltaServer on 127.0.0.1:0 and stops it in
+// NewStrictServer starts a StrictServer on 127.0.0.1:0 and stops it in
 // t.Cleanup.
-func NewDeltaServer(t testing.TB) *DeltaServer {
+func NewStrictServer(t testing.TB) *StrictServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("xdstest: listen: %v", err)
 	}
-	s := &DeltaServer{
+	s := &StrictServer{
 		addr:      lis.Addr().String(),
 		gs:        grpc.NewServer(),
 		done:      make(chan struct{}),
 		resources: map[string]map[string]*anypb.Any{},
 		versions:  map[string]map[string]string{},
+		extra:     map[string][]*discoverypb.Resource{},
 		streams:   map[*deltaStream]bool{},
 	}
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(s.gs, deltaService{s: s})
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(s.gs, strictService{s: s})
 	go func() {
 		defer close(s.done)
 		_ = s.gs.Serve(lis)
@@ -103,30 +113,43 @@ func NewDeltaServer(t testing.TB) *DeltaServer {
 }
 
 // Addr is the server's "127.0.0.1:port".
-func (s *DeltaServer) Addr() string { return s.addr }
+func (s *StrictServer) Addr() string { return s.addr }
 
 // Stop stops the server, breaking every stream, and waits for it.
-func (s *DeltaServer) Stop() {
+func (s *StrictServer) Stop() {
 	s.gs.Stop()
 	<-s.done
 }
 
-// Bootstrap returns a bootstrap pointing at s with insecure channel creds
-// and the "delta" server feature.
-func (s *DeltaServer) Bootstrap(nodeID string) *xdsclient.Bootstrap {
-	return &xdsclient.Bootstrap{
+// Bootstrap returns a bootstrap pointing at s with insecure channel
+// creds, and the "delta" server feature if delta is set.
+func (s *StrictServer) Bootstrap(nodeID string, delta bool) *xdsclient.Bootstrap {
+	bs := &xdsclient.Bootstrap{
 		Node: xdsclient.Node{ID: nodeID},
 		Servers: []xdsclient.ServerConfig{{
-			URI:            s.addr,
-			ChannelCreds:   []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}},
-			ServerFeatures: []string{xdsclient.ServerFeatureDelta},
+			URI:          s.addr,
+			ChannelCreds: []xdsclient.ChannelCreds{{Type: xdsclient.CredsInsecure}},
 		}},
 	}
+	if delta {
+		bs.Servers[0].ServerFeatures = []string{xdsclient.ServerFeatureDelta}
+	}
+	return bs
+}
+
+// SetExtra has every later response of typeURL carry entries verbatim
+// after its resources (on state-of-the-world streams, each entry's
+// Resource, nil included), and pushes. No entries stops it.
+func (s *StrictServer) SetExtra(typeURL string, entries ...*discoverypb.Resource) {
+	s.mu.Lock()
+	s.extra[typeURL] = entries
+	s.mu.Unlock()
+	s.Push()
 }
 
 // Set replaces every resource and pushes to every stream. A resource
 // whose bytes did not change keeps its version.
-func (s *DeltaServer) Set(t testing.TB, listeners, routes, clusters, endpoints []types.Resource) {
+func (s *StrictServer) Set(t testing.TB, listeners, routes, clusters, endpoints []types.Resource) {
 	t.Helper()
 	next := map[string]map[string]*anypb.Any{}
 	for _, group := range [][]types.Resource{listeners, routes, clusters, endpoints} {
@@ -160,7 +183,7 @@ func (s *DeltaServer) Set(t testing.TB, listeners, routes, clusters, endpoints [
 
 // Push has every stream send every subscribed resource again, each type
 // with a new nonce, as istiod does on any config change.
-func (s *DeltaServer) Push() {
+func (s *StrictServer) Push() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for ds := range s.streams {
@@ -173,7 +196,7 @@ func (s *DeltaServer) Push() {
 
 // Subscribed returns the names of typeURL that the newest stream is
 // subscribed to, as the server sees it, sorted.
-func (s *DeltaServer) Subscribed(typeURL string) []string {
+func (s *StrictServer) Subscribed(typeURL string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.last == nil {
@@ -183,20 +206,21 @@ func (s *DeltaServer) Subscribed(typeURL string) []string {
 }
 
 // Stats returns what the server counted so far.
-func (s *DeltaServer) Stats() DeltaStats {
+func (s *StrictServer) Stats() StrictStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
 	st.Violations = slices.Clone(st.Violations)
+	st.NACKMessages = slices.Clone(st.NACKMessages)
 	return st
 }
 
-type deltaService struct {
+type strictService struct {
 	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
-	s *DeltaServer
+	s *StrictServer
 }
 
-func (d deltaService) DeltaAggregatedResources(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+func (d strictService) DeltaAggregatedResources(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	s := d.s
 	ds := &deltaStream{push: make(chan struct{}, 1), subscribed: map[string]map[string]bool{}, nonceSent: map[string]string{}}
 	s.mu.Lock()
@@ -245,12 +269,13 @@ func (d deltaService) DeltaAggregatedResources(stream discoverypb.AggregatedDisc
 	}
 }
 
-func (s *DeltaServer) handle(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, req *discoverypb.DeltaDiscoveryRequest) error {
+func (s *StrictServer) handle(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, req *discoverypb.DeltaDiscoveryRequest) error {
 	typ := req.GetTypeUrl()
 	s.mu.Lock()
 	s.stats.Requests++
 	if req.GetErrorDetail() != nil {
 		s.stats.NACKs++
+		s.stats.NACKMessages = append(s.stats.NACKMessages, req.GetErrorDetail().GetMessage())
 		if len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()) > 0 {
 			s.violationLocked("%s NACK %q carries subscription changes, which are ignored", typ, req.GetResponseNonce())
 		}
@@ -314,12 +339,12 @@ func (s *DeltaServer) handle(stream discoverypb.AggregatedDiscoveryService_Delta
 	return nil
 }
 
-func (s *DeltaServer) violationLocked(format string, args ...any) {
+func (s *StrictServer) violationLocked(format string, args ...any) {
 	s.stats.Violations = append(s.stats.Violations, fmt.Sprintf(format, args...))
 }
 
 // sendSubscribed sends every subscribed resource of typ.
-func (s *DeltaServer) sendSubscribed(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string) error {
+func (s *StrictServer) sendSubscribed(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string) error {
 	s.mu.Lock()
 	names := slices.Collect(maps.Keys(ds.subscribed[typ]))
 	s.mu.Unlock()
@@ -328,7 +353,7 @@ func (s *DeltaServer) sendSubscribed(stream discoverypb.AggregatedDiscoveryServi
 
 // send sends the named resources of typ, those it lacks as removed, with
 // a new nonce; nothing if names is empty.
-func (s *DeltaServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string, names []string) error {
+func (s *StrictServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer, ds *deltaStream, typ string, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
@@ -343,6 +368,7 @@ func (s *DeltaServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaAg
 			resp.RemovedResources = append(resp.RemovedResources, n)
 		}
 	}
+	resp.Resources = append(resp.Resources, s.extra[typ]...)
 	ds.nonces++
 	resp.Nonce = strconv.Itoa(ds.nonces)
 	ds.nonceSent[typ] = resp.Nonce
@@ -350,7 +376,100 @@ func (s *DeltaServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaAg
 	return stream.Send(resp)
 }
 
-// StreamAggregatedResources is not served: a DeltaServer is delta only.
-func (deltaService) StreamAggregatedResources(discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	return fmt.Errorf("xdstest: DeltaServer serves delta ADS only")
+func (d strictService) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	s := d.s
+	ds := &deltaStream{push: make(chan struct{}, 1), subscribed: map[string]map[string]bool{}, nonceSent: map[string]string{}}
+	s.mu.Lock()
+	s.streams[ds] = true
+	s.last = ds
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, ds)
+		s.mu.Unlock()
+	}()
+	reqs := make(chan *discoverypb.DiscoveryRequest, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case req := <-reqs:
+			if s.sotwRequest(ds, req) {
+				if err := s.sendSotW(stream, ds, req.GetTypeUrl()); err != nil {
+					return err
+				}
+			}
+		case <-ds.push:
+			for _, typ := range pushOrder {
+				s.mu.Lock()
+				subscribed := ds.subscribed[typ] != nil
+				s.mu.Unlock()
+				if !subscribed {
+					continue
+				}
+				if err := s.sendSotW(stream, ds, typ); err != nil {
+					return err
+				}
+			}
+		case err := <-recvErr:
+			return err
+		}
+	}
+}
+
+// sotwRequest applies a state-of-the-world request and reports whether
+// it is to be answered.
+func (s *StrictServer) sotwRequest(ds *deltaStream, req *discoverypb.DiscoveryRequest) bool {
+	typ := req.GetTypeUrl()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Requests++
+	if req.GetErrorDetail() != nil {
+		s.stats.NACKs++
+		s.stats.NACKMessages = append(s.stats.NACKMessages, req.GetErrorDetail().GetMessage())
+		return false
+	}
+	prev := ds.subscribed[typ]
+	if prev != nil && req.GetResponseNonce() != ds.nonceSent[typ] {
+		s.stats.ExpiredNonces++
+		return false
+	}
+	names := map[string]bool{}
+	for _, n := range req.GetResourceNames() {
+		names[n] = true
+	}
+	ds.subscribed[typ] = names
+	return prev == nil || !maps.Equal(prev, names)
+}
+
+// sendSotW sends every subscribed resource of typ and the extra entries.
+func (s *StrictServer) sendSotW(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer, ds *deltaStream, typ string) error {
+	s.mu.Lock()
+	resp := &discoverypb.DiscoveryResponse{TypeUrl: typ, VersionInfo: strconv.Itoa(s.setCount)}
+	for _, n := range slices.Sorted(maps.Keys(ds.subscribed[typ])) {
+		if a := s.resources[typ][n]; a != nil {
+			resp.Resources = append(resp.Resources, a)
+		}
+	}
+	for _, e := range s.extra[typ] {
+		resp.Resources = append(resp.Resources, e.GetResource())
+	}
+	ds.nonces++
+	resp.Nonce = strconv.Itoa(ds.nonces)
+	ds.nonceSent[typ] = resp.Nonce
+	s.mu.Unlock()
+	return stream.Send(resp)
 }
