@@ -86,6 +86,7 @@ func TestUndecodableEntryRejectsWholeResponse(t *testing.T) {
 				changed := xdstest.EDSCluster(clusterV1, false)
 				changed.EdsClusterConfig.ServiceName = "changed"
 				srv.SetExtra(resource.ClusterType, &discoverypb.Resource{Name: "", Resource: tc.entry})
+				srv.Push()
 				waitNACK(t, srv, 1)
 				srv.Set(t, nil, nil, []types.Resource{changed}, nil)
 				msg := waitNACK(t, srv, 2)
@@ -114,6 +115,7 @@ func TestUndecodableEntryRejectsWholeResponse(t *testing.T) {
 
 				// Once the entry is gone the update applies.
 				srv.SetExtra(resource.ClusterType)
+				srv.Push()
 				if ev := next(ctx, t, cds, isValue); ev.Resource.EDSServiceName != "changed" {
 					t.Fatalf("cluster after the good response = %+v", ev.Resource)
 				}

@@ -139,17 +139,18 @@ func (s *StrictServer) Bootstrap(nodeID string, delta bool) *xdsclient.Bootstrap
 
 // SetExtra has every later response of typeURL carry entries verbatim
 // after its resources (on state-of-the-world streams, each entry's
-// Resource, nil included), and pushes. No entries stops it.
+// Resource). No entries stops it. It does not push: the next Set or Push
+// sends them, so a test can change resources and entries at once.
 func (s *StrictServer) SetExtra(typeURL string, entries ...*discoverypb.Resource) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.extra[typeURL] = entries
-	s.mu.Unlock()
-	s.Push()
 }
 
-// Set replaces every resource and pushes to every stream. A resource
-// whose bytes did not change keeps its version.
-func (s *StrictServer) Set(t testing.TB, listeners, routes, clusters, endpoints []types.Resource) {
+// Set replaces every resource, pushes to every stream and returns the
+// new version (a state-of-the-world response's version_info). A resource
+// whose bytes did not change keeps its own (delta) version.
+func (s *StrictServer) Set(t testing.TB, listeners, routes, clusters, endpoints []types.Resource) string {
 	t.Helper()
 	next := map[string]map[string]*anypb.Any{}
 	for _, group := range [][]types.Resource{listeners, routes, clusters, endpoints} {
@@ -177,8 +178,10 @@ func (s *StrictServer) Set(t testing.TB, listeners, routes, clusters, endpoints 
 		}
 	}
 	s.resources, s.versions = next, versions
+	version := strconv.Itoa(s.setCount)
 	s.mu.Unlock()
 	s.Push()
+	return version
 }
 
 // Push has every stream send every subscribed resource again, each type
@@ -265,6 +268,8 @@ func (d strictService) DeltaAggregatedResources(stream discoverypb.AggregatedDis
 			}
 		case err := <-recvErr:
 			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
 		}
 	}
 }
@@ -426,6 +431,8 @@ func (d strictService) StreamAggregatedResources(stream discoverypb.AggregatedDi
 			}
 		case err := <-recvErr:
 			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
 		}
 	}
 }
