@@ -1,8 +1,8 @@
 package balancer
 
 import (
-	"slices"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -153,7 +153,9 @@ func conformanceCases() []confCase {
 
 		// gRFC A36, on the inbound listener watched beside the client's.
 		{name: "A36 listener_filters", typ: "listener", res: conformanceInbound,
-			edit: func(r *confResources) { r.server.ListenerFilters = []*listenerpb.ListenerFilter{{Name: "tls_inspector"}} }, nack: "listener_filters: must be empty"},
+			edit: func(r *confResources) {
+				r.server.ListenerFilters = []*listenerpb.ListenerFilter{{Name: "tls_inspector"}}
+			}, nack: "listener_filters: must be empty"},
 		{name: "A36 use_original_dst", typ: "listener", res: conformanceInbound,
 			edit: func(r *confResources) { r.server.UseOriginalDst = wrapperspb.Bool(true) }, nack: "use_original_dst: must not be true"},
 		{name: "A36 duplicate filter chain match", typ: "listener", res: conformanceInbound,
@@ -373,4 +375,3 @@ func dumpStatus(c *xdsclient.Client, typ, name string) xdsclient.ResourceStatusK
 	}
 	return rs.Status
 }
-
