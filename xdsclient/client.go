@@ -173,8 +173,10 @@ type Client struct {
 	// serverSets, each started by the first watch that needs it.
 	channels map[string]*adsChannel
 	// loggedIgnored remembers which ignored fields were logged, so each
-	// is logged once per resource.
+	// is logged once per resource type.
 	loggedIgnored map[string]bool
+	// audit finds the fields a resource sets that mesh does not apply.
+	audit *unappliedAudit
 }
 
 // New validates bs and returns a Client. No connection is made until the
@@ -222,6 +224,7 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		stop:          make(chan struct{}),
 
 		loggedIgnored: map[string]bool{},
+		audit:         newUnappliedAudit(),
 	}
 	if c.dc.providers == nil {
 		c.dc.providers = map[string]CertificateProvider{}

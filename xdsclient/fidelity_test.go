@@ -1,17 +1,25 @@
 package xdsclient_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"mesh/xdsclient"
@@ -199,5 +207,87 @@ func TestNeverReceivedIsLeftToTheTimer(t *testing.T) {
 	next(ctx, t, never, isNotFound)
 	if rs := statusOf(t, c2, "cluster", "never"); !strings.Contains(fmt.Sprint(rs.Error), "resource timeout") {
 		t.Fatalf("status = %+v", rs)
+	}
+}
+
+// TestUnappliedFieldsAreListed: every field a resource sets that mesh
+// does not apply is listed in Dump, and none that it applies.
+func TestUnappliedFieldsAreListed(t *testing.T) {
+	ctx := testContext(t)
+	srv := xdstest.NewStrictServer(t)
+	good := func() ([]types.Resource, []types.Resource, []types.Resource, []types.Resource) {
+		return []types.Resource{xdstest.ClientListener(listenerName, routeName), xdstest.ServerListener("inbound", "127.0.0.1", 9443, false)},
+			[]types.Resource{xdstest.RouteConfig(routeName, "svc", xdsclient.ClusterWeight{Name: clusterV1, Weight: 1})},
+			[]types.Resource{xdstest.EDSCluster(clusterV1, true)},
+			[]types.Resource{xdstest.Endpoints(clusterV1, "127.0.0.1:8080")}
+	}
+	l, r, cl, e := good()
+	srv.Set(t, l, r, cl, e)
+	bs := srv.Bootstrap(nodeID, false)
+	bs.CertificateProviders = map[string]xdsclient.CertificateProvider{xdstest.CertProvider: {
+		PluginName:  xdsclient.PluginFileWatcher,
+		FileWatcher: &xdsclient.FileWatcherConfig{CACertificateFile: "/unused/root.pem", RefreshInterval: time.Minute},
+	}}
+	c, err := xdsclient.New(bs, xdsclient.WithBackoff(fastBackoff))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	type watched struct{ typ, name string }
+	all := []watched{{"listener", listenerName}, {"listener", "inbound"}, {"route_config", routeName}, {"cluster", clusterV1}, {"cluster_load_assignment", clusterV1}}
+	for _, w := range all {
+		evs, _ := watchAny(c, w.typ, w.name)
+		if ev := next(ctx, t, evs, nil); !ev.Resource.value {
+			t.Fatalf("%s %s: %+v", w.typ, w.name, ev.Resource)
+		}
+	}
+	// mesh's own test resources use only what mesh applies.
+	for _, w := range all {
+		if rs := statusOf(t, c, w.typ, w.name); len(rs.Ignored) != 0 {
+			t.Errorf("%s %s: applied fields listed as ignored: %q", w.typ, w.name, rs.Ignored)
+		}
+	}
+
+	// Fields istiod sets that mesh does not apply.
+	l, r, cl, e = good()
+	cluster := cl[0].(*clusterpb.Cluster)
+	cluster.ConnectTimeout = durationpb.New(10 * time.Second)
+	cluster.Metadata = &corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{"istio": {}}}
+	route := r[0].(*routepb.RouteConfiguration)
+	route.VirtualHosts[0].Routes[0].GetRoute().Timeout = durationpb.New(0)
+	route.ValidateClusters = wrapperspb.Bool(false)
+	eps := e[0].(*endpointpb.ClusterLoadAssignment)
+	eps.Endpoints[0].LbEndpoints[0].Metadata = &corepb.Metadata{}
+	eps.Policy = &endpointpb.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(140)}
+	hcm := xdstest.HCM(routeName)
+	hcm.UseRemoteAddress = wrapperspb.Bool(true)
+	l[0].(*listenerpb.Listener).ApiListener.ApiListener = xdstest.MustAny(hcm)
+	version := srv.Set(t, l, r, cl, e)
+	want := map[watched][]string{
+		{"cluster", clusterV1}:                 {"connect_timeout: not applied", "metadata: not applied"},
+		{"route_config", routeName}:            {"virtual_hosts.routes.route.timeout: not applied", "validate_clusters: not applied"},
+		{"cluster_load_assignment", clusterV1}: {"endpoints.lb_endpoints.metadata: not applied", "policy.overprovisioning_factor: not applied"},
+		{"listener", listenerName}:             {"api_listener.api_listener.use_remote_address: not applied"},
+	}
+	for w, fields := range want {
+		waitFor(ctx, t, w.typ+" "+w.name+" version "+version, func() bool { return statusOf(t, c, w.typ, w.name).Version == version })
+		rs := statusOf(t, c, w.typ, w.name)
+		slices.Sort(fields)
+		got := slices.Sorted(slices.Values(rs.Ignored))
+		if !slices.Equal(got, fields) {
+			t.Errorf("%s %s: ignored %q, want %q", w.typ, w.name, got, fields)
+		}
+	}
+}
+
+// waitFor polls cond until it holds; the test context bounds the wait.
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(2 * time.Millisecond):
+		}
 	}
 }

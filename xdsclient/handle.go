@@ -48,6 +48,11 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 		}
 		name = canonical
 	}
+	if err == nil {
+		if m, uerr := r.UnmarshalNew(); uerr == nil {
+			dc.ignored = append(dc.ignored, c.audit.report(kind, m, dc.ignored)...)
+		}
+	}
 	return decoded{name: name, value: v, raw: r.GetValue(), ignored: dc.ignored, err: err}
 }
 
@@ -287,9 +292,13 @@ func (c *Client) finishResponseLocked(a *adsChannel, kind resourceKind, version,
 	}
 }
 
+// logIgnoredLocked logs each field mesh does not apply once per resource
+// type, with the first resource that set it: a control plane that sets a
+// field on every cluster gets one line, not one per cluster. Dump lists
+// them per resource.
 func (c *Client) logIgnoredLocked(kind resourceKind, name string, ignored []string) {
 	for _, f := range ignored {
-		key := c.kinds[kind].name + "\x00" + name + "\x00" + f
+		key := c.kinds[kind].name + "\x00" + indexes.ReplaceAllString(f, "")
 		if c.loggedIgnored[key] {
 			continue
 		}
