@@ -38,10 +38,12 @@ type RetryPolicy struct {
 	// BackoffBase and BackoffMax bound the exponential backoff with jitter
 	// between attempts (defaults 25ms and 10 times the base).
 	BackoffBase, BackoffMax time.Duration
-	// PerTryTimeout bounds each attempt (Envoy's per_try_timeout, which
-	// Istio's retries.perTryTimeout sets; grpc-go ignores it); 0 means
-	// attempts are bounded by the request's deadline only. An attempt
-	// that times out may be retried.
+	// PerTryTimeout bounds each attempt of a unary RPC or an HTTP request
+	// (Envoy's per_try_timeout, which Istio's retries.perTryTimeout sets;
+	// grpc-go ignores it); 0 means attempts are bounded by the request's
+	// deadline only. An attempt that times out is retried under 5xx,
+	// gateway-error or deadline-exceeded. A stream's attempt is the whole
+	// stream, bounded by the route timeout alone.
 	PerTryTimeout time.Duration
 	// RefusedStream retries an attempt the server refused before
 	// processing it (HTTP/2 REFUSED_STREAM), which is always safe.
