@@ -278,7 +278,7 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 		out.roots = &ref
 		return out, nil
 	default:
-		return out, fmt.Errorf("%s: unsupported validation context type %T; use a certificate provider instance or an SDS secret", path, t)
+		return out, fmt.Errorf("%s: unsupported validation context type %s; use a certificate provider instance or an SDS secret", path, oneofField(ctx, "validation_context_type"))
 	}
 	if vc == nil {
 		return out, nil

@@ -14,6 +14,7 @@ import (
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -253,6 +254,12 @@ func TestUnappliedFieldsAreListed(t *testing.T) {
 	cluster := cl[0].(*clusterpb.Cluster)
 	cluster.ConnectTimeout = durationpb.New(10 * time.Second)
 	cluster.Metadata = &corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{"istio": {}}}
+	utc := &tlspb.UpstreamTlsContext{}
+	if err := cluster.TransportSocket.GetTypedConfig().UnmarshalTo(utc); err != nil {
+		t.Fatal(err)
+	}
+	utc.CommonTlsContext.AlpnProtocols = []string{"h2"}
+	cluster.TransportSocket.ConfigType = &corepb.TransportSocket_TypedConfig{TypedConfig: xdstest.MustAny(utc)}
 	route := r[0].(*routepb.RouteConfiguration)
 	route.VirtualHosts[0].Routes[0].GetRoute().Timeout = durationpb.New(0)
 	route.ValidateClusters = wrapperspb.Bool(false)
@@ -264,7 +271,7 @@ func TestUnappliedFieldsAreListed(t *testing.T) {
 	l[0].(*listenerpb.Listener).ApiListener.ApiListener = xdstest.MustAny(hcm)
 	version := srv.Set(t, l, r, cl, e)
 	want := map[watched][]string{
-		{"cluster", clusterV1}:                 {"connect_timeout: not applied", "metadata: not applied"},
+		{"cluster", clusterV1}:                 {"connect_timeout: not applied", "metadata: not applied", "transport_socket.typed_config.common_tls_context.alpn_protocols: not applied"},
 		{"route_config", routeName}:            {"virtual_hosts.routes.route.timeout: not applied", "validate_clusters: not applied"},
 		{"cluster_load_assignment", clusterV1}: {"endpoints.lb_endpoints.metadata: not applied", "policy.overprovisioning_factor: not applied"},
 		{"listener", listenerName}:             {"api_listener.api_listener.use_remote_address: not applied"},

@@ -43,11 +43,23 @@ var (
 		"virtual_hosts.routes.route.cluster_specifier_plugin", "virtual_hosts.routes.route.max_stream_duration.max_stream_duration",
 		"virtual_hosts.routes.route.max_stream_duration.grpc_timeout_header_max", "virtual_hosts.routes.route.hash_policy",
 	}, under("virtual_hosts.retry_policy", retryApplied), under("virtual_hosts.routes.route.retry_policy", retryApplied))
-	filterChainApplied = concat([]string{
+	validationApplied = []string{
+		"ca_certificate_provider_instance", "trusted_ca", "match_subject_alt_names", "match_typed_subject_alt_names",
+	}
+	commonTLSApplied = concat([]string{
+		"tls_certificates", "tls_certificate_provider_instance", "tls_certificate_certificate_provider_instance",
+		"tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
+		"validation_context_certificate_provider_instance",
+		"combined_validation_context.validation_context_certificate_provider_instance",
+		"combined_validation_context.validation_context_sds_secret_config",
+	}, under("validation_context", validationApplied), under("combined_validation_context.default_validation_context", validationApplied))
+	upstreamTLSApplied   = concat([]string{"sni"}, under("common_tls_context", commonTLSApplied))
+	downstreamTLSApplied = concat([]string{"require_client_certificate"}, under("common_tls_context", commonTLSApplied))
+	filterChainApplied   = concat([]string{
 		"name", "filter_chain_match.destination_port", "filter_chain_match.prefix_ranges", "filter_chain_match.source_type",
 		"filter_chain_match.source_prefix_ranges", "filter_chain_match.source_ports", "filter_chain_match.transport_protocol",
-		"filter_chain_match.application_protocols", "filters.name", "transport_socket",
-	}, under("filters.typed_config", hcmWithRoutes()))
+		"filter_chain_match.application_protocols", "filters.name", "transport_socket.name",
+	}, under("filters.typed_config", hcmWithRoutes()), under("transport_socket.typed_config", downstreamTLSApplied))
 	listenerApplied = concat([]string{
 		"name", "address.socket_address.address", "address.socket_address.port_value", "listener_filters", "use_original_dst",
 	}, under("api_listener.api_listener", hcmWithRoutes()), under("filter_chains", filterChainApplied), under("default_filter_chain", filterChainApplied))
@@ -61,7 +73,7 @@ var (
 		"outlier_detection.success_rate_minimum_hosts", "outlier_detection.success_rate_request_volume",
 		"outlier_detection.enforcing_failure_percentage", "outlier_detection.failure_percentage_threshold",
 		"outlier_detection.failure_percentage_minimum_hosts", "outlier_detection.failure_percentage_request_volume",
-		"transport_socket", "lrs_server",
+		"transport_socket.name", "lrs_server",
 	}
 	endpointsApplied = []string{
 		"cluster_name", "endpoints.locality", "endpoints.load_balancing_weight", "endpoints.priority",
@@ -107,7 +119,7 @@ func newUnappliedAudit() *unappliedAudit {
 	var a unappliedAudit
 	for kind, paths := range map[resourceKind][]string{
 		kindListener: listenerApplied, kindRouteConfig: routeConfigApplied,
-		kindCluster: clusterApplied, kindEndpoints: endpointsApplied,
+		kindCluster: concat(clusterApplied, under("transport_socket.typed_config", upstreamTLSApplied)), kindEndpoints: endpointsApplied,
 	} {
 		s := newAppliedSet(paths)
 		a[kind] = &s
