@@ -1,11 +1,10 @@
 package balancer
 
 import (
+	"math"
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -285,34 +284,14 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 	}
 	waitFor(ctx, t, "the inbound listener", func() bool { return dumpStatus(client, "listener", conformanceInbound) == xdsclient.StatusAcked })
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := e.call(ctx); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	stopLoad := sync.OnceFunc(func() {
-		close(stop)
-		wg.Wait()
-	})
-	defer stopLoad()
+	load := startLoad(ctx, e, 2, math.MaxInt64)
+	finished := false
+	defer func() {
+		if !finished {
+			close(load.stop)
+			load.wg.Wait()
+		}
+	}()
 
 	bad := goodConfResources(b.addr)
 	if tc.edit != nil {
@@ -345,12 +324,10 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 			}
 		}
 	}
-	start := ok.Load()
-	waitFor(ctx, t, "RPCs after the change", func() bool { return ok.Load() > start+20 || failed.Load() > 0 })
-	stopLoad()
-	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d RPCs failed on the last good config, first: %v", n, firstErr.Load())
-	}
+	start := load.sent.Load()
+	waitFor(ctx, t, "RPCs after the change", func() bool { return load.sent.Load() > start+20 || load.failures.Load() > 0 })
+	finished = true
+	load.finish(t) // fails the test if any RPC on the last good config failed
 	// The garbled entries deleted nothing: the good resources still serve.
 	for _, r := range []struct{ typ, name string }{{"listener", testTarget}, {"route_config", "rc"}, {"cluster", "c"}, {"cluster_load_assignment", "c"}, {"listener", conformanceInbound}} {
 		if st := dumpStatus(client, r.typ, r.name); st == xdsclient.StatusDoesNotExist || st == xdsclient.StatusRequested {

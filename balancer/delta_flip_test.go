@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,32 +50,13 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		t.Fatalf("first RPC: %v", err)
 	}
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := e.call(ctx); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	load := startLoad(ctx, e, 4, math.MaxInt64)
+	finished := false
 	defer func() {
-		close(stop)
-		wg.Wait()
+		if !finished {
+			close(load.stop)
+			load.wg.Wait()
+		}
 	}()
 
 	// want is what the client must watch in each state.
@@ -126,20 +106,19 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		waitFor(ctx, t, fmt.Sprintf("flip %d: the server's subscriptions to equal the client's %v", i, target), func() bool {
 			return equal(serverView(), target)
 		})
-		start := ok.Load()
-		waitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return ok.Load() > start+4 || failed.Load() > 0 })
-		if n := failed.Load(); n > 0 {
-			t.Fatalf("flip %d: %d RPCs failed, first: %v", i, n, firstErr.Load())
+		start := load.sent.Load()
+		waitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return load.sent.Load() > start+4 || load.failures.Load() > 0 })
+		if n := load.failures.Load(); n > 0 {
+			t.Fatalf("flip %d: %d RPCs failed, first: %v", i, n, load.firstErr.Load())
 		}
 	}
 	st := srv.Stats()
 	if len(st.Violations) > 0 {
 		t.Errorf("requests that break istiod's rules: %q", st.Violations)
 	}
-	t.Logf("%d RPCs served, %d failed; server saw %d requests, %d with stale nonces, %d NACKs", ok.Load(), failed.Load(), st.Requests, st.ExpiredNonces, st.NACKs)
-	if failed.Load() > 0 {
-		t.Fatalf("%d RPCs failed, first: %v", failed.Load(), firstErr.Load())
-	}
+	t.Logf("%d RPCs sent; server saw %d requests, %d with stale nonces, %d NACKs", load.sent.Load(), st.Requests, st.ExpiredNonces, st.NACKs)
+	finished = true
+	load.finish(t)
 }
 
 func pushOrder() []string {

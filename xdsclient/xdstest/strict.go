@@ -1,6 +1,7 @@
 package xdstest
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net"
@@ -225,6 +226,22 @@ type strictService struct {
 
 func (d strictService) DeltaAggregatedResources(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	s := d.s
+	return runStream(s, stream.Context(), stream.Recv,
+		func(ds *deltaStream, req *discoverypb.DeltaDiscoveryRequest) error { return s.handle(stream, ds, req) },
+		func(ds *deltaStream) error {
+			for _, typ := range pushOrder {
+				if err := s.sendSubscribed(stream, ds, typ); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+}
+
+// runStream serves one stream: it registers it, reads its requests on a
+// goroutine that ends with the stream, and from this one handles them
+// and the pushes in turn, as istiod does.
+func runStream[R any](s *StrictServer, ctx context.Context, recv func() (R, error), handle func(*deltaStream, R) error, push func(*deltaStream) error) error {
 	ds := &deltaStream{push: make(chan struct{}, 1), subscribed: map[string]map[string]bool{}, nonceSent: map[string]string{}}
 	s.mu.Lock()
 	s.streams[ds] = true
@@ -235,41 +252,35 @@ func (d strictService) DeltaAggregatedResources(stream discoverypb.AggregatedDis
 		delete(s.streams, ds)
 		s.mu.Unlock()
 	}()
-
-	// One goroutine reads, this one handles requests and pushes in turn,
-	// as istiod does. The reader ends with the stream.
-	reqs := make(chan *discoverypb.DeltaDiscoveryRequest, 1)
+	reqs := make(chan R, 1)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			req, err := stream.Recv()
+			req, err := recv()
 			if err != nil {
 				recvErr <- err
 				return
 			}
 			select {
 			case reqs <- req:
-			case <-stream.Context().Done():
+			case <-ctx.Done():
 				return
 			}
 		}
 	}()
 	for {
+		var err error
 		select {
 		case req := <-reqs:
-			if err := s.handle(stream, ds, req); err != nil {
-				return err
-			}
+			err = handle(ds, req)
 		case <-ds.push:
-			for _, typ := range pushOrder {
-				if err := s.sendSubscribed(stream, ds, typ); err != nil {
-					return err
-				}
-			}
-		case err := <-recvErr:
+			err = push(ds)
+		case err = <-recvErr:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
 			return err
-		case <-stream.Context().Done():
-			return stream.Context().Err()
 		}
 	}
 }
@@ -383,41 +394,14 @@ func (s *StrictServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaA
 
 func (d strictService) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	s := d.s
-	ds := &deltaStream{push: make(chan struct{}, 1), subscribed: map[string]map[string]bool{}, nonceSent: map[string]string{}}
-	s.mu.Lock()
-	s.streams[ds] = true
-	s.last = ds
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.streams, ds)
-		s.mu.Unlock()
-	}()
-	reqs := make(chan *discoverypb.DiscoveryRequest, 1)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
+	return runStream(s, stream.Context(), stream.Recv,
+		func(ds *deltaStream, req *discoverypb.DiscoveryRequest) error {
+			if !s.sotwRequest(ds, req) {
+				return nil
 			}
-			select {
-			case reqs <- req:
-			case <-stream.Context().Done():
-				return
-			}
-		}
-	}()
-	for {
-		select {
-		case req := <-reqs:
-			if s.sotwRequest(ds, req) {
-				if err := s.sendSotW(stream, ds, req.GetTypeUrl()); err != nil {
-					return err
-				}
-			}
-		case <-ds.push:
+			return s.sendSotW(stream, ds, req.GetTypeUrl())
+		},
+		func(ds *deltaStream) error {
 			for _, typ := range pushOrder {
 				s.mu.Lock()
 				subscribed := ds.subscribed[typ] != nil
@@ -429,12 +413,8 @@ func (d strictService) StreamAggregatedResources(stream discoverypb.AggregatedDi
 					return err
 				}
 			}
-		case err := <-recvErr:
-			return err
-		case <-stream.Context().Done():
-			return stream.Context().Err()
-		}
-	}
+			return nil
+		})
 }
 
 // sotwRequest applies a state-of-the-world request and reports whether
