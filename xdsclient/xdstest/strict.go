@@ -46,9 +46,10 @@ var pushOrder = []string{resource.ClusterType, resource.EndpointType, resource.L
 //     new nonce each, from the loop that handles requests, so pushes and
 //     requests cross each other as they do against istiod.
 //
-// Unlike istiod it keeps no record of LDS and CDS names from its own
-// responses: its view of a subscription is exactly what the requests it
-// accepted said.
+// Like istiod, after each LDS or CDS response it takes the names of the
+// resources in that response as the stream's whole subscription to the
+// type (istiod treats both as wildcard types), so a client that answers a
+// change with only the names it adds loses the others.
 //
 // On state-of-the-world streams a NACK or a stale nonce is likewise
 // ignored, a request with new names is answered with every subscribed
@@ -383,6 +384,13 @@ func (s *StrictServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaA
 		} else {
 			resp.RemovedResources = append(resp.RemovedResources, n)
 		}
+	}
+	if typ == resource.ListenerType || typ == resource.ClusterType {
+		record := map[string]bool{}
+		for _, r := range resp.Resources {
+			record[r.GetName()] = true
+		}
+		ds.subscribed[typ] = record
 	}
 	resp.Resources = append(resp.Resources, s.extra[typ]...)
 	ds.nonces++
