@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -20,10 +21,10 @@ func hangGuard(t *testing.T) context.Context {
 	return ctx
 }
 
-func newStrictXDS(t *testing.T, timeout time.Duration) (*xdstest.StrictServer, *xdsclient.Client) {
+func newStrictXDS(t *testing.T, delta bool, timeout time.Duration) (*xdstest.StrictServer, *xdsclient.Client) {
 	t.Helper()
 	srv := xdstest.NewStrictServer(t)
-	client, err := xdsclient.New(srv.Bootstrap("node-1", false), xdsclient.WithResourceTimeout(timeout))
+	client, err := xdsclient.New(srv.Bootstrap("node-1", delta), xdsclient.WithResourceTimeout(timeout))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +44,19 @@ func watches(client *xdsclient.Client, typ, name string) bool {
 // TestRouteToUnknownClusterKeepsPreviousTable: a route naming a cluster
 // the control plane has not sent yet leaves the previous table serving
 // until the cluster arrives; when its does-not-exist timer fires instead,
-// RPCs fail naming it.
+// RPCs fail naming it. Over delta the server says at once that it lacks
+// the cluster (as istiod does); that too waits for the timer.
 func TestRouteToUnknownClusterKeepsPreviousTable(t *testing.T) {
 	checkNoLeaks(t)
+	for _, delta := range []bool{false, true} {
+		t.Run(fmt.Sprintf("delta=%t", delta), func(t *testing.T) { routeToUnknownCluster(t, delta) })
+	}
+}
+
+func routeToUnknownCluster(t *testing.T, delta bool) {
 	ctx := hangGuard(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	srv, client := newStrictXDS(t, time.Hour)
+	srv, client := newStrictXDS(t, delta, time.Hour)
 	listener := []types.Resource{xdstest.ClientListener(testTarget, "rc")}
 	routeTo := func(cluster string) []types.Resource {
 		return []types.Resource{xdstest.RouteConfig("rc", "*", w(cluster, 1))}
@@ -73,14 +81,14 @@ func TestRouteToUnknownClusterKeepsPreviousTable(t *testing.T) {
 	waitFor(ctx, t, "RPCs to reach b", func() bool {
 		got, err := e.call(ctx)
 		if err != nil {
-			t.Fatalf("RPC while b arrives: %v", err)
+			t.Fatalf("RPC while b arrives: %v; dump %+v; server CDS %v EDS %v", err, client.Dump(), srv.Subscribed("type.googleapis.com/envoy.config.cluster.v3.Cluster"), srv.Subscribed("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"))
 		}
 		return got == "b"
 	})
 
 	// A channel whose client gives up on unknown resources quickly: the
 	// route to a cluster that never comes fails, naming it.
-	srv2, client2 := newStrictXDS(t, 20*time.Millisecond)
+	srv2, client2 := newStrictXDS(t, delta, 20*time.Millisecond)
 	srv2.Set(t, listener, routeTo("a"), []types.Resource{clusterA}, []types.Resource{epsA})
 	e2 := newTestEnvWith(t, client2)
 	if _, err := e2.call(ctx); err != nil {
@@ -102,7 +110,7 @@ func TestRouteToUnknownClusterKeepsPreviousTable(t *testing.T) {
 func TestNACKedClusterFailsRPCsAtOnce(t *testing.T) {
 	checkNoLeaks(t)
 	ctx := hangGuard(t)
-	srv, client := newStrictXDS(t, time.Hour)
+	srv, client := newStrictXDS(t, false, time.Hour)
 	bad := xdstest.EDSCluster("bad", false)
 	bad.LbPolicy = clusterpb.Cluster_MAGLEV
 	srv.Set(t, []types.Resource{xdstest.ClientListener(testTarget, "rc")},

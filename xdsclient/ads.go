@@ -37,6 +37,12 @@ type typeState struct {
 	// subscribed is what the current delta stream has subscribed to;
 	// nil until the first request of this type on the stream.
 	subscribed map[string]bool
+	// dropped are watched LDS or CDS names a delta server removed, which
+	// istiod also drops from the subscription it records; resubscribe
+	// asks for them again after a backoff (resubAttempt counts the tries).
+	dropped      map[string]bool
+	resubscribe  *time.Timer
+	resubAttempt int
 }
 
 // adsChannel is one ADS stream of the client: to the first reachable
@@ -102,6 +108,71 @@ func (a *adsChannel) responseHandledLocked(kind resourceKind, version, nonce str
 		ts.nack = nack
 	}
 	a.markDirtyLocked(kind)
+}
+
+// deltaRemovedLocked tracks the watched LDS and CDS names a delta
+// response removed. istiod takes the names of each LDS or CDS response as
+// the client's whole subscription, so a removed name is forgotten there
+// and would not be sent when it appears (a cluster named by a route
+// before the DestinationRule that defines it). Such names are subscribed
+// again after the client's backoff, growing while the server keeps
+// removing them, so a server that lacks a name is never asked in a loop.
+func (a *adsChannel) deltaRemovedLocked(kind resourceKind, removed []string, received []string) {
+	if !a.c.kinds[kind].fullState {
+		return
+	}
+	ts := &a.types[kind]
+	for _, name := range received {
+		if ts.dropped[name] {
+			delete(ts.dropped, name)
+			ts.resubAttempt = 0
+		}
+	}
+	for _, name := range removed {
+		name = canonicalOrSelf(a.c.kinds[kind].typeURL, name)
+		if !ts.subscribed[name] {
+			continue
+		}
+		if ts.dropped == nil {
+			ts.dropped = map[string]bool{}
+		}
+		ts.dropped[name] = true
+	}
+	if len(ts.dropped) == 0 {
+		ts.stopResubscribe()
+		return
+	}
+	if ts.resubscribe != nil {
+		return
+	}
+	delay := a.c.opts.backoff(ts.resubAttempt)
+	ts.resubAttempt++
+	ts.resubscribe = time.AfterFunc(delay, func() {
+		a.c.mu.Lock()
+		defer a.c.mu.Unlock()
+		if a.c.closed || ts.resubscribe == nil {
+			return
+		}
+		ts.resubscribe = nil
+		changed := false
+		for name := range ts.dropped {
+			if ts.subscribed[name] {
+				delete(ts.subscribed, name) // the next request subscribes it again
+				changed = true
+			}
+		}
+		clear(ts.dropped)
+		if changed {
+			a.namesChangedLocked(kind)
+		}
+	})
+}
+
+func (ts *typeState) stopResubscribe() {
+	if ts.resubscribe != nil {
+		ts.resubscribe.Stop()
+		ts.resubscribe = nil
+	}
 }
 
 // serverURILocked is the URI of the server in use, "" before the first stream.
@@ -232,7 +303,9 @@ func (a *adsChannel) startStreamLocked(server int) {
 	a.server = server
 	for k := range a.types {
 		ts := &a.types[k]
-		ts.nonce, ts.nack, ts.ackDue, ts.subscribed = "", nil, false, nil
+		ts.nonce, ts.nack, ts.ackDue, ts.subscribed, ts.dropped = "", nil, false, nil, nil
+		ts.stopResubscribe()
+		ts.resubAttempt = 0
 		if changed {
 			ts.version = ""
 		}

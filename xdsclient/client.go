@@ -394,6 +394,11 @@ func (c *Client) Close() error {
 		}
 	}
 	channels := slices.Collect(maps.Values(c.channels))
+	for _, a := range channels {
+		for k := range a.types {
+			a.types[k].stopResubscribe()
+		}
+	}
 	close(c.stop)
 	c.mu.Unlock()
 

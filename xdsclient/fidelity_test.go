@@ -58,7 +58,7 @@ func waitNACK(t *testing.T, srv *xdstest.StrictServer, n int) string {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("no NACK #%d; server stats %+v", n, srv.Stats())
+			t.Fatalf("no NACK #%d; server stats %+v; cds %v", n, srv.Stats(), srv.Subscribed("type.googleapis.com/envoy.config.cluster.v3.Cluster"))
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -154,7 +154,9 @@ func TestNACKedBeforeGoodReachesEveryWatcher(t *testing.T) {
 				t.Fatalf("early watcher: %+v", ev)
 			}
 			// Past the does-not-exist timeout (counted in NACKs pushed, not
-			// time): still rejected, not missing.
+			// time): still rejected, not missing. Each push waits for the
+			// NACK before it, which a client may otherwise fold into one.
+			waitNACK(t, srv, 1)
 			for i := 2; i <= 4; i++ {
 				srv.Push()
 				waitNACK(t, srv, i)

@@ -190,10 +190,21 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 	}
 	_, nackMsgs := c.applyLocked(a, kind, results, source)
 	for _, name := range removed {
-		if st := c.watches[kind][canonicalOrSelf(typeURL, name)]; st != nil && !st.retired && !st.notFound && st.channel == a.set.key {
+		// As on a state-of-the-world stream, a resource never received is
+		// left to its does-not-exist timer: istiod lists every subscribed
+		// name it cannot build yet (a route may name a subset's cluster
+		// before the DestinationRule that defines it arrives).
+		if st := c.watches[kind][canonicalOrSelf(typeURL, name)]; st != nil && !st.retired && st.hasValue && st.channel == a.set.key {
 			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
+	var received []string
+	for _, d := range results {
+		if d.err == nil {
+			received = append(received, d.name)
+		}
+	}
+	a.deltaRemovedLocked(kind, removed, received)
 	c.finishResponseLocked(a, kind, "", nonce, nackMsgs)
 }
 

@@ -72,6 +72,7 @@ type StrictServer struct {
 // StrictStats counts what a StrictServer received.
 type StrictStats struct {
 	Requests      int
+	Responses     int
 	NACKs         int
 	ExpiredNonces int
 	// NACKMessages are the error_detail messages, in order.
@@ -394,6 +395,7 @@ func (s *StrictServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaA
 	}
 	resp.Resources = append(resp.Resources, s.extra[typ]...)
 	ds.nonces++
+	s.stats.Responses++
 	resp.Nonce = strconv.Itoa(ds.nonces)
 	ds.nonceSent[typ] = resp.Nonce
 	s.mu.Unlock()
@@ -463,6 +465,7 @@ func (s *StrictServer) sendSotW(stream discoverypb.AggregatedDiscoveryService_St
 		resp.Resources = append(resp.Resources, e.GetResource())
 	}
 	ds.nonces++
+	s.stats.Responses++
 	resp.Nonce = strconv.Itoa(ds.nonces)
 	ds.nonceSent[typ] = resp.Nonce
 	s.mu.Unlock()
