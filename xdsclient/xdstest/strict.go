@@ -394,12 +394,19 @@ func (s *StrictServer) send(stream discoverypb.AggregatedDiscoveryService_DeltaA
 		ds.subscribed[typ] = record
 	}
 	resp.Resources = append(resp.Resources, s.extra[typ]...)
-	ds.nonces++
-	s.stats.Responses++
-	resp.Nonce = strconv.Itoa(ds.nonces)
-	ds.nonceSent[typ] = resp.Nonce
+	resp.Nonce = s.nextNonceLocked(ds, typ)
 	s.mu.Unlock()
 	return stream.Send(resp)
+}
+
+// nextNonceLocked returns the nonce of the next response of typ on ds and
+// records it as the last one sent.
+func (s *StrictServer) nextNonceLocked(ds *deltaStream, typ string) string {
+	ds.nonces++
+	s.stats.Responses++
+	nonce := strconv.Itoa(ds.nonces)
+	ds.nonceSent[typ] = nonce
+	return nonce
 }
 
 func (d strictService) StreamAggregatedResources(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -464,10 +471,7 @@ func (s *StrictServer) sendSotW(stream discoverypb.AggregatedDiscoveryService_St
 	for _, e := range s.extra[typ] {
 		resp.Resources = append(resp.Resources, e.GetResource())
 	}
-	ds.nonces++
-	s.stats.Responses++
-	resp.Nonce = strconv.Itoa(ds.nonces)
-	ds.nonceSent[typ] = resp.Nonce
+	resp.Nonce = s.nextNonceLocked(ds, typ)
 	s.mu.Unlock()
 	return stream.Send(resp)
 }
