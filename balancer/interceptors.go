@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -60,13 +61,15 @@ func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 			return abort.grpcStatus()
 		}
 		policy := route.Action.RetryPolicy
-		if policy == nil || len(policy.GRPCCodes) == 0 {
+		if policy == nil {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		r := &grpcRetrier{ctx: ctx, policy: policy, call: &callInfo{}}
 		attemptCtx := withCallInfo(ctx, r.call)
 		for {
-			err := invoker(attemptCtx, method, req, reply, cc, opts...)
+			err := r.invoke(attemptCtx, func(ctx context.Context) error {
+				return invoker(ctx, method, req, reply, cc, opts...)
+			})
 			r.releaseSlot()
 			if err == nil || !r.retry(err) {
 				return err
@@ -103,7 +106,7 @@ func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor
 			return nil, abort.grpcStatus()
 		}
 		policy := route.Action.RetryPolicy
-		if policy == nil || len(policy.GRPCCodes) == 0 {
+		if policy == nil || (len(policy.GRPCCodes) == 0 && !policy.RefusedStream) {
 			cs, err := streamer(ctx, desc, cc, method, opts...)
 			if err != nil {
 				cancel()
@@ -163,6 +166,48 @@ type grpcRetrier struct {
 	call     *callInfo
 	attempts int
 	slot     *clusterState // holds a retry budget slot while a retry runs
+	// timedOut: the last attempt ran out of its per_try_timeout.
+	timedOut bool
+}
+
+// invoke runs one unary attempt within the policy's per_try_timeout.
+func (r *grpcRetrier) invoke(ctx context.Context, attempt func(context.Context) error) error {
+	r.timedOut = false
+	if r.policy.PerTryTimeout <= 0 {
+		return attempt(ctx)
+	}
+	actx, cancel := context.WithTimeout(ctx, r.policy.PerTryTimeout)
+	defer cancel()
+	err := attempt(actx)
+	r.timedOut = err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+	return err
+}
+
+// retriable reports whether the policy retries an attempt that failed
+// with err: its status code; a per-try timeout, which Envoy retries as a
+// 504 (gateway-error, 5xx) and mesh also under deadline-exceeded; or a
+// stream the server refused before processing it (refused-stream), which
+// grpc-go reports as UNAVAILABLE after its own transparent retry.
+func (r *grpcRetrier) retriable(err error) bool {
+	p := r.policy
+	if r.timedOut {
+		return p.HTTP5xx || p.HTTPGatewayError || p.RetriesGRPC(codes.DeadlineExceeded)
+	}
+	if p.RetriesGRPC(status.Code(err)) {
+		return true
+	}
+	return p.RefusedStream && refusedStream(err)
+}
+
+// refusedStream reports whether err says the server refused the stream
+// (HTTP/2 RST_STREAM or GOAWAY with REFUSED_STREAM), so nothing of the
+// request was processed. Neither grpc-go nor net/http exports a type for
+// it; both name the code in the message.
+func refusedStream(err error) bool {
+	if s, ok := status.FromError(err); ok {
+		return s.Code() == codes.Unavailable && strings.Contains(s.Message(), "REFUSED_STREAM")
+	}
+	return strings.Contains(err.Error(), "REFUSED_STREAM")
 }
 
 // retry reports whether the RPC that failed with err gets another attempt,
@@ -172,7 +217,7 @@ func (r *grpcRetrier) retry(err error) bool {
 	if r.attempts >= min(int(r.policy.NumRetries)+1, maxGRPCAttempts) || r.ctx.Err() != nil {
 		return false
 	}
-	if !r.policy.RetriesGRPC(status.Code(err)) {
+	if !r.retriable(err) {
 		return false
 	}
 	cs := r.call.cluster.Load()

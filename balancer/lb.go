@@ -136,7 +136,7 @@ type planCluster struct {
 	endpoints []weightedAddr
 	// maxRequests is the circuit breaker limit; 0 for a missing cluster.
 	maxRequests uint32
-	lbPolicy    xdsclient.LBPolicy
+	lb          lbConfig
 	outlier     *xdsclient.OutlierDetection
 }
 
@@ -324,11 +324,11 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 		pc.name = name
 		cluster := snap.clusters[name]
 		if cluster == nil {
-			pc.missing = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+			pc.missing = snap.unusable(name, nil)
 			continue
 		}
 		pc.maxRequests = cluster.MaxRequests
-		pc.lbPolicy = cluster.LBPolicy
+		pc.lb = lbConfigOf(cluster)
 		pc.outlier = cluster.OutlierDetection
 		tls := b.canonicalTLS(name, cluster.TLS)
 		if cluster.Type == xdsclient.ClusterLogicalDNS {
@@ -336,7 +336,7 @@ func (b *routerBalancer) newPlan(snap *snapshot) *plan {
 		} else {
 			eps := snap.endpoints[name]
 			if eps == nil {
-				pc.missing = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
+				pc.missing = snap.unusable(name, cluster)
 				continue
 			}
 			// Every priority is connected, so that failover is immediate.
@@ -616,7 +616,7 @@ func (b *routerBalancer) rebuildTable() {
 		if len(tc.ready) > 0 {
 			tc.connecting = false
 		}
-		tc.chooser = newEndpointChooser(pc.lbPolicy, readyAddrs, active).withWeights(weights)
+		tc.chooser = newChooser(pc.lb, readyAddrs, active).withWeights(weights)
 		// Plain errors, not statuses: gRPC fails fail-fast RPCs with
 		// UNAVAILABLE and this message, and lets wait-for-ready RPCs wait
 		// for the cluster to recover, as it does for any transient failure.

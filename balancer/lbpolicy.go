@@ -5,19 +5,44 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"mesh/xdsclient"
 )
 
 // ringEntriesPerEndpoint is how many points each endpoint has on a
-// ring_hash ring. A fixed count per endpoint (rather than gRFC A42's ring
-// size shared by all) means an endpoint joining or leaving moves only the
-// keys it takes or had.
+// ring_hash ring when the cluster's ring sizes allow: a count per endpoint
+// that does not depend on how many there are means an endpoint joining or
+// leaving moves only the keys it takes or had. The cluster's
+// minimum_ring_size and maximum_ring_size (gRFC A42) bound the ring as a
+// whole, and win.
 const ringEntriesPerEndpoint = 128
 
-// leastRequestChoices is least_request's choice_count default (gRFC A48).
-const leastRequestChoices = 2
+// lbConfig is what a cluster's LB policy needs of its config.
+type lbConfig struct {
+	policy xdsclient.LBPolicy
+	// minRing and maxRing bound the ring_hash ring; 0 means no bound.
+	minRing, maxRing uint64
+	// choices is least_request's choice_count; 0 means the default, 2.
+	choices int
+}
+
+func lbConfigOf(c *xdsclient.Cluster) lbConfig {
+	return lbConfig{policy: c.LBPolicy, minRing: c.MinRingSize, maxRing: c.MaxRingSize, choices: int(c.ChoiceCount)}
+}
+
+// ringEntries is how many points each of n endpoints gets.
+func (cfg lbConfig) ringEntries(n int) int {
+	per := uint64(ringEntriesPerEndpoint)
+	if cfg.minRing > 0 {
+		per = max(per, (cfg.minRing+uint64(n)-1)/uint64(n))
+	}
+	if cfg.maxRing > 0 {
+		per = min(per, max(cfg.maxRing/uint64(n), 1))
+	}
+	return int(per)
+}
 
 // ringEntry is one point of a ring_hash ring: requests whose hash is at or
 // below hash (and above the previous entry's) go to endpoint index.
@@ -30,6 +55,8 @@ type ringEntry struct {
 // LB policy. It is immutable; the counters it reads belong to the endpoints.
 type endpointChooser struct {
 	policy xdsclient.LBPolicy
+	// choices is how many endpoints least_request samples.
+	choices int
 	// active[i] counts requests in flight to endpoint i (least_request).
 	active []*atomic.Int64
 	// ring is sorted by hash (ring_hash).
@@ -39,12 +66,21 @@ type endpointChooser struct {
 	schedule []int32
 }
 
-// newEndpointChooser prepares policy over endpoints named by addrs, whose
-// in-flight counters are active.
+// newEndpointChooser prepares policy, with its default config, over
+// endpoints named by addrs, whose in-flight counters are active.
 func newEndpointChooser(policy xdsclient.LBPolicy, addrs []string, active []*atomic.Int64) endpointChooser {
-	c := endpointChooser{policy: policy, active: active}
+	return newChooser(lbConfig{policy: policy}, addrs, active)
+}
+
+// newChooser is newEndpointChooser with a cluster's LB config.
+func newChooser(cfg lbConfig, addrs []string, active []*atomic.Int64) endpointChooser {
+	policy := cfg.policy
+	c := endpointChooser{policy: policy, active: active, choices: cfg.choices}
+	if c.choices < 2 {
+		c.choices = xdsclient.DefaultChoiceCount
+	}
 	if policy == xdsclient.LBRingHash && len(addrs) > 0 {
-		per := ringEntriesPerEndpoint
+		per := cfg.ringEntries(len(addrs))
 		c.ring = make([]ringEntry, 0, per*len(addrs))
 		for i, addr := range addrs {
 			for j := range per {
@@ -72,7 +108,7 @@ func (c *endpointChooser) choose(n int, next *atomic.Uint32, hash uint64, hashed
 	switch {
 	case c.policy == xdsclient.LBLeastRequest && len(c.active) == n && n > 1:
 		best := rand.IntN(n)
-		for range leastRequestChoices - 1 {
+		for range c.choices - 1 {
 			if i := rand.IntN(n); c.active[i].Load() < c.active[best].Load() {
 				best = i
 			}
@@ -158,6 +194,12 @@ func requestHash(policies []xdsclient.HashPolicy, headers Headers, query url.Val
 				break
 			}
 			h, ok = fnvOffset, true
+			if p.Rewrite != nil {
+				// regex_rewrite (gRFC A42) hashes the rewritten value; it
+				// allocates, so only routes that ask for it pay.
+				h = hashString(h, p.Rewrite.ReplaceAllString(strings.Join(values, ","), p.Substitution))
+				break
+			}
 			for j, v := range values {
 				if j > 0 {
 					h = hashString(h, ",")

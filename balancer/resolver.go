@@ -178,8 +178,10 @@ type clusterWatch struct {
 	name      string
 	cdsCancel func()
 	cluster   *xdsclient.Cluster
-	cdsKnown  bool // a resource or NotFound arrived
-	eds       *edsWatch
+	cdsKnown  bool // a resource, NotFound or a rejection arrived
+	// rejected is why the cluster was NACKed before it was ever good.
+	rejected error
+	eds      *edsWatch
 }
 
 type edsWatch struct {
@@ -187,6 +189,7 @@ type edsWatch struct {
 	cancel    func()
 	endpoints *xdsclient.Endpoints
 	known     bool
+	rejected  error // why they were NACKed before they were ever good
 }
 
 func (r *aggregator) enqueue(f func()) {
@@ -303,11 +306,14 @@ func (r *aggregator) watchCluster(name string) *clusterWatch {
 			}
 			switch {
 			case ev.NotFound:
-				cw.cluster, cw.cdsKnown = nil, true
+				cw.cluster, cw.cdsKnown, cw.rejected = nil, true, nil
 			case ev.Err != nil:
 				r.resourceError("cluster", name, ev.Err, cw.cluster != nil)
+				if cw.cluster == nil && errors.Is(ev.Err, xdsclient.ErrResourceRejected) {
+					cw.cdsKnown, cw.rejected = true, ev.Err
+				}
 			case ev.Resource != nil:
-				cw.cluster, cw.cdsKnown = ev.Resource, true
+				cw.cluster, cw.cdsKnown, cw.rejected = ev.Resource, true, nil
 			}
 		})
 	})
@@ -335,11 +341,14 @@ func (r *aggregator) setEDS(cw *clusterWatch, name string) {
 			}
 			switch {
 			case ev.NotFound:
-				w.endpoints, w.known = nil, true
+				w.endpoints, w.known, w.rejected = nil, true, nil
 			case ev.Err != nil:
 				r.resourceError("endpoints", name, ev.Err, w.endpoints != nil)
+				if w.endpoints == nil && errors.Is(ev.Err, xdsclient.ErrResourceRejected) {
+					w.known, w.rejected = true, ev.Err
+				}
 			case ev.Resource != nil:
-				w.endpoints, w.known = ev.Resource, true
+				w.endpoints, w.known, w.rejected = ev.Resource, true, nil
 			}
 		})
 	})
@@ -435,9 +444,12 @@ func (r *aggregator) update() {
 		switch {
 		case cw == nil || !cw.cdsKnown:
 			complete = false
-		case cw.cluster == nil: // not found: the LB policy fails its RPCs
+		case cw.cluster == nil: // not found or rejected: the LB policy fails its RPCs
 			r.setEDS(cw, "")
 			snap.clusters[name] = nil
+			if cw.rejected != nil {
+				snap.setFailure(name, cw.rejected)
+			}
 		case cw.cluster.Type == xdsclient.ClusterLogicalDNS:
 			r.setEDS(cw, "")
 			snap.clusters[name] = cw.cluster
@@ -448,6 +460,9 @@ func (r *aggregator) update() {
 				complete = false
 			}
 			snap.endpoints[name] = cw.eds.endpoints
+			if cw.eds.rejected != nil {
+				snap.setFailure(name, cw.eds.rejected)
+			}
 		}
 	}
 	if !complete {
@@ -468,11 +483,35 @@ type snapshot struct {
 	clusters  map[string]*xdsclient.Cluster
 	endpoints map[string]*xdsclient.Endpoints
 	cfg       *config
+	// failures holds why a cluster with a nil entry (or nil endpoints)
+	// cannot be used when the reason is not that it does not exist: it
+	// was rejected before it was ever good.
+	failures map[string]error
 	// channel is the authority the snapshot routes; channels is the
 	// registry of the ResolverBuilder that made it (nil for the
 	// RoundTripper), which the LB policy joins for ClusterStates.
 	channel  string
 	channels *channelRegistry
+}
+
+func (s *snapshot) setFailure(cluster string, err error) {
+	if s.failures == nil {
+		s.failures = map[string]error{}
+	}
+	s.failures[cluster] = err
+}
+
+// unusable is why the RPCs of cluster, whose cluster or endpoints entry is
+// nil, fail: the rejection that left it without a version, or else that
+// the control plane says it does not exist.
+func (s *snapshot) unusable(name string, cluster *xdsclient.Cluster) error {
+	if err := s.failures[name]; err != nil {
+		return err
+	}
+	if cluster == nil {
+		return fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+	}
+	return fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
 }
 
 func snapshotFrom(s resolver.State) *snapshot {

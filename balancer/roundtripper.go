@@ -363,7 +363,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		cluster := snap.clusters[name]
 		if cluster == nil {
 			hc.state.maxRequests.Store(0)
-			hc.failErr = fmt.Errorf("%w: cluster %q", ErrResourceNotFound, name)
+			hc.failErr = snap.unusable(name, nil)
 			continue
 		}
 		hc.state.maxRequests.Store(cluster.MaxRequests)
@@ -374,7 +374,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		} else if eps := snap.endpoints[name]; eps != nil {
 			endpoints = weightedEndpoints(eps)
 		} else {
-			hc.failErr = fmt.Errorf("%w: endpoints %q of cluster %q", ErrResourceNotFound, cluster.EndpointsName(), name)
+			hc.failErr = snap.unusable(name, cluster)
 			continue
 		}
 		if len(endpoints) == 0 {
@@ -414,7 +414,7 @@ func (ch *httpChannel) publishLocked(snap *snapshot) {
 		if len(endpoints) > 0 && len(chosen) == 0 {
 			hc.failErr = fmt.Errorf("cluster %q: every endpoint is ejected by outlier detection", name)
 		}
-		hc.chooser = newEndpointChooser(cluster.LBPolicy, chosen, active).withWeights(weights)
+		hc.chooser = newChooser(lbConfigOf(cluster), chosen, active).withWeights(weights)
 	}
 	ch.published = true
 	ch.current = snap
@@ -613,33 +613,45 @@ func (ch *httpChannel) send(req *http.Request, authority string, router *Router,
 			// A retry goes to another endpoint, as Envoy's ring hash retries do.
 			hash = hash*fnvPrime + uint64(attempt)
 		}
-		resp, err := ch.attempt(ctx, req, host, c, attempt, hash, hashed)
+		// per_try_timeout bounds each attempt, its body included.
+		actx, attemptCancel := ctx, context.CancelFunc(func() {})
+		if policy != nil && policy.PerTryTimeout > 0 {
+			actx, attemptCancel = context.WithTimeout(ctx, policy.PerTryTimeout)
+		}
+		resp, err := ch.attempt(actx, req, host, c, attempt, hash, hashed)
 		releaseRetry()
-		retry := attempt < maxAttempts && ctx.Err() == nil && retriableHTTP(policy, resp, err)
+		timedOut := err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+		retry := attempt < maxAttempts && ctx.Err() == nil && retriableHTTP(policy, resp, err, timedOut)
 		if retry && cs.acquireRetry() {
 			retrySlot = true
+			status := 0
 			if resp != nil {
+				status = resp.StatusCode
 				discard(resp.Body)
 			}
+			attemptCancel()
 			if sleepContext(ctx, retryBackoff(policy, attempt)) == nil {
 				continue
 			}
 			releaseRetry()
-			if resp == nil {
-				cancel()
+			cancel()
+			if status == 0 {
 				return nil, err
 			}
 			// The response was discarded; report why it was not retried.
-			cancel()
-			return nil, fmt.Errorf("mesh round tripper: retry of %s after status %d: %w", req.URL.Redacted(), resp.StatusCode, ctx.Err())
+			return nil, fmt.Errorf("mesh round tripper: retry of %s after status %d: %w", req.URL.Redacted(), status, ctx.Err())
 		}
 		if err != nil {
+			attemptCancel()
 			cancel()
 			return nil, err
 		}
 		resp.Request = req
-		// The route timeout covers reading the body too.
-		resp.Body = &finishingBody{ReadCloser: resp.Body, finish: cancel}
+		// The route timeout (and per_try_timeout) covers reading the body too.
+		resp.Body = &finishingBody{ReadCloser: resp.Body, finish: func() {
+			attemptCancel()
+			cancel()
+		}}
 		return resp, nil
 	}
 }
@@ -698,8 +710,10 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 }
 
 // retriableHTTP reports whether the policy retries an attempt that ended
-// with resp or err. A response here still holds its cluster slot.
-func retriableHTTP(p *xdsclient.RetryPolicy, resp *http.Response, err error) bool {
+// with resp or err; timedOut says the attempt ran out of its
+// per_try_timeout, which Envoy retries as a 504. A response here still
+// holds its cluster slot.
+func retriableHTTP(p *xdsclient.RetryPolicy, resp *http.Response, err error, timedOut bool) bool {
 	if p == nil {
 		return false
 	}
@@ -707,6 +721,13 @@ func retriableHTTP(p *xdsclient.RetryPolicy, resp *http.Response, err error) boo
 		var unavailable *UnavailableError
 		if errors.As(err, &unavailable) {
 			return false
+		}
+		if timedOut {
+			return p.HTTP5xx || p.HTTPGatewayError
+		}
+		if refusedStream(err) {
+			// Refused before it was processed: safe whatever the method.
+			return p.RefusedStream || p.HTTP5xx || p.HTTPReset
 		}
 		var connect *connectError
 		if errors.As(err, &connect) {

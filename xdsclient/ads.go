@@ -37,6 +37,12 @@ type typeState struct {
 	// subscribed is what the current delta stream has subscribed to;
 	// nil until the first request of this type on the stream.
 	subscribed map[string]bool
+	// dropped are watched LDS or CDS names a delta server removed, which
+	// istiod also drops from the subscription it records; resubscribe
+	// asks for them again after a backoff (resubAttempt counts the tries).
+	dropped      map[string]bool
+	resubscribe  *time.Timer
+	resubAttempt int
 }
 
 // adsChannel is one ADS stream of the client: to the first reachable
@@ -102,6 +108,71 @@ func (a *adsChannel) responseHandledLocked(kind resourceKind, version, nonce str
 		ts.nack = nack
 	}
 	a.markDirtyLocked(kind)
+}
+
+// deltaRemovedLocked tracks the watched LDS and CDS names a delta
+// response removed. istiod takes the names of each LDS or CDS response as
+// the client's whole subscription, so a removed name is forgotten there
+// and would not be sent when it appears (a cluster named by a route
+// before the DestinationRule that defines it). Such names are subscribed
+// again after the client's backoff, growing while the server keeps
+// removing them, so a server that lacks a name is never asked in a loop.
+func (a *adsChannel) deltaRemovedLocked(kind resourceKind, removed []string, received []string) {
+	if !a.c.kinds[kind].fullState {
+		return
+	}
+	ts := &a.types[kind]
+	for _, name := range received {
+		if ts.dropped[name] {
+			delete(ts.dropped, name)
+			ts.resubAttempt = 0
+		}
+	}
+	for _, name := range removed {
+		name = canonicalOrSelf(a.c.kinds[kind].typeURL, name)
+		if !ts.subscribed[name] {
+			continue
+		}
+		if ts.dropped == nil {
+			ts.dropped = map[string]bool{}
+		}
+		ts.dropped[name] = true
+	}
+	if len(ts.dropped) == 0 {
+		ts.stopResubscribe()
+		return
+	}
+	if ts.resubscribe != nil {
+		return
+	}
+	delay := a.c.opts.backoff(ts.resubAttempt)
+	ts.resubAttempt++
+	ts.resubscribe = time.AfterFunc(delay, func() {
+		a.c.mu.Lock()
+		defer a.c.mu.Unlock()
+		if a.c.closed || ts.resubscribe == nil {
+			return
+		}
+		ts.resubscribe = nil
+		changed := false
+		for name := range ts.dropped {
+			if ts.subscribed[name] {
+				delete(ts.subscribed, name) // the next request subscribes it again
+				changed = true
+			}
+		}
+		clear(ts.dropped)
+		if changed {
+			a.namesChangedLocked(kind)
+		}
+	})
+}
+
+func (ts *typeState) stopResubscribe() {
+	if ts.resubscribe != nil {
+		ts.resubscribe.Stop()
+		ts.resubscribe = nil
+	}
 }
 
 // serverURILocked is the URI of the server in use, "" before the first stream.
@@ -232,7 +303,9 @@ func (a *adsChannel) startStreamLocked(server int) {
 	a.server = server
 	for k := range a.types {
 		ts := &a.types[k]
-		ts.nonce, ts.nack, ts.ackDue, ts.subscribed = "", nil, false, nil
+		ts.nonce, ts.nack, ts.ackDue, ts.subscribed, ts.dropped = "", nil, false, nil, nil
+		ts.stopResubscribe()
+		ts.resubAttempt = 0
 		if changed {
 			ts.version = ""
 		}
@@ -414,17 +487,75 @@ func (a *adsChannel) takeNACKLocked(kind resourceKind) *statuspb.Status {
 	return detail
 }
 
-// deltaAckLocked builds a request that only ACKs or NACKs.
+// deltaAckLocked builds a request that only ACKs or NACKs: the response's
+// nonce and, for a NACK, the error; never subscription changes. istiod
+// drops a request whose nonce is no longer the last it sent, whole, and
+// ignores the names in a NACK; a change riding on either would be lost
+// while the client believed it sent.
 func (a *adsChannel) deltaAckLocked(kind resourceKind) *discoverypb.DeltaDiscoveryRequest {
 	nonce := a.types[kind].nonce
 	return &discoverypb.DeltaDiscoveryRequest{TypeUrl: a.c.kinds[kind].typeURL, ResponseNonce: nonce, ErrorDetail: a.takeNACKLocked(kind)}
 }
 
-// sendDelta sends, per type, the names to subscribe and unsubscribe since
-// the last request and the ACK or NACK of the last response. The first
-// request of a type on a stream subscribes to every watched name and
-// lists the versions already held (initial_resource_versions), so the
-// server resends only what changed.
+// deltaSubscriptionLocked builds the request that tells the server how
+// kind's watched names changed since the last one, or nil if they did not.
+// It carries no nonce, so no server can take it for a stale ACK and drop
+// it. The first request of a type on a stream subscribes to every watched
+// name and lists the versions already held (initial_resource_versions),
+// so the server resends only what changed. Later ones subscribe to the
+// added names, or, for LDS and CDS, to every watched name: istiod answers
+// a change with the newly subscribed resources only and then takes the
+// names in that answer as the client's whole LDS or CDS subscription.
+func (a *adsChannel) deltaSubscriptionLocked(kind resourceKind, uri string) *discoverypb.DeltaDiscoveryRequest {
+	ts := &a.types[kind]
+	names := a.watchedNamesLocked(kind)
+	first := ts.subscribed == nil
+	if first && len(names) == 0 {
+		// An empty first request would be a legacy wildcard subscription.
+		return nil
+	}
+	req := &discoverypb.DeltaDiscoveryRequest{TypeUrl: a.c.kinds[kind].typeURL}
+	want := make(map[string]bool, len(names))
+	added := false
+	for _, name := range names {
+		want[name] = true
+		if !ts.subscribed[name] {
+			added = true
+			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, name)
+		}
+	}
+	for name := range ts.subscribed {
+		if !want[name] {
+			req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, name)
+		}
+	}
+	slices.Sort(req.ResourceNamesUnsubscribe)
+	ts.subscribed = want
+	a.dropRetiredLocked(kind)
+	if first {
+		for _, name := range names {
+			st := a.c.watches[kind][name]
+			if st.hasValue && st.version != "" && st.source == uri {
+				if req.InitialResourceVersions == nil {
+					req.InitialResourceVersions = map[string]string{}
+				}
+				req.InitialResourceVersions[name] = st.version
+			}
+		}
+		return req
+	}
+	if !added && len(req.ResourceNamesUnsubscribe) == 0 {
+		return nil
+	}
+	if a.c.kinds[kind].fullState {
+		req.ResourceNamesSubscribe = names
+	}
+	return req
+}
+
+// sendDelta sends, per type, the ACK or NACK of the last response and the
+// subscription changes since the last request, as separate requests: the
+// ACK first, so a server that answers the change does so after it.
 func (a *adsChannel) sendDelta(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, needNode bool) (bool, error) {
 	a.c.mu.Lock()
 	uri := a.serverURILocked()
@@ -437,58 +568,20 @@ func (a *adsChannel) sendDelta(stream discoverypb.AggregatedDiscoveryService_Del
 			continue
 		}
 		ts.dirty = false
+		if ts.ackDue && ts.subscribed != nil {
+			reqs = append(reqs, a.deltaAckLocked(kind))
+		}
 		if !ts.namesChanged {
-			if ts.ackDue && ts.subscribed != nil {
-				reqs = append(reqs, a.deltaAckLocked(kind))
-			}
 			continue
 		}
 		ts.namesChanged = false
-		names := a.watchedNamesLocked(kind)
-		first := ts.subscribed == nil
-		if first && len(names) == 0 {
-			// An empty first request would be a legacy wildcard subscription.
-			continue
+		if req := a.deltaSubscriptionLocked(kind, uri); req != nil {
+			reqs = append(reqs, req)
+			kinds = append(kinds, kind)
 		}
-		req := &discoverypb.DeltaDiscoveryRequest{TypeUrl: a.c.kinds[kind].typeURL}
-		want := make(map[string]bool, len(names))
-		for _, name := range names {
-			want[name] = true
-			if !ts.subscribed[name] {
-				req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, name)
-			}
-		}
-		for name := range ts.subscribed {
-			if !want[name] {
-				req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, name)
-			}
-		}
-		slices.Sort(req.ResourceNamesUnsubscribe)
-		if first {
-			for _, name := range names {
-				st := a.c.watches[kind][name]
-				if st.hasValue && st.version != "" && st.source == uri {
-					if req.InitialResourceVersions == nil {
-						req.InitialResourceVersions = map[string]string{}
-					}
-					req.InitialResourceVersions[name] = st.version
-				}
-			}
-		}
-		if ts.ackDue {
-			req.ResponseNonce = ts.nonce
-			req.ErrorDetail = a.takeNACKLocked(kind)
-		}
-		ts.subscribed = want
-		a.dropRetiredLocked(kind)
-		if !first && req.ResponseNonce == "" && len(req.ResourceNamesSubscribe) == 0 && len(req.ResourceNamesUnsubscribe) == 0 {
-			continue
-		}
-		if needNode && len(reqs) == 0 {
-			req.Node = a.c.node
-		}
-		reqs = append(reqs, req)
-		kinds = append(kinds, kind)
+	}
+	if needNode && len(reqs) > 0 {
+		reqs[0].Node = a.c.node
 	}
 	a.c.mu.Unlock()
 

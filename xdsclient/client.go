@@ -170,8 +170,10 @@ type Client struct {
 	// serverSets, each started by the first watch that needs it.
 	channels map[string]*adsChannel
 	// loggedIgnored remembers which ignored fields were logged, so each
-	// is logged once per resource.
+	// is logged once per resource type.
 	loggedIgnored map[string]bool
+	// audit finds the fields a resource sets that mesh does not apply.
+	audit *unappliedAudit
 }
 
 // New validates bs and returns a Client. No connection is made until the
@@ -219,6 +221,7 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		stop:          make(chan struct{}),
 
 		loggedIgnored: map[string]bool{},
+		audit:         newUnappliedAudit(),
 	}
 	if c.dc.providers == nil {
 		c.dc.providers = map[string]CertificateProvider{}
@@ -353,6 +356,11 @@ func (c *Client) Close() error {
 		}
 	}
 	channels := slices.Collect(maps.Values(c.channels))
+	for _, a := range channels {
+		for k := range a.types {
+			a.types[k].stopResubscribe()
+		}
+	}
 	close(c.stop)
 	c.mu.Unlock()
 
@@ -432,6 +440,10 @@ func (c *Client) watch(kind resourceKind, name string, fn func(rawEvent)) func()
 		c.deliverLocked(w, rawEvent{value: st.value})
 	case st.notFound:
 		c.deliverLocked(w, rawEvent{notFound: true})
+	case st.nackErr != nil:
+		// Rejected before it was ever good: a late watcher hears why at
+		// once, as the early ones did, instead of waiting for nothing.
+		c.deliverLocked(w, rawEvent{err: fmt.Errorf("%w: %w", ErrResourceRejected, st.nackErr)})
 	}
 	c.mu.Unlock()
 

@@ -12,6 +12,8 @@ import (
 	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Type URLs of the resources and extensions mesh decodes.
@@ -276,7 +278,7 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 		out.roots = &ref
 		return out, nil
 	default:
-		return out, fmt.Errorf("%s: unsupported validation context type %T; use a certificate provider instance or an SDS secret", path, t)
+		return out, fmt.Errorf("%s: unsupported validation context type %s; use a certificate provider instance or an SDS secret", path, oneofField(ctx, "validation_context_type"))
 	}
 	if vc == nil {
 		return out, nil
@@ -306,4 +308,19 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 		out.sans = append(out.sans, sm)
 	}
 	return out, nil
+}
+
+// oneofField names the field set in m's oneof, as the proto spells it,
+// for messages about what mesh does not support: a Go type name means
+// nothing to whoever wrote the config.
+func oneofField(m proto.Message, oneof string) string {
+	r := m.ProtoReflect()
+	od := r.Descriptor().Oneofs().ByName(protoreflect.Name(oneof))
+	if od == nil {
+		return oneof
+	}
+	if f := r.WhichOneof(od); f != nil {
+		return string(f.Name())
+	}
+	return "unset " + oneof
 }

@@ -28,6 +28,7 @@ func endpoints(pb *endpointpb.ClusterLoadAssignment) (*Endpoints, error) {
 	out := &Endpoints{Name: pb.GetClusterName()}
 	seen := map[string]string{}
 	priorities := map[uint32]bool{}
+	localities := map[string]string{} // priority and locality -> path
 	maxPriority := uint32(0)
 	for i, le := range pb.GetEndpoints() {
 		path := fmt.Sprintf("endpoints[%d]", i)
@@ -40,6 +41,12 @@ func endpoints(pb *endpointpb.ClusterLoadAssignment) (*Endpoints, error) {
 			Weight:   w.GetValue(),
 			Priority: le.GetPriority(),
 		}
+		// gRFC A27: a locality appears once per priority.
+		key := fmt.Sprintf("%d|%s|%s|%s", loc.Priority, loc.Locality.Region, loc.Locality.Zone, loc.Locality.SubZone)
+		if prev, dup := localities[key]; dup {
+			return nil, fmt.Errorf("%s.locality: duplicate locality %+v in priority %d (also at %s)", path, loc.Locality, loc.Priority, prev)
+		}
+		localities[key] = path
 		priorities[loc.Priority] = true
 		maxPriority = max(maxPriority, loc.Priority)
 		for j, lbe := range le.GetLbEndpoints() {

@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	udpatypepb "github.com/cncf/xds/go/udpa/type/v1"
@@ -46,6 +47,13 @@ func (dc *decodeContext) listener(pb *listenerpb.Listener) (*Listener, error) {
 	if pb.GetAddress() == nil {
 		return nil, fmt.Errorf("address: missing (a listener needs an api_listener or an address)")
 	}
+	// gRFC A36: a server cannot run listener filters or redirect.
+	if len(pb.GetListenerFilters()) > 0 {
+		return nil, fmt.Errorf("listener_filters: must be empty (gRFC A36)")
+	}
+	if pb.GetUseOriginalDst().GetValue() {
+		return nil, fmt.Errorf("use_original_dst: must not be true (gRFC A36)")
+	}
 	addr, err := socketAddress(pb.GetAddress(), "address", true)
 	if err != nil {
 		return nil, err
@@ -60,6 +68,9 @@ func (dc *decodeContext) listener(pb *listenerpb.Listener) (*Listener, error) {
 			return nil, err
 		}
 		l.FilterChains = append(l.FilterChains, chain)
+	}
+	if err := duplicateChainMatch(l.FilterChains); err != nil {
+		return nil, err
 	}
 	if fc := pb.GetDefaultFilterChain(); fc != nil {
 		chain, err := dc.filterChain(fc, "default_filter_chain")
@@ -191,6 +202,14 @@ func (dc *decodeContext) hcmFromAny(a *anypb.Any, path string, server bool) (*HT
 	if err := a.UnmarshalTo(pb); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// gRFC A41: RBAC cannot tell the peer's address from one a proxy
+	// forwarded, so no hop may be trusted to forward it.
+	if pb.GetXffNumTrustedHops() != 0 {
+		return nil, fmt.Errorf("%s.xff_num_trusted_hops: must be 0 (gRFC A41), got %d", path, pb.GetXffNumTrustedHops())
+	}
+	if len(pb.GetOriginalIpDetectionExtensions()) > 0 {
+		return nil, fmt.Errorf("%s.original_ip_detection_extensions: must be empty (gRFC A41)", path)
+	}
 	out := &HTTPConnectionManager{}
 	switch rs := pb.GetRouteSpecifier().(type) {
 	case *hcmpb.HttpConnectionManager_Rds:
@@ -211,7 +230,7 @@ func (dc *decodeContext) hcmFromAny(a *anypb.Any, path string, server bool) (*HT
 	case nil:
 		return nil, fmt.Errorf("%s: route_specifier: missing (want rds or route_config)", path)
 	default:
-		return nil, fmt.Errorf("%s: route_specifier: unsupported %T", path, rs)
+		return nil, fmt.Errorf("%s: route_specifier: unsupported %s", path, oneofField(pb, "route_specifier"))
 	}
 	if d := pb.GetCommonHttpProtocolOptions().GetMaxStreamDuration(); d != nil {
 		if err := d.CheckValid(); err != nil {
@@ -339,4 +358,48 @@ func filterTypeURL(a *anypb.Any) (string, error) {
 		typeURL = "type.googleapis.com/" + typeURL[strings.LastIndex(typeURL, "/")+1:]
 	}
 	return typeURL, nil
+}
+
+// duplicateChainMatch rejects filter chains whose matches overlap exactly
+// (gRFC A36): each match is expanded to the tuples of destination prefix,
+// source type, source prefix and source port it covers, and no tuple may
+// belong to two chains, or the most specific chain would not be unique.
+// Chains that can never match (a destination port, server names, a
+// transport protocol other than raw_buffer, application protocols) are
+// left out, as A36 drops them.
+func duplicateChainMatch(chains []FilterChain) error {
+	seen := map[string]int{}
+	for i, fc := range chains {
+		m := fc.Match
+		if m.DestinationPort != 0 || (m.TransportProtocol != "" && m.TransportProtocol != "raw_buffer") || len(m.ApplicationProtocols) > 0 {
+			continue
+		}
+		for _, dst := range prefixesOrAny(m.PrefixRanges) {
+			for _, src := range prefixesOrAny(m.SourcePrefixRanges) {
+				ports := m.SourcePorts
+				if len(ports) == 0 {
+					ports = []uint32{0}
+				}
+				for _, port := range ports {
+					key := fmt.Sprintf("%s|%d|%s|%d", dst, m.SourceType, src, port)
+					if j, dup := seen[key]; dup {
+						return fmt.Errorf("filter_chains[%d].filter_chain_match: duplicates the match of filter_chains[%d] (gRFC A36)", i, j)
+					}
+					seen[key] = i
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func prefixesOrAny(ps []netip.Prefix) []string {
+	if len(ps) == 0 {
+		return []string{"any"}
+	}
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Masked().String()
+	}
+	return out
 }

@@ -95,7 +95,7 @@ func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Rout
 	case nil:
 		return out, false, fmt.Errorf("%s: path_specifier: missing (want prefix, path or safe_regex)", mpath)
 	default:
-		return out, false, fmt.Errorf("%s: path_specifier: unsupported %T", mpath, ps)
+		return out, false, fmt.Errorf("%s: path_specifier: unsupported %s", mpath, oneofField(m, "path_specifier"))
 	}
 	out.Match.CaseSensitive = true
 	if cs := m.GetCaseSensitive(); cs != nil {
@@ -139,7 +139,7 @@ func (dc *decodeContext) route(r *routepb.Route, path string, server bool) (Rout
 	case nil:
 		return out, false, fmt.Errorf("%s: action: missing", path)
 	default:
-		dc.ignore(path, fmt.Sprintf("route with unsupported action %T skipped", a))
+		dc.ignore(path, fmt.Sprintf("route with unsupported action %s skipped", oneofField(r, "action")))
 		return out, false, nil
 	}
 	overrides, err := dc.filterOverrides(r.GetTypedPerFilterConfig(), path+".typed_per_filter_config")
@@ -192,8 +192,10 @@ func routeAction(a *routepb.RouteAction, path string) (RouteAction, error) {
 		out.ClusterHeader = name
 	case nil:
 		return out, fmt.Errorf("%s: cluster_specifier: missing", path)
+	case *routepb.RouteAction_ClusterSpecifierPlugin:
+		return out, fmt.Errorf("%s.cluster_specifier_plugin: plugin %q: cluster specifier plugins are not implemented by mesh", path, cs.ClusterSpecifierPlugin)
 	default:
-		return out, fmt.Errorf("%s: cluster_specifier: unsupported %T", path, cs)
+		return out, fmt.Errorf("%s: cluster_specifier: unsupported %s", path, oneofField(a, "cluster_specifier"))
 	}
 	if msd := a.GetMaxStreamDuration(); msd != nil {
 		d := msd.GetGrpcTimeoutHeaderMax()
@@ -271,7 +273,7 @@ func headerMatcher(h *routepb.HeaderMatcher, path string) (HeaderMatcher, error)
 		present := true
 		out.Present = &present
 	default:
-		return out, fmt.Errorf("%s: unsupported header_match_specifier %T", path, s)
+		return out, fmt.Errorf("%s: unsupported header_match_specifier %s", path, oneofField(h, "header_match_specifier"))
 	}
 	if err != nil {
 		return out, err

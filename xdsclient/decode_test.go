@@ -271,8 +271,13 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		},
 			`cluster_load_assignment "e1": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: "host.example" is not an IP address`},
 		{"duplicate endpoint", func(t testing.TB) proto.Message {
-			return cla(locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80)), locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80)))
+			second := locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80))
+			second.Locality = &corepb.Locality{Zone: "other"}
+			return cla(locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80)), second)
 		}, `cluster_load_assignment "e1": endpoints[1].lb_endpoints[0].endpoint.address: duplicate address 10.0.0.1:80 (also at endpoints[0].lb_endpoints[0])`},
+		{"duplicate locality", func(t testing.TB) proto.Message {
+			return cla(locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80)), locality(wrapperspb.UInt32(1), sockAddr("10.0.0.2", 80)))
+		}, `cluster_load_assignment "e1": endpoints[1].locality: duplicate locality`},
 		{"priority gap", func(t testing.TB) proto.Message {
 			le := locality(wrapperspb.UInt32(1), sockAddr("10.0.0.1", 80))
 			le.Priority = 1

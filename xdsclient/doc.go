@@ -63,7 +63,24 @@
 // own version, removed_resources means NotFound, and a reconnect lists
 // the versions already held (initial_resource_versions) so the server
 // resends only what changed. ACKs and NACKs go by nonce, a NACK with an
-// error_detail naming each bad resource and field.
+// error_detail naming each bad resource and field. An ACK or NACK carries
+// only the nonce (and error), and a subscription change never carries
+// one, as istiod requires: it drops a request whose nonce is stale whole,
+// and ignores the names in a NACK. An LDS or CDS change resubscribes
+// every watched name, since istiod takes the names of its answer as the
+// client's whole LDS or CDS subscription.
+//
+// # Rejected responses
+//
+// A resource that fails validation is NACKed and the others of its
+// response apply (gRFC A46). A response with an entry that cannot be read
+// as a named resource at all (a foreign type, truncated bytes, no name)
+// is NACKed whole, naming the entry's index, and nothing of it applies:
+// not its updates, nor the deletion of what it seems to leave out. A
+// state-of-the-world response that leaves out a resource never received
+// does not make it NotFound (it may answer an earlier request); its
+// does-not-exist timer does. A resource rejected before it was ever good
+// gives its error to every watcher, however late.
 //
 // # Fallback (gRFC A71)
 //

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -18,6 +20,9 @@ type decoded struct {
 	version string
 	ignored []string
 	err     error
+	// undecodable: the entry could not be read as a named resource of the
+	// response's type, so the response is rejected whole.
+	undecodable bool
 }
 
 func (c *Client) kindOf(typeURL string) (resourceKind, bool) {
@@ -43,6 +48,11 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 		}
 		name = canonical
 	}
+	if err == nil {
+		if m, uerr := r.UnmarshalNew(); uerr == nil {
+			dc.ignored = append(dc.ignored, c.audit.report(kind, m, dc.ignored)...)
+		}
+	}
 	return decoded{name: name, value: v, raw: r.GetValue(), ignored: dc.ignored, err: err}
 }
 
@@ -60,10 +70,13 @@ func (c *Client) handleResponse(a *adsChannel, typeURL, version, nonce string, r
 	for i, r := range resources {
 		r, err := unwrapResource(r, typeURL)
 		if err != nil {
-			results = append(results, decoded{err: fmt.Errorf("%s: resources[%d]: %w", info.name, i, err)})
+			results = append(results, decoded{err: fmt.Errorf("%s: resources[%d]: %w", info.name, i, err), undecodable: true})
 			continue
 		}
 		d := c.decodeOne(kind, r)
+		if d.err != nil && d.name == "" {
+			d.err, d.undecodable = fmt.Errorf("resources[%d]: %w", i, d.err), true
+		}
 		d.version = version
 		results = append(results, d)
 	}
@@ -74,16 +87,60 @@ func (c *Client) handleResponse(a *adsChannel, typeURL, version, nonce string, r
 		return
 	}
 	source := a.serverURILocked()
+	if c.rejectedWholeLocked(a, kind, version, nonce, results, source) {
+		return
+	}
 	present, nackMsgs := c.applyLocked(a, kind, results, source)
 	if info.fullState {
 		for name, st := range c.watches[kind] {
-			if present[name] || !st.requested || st.notFound || st.retired || st.channel != a.set.key {
+			// A resource never received is left to its does-not-exist
+			// timer: this response may answer a request sent before it
+			// was subscribed (as grpc-go does).
+			if present[name] || !st.requested || !st.hasValue || st.retired || st.channel != a.set.key {
 				continue
 			}
 			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
 	c.finishResponseLocked(a, kind, version, nonce, nackMsgs)
+}
+
+// rejectedWholeLocked NACKs a response with an entry that cannot be read
+// as a named resource, and reports whether it did. Nothing of such a
+// response is applied: the unreadable entry may be any resource, so
+// neither its updates nor (SotW) what it seems to leave out can be
+// trusted, and the last good config keeps serving, as Envoy does.
+// Watchers of the entries' names, where known, hear the error.
+func (c *Client) rejectedWholeLocked(a *adsChannel, kind resourceKind, version, nonce string, results []decoded, source string) bool {
+	if !slices.ContainsFunc(results, func(d decoded) bool { return d.undecodable }) {
+		return false
+	}
+	info := c.kinds[kind]
+	now := c.now()
+	msgs := []string{fmt.Sprintf("%s response rejected whole, nothing applied", info.name)}
+	for _, d := range results {
+		if d.err == nil {
+			continue
+		}
+		msgs = append(msgs, d.err.Error())
+		c.log.Warn("xds: rejecting resource", "type", info.name, "name", d.name, "version", d.version, "server", source, "error", d.err)
+		if st := c.watches[kind][d.name]; d.name != "" && st != nil && st.channel == a.set.key {
+			c.nackedLocked(st, d, now)
+		}
+	}
+	c.finishResponseLocked(a, kind, version, nonce, msgs)
+	return true
+}
+
+// nackedLocked records that st's update d was rejected and tells its
+// watchers. A resource that never had a value is settled by the answer,
+// bad as it is: its does-not-exist timer stops.
+func (c *Client) nackedLocked(st *resourceState, d decoded, now time.Time) {
+	st.nackErr, st.nackAt, st.nackVer = d.err, now, d.version
+	if !st.hasValue {
+		stopTimer(st)
+	}
+	c.notifyLocked(st, rawEvent{err: fmt.Errorf("%w: %w", ErrResourceRejected, d.err)})
 }
 
 // handleDeltaResponse is handleResponse for a delta response: resources
@@ -97,16 +154,24 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 	info := c.kinds[kind]
 	results := make([]decoded, 0, len(resources))
 	for i, r := range resources {
+		wrapperName := canonicalOrSelf(typeURL, r.GetName())
 		if r.GetResource() == nil {
-			results = append(results, decoded{name: r.GetName(), err: fmt.Errorf("%s %q: resources[%d].resource: missing", info.name, r.GetName(), i)})
+			results = append(results, decoded{name: wrapperName, undecodable: true, err: fmt.Errorf("%s %q: resources[%d].resource: missing", info.name, r.GetName(), i)})
 			continue
 		}
 		res, err := unwrapResource(r.GetResource(), typeURL)
 		if err != nil {
-			results = append(results, decoded{name: r.GetName(), err: fmt.Errorf("%s %q: resources[%d]: %w", info.name, r.GetName(), i, err)})
+			results = append(results, decoded{name: wrapperName, undecodable: true, err: fmt.Errorf("%s %q: resources[%d]: %w", info.name, r.GetName(), i, err)})
 			continue
 		}
 		d := c.decodeOne(kind, res)
+		if d.err != nil && d.name == "" {
+			d.name, d.undecodable = wrapperName, true
+			d.err = fmt.Errorf("resources[%d]: %w", i, d.err)
+			if r.GetName() != "" {
+				d.err = fmt.Errorf("%s %q: %w", info.name, r.GetName(), d.err)
+			}
+		}
 		if d.err == nil && r.GetName() != "" && d.name != canonicalOrSelf(typeURL, r.GetName()) {
 			d.err = fmt.Errorf("%s %q: resources[%d].name: %q does not match the resource's own name", info.name, d.name, i, r.GetName())
 		}
@@ -120,12 +185,26 @@ func (c *Client) handleDeltaResponse(a *adsChannel, typeURL, nonce string, resou
 		return
 	}
 	source := a.serverURILocked()
+	if c.rejectedWholeLocked(a, kind, "", nonce, results, source) {
+		return
+	}
 	_, nackMsgs := c.applyLocked(a, kind, results, source)
 	for _, name := range removed {
-		if st := c.watches[kind][canonicalOrSelf(typeURL, name)]; st != nil && !st.retired && !st.notFound && st.channel == a.set.key {
+		// As on a state-of-the-world stream, a resource never received is
+		// left to its does-not-exist timer: istiod lists every subscribed
+		// name it cannot build yet (a route may name a subset's cluster
+		// before the DestinationRule that defines it arrives).
+		if st := c.watches[kind][canonicalOrSelf(typeURL, name)]; st != nil && !st.retired && st.hasValue && st.channel == a.set.key {
 			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
+	var received []string
+	for _, d := range results {
+		if d.err == nil {
+			received = append(received, d.name)
+		}
+	}
+	a.deltaRemovedLocked(kind, removed, received)
 	c.finishResponseLocked(a, kind, "", nonce, nackMsgs)
 }
 
@@ -150,8 +229,7 @@ func (c *Client) applyLocked(a *adsChannel, kind resourceKind, results []decoded
 			nackMsgs = append(nackMsgs, d.err.Error())
 			c.log.Warn("xds: rejecting resource", "type", info.name, "name", d.name, "version", d.version, "server", source, "error", d.err)
 			if st != nil {
-				st.nackErr, st.nackAt, st.nackVer = d.err, now, d.version
-				c.notifyLocked(st, rawEvent{err: fmt.Errorf("%w: %w", ErrResourceRejected, d.err)})
+				c.nackedLocked(st, d, now)
 			}
 			continue
 		}
@@ -225,9 +303,13 @@ func (c *Client) finishResponseLocked(a *adsChannel, kind resourceKind, version,
 	}
 }
 
+// logIgnoredLocked logs each field mesh does not apply once per resource
+// type, with the first resource that set it: a control plane that sets a
+// field on every cluster gets one line, not one per cluster. Dump lists
+// them per resource.
 func (c *Client) logIgnoredLocked(kind resourceKind, name string, ignored []string) {
 	for _, f := range ignored {
-		key := c.kinds[kind].name + "\x00" + name + "\x00" + f
+		key := c.kinds[kind].name + "\x00" + indexes.ReplaceAllString(f, "")
 		if c.loggedIgnored[key] {
 			continue
 		}

@@ -266,7 +266,20 @@ type Cluster struct {
 	MaxRequests uint32
 	// OutlierDetection is nil when the cluster has none (gRFC A50).
 	OutlierDetection *OutlierDetection
+	// MinRingSize and MaxRingSize bound a ring_hash cluster's ring (gRFC
+	// A42); zero for other policies.
+	MinRingSize, MaxRingSize uint64
+	// ChoiceCount is how many endpoints least_request samples per pick
+	// (gRFC A48), 2 to 10; zero for other policies.
+	ChoiceCount uint32
 }
+
+// Defaults of the LB policies' configs (gRFC A42 for xDS, A48).
+const (
+	DefaultMinRingSize = 1024
+	DefaultMaxRingSize = 8 << 20
+	DefaultChoiceCount = 2
+)
 
 // EndpointsName returns the EDS resource name to watch for c.
 func (c *Cluster) EndpointsName() string {

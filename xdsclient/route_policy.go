@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -37,6 +38,16 @@ type RetryPolicy struct {
 	// BackoffBase and BackoffMax bound the exponential backoff with jitter
 	// between attempts (defaults 25ms and 10 times the base).
 	BackoffBase, BackoffMax time.Duration
+	// PerTryTimeout bounds each attempt of a unary RPC or an HTTP request
+	// (Envoy's per_try_timeout, which Istio's retries.perTryTimeout sets;
+	// grpc-go ignores it); 0 means attempts are bounded by the request's
+	// deadline only. An attempt that times out is retried under 5xx,
+	// gateway-error or deadline-exceeded. A stream's attempt is the whole
+	// stream, bounded by the route timeout alone.
+	PerTryTimeout time.Duration
+	// RefusedStream retries an attempt the server refused before
+	// processing it (HTTP/2 REFUSED_STREAM), which is always safe.
+	RefusedStream bool
 }
 
 // RetriesGRPC reports whether an attempt that failed with code may be
@@ -74,8 +85,8 @@ type QueryParameterMatcher struct {
 }
 
 // applyRetryOn sets what token asks for on p and reports whether mesh
-// implements it. Envoy has more tokens (istiod emits e.g. "refused-stream"
-// and "retriable-4xx"); those are skipped with one warning per route.
+// implements it. Envoy has more tokens (istiod emits e.g.
+// "retriable-4xx"); those are skipped and listed as ignored.
 func applyRetryOn(p *RetryPolicy, token string) bool {
 	switch token {
 	case "cancelled":
@@ -96,6 +107,8 @@ func applyRetryOn(p *RetryPolicy, token string) bool {
 		p.HTTPReset = true
 	case "connect-failure":
 		p.HTTPConnectFailure = true
+	case "refused-stream":
+		p.RefusedStream = true
 	case "retriable-status-codes":
 		// Enables retriable_status_codes, decoded by the caller.
 	default:
@@ -168,6 +181,32 @@ func (dc *decodeContext) retryPolicy(pb *routepb.RetryPolicy, path string) (*Ret
 	if p.BackoffMax == 0 {
 		p.BackoffMax = defaultRetryBackoffFactor * p.BackoffBase
 	}
+	if pt := pb.GetPerTryTimeout(); pt != nil {
+		d, err := nonNegativeDuration(pt, path+".per_try_timeout")
+		if err != nil {
+			return nil, err
+		}
+		p.PerTryTimeout = d
+	}
+	// What mesh does not apply is said, never dropped silently. istiod's
+	// default policy sets the host predicate and its attempts.
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"retry_host_predicate", len(pb.GetRetryHostPredicate()) > 0},
+		{"host_selection_retry_max_attempts", pb.GetHostSelectionRetryMaxAttempts() != 0},
+		{"retry_priority", pb.GetRetryPriority() != nil},
+		{"per_try_idle_timeout", pb.GetPerTryIdleTimeout() != nil},
+		{"rate_limited_retry_back_off", pb.GetRateLimitedRetryBackOff() != nil},
+		{"retriable_headers", len(pb.GetRetriableHeaders()) > 0},
+		{"retriable_request_headers", len(pb.GetRetriableRequestHeaders()) > 0},
+		{"retry_options_predicates", len(pb.GetRetryOptionsPredicates()) > 0},
+	} {
+		if f.set {
+			dc.ignore(path+"."+f.name, "not implemented")
+		}
+	}
 	return p, nil
 }
 
@@ -222,6 +261,11 @@ type HashPolicy struct {
 	Kind     HashPolicyKind
 	Name     string
 	Terminal bool
+	// Rewrite, when set, replaces every match in a header's value with
+	// Substitution (Go's $1 form) before it is hashed (gRFC A42's
+	// regex_rewrite).
+	Rewrite      *regexp.Regexp
+	Substitution string
 }
 
 // channelIDKey is the filter_state key gRPC hashes as its channel ID.
@@ -240,6 +284,13 @@ func (dc *decodeContext) hashPolicies(pbs []*routepb.RouteAction_HashPolicy, pat
 				return nil, fmt.Errorf("%s.header.header_name: missing", hpath)
 			}
 			p.Kind, p.Name = HashHeader, strings.ToLower(s.Header.GetHeaderName())
+			if rr := s.Header.GetRegexRewrite(); rr != nil {
+				re, err := compileRegex(rr.GetPattern(), hpath+".header.regex_rewrite.pattern")
+				if err != nil {
+					return nil, err
+				}
+				p.Rewrite, p.Substitution = unanchored(re), envoySubstitution(rr.GetSubstitution())
+			}
 		case *routepb.RouteAction_HashPolicy_QueryParameter_:
 			if s.QueryParameter.GetName() == "" {
 				return nil, fmt.Errorf("%s.query_parameter.name: missing", hpath)
@@ -252,10 +303,41 @@ func (dc *decodeContext) hashPolicies(pbs []*routepb.RouteAction_HashPolicy, pat
 			}
 			p.Kind = HashChannelID
 		default:
-			dc.ignore(hpath, fmt.Sprintf("unsupported hash policy %T skipped", s))
+			dc.ignore(hpath, fmt.Sprintf("unsupported hash policy %s skipped", oneofField(hp, "policy_specifier")))
 			continue
 		}
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// unanchored undoes compileRegex's anchoring: a rewrite replaces every
+// match in the value, not the value as a whole.
+func unanchored(re *regexp.Regexp) *regexp.Regexp {
+	src := re.String()
+	if strings.HasPrefix(src, "^(?:") && strings.HasSuffix(src, ")$") {
+		return regexp.MustCompile(src[len("^(?:") : len(src)-len(")$")])
+	}
+	return re
+}
+
+// envoySubstitution turns an Envoy (RE2) substitution, whose groups are
+// \1..\9, into Go's template form, escaping Go's own "$".
+func envoySubstitution(sub string) string {
+	var b strings.Builder
+	for i := 0; i < len(sub); i++ {
+		switch c := sub[i]; {
+		case c == '$':
+			b.WriteString("$$")
+		case c == '\\' && i+1 < len(sub) && sub[i+1] >= '0' && sub[i+1] <= '9':
+			b.WriteString("${" + string(sub[i+1]) + "}")
+			i++
+		case c == '\\' && i+1 < len(sub) && sub[i+1] == '\\':
+			b.WriteByte('\\')
+			i++
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

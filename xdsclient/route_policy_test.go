@@ -46,7 +46,7 @@ func TestDecodeRetryPolicy(t *testing.T) {
 	if !p.RetriesHTTPStatus(409) || !p.RetriesHTTPStatus(502) || p.RetriesHTTPStatus(404) || !p.RetriesGRPC(codes.Unavailable) || p.RetriesGRPC(codes.Internal) {
 		t.Errorf("predicates wrong for %+v", p)
 	}
-	if len(dc.ignored) != 1 || !strings.Contains(dc.ignored[0], "routes[0].route.retry_policy.retry_on: unsupported conditions refused-stream,retriable-4xx") {
+	if len(dc.ignored) != 1 || !strings.Contains(dc.ignored[0], "routes[0].route.retry_policy.retry_on: unsupported conditions retriable-4xx") || !p.RefusedStream {
 		t.Errorf("ignored = %q, want one entry naming the skipped tokens", dc.ignored)
 	}
 

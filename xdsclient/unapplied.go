@@ -1,0 +1,185 @@
+package xdsclient
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// The fields mesh applies, or checks and rejects, per resource type, as
+// proto field paths without indexes. A listed path covers everything
+// below it; a path that is only the prefix of listed ones is walked into.
+// Every other field a resource sets is reported as not applied, so that
+// nothing a control plane sends is dropped without a trace. Fields that
+// only name things (stat_prefix, a chain's or a filter's name) have no
+// behaviour to apply and are listed as applied.
+var (
+	hcmApplied = []string{
+		"stat_prefix", "rds", "http_filters", "common_http_protocol_options.max_stream_duration",
+		"xff_num_trusted_hops", "original_ip_detection_extensions", "scoped_routes",
+	}
+	retryApplied = []string{
+		"retry_on", "num_retries", "retriable_status_codes", "retry_back_off", "per_try_timeout",
+		// Reported with their own reason by the decoder.
+		"retry_host_predicate", "host_selection_retry_max_attempts", "retry_priority", "per_try_idle_timeout",
+		"rate_limited_retry_back_off", "retriable_headers", "retriable_request_headers", "retry_options_predicates",
+	}
+	routeConfigApplied = concat([]string{
+		"name", "virtual_hosts.name", "virtual_hosts.domains", "virtual_hosts.typed_per_filter_config",
+		"virtual_hosts.routes.name", "virtual_hosts.routes.match.prefix", "virtual_hosts.routes.match.path",
+		"virtual_hosts.routes.match.safe_regex", "virtual_hosts.routes.match.case_sensitive",
+		"virtual_hosts.routes.match.headers", "virtual_hosts.routes.match.runtime_fraction.default_value",
+		"virtual_hosts.routes.match.query_parameters", "virtual_hosts.routes.match.path_separated_prefix",
+		"virtual_hosts.routes.match.path_match_policy", "virtual_hosts.routes.match.connect_matcher",
+		"virtual_hosts.routes.typed_per_filter_config", "virtual_hosts.routes.non_forwarding_action",
+		// Skipped with their own reason by the decoder.
+		"virtual_hosts.routes.redirect", "virtual_hosts.routes.direct_response", "virtual_hosts.routes.filter_action",
+		"virtual_hosts.routes.route.cluster", "virtual_hosts.routes.route.weighted_clusters.clusters.name",
+		"virtual_hosts.routes.route.weighted_clusters.clusters.weight", "virtual_hosts.routes.route.cluster_header",
+		"virtual_hosts.routes.route.cluster_specifier_plugin", "virtual_hosts.routes.route.max_stream_duration.max_stream_duration",
+		"virtual_hosts.routes.route.max_stream_duration.grpc_timeout_header_max", "virtual_hosts.routes.route.hash_policy",
+	}, under("virtual_hosts.retry_policy", retryApplied), under("virtual_hosts.routes.route.retry_policy", retryApplied))
+	validationApplied = []string{
+		"ca_certificate_provider_instance", "trusted_ca", "match_subject_alt_names", "match_typed_subject_alt_names",
+	}
+	commonTLSApplied = concat([]string{
+		"tls_certificates", "tls_certificate_provider_instance", "tls_certificate_certificate_provider_instance",
+		"tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
+		"validation_context_certificate_provider_instance",
+		"combined_validation_context.validation_context_certificate_provider_instance",
+		"combined_validation_context.validation_context_sds_secret_config",
+	}, under("validation_context", validationApplied), under("combined_validation_context.default_validation_context", validationApplied))
+	upstreamTLSApplied   = concat([]string{"sni"}, under("common_tls_context", commonTLSApplied))
+	downstreamTLSApplied = concat([]string{"require_client_certificate"}, under("common_tls_context", commonTLSApplied))
+	filterChainApplied   = concat([]string{
+		"name", "filter_chain_match.destination_port", "filter_chain_match.prefix_ranges", "filter_chain_match.source_type",
+		"filter_chain_match.source_prefix_ranges", "filter_chain_match.source_ports", "filter_chain_match.transport_protocol",
+		"filter_chain_match.application_protocols", "filters.name", "transport_socket.name",
+	}, under("filters.typed_config", hcmWithRoutes()), under("transport_socket.typed_config", downstreamTLSApplied))
+	listenerApplied = concat([]string{
+		"name", "address.socket_address.address", "address.socket_address.port_value", "listener_filters", "use_original_dst",
+	}, under("api_listener.api_listener", hcmWithRoutes()), under("filter_chains", filterChainApplied), under("default_filter_chain", filterChainApplied))
+	clusterApplied = []string{
+		"name", "type", "eds_cluster_config", "load_assignment", "lb_policy", "load_balancing_policy", "cluster_type",
+		"least_request_lb_config.choice_count", "ring_hash_lb_config.minimum_ring_size", "ring_hash_lb_config.maximum_ring_size",
+		"ring_hash_lb_config.hash_function", "circuit_breakers.thresholds.priority", "circuit_breakers.thresholds.max_requests",
+		"outlier_detection.interval", "outlier_detection.base_ejection_time", "outlier_detection.max_ejection_time",
+		"outlier_detection.max_ejection_percent", "outlier_detection.consecutive_5xx", "outlier_detection.enforcing_consecutive_5xx",
+		"outlier_detection.enforcing_success_rate", "outlier_detection.success_rate_stdev_factor",
+		"outlier_detection.success_rate_minimum_hosts", "outlier_detection.success_rate_request_volume",
+		"outlier_detection.enforcing_failure_percentage", "outlier_detection.failure_percentage_threshold",
+		"outlier_detection.failure_percentage_minimum_hosts", "outlier_detection.failure_percentage_request_volume",
+		"transport_socket.name", "lrs_server",
+	}
+	endpointsApplied = []string{
+		"cluster_name", "endpoints.locality", "endpoints.load_balancing_weight", "endpoints.priority",
+		"endpoints.lb_endpoints.endpoint.address.socket_address.address", "endpoints.lb_endpoints.endpoint.address.socket_address.port_value",
+		"endpoints.lb_endpoints.health_status", "endpoints.lb_endpoints.load_balancing_weight", "policy.drop_overloads",
+	}
+)
+
+func hcmWithRoutes() []string { return concat(hcmApplied, under("route_config", routeConfigApplied)) }
+
+func under(prefix string, paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = prefix + "." + p
+	}
+	return out
+}
+
+func concat(lists ...[]string) []string { return slices.Concat(lists...) }
+
+// appliedSet indexes applied paths: whole[p] for listed paths, interior[p]
+// for their proper prefixes.
+type appliedSet struct{ whole, interior map[string]bool }
+
+func newAppliedSet(paths []string) appliedSet {
+	s := appliedSet{whole: map[string]bool{}, interior: map[string]bool{}}
+	for _, p := range paths {
+		s.whole[p] = true
+		for i := range len(p) {
+			if p[i] == '.' {
+				s.interior[p[:i]] = true
+			}
+		}
+	}
+	return s
+}
+
+// unappliedAudit holds the applied sets of every resource type; built once
+// per Client.
+type unappliedAudit [numKinds]*appliedSet
+
+func newUnappliedAudit() *unappliedAudit {
+	var a unappliedAudit
+	for kind, paths := range map[resourceKind][]string{
+		kindListener: listenerApplied, kindRouteConfig: routeConfigApplied,
+		kindCluster: concat(clusterApplied, under("transport_socket.typed_config", upstreamTLSApplied)), kindEndpoints: endpointsApplied,
+	} {
+		s := newAppliedSet(paths)
+		a[kind] = &s
+	}
+	return &a
+}
+
+var indexes = regexp.MustCompile(`\[[^\]]*\]`)
+
+// report returns "path: not applied" for each field m sets that mesh
+// neither applies nor already reported in ignored (whose paths carry
+// indexes), in field order.
+func (a *unappliedAudit) report(kind resourceKind, m proto.Message, ignored []string) []string {
+	set := a[kind]
+	if set == nil {
+		return nil
+	}
+	reported := map[string]bool{}
+	for _, ig := range ignored {
+		path, _, _ := strings.Cut(ig, ": ")
+		reported[indexes.ReplaceAllString(path, "")] = true
+	}
+	var out []string
+	seen := map[string]bool{}
+	var walk func(r protoreflect.Message, prefix string)
+	walk = func(r protoreflect.Message, prefix string) {
+		r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			path := string(fd.Name())
+			if prefix != "" {
+				path = prefix + "." + path
+			}
+			switch {
+			case set.whole[path] || reported[path]:
+			case set.interior[path] && fd.Message() != nil && !fd.IsMap():
+				each := func(mv protoreflect.Message) {
+					if any, ok := mv.Interface().(*anypb.Any); ok {
+						// A typed_config mesh decodes: walk what it holds.
+						if inner, err := any.UnmarshalNew(); err == nil {
+							walk(inner.ProtoReflect(), path)
+						}
+						return
+					}
+					walk(mv, path)
+				}
+				if fd.IsList() {
+					for i := range v.List().Len() {
+						each(v.List().Get(i).Message())
+					}
+				} else {
+					each(v.Message())
+				}
+			default:
+				if !seen[path] {
+					seen[path] = true
+					out = append(out, path+": not applied")
+				}
+			}
+			return true
+		})
+	}
+	walk(m.ProtoReflect(), "")
+	return out
+}
