@@ -207,8 +207,23 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
+// worldConfig says how to start a world.
+type worldConfig struct {
+	delta  bool
+	v1, v2 int // VirtualService weights
+	// v2Account, when set, is the service account in payments-v2's SVID
+	// instead of the pod's (payments): an impostor.
+	v2Account string
+}
+
 func startWorld(t *testing.T, ctx context.Context, delta bool, v1, v2 int) *world {
 	t.Helper()
+	return startWorldWith(t, ctx, worldConfig{delta: delta, v1: v1, v2: v2})
+}
+
+func startWorldWith(t *testing.T, ctx context.Context, cfg worldConfig) *world {
+	t.Helper()
+	delta, v1, v2 := cfg.delta, cfg.v1, cfg.v2
 	listeners := map[string]net.Listener{}
 	ports := map[string]int{}
 	for _, v := range []string{"v1", "v2"} {
@@ -241,7 +256,11 @@ func startWorld(t *testing.T, ctx context.Context, delta bool, v1, v2 int) *worl
 				}
 			}
 		})
-		m := w.join(t, ctx, ca, "payments-"+v, podIP[v], "payments", map[string]string{"app": "payments", "version": v}, onServing)
+		account := "payments"
+		if v == "v2" && cfg.v2Account != "" {
+			account = cfg.v2Account
+		}
+		m := w.join(t, ctx, ca, "payments-"+v, podIP[v], account, map[string]string{"app": "payments", "version": v}, onServing)
 		srv := m.NewGRPCServer()
 		(&shop.Payments{Version: v}).Register(srv)
 		served := make(chan struct{})
@@ -273,7 +292,7 @@ func startWorld(t *testing.T, ctx context.Context, delta bool, v1, v2 int) *worl
 	w.conn = conn
 	// Ready when every version with weight has answered.
 	for v, weight := range map[string]int{"v1": v1, "v2": v2} {
-		if weight == 0 {
+		if weight == 0 || v == "v2" && cfg.v2Account != "" {
 			continue
 		}
 		if err := shop.WaitFor(ctx, conn, 1, func(r shop.Reply) bool { return r.Version == v }); err != nil {
@@ -484,6 +503,48 @@ func TestStrictInbound(t *testing.T) {
 		}
 		if reply.Caller != "spiffe://cluster.local/ns/default/sa/checkout" {
 			t.Errorf("caller = %q, want checkout's SPIFFE ID", reply.Caller)
+		}
+		checkIstiodLog(t, w.logMark)
+	})
+}
+
+// TestSANsFromIstiod: istiod's CDS names the service accounts of the
+// payments pods as the only acceptable server identities; a payments-v2
+// whose SVID names another account is refused by the client, and no call
+// reaches it, while v1 keeps serving.
+func TestSANsFromIstiod(t *testing.T) {
+	protocols(t, func(t *testing.T, delta bool) {
+		ctx := testContext(t)
+		w := startWorldWith(t, ctx, worldConfig{delta: delta, v1: 100, v2: 0, v2Account: "impostor"})
+		w.apply(t, splitYAML(0, 100))
+		// Until the push arrives calls still go to v1; after it, every
+		// call must fail, naming the identity that was not accepted.
+		var lastErr error
+		for {
+			reply, err := shop.Charge(ctx, w.conn)
+			if err == nil && reply.Version == "v2" {
+				t.Fatalf("a call reached payments-v2, whose SVID is for another service account: %+v", reply)
+			}
+			if err != nil {
+				lastErr = err
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the 0/100 push never arrived")
+			}
+		}
+		t.Logf("call to the impostor: %v", lastErr)
+		if !strings.Contains(lastErr.Error(), "impostor") {
+			t.Errorf("call to the impostor failed with %v; want the rejected identity named", lastErr)
+		}
+		for range 20 {
+			if reply, err := shop.Charge(ctx, w.conn); err == nil {
+				t.Fatalf("a call succeeded under 0/100 with only the impostor behind it: %+v", reply)
+			}
+		}
+		w.apply(t, splitYAML(100, 0))
+		if err := shop.WaitFor(ctx, w.conn, 1, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
+			t.Fatalf("back to v1: %v", err)
 		}
 		checkIstiodLog(t, w.logMark)
 	})
