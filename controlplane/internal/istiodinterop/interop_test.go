@@ -19,8 +19,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -558,27 +556,7 @@ func TestFlipsUnderLoad(t *testing.T) {
 		ctx := testContext(t)
 		w := startWorld(t, ctx, delta, 90, 10)
 
-		var calls, failed atomic.Int64
-		var firstErr atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for range 4 {
-			wg.Go(func() {
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					_, err := shop.Charge(ctx, w.conn)
-					calls.Add(1)
-					if err != nil {
-						failed.Add(1)
-						firstErr.CompareAndSwap(nil, err.Error())
-					}
-				}
-			})
-		}
+		load := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.conn); return err })
 		const flips = 200
 		for i := range flips {
 			w.apply(t, splitYAML(0, 100))
@@ -593,15 +571,7 @@ func TestFlipsUnderLoad(t *testing.T) {
 			}
 			w.waitSubscriptionsAgree(t, ctx, fmt.Sprintf("flip %d back to 90/10", i))
 		}
-		close(stop)
-		wg.Wait()
-		t.Logf("%d calls during %d flips through istiod, %d failed", calls.Load(), flips, failed.Load())
-		if failed.Load() != 0 {
-			t.Fatalf("%d of %d calls failed during flips; first: %v", failed.Load(), calls.Load(), firstErr.Load())
-		}
-		if calls.Load() < flips {
-			t.Fatalf("only %d calls ran during the flips; the load did not run", calls.Load())
-		}
+		load.Check(t, fmt.Sprintf("%d flips through istiod", flips), flips)
 		checkIstiodLog(t, w.logMark)
 	})
 }
