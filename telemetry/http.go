@@ -87,7 +87,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		start:        start,
 		remoteAddr:   r.RemoteAddr,
 		requestID:    requestID,
-		traceID:      traceIDOf(span),
+		spanContext:  span.SpanContext(),
 	}
 	if r.TLS != nil {
 		ex.peerPrincipal = principalOf(r.TLS)
@@ -213,13 +213,13 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		slot: slot,
 		reqB: reqBody,
 		ex: exchange{
-			protocol:  protocolHTTP,
-			method:    out.Method,
-			path:      out.URL.Path,
-			authority: authority,
-			start:     start,
-			requestID: requestID,
-			traceID:   traceIDOf(span),
+			protocol:    protocolHTTP,
+			method:      out.Method,
+			path:        out.URL.Path,
+			authority:   authority,
+			start:       start,
+			requestID:   requestID,
+			spanContext: span.SpanContext(),
 		},
 	}
 	resp, err := t.next.RoundTrip(out)
