@@ -237,7 +237,7 @@ func ExampleWithAccessLog() {
 	req.Header.Set("x-request-id", "7c1f8a5e-0000-4000-8000-000000000001")
 	h.ServeHTTP(httptest.NewRecorder(), req)
 	// Output:
-	// level=INFO msg=access direction=inbound method=GET path=/missing protocol=HTTP/1.1 authority=example.com response_code=404 grpc_status="" response_flags=- upstream_cluster="" upstream_host="" bytes_received=0 bytes_sent=19 peer_principal="" request_id=7c1f8a5e-0000-4000-8000-000000000001
+	// level=INFO msg=access direction=inbound method=GET path=/missing protocol=HTTP/1.1 authority=example.com response_code=404 grpc_status="" response_flags=- upstream_cluster="" upstream_host="" bytes_received=103 bytes_sent=144 peer_principal="" request_id=7c1f8a5e-0000-4000-8000-000000000001
 }
 
 // The router tells telemetry where a request went, on the context the

@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"net/http"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -126,3 +127,33 @@ func targetAuthority(target string) string {
 	}
 	return target
 }
+
+// httpHeaderBytes sums the names and values in h.
+func httpHeaderBytes(h http.Header) int64 {
+	var n int
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v)
+		}
+	}
+	return int64(n)
+}
+
+// httpRequestHeaderBytes sizes an HTTP request's headers as Envoy holds
+// them, whatever the protocol version: the request line as the :method,
+// :path, :authority and :scheme pseudo headers, then h.
+func httpRequestHeaderBytes(method, uri, authority, scheme string, h http.Header) int64 {
+	return int64(len(":method")+len(method)+len(":path")+len(uri)+len(":authority")+len(authority)+
+		len(":scheme")+len(scheme)) + httpHeaderBytes(h)
+}
+
+// httpResponseHeaderBytes sizes an HTTP response's headers: :status and h.
+func httpResponseHeaderBytes(h http.Header) int64 {
+	return int64(len(":status")+3) + httpHeaderBytes(h)
+}
+
+// Headers net/http adds on its own when the map given to it lacks them.
+const (
+	goUserAgentBytes = int64(len("user-agent") + len("Go-http-client/1.1"))
+	httpDateBytes    = int64(len("date") + len(http.TimeFormat))
+)

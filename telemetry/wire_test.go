@@ -1,9 +1,12 @@
 package telemetry_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -229,6 +232,7 @@ func TestGRPCByteMetricsAreWireBytes(t *testing.T) {
 						if v.AsString() == "0" {
 							want = c.want(wire[0]) + c.want(wire[2])
 						}
+						t.Logf("%s %s (status %s): recorded %d, wire %d", side.name, c.metric, v.AsString(), h.Sum, want)
 						if d := h.Sum - want; d < -wireTolerance || d > wireTolerance {
 							t.Errorf("%s %s (status %s): sum %d over %d calls, the wire carried %d", side.name, c.metric, v.AsString(), h.Sum, h.Count, want)
 						}
@@ -257,5 +261,111 @@ func TestGRPCByteMetricsAreWireBytes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// httpTap relays plaintext HTTP/1.1 connections and keeps what passed each
+// way, for net/http's own parser to size afterwards.
+type httpTap struct {
+	lis               net.Listener
+	wg                sync.WaitGroup
+	mu                sync.Mutex
+	conns             []net.Conn
+	requests, replies bytes.Buffer // of the first connection only
+}
+
+// lockedWriter appends to a buffer of the tap's under its lock.
+type lockedWriter struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func startHTTPTap(t *testing.T, target string) *httpTap {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("tap listen: %v", err)
+	}
+	tap := &httpTap{lis: lis}
+	tap.wg.Add(1)
+	go func() {
+		defer tap.wg.Done()
+		for first := true; ; first = false {
+			client, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			tap.mu.Lock()
+			tap.conns = append(tap.conns, client, server)
+			tap.mu.Unlock()
+			reqW, respW := io.Discard, io.Discard
+			if first {
+				reqW, respW = lockedWriter{&tap.mu, &tap.requests}, lockedWriter{&tap.mu, &tap.replies}
+			}
+			tap.wg.Add(2)
+			go func() { defer tap.wg.Done(); defer server.Close(); _, _ = io.Copy(server, io.TeeReader(client, reqW)) }()
+			go func() { defer tap.wg.Done(); defer client.Close(); _, _ = io.Copy(client, io.TeeReader(server, respW)) }()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		tap.mu.Lock()
+		for _, c := range tap.conns {
+			_ = c.Close()
+		}
+		tap.mu.Unlock()
+		tap.wg.Wait()
+	})
+	return tap
+}
+
+// exchanges parses what the first connection carried: for each request,
+// its size and its response's, as Envoy counts them (header names and
+// values with the request line as pseudo headers, plus the body).
+func (tap *httpTap) exchanges(t *testing.T) (requests, responses []int64) {
+	t.Helper()
+	tap.mu.Lock()
+	reqs := bufio.NewReader(bytes.NewReader(bytes.Clone(tap.requests.Bytes())))
+	resps := bufio.NewReader(bytes.NewReader(bytes.Clone(tap.replies.Bytes())))
+	tap.mu.Unlock()
+	headerSize := func(h http.Header) (n int64) {
+		for k, vs := range h {
+			for _, v := range vs {
+				n += int64(len(k) + len(v))
+			}
+		}
+		return n
+	}
+	for {
+		req, err := http.ReadRequest(reqs)
+		if err != nil {
+			return requests, responses
+		}
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			t.Fatalf("tap: request body: %v", err)
+		}
+		requests = append(requests, int64(len(":method")+len(req.Method)+len(":path")+len(req.RequestURI)+
+			len(":authority")+len(req.Host)+len(":scheme")+len("http")+len(body))+headerSize(req.Header))
+		resp, err := http.ReadResponse(resps, req)
+		if err != nil {
+			t.Fatalf("tap: response: %v", err)
+		}
+		body, err = io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("tap: response body: %v", err)
+		}
+		responses = append(responses, int64(len(":status")+3+len(body))+headerSize(resp.Header))
 	}
 }
