@@ -134,7 +134,7 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 		"msg": "access", "method": "POST", "path": "/grpc.health.v1.Health/Check", "protocol": "HTTP/2",
 		"response_code": 200.0, "grpc_status": "0", "response_flags": "-", "duration": 25.0,
 		"request_id": "req-abc",
-		"trace_id": clientSpan.TraceID().String(), "start_time": "2026-01-02T03:04:05.025Z",
+		"trace_id":   clientSpan.TraceID().String(), "start_time": "2026-01-02T03:04:05.025Z",
 	}
 	wantRecord(t, "client", clientRecs[0], common, map[string]any{
 		"direction": "outbound", "upstream_cluster": route.Cluster, "upstream_host": route.Endpoint,
