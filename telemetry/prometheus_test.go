@@ -142,7 +142,7 @@ func scrapeRaw(ctx context.Context, t *testing.T, scrape *httptest.Server) strin
 		t.Fatalf("request: %v", err)
 	}
 	req.Header.Set("Accept", "text/plain;version=0.0.4")
-	req.Header.Set("Accept-Encoding", "gzip") // as Prometheus asks
+	req.Header.Set("Accept-Encoding", "gzip")             // as Prometheus asks
 	resp, err := scrape.Client().Transport.RoundTrip(req) // no transparent gunzip
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
