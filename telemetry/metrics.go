@@ -49,26 +49,26 @@ const (
 )
 
 type instruments struct {
-	requests         metric.Int64Counter
+	requests         metric.Int64ObservableCounter
 	duration         metric.Float64Histogram
 	requestBytes     metric.Int64Histogram
 	responseBytes    metric.Int64Histogram
-	requestMessages  metric.Int64Counter
-	responseMessages metric.Int64Counter
+	requestMessages  metric.Int64ObservableCounter
+	responseMessages metric.Int64ObservableCounter
 }
 
 // newInstruments creates Istio's instruments. A meter provider may refuse
 // one (returning a no-op instrument with the error); the rest still work.
-func newInstruments(mp metric.MeterProvider, logger *slog.Logger) instruments {
+func newInstruments(mp metric.MeterProvider, logger *slog.Logger, counts *counters) *instruments {
 	meter := mp.Meter(meterInstrumentID)
-	var in instruments
+	in := &instruments{}
 	var err error
 	report := func(name string, err error) {
 		if err != nil {
 			logger.Warn("telemetry: creating instrument", "instrument", name, "error", err)
 		}
 	}
-	in.requests, err = meter.Int64Counter(MetricRequestsTotal,
+	in.requests, err = meter.Int64ObservableCounter(MetricRequestsTotal,
 		metric.WithDescription("Requests, by source, destination and outcome (Istio standard metric)."))
 	report(MetricRequestsTotal, err)
 	in.duration, err = meter.Float64Histogram(MetricRequestDuration, metric.WithUnit("ms"),
@@ -83,19 +83,18 @@ func newInstruments(mp metric.MeterProvider, logger *slog.Logger) instruments {
 		metric.WithDescription("Response size: headers, body and trailers as on the wire, uncompressed headers (Istio standard metric)."),
 		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricResponseBytes, err)
-	in.requestMessages, err = meter.Int64Counter(MetricRequestMessagesTotal,
+	in.requestMessages, err = meter.Int64ObservableCounter(MetricRequestMessagesTotal,
 		metric.WithDescription("gRPC messages the client sent (Istio standard metric)."))
 	report(MetricRequestMessagesTotal, err)
-	in.responseMessages, err = meter.Int64Counter(MetricResponseMessagesTotal,
+	in.responseMessages, err = meter.Int64ObservableCounter(MetricResponseMessagesTotal,
 		metric.WithDescription("gRPC messages the server sent (Istio standard metric)."))
 	report(MetricResponseMessagesTotal, err)
+	report("callback for "+MetricRequestsTotal, registerCounters(meter, in, counts))
 	return in
 }
 
-func (in *instruments) enabled(ctx context.Context) bool {
-	return in.requests.Enabled(ctx) || in.duration.Enabled(ctx) ||
-		in.requestBytes.Enabled(ctx) || in.responseBytes.Enabled(ctx) ||
-		in.requestMessages.Enabled(ctx) || in.responseMessages.Enabled(ctx)
+func (in *instruments) histogramsEnabled(ctx context.Context) bool {
+	return in.duration.Enabled(ctx) || in.requestBytes.Enabled(ctx) || in.responseBytes.Enabled(ctx)
 }
 
 // core is what gRPC handlers and HTTP wrappers share: configuration resolved
@@ -106,7 +105,8 @@ type core struct {
 	propagator   propagation.TextMapPropagator
 	sendsParent  bool // the propagator writes a parent span ID (B3)
 	extraAttrs   []attribute.KeyValue
-	instruments  instruments
+	instruments  *instruments
+	counters     *counters
 	workload     Workload
 	service      string
 	peerIdentity func(context.Context) (string, bool)
@@ -127,7 +127,6 @@ func newCore(client bool, opts []Option) *core {
 		tracer:       cfg.tracerProvider.Tracer(instrumentationName),
 		propagator:   cfg.propagator,
 		extraAttrs:   cfg.attributes,
-		instruments:  newInstruments(cfg.meterProvider, cfg.logger),
 		workload:     cfg.workload,
 		service:      cfg.service,
 		peerIdentity: cfg.peerIdentity,
@@ -136,6 +135,8 @@ func newCore(client bool, opts []Option) *core {
 		logger:       cfg.logger,
 		now:          cfg.now,
 	}
+	c.counters = &counters{}
+	c.instruments = newInstruments(cfg.meterProvider, cfg.logger, c.counters)
 	c.labelSets, _ = lru.New[labelKey, *labelSet](labelSetCacheSize) // fails only for a size <= 0
 	for _, f := range cfg.propagator.Fields() {
 		if f == b3ParentSpanID || f == b3Single {
@@ -239,8 +240,8 @@ type labelKey struct {
 // labelSet is one label set ready to record with: the options are built
 // once, so recording allocates nothing.
 type labelSet struct {
-	add []metric.AddOption
-	rec []metric.RecordOption
+	rec    []metric.RecordOption
+	counts *seriesCounts
 }
 
 func (c *core) labelSet(ex *exchange) *labelSet {
@@ -252,8 +253,8 @@ func (c *core) labelSet(ex *exchange) *labelSet {
 	if ls, ok := c.labelSets.Get(key); ok {
 		return ls
 	}
-	opt := metric.WithAttributeSet(attribute.NewSet(c.labels(ex)...))
-	ls := &labelSet{add: []metric.AddOption{opt}, rec: []metric.RecordOption{opt}}
+	set := attribute.NewSet(c.labels(ex)...)
+	ls := &labelSet{rec: []metric.RecordOption{metric.WithAttributeSet(set)}, counts: c.counters.forSet(set, ex.protocol == protocolGRPC)}
 	c.labelSets.Add(key, ls)
 	return ls
 }
@@ -263,16 +264,14 @@ func (c *core) record(ctx context.Context, ex *exchange) {
 	if ex.flags == "" {
 		ex.flags = noResponseFlags
 	}
-	if c.instruments.enabled(ctx) {
+	if in := c.instruments; in.histogramsEnabled(ctx) || c.counters.collected.Load() {
 		ls := c.labelSet(ex)
-		c.instruments.requests.Add(ctx, 1, ls.add...)
-		c.instruments.duration.Record(ctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
-		c.instruments.requestBytes.Record(ctx, ex.requestBytes, ls.rec...)
-		c.instruments.responseBytes.Record(ctx, ex.responseBytes, ls.rec...)
-		if ex.protocol == protocolGRPC {
-			c.instruments.requestMessages.Add(ctx, ex.requestMessages, ls.add...)
-			c.instruments.responseMessages.Add(ctx, ex.responseMessages, ls.add...)
-		}
+		ls.counts.requests.Add(1)
+		ls.counts.reqMsgs.Add(ex.requestMessages)
+		ls.counts.respMsgs.Add(ex.responseMessages)
+		in.duration.Record(ctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
+		in.requestBytes.Record(ctx, ex.requestBytes, ls.rec...)
+		in.responseBytes.Record(ctx, ex.responseBytes, ls.rec...)
 	}
 	c.writeAccessLog(ctx, ex)
 }
