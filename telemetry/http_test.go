@@ -61,7 +61,7 @@ func TestHTTPMiddlewareAndTransport(t *testing.T) {
 	t.Cleanup(srv.Close)
 	// Requests go through a tap, which sizes them as Envoy would.
 	tap := startHTTPTap(t, srv.Listener.Addr().String())
-	srv.URL = "http://" + tap.lis.Addr().String()
+	srv.URL = "http://" + tap.addr()
 	client := &http.Client{Transport: telemetry.Transport(srv.Client().Transport,
 		telemetry.WithMeterProvider(clientMeter), telemetry.WithTracerProvider(clientTP),
 		telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost),

@@ -293,6 +293,20 @@ func startPair(t *testing.T, cfg pairConfig) *grpcPair {
 	return p
 }
 
+// watchToEnd calls Watch for service and reads the stream to its end.
+func watchToEnd(ctx context.Context, t *testing.T, client healthpb.HealthClient, service string) {
+	t.Helper()
+	stream, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return // io.EOF once the server returns
+		}
+	}
+}
+
 // forBothRecorders runs test with the stats handlers and with the
 // interceptors, which must record the same.
 func forBothRecorders(t *testing.T, test func(t *testing.T, interceptors bool)) {
@@ -428,15 +442,7 @@ func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
 		clientOpts:   []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
 		serverOpts:   []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
 	})
-	stream, err := p.client.Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatalf("watch: %v", err)
-	}
-	for {
-		if _, err := stream.Recv(); err != nil {
-			break // io.EOF once the server returns
-		}
-	}
+	watchToEnd(ctx, t, p.client, "")
 	waitN(ctx, t, "client", p.clientEnds, 1)
 	waitN(ctx, t, "server", p.serverEnds, 1)
 

@@ -39,8 +39,9 @@ const grpcTimeoutBytes = int64(len("grpc-timeout") + 9)
 // flag and a four-byte length before every message.
 const grpcFrameHeader = 5
 
-// metadataBytes sums the names and values in md.
-func metadataBytes(md metadata.MD) int64 {
+// metadataBytes sums the names and values in md (gRPC metadata or HTTP
+// headers).
+func metadataBytes[M ~map[string][]string](md M) int64 {
 	var n int
 	for k, vs := range md {
 		for _, v := range vs {
@@ -128,28 +129,17 @@ func targetAuthority(target string) string {
 	return target
 }
 
-// httpHeaderBytes sums the names and values in h.
-func httpHeaderBytes(h http.Header) int64 {
-	var n int
-	for k, vs := range h {
-		for _, v := range vs {
-			n += len(k) + len(v)
-		}
-	}
-	return int64(n)
-}
-
 // httpRequestHeaderBytes sizes an HTTP request's headers as Envoy holds
 // them, whatever the protocol version: the request line as the :method,
 // :path, :authority and :scheme pseudo headers, then h.
 func httpRequestHeaderBytes(method, uri, authority, scheme string, h http.Header) int64 {
 	return int64(len(":method")+len(method)+len(":path")+len(uri)+len(":authority")+len(authority)+
-		len(":scheme")+len(scheme)) + httpHeaderBytes(h)
+		len(":scheme")+len(scheme)) + metadataBytes(h)
 }
 
 // httpResponseHeaderBytes sizes an HTTP response's headers: :status and h.
 func httpResponseHeaderBytes(h http.Header) int64 {
-	return int64(len(":status")+3) + httpHeaderBytes(h)
+	return int64(len(":status")+3) + metadataBytes(h)
 }
 
 // Headers net/http adds on its own when the map given to it lacks them.

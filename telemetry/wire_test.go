@@ -22,16 +22,62 @@ import (
 	"mesh/telemetry"
 )
 
+// tcpRelay accepts connections on 127.0.0.1 and relays each to target;
+// for every pair, pipe starts the two directions (in goroutines it adds to
+// wg). Cleanup closes everything and waits.
+type tcpRelay struct {
+	lis   net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex // guards conns, and the taps' counts
+	conns []net.Conn
+}
+
+func (r *tcpRelay) start(t *testing.T, target string, pipe func(client, server net.Conn, first bool)) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("tap listen: %v", err)
+	}
+	r.lis = lis
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for first := true; ; first = false {
+			client, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns = append(r.conns, client, server)
+			r.mu.Unlock()
+			r.wg.Add(2)
+			pipe(client, server, first)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		r.mu.Lock()
+		for _, c := range r.conns {
+			_ = c.Close()
+		}
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+}
+
+func (r *tcpRelay) addr() string { return r.lis.Addr().String() }
+
 // wireTap relays TCP connections to a gRPC server and reads the HTTP/2
 // frames going each way, to count each stream's bytes as Envoy does: every
 // header field's name and value, decoded (uncompressed), and the DATA
 // payloads. It is the yardstick the recorded byte metrics are held to.
 type wireTap struct {
-	lis     net.Listener
-	target  string
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   []net.Conn
+	tcpRelay
 	streams map[uint32]*wireStream
 	changed chan struct{} // signalled after every counted frame
 }
@@ -45,46 +91,12 @@ type wireStream struct {
 
 func startTap(t *testing.T, target string) *wireTap {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("tap listen: %v", err)
-	}
-	w := &wireTap{lis: lis, target: target, streams: map[uint32]*wireStream{}, changed: make(chan struct{}, 1)}
-	w.wg.Add(1)
-	go w.accept()
-	t.Cleanup(func() {
-		_ = lis.Close()
-		w.mu.Lock()
-		for _, c := range w.conns {
-			_ = c.Close()
-		}
-		w.mu.Unlock()
-		w.wg.Wait()
-	})
-	return w
-}
-
-func (w *wireTap) addr() string { return w.lis.Addr().String() }
-
-func (w *wireTap) accept() {
-	defer w.wg.Done()
-	for {
-		client, err := w.lis.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", w.target)
-		if err != nil {
-			_ = client.Close()
-			continue
-		}
-		w.mu.Lock()
-		w.conns = append(w.conns, client, server)
-		w.mu.Unlock()
-		w.wg.Add(2)
+	w := &wireTap{streams: map[uint32]*wireStream{}, changed: make(chan struct{}, 1)}
+	w.start(t, target, func(client, server net.Conn, _ bool) {
 		go w.relay(client, server, true)
 		go w.relay(server, client, false)
-	}
+	})
+	return w
 }
 
 // relay copies src to dst while decoding the frames that pass.
@@ -199,15 +211,7 @@ func TestGRPCByteMetricsAreWireBytes(t *testing.T) {
 			if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{Service: "missing"}); status.Code(err) != grpccodes.NotFound {
 				t.Fatalf("check missing: %v, want NotFound", err)
 			}
-			stream, err := p.client.Watch(ctx, &healthpb.HealthCheckRequest{Service: "watched"})
-			if err != nil {
-				t.Fatalf("watch: %v", err)
-			}
-			for {
-				if _, err := stream.Recv(); err != nil {
-					break // io.EOF once the server returns
-				}
-			}
+			watchToEnd(ctx, t, p.client, "watched")
 			waitN(ctx, t, "client", p.clientEnds, 3)
 			waitN(ctx, t, "server", p.serverEnds, 3)
 			wire := p.tap.wait(ctx, t, 3)
@@ -267,10 +271,7 @@ func TestGRPCByteMetricsAreWireBytes(t *testing.T) {
 // httpTap relays plaintext HTTP/1.1 connections and keeps what passed each
 // way, for net/http's own parser to size afterwards.
 type httpTap struct {
-	lis               net.Listener
-	wg                sync.WaitGroup
-	mu                sync.Mutex
-	conns             []net.Conn
+	tcpRelay
 	requests, replies bytes.Buffer // of the first connection only
 }
 
@@ -288,44 +289,14 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 
 func startHTTPTap(t *testing.T, target string) *httpTap {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("tap listen: %v", err)
-	}
-	tap := &httpTap{lis: lis}
-	tap.wg.Add(1)
-	go func() {
-		defer tap.wg.Done()
-		for first := true; ; first = false {
-			client, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = client.Close()
-				continue
-			}
-			tap.mu.Lock()
-			tap.conns = append(tap.conns, client, server)
-			tap.mu.Unlock()
-			reqW, respW := io.Discard, io.Discard
-			if first {
-				reqW, respW = lockedWriter{&tap.mu, &tap.requests}, lockedWriter{&tap.mu, &tap.replies}
-			}
-			tap.wg.Add(2)
-			go func() { defer tap.wg.Done(); defer server.Close(); _, _ = io.Copy(server, io.TeeReader(client, reqW)) }()
-			go func() { defer tap.wg.Done(); defer client.Close(); _, _ = io.Copy(client, io.TeeReader(server, respW)) }()
+	tap := &httpTap{}
+	tap.start(t, target, func(client, server net.Conn, first bool) {
+		reqW, respW := io.Discard, io.Discard
+		if first {
+			reqW, respW = lockedWriter{&tap.mu, &tap.requests}, lockedWriter{&tap.mu, &tap.replies}
 		}
-	}()
-	t.Cleanup(func() {
-		_ = lis.Close()
-		tap.mu.Lock()
-		for _, c := range tap.conns {
-			_ = c.Close()
-		}
-		tap.mu.Unlock()
-		tap.wg.Wait()
+		go func() { defer tap.wg.Done(); defer server.Close(); _, _ = io.Copy(server, io.TeeReader(client, reqW)) }()
+		go func() { defer tap.wg.Done(); defer client.Close(); _, _ = io.Copy(client, io.TeeReader(server, respW)) }()
 	})
 	return tap
 }
