@@ -230,7 +230,7 @@ type labelKey struct {
 	peer          *Workload // the peer cache hands out one pointer per metadata value
 	peerPrincipal string
 	mutualTLS     bool
-	service       string
+	authority     string // the destination service derives from it
 	protocol      string
 	responseCode  int
 	grpcStatus    string
@@ -247,7 +247,7 @@ type labelSet struct {
 func (c *core) labelSet(ex *exchange) *labelSet {
 	key := labelKey{
 		peer: ex.peer, peerPrincipal: ex.peerPrincipal, mutualTLS: ex.mutualTLS,
-		service: c.destinationService(ex), protocol: ex.protocol,
+		authority: ex.authority, protocol: ex.protocol,
 		responseCode: ex.responseCode, grpcStatus: ex.grpcStatus, flags: ex.flags,
 	}
 	if ls, ok := c.labelSets.Get(key); ok {
