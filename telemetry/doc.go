@@ -15,10 +15,11 @@
 //		telemetry.WithAccessLog(slog.Default(), telemetry.AccessLogConfig{SampleRate: 0.1}),
 //	}
 //
-//	// gRPC: one client handler per channel, naming the host it dials.
-//	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds),
-//		grpc.WithStatsHandler(telemetry.NewClientHandler(append(opts, telemetry.WithService("payments.shop.svc.cluster.local"))...)))
-//	srv := grpc.NewServer(telemetry.NewServerHandler(opts...).ServerOptions()...)
+//	// gRPC: interceptors (or, at a higher cost, the stats handlers
+//	// NewClientHandler and NewServerHandler record the same).
+//	client := telemetry.NewClientInterceptor(opts...)
+//	conn, err := grpc.NewClient(target, append(client.DialOptions(), grpc.WithTransportCredentials(creds))...)
+//	srv := grpc.NewServer(telemetry.NewServerInterceptor(opts...).ServerOptions()...)
 //
 //	// net/http: the same for servers and clients.
 //	http.ListenAndServe(addr, telemetry.Middleware(mux, opts...))
