@@ -133,7 +133,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		telem = append(telem, telemetry.WithAccessLog(o.accessLog, o.accessLogCfg))
 	}
 	// Interceptors, not stats handlers: with any stats handler installed
-	// grpc-go builds an object per event of every RPC (benchmarks/README.md).
+	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
 	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
 	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
 	m.telemetry = telem
