@@ -250,7 +250,9 @@ func (c *core) labelSet(ex *exchange) *labelSet {
 		authority: ex.authority, protocol: ex.protocol,
 		responseCode: ex.responseCode, grpcStatus: ex.grpcStatus, flags: ex.flags,
 	}
-	if ls, ok := c.labelSets.Get(key); ok {
+	// Peek takes the cache's read lock only: concurrent calls of a hot
+	// series do not queue behind each other to bump its recency.
+	if ls, ok := c.labelSets.Peek(key); ok {
 		return ls
 	}
 	set := attribute.NewSet(c.labels(ex)...)

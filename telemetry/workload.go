@@ -230,7 +230,7 @@ func ParsePeerMetadata(value string) (Workload, error) {
 // decoding once per peer is enough. It is bounded and forgets everything
 // when full, which is cheap and keeps a hostile peer from growing it.
 type peerCache struct {
-	mu      sync.Mutex
+	mu      sync.RWMutex // read-locked on every request, written once per peer
 	entries map[string]*Workload
 }
 
@@ -243,9 +243,9 @@ func (c *peerCache) lookup(value string) (*Workload, error) {
 	if value == "" {
 		return nil, nil
 	}
-	c.mu.Lock()
+	c.mu.RLock()
 	w, ok := c.entries[value]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if ok {
 		return w, nil
 	}
