@@ -180,6 +180,7 @@ func newHandler(client bool, opts []Option) *handler {
 // the mutex.
 type rpcState struct {
 	span       trace.Span
+	unstarted  unstartedSpan // span when the sampler's answer was known
 	start      time.Time
 	fullMethod string
 	requestID  string
@@ -295,7 +296,14 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 		}
 	}
 	parent := trace.SpanContextFromContext(ctx)
-	ctx, span := h.tracer.Start(ctx, spanName(fullMethod), h.startOptions...)
+	var span trace.Span
+	started := !h.unsampled.skip(parent)
+	if started {
+		ctx, span = h.tracer.Start(ctx, spanName(fullMethod), h.startOptions...)
+	} else {
+		st.unstarted.sc = parent
+		span = &st.unstarted
+	}
 	st.span = span
 	if span.IsRecording() {
 		h.setMethodAttributes(span, fullMethod, st.requestID)
@@ -306,7 +314,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 	if h.client {
 		st.headers.reset()
 		injectCtx := ctx
-		if h.sendsParent && parent.IsValid() {
+		if h.sendsParent && started && parent.IsValid() {
 			injectCtx = withParentSpanID(ctx, parent.SpanID())
 		}
 		h.propagator.Inject(injectCtx, &st.headers)

@@ -246,13 +246,12 @@ func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContex
 		st.remote, st.local = p.Addr, p.LocalAddr
 	}
 	// What a gRPC request always carries, the headers begin read, and two
-	// more every client sends. Other headers go uncounted: the metadata
-	// cannot be walked without copying all of it.
-	n := int64(grpcRequestFixedBytes+len(method)) + grpcContentTypeBytes + st.headerBytes
-	for _, key := range [...]string{"user-agent", HeaderPeerMetadataID} {
-		if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
-			n += int64(len(key) + len(v[0]))
-		}
+	// more a mesh client sends, sized as mesh sends them: reading a header
+	// copies it. Other headers go uncounted: the metadata cannot be walked
+	// without copying all of it.
+	n := int64(grpcRequestFixedBytes+len(method)) + grpcContentTypeBytes + st.headerBytes + grpcUserAgentBytes
+	if w := st.peer.Load(); w != nil {
+		n += int64(len(HeaderPeerMetadataID) + peerIDLen(w))
 	}
 	st.reqBytes.Store(n)
 	st.respBytes.Store(grpcResponseFixedBytes + grpcContentTypeBytes)

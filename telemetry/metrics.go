@@ -102,6 +102,7 @@ func (in *instruments) histogramsEnabled(ctx context.Context) bool {
 type core struct {
 	client       bool
 	tracer       trace.Tracer
+	unsampled    *unsampledShortcut
 	propagator   propagation.TextMapPropagator
 	sendsParent  bool // the propagator writes a parent span ID (B3)
 	extraAttrs   []attribute.KeyValue
@@ -135,6 +136,7 @@ func newCore(client bool, opts []Option) *core {
 		logger:       cfg.logger,
 		now:          cfg.now,
 	}
+	c.unsampled = newUnsampledShortcut(cfg.tracerProvider, c.tracer)
 	c.counters = &counters{}
 	c.instruments = newInstruments(cfg.meterProvider, cfg.logger, c.counters)
 	c.labelSets, _ = lru.New[labelKey, *labelSet](labelSetCacheSize) // fails only for a size <= 0

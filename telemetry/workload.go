@@ -173,6 +173,12 @@ func PeerMetadata(w Workload) (id, value string, err error) {
 	return id, base64.StdEncoding.EncodeToString(raw), nil
 }
 
+// peerIDLen is the length of the x-envoy-peer-metadata-id PeerMetadata
+// gives w, for sizing a request without reading the header.
+func peerIDLen(w *Workload) int {
+	return len("sidecar~~") + len(w.instance()) + 1 + 2*len(w.Namespace) + 1 + len(".svc.cluster.local")
+}
+
 // ErrNoPeerMetadata is returned by ParsePeerMetadata for an empty header.
 var ErrNoPeerMetadata = errors.New("telemetry: no peer metadata")
 
