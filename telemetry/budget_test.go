@@ -53,7 +53,7 @@ func TestInterceptorAllocationBudget(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts differ under the race detector")
 	}
-	const budget = 45
+	const budget = 40
 	mp, _ := newMeter(t)
 	tp, _ := newRecordingProvider(t, sdktrace.ParentBased(sdktrace.NeverSample()))
 	plain := callAllocs(t, nil, nil)

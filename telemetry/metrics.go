@@ -268,14 +268,21 @@ func (c *core) record(ctx context.Context, ex *exchange) {
 	if ex.flags == "" {
 		ex.flags = noResponseFlags
 	}
-	if in := c.instruments; in.histogramsEnabled(ctx) || c.counters.collected.Load() {
+	// Measurements read their context only for a sampled span to keep as an
+	// exemplar; without one, a bare context spares each of them a walk up
+	// the request's context chain.
+	mctx := ctx
+	if !ex.spanContext.IsSampled() {
+		mctx = context.Background()
+	}
+	if in := c.instruments; in.histogramsEnabled(mctx) || c.counters.collected.Load() {
 		ls := c.labelSet(ex)
 		ls.counts.requests.Add(1)
 		ls.counts.reqMsgs.Add(ex.requestMessages)
 		ls.counts.respMsgs.Add(ex.responseMessages)
-		in.duration.Record(ctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
-		in.requestBytes.Record(ctx, ex.requestBytes, ls.rec...)
-		in.responseBytes.Record(ctx, ex.responseBytes, ls.rec...)
+		in.duration.Record(mctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
+		in.requestBytes.Record(mctx, ex.requestBytes, ls.rec...)
+		in.responseBytes.Record(mctx, ex.responseBytes, ls.rec...)
 	}
 	c.writeAccessLog(ctx, ex)
 }
