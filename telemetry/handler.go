@@ -274,8 +274,10 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 			st.route = slot // an outer handler's slot: the router fills one for both
 		}
 	}
+	var callerSentID bool // the caller's outgoing metadata has an x-request-id
 	if h.client {
 		st.requestID = outgoingValue(ctx, HeaderRequestID)
+		callerSentID = st.requestID != ""
 	} else {
 		in := &st.incoming // part of the state: passing it allocates nothing
 		in.ctx = ctx
@@ -318,7 +320,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 			injectCtx = withParentSpanID(ctx, parent.SpanID())
 		}
 		h.propagator.Inject(injectCtx, &st.headers)
-		if outgoingValue(ctx, HeaderRequestID) == "" {
+		if !callerSentID {
 			st.headers.Set(HeaderRequestID, st.requestID)
 		}
 		if h.metaValue != "" {
