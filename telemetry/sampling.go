@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"reflect"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
@@ -18,25 +19,37 @@ import (
 //
 // Whether the tracer's sampler is parent-based is learned by asking it once,
 // the first time it matters, about a child of an unsampled remote parent
-// whose trace ID any ratio-based sampler would keep. A global provider may
-// still be replaced later, so with one the shortcut stays off.
+// whose trace ID any ratio-based sampler would keep. The global provider
+// can be replaced at any time; with it, the answer is asked again whenever
+// otel.GetTracerProvider returns another provider than when it was asked.
 type unsampledShortcut struct {
 	tracer trace.Tracer
-	state  atomic.Int32 // shortcutUnknown, shortcutOn or shortcutOff
+	// current returns the global provider when tracer comes from it; nil
+	// otherwise.
+	current func() trace.TracerProvider
+	// answer is the probe's, for the global provider it was asked under
+	// (nil when not global); nil until asked.
+	answer atomic.Pointer[shortcutAnswer]
 }
 
-const (
-	shortcutUnknown int32 = iota
-	shortcutOn
-	shortcutOff
-)
+type shortcutAnswer struct {
+	on     bool
+	global trace.TracerProvider
+}
 
 func newUnsampledShortcut(tp trace.TracerProvider, tracer trace.Tracer) *unsampledShortcut {
 	s := &unsampledShortcut{tracer: tracer}
-	if tp == otel.GetTracerProvider() {
-		s.state.Store(shortcutOff)
+	if sameProvider(tp, otel.GetTracerProvider()) {
+		s.current = otel.GetTracerProvider
 	}
 	return s
+}
+
+// sameProvider compares two providers without panicking on a type that
+// cannot be compared.
+func sameProvider(a, b trace.TracerProvider) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta != nil && ta.Comparable() && a == b
 }
 
 // skip reports whether a span whose parent is parent need not be started.
@@ -44,19 +57,16 @@ func (s *unsampledShortcut) skip(parent trace.SpanContext) bool {
 	if !parent.IsValid() || parent.IsSampled() {
 		return false
 	}
-	switch s.state.Load() {
-	case shortcutOn:
-		return true
-	case shortcutOff:
-		return false
+	var global trace.TracerProvider
+	if s.current != nil {
+		global = s.current()
 	}
-	on := s.probe()
-	if on {
-		s.state.Store(shortcutOn)
-	} else {
-		s.state.Store(shortcutOff)
+	if a := s.answer.Load(); a != nil && (s.current == nil || sameProvider(a.global, global)) {
+		return a.on
 	}
-	return on
+	a := &shortcutAnswer{on: s.probe(), global: global}
+	s.answer.Store(a)
+	return a.on
 }
 
 // probe starts a child of an unsampled remote parent and reports whether
