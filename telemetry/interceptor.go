@@ -89,8 +89,8 @@ func (s *ServerInterceptor) Stream() grpc.StreamServerInterceptor { return s.int
 // headers and the connection, in the state's own array when they fit.
 func (st *rpcState) callOptions(opts []grpc.CallOption, extra grpc.CallOption) []grpc.CallOption {
 	out := st.callOpts[:0]
-	if len(opts)+3 > len(st.callOpts) {
-		out = make([]grpc.CallOption, 0, len(opts)+3)
+	if len(opts)+2 > len(st.callOpts) {
+		out = make([]grpc.CallOption, 0, len(opts)+2)
 	}
 	// Ours first: their after hooks run in order, and an OnFinish of the
 	// caller's may want what telemetry recorded.

@@ -6,7 +6,10 @@ import (
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
 )
 
@@ -91,10 +94,20 @@ func (s *unsampledShortcut) probe() bool {
 
 // unstartedSpan stands for a span the shortcut did not start: it records
 // nothing and reports its parent's context, for access logs. It lives in
-// the RPC's state, so it costs no allocation.
+// the RPC's state, so it costs no allocation, and holds only the context so
+// the state stays small.
 type unstartedSpan struct {
-	noop.Span
+	embedded.Span
 	sc trace.SpanContext
 }
 
-func (s *unstartedSpan) SpanContext() trace.SpanContext { return s.sc }
+func (s *unstartedSpan) SpanContext() trace.SpanContext        { return s.sc }
+func (*unstartedSpan) End(...trace.SpanEndOption)              {}
+func (*unstartedSpan) AddEvent(string, ...trace.EventOption)   {}
+func (*unstartedSpan) AddLink(trace.Link)                      {}
+func (*unstartedSpan) IsRecording() bool                       { return false }
+func (*unstartedSpan) RecordError(error, ...trace.EventOption) {}
+func (*unstartedSpan) SetStatus(codes.Code, string)            {}
+func (*unstartedSpan) SetName(string)                          {}
+func (*unstartedSpan) SetAttributes(...attribute.KeyValue)     {}
+func (*unstartedSpan) TracerProvider() trace.TracerProvider    { return noop.NewTracerProvider() }
