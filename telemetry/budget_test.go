@@ -53,7 +53,7 @@ func TestInterceptorAllocationBudget(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts differ under the race detector")
 	}
-	const budget = 40
+	const budget = 41 // 40 today, one spare for a busy machine
 	mp, _ := newMeter(t)
 	tp, _ := newRecordingProvider(t, sdktrace.ParentBased(sdktrace.NeverSample()))
 	plain := callAllocs(t, nil, nil)
