@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"mesh/internal/admin"
+	"mesh/telemetry"
 )
 
 // AdminHandler returns the mesh's admin pages (see WithAdmin) for mounting
@@ -17,6 +18,9 @@ func (m *Mesh) AdminHandler(metrics http.Handler) http.Handler {
 }
 
 func (m *Mesh) adminHandler(metrics http.Handler, graph admin.GraphSource) http.Handler {
+	if metrics != nil {
+		metrics = telemetry.EnvoyBucketLabels(metrics) // le="1800000", as Envoy prints it
+	}
 	return admin.NewHandler(admin.Config{
 		Metrics:  metrics,
 		Graph:    graph,
