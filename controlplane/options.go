@@ -21,6 +21,7 @@ type settings struct {
 	address           string
 	logger            *slog.Logger
 	trustDomain       string
+	clusterID         string
 	configFile        string
 	fileCheckInterval time.Duration
 	caCertPEM         []byte
@@ -37,6 +38,7 @@ func defaultSettings() settings {
 		address:           "127.0.0.1:0",
 		logger:            slog.New(slog.DiscardHandler),
 		trustDomain:       "cluster.local",
+		clusterID:         DefaultClusterID,
 		fileCheckInterval: time.Second,
 		certTTL:           24 * time.Hour,
 		endpointGrace:     DefaultEndpointGracePeriod,
@@ -62,6 +64,17 @@ func WithLogger(l *slog.Logger) Option {
 // subject alt names in cluster TLS settings (default "cluster.local").
 func WithTrustDomain(td string) Option {
 	return optionFunc(func(s *settings) { s.trustDomain = td })
+}
+
+// DefaultClusterID is the cluster ID bootstraps carry unless told
+// otherwise: istiod's default, and the name Kiali gives its home cluster.
+const DefaultClusterID = "Kubernetes"
+
+// WithClusterID sets the CLUSTER_ID written into bootstraps (default
+// DefaultClusterID); a Workload's own ClusterID overrides it. Istio's
+// metrics label source_cluster and destination_cluster with it.
+func WithClusterID(id string) Option {
+	return optionFunc(func(s *settings) { s.clusterID = id })
 }
 
 // WithConfigFile loads Istio YAML from path at New and then watches it: a

@@ -39,6 +39,7 @@ import (
 type Server struct {
 	logger      *slog.Logger
 	trustDomain spiffeid.TrustDomain
+	clusterID   string // CLUSTER_ID of bootstraps; see WithClusterID
 	ca          *authority
 	certService *caService // IstioCertificateService; see caservice.go
 	hook        func(nodeID string, resources map[string][]types.Resource)
@@ -122,6 +123,12 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if err := validateSDSRotation(st.sdsRotation); err != nil {
 		return nil, err
 	}
+	if st.clusterID == "" {
+		return nil, errors.New("WithClusterID: empty cluster ID")
+	}
+	if err := validateClusterID(st.clusterID); err != nil {
+		return nil, fmt.Errorf("WithClusterID: %w", err)
+	}
 	ca, err := newAuthority(td, st.caCertPEM, st.caKeyPEM, st.certTTL)
 	if err != nil {
 		return nil, err
@@ -129,6 +136,7 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	s := &Server{
 		logger:        st.logger,
 		trustDomain:   td,
+		clusterID:     st.clusterID,
 		ca:            ca,
 		hook:          st.snapshotHook,
 		cfg:           configSet{},
