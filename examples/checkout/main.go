@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"mesh"
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 func main() {

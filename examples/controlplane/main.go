@@ -20,7 +20,7 @@ import (
 	"path/filepath"
 
 	"mesh/controlplane"
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 func main() {

@@ -13,7 +13,7 @@ import (
 	"os/signal"
 
 	"mesh"
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 func main() {

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 // A Tally counts which version answered each call.

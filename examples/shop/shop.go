@@ -1,7 +1,7 @@
-// Package shop is the example workloads' shared code, also used by the
-// end-to-end tests: a Payments gRPC service written by hand over protobuf's
-// well-known Struct type (so the examples need no code generator), its
-// server, and a client that tallies which version answered.
+// Package shop is the example workloads' code, for you to copy: a Payments
+// gRPC service written by hand over protobuf's well-known Struct type (so the
+// examples need no code generator), its server, a client that tallies which
+// version answered, and the Istio configuration of the example mesh.
 package shop
 
 import (
