@@ -76,10 +76,13 @@ type caService struct {
 	servingDue time.Time // when serving is replaced: half its lifetime
 }
 
-// registerCAService adds the CA service to the server's gRPC server.
-func (s *Server) registerCAService() {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes instead
+// registerCAService adds the CA service to the server's gRPC server; its
+// tokens are signed with key (from the state directory), or a new one.
+func (s *Server) registerCAService(key []byte) {
+	if key == nil {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes instead
+	}
 	s.certService = &caService{ca: s.ca, tokenKey: key, logger: s.logger}
 	securitypb.RegisterIstioCertificateServiceServer(s.grpcServer, s.certService)
 }

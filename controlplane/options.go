@@ -26,6 +26,7 @@ type settings struct {
 	fileCheckInterval time.Duration
 	caCertPEM         []byte
 	caKeyPEM          []byte
+	stateDir          string
 	certTTL           time.Duration
 	snapshotHook      func(nodeID string, resources map[string][]types.Resource)
 	workloads         []Workload
@@ -97,6 +98,15 @@ func WithCA(certPEM, keyPEM []byte) Option {
 		s.caCertPEM = append([]byte(nil), certPEM...)
 		s.caKeyPEM = append([]byte(nil), keyPEM...)
 	})
+}
+
+// WithStateDir keeps the control plane's CA certificate and key and the
+// key that signs the CA service's tokens in dir (created 0700; keys written
+// 0600), so a restart keeps the trust workloads already have: their
+// certificate files stay valid and their tokens keep working. An empty dir
+// starts a new CA there. It cannot be combined with WithCA.
+func WithStateDir(dir string) Option {
+	return optionFunc(func(s *settings) { s.stateDir = dir })
 }
 
 // WithCertTTL sets the lifetime of issued SVIDs (default 24h).

@@ -129,9 +129,25 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if err := validateClusterID(st.clusterID); err != nil {
 		return nil, fmt.Errorf("WithClusterID: %w", err)
 	}
-	ca, err := newAuthority(td, st.caCertPEM, st.caKeyPEM, st.certTTL)
+	caCert, caKey := st.caCertPEM, st.caKeyPEM
+	var saved *state
+	if st.stateDir != "" {
+		if len(caCert) > 0 || len(caKey) > 0 {
+			return nil, errors.New("WithStateDir and WithCA: give one; the state directory holds its own CA")
+		}
+		if saved, err = loadState(st.stateDir); err != nil {
+			return nil, err
+		}
+		caCert, caKey = saved.caCertPEM, saved.caKeyPEM
+	}
+	ca, err := newAuthority(td, caCert, caKey, st.certTTL)
 	if err != nil {
 		return nil, err
+	}
+	if saved != nil && saved.caCertPEM == nil {
+		if err := saveCA(st.stateDir, ca); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{
 		logger:        st.logger,
@@ -183,7 +199,11 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	}
 	s.grpcServer = grpc.NewServer(grpc.WaitForHandlers(true))
 	discovery.RegisterAggregatedDiscoveryServiceServer(s.grpcServer, ads)
-	s.registerCAService()
+	var tokenKey []byte
+	if saved != nil {
+		tokenKey = saved.tokenKey
+	}
+	s.registerCAService(tokenKey)
 
 	s.mu.Lock()
 	lastErr := error(nil)
