@@ -1,13 +1,17 @@
 package shop
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"mesh"
 )
 
 // Metrics is all a service needs for Istio's metrics on /metrics: a
@@ -26,4 +30,32 @@ func Metrics() (*sdkmetric.MeterProvider, http.Handler, error) {
 		return nil, nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
 	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter)), promhttp.HandlerFor(registry, promhttp.HandlerOpts{}), nil
+}
+
+// Join makes the process's mesh from MESH_BOOTSTRAP (or the gRPC
+// variables), logging to stderr. With adminAddr set, it also serves Istio's
+// metrics on /metrics and the mesh's admin pages there, until the mesh is
+// closed; the metrics are pulled, so nothing is left to flush.
+func Join(ctx context.Context, adminAddr string, opts ...mesh.Option) (*mesh.Mesh, error) {
+	opts = append([]mesh.Option{mesh.WithLogger(slog.Default())}, opts...)
+	var mp *sdkmetric.MeterProvider
+	if adminAddr != "" {
+		var metrics http.Handler
+		var err error
+		if mp, metrics, err = Metrics(); err != nil {
+			return nil, err
+		}
+		opts = append(opts, mesh.WithMeterProvider(mp), mesh.WithAdmin(adminAddr, metrics))
+	}
+	m, err := mesh.New(ctx, opts...)
+	if err != nil {
+		if mp != nil {
+			_ = mp.Shutdown(context.Background())
+		}
+		return nil, err
+	}
+	if adminAddr != "" {
+		slog.Info("admin pages and /metrics", "url", "http://"+m.AdminAddr()+"/")
+	}
+	return m, nil
 }
