@@ -48,16 +48,17 @@ func main() {
 		ctx, stop = context.WithTimeout(ctx, 10*time.Minute)
 		defer stop()
 	}
-	if err := runThen(ctx, os.Stdout, then); err != nil {
+	if err := runThen(ctx, os.Stdout, calls, then); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer) error { return runThen(ctx, out, nil) }
+func run(ctx context.Context, out io.Writer) error { return runThen(ctx, out, calls, nil) }
 
-// runThen runs the demo, then (if not nil) then with the mesh still up.
-func runThen(ctx context.Context, out io.Writer, then func(context.Context, *world, io.Writer) error) error {
+// runThen runs the demo with n RPCs per split, then (if not nil) then with
+// the mesh still up.
+func runThen(ctx context.Context, out io.Writer, calls int, then func(context.Context, *world, io.Writer) error) error {
 	start := time.Now()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	tp, err := newTracerProvider(ctx)
