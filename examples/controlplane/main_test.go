@@ -122,7 +122,11 @@ func TestWorkloadsAsSeparateProcesses(t *testing.T) {
 	xdsAddr := lis.Addr().String()
 	lis.Close()
 	dir := t.TempDir()
-	cpArgs := []string{"-addr", xdsAddr, "-dir", dir}
+	config, err := filepath.Abs("mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpArgs := []string{"-addr", xdsAddr, "-dir", dir, "-config", config}
 	cp := start(t, "controlplane", filepath.Join(bins, "controlplane"), nil, cpArgs...)
 	cp.waitLine(ctx, t, regexp.MustCompile(`serving xDS on`))
 
