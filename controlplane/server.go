@@ -42,6 +42,7 @@ import (
 type Server struct {
 	logger      *slog.Logger
 	trustDomain spiffeid.TrustDomain
+	clusterID   string // CLUSTER_ID of bootstraps; see WithClusterID
 	ca          *authority
 	certService *caService // IstioCertificateService; see caservice.go
 	hook        func(nodeID string, resources map[string][]types.Resource)
@@ -144,13 +145,36 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if err := validateSDSRotation(st.sdsRotation); err != nil {
 		return nil, err
 	}
-	ca, err := newAuthority(td, st.caCertPEM, st.caKeyPEM, st.certTTL)
+	if st.clusterID == "" {
+		return nil, errors.New("WithClusterID: empty cluster ID")
+	}
+	if err := validateClusterID(st.clusterID); err != nil {
+		return nil, fmt.Errorf("WithClusterID: %w", err)
+	}
+	caCert, caKey := st.caCertPEM, st.caKeyPEM
+	var saved *state
+	if st.stateDir != "" {
+		if len(caCert) > 0 || len(caKey) > 0 {
+			return nil, errors.New("WithStateDir and WithCA: give one; the state directory holds its own CA")
+		}
+		if saved, err = loadState(st.stateDir); err != nil {
+			return nil, err
+		}
+		caCert, caKey = saved.caCertPEM, saved.caKeyPEM
+	}
+	ca, err := newAuthority(td, caCert, caKey, st.certTTL)
 	if err != nil {
 		return nil, err
+	}
+	if saved != nil && saved.caCertPEM == nil {
+		if err := saveCA(st.stateDir, ca); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{
 		logger:        st.logger,
 		trustDomain:   td,
+		clusterID:     st.clusterID,
 		ca:            ca,
 		hook:          st.snapshotHook,
 		cfg:           configSet{},
@@ -207,7 +231,11 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		sotw:  sotwserver.NewServer(serveCtx, s.cache, cb, withLogger),
 		delta: deltaserver.NewServer(serveCtx, s.cache, cb, withLogger),
 	}
-	s.newCAService(lis.Addr())
+	var tokenKey []byte
+	if saved != nil {
+		tokenKey = saved.tokenKey
+	}
+	s.newCAService(lis.Addr(), tokenKey)
 	serverOpts := []grpc.ServerOption{grpc.WaitForHandlers(true)}
 	if !s.plaintext {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.xdsServerTLS())))

@@ -44,7 +44,14 @@ func (c FileConfig) Validate() error {
 	return nil
 }
 
-// FileSource is a Source backed by PEM files that it polls for changes.
+// statInterval is how often a FileSource looks at its files' metadata
+// (identity, size, modification time): a certificate rotated on disk, or
+// rewritten for a new CA, is picked up within about that long. The full
+// read every RefreshInterval stays as a fallback for changes metadata does
+// not show.
+const statInterval = 250 * time.Millisecond
+
+// FileSource is a Source backed by PEM files that it watches for changes.
 // A changed set of files that fails to load is logged and ignored: the last
 // good SVID and bundle stay in force until a good set appears.
 type FileSource struct {
@@ -61,8 +68,9 @@ type FileSource struct {
 
 var _ Source = (*FileSource)(nil)
 
-// NewFileSource loads cfg's files and starts polling them every
-// cfg.RefreshInterval. It fails if the files cannot be read or do not form a
+// NewFileSource loads cfg's files and starts watching them: a change is
+// picked up within about a second, and the files are read again every
+// cfg.RefreshInterval in any case. It fails if the files cannot be read or do not form a
 // valid SVID with its bundle; the error names the file and the problem.
 // ctx bounds only the initial load; the poller runs until Close.
 func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSource, error) {
@@ -121,11 +129,20 @@ func (s *FileSource) poll(last pemSet) {
 	defer close(s.done)
 	ticker := time.NewTicker(s.cfg.RefreshInterval)
 	defer ticker.Stop()
+	watch := time.NewTicker(min(statInterval, s.cfg.RefreshInterval))
+	defer watch.Stop()
+	seen := statSet(s.cfg)
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-ticker.C:
+		case <-watch.C:
+			now := statSet(s.cfg)
+			if sameFiles(seen, now) {
+				continue
+			}
+			seen = now
 		}
 		raw, err := readSet(s.cfg)
 		if err != nil {
@@ -152,6 +169,33 @@ func (s *FileSource) poll(last pemSet) {
 			"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
 		s.notify.notify()
 	}
+}
+
+// statSet is the metadata of cfg's files; a nil entry is a file that
+// could not be looked at.
+func statSet(cfg FileConfig) [3]os.FileInfo {
+	var out [3]os.FileInfo
+	for i, path := range []string{cfg.CertFile, cfg.KeyFile, cfg.CAFile} {
+		out[i], _ = os.Stat(path)
+	}
+	return out
+}
+
+// sameFiles reports whether two statSets show the same files, unchanged:
+// an atomic rename makes another file, a rewrite in place changes the size
+// or the modification time.
+func sameFiles(a, b [3]os.FileInfo) bool {
+	for i := range a {
+		switch {
+		case a[i] == nil || b[i] == nil:
+			if a[i] != b[i] {
+				return false
+			}
+		case !os.SameFile(a[i], b[i]) || a[i].Size() != b[i].Size() || !a[i].ModTime().Equal(b[i].ModTime()):
+			return false
+		}
+	}
+	return true
 }
 
 func readSet(cfg FileConfig) (pemSet, error) {

@@ -22,3 +22,16 @@ func Workloads() []controlplane.Workload {
 		},
 	}
 }
+
+// WebWorkloads are the web service's versions v1 and v2, served over
+// net/http.
+func WebWorkloads() []controlplane.Workload {
+	web := func(version string) controlplane.Workload {
+		return controlplane.Workload{
+			Name: "web-" + version, Namespace: "default", ServiceAccount: "web",
+			Service: "web", Port: WebPort,
+			Labels: map[string]string{"app": "web", "version": version},
+		}
+	}
+	return []controlplane.Workload{web("v1"), web("v2")}
+}
