@@ -45,7 +45,7 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 	for _, f := range files {
 		parsed, _, err := parseConfigFiles([]configFile{f})
 		if err != nil {
-			out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: err.Error()})
+			out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")})
 			continue
 		}
 		objs = append(objs, parsed...)

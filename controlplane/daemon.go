@@ -83,12 +83,12 @@ type Daemon struct {
 	wg     sync.WaitGroup
 
 	mu          sync.Mutex
-	base        []*object           // last good objects read from ConfigDir
-	baseHash    string              // of the files base was read from
-	specs       map[string]Canary   // by host, from ConfigDir
-	canaries    map[string]*canary  // by host
+	base        []*object          // last good objects read from ConfigDir
+	baseHash    string             // of the files base was read from
+	specs       map[string]Canary  // by host, from ConfigDir
+	canaries    map[string]*canary // by host
 	enrolled    map[string]Enrollment
-	configErr   string              // why the latest ConfigDir content is not in force
+	configErr   string // why the latest ConfigDir content is not in force
 	appliedAt   time.Time
 	analyses    map[string]context.CancelFunc // running analyses by host
 	baselines   map[string][]metricsSample    // where each analysis's interval began

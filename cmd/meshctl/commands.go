@@ -93,7 +93,7 @@ func runBootstrap(ctx context.Context, e *env, args []string) error {
 	labels := labelsFlag{}
 	f.StringVar(&w.Name, "name", "", "workload name (required)")
 	f.StringVar(&w.Namespace, "namespace", "default", "namespace")
-	f.StringVar(&w.ServiceAccount, "sa", "", "service account (default: the name)")
+	f.StringVar(&w.ServiceAccount, "sa", "", "service account (default: default, as in Kubernetes)")
 	f.StringVar(&w.Service, "service", "", "service it serves (short name), if any")
 	port := f.Uint("port", 0, "port of that service")
 	f.Var(labels, "labels", "labels, k=v,k=v (e.g. version=v3)")
@@ -223,9 +223,9 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 }
 
 func runCanary(ctx context.Context, e *env, args []string) error {
-	const usage = "canary set HOST SUBSET=WEIGHT... | promote HOST [SUBSET] | rollback HOST [SUBSET] | status HOST | analyze HOST -stable S -canary C [-steps 10,25,50,100] [-interval 1m] ..."
+	const usage = "canary set HOST SUBSET=WEIGHT... | promote HOST [SUBSET] | rollback HOST [SUBSET] | status HOST | analyze HOST -stable S -canary C [-steps 10,25,50,100] [-interval 1m] ... | step HOST"
 	const example = "  meshctl canary set payments v1=90 v2=10\n  meshctl canary analyze payments -stable v1 -canary v2 -steps 10,25,50,100 -interval 1m -min-success 0.99 -max-p99 500ms\n" +
-		"  meshctl canary status payments -o json\n  meshctl canary promote payments      # all traffic to the analysis's canary\n  meshctl canary rollback payments v1"
+		"  meshctl canary status payments -o json\n  meshctl canary promote payments      # all traffic to the analysis's canary\n  meshctl canary rollback payments v1\n  meshctl canary step payments         # judge the analysis's current interval now"
 	f := newFlags(e, usage, example)
 	api := addAPIFlags(f, e)
 	out := addOutputFlag(f)
@@ -270,6 +270,11 @@ func runCanary(ctx context.Context, e *env, args []string) error {
 			weights[k] = n
 		}
 		path, body = "/weights", map[string]any{"weights": weights}
+	case "step":
+		if len(more) > 0 {
+			return usagef("unexpected argument %q", more[0])
+		}
+		path, body = "/analyze-now", struct{}{}
 	case "promote", "rollback":
 		if len(more) > 1 {
 			return usagef("unexpected argument %q", more[1])
@@ -298,7 +303,7 @@ func runCanary(ctx context.Context, e *env, args []string) error {
 		}
 		path, body = "/analysis", spec
 	default:
-		return usagef("unknown action %q: want set, promote, rollback, status or analyze", action)
+		return usagef("unknown action %q: want set, promote, rollback, status, analyze or step", action)
 	}
 	c, err := api.client()
 	if err != nil {
