@@ -138,3 +138,88 @@ func deniesEveryone(p *security.AuthorizationPolicy) string {
 	}
 	return ""
 }
+
+// analyzeConfig is analyzeObjects plus what only the service registry
+// knows: hosts nobody serves and selectors that select nobody.
+func analyzeConfig(cfg configSet, reg *registry) []Finding {
+	var objs []*object
+	for _, kind := range []string{KindVirtualService, KindDestinationRule, KindPeerAuthentication, KindAuthorizationPolicy, KindServiceEntry, KindWorkloadEntry} {
+		objs = append(objs, cfg.sorted(kind)...)
+	}
+	out := analyzeObjects(objs)
+	var all []endpoint
+	for _, h := range reg.hosts() {
+		all = append(all, reg.get(h).endpoints...)
+	}
+	selectsSome := func(ns string, labels map[string]string) bool {
+		for _, e := range all {
+			if (ns == rootNamespace || e.namespace == ns) && labelsMatch(labels, e.labels) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, o := range objs {
+		name := []string{o.key.String()}
+		switch spec := o.spec.(type) {
+		case *networking.VirtualService:
+			for i, h := range spec.GetHosts() {
+				if _, ok := reg.resolve(h, o.key.namespace); !ok && h != "*" {
+					out = append(out, Finding{Code: "HostNotServed", Severity: SeverityWarning, Objects: name,
+						Message: fmt.Sprintf("spec.hosts[%d] %q: no service or workload serves it", i, h)})
+				}
+			}
+		case *networking.DestinationRule:
+			h, ok := reg.resolve(spec.GetHost(), o.key.namespace)
+			if !ok {
+				out = append(out, Finding{Code: "SelectsNothing", Severity: SeverityWarning, Objects: name,
+					Message: fmt.Sprintf("spec.host %q: no service or workload serves it", spec.GetHost())})
+				continue
+			}
+			for i, s := range spec.GetSubsets() {
+				if !slices.ContainsFunc(reg.get(h).endpoints, func(e endpoint) bool { return labelsMatch(s.GetLabels(), e.labels) }) {
+					out = append(out, Finding{Code: "SubsetSelectsNothing", Severity: SeverityWarning, Objects: name,
+						Message: fmt.Sprintf("spec.subsets[%d] %q: labels %s select no workload of %s; calls routed there wait until their deadline", i, s.GetName(), formatLabels(s.GetLabels()), h)})
+				}
+			}
+		case *security.PeerAuthentication:
+			if l := spec.GetSelector().GetMatchLabels(); len(l) > 0 && !selectsSome(o.key.namespace, l) {
+				out = append(out, Finding{Code: "SelectsNothing", Severity: SeverityWarning, Objects: name,
+					Message: fmt.Sprintf("spec.selector.matchLabels %s: selects no workload", formatLabels(l))})
+			}
+		case *security.AuthorizationPolicy:
+			if l := spec.GetSelector().GetMatchLabels(); len(l) > 0 && !selectsSome(o.key.namespace, l) {
+				out = append(out, Finding{Code: "SelectsNothing", Severity: SeverityWarning, Objects: name,
+					Message: fmt.Sprintf("spec.selector.matchLabels %s: selects no workload", formatLabels(l))})
+			}
+		}
+	}
+	return out
+}
+
+// warnFindingsLocked logs what analyzeConfig finds in a configuration just
+// committed: accepted, but probably not what was meant.
+func (s *Server) warnFindingsLocked(cfg configSet, reg *registry) {
+	for _, f := range analyzeConfig(cfg, reg) {
+		s.logger.Warn("config finding", "code", f.Code, "severity", f.Severity, "objects", strings.Join(f.Objects, ", "), "message", f.Message)
+	}
+}
+
+// Findings analyzes the configuration in force against the workloads
+// known now, as `meshctl analyze -live` shows.
+//
+// # Experimental
+func (s *Server) Findings() []Finding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(s.nodeList(), s.departedNodes()...), s.cfg)
+	return analyzeConfig(s.cfg, reg)
+}
+
+func formatLabels(l map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(l)) {
+		parts = append(parts, k+"="+l[k])
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}

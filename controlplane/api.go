@@ -42,6 +42,9 @@ type DaemonStatus struct {
 	AppliedAt   time.Time      `json:"applied_at"`
 	Workloads   []Enrollment   `json:"workloads"`
 	Canaries    []CanaryStatus `json:"canaries"`
+	// Findings are analyze's, on the configuration in force and the
+	// workloads known now.
+	Findings []Finding `json:"findings"`
 }
 
 // EnrollRequest asks the API to enroll a workload whose files will live in
@@ -77,6 +80,7 @@ func (d *Daemon) Status() DaemonStatus {
 	}
 	hosts := slices.Sorted(maps.Keys(d.canaries))
 	d.mu.Unlock()
+	st.Findings = append([]Finding{}, d.srv.Findings()...)
 	for _, h := range hosts {
 		if c, err := d.CanaryStatus(h); err == nil {
 			st.Canaries = append(st.Canaries, c)

@@ -40,8 +40,9 @@ const (
 // # Experimental
 type DaemonConfig struct {
 	// ConfigDir holds the Istio YAML (*.yaml, *.yml) to serve, plus Canary
-	// objects (apiVersion mesh/v1alpha1). It is watched: a change that is
-	// rejected keeps the last good configuration, and Status says why.
+	// objects (apiVersion mesh/v1alpha1); it may also name one file. It is
+	// watched: a change that is rejected keeps the last good
+	// configuration, and Status says why.
 	ConfigDir string
 	// StateDir keeps the CA, the token key, the API token, enrollment
 	// records and canary state across restarts (files 0600).
@@ -107,11 +108,6 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...Option) (*Daemon, 
 	}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = time.Second
-	}
-	if st, err := os.Stat(cfg.ConfigDir); err != nil {
-		return nil, fmt.Errorf("config dir %s: %w", cfg.ConfigDir, err)
-	} else if !st.IsDir() {
-		return nil, fmt.Errorf("config dir %s: not a directory", cfg.ConfigDir)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
@@ -340,6 +336,14 @@ type configFile struct {
 }
 
 func readConfigDir(dir string) ([]configFile, string, error) {
+	if st, err := os.Stat(dir); err == nil && st.Mode().IsRegular() {
+		data, err := os.ReadFile(dir)
+		if err != nil {
+			return nil, "", fmt.Errorf("config file %s: %w", dir, err)
+		}
+		sum := sha256.Sum256(data)
+		return []configFile{{name: dir, data: data}}, hex.EncodeToString(sum[:]), nil
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, "", fmt.Errorf("config dir %s: %w", dir, err)

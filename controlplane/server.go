@@ -396,6 +396,7 @@ func (s *Server) commitLocked(cand configSet, changed map[objectKey]bool) error 
 	}
 	s.cfg = cand
 	s.pushAllLocked()
+	s.warnFindingsLocked(cand, reg)
 	return nil
 }
 

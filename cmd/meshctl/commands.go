@@ -337,21 +337,38 @@ func printCanary(e *env, st controlplane.CanaryStatus) {
 }
 
 func runAnalyze(ctx context.Context, e *env, args []string) error {
-	f := newFlags(e, "analyze DIR [-o json|yaml]", "  meshctl analyze ./mesh.d && cp ./mesh.d/*.yaml /etc/mesh/")
+	f := newFlags(e, "analyze DIR | analyze -live [-o json|yaml]",
+		"  meshctl analyze ./mesh.d && cp ./mesh.d/*.yaml /etc/mesh/\n  meshctl analyze -live -state ./cp-state     # the config in force, against the workloads known now")
 	out := addOutputFlag(f)
+	api := addAPIFlags(f, e)
+	live := f.Bool("live", false, "analyze the control plane's configuration in force instead of a directory")
 	rest, err := f.parse(args)
 	if err != nil {
 		return err
 	}
-	if len(rest) != 1 {
-		return usagef("want one directory")
-	}
 	if err := out.check(); err != nil {
 		return err
 	}
-	findings, err := controlplane.AnalyzeDir(rest[0])
-	if err != nil {
-		return err
+	var findings []controlplane.Finding
+	what := ""
+	switch {
+	case *live && len(rest) == 0:
+		c, err := api.client()
+		if err != nil {
+			return err
+		}
+		var st controlplane.DaemonStatus
+		if err := c.do(ctx, "GET", "/api/v1/status", nil, &st); err != nil {
+			return err
+		}
+		findings, what = st.Findings, "the configuration in force"
+	case !*live && len(rest) == 1:
+		if findings, err = controlplane.AnalyzeDir(rest[0]); err != nil {
+			return err
+		}
+		what = rest[0]
+	default:
+		return usagef("want one directory, or -live")
 	}
 	if findings == nil {
 		findings = []controlplane.Finding{}
@@ -361,7 +378,7 @@ func runAnalyze(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "%s [%s] %s: %s\n", fd.Severity, fd.Code, strings.Join(fd.Objects, ", "), fd.Message)
 		}
 		if len(findings) == 0 {
-			fmt.Fprintf(e.stdout, "%s: no findings\n", rest[0])
+			fmt.Fprintf(e.stdout, "%s: no findings\n", what)
 		}
 	}); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"io"
 	"math"
 	"net"
 	"net/http/httptest"
@@ -99,14 +100,15 @@ func startCP(t *testing.T, config, state, listen string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(bin, "controlplane", "-config", config, "-state", state, "-listen", listen, "-api", "127.0.0.1:0"),
 		api: make(chan string, 1), done: make(chan struct{})}
-	out, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Stderr = p.cmd.Stdout
+	out, w := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = w, w // one stream, in order
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		_ = p.cmd.Wait()
+		w.Close()
+	}()
 	go func() {
 		defer close(p.done)
 		s := bufio.NewScanner(out)
@@ -118,7 +120,7 @@ func startCP(t *testing.T, config, state, listen string) *proc {
 				p.api <- u
 			}
 		}
-		_ = p.cmd.Wait()
+		_, _ = io.Copy(io.Discard, out)
 	}()
 	t.Cleanup(func() {
 		p.stop()
@@ -635,5 +637,38 @@ spec:
 	writeConfig(t, clean, "mesh.yaml", shop.MeshYAML(90, 10))
 	if r := meshctl(t, "analyze", clean); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
 		t.Errorf("analyze of a clean dir: exit %d, %q", r.code, r.stdout)
+	}
+}
+
+// TestAnalyzeLive: the configuration in force, against the workloads the
+// control plane knows: a subset whose labels select nobody is found, and
+// the control plane logged it as a warning when it took the config.
+func TestAnalyzeLive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	tmp := t.TempDir()
+	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
+	os.Mkdir(cfg, 0o755)
+	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
+	cp := startCP(t, cfg, state, "127.0.0.1:0")
+	startPayments(t, ctx, state, "v1", 0)
+	startPayments(t, ctx, state, "v2", 0)
+	if r := meshctl(t, "analyze", "-live", "-state", state); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
+		t.Errorf("analyze -live of a sound config: exit %d, %q", r.code, r.stdout)
+	}
+	// An edit whose subset selects nobody: accepted, but found.
+	writeConfig(t, cfg, "mesh.yaml", []byte(strings.Replace(string(shop.MeshYAML(100, 0)), "version: v2", "version: v9", 1)))
+	var r result
+	for ctx.Err() == nil {
+		if r = meshctl(t, "analyze", "-live", "-state", state); r.code != 0 {
+			break
+		}
+	}
+	if r.code != 1 {
+		t.Errorf("analyze -live: exit %d, want 1 (findings)", r.code)
+	}
+	golden(t, "analyze-live", r.stdout)
+	if out := cp.output(); !strings.Contains(out, "config finding") || !strings.Contains(out, "SubsetSelectsNothing") {
+		t.Errorf("control plane did not warn of the finding when it took the config:\n%s", out)
 	}
 }

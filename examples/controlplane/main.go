@@ -28,35 +28,44 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:15010", "address to serve xDS on")
 	dir := flag.String("dir", filepath.Join(os.TempDir(), "mesh"), "directory for the workloads' bootstraps and certificates")
-	config := flag.String("config", "", "Istio YAML file to serve and watch (default: the example's 90/10 split)")
+	config := flag.String("config", "", "Istio YAML file or directory to serve and watch (default: <dir>/config/mesh.yaml, written with the example's 90/10 split if absent)")
 	stateDir := flag.String("state", "", "directory for the CA and keys, kept across restarts (default: <dir>/controlplane-state)")
+	apiAddr := flag.String("api", "127.0.0.1:0", "address of the HTTP API that meshctl uses (meshctl -state <state> finds it)")
 	flag.Parse()
 	if *stateDir == "" {
 		*stateDir = filepath.Join(*dir, "controlplane-state")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *addr, *dir, *config, *stateDir); err != nil {
+	if err := run(ctx, *addr, *dir, *config, *stateDir, *apiAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, addr, dir, config, stateDir string) error {
-	// Workloads and configuration are given to New, so that no workload is
-	// ever answered before the configuration is in force.
-	opts := []controlplane.Option{controlplane.WithAddress(addr), controlplane.WithLogger(slog.Default()),
-		controlplane.WithStateDir(stateDir), controlplane.WithWorkloads(shop.Workloads()...)}
-	if config != "" {
-		opts = append(opts, controlplane.WithConfigFile(config))
-	} else {
-		opts = append(opts, controlplane.WithConfig(shop.MeshYAML(90, 10)))
+// run is what `meshctl controlplane` runs (controlplane.NewDaemon), plus
+// the example's own workloads declared and their bootstraps written.
+func run(ctx context.Context, addr, dir, config, stateDir, apiAddr string) error {
+	if config == "" {
+		config = filepath.Join(dir, "config")
+		if err := os.MkdirAll(config, 0o755); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(config, "mesh.yaml")); os.IsNotExist(err) {
+			if err := os.WriteFile(filepath.Join(config, "mesh.yaml"), shop.MeshYAML(90, 10), 0o644); err != nil {
+				return err
+			}
+		}
 	}
-	cp, err := controlplane.New(ctx, opts...)
+	// Workloads and configuration are given at start, so that no workload
+	// is ever answered before the configuration is in force.
+	d, err := controlplane.NewDaemon(ctx, controlplane.DaemonConfig{ConfigDir: config, StateDir: stateDir, APIAddress: apiAddr},
+		controlplane.WithAddress(addr), controlplane.WithLogger(slog.Default()), controlplane.WithWorkloads(shop.Workloads()...))
 	if err != nil {
 		return err
 	}
-	defer cp.Close()
+	defer d.Close()
+	cp := d.Server()
 	for _, w := range shop.Workloads() {
 		path, err := cp.WriteBootstrap(filepath.Join(dir, w.Name), w)
 		if err != nil {
@@ -64,7 +73,7 @@ func run(ctx context.Context, addr, dir, config, stateDir string) error {
 		}
 		fmt.Printf("MESH_BOOTSTRAP=%s\n", path)
 	}
-	fmt.Printf("serving xDS on %s; Ctrl-C to stop\n", cp.Addr())
+	fmt.Printf("serving xDS on %s; API on %s (meshctl -state %s); Ctrl-C to stop\n", cp.Addr(), d.APIURL(), stateDir)
 	<-ctx.Done()
 	return nil
 }
