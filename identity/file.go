@@ -84,6 +84,8 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
 	o := newOptions(opts)
+	// Look before reading: a change after this shows in the next look.
+	seen := statSet(cfg)
 	raw, err := readSet(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -102,7 +104,7 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
-	go s.poll(raw)
+	go s.poll(raw, seen)
 	return s, nil
 }
 
@@ -125,13 +127,12 @@ func (s *FileSource) Close() error {
 	return nil
 }
 
-func (s *FileSource) poll(last pemSet) {
+func (s *FileSource) poll(last pemSet, seen [3]os.FileInfo) {
 	defer close(s.done)
 	ticker := time.NewTicker(s.cfg.RefreshInterval)
 	defer ticker.Stop()
 	watch := time.NewTicker(min(statInterval, s.cfg.RefreshInterval))
 	defer watch.Stop()
-	seen := statSet(s.cfg)
 	for {
 		select {
 		case <-s.stop:
