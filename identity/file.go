@@ -24,8 +24,9 @@ type FileConfig struct {
 	KeyFile string
 	// CAFile holds the trust bundle of the SVID's trust domain.
 	CAFile string
-	// RefreshInterval is how often the files are polled for changes;
-	// zero means DefaultRefreshInterval.
+	// RefreshInterval is how often the files are read again whatever
+	// their metadata says (changes that show in it are picked up within
+	// about a second); zero means DefaultRefreshInterval.
 	RefreshInterval time.Duration
 }
 
@@ -70,8 +71,9 @@ var _ Source = (*FileSource)(nil)
 
 // NewFileSource loads cfg's files and starts watching them: a change is
 // picked up within about a second, and the files are read again every
-// cfg.RefreshInterval in any case. It fails if the files cannot be read or do not form a
-// valid SVID with its bundle; the error names the file and the problem.
+// cfg.RefreshInterval in any case. It fails if the files cannot be read or
+// do not form a valid SVID with its bundle; the error names the file and
+// the problem.
 // ctx bounds only the initial load; the poller runs until Close.
 func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSource, error) {
 	if err := cfg.Validate(); err != nil {
