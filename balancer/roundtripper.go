@@ -274,7 +274,8 @@ func (ch *httpChannel) waitTable(ctx context.Context) (*httpTable, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("mesh round tripper: waiting for the routes of %q: %w", ch.authority, ctx.Err())
 	case <-timer.C:
-		return nil, &UnavailableError{Err: fmt.Errorf("no routes for %q from the control plane after %v; %s", ch.authority, ch.rt.cfg.publishTimeout, targetHint)}
+		return nil, &UnavailableError{Err: fmt.Errorf("no routes for %q (listener %q) from the control plane after %v; %s",
+			ch.authority, ch.rt.cfg.listenerName(ch.authority), ch.rt.cfg.publishTimeout, targetHint)}
 	}
 }
 

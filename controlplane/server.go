@@ -171,6 +171,13 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 			return nil, err
 		}
 	}
+	if saved != nil {
+		for _, u := range ca.cert.URIs {
+			if u.Scheme == "spiffe" && u.Host != td.Name() {
+				return nil, fmt.Errorf("state dir %s: its CA is for trust domain %q, not %q", st.stateDir, u.Host, td.Name())
+			}
+		}
+	}
 	s := &Server{
 		logger:        st.logger,
 		trustDomain:   td,

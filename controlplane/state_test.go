@@ -44,6 +44,9 @@ func TestStateDirKeepsTheCAAcrossRestarts(t *testing.T) {
 	if ns, sa, err := second.certService.verify(token); err != nil || ns != "default" || sa != "payments" {
 		t.Fatalf("a token from before the restart: %s/%s, %v; want it to verify", ns, sa, err)
 	}
+	if _, err := New(testContext(t), WithStateDir(dir), WithTrustDomain("other.org")); err == nil || !strings.Contains(err.Error(), `"cluster.local"`) {
+		t.Fatalf("the state's CA for another trust domain: %v, want an error naming both", err)
+	}
 	if other := newTestServer(t); bytes.Equal(other.RootPEM(), root) {
 		t.Fatal("a control plane without the state directory has the same CA")
 	}

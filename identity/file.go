@@ -24,8 +24,9 @@ type FileConfig struct {
 	KeyFile string
 	// CAFile holds the trust bundle of the SVID's trust domain.
 	CAFile string
-	// RefreshInterval is how often the files are polled for changes;
-	// zero means DefaultRefreshInterval.
+	// RefreshInterval is how often the files are read again whatever
+	// their metadata says (changes that show in it are picked up within
+	// about a second); zero means DefaultRefreshInterval.
 	RefreshInterval time.Duration
 }
 
@@ -70,8 +71,9 @@ var _ Source = (*FileSource)(nil)
 
 // NewFileSource loads cfg's files and starts watching them: a change is
 // picked up within about a second, and the files are read again every
-// cfg.RefreshInterval in any case. It fails if the files cannot be read or do not form a
-// valid SVID with its bundle; the error names the file and the problem.
+// cfg.RefreshInterval in any case. It fails if the files cannot be read or
+// do not form a valid SVID with its bundle; the error names the file and
+// the problem.
 // ctx bounds only the initial load; the poller runs until Close.
 func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSource, error) {
 	if err := cfg.Validate(); err != nil {
@@ -84,6 +86,8 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
 	o := newOptions(opts)
+	// Look before reading: a change after this shows in the next look.
+	seen := statSet(cfg)
 	raw, err := readSet(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -102,7 +106,7 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
-	go s.poll(raw)
+	go s.poll(raw, seen)
 	return s, nil
 }
 
@@ -125,13 +129,12 @@ func (s *FileSource) Close() error {
 	return nil
 }
 
-func (s *FileSource) poll(last pemSet) {
+func (s *FileSource) poll(last pemSet, seen [3]os.FileInfo) {
 	defer close(s.done)
 	ticker := time.NewTicker(s.cfg.RefreshInterval)
 	defer ticker.Stop()
 	watch := time.NewTicker(min(statInterval, s.cfg.RefreshInterval))
 	defer watch.Stop()
-	seen := statSet(s.cfg)
 	for {
 		select {
 		case <-s.stop:

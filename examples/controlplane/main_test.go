@@ -154,10 +154,14 @@ func TestWorkloadsAsSeparateProcesses(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`source_cluster="Kubernetes"`, `destination_canonical_revision="v1"`, `destination_canonical_revision="v2"`} {
+	for _, want := range []string{`source_cluster="Kubernetes"`, `destination_cluster="Kubernetes"`,
+		`destination_canonical_revision="v1"`, `destination_canonical_revision="v2"`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("checkout's /metrics lacks %s", want)
 		}
+	}
+	if strings.Contains(string(body), `_cluster="unknown"`) {
+		t.Errorf("checkout's /metrics has series of an unknown cluster, which Kiali drops")
 	}
 
 	// Restart the control plane on its state directory. Checkout keeps

@@ -600,6 +600,14 @@ func TestKialiQueriesOnRealPrometheus(t *testing.T) {
 				}
 			}
 		}
+		// Every series names both clusters: Kiali drops the others.
+		unknown, err := promQuery(ctx, base, `istio_requests_total{source_cluster="unknown"} or istio_requests_total{destination_cluster="unknown"}`)
+		if err != nil {
+			t.Fatalf("prometheus: %v", err)
+		}
+		if len(unknown) > 0 {
+			fail("%d series with an unknown cluster, e.g. %v", len(unknown), unknown[0].Metric)
+		}
 		for _, app := range []string{"payments", "web", "checkout"} {
 			h, err := kialiAppHealth(ctx, base, ns, cluster, app, healthWindow)
 			if err != nil {

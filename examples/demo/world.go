@@ -88,52 +88,48 @@ func startWorld(ctx context.Context, logger *slog.Logger, tp trace.TracerProvide
 		}
 		return m, nil
 	}
-	listen := func() (net.Listener, error) { return (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0") }
-	for _, version := range []string{"v1", "v2"} {
-		m, err := join("payments-" + version)
+	// serve joins workload name, runs serve on a new 127.0.0.1 listener
+	// until close, then stop, and returns the listener's address.
+	serve := func(name string, start func(m *mesh.Mesh) (serve func(net.Listener) error, stop func())) (string, error) {
+		m, err := join(name)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
-		lis, err := listen()
+		lis, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, err
+			return "", err
 		}
-		srv := m.NewGRPCServer()
-		(&shop.Payments{Version: version}).Register(srv)
-		registerFaults(srv)
+		run, stop := start(m)
 		served := make(chan struct{})
 		go func() {
 			defer close(served)
-			_ = srv.Serve(lis)
-		}()
-		w.onClose(func() {
-			srv.Stop()
-			<-served
-		})
-		w.paymentsAddr[version] = lis.Addr().String()
-	}
-	for _, version := range []string{"v1", "v2"} {
-		m, err := join("web-" + version)
-		if err != nil {
-			return nil, err
-		}
-		lis, err := listen()
-		if err != nil {
-			return nil, err
-		}
-		srv := m.NewHTTPServer(shop.Web(version))
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-				logger.Warn("web server stopped", "version", version, "error", err)
+			if err := run(lis); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				logger.Warn("server stopped", "workload", name, "error", err)
 			}
 		}()
 		w.onClose(func() {
-			_ = srv.Close()
+			stop()
 			<-served
 		})
-		w.webAddr[version] = lis.Addr().String()
+		return lis.Addr().String(), nil
+	}
+	for _, version := range []string{"v1", "v2"} {
+		w.paymentsAddr[version], err = serve("payments-"+version, func(m *mesh.Mesh) (func(net.Listener) error, func()) {
+			srv := m.NewGRPCServer()
+			(&shop.Payments{Version: version}).Register(srv)
+			registerFaults(srv)
+			return srv.Serve, srv.Stop
+		})
+		if err != nil {
+			return nil, err
+		}
+		w.webAddr[version], err = serve("web-"+version, func(m *mesh.Mesh) (func(net.Listener) error, func()) {
+			srv := m.NewHTTPServer(shop.Web(version))
+			return srv.Serve, func() { _ = srv.Close() }
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 
 	checkout, err := join("checkout")

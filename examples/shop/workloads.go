@@ -5,33 +5,26 @@ import "mesh/controlplane"
 // Workloads are the example's workloads as the control plane registers them:
 // name, identity (service account), the service they serve and their labels.
 func Workloads() []controlplane.Workload {
-	payments := func(version string) controlplane.Workload {
-		return controlplane.Workload{
-			Name: "payments-" + version, Namespace: "default", ServiceAccount: "payments",
-			Service: "payments", Port: PaymentsPort,
-			Labels: map[string]string{"app": "payments", "version": version},
-		}
-	}
 	return []controlplane.Workload{
-		payments("v1"),
-		payments("v2"),
-		{
-			Name: "checkout", Namespace: "default", ServiceAccount: "checkout",
-			Service: "checkout", Port: 8080,
-			Labels: map[string]string{"app": "checkout", "version": "v1"},
-		},
+		versioned("payments-v1", "payments", "v1", PaymentsPort),
+		versioned("payments-v2", "payments", "v2", PaymentsPort),
+		versioned("checkout", "checkout", "v1", 8080),
 	}
 }
 
 // WebWorkloads are the web service's versions v1 and v2, served over
 // net/http.
 func WebWorkloads() []controlplane.Workload {
-	web := func(version string) controlplane.Workload {
-		return controlplane.Workload{
-			Name: "web-" + version, Namespace: "default", ServiceAccount: "web",
-			Service: "web", Port: WebPort,
-			Labels: map[string]string{"app": "web", "version": version},
-		}
+	return []controlplane.Workload{versioned("web-v1", "web", "v1", WebPort), versioned("web-v2", "web", "v2", WebPort)}
+}
+
+// versioned is workload name, one version of service, running as service
+// account <service>, labelled app and version as Istio's canonical labels
+// want.
+func versioned(name, service, version string, port uint32) controlplane.Workload {
+	return controlplane.Workload{
+		Name: name, Namespace: "default", ServiceAccount: service,
+		Service: service, Port: port,
+		Labels: map[string]string{"app": service, "version": version},
 	}
-	return []controlplane.Workload{web("v1"), web("v2")}
 }
