@@ -24,6 +24,7 @@ import (
 // DaemonConfig.APIAddress says; keep that on loopback.
 //
 //	GET  /api/v1/status                         DaemonStatus
+//	GET  /api/v1/proxy-status                   []ProxyStatus
 //	POST /api/v1/enroll                         EnrollRequest -> EnrollResponse
 //	GET  /api/v1/canaries/{host}                CanaryStatus
 //	POST /api/v1/canaries/{host}/weights        {"weights": {"v1": 90, "v2": 10}}
@@ -102,6 +103,9 @@ func (d *Daemon) serveAPI(ctx context.Context) (*apiServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeAPI(w, http.StatusOK, d.Status())
+	})
+	mux.HandleFunc("GET /api/v1/proxy-status", func(w http.ResponseWriter, r *http.Request) {
+		writeAPI(w, http.StatusOK, append([]ProxyStatus{}, d.srv.ProxyStatus()...))
 	})
 	mux.HandleFunc("POST /api/v1/enroll", func(w http.ResponseWriter, r *http.Request) {
 		var req EnrollRequest

@@ -99,8 +99,9 @@ type nodeInfo struct {
 	listeners      map[string]bool // listener names currently subscribed
 	lastNonce      map[string]string
 	lastVersion    map[string]string
-	wantsSecrets   bool   // asked for SDS secrets; see sds.go
-	proof          *proof // what its credentials proved; nil in plaintext mode
+	wantsSecrets   bool      // asked for SDS secrets; see sds.go
+	proof          *proof    // what its credentials proved; nil in plaintext mode
+	sync           syncState // what it ACKed and NACKed; see proxystatus.go
 }
 
 // addresses are the "ip:port"s the node serves its service on.
@@ -674,6 +675,7 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 		}
 		s.logger.Info("node connected", attrs...)
 	}
+	n.sync.record(typeURL, sotw, delta)
 	if sotw != nil && sotw.GetErrorDetail() != nil {
 		s.logger.Warn("node rejected config (NACK)", "node", n.id, "type", typeURL,
 			"version", sotw.GetVersionInfo(), "error", sotw.GetErrorDetail().GetMessage())

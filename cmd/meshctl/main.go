@@ -57,6 +57,7 @@ func commands() []command {
 		{"bootstrap", "enroll a workload and write its bootstrap and credentials into a directory", runBootstrap},
 		{"canary", "set, promote, roll back or analyze a host's canary split", runCanary},
 		{"status", "the control plane's config state, enrolled workloads and canaries", runStatus},
+		{"proxy-status", "every connected workload's xDS sync state: versions sent and ACKed, NACK errors, last seen", runProxyStatus},
 		{"analyze", "check a directory of Istio YAML (and Canary objects) offline", runAnalyze},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -279,7 +280,7 @@ func oneLine(t *testing.T, r result, code int, want string) {
 }
 
 func TestHelpHasExampleAndExitCodes(t *testing.T) {
-	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze"} {
+	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status"} {
 		r := meshctl(t, cmd, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
 			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)
@@ -328,6 +329,31 @@ func TestBadInputChangesNothing(t *testing.T) {
 	oneLine(t, meshctl(t, "canary", "status", "unknown", "-state", state), 1, "unknown.default.svc.cluster.local")
 	oneLine(t, meshctl(t, "canary", "promote", "payments", "-state", state), 1, "name the subset")
 	oneLine(t, meshctl(t, "bootstrap", "-state", state, "-name", "Bad_Name", "-dir", out), 2, "Bad_Name")
+	// The API answers only its token: a wrong one, or none, is refused and
+	// enrolls nobody.
+	wrong := filepath.Join(tmp, "wrong-token")
+	os.WriteFile(wrong, []byte(strings.Repeat("b", 64)), 0o600)
+	apiURL, err := os.ReadFile(filepath.Join(state, controlplane.StateAPIAddressFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := strings.TrimSpace(string(apiURL))
+	oneLine(t, meshctl(t, "bootstrap", "-api", api, "-token", wrong, "-name", "intruder", "-dir", out), 1, "wrong API token")
+	resp, err := http.Post(api+"/api/v1/enroll", "application/json", strings.NewReader(`{"workload":{"Name":"intruder"},"dir":"/tmp/x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("enroll without a token: %s, want 401", resp.Status)
+	}
+	var ds controlplane.DaemonStatus
+	if err := json.Unmarshal([]byte(must(t, "status", "-state", state, "-o", "json")), &ds); err != nil || len(ds.Workloads) != 0 {
+		t.Errorf("workloads after refused enrollments: %+v (%v)", ds.Workloads, err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("a refused bootstrap created %s", out)
+	}
 	if st := canaryStatus(t, state); st.Weights["v1"] != 90 || st.Weights["v2"] != 10 {
 		t.Errorf("weights after bad input: %v, want v1=90 v2=10", st.Weights)
 	}
@@ -365,6 +391,24 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 			}
 		}
 	}
+
+	// Every workload connected, each type ACKed at the version last sent.
+	for synced := false; !synced; {
+		if ctx.Err() != nil {
+			t.Fatal("proxy-status never showed every workload synced")
+		}
+		var ps []controlplane.ProxyStatus
+		if err := json.Unmarshal([]byte(must(t, "proxy-status", "-state", state, "-o", "json")), &ps); err != nil {
+			t.Fatal(err)
+		}
+		synced = len(ps) == 3
+		for _, p := range ps {
+			for _, ty := range p.Types {
+				synced = synced && ty.State == "SYNCED" && ty.Acked != ""
+			}
+		}
+	}
+	golden(t, "proxy-status", regexp.MustCompile(`\d+s ago`).ReplaceAllString(must(t, "proxy-status", "-state", state), "<AGO>"))
 
 	golden(t, "canary-set", mask(must(t, "canary", "set", "payments", "v1=0", "v2=100", "-state", state), tmp))
 	if err := shop.WaitFor(ctx, conn, 20, func(r shop.Reply) bool { return r.Version == "v2" }); err != nil {
