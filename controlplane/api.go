@@ -25,6 +25,7 @@ import (
 //
 //	GET  /api/v1/status                         DaemonStatus
 //	GET  /api/v1/proxy-status                   []ProxyStatus
+//	GET  /api/v1/top?window=5s                  []EdgeStats
 //	POST /api/v1/enroll                         EnrollRequest -> EnrollResponse
 //	GET  /api/v1/canaries/{host}                CanaryStatus
 //	POST /api/v1/canaries/{host}/weights        {"weights": {"v1": 90, "v2": 10}}
@@ -39,6 +40,7 @@ import (
 type DaemonStatus struct {
 	XDSAddress  string         `json:"xds_address"`
 	ConfigDir   string         `json:"config_dir"`
+	AdminURL    string         `json:"admin_url,omitempty"` // the graph and admin pages, if served
 	ConfigError string         `json:"config_error,omitempty"`
 	AppliedAt   time.Time      `json:"applied_at"`
 	Workloads   []Enrollment   `json:"workloads"`
@@ -74,7 +76,7 @@ func (a *apiServer) close() {
 // Status reports the daemon's configuration state, enrollments and canaries.
 func (d *Daemon) Status() DaemonStatus {
 	d.mu.Lock()
-	st := DaemonStatus{XDSAddress: d.srv.Addr(), ConfigDir: d.cfg.ConfigDir, ConfigError: d.configErr,
+	st := DaemonStatus{XDSAddress: d.srv.Addr(), ConfigDir: d.cfg.ConfigDir, ConfigError: d.configErr, AdminURL: d.adminURL,
 		AppliedAt: d.appliedAt.UTC(), Workloads: []Enrollment{}, Canaries: []CanaryStatus{}}
 	for _, k := range slices.Sorted(maps.Keys(d.enrolled)) {
 		st.Workloads = append(st.Workloads, d.enrolled[k])
@@ -106,6 +108,19 @@ func (d *Daemon) serveAPI(ctx context.Context) (*apiServer, error) {
 	})
 	mux.HandleFunc("GET /api/v1/proxy-status", func(w http.ResponseWriter, r *http.Request) {
 		writeAPI(w, http.StatusOK, append([]ProxyStatus{}, d.srv.ProxyStatus()...))
+	})
+	mux.HandleFunc("GET /api/v1/top", func(w http.ResponseWriter, r *http.Request) {
+		window, err := time.ParseDuration(cmpOr(r.URL.Query().Get("window"), "5s"))
+		if err != nil {
+			apiError(w, http.StatusBadRequest, fmt.Errorf("window: %w", err))
+			return
+		}
+		edges, err := d.Top(r.Context(), window)
+		if err != nil {
+			apiError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeAPI(w, http.StatusOK, append([]EdgeStats{}, edges...))
 	})
 	mux.HandleFunc("POST /api/v1/enroll", func(w http.ResponseWriter, r *http.Request) {
 		var req EnrollRequest
@@ -219,4 +234,17 @@ func writeAPI(w http.ResponseWriter, code int, v any) {
 
 func apiError(w http.ResponseWriter, code int, err error) {
 	writeAPI(w, code, map[string]string{"error": strings.TrimSpace(err.Error())})
+}
+
+// ServeAdmin serves the server's admin pages (the mesh graph) on addr, as
+// Server.ServeAdmin does, and reports their URL in Status.
+func (d *Daemon) ServeAdmin(ctx context.Context, addr string) (string, error) {
+	u, err := d.srv.ServeAdmin(ctx, addr)
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	d.adminURL = u
+	d.mu.Unlock()
+	return u, nil
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,8 +19,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	networking "istio.io/api/networking/v1alpha3"
 	"sigs.k8s.io/yaml"
-
-	"mesh/internal/admin"
 )
 
 // KindCanary is mesh's own kind beside Istio's: automated canary analysis
@@ -595,90 +592,25 @@ func (d *Daemon) subsetVersionLocked(host, subset string) string {
 	return subset
 }
 
-// metricsSample is one scrape of one workload's /metrics.
+// metricsSample is one scrape of one workload's /metrics: the canary's
+// series summed by "host|version".
 type metricsSample struct {
 	target string
-	series map[string]seriesAgg // by "host|version"
-}
-
-type seriesAgg struct {
-	requests, errors float64
-	buckets          map[float64]float64 // upper bound -> cumulative count
-	count            float64
+	series map[string]edgeAgg
 }
 
 func (d *Daemon) sampleLocked(ctx context.Context, _ string) []metricsSample {
 	return d.metricsFunc(ctx)
 }
 
-// scrapeAll reads every registered /metrics URL.
+// scrapeAll reads every registered /metrics URL, summing the
+// destination-reported series by destination host and version.
 func (d *Daemon) scrapeAll(ctx context.Context) []metricsSample {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	var out []metricsSample
-	for _, url := range d.srv.metricsURLs() {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			continue
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			d.logger.Warn("canary analysis: scrape failed", "url", url, "error", err)
-			continue
-		}
-		fams, err := admin.ParseMetrics(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			d.logger.Warn("canary analysis: metrics unparsable", "url", url, "error", err)
-			continue
-		}
-		out = append(out, metricsSample{target: url, series: aggregate(fams)})
-	}
-	return out
-}
-
-// aggregate sums the destination-reported series by destination host and
-// version.
-func aggregate(fams map[string]*dto.MetricFamily) map[string]seriesAgg {
-	out := map[string]seriesAgg{}
-	get := func(labels map[string]string) (string, bool) {
-		if labels["reporter"] != "destination" {
-			return "", false
-		}
-		return labels["destination_service"] + "|" + labels["destination_version"], true
-	}
-	if fam := fams["istio_requests_total"]; fam != nil {
-		for _, m := range fam.GetMetric() {
-			labels := labelMap(m)
-			key, ok := get(labels)
-			if !ok {
-				continue
-			}
-			v := m.GetCounter().GetValue() + m.GetUntyped().GetValue()
-			a := out[key]
-			a.requests += v
-			if callFailed(labels) {
-				a.errors += v
-			}
-			out[key] = a
-		}
-	}
-	if fam := fams["istio_request_duration_milliseconds"]; fam != nil {
-		for _, m := range fam.GetMetric() {
-			key, ok := get(labelMap(m))
-			if !ok || m.GetHistogram() == nil {
-				continue
-			}
-			a := out[key]
-			if a.buckets == nil {
-				a.buckets = map[float64]float64{}
-			}
-			for _, b := range m.GetHistogram().GetBucket() {
-				a.buckets[b.GetUpperBound()] += float64(b.GetCumulativeCount())
-			}
-			a.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
-			a.count += float64(m.GetHistogram().GetSampleCount())
-			out[key] = a
-		}
+	for url, fams := range d.scrape(ctx) {
+		out = append(out, metricsSample{target: url, series: sumSeries(fams, func(l map[string]string) (string, bool) {
+			return l["destination_service"] + "|" + l["destination_version"], l["reporter"] == "destination"
+		})})
 	}
 	return out
 }
@@ -700,15 +632,15 @@ type window struct {
 
 func windowOf(base, cur []metricsSample, host, version string) window {
 	key := host + "|" + version
-	prev := map[string]seriesAgg{}
+	prev := map[string]edgeAgg{}
 	for _, s := range base {
 		prev[s.target] = s.series[key]
 	}
 	w := window{buckets: map[float64]float64{}}
 	for _, s := range cur {
 		now, was := s.series[key], prev[s.target]
-		if now.requests < was.requests || now.count < was.count {
-			was = seriesAgg{} // the workload restarted: its counters too
+		if now.requests < was.requests || now.buckets[math.Inf(1)] < was.buckets[math.Inf(1)] {
+			was = edgeAgg{} // the workload restarted: its counters too
 		}
 		w.requests += now.requests - was.requests
 		w.errors += max(now.errors-was.errors, 0)
@@ -722,18 +654,22 @@ func windowOf(base, cur []metricsSample, host, version string) window {
 // p99 is the upper bound of the bucket holding the 99th percentile call
 // (Inf when beyond the last finite bound), as Prometheus'
 // histogram_quantile would bound it.
-func (w window) p99() float64 {
-	bounds := make([]float64, 0, len(w.buckets))
-	for ub := range w.buckets {
+func (w window) p99() float64 { return quantileBound(w.buckets, 0.99) }
+
+// quantileBound is the upper bound of the bucket of cumulative counts
+// (upper bound -> count, +Inf holding the total) where quantile q falls.
+func quantileBound(buckets map[float64]float64, q float64) float64 {
+	bounds := make([]float64, 0, len(buckets))
+	for ub := range buckets {
 		bounds = append(bounds, ub)
 	}
 	sort.Float64s(bounds)
-	total := w.buckets[math.Inf(1)]
+	total := buckets[math.Inf(1)]
 	if total <= 0 {
 		return 0
 	}
 	for _, ub := range bounds {
-		if w.buckets[ub] >= 0.99*total {
+		if buckets[ub] >= q*total {
 			return ub
 		}
 	}

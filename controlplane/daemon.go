@@ -91,6 +91,7 @@ type Daemon struct {
 	enrolled    map[string]Enrollment
 	configErr   string // why the latest ConfigDir content is not in force
 	appliedAt   time.Time
+	adminURL    string
 	analyses    map[string]context.CancelFunc // running analyses by host
 	baselines   map[string][]metricsSample    // where each analysis's interval began
 	analysisMu  sync.Mutex                    // one AnalyzeNow at a time

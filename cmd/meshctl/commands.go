@@ -50,7 +50,7 @@ func runControlPlane(ctx context.Context, e *env, args []string) error {
 	defer d.Close()
 	fmt.Fprintf(e.stdout, "xDS on %s\nAPI on %s\n", d.Server().Addr(), d.APIURL())
 	if *adminAddr != "" {
-		u, err := d.Server().ServeAdmin(ctx, *adminAddr)
+		u, err := d.ServeAdmin(ctx, *adminAddr)
 		if err != nil {
 			return err
 		}

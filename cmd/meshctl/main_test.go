@@ -97,9 +97,10 @@ type proc struct {
 }
 
 // startCP runs meshctl controlplane on config and state, xDS on listen.
-func startCP(t *testing.T, config, state, listen string) *proc {
+func startCP(t *testing.T, config, state, listen string, extra ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, "controlplane", "-config", config, "-state", state, "-listen", listen, "-api", "127.0.0.1:0"),
+	args := append([]string{"controlplane", "-config", config, "-state", state, "-listen", listen, "-api", "127.0.0.1:0"}, extra...)
+	p := &proc{cmd: exec.Command(bin, args...),
 		api: make(chan string, 1), done: make(chan struct{})}
 	out, w := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = w, w // one stream, in order
@@ -280,7 +281,7 @@ func oneLine(t *testing.T, r result, code int, want string) {
 }
 
 func TestHelpHasExampleAndExitCodes(t *testing.T) {
-	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status"} {
+	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status", "top", "dashboard"} {
 		r := meshctl(t, cmd, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
 			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)
@@ -328,6 +329,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 	oneLine(t, meshctl(t, "canary", "set", "payments", "v1=50", "v2=40", "-state", state), 1, "sum to 90")
 	oneLine(t, meshctl(t, "canary", "status", "unknown", "-state", state), 1, "unknown.default.svc.cluster.local")
 	oneLine(t, meshctl(t, "canary", "promote", "payments", "-state", state), 1, "name the subset")
+	oneLine(t, meshctl(t, "dashboard", "-state", state, "-open=false"), 1, "-admin ADDR")
+	oneLine(t, meshctl(t, "top", "-state", state, "-window", "-1s"), 2, "-window")
 	oneLine(t, meshctl(t, "bootstrap", "-state", state, "-name", "Bad_Name", "-dir", out), 2, "Bad_Name")
 	// The API answers only its token: a wrong one, or none, is refused and
 	// enrolls nobody.
@@ -413,6 +416,34 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	golden(t, "canary-set", mask(must(t, "canary", "set", "payments", "v1=0", "v2=100", "-state", state), tmp))
 	if err := shop.WaitFor(ctx, conn, 20, func(r shop.Reply) bool { return r.Version == "v2" }); err != nil {
 		t.Fatal(err)
+	}
+
+	// top: the edge checkout -> payments v2, measured while calls flow.
+	topDone := make(chan result)
+	go func() { topDone <- meshctl(t, "top", "-state", state, "-window", "1s", "-o", "json") }()
+	var top result
+	for top.stdout == "" {
+		select {
+		case top = <-topDone:
+		default:
+			shop.Run(ctx, conn, 20, 2)
+		}
+	}
+	var edges []controlplane.EdgeStats
+	if err := json.Unmarshal([]byte(top.stdout), &edges); err != nil || top.code != 0 {
+		t.Fatalf("top: exit %d, %q (%v)", top.code, top.stdout, err)
+	}
+	found := false
+	for _, e := range edges {
+		if e.Source == "default/checkout/v1" && e.Destination == "default/payments/v2" {
+			found = true
+			if e.SuccessRate != 1 || !e.MutualTLS || e.RPS <= 0 || e.P99Millis == 0 {
+				t.Errorf("top: edge %+v: want all calls successful, over mTLS, with a p99", e)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("top: no edge checkout -> payments v2 in %+v", edges)
 	}
 
 	// A rejected edit: the last good config stays, status says why.
@@ -694,9 +725,16 @@ func TestAnalyzeLive(t *testing.T) {
 	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
 	os.Mkdir(cfg, 0o755)
 	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	cp := startCP(t, cfg, state, "127.0.0.1:0")
+	cp := startCP(t, cfg, state, "127.0.0.1:0", "-admin", "127.0.0.1:0")
 	startPayments(t, ctx, state, "v1", 0)
 	startPayments(t, ctx, state, "v2", 0)
+	// dashboard prints the graph page, which answers.
+	page := strings.TrimSpace(must(t, "dashboard", "-state", state, "-open=false"))
+	if resp, err := http.Get(page); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("dashboard printed %q: %v %v", page, resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if r := meshctl(t, "analyze", "-live", "-state", state); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
 		t.Errorf("analyze -live of a sound config: exit %d, %q", r.code, r.stdout)
 	}
