@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -234,29 +233,15 @@ type canary = CanaryStatus
 
 func loadCanaries(dir string) (map[string]*canary, error) {
 	out := map[string]*canary{}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("canary state: %w", err)
-	}
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
-			continue
-		}
-		path := filepath.Join(dir, e.Name())
-		data, err := readSecret(path)
-		if err != nil {
-			return nil, fmt.Errorf("canary state: %w", err)
-		}
+	err := loadRecords(dir, "canary state", func(_ string, data []byte) error {
 		c := new(canary)
 		if err := json.Unmarshal(data, c); err != nil {
-			return nil, fmt.Errorf("canary state %s: %w", path, err)
+			return err
 		}
 		out[c.Host] = c
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 func (d *Daemon) saveCanary(c *canary) error {

@@ -469,12 +469,29 @@ func (s *Server) enrollmentFiles(dir string, w Workload) (map[string][]byte, err
 
 func loadEnrollments(dir string) (map[string]Enrollment, error) {
 	out := map[string]Enrollment{}
+	err := loadRecords(dir, "enrollment record", func(path string, data []byte) error {
+		var rec Enrollment
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return err
+		}
+		if err := rec.Workload.Validate(); err != nil {
+			return err
+		}
+		out[rec.Workload.Namespace+"/"+rec.Workload.Name] = rec
+		return nil
+	})
+	return out, err
+}
+
+// loadRecords calls load with each *.json file of dir (none if dir does
+// not exist), refusing files others may read; errors name what and where.
+func loadRecords(dir, what string, load func(path string, data []byte) error) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("enrollment records: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	for _, e := range entries {
 		if !strings.HasSuffix(e.Name(), ".json") {
@@ -483,18 +500,13 @@ func loadEnrollments(dir string) (map[string]Enrollment, error) {
 		path := filepath.Join(dir, e.Name())
 		data, err := readSecret(path)
 		if err != nil {
-			return nil, fmt.Errorf("enrollment record: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
-		var rec Enrollment
-		if err := json.Unmarshal(data, &rec); err != nil {
-			return nil, fmt.Errorf("enrollment record %s: %w", path, err)
+		if err := load(path, data); err != nil {
+			return fmt.Errorf("%s %s: %w", what, path, err)
 		}
-		if err := rec.Workload.Validate(); err != nil {
-			return nil, fmt.Errorf("enrollment record %s: %w", path, err)
-		}
-		out[rec.Workload.Namespace+"/"+rec.Workload.Name] = rec
 	}
-	return out, nil
+	return nil
 }
 
 func loadOrCreateToken(path string) (string, error) {

@@ -32,6 +32,15 @@ func addAPIFlags(f *flags, e *env) *apiFlags {
 	return a
 }
 
+// get reads path from the control plane's API into v.
+func (a *apiFlags) get(ctx context.Context, path string, v any) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, "GET", path, nil, v)
+}
+
 // client talks to the control plane's API.
 type client struct {
 	base  string

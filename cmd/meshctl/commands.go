@@ -187,22 +187,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "status [-o json|yaml]", "  meshctl status -state ./cp-state")
 	api := addAPIFlags(f, e)
 	out := addOutputFlag(f)
-	rest, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
-	}
-	if err := out.check(); err != nil {
-		return err
-	}
-	c, err := api.client()
-	if err != nil {
+	if err := f.parseNone(args, out); err != nil {
 		return err
 	}
 	var st controlplane.DaemonStatus
-	if err := c.do(ctx, "GET", "/api/v1/status", nil, &st); err != nil {
+	if err := api.get(ctx, "/api/v1/status", &st); err != nil {
 		return err
 	}
 	return out.print(e.stdout, st, func() {

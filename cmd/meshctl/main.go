@@ -156,3 +156,19 @@ func (f *flags) parse(args []string) ([]string, error) {
 		args = args[1:]
 	}
 }
+
+// parseNone parses the args of a command that takes flags only, and
+// checks -o if it has one.
+func (f *flags) parseNone(args []string, out *output) error {
+	rest, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	if out != nil {
+		return out.check()
+	}
+	return nil
+}

@@ -222,6 +222,34 @@ func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.Client
 	return conn
 }
 
+// testMesh is one test's control plane (meshctl controlplane on a config
+// dir of the example's YAML, all traffic on v1), payments v1 and v2 and
+// checkout's channel to payments.
+type testMesh struct {
+	tmp, cfg, state, listen string
+	cp                      *proc
+	conn                    *grpc.ClientConn
+}
+
+// newTestMesh starts it; v2 fails every failV2-th call if failV2 > 0.
+func newTestMesh(t *testing.T, ctx context.Context, failV2 int64, cpArgs ...string) *testMesh {
+	t.Helper()
+	m := &testMesh{tmp: t.TempDir(), listen: freeAddr(t)}
+	m.cfg, m.state = filepath.Join(m.tmp, "cfg"), filepath.Join(m.tmp, "state")
+	if err := os.Mkdir(m.cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, m.cfg, "mesh.yaml", shop.MeshYAML(100, 0))
+	m.cp = startCP(t, m.cfg, m.state, m.listen, cpArgs...)
+	startPayments(t, ctx, m.state, "v1", 0)
+	startPayments(t, ctx, m.state, "v2", failV2)
+	m.conn = startCheckout(t, ctx, m.state)
+	if err := shop.WaitFor(ctx, m.conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 func writeConfig(t *testing.T, dir, name string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
@@ -369,19 +397,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	tmp := t.TempDir()
-	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
-	os.Mkdir(cfg, 0o755)
-	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	listen := freeAddr(t)
-	cp := startCP(t, cfg, state, listen)
-
-	startPayments(t, ctx, state, "v1", 0)
-	startPayments(t, ctx, state, "v2", 0)
-	conn := startCheckout(t, ctx, state)
-	if err := shop.WaitFor(ctx, conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
-		t.Fatal(err)
-	}
+	m := newTestMesh(t, ctx, 0)
+	tmp, cfg, state, listen, cp, conn := m.tmp, m.cfg, m.state, m.listen, m.cp, m.conn
 	if got := shop.Run(ctx, conn, 20, 2); got.Failed() != 0 || !strings.HasPrefix(got.Last().Caller, "spiffe://cluster.local/ns/default/sa/checkout") {
 		t.Fatalf("calls: %v, caller %q", got, got.Last().Caller)
 	}
@@ -493,17 +510,8 @@ func analysisArgs(state string) []string {
 func TestCanaryRollsBackFailingV2(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	tmp := t.TempDir()
-	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
-	os.Mkdir(cfg, 0o755)
-	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	startCP(t, cfg, state, "127.0.0.1:0")
-	startPayments(t, ctx, state, "v1", 0)
-	startPayments(t, ctx, state, "v2", 5)
-	conn := startCheckout(t, ctx, state)
-	if err := shop.WaitFor(ctx, conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
-		t.Fatal(err)
-	}
+	m := newTestMesh(t, ctx, 5)
+	tmp, state, conn := m.tmp, m.state, m.conn
 	must(t, analysisArgs(state)...)
 	if err := shop.WaitFor(ctx, conn, 1, func(r shop.Reply) bool { return r.Version == "v2" }); err != nil {
 		t.Fatal(err)
@@ -546,18 +554,8 @@ func TestCanaryRollsBackFailingV2(t *testing.T) {
 func TestCanaryHealthyReachesHundredAcrossRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	tmp := t.TempDir()
-	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
-	os.Mkdir(cfg, 0o755)
-	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	listen := freeAddr(t)
-	cp := startCP(t, cfg, state, listen)
-	startPayments(t, ctx, state, "v1", 0)
-	startPayments(t, ctx, state, "v2", 0)
-	conn := startCheckout(t, ctx, state)
-	if err := shop.WaitFor(ctx, conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
-		t.Fatal(err)
-	}
+	m := newTestMesh(t, ctx, 0)
+	tmp, cfg, state, listen, cp, conn := m.tmp, m.cfg, m.state, m.listen, m.cp, m.conn
 	// Calls flow through every step and the restart; none may fail.
 	var failed, total atomic.Int64
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -619,17 +617,8 @@ func TestCanaryHealthyReachesHundredAcrossRestart(t *testing.T) {
 func TestCanaryRunsOnItsInterval(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	tmp := t.TempDir()
-	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
-	os.Mkdir(cfg, 0o755)
-	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	startCP(t, cfg, state, "127.0.0.1:0")
-	startPayments(t, ctx, state, "v1", 0)
-	startPayments(t, ctx, state, "v2", 0)
-	conn := startCheckout(t, ctx, state)
-	if err := shop.WaitFor(ctx, conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
-		t.Fatal(err)
-	}
+	m := newTestMesh(t, ctx, 0)
+	cfg, state, conn := m.cfg, m.state, m.conn
 	writeConfig(t, cfg, "canary.yaml", []byte(`apiVersion: mesh/v1alpha1
 kind: Canary
 metadata: {name: payments}
@@ -721,13 +710,8 @@ spec:
 func TestAnalyzeLive(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	tmp := t.TempDir()
-	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
-	os.Mkdir(cfg, 0o755)
-	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(100, 0))
-	cp := startCP(t, cfg, state, "127.0.0.1:0", "-admin", "127.0.0.1:0")
-	startPayments(t, ctx, state, "v1", 0)
-	startPayments(t, ctx, state, "v2", 0)
+	m := newTestMesh(t, ctx, 0, "-admin", "127.0.0.1:0")
+	cfg, state, cp := m.cfg, m.state, m.cp
 	// dashboard prints the graph page, which answers.
 	page := strings.TrimSpace(must(t, "dashboard", "-state", state, "-open=false"))
 	if resp, err := http.Get(page); err != nil || resp.StatusCode != http.StatusOK {

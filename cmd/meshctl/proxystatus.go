@@ -14,22 +14,11 @@ func runProxyStatus(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "proxy-status [-o json|yaml]", "  meshctl proxy-status -state ./cp-state\n  meshctl proxy-status -state ./cp-state -o json | jq '.[] | select(.types[].state == \"NACKED\")'")
 	api := addAPIFlags(f, e)
 	out := addOutputFlag(f)
-	rest, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
-	}
-	if err := out.check(); err != nil {
-		return err
-	}
-	c, err := api.client()
-	if err != nil {
+	if err := f.parseNone(args, out); err != nil {
 		return err
 	}
 	var st []controlplane.ProxyStatus
-	if err := c.do(ctx, "GET", "/api/v1/proxy-status", nil, &st); err != nil {
+	if err := api.get(ctx, "/api/v1/proxy-status", &st); err != nil {
 		return err
 	}
 	nacked := false
@@ -38,7 +27,7 @@ func runProxyStatus(ctx context.Context, e *env, args []string) error {
 			nacked = nacked || t.State == "NACKED"
 		}
 	}
-	err = out.print(e.stdout, st, func() {
+	err := out.print(e.stdout, st, func() {
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tLDS\tRDS\tCDS\tEDS\tSDS\tLAST SEEN")
 		var errs []string

@@ -16,14 +16,7 @@ func runTop(ctx context.Context, e *env, args []string) error {
 	api := addAPIFlags(f, e)
 	out := addOutputFlag(f)
 	window := f.Duration("window", 5*time.Second, "how long to measure (the control plane scrapes the workloads' metrics at its start and end)")
-	rest, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
-	}
-	if err := out.check(); err != nil {
+	if err := f.parseNone(args, out); err != nil {
 		return err
 	}
 	if *window <= 0 || *window > 10*time.Minute {
@@ -66,19 +59,11 @@ func runDashboard(ctx context.Context, e *env, args []string) error {
 	f := newFlags(e, "dashboard [-open=false]", "  meshctl dashboard -state ./cp-state   # needs meshctl controlplane -admin ADDR")
 	api := addAPIFlags(f, e)
 	open := f.Bool("open", true, "open it in a browser, where one exists")
-	rest, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
-	}
-	c, err := api.client()
-	if err != nil {
+	if err := f.parseNone(args, nil); err != nil {
 		return err
 	}
 	var st controlplane.DaemonStatus
-	if err := c.do(ctx, "GET", "/api/v1/status", nil, &st); err != nil {
+	if err := api.get(ctx, "/api/v1/status", &st); err != nil {
 		return err
 	}
 	if st.AdminURL == "" {
