@@ -97,6 +97,11 @@ func (d *Daemon) serveAPI(ctx context.Context) (*apiServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api listen on %q: %w", d.cfg.APIAddress, err)
 	}
+	// The API hands out keys over plain HTTP: loopback only.
+	if tcp, ok := lis.Addr().(*net.TCPAddr); !ok || !tcp.IP.IsLoopback() {
+		lis.Close()
+		return nil, fmt.Errorf("api address %q: not a loopback address; the API carries keys over plain HTTP", d.cfg.APIAddress)
+	}
 	a := &apiServer{url: "http://" + lis.Addr().String()}
 	if err := writeFileAtomic(filepath.Join(d.cfg.StateDir, StateAPIAddressFile), []byte(a.url+"\n"), 0o600); err != nil {
 		lis.Close()

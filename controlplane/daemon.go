@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,7 +48,8 @@ type DaemonConfig struct {
 	// StateDir keeps the CA, the token key, the API token, enrollment
 	// records and canary state across restarts (files 0600).
 	StateDir string
-	// APIAddress is where the HTTP API listens, e.g. "127.0.0.1:15080".
+	// APIAddress is where the HTTP API listens, e.g. "127.0.0.1:15080";
+	// a loopback address, since the API hands out keys over plain HTTP.
 	APIAddress string
 	// CheckInterval is how often ConfigDir is read (default 1s).
 	CheckInterval time.Duration
@@ -62,6 +64,13 @@ func (c DaemonConfig) Validate() error {
 		return errors.New("state dir: required")
 	case c.APIAddress == "":
 		return errors.New("api address: required")
+	}
+	host, _, err := net.SplitHostPort(c.APIAddress)
+	if err != nil {
+		return fmt.Errorf("api address %q: %w", c.APIAddress, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("api address %q: not a loopback address; the API carries keys over plain HTTP", c.APIAddress)
 	}
 	return nil
 }

@@ -328,6 +328,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 	missing := filepath.Join(tmp, "missing")
 	oneLine(t, meshctl(t, "controlplane", "-config", missing, "-state", filepath.Join(tmp, "s0")), 1, "config dir "+missing)
 	oneLine(t, meshctl(t, "controlplane", "-state", filepath.Join(tmp, "s0")), 2, "-config: required")
+	// The API hands out keys over plain HTTP: it refuses to listen beyond
+	// loopback.
+	oneLine(t, meshctl(t, "controlplane", "-config", tmp, "-state", filepath.Join(tmp, "s2"), "-listen", "127.0.0.1:0", "-api", "0.0.0.0:0"), 1, "not a loopback address")
 	oneLine(t, meshctl(t, "analyze", missing), 1, missing)
 	bad := filepath.Join(tmp, "bad")
 	os.Mkdir(bad, 0o755)
@@ -681,6 +684,11 @@ kind: AuthorizationPolicy
 metadata: {name: nobody}
 spec: {action: ALLOW}
 `))
+	writeConfig(t, dir, "c.yaml", []byte(`apiVersion: mesh/v1alpha1
+kind: Canary
+metadata: {name: payments}
+spec: {host: payments, stable: v1, canary: v2, steps: [50, 25], interval: 1m}
+`))
 	writeConfig(t, dir, "b.yaml", []byte(`apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: broken}
@@ -694,7 +702,7 @@ spec:
 	}
 	golden(t, "analyze", mask(r.stdout, dir))
 	var findings []controlplane.Finding
-	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 5 {
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 6 {
 		t.Errorf("analyze -o json: %d findings (%v)", len(findings), err)
 	}
 	clean := t.TempDir()
