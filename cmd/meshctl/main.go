@@ -58,6 +58,7 @@ func commands() []command {
 		{"canary", "set, promote, roll back or analyze a host's canary split", runCanary},
 		{"status", "the control plane's config state, enrolled workloads and canaries", runStatus},
 		{"proxy-status", "every connected workload's xDS sync state: versions sent and ACKed, NACK errors, last seen", runProxyStatus},
+		{"proxy-config", "what a workload has in force, read from its admin pages: xDS resources, endpoints", runProxyConfig},
 		{"top", "live per edge: rps, success %, p50, p99, mTLS", runTop},
 		{"dashboard", "print, and open where a browser exists, the control plane's graph page", runDashboard},
 		{"analyze", "check a directory of Istio YAML (and Canary objects) offline", runAnalyze},

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,11 +210,20 @@ func startPayments(t *testing.T, ctx context.Context, state, version string, fai
 func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.ClientConn {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "checkout")
-	must(t, "bootstrap", "-state", state, "-name", "checkout", "-sa", "checkout", "-service", "checkout", "-port", "8080", "-labels", "app=checkout,version=v1", "-dir", dir)
-	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, "bootstrap.json")))
+	// Its admin pages (mesh.WithAdmin) serve /metrics and /debug/*, where
+	// proxy-config reads what it has in force.
+	mp, metrics, err := shop.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
+	adminAddr := freeAddr(t)
+	must(t, "bootstrap", "-state", state, "-name", "checkout", "-sa", "checkout", "-service", "checkout", "-port", "8080",
+		"-labels", "app=checkout,version=v1", "-metrics", "http://"+adminAddr+"/metrics", "-dir", dir)
+	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, "bootstrap.json")), mesh.WithMeterProvider(mp), mesh.WithAdmin(adminAddr, metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	conn, err := m.Dial(shop.PaymentsTarget)
 	if err != nil {
 		t.Fatal(err)
@@ -309,7 +319,7 @@ func oneLine(t *testing.T, r result, code int, want string) {
 }
 
 func TestHelpHasExampleAndExitCodes(t *testing.T) {
-	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status", "top", "dashboard"} {
+	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status", "top", "dashboard", "proxy-config"} {
 		r := meshctl(t, cmd, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
 			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)
@@ -431,6 +441,24 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 			}
 		}
 	}
+	// proxy-config: what checkout has in force, from its own admin pages.
+	var resources []struct{ Type, Name, Status string }
+	if err := json.Unmarshal([]byte(must(t, "proxy-config", "clusters", "checkout", "-state", state, "-o", "json")), &resources); err != nil {
+		t.Fatal(err)
+	}
+	if len(resources) == 0 || !slices.ContainsFunc(resources, func(r struct{ Type, Name, Status string }) bool {
+		return r.Name == "outbound|8080|v1|payments.default.svc.cluster.local" && r.Status == "ACK"
+	}) {
+		t.Errorf("proxy-config clusters checkout: %+v, want outbound|8080|v1|payments ACKed", resources)
+	}
+	if out := must(t, "proxy-config", "endpoints", "default/checkout", "-state", state); !regexp.MustCompile(`outbound\|8080\|v1\|payments\S+\s+127\.0\.0\.1:\d+\s+\d+\s+READY\s+false`).MatchString(out) {
+		t.Errorf("proxy-config endpoints checkout:\n%s\nwant payments v1's endpoint READY, not ejected", out)
+	}
+	oneLine(t, meshctl(t, "proxy-config", "endpoints", "nobody", "-state", state), 1, "workload default/nobody: not enrolled")
+	oneLine(t, meshctl(t, "proxy-config", "secrets", "checkout", "-state", state), 2, `kind "secrets"`)
+	// payments-v1's -metrics URL serves /metrics only: no admin pages.
+	oneLine(t, meshctl(t, "proxy-config", "all", "payments-v1", "-state", state), 1, "404")
+
 	golden(t, "proxy-status", regexp.MustCompile(`\d+s ago`).ReplaceAllString(must(t, "proxy-status", "-state", state), "<AGO>"))
 
 	golden(t, "canary-set", mask(must(t, "canary", "set", "payments", "v1=0", "v2=100", "-state", state), tmp))
