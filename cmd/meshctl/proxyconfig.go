@@ -152,6 +152,9 @@ func getWorkloadPage(ctx context.Context, url string, v any) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("%s: answers %q, not the mesh's admin pages (is -metrics the URL mesh.WithAdmin serves?)", url, ct)
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("%s: %w", url, err)
 	}
