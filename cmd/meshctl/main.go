@@ -6,6 +6,13 @@
 //	meshctl canary set payments v1=90 v2=10                    # steer a split
 //	meshctl canary analyze payments -stable v1 -canary v2 -steps 10,25,50,100 -interval 1m
 //	meshctl analyze ./mesh.d                                   # check YAML before applying it
+//	meshctl analyze -live                                      # the config in force, against the workloads known
+//	meshctl status | proxy-status | top                         # config state; xDS sync per workload; traffic per edge
+//	meshctl proxy-config endpoints checkout                    # what a workload has in force, from its admin pages
+//	meshctl dashboard                                          # the graph page (controlplane -admin ADDR)
+//
+// Commands that talk to the control plane find its API through -state
+// DIR (or MESHCTL_STATE), or -api URL and -token FILE.
 //
 // Exit codes: 0 success, 1 failure or findings, 2 usage.
 package main

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/examples/shop"
+	"mesh/internal/leakcheck"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -48,6 +50,13 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// The workloads the tests run in process are all closed.
+	if code == 0 {
+		if err := leakcheck.Wait(leakcheck.Grace, "mesh/", "google.golang.org/grpc"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
