@@ -33,6 +33,7 @@ import (
 //	POST /api/v1/canaries/{host}/rollback       {"subset": "v1"} (optional)
 //	POST /api/v1/canaries/{host}/analysis       Canary: start an analysis
 //	POST /api/v1/canaries/{host}/analyze-now    end the interval now
+//	POST /api/v1/canaries/{host}/release        the config dir's weights rule again
 //
 // Errors are {"error": "..."} with a 4xx status.
 
@@ -178,6 +179,8 @@ func (d *Daemon) serveAPI(ctx context.Context) (*apiServer, error) {
 			}
 			spec.Host = host
 			err = d.StartAnalysis(r.Context(), spec)
+		case "release":
+			err = d.Release(host)
 		case "analyze-now":
 			d.AnalyzeNow(r.Context(), host)
 		default:

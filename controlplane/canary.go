@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -342,6 +343,29 @@ func (d *Daemon) SetWeights(host string, weights map[string]int) error {
 		return err
 	}
 	d.stopAnalysisLocked(host)
+	return nil
+}
+
+// Release drops what the daemon holds host's routes at (weights and any
+// analysis, from memory and the state dir), so the config dir's weights
+// rule again.
+func (d *Daemon) Release(host string) error {
+	host = QualifyHost(host, "")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.canaries[host]; !ok {
+		return fmt.Errorf("host %s: no canary weights held", host)
+	}
+	next := maps.Clone(d.canaries)
+	delete(next, host)
+	if err := d.pushLocked(d.base, next); err != nil {
+		return err
+	}
+	d.stopAnalysisLocked(host)
+	d.canaries = next
+	if err := os.Remove(filepath.Join(d.cfg.StateDir, stateCanariesDir, host+".json")); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("canary state: %w", err)
+	}
 	return nil
 }
 

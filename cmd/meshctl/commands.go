@@ -201,6 +201,9 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		} else {
 			fmt.Fprintln(e.stdout, "config:  in force")
 		}
+		if len(st.Findings) > 0 {
+			fmt.Fprintf(e.stdout, "findings: %d (meshctl analyze -live)\n", len(st.Findings))
+		}
 		fmt.Fprintf(e.stdout, "workloads enrolled: %d\n", len(st.Workloads))
 		for _, w := range st.Workloads {
 			fmt.Fprintf(e.stdout, "  %s/%s\tservice=%s port=%d labels=%s\n", w.Workload.Namespace, w.Workload.Name, w.Workload.Service, w.Workload.Port, labelsFlag(w.Workload.Labels))
@@ -212,9 +215,9 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 }
 
 func runCanary(ctx context.Context, e *env, args []string) error {
-	const usage = "canary set HOST SUBSET=WEIGHT... | promote HOST [SUBSET] | rollback HOST [SUBSET] | status HOST | analyze HOST -stable S -canary C [-steps 10,25,50,100] [-interval 1m] ... | step HOST"
+	const usage = "canary set HOST SUBSET=WEIGHT... | promote HOST [SUBSET] | rollback HOST [SUBSET] | status HOST | analyze HOST -stable S -canary C [-steps 10,25,50,100] [-interval 1m] ... | step HOST | release HOST"
 	const example = "  meshctl canary set payments v1=90 v2=10\n  meshctl canary analyze payments -stable v1 -canary v2 -steps 10,25,50,100 -interval 1m -min-success 0.99 -max-p99 500ms\n" +
-		"  meshctl canary status payments -o json\n  meshctl canary promote payments      # all traffic to the analysis's canary\n  meshctl canary rollback payments v1\n  meshctl canary step payments         # judge the analysis's current interval now"
+		"  meshctl canary status payments -o json\n  meshctl canary promote payments      # all traffic to the analysis's canary\n  meshctl canary rollback payments v1\n  meshctl canary step payments         # judge the analysis's current interval now\n  meshctl canary release payments      # drop the held weights: the config dir's rule again"
 	f := newFlags(e, usage, example)
 	api := addAPIFlags(f, e)
 	out := addOutputFlag(f)
@@ -259,11 +262,14 @@ func runCanary(ctx context.Context, e *env, args []string) error {
 			weights[k] = n
 		}
 		path, body = "/weights", map[string]any{"weights": weights}
-	case "step":
+	case "step", "release":
 		if len(more) > 0 {
 			return usagef("unexpected argument %q", more[0])
 		}
 		path, body = "/analyze-now", struct{}{}
+		if action == "release" {
+			path = "/release"
+		}
 	case "promote", "rollback":
 		if len(more) > 1 {
 			return usagef("unexpected argument %q", more[1])
@@ -292,7 +298,7 @@ func runCanary(ctx context.Context, e *env, args []string) error {
 		}
 		path, body = "/analysis", spec
 	default:
-		return usagef("unknown action %q: want set, promote, rollback, status, analyze or step", action)
+		return usagef("unknown action %q: want set, promote, rollback, status, analyze, step or release", action)
 	}
 	c, err := api.client()
 	if err != nil {
