@@ -68,7 +68,7 @@ func commands() []command {
 		{"proxy-config", "what a workload has in force, read from its admin pages: xDS resources, endpoints", runProxyConfig},
 		{"top", "live per edge: rps, success %, p50, p99, mTLS", runTop},
 		{"dashboard", "print, and open where a browser exists, the control plane's graph page", runDashboard},
-		{"analyze", "check a directory of Istio YAML (and Canary objects) offline", runAnalyze},
+		{"analyze", "check a directory of Istio YAML (and Canary objects) offline, or the config in force (-live)", runAnalyze},
 	}
 }
 
