@@ -38,6 +38,8 @@ import (
 // Errors are {"error": "..."} with a 4xx status.
 
 // DaemonStatus is the daemon's state as the API reports it.
+//
+// # Experimental
 type DaemonStatus struct {
 	XDSAddress  string         `json:"xds_address"`
 	ConfigDir   string         `json:"config_dir"`

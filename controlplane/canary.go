@@ -481,7 +481,7 @@ func (d *Daemon) runAnalysisLocked(host string) {
 	spec := d.canaries[host].Analysis.Spec
 	ctx, stop := context.WithCancel(d.ctx)
 	d.analyses[host] = stop
-	d.baselines[host] = d.sampleLocked(ctx, host)
+	d.baselines[host] = d.metricsFunc(ctx)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -606,10 +606,6 @@ func (d *Daemon) subsetVersionLocked(host, subset string) string {
 type metricsSample struct {
 	target string
 	series map[string]edgeAgg
-}
-
-func (d *Daemon) sampleLocked(ctx context.Context, _ string) []metricsSample {
-	return d.metricsFunc(ctx)
 }
 
 // scrapeAll reads every registered /metrics URL, summing the

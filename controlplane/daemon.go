@@ -410,6 +410,8 @@ func parseConfigFiles(files []configFile) ([]*object, map[string]Canary, error) 
 
 // Enrollment is a workload enrolled through the API, as recorded in the
 // state directory.
+//
+// # Experimental
 type Enrollment struct {
 	Workload   Workload  `json:"workload"`
 	MetricsURL string    `json:"metrics_url,omitempty"`
