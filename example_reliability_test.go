@@ -18,7 +18,7 @@ import (
 // callback fires when its inbound listener resource arrives, and again if
 // the control plane takes it away.
 func ExampleWithServingStateCallback() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cp, err := controlplane.New(ctx)
 	if err != nil {

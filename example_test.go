@@ -22,7 +22,7 @@ import (
 // The embedded control plane stands in for istiod, as httptest does for a
 // real server.
 func Example() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	quiet := mesh.WithLogger(slog.New(slog.DiscardHandler))
 

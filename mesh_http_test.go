@@ -2,10 +2,12 @@ package mesh_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -156,5 +158,74 @@ spec:
 			t.Fatalf("payments never denied checkout; last: %v", err)
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// TestHTTPClientWaitsForReadinessAndNamesUnknownTargets: the first request
+// to a service that has only just started waits for its endpoint (as a
+// gRPC call waits for readiness) instead of failing; a URL the control
+// plane has no listener for fails with what was looked up and how to name
+// it.
+func TestHTTPClientWaitsForReadinessAndNamesUnknownTargets(t *testing.T) {
+	ctx := testContext(t)
+	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
+	client := w.Checkout.HTTPClient()
+	// Web is declared (its bootstrap written) before it serves: its
+	// cluster exists with no endpoint yet. One request, no retry loop: it
+	// must wait for web's endpoint.
+	web := controlplane.Workload{Name: "web", Namespace: "default", ServiceAccount: "web", Service: "web", Port: 8080}
+	if _, err := w.ControlPlane.BootstrapJSON(web, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	first := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, webURL, nil)
+		resp, err := client.Do(req)
+		first <- result{resp, err}
+	}()
+	// Until web's cluster is in checkout's table, with no endpoint.
+	admin := w.Checkout.AdminHandler(nil)
+	for clusterShown := false; !clusterShown; {
+		rec := httptest.NewRecorder()
+		admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/clusters", nil))
+		var page struct {
+			Clusters []struct {
+				Name      string
+				Endpoints []any
+			}
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+			t.Fatalf("/debug/clusters: %v", err)
+		}
+		for _, c := range page.Clusters {
+			clusterShown = clusterShown || (strings.Contains(c.Name, "web.default") && len(c.Endpoints) == 0)
+		}
+		select {
+		case r := <-first:
+			t.Fatalf("the first request ended before web served: %v", r.err)
+		case <-ctx.Done():
+			t.Fatal("web's cluster never reached checkout")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	startWeb(ctx, t, w)
+	r := <-first
+	if r.err != nil {
+		t.Fatalf("first request to a service that had not started: %v", r.err)
+	}
+	r.resp.Body.Close()
+	if r.resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %s", r.resp.Status)
+	}
+
+	// No port: the control plane names the listener host:port.
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://web.default.svc.cluster.local/hello", nil)
+	_, err := client.Do(req)
+	if err == nil || !strings.Contains(err.Error(), `listener "web.default.svc.cluster.local:80"`) || !strings.Contains(err.Error(), `"host:port"`) {
+		t.Fatalf("GET without the service's port: %v; want an error naming the listener looked up and the host:port form", err)
 	}
 }

@@ -220,7 +220,7 @@ func w(name string, weight uint32) xdsclient.ClusterWeight {
 }
 
 func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // a hang guard
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -241,7 +241,7 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 // outlive it (after every other cleanup has run).
 func checkNoLeaks(t *testing.T) {
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(time.Minute)
 		for {
 			leaked := leakedGoroutines()
 			if len(leaked) == 0 {

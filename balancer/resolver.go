@@ -16,6 +16,11 @@ import (
 // Scheme is the URI scheme of targets the resolver serves: "mesh:///host:port".
 const Scheme = "mesh"
 
+// targetHint says how a control plane names what a target looks up.
+const targetHint = `the control plane names a service's listener "host:port", ` +
+	`e.g. "payments.default.svc.cluster.local:8080" (istiod and the embedded one alike); ` +
+	`check the host and give the service's port (an http:// URL without one asks for port 80)`
+
 // ErrResourceNotFound is wrapped by the error a channel reports when the
 // control plane says a resource it needs does not exist, or when the
 // resources it has cannot route the target at all.
@@ -379,7 +384,7 @@ func (r *aggregator) reportError(err error) {
 // sends a snapshot.
 func (r *aggregator) update() {
 	if r.listenerNotFound {
-		r.reportError(fmt.Errorf("%w: listener %q", ErrResourceNotFound, r.listenerName))
+		r.reportError(fmt.Errorf("%w: listener %q (looked up for target %q); %s", ErrResourceNotFound, r.listenerName, r.authority, targetHint))
 		return
 	}
 	if r.listener == nil {

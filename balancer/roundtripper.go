@@ -64,6 +64,8 @@ type RoundTripper struct {
 	// channelID is what ring_hash routes with a channel ID hash policy hash.
 	channelID uint64
 	faults    *faultInjector
+	// waiting counts requests held for their cluster to be ready.
+	waiting atomic.Int64
 
 	mu       sync.Mutex
 	closed   bool
@@ -101,17 +103,35 @@ func (rt *RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
-	t, err := ch.waitTable(req.Context())
-	if err != nil {
-		closeBody(req)
-		return nil, err
+	for {
+		t, err := ch.waitTable(req.Context())
+		if err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		idx, route, err := t.router.pickRequest(req)
+		if err != nil {
+			closeBody(req)
+			return nil, &UnavailableError{Err: err}
+		}
+		c := &t.clusters[idx]
+		if len(c.endpoints) == 0 {
+			// Like gRPC's wait-for-ready: the cluster has no endpoint yet
+			// (or none usable); hold the request for the next table, for
+			// as long as its context allows.
+			ch.rt.waiting.Add(1)
+			select {
+			case <-t.replaced:
+				ch.rt.waiting.Add(-1)
+				continue
+			case <-req.Context().Done():
+				ch.rt.waiting.Add(-1)
+				closeBody(req)
+				return nil, &UnavailableError{Err: fmt.Errorf("waiting for %s to be ready: %w (%w)", req.URL.Redacted(), req.Context().Err(), c.failErr)}
+			}
+		}
+		return ch.send(req, authority, t.router, c, route)
 	}
-	idx, route, err := t.router.pickRequest(req)
-	if err != nil {
-		closeBody(req)
-		return nil, &UnavailableError{Err: err}
-	}
-	return ch.send(req, authority, t.router, &t.clusters[idx], route)
 }
 
 // Close stops every watch and closes every connection. Requests in flight
@@ -208,6 +228,8 @@ type httpChannel struct {
 }
 
 type httpTable struct {
+	// replaced is closed when another table takes this one's place.
+	replaced chan struct{}
 	router   *Router
 	clusters []httpCluster // indexed like router.clusters
 	// err, when set, fails every request.
@@ -252,7 +274,8 @@ func (ch *httpChannel) waitTable(ctx context.Context) (*httpTable, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("mesh round tripper: waiting for the routes of %q: %w", ch.authority, ctx.Err())
 	case <-timer.C:
-		return nil, &UnavailableError{Err: fmt.Errorf("no routes for %q from the control plane after %v", ch.authority, ch.rt.cfg.publishTimeout)}
+		return nil, &UnavailableError{Err: fmt.Errorf("no routes for %q (listener %q) from the control plane after %v; %s",
+			ch.authority, ch.rt.cfg.listenerName(ch.authority), ch.rt.cfg.publishTimeout, targetHint)}
 	}
 }
 
@@ -263,9 +286,15 @@ func (t *httpTable) usable() (*httpTable, error) {
 	return t, nil
 }
 
+// setTable publishes t and wakes the requests waiting on the table it
+// replaces. Callers hold ch.mu.
 func (ch *httpChannel) setTable(t *httpTable) {
-	ch.table.Store(t)
+	t.replaced = make(chan struct{})
+	old := ch.table.Swap(t)
 	ch.readyOnce.Do(func() { close(ch.ready) })
+	if old != nil {
+		close(old.replaced)
+	}
 }
 
 // onError mirrors the gRPC LB policy: a resource that went away, or an

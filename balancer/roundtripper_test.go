@@ -592,14 +592,60 @@ func TestRoundTripperNoRoutesYet(t *testing.T) {
 		t.Fatalf("request before any resource: %v, want UnavailableError naming the authority", err)
 	}
 	e.xds.listeners.remove(testTarget)
+	// The error names what was looked up and how the control plane names it.
 	waitFor(ctx, t, "the listener's absence to be reported", func() bool {
 		_, _, err := e.get(ctx, "/")
-		return errors.Is(err, ErrResourceNotFound) && strings.Contains(err.Error(), testTarget)
+		return errors.Is(err, ErrResourceNotFound) && strings.Contains(err.Error(), `listener "`+testTarget+`"`) &&
+			strings.Contains(err.Error(), `"host:port"`)
 	})
 	if err := e.rt.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := e.get(ctx, "/"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("request after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestRoundTripperWaitsForItsCluster: a request to a cluster with no
+// endpoint yet waits for one, as gRPC's wait-for-ready does, and gives up
+// only when its context ends, naming the cluster.
+func TestRoundTripperWaitsForItsCluster(t *testing.T) {
+	ctx := testContext(t)
+	e := newHTTPEnv(t)
+	a := startHTTPBackend(t, "a", http1Plain, nil)
+	e.xds.clusters.set("cluster-a", testCluster("cluster-a"))
+	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds"))
+	e.route(weightedRouteConfig("rc", w("cluster-a", 1)))
+
+	short, cancel := context.WithCancel(ctx)
+	errs := make(chan error, 1)
+	go func() {
+		_, _, err := e.get(short, "/early")
+		errs <- err
+	}()
+	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	cancel()
+	err := <-errs
+	var unavailable *UnavailableError
+	if !errors.As(err, &unavailable) || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), `cluster "cluster-a"`) {
+		t.Fatalf("request cancelled while waiting: %v, want an UnavailableError naming the cluster and the cancellation", err)
+	}
+
+	type result struct {
+		backend string
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		backend, _, err := e.get(ctx, "/held")
+		done <- result{backend, err}
+	}()
+	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
+	if r := <-done; r.err != nil || r.backend != "a" {
+		t.Fatalf("held request: %q, %v; want served by a once the endpoint arrived", r.backend, r.err)
+	}
+	if n := e.rt.waiting.Load(); n != 0 {
+		t.Errorf("%d requests still counted as waiting", n)
 	}
 }

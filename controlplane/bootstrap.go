@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +33,10 @@ const (
 	MetaServiceAccount = "SERVICE_ACCOUNT"
 	MetaWorkloadName   = "WORKLOAD_NAME"
 	MetaGenerator      = "GENERATOR"
+	// MetaClusterID is Istio's cluster ID; telemetry labels source_cluster
+	// and destination_cluster with it, and Kiali drops series where it is
+	// "unknown".
+	MetaClusterID = "CLUSTER_ID"
 	// MetaService is mesh's own key: the "host:port" service the node serves.
 	MetaService = "MESH_SERVICE"
 	// MetaAddress is mesh's own key: the "ip:port" the node serves on, when
@@ -66,6 +71,9 @@ type Workload struct {
 	// Address is the optional "ip:port" the workload listens on. Without it,
 	// the address is learned from the inbound listener the workload asks for.
 	Address string
+	// ClusterID is the Istio cluster the workload runs in; empty means the
+	// control plane's (see WithClusterID).
+	ClusterID string
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
@@ -104,6 +112,24 @@ func (w Workload) Validate() error {
 	if w.Address != "" {
 		if _, _, err := parseHostPort(w.Address); err != nil {
 			return fmt.Errorf("workload %q: address: %w", w.Name, err)
+		}
+	}
+	if err := validateClusterID(w.ClusterID); err != nil {
+		return fmt.Errorf("workload %q: cluster ID: %w", w.Name, err)
+	}
+	return nil
+}
+
+// validateClusterID accepts an empty ID (the default applies) or one that
+// can travel as a metric label and a header value: no control characters,
+// not "unknown" (what Kiali discards).
+func validateClusterID(id string) error {
+	if id == "unknown" {
+		return errors.New(`"unknown" is what telemetry reports when no cluster ID is set; Kiali drops such series`)
+	}
+	for _, r := range id {
+		if r < 0x21 || r == 0x7f {
+			return fmt.Errorf("%q: must not contain spaces or control characters", id)
 		}
 	}
 	return nil
@@ -218,6 +244,7 @@ func (s *Server) bootstrapJSON(w Workload, certDir string, withCert bool) ([]byt
 		MetaServiceAccount: w.ServiceAccount,
 		MetaWorkloadName:   w.Name,
 		MetaGenerator:      "grpc",
+		MetaClusterID:      cmp.Or(w.ClusterID, s.clusterID),
 	}
 	if h := w.host(); h != "" {
 		meta[MetaService] = net.JoinHostPort(h, strconv.FormatUint(uint64(w.Port), 10))

@@ -95,6 +95,7 @@ func TestWriteBootstrap(t *testing.T) {
 	for k, want := range map[string]string{
 		MetaNamespace: "default", MetaServiceAccount: "default", MetaWorkloadName: "payments-v1-abc",
 		MetaGenerator: "grpc", MetaService: "payments.default.svc.cluster.local:8080", MetaAddress: "127.0.0.1:9001",
+		MetaClusterID: "Kubernetes",
 	} {
 		if md[k] != want {
 			t.Errorf("metadata %s = %v, want %q", k, md[k], want)
@@ -114,6 +115,47 @@ func TestWriteBootstrap(t *testing.T) {
 	}
 	if b.Template != "xds.istio.io/grpc/lds/inbound/%s" {
 		t.Fatalf("template = %q", b.Template)
+	}
+}
+
+// TestBootstrapClusterID: CLUSTER_ID defaults to Kubernetes, follows
+// WithClusterID, and a workload's own ClusterID wins; "unknown", which
+// Kiali discards, is refused.
+func TestBootstrapClusterID(t *testing.T) {
+	clusterOf := func(s *Server, w Workload) any {
+		t.Helper()
+		data, err := s.BootstrapJSON(w, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b struct {
+			Node struct {
+				Metadata map[string]any `json:"metadata"`
+			} `json:"node"`
+		}
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		return b.Node.Metadata[MetaClusterID]
+	}
+	w := Workload{Name: "checkout"}
+	if got := clusterOf(newTestServer(t), w); got != DefaultClusterID {
+		t.Errorf("default CLUSTER_ID = %v, want %q", got, DefaultClusterID)
+	}
+	east := newTestServer(t, WithClusterID("east"))
+	if got := clusterOf(east, w); got != "east" {
+		t.Errorf("WithClusterID(east): CLUSTER_ID = %v", got)
+	}
+	w.ClusterID = "west"
+	if got := clusterOf(east, w); got != "west" {
+		t.Errorf("Workload.ClusterID west: CLUSTER_ID = %v", got)
+	}
+	w.ClusterID = "unknown"
+	if _, err := east.BootstrapJSON(w, t.TempDir()); err == nil || !strings.Contains(err.Error(), "cluster ID") {
+		t.Errorf("ClusterID unknown: err = %v, want one naming the cluster ID", err)
+	}
+	if _, err := New(t.Context(), WithClusterID("")); err == nil || !strings.Contains(err.Error(), "WithClusterID") {
+		t.Errorf("WithClusterID(\"\"): err = %v", err)
 	}
 }
 

@@ -79,11 +79,14 @@ type caService struct {
 	servingDue time.Time // when serving is replaced: half its lifetime
 }
 
-// newCAService makes the CA service, with a fresh token key, whose
-// serving certificate names what a client may dial lis by.
-func (s *Server) newCAService(lis net.Addr) {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes instead
+// newCAService makes the CA service, its tokens signed with key (from the
+// state directory) or a new one, and its serving certificate naming what a
+// client may dial lis by.
+func (s *Server) newCAService(lis net.Addr, key []byte) {
+	if key == nil {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key) // crypto/rand.Read never fails; it crashes instead
+	}
 	dns, ips := servingNames(lis)
 	s.certService = &caService{ca: s.ca, tokenKey: key, logger: s.logger, servingDNS: dns, servingIPs: ips}
 }

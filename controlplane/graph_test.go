@@ -14,7 +14,7 @@ import (
 )
 
 func TestServeAdminGraphOfRegisteredWorkloads(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	s := newTestServer(t)
 

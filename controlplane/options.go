@@ -22,10 +22,12 @@ type settings struct {
 	address           string
 	logger            *slog.Logger
 	trustDomain       string
+	clusterID         string
 	configFile        string
 	fileCheckInterval time.Duration
 	caCertPEM         []byte
 	caKeyPEM          []byte
+	stateDir          string
 	certTTL           time.Duration
 	snapshotHook      func(nodeID string, resources map[string][]types.Resource)
 	workloads         []Workload
@@ -41,6 +43,7 @@ func defaultSettings() settings {
 		address:           "127.0.0.1:0",
 		logger:            slog.New(slog.DiscardHandler),
 		trustDomain:       "cluster.local",
+		clusterID:         DefaultClusterID,
 		fileCheckInterval: time.Second,
 		certTTL:           24 * time.Hour,
 		endpointGrace:     DefaultEndpointGracePeriod,
@@ -68,6 +71,17 @@ func WithTrustDomain(td string) Option {
 	return optionFunc(func(s *settings) { s.trustDomain = td })
 }
 
+// DefaultClusterID is the cluster ID bootstraps carry unless told
+// otherwise: istiod's default, and the name Kiali gives its home cluster.
+const DefaultClusterID = "Kubernetes"
+
+// WithClusterID sets the CLUSTER_ID written into bootstraps (default
+// DefaultClusterID); a Workload's own ClusterID overrides it. Istio's
+// metrics label source_cluster and destination_cluster with it.
+func WithClusterID(id string) Option {
+	return optionFunc(func(s *settings) { s.clusterID = id })
+}
+
 // WithConfigFile loads Istio YAML from path at New and then watches it: a
 // changed valid file replaces the whole configuration (but WithConfig's);
 // an invalid one is logged and the last good configuration stays. If the
@@ -89,6 +103,15 @@ func WithCA(certPEM, keyPEM []byte) Option {
 		s.caCertPEM = append([]byte(nil), certPEM...)
 		s.caKeyPEM = append([]byte(nil), keyPEM...)
 	})
+}
+
+// WithStateDir keeps the control plane's CA certificate and key and the
+// key that signs the CA service's tokens in dir (created 0700; keys written
+// 0600), so a restart keeps the trust workloads already have: their
+// certificate files stay valid and their tokens keep working. An empty dir
+// starts a new CA there. It cannot be combined with WithCA.
+func WithStateDir(dir string) Option {
+	return optionFunc(func(s *settings) { s.stateDir = dir })
 }
 
 // WithCertTTL sets the lifetime of issued SVIDs (default 24h).

@@ -42,6 +42,7 @@ import (
 type Server struct {
 	logger      *slog.Logger
 	trustDomain spiffeid.TrustDomain
+	clusterID   string // CLUSTER_ID of bootstraps; see WithClusterID
 	ca          *authority
 	certService *caService // IstioCertificateService; see caservice.go
 	hook        func(nodeID string, resources map[string][]types.Resource)
@@ -99,8 +100,9 @@ type nodeInfo struct {
 	listeners      map[string]bool // listener names currently subscribed
 	lastNonce      map[string]string
 	lastVersion    map[string]string
-	wantsSecrets   bool   // asked for SDS secrets; see sds.go
-	proof          *proof // what its credentials proved; nil in plaintext mode
+	wantsSecrets   bool      // asked for SDS secrets; see sds.go
+	proof          *proof    // what its credentials proved; nil in plaintext mode
+	sync           syncState // what it ACKed and NACKed; see proxystatus.go
 }
 
 // addresses are the "ip:port"s the node serves its service on.
@@ -148,13 +150,43 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 	if err := validateSDSRotation(st.sdsRotation); err != nil {
 		return nil, err
 	}
-	ca, err := newAuthority(td, st.caCertPEM, st.caKeyPEM, st.certTTL)
+	if st.clusterID == "" {
+		return nil, errors.New("WithClusterID: empty cluster ID")
+	}
+	if err := validateClusterID(st.clusterID); err != nil {
+		return nil, fmt.Errorf("WithClusterID: %w", err)
+	}
+	caCert, caKey := st.caCertPEM, st.caKeyPEM
+	var saved *state
+	if st.stateDir != "" {
+		if len(caCert) > 0 || len(caKey) > 0 {
+			return nil, errors.New("WithStateDir and WithCA: give one; the state directory holds its own CA")
+		}
+		if saved, err = loadState(st.stateDir); err != nil {
+			return nil, err
+		}
+		caCert, caKey = saved.caCertPEM, saved.caKeyPEM
+	}
+	ca, err := newAuthority(td, caCert, caKey, st.certTTL)
 	if err != nil {
 		return nil, err
+	}
+	if saved != nil && saved.caCertPEM == nil {
+		if err := saveCA(st.stateDir, ca); err != nil {
+			return nil, err
+		}
+	}
+	if saved != nil {
+		for _, u := range ca.cert.URIs {
+			if u.Scheme == "spiffe" && u.Host != td.Name() {
+				return nil, fmt.Errorf("state dir %s: its CA is for trust domain %q, not %q", st.stateDir, u.Host, td.Name())
+			}
+		}
 	}
 	s := &Server{
 		logger:        st.logger,
 		trustDomain:   td,
+		clusterID:     st.clusterID,
 		ca:            ca,
 		hook:          st.snapshotHook,
 		cfg:           configSet{},
@@ -213,7 +245,11 @@ func New(ctx context.Context, opts ...Option) (*Server, error) {
 		sotw:  sotwserver.NewServer(serveCtx, s.cache, cb, withLogger),
 		delta: deltaserver.NewServer(serveCtx, s.cache, cb, withLogger),
 	}
-	s.newCAService(lis.Addr())
+	var tokenKey []byte
+	if saved != nil {
+		tokenKey = saved.tokenKey
+	}
+	s.newCAService(lis.Addr(), tokenKey)
 	serverOpts := []grpc.ServerOption{grpc.WaitForHandlers(true)}
 	if !s.plaintext {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.xdsServerTLS())))
@@ -374,6 +410,7 @@ func (s *Server) commitLocked(cand configSet, changed map[objectKey]bool) error 
 	}
 	s.cfg = cand
 	s.pushAllLocked()
+	s.warnFindingsLocked(cand, reg)
 	return nil
 }
 
@@ -644,6 +681,7 @@ func (s *Server) onRequest(key streamKey, node *core.Node, typeURL string, sotw 
 		}
 		s.logger.Info("node connected", attrs...)
 	}
+	n.sync.record(typeURL, sotw, delta)
 	if sotw != nil && sotw.GetErrorDetail() != nil {
 		s.logger.Warn("node rejected config (NACK)", "node", n.id, "type", typeURL,
 			"version", sotw.GetVersionInfo(), "error", sotw.GetErrorDetail().GetMessage())

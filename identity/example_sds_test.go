@@ -17,7 +17,7 @@ import (
 // control plane pushes on the xDS stream; each push rotates the next
 // handshake's certificate.
 func ExampleNewSDSSource() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cp, err := controlplane.New(ctx, controlplane.WithSDS(true))
 	if err != nil {

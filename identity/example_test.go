@@ -112,7 +112,7 @@ func ExampleNewWorkloadAPISource() {
 		log.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	src, err := identity.NewWorkloadAPISource(ctx, agent.Addr(), identity.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {

@@ -24,8 +24,9 @@ type FileConfig struct {
 	KeyFile string
 	// CAFile holds the trust bundle of the SVID's trust domain.
 	CAFile string
-	// RefreshInterval is how often the files are polled for changes;
-	// zero means DefaultRefreshInterval.
+	// RefreshInterval is how often the files are read again whatever
+	// their metadata says (changes that show in it are picked up within
+	// about a second); zero means DefaultRefreshInterval.
 	RefreshInterval time.Duration
 }
 
@@ -44,7 +45,14 @@ func (c FileConfig) Validate() error {
 	return nil
 }
 
-// FileSource is a Source backed by PEM files that it polls for changes.
+// statInterval is how often a FileSource looks at its files' metadata
+// (identity, size, modification time): a certificate rotated on disk, or
+// rewritten for a new CA, is picked up within about that long. The full
+// read every RefreshInterval stays as a fallback for changes metadata does
+// not show.
+const statInterval = 250 * time.Millisecond
+
+// FileSource is a Source backed by PEM files that it watches for changes.
 // A changed set of files that fails to load is logged and ignored: the last
 // good SVID and bundle stay in force until a good set appears.
 type FileSource struct {
@@ -61,9 +69,11 @@ type FileSource struct {
 
 var _ Source = (*FileSource)(nil)
 
-// NewFileSource loads cfg's files and starts polling them every
-// cfg.RefreshInterval. It fails if the files cannot be read or do not form a
-// valid SVID with its bundle; the error names the file and the problem.
+// NewFileSource loads cfg's files and starts watching them: a change is
+// picked up within about a second, and the files are read again every
+// cfg.RefreshInterval in any case. It fails if the files cannot be read or
+// do not form a valid SVID with its bundle; the error names the file and
+// the problem.
 // ctx bounds only the initial load; the poller runs until Close.
 func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSource, error) {
 	if err := cfg.Validate(); err != nil {
@@ -76,6 +86,8 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
 	o := newOptions(opts)
+	// Look before reading: a change after this shows in the next look.
+	seen := statSet(cfg)
 	raw, err := readSet(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
@@ -94,7 +106,7 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
-	go s.poll(raw)
+	go s.poll(raw, seen)
 	return s, nil
 }
 
@@ -117,15 +129,23 @@ func (s *FileSource) Close() error {
 	return nil
 }
 
-func (s *FileSource) poll(last pemSet) {
+func (s *FileSource) poll(last pemSet, seen [3]os.FileInfo) {
 	defer close(s.done)
 	ticker := time.NewTicker(s.cfg.RefreshInterval)
 	defer ticker.Stop()
+	watch := time.NewTicker(min(statInterval, s.cfg.RefreshInterval))
+	defer watch.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-ticker.C:
+		case <-watch.C:
+			now := statSet(s.cfg)
+			if sameFiles(seen, now) {
+				continue
+			}
+			seen = now
 		}
 		raw, err := readSet(s.cfg)
 		if err != nil {
@@ -152,6 +172,33 @@ func (s *FileSource) poll(last pemSet) {
 			"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
 		s.notify.notify()
 	}
+}
+
+// statSet is the metadata of cfg's files; a nil entry is a file that
+// could not be looked at.
+func statSet(cfg FileConfig) [3]os.FileInfo {
+	var out [3]os.FileInfo
+	for i, path := range []string{cfg.CertFile, cfg.KeyFile, cfg.CAFile} {
+		out[i], _ = os.Stat(path)
+	}
+	return out
+}
+
+// sameFiles reports whether two statSets show the same files, unchanged:
+// an atomic rename makes another file, a rewrite in place changes the size
+// or the modification time.
+func sameFiles(a, b [3]os.FileInfo) bool {
+	for i := range a {
+		switch {
+		case a[i] == nil || b[i] == nil:
+			if a[i] != b[i] {
+				return false
+			}
+		case !os.SameFile(a[i], b[i]) || a[i].Size() != b[i].Size() || !a[i].ModTime().Equal(b[i].ModTime()):
+			return false
+		}
+	}
+	return true
 }
 
 func readSet(cfg FileConfig) (pemSet, error) {

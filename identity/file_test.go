@@ -34,7 +34,7 @@ const pollInterval = 2 * time.Millisecond
 
 func testContext(t *testing.T) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -383,4 +383,25 @@ func selfSigned(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestFileSourceWatchesItsFiles: with the fallback interval a day away, a
+// new SVID from a new CA written over the files (a control plane that
+// restarted with another CA) is picked up by watching them.
+func TestFileSourceWatchesItsFiles(t *testing.T) {
+	ctx := testContext(t)
+	ca := newCA(t, testTD)
+	dir := t.TempDir()
+	cfg := writeFiles(t, ca, dir, issue(t, ca, clientID))
+	cfg.RefreshInterval = 24 * time.Hour
+	src := newFileSource(t, cfg)
+
+	updated := src.Updated()
+	other := newCA(t, testTD)
+	next := issue(t, other, clientID)
+	writeFiles(t, other, dir, next)
+	waitClosed(ctx, t, updated, "the rewritten files to be picked up")
+	if got, want := serialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		t.Fatalf("after the rewrite serial = %v, want %v", got, want)
+	}
 }

@@ -20,6 +20,7 @@ import (
 type clientCredentials struct {
 	providers          Providers
 	logger             *slog.Logger
+	failures           *failureLog
 	serverNameOverride string
 }
 
@@ -36,7 +37,7 @@ type clientCredentials struct {
 // the Roots provider the bundles.
 func NewClientCredentials(providers Providers, opts ...Option) credentials.TransportCredentials {
 	o := newOptions(opts)
-	return &clientCredentials{providers: providers, logger: o.logger}
+	return &clientCredentials{providers: providers, logger: o.logger, failures: newFailureLog(o.logger)}
 }
 
 func (c *clientCredentials) ClientHandshake(ctx context.Context, authority string, rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -46,9 +47,8 @@ func (c *clientCredentials) ClientHandshake(ctx context.Context, authority strin
 	}
 	conn, authInfo, err := c.handshakeTLS(ctx, authority, rawConn, info.TLS)
 	if err != nil {
-		err = fmt.Errorf("transport: cluster %s: tls handshake with %s: %w", info.Cluster, rawConn.RemoteAddr(), err)
-		c.logger.Debug("transport: client handshake failed", "cluster", info.Cluster, "peer", rawConn.RemoteAddr().String(), "error", err)
-		return nil, nil, err
+		c.failures.handshakeFailed(ctx, info.Cluster, rawConn.RemoteAddr().String(), err)
+		return nil, nil, fmt.Errorf("transport: cluster %s: tls handshake with %s: %w", info.Cluster, rawConn.RemoteAddr(), err)
 	}
 	return conn, authInfo, nil
 }

@@ -88,7 +88,7 @@ func ExampleNewClientCredentials_mutualTLS() {
 	}
 	defer conn.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var reply wrapperspb.StringValue
 	if err := conn.Invoke(ctx, "/example.Payments/Pay", &emptypb.Empty{}, &reply); err != nil {

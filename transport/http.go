@@ -14,7 +14,8 @@ import (
 // exactly as NewClientCredentials does for gRPC (client SVID, server chain
 // and SANs checked), offering HTTP/2 and HTTP/1.1 by ALPN.
 func NewHTTPDialer(providers Providers, opts ...Option) func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error) {
-	c := &clientCredentials{providers: providers, logger: newOptions(opts).logger}
+	logger := newOptions(opts).logger
+	c := &clientCredentials{providers: providers, logger: logger, failures: newFailureLog(logger)}
 	var dialer net.Dialer
 	return func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error) {
 		raw, err := dialer.DialContext(ctx, network, addr)
@@ -30,6 +31,7 @@ func NewHTTPDialer(providers Providers, opts ...Option) func(ctx context.Context
 		conn := tls.Client(raw, cfg)
 		if err := conn.HandshakeContext(ctx); err != nil {
 			conn.Close()
+			c.failures.handshakeFailed(ctx, info.Cluster, addr, err)
 			return nil, fmt.Errorf("transport: cluster %s: tls handshake with %s: %w", info.Cluster, addr, err)
 		}
 		return conn, nil

@@ -42,7 +42,7 @@ var quiet = transport.WithLogger(slog.New(slog.DiscardHandler))
 
 func testContext(t *testing.T) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -572,3 +572,51 @@ func TestPeerIDWithoutPeer(t *testing.T) {
 // TestMain fails the run if any server, client, watcher or FileSource
 // poller a test started outlives it.
 func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc") }
+
+// TestCallerLogsHandshakeFailuresOncePerClusterAndCause: a caller whose
+// handshakes fail (the server's certificate is from a CA it does not trust,
+// as after a control plane restarted with a new CA) says why, once per
+// cluster and cause, however often it redials.
+func TestCallerLogsHandshakeFailuresOncePerClusterAndCause(t *testing.T) {
+	ctx := testContext(t)
+	f := newFixture(t)
+	restarted := newCA(t, trustDomain)
+	server := transport.ProviderMap{"default": identity.NewStaticSource(issue(t, restarted, serverID), restarted.Bundle())}
+	addr := startServer(t, transport.NewServerCredentials(server, strict(), quiet))
+	sink := newLogSink()
+	dial := transport.NewHTTPDialer(f.client, transport.WithLogger(slog.New(sink)))
+	for _, cluster := range []string{clusterName, clusterName, clusterName, "outbound|8080|v2|payments.default.svc.cluster.local"} {
+		info := mtlsInfo()
+		info.Cluster = cluster
+		conn, err := dial(ctx, "tcp", addr, info)
+		if err == nil {
+			conn.Close()
+			t.Fatal("handshake with a server from an untrusted CA succeeded")
+		}
+	}
+	for _, cluster := range []string{clusterName, "outbound|8080|v2|payments.default.svc.cluster.local"} {
+		select {
+		case r := <-sink:
+			var got, cause string
+			r.Attrs(func(a slog.Attr) bool {
+				switch a.Key {
+				case "cluster":
+					got = a.Value.String()
+				case "error":
+					cause = a.Value.String()
+				}
+				return true
+			})
+			if got != cluster || !strings.Contains(cause, "cannot verify server certificate") {
+				t.Errorf("warning for cluster %q: %q; want cluster %q and why the server was refused", got, cause, cluster)
+			}
+		default:
+			t.Fatalf("no warning for cluster %s", cluster)
+		}
+	}
+	select {
+	case r := <-sink:
+		t.Errorf("a second warning for the same cluster and cause: %s", r.Message)
+	default:
+	}
+}

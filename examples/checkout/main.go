@@ -1,7 +1,10 @@
 // Command checkout calls the example Payments service through the mesh in a
 // loop and prints, every second, how the calls split across versions.
 //
-//	MESH_BOOTSTRAP=/tmp/mesh/checkout/bootstrap.json go run ./examples/checkout
+//	MESH_BOOTSTRAP=/tmp/mesh/checkout/bootstrap.json go run ./examples/checkout -admin 127.0.0.1:15003
+//
+// With -admin it serves Istio's metrics on /metrics and the mesh's admin
+// pages (/debug/config, /debug/clusters, /debug/graph) on that address.
 package main
 
 import (
@@ -12,24 +15,24 @@ import (
 	"os/signal"
 	"time"
 
-	"mesh"
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 func main() {
 	target := flag.String("target", shop.PaymentsTarget, "payments service host:port")
 	perSecond := flag.Int("n", 1000, "calls per second-long round")
+	adminAddr := flag.String("admin", "", "address for /metrics and the admin pages, e.g. 127.0.0.1:15003 (default: none)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *target, *perSecond); err != nil {
+	if err := run(ctx, *target, *perSecond, *adminAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "checkout:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, target string, n int) error {
-	m, err := mesh.New(ctx)
+func run(ctx context.Context, target string, n int, adminAddr string) error {
+	m, err := shop.Join(ctx, adminAddr)
 	if err != nil {
 		return err
 	}

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -44,9 +47,9 @@ func requireTool(t *testing.T, path, debianPackage string) {
 		"!!! Install it with: apt-get update && apt-get install -y %s !!!\n", path, debianPackage)
 }
 
-// startTraffic starts the demo's mesh with a 50/50 split and steady
-// traffic from checkout, one call in 2*flakyEvery failing, until the test
-// ends.
+// startTraffic starts the demo's mesh with 50/50 splits and steady
+// traffic from checkout to payments (gRPC) and web (net/http), one call in
+// 2*flakyEvery failing on each, until the test ends.
 func startTraffic(t *testing.T, ctx context.Context) *world {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -61,7 +64,18 @@ func startTraffic(t *testing.T, ctx context.Context) *world {
 	if err := shop.WaitFor(ctx, w.checkout, 1, func(r shop.Reply) bool { return r.Version == "v2" }); err != nil {
 		t.Fatalf("payments v2 never answered: %v", err)
 	}
-	stop := sendTraffic(w.checkout, 4, 2*time.Millisecond)
+	for _, version := range []string{"v1", "v2"} {
+		for {
+			got, err := shop.GetVersion(ctx, w.web, shop.WebURL)
+			if err == nil && got == version {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("web %s never answered: %v", version, err)
+			}
+		}
+	}
+	stop := sendTraffic(w, 4, 2*time.Millisecond)
 	t.Cleanup(stop)
 	return w
 }
@@ -78,24 +92,37 @@ func freePort(t *testing.T) int {
 	return lis.Addr().(*net.TCPAddr).Port
 }
 
-// startPrometheus runs the real Prometheus, scraping targets every second,
-// and returns its base URL once it is ready.
-func startPrometheus(t *testing.T, ctx context.Context, targets []string) string {
+// scrapeTarget is one workload's /metrics, with the target labels Istio's
+// Prometheus addon gives a pod: its Kubernetes labels (app, version,
+// security.istio.io/tlsMode, service.istio.io/canonical-*, sanitized as
+// its labelmap does), namespace and pod.
+type scrapeTarget struct {
+	addr   string
+	labels map[string]string
+}
+
+// startPrometheus runs the real Prometheus, scraping targets every second
+// the way the addon's kubernetes-pods job does (honor_labels: what the
+// workload exports wins), and returns its base URL once it is ready.
+func startPrometheus(t *testing.T, ctx context.Context, targets []scrapeTarget) string {
 	t.Helper()
 	dir := t.TempDir()
-	var quoted []string
+	var static strings.Builder
 	for _, target := range targets {
-		quoted = append(quoted, strconv.Quote(target))
+		fmt.Fprintf(&static, "  - targets: [%s]\n    labels:\n", strconv.Quote(target.addr))
+		for _, k := range slices.Sorted(maps.Keys(target.labels)) {
+			fmt.Fprintf(&static, "      %s: %s\n", k, strconv.Quote(target.labels[k]))
+		}
 	}
 	config := fmt.Sprintf(`global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
 scrape_configs:
-- job_name: mesh
+- job_name: kubernetes-pods
+  honor_labels: true
   static_configs:
-  - targets: [%s]
-`, strings.Join(quoted, ", "))
+%s`, static.String())
 	configPath := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -206,155 +233,13 @@ func promQuery(ctx context.Context, base, query string) ([]sample, error) {
 	return out, nil
 }
 
-// Kiali's versioned-app graph queries, in our own words: the same metric,
-// reporter, grouping and "> 0" filter its Istio telemetry vendor sends.
-const (
-	kialiWindow = "30s"
-	// Traffic: requests per second between versioned apps, by outcome.
-	kialiTrafficQuery = `sum(rate(istio_requests_total{reporter="source",source_workload_namespace="default"}[` + kialiWindow + `])) by (` +
-		`source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,` +
-		`destination_cluster,destination_service_namespace,destination_service,destination_service_name,destination_workload_namespace,` +
-		`destination_workload,destination_canonical_service,destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0`
-	// Response time: the 95th percentile per edge.
-	kialiResponseTimeQuery = `histogram_quantile(0.95, sum(rate(istio_request_duration_milliseconds_bucket{reporter="source",source_workload_namespace="default"}[` + kialiWindow + `])) by (` +
-		`le,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,` +
-		`destination_service_namespace,destination_service_name,destination_workload_namespace,destination_workload,` +
-		`destination_canonical_service,destination_canonical_revision)) > 0`
-	// Security: what the destination saw, by connection_security_policy.
-	kialiSecurityQuery = `sum(rate(istio_requests_total{reporter="destination",source_workload_namespace="default"}[` + kialiWindow + `])) by (` +
-		`source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,source_principal,` +
-		`destination_service_namespace,destination_service_name,destination_workload_namespace,destination_workload,` +
-		`destination_canonical_service,destination_canonical_revision,destination_principal,connection_security_policy) > 0`
-)
-
-// kialiEdge is what the three queries say about checkout -> payments <version>.
-type kialiEdge struct {
-	rate, errorRate, p95, mtlsRate, otherRate float64
-}
-
-func (e kialiEdge) String() string {
-	return fmt.Sprintf("%.1f rps, error ratio %.3f, p95 %.2f ms, mutual_tls %.1f rps, other %.1f rps",
-		e.rate, e.errorRate/max(e.rate, 1e-9), e.p95, e.mtlsRate, e.otherRate)
-}
-
-func isCheckoutToPayments(m map[string]string) bool {
-	return m["source_canonical_service"] == "checkout" && m["destination_canonical_service"] == "payments" &&
-		m["destination_service_name"] == "payments"
-}
-
-func kialiEdges(ctx context.Context, base string) (map[string]*kialiEdge, error) {
-	edges := map[string]*kialiEdge{}
-	edge := func(m map[string]string) *kialiEdge {
-		v := m["destination_canonical_revision"]
-		if edges[v] == nil {
-			edges[v] = &kialiEdge{}
-		}
-		return edges[v]
-	}
-	traffic, err := promQuery(ctx, base, kialiTrafficQuery)
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range traffic {
-		if !isCheckoutToPayments(s.Metric) || s.Metric["request_protocol"] != "grpc" {
-			continue
-		}
-		e := edge(s.Metric)
-		e.rate += s.Value
-		if s.Metric["grpc_response_status"] != "0" {
-			e.errorRate += s.Value
-		}
-	}
-	latency, err := promQuery(ctx, base, kialiResponseTimeQuery)
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range latency {
-		if isCheckoutToPayments(s.Metric) {
-			edge(s.Metric).p95 = s.Value
-		}
-	}
-	security, err := promQuery(ctx, base, kialiSecurityQuery)
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range security {
-		if !isCheckoutToPayments(s.Metric) {
-			continue
-		}
-		e := edge(s.Metric)
-		if s.Metric["connection_security_policy"] == "mutual_tls" &&
-			s.Metric["source_principal"] == "spiffe://cluster.local/ns/default/sa/checkout" &&
-			s.Metric["destination_principal"] == "spiffe://cluster.local/ns/default/sa/payments" {
-			e.mtlsRate += s.Value
-		} else {
-			e.otherRate += s.Value
-		}
-	}
-	return edges, nil
-}
-
-// TestKialiQueriesOnRealPrometheus scrapes the demo's workloads with the
-// real Prometheus and runs Kiali's graph queries against it: the edges
-// checkout -> payments v1 and v2 appear with their request rates, their
-// error ratio (one call in twenty fails on purpose) and mutual TLS.
-func TestKialiQueriesOnRealPrometheus(t *testing.T) {
-	requireTool(t, prometheusBinary, "prometheus")
-	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
-	defer cancel()
-	w := startTraffic(t, ctx)
-	var targets []string
-	for _, u := range w.metricsURLs() {
-		parsed, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		targets = append(targets, parsed.Host)
-	}
-	base := startPrometheus(t, ctx, targets)
-
-	// Wait until every query sees both edges. Each payments workload fails
-	// exactly one flaky call in flakyEvery and half the calls are flaky, so
-	// each edge's error ratio is near 1/(2*flakyEvery) = 5%; the bounds
-	// allow for the windows' edges and the Charge/flaky mix per edge.
-	good := func(e *kialiEdge) bool {
-		if e == nil || e.rate == 0 {
-			return false
-		}
-		ratio := e.errorRate / e.rate
-		return ratio > 0.02 && ratio < 0.1 && e.p95 > 0 && e.mtlsRate > 0 && e.otherRate == 0
-	}
-	var edges map[string]*kialiEdge
-	for {
-		var err error
-		edges, err = kialiEdges(ctx, base)
-		if err != nil {
-			t.Fatalf("kiali queries: %v", err)
-		}
-		if edges["v1"] != nil && edges["v2"] != nil && good(edges["v1"]) && good(edges["v2"]) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("prometheus never showed both edges with errors and mTLS: v1 %v, v2 %v", edges["v1"], edges["v2"])
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	for _, v := range []string{"v1", "v2"} {
-		t.Logf("kiali edge checkout -> payments %s: %v", v, edges[v])
-	}
-	if len(edges) != 2 {
-		t.Errorf("edges from checkout to payments: %v, want v1 and v2 only", edges)
-	}
-}
-
 // TestGraphPageInHeadlessChromium loads the control plane's /debug/graph in
 // the real (headless) Chromium and checks the SVG it drew: both edges, with
 // their health colour class and a lock for mutual TLS. The screenshot stays
 // in the test's temp dir.
 func TestGraphPageInHeadlessChromium(t *testing.T) {
 	requireTool(t, chromiumBinary, "chromium")
-	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute) // a hang guard
 	defer cancel()
 	w := startTraffic(t, ctx)
 	base, err := w.cp.ServeAdmin(ctx, "127.0.0.1:0")
@@ -464,4 +349,115 @@ func fetchGraph(ctx context.Context, url string) (admin.Graph, error) {
 		return admin.Graph{}, fmt.Errorf("decoding %s: %w", url, err)
 	}
 	return g, nil
+}
+
+// crawl follows every link (href and the pages' fetch calls) from base's
+// index within base's host, and reports each page that does not answer
+// 200. The graph page polls graph.json; it is crawled too.
+func crawl(ctx context.Context, base string) (visited []string, broken []string, err error) {
+	link := regexp.MustCompile(`(?:href="|fetch\(")([^"#]+)"`)
+	root, err := url.Parse(base + "/")
+	if err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]bool{root.String(): true}
+	queue := []*url.URL{root}
+	for len(queue) > 0 {
+		page := queue[0]
+		queue = queue[1:]
+		visited = append(visited, page.Path)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, page.String(), nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+		resp.Body.Close()
+		if err != nil {
+			return nil, nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			broken = append(broken, fmt.Sprintf("%s: %s", page.Path, resp.Status))
+			continue
+		}
+		if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+			continue
+		}
+		for _, m := range link.FindAllStringSubmatch(string(body), -1) {
+			next, err := page.Parse(m[1])
+			if err != nil {
+				broken = append(broken, fmt.Sprintf("%s links to %q: %v", page.Path, m[1], err))
+				continue
+			}
+			if next.Host != root.Host || seen[next.String()] {
+				continue
+			}
+			seen[next.String()] = true
+			queue = append(queue, next)
+		}
+	}
+	return visited, broken, nil
+}
+
+// TestAdminPagesLinkNoDeadPage crawls each workload's admin pages and the
+// control plane's from their index: every page linked answers 200.
+func TestAdminPagesLinkNoDeadPage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute) // hang guard
+	defer cancel()
+	w := startTraffic(t, ctx)
+	cpAdmin, err := w.cp.ServeAdmin(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bases := map[string]string{"control plane": cpAdmin}
+	maps.Copy(bases, w.admin)
+	for name, base := range bases {
+		visited, broken, err := crawl(ctx, base)
+		if err != nil {
+			t.Fatalf("crawling %s: %v", name, err)
+		}
+		if len(broken) > 0 {
+			t.Errorf("%s's admin pages link to pages that fail: %v", name, broken)
+		}
+		t.Logf("%s: %v", name, visited)
+		if name != "control plane" && len(visited) < 6 {
+			t.Errorf("%s: crawled only %v; want /metrics, /debug/config, /debug/clusters, /debug/graph(.json), /healthz", name, visited)
+		}
+	}
+}
+
+// TestCallersOwnGraphShowsTheLock: checkout's own admin graph, built from
+// its own metrics alone (the caller's, whose connection_security_policy is
+// "unknown" as Istio's source reporter says), shows every edge it calls
+// with the mTLS lock.
+func TestCallersOwnGraphShowsTheLock(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute) // hang guard
+	defer cancel()
+	w := startTraffic(t, ctx)
+	checkout := admin.NodeID("default", "checkout", "v1")
+	for {
+		g, err := fetchGraph(ctx, w.admin["checkout"]+"/debug/graph.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		locked := 0
+		for _, svc := range []string{"payments", "web"} {
+			for _, v := range []string{"v1", "v2"} {
+				if e, ok := g.Edge(checkout, admin.NodeID("default", svc, v)); ok && e.MutualTLS && e.MTLSRatio == 1 {
+					locked++
+				}
+			}
+		}
+		if locked == 4 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("checkout's own graph never showed its four edges with the lock: %+v", g)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

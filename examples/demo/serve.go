@@ -10,12 +10,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"net/http"
+	"strconv"
+	"strings"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 // serveUntilDone is -serve: the 90/10 split again, steady traffic with a
@@ -30,11 +34,11 @@ func serveUntilDone(ctx context.Context, w *world, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "\nmesh graph     %s/debug/graph\n", base)
-	for _, name := range slices.Sorted(maps.Keys(w.telemetry)) {
-		fmt.Fprintf(out, "%-14s %s/  (metrics %s/metrics)\n", name, w.telemetry[name].baseURL(), w.telemetry[name].baseURL())
+	for _, name := range slices.Sorted(maps.Keys(w.admin)) {
+		fmt.Fprintf(out, "%-14s %s/  (metrics %s/metrics)\n", name, w.admin[name], w.admin[name])
 	}
 	fmt.Fprintln(out, "serving; interrupt to stop")
-	stop := sendTraffic(w.checkout, 4, 5*time.Millisecond)
+	stop := sendTraffic(w, 4, 5*time.Millisecond)
 	<-ctx.Done()
 	stop()
 	return nil
@@ -78,26 +82,50 @@ func registerFaults(r grpc.ServiceRegistrar) {
 	}, struct{}{})
 }
 
-// sendTraffic calls payments from `workers` goroutines, pausing `pause`
-// between calls, alternating Payments.Charge and flakyMethod: about one
-// call in 2*flakyEvery fails. The returned stop ends the traffic and waits
+// sendTraffic calls payments and web from `workers` goroutines each,
+// pausing `pause` between calls: gRPC calls alternate Payments.Charge and
+// flakyMethod, HTTP ones POST /version and /flaky, so about one call in
+// 2*flakyEvery fails on each. The returned stop ends the traffic and waits
 // for it.
-func sendTraffic(conn *grpc.ClientConn, workers int, pause time.Duration) (stop func()) {
+func sendTraffic(w *world, workers int, pause time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	loop := func(call func(i int)) {
+		for i := 0; ctx.Err() == nil; i++ {
+			call(i)
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+		}
+	}
 	for range workers {
 		wg.Go(func() {
-			for i := 0; ctx.Err() == nil; i++ {
+			loop(func(i int) {
 				if i%2 == 1 {
-					_ = conn.Invoke(ctx, flakyMethod, &structpb.Struct{}, &structpb.Struct{})
+					_ = w.checkout.Invoke(ctx, flakyMethod, &structpb.Struct{}, &structpb.Struct{})
 				} else {
-					_, _ = shop.Charge(ctx, conn)
+					_, _ = shop.Charge(ctx, w.checkout)
 				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(pause):
+			})
+		})
+		wg.Go(func() {
+			loop(func(i int) {
+				path := "/version"
+				if i%2 == 1 {
+					path = "/flaky"
 				}
-			}
+				// A small body, so request throughput has bytes to show.
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost,
+					"http://"+shop.WebHost+":"+strconv.Itoa(shop.WebPort)+path, strings.NewReader(`{"item":"socks"}`))
+				if err != nil {
+					return
+				}
+				if resp, err := w.web.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+				}
+			})
 		})
 	}
 	return func() {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,25 +16,28 @@ import (
 
 	"mesh"
 	"mesh/controlplane"
-	"mesh/internal/shop"
+	"mesh/examples/shop"
 )
 
 // world is the running example mesh: the control plane, payments v1 and v2
-// serving, and checkout with a channel to payments. Every workload serves
-// its metrics and admin pages, registered with the control plane for the
-// whole-mesh graph.
+// serving gRPC, web v1 and v2 serving net/http, and checkout with a
+// channel to payments and an HTTP client for web. Every workload serves
+// /metrics and its admin pages through mesh.WithAdmin, registered with the
+// control plane for the whole-mesh graph.
 type world struct {
 	cp           *controlplane.Server
 	paymentsAddr map[string]string // version -> serving address
-	telemetry    map[string]*workloadTelemetry
+	webAddr      map[string]string // version -> serving address
+	admin        map[string]string // workload -> admin base URL
 	checkout     *grpc.ClientConn
+	web          *http.Client // checkout's mesh HTTP client
 	closers      []func()
 }
 
-// startWorld starts the mesh with the 90/10 split applied. On error it
-// stops what it started.
+// startWorld starts the mesh with payments split 90/10 and web 50/50. On
+// error it stops what it started.
 func startWorld(ctx context.Context, logger *slog.Logger, tp trace.TracerProvider) (w *world, err error) {
-	w = &world{paymentsAddr: map[string]string{}, telemetry: map[string]*workloadTelemetry{}}
+	w = &world{paymentsAddr: map[string]string{}, webAddr: map[string]string{}, admin: map[string]string{}}
 	defer func() {
 		if err != nil {
 			w.close()
@@ -52,53 +57,79 @@ func startWorld(ctx context.Context, logger *slog.Logger, tp trace.TracerProvide
 	}
 	w.onClose(func() { _ = os.RemoveAll(dir) })
 	bootstraps := map[string]string{}
-	for _, wl := range shop.Workloads() {
+	for _, wl := range append(shop.Workloads(), shop.WebWorkloads()...) {
 		path, err := cp.WriteBootstrap(filepath.Join(dir, wl.Name), wl)
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap for %s: %w", wl.Name, err)
 		}
 		bootstraps[wl.Name] = path
 	}
-	if err := cp.Apply(shop.MeshYAML(90, 10)); err != nil {
+	if err := cp.Apply(append(shop.MeshYAML(90, 10), append([]byte("---\n"), shop.WebYAML(50, 50)...)...)); err != nil {
 		return nil, err
 	}
 
+	// join makes a workload's mesh, with its metrics and admin pages on
+	// 127.0.0.1, as a separate process would have them.
 	join := func(name string) (*mesh.Mesh, error) {
-		wt, err := newWorkloadTelemetry(name)
+		mp, metrics, err := shop.Metrics()
 		if err != nil {
 			return nil, err
 		}
-		w.onClose(wt.close)
-		w.telemetry[name] = wt
+		w.onClose(func() { _ = mp.Shutdown(context.Background()) })
 		m, err := mesh.New(ctx, mesh.WithBootstrapFile(bootstraps[name]), mesh.WithLogger(logger.With("workload", name)),
-			mesh.WithTracerProvider(tp), mesh.WithMeterProvider(wt.meterProvider))
+			mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp), mesh.WithAdmin("127.0.0.1:0", metrics))
 		if err != nil {
 			return nil, err
 		}
 		w.onClose(func() { _ = m.Close() })
-		if err := wt.serve(ctx, m.XDSClient().Dump, logger.With("workload", name)); err != nil {
-			return nil, err
-		}
-		if err := cp.RegisterMetricsEndpoint(name, wt.baseURL()+"/metrics"); err != nil {
+		w.admin[name] = "http://" + m.AdminAddr()
+		if err := cp.RegisterMetricsEndpoint(name, w.admin[name]+"/metrics"); err != nil {
 			return nil, err
 		}
 		return m, nil
 	}
+	// serve joins workload name, runs serve on a new 127.0.0.1 listener
+	// until close, then stop, and returns the listener's address.
+	serve := func(name string, start func(m *mesh.Mesh) (serve func(net.Listener) error, stop func())) (string, error) {
+		m, err := join(name)
+		if err != nil {
+			return "", err
+		}
+		lis, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		run, stop := start(m)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := run(lis); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				logger.Warn("server stopped", "workload", name, "error", err)
+			}
+		}()
+		w.onClose(func() {
+			stop()
+			<-served
+		})
+		return lis.Addr().String(), nil
+	}
 	for _, version := range []string{"v1", "v2"} {
-		m, err := join("payments-" + version)
+		w.paymentsAddr[version], err = serve("payments-"+version, func(m *mesh.Mesh) (func(net.Listener) error, func()) {
+			srv := m.NewGRPCServer()
+			(&shop.Payments{Version: version}).Register(srv)
+			registerFaults(srv)
+			return srv.Serve, srv.Stop
+		})
 		if err != nil {
 			return nil, err
 		}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		w.webAddr[version], err = serve("web-"+version, func(m *mesh.Mesh) (func(net.Listener) error, func()) {
+			srv := m.NewHTTPServer(shop.Web(version))
+			return srv.Serve, func() { _ = srv.Close() }
+		})
 		if err != nil {
 			return nil, err
 		}
-		srv := m.NewGRPCServer()
-		(&shop.Payments{Version: version}).Register(srv)
-		registerFaults(srv)
-		go srv.Serve(lis)
-		w.onClose(srv.Stop)
-		w.paymentsAddr[version] = lis.Addr().String()
 	}
 
 	checkout, err := join("checkout")
@@ -111,6 +142,7 @@ func startWorld(ctx context.Context, logger *slog.Logger, tp trace.TracerProvide
 	}
 	w.checkout = conn
 	w.onClose(func() { _ = conn.Close() })
+	w.web = checkout.HTTPClient()
 	return w, nil
 }
 

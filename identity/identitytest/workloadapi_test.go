@@ -16,7 +16,7 @@ import (
 )
 
 func TestWorkloadAPIServesPushedSVIDs(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ca, err := identitytest.NewCA("example.org")
 	if err != nil {

@@ -113,9 +113,10 @@ func NewHandler(cfg Config) http.Handler {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
+	index := indexPage(cfg)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write([]byte(indexHTML))
+		_, _ = w.Write(index)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Healthy != nil {
@@ -194,14 +195,27 @@ func writeJSON(w http.ResponseWriter, logger *slog.Logger, page string, v any) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
-var indexHTML = strings.TrimSpace(`
-<!doctype html>
+// indexPage links the pages cfg configures, and no page that would answer
+// "not configured".
+func indexPage(cfg Config) []byte {
+	var b strings.Builder
+	b.WriteString(`<!doctype html>
 <html><head><meta charset="utf-8"><title>mesh admin</title></head>
 <body><h1>mesh admin</h1><ul>
-<li><a href="metrics">/metrics</a></li>
-<li><a href="debug/config">/debug/config</a></li>
-<li><a href="debug/clusters">/debug/clusters</a></li>
-<li><a href="debug/graph">/debug/graph</a> (<a href="debug/graph.json">json</a>)</li>
-<li><a href="healthz">/healthz</a></li>
-</ul></body></html>
 `)
+	if cfg.Metrics != nil {
+		b.WriteString(`<li><a href="metrics">/metrics</a></li>` + "\n")
+	}
+	if cfg.XDS != nil {
+		b.WriteString(`<li><a href="debug/config">/debug/config</a></li>` + "\n")
+	}
+	if cfg.Clusters != nil {
+		b.WriteString(`<li><a href="debug/clusters">/debug/clusters</a></li>` + "\n")
+	}
+	if cfg.Graph != nil {
+		b.WriteString(`<li><a href="debug/graph">/debug/graph</a> (<a href="debug/graph.json">json</a>)</li>` + "\n")
+	}
+	b.WriteString(`<li><a href="healthz">/healthz</a></li>
+</ul></body></html>`)
+	return []byte(b.String())
+}

@@ -56,7 +56,7 @@ var (
 )
 
 func TestScraperEdgesRatesAndHealth(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	checkout, payments := newMetricsServer(t), newMetricsServer(t)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -275,13 +275,39 @@ func TestHandlerUnconfigured(t *testing.T) {
 	if code, _, _ := get(t, srv.URL+"/healthz"); code != 200 {
 		t.Errorf("/healthz = %d", code)
 	}
-	if code, _, body := get(t, srv.URL+"/"); code != 200 || !strings.Contains(body, "debug/graph") {
-		t.Errorf("/ = %d %q", code, body)
+	// The index links no page that would answer "not configured".
+	if code, _, body := get(t, srv.URL+"/"); code != 200 || strings.Contains(body, "debug/") || strings.Contains(body, "metrics") ||
+		!strings.Contains(body, `href="healthz"`) {
+		t.Errorf("/ = %d %q, want a link to healthz only", code, body)
 	}
 }
 
 func TestElementID(t *testing.T) {
 	if got := admin.ElementID(checkoutID + "->" + v1ID); got != "default_checkout_v1-_default_payments_v1" {
 		t.Errorf("ElementID = %q", got)
+	}
+}
+
+// TestCallersOwnGraphShowsMutualTLS: a caller's own metrics hold only
+// source-reported series, whose connection_security_policy is "unknown" as
+// in Istio; the lock comes from the principals both sides proved.
+func TestCallersOwnGraphShowsMutualTLS(t *testing.T) {
+	line := func(version, srcPrincipal, dstPrincipal string, value float64) string {
+		return fmt.Sprintf(`istio_requests_total{reporter="source",source_workload="checkout",source_workload_namespace="default",source_canonical_service="checkout",source_canonical_revision="v1",source_principal=%q,destination_principal=%q,destination_service_name="payments",destination_service_namespace="default",destination_workload="payments-%s",destination_canonical_service="payments",destination_canonical_revision=%q,request_protocol="grpc",response_code="200",grpc_response_status="0",connection_security_policy="unknown"} %g`+"\n",
+			srcPrincipal, dstPrincipal, version, version, value)
+	}
+	const checkout, payments = "spiffe://cluster.local/ns/default/sa/checkout", "spiffe://cluster.local/ns/default/sa/payments"
+	fams, err := admin.ParseMetrics(strings.NewReader("# TYPE istio_requests_total counter\n" +
+		line("v1", checkout, payments, 10) +
+		line("v2", checkout, payments, 3) + line("v2", checkout, "unknown", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := admin.GraphFromMetrics(fams)
+	if e, ok := g.Edge(checkoutID, v1ID); !ok || !e.MutualTLS || e.MTLSRatio != 1 {
+		t.Errorf("checkout -> v1, both principals proven = %+v, want the mTLS lock", e)
+	}
+	if e, ok := g.Edge(checkoutID, v2ID); !ok || e.MutualTLS || e.MTLSRatio != 0.75 {
+		t.Errorf("checkout -> v2, one call in four without a server principal = %+v, want no lock, ratio 0.75", e)
 	}
 }

@@ -82,7 +82,10 @@ type Edge struct {
 	Rate       float64 `json:"rate"`
 	ErrorRatio float64 `json:"error_ratio"`
 	// MutualTLS is set when the destination reported mutual_tls for every
-	// request it counted; MTLSRatio is the share it did.
+	// request it counted; MTLSRatio is the share it did. On a graph without
+	// the destination's series (a caller's own), they come from the
+	// source's: a request whose both principals are SPIFFE IDs was made over
+	// a handshake where each side proved one, which is mutual TLS.
 	MutualTLS bool    `json:"mutual_tls"`
 	MTLSRatio float64 `json:"mtls_ratio"`
 	Health    string  `json:"health"`
@@ -290,6 +293,7 @@ type edgeCounts struct {
 	srcRequests, srcErrors float64
 	dstRequests, dstErrors float64
 	dstMTLS                float64
+	srcMTLS                float64 // source-reported, both principals proven
 }
 
 // requests and errors prefer the source's view, as Kiali's versioned-app
@@ -347,6 +351,11 @@ func countEdges(families ...map[string]*dto.MetricFamily) map[string]edgeCounts 
 				if failed {
 					c.srcErrors += value
 				}
+				// Istio's source reporter says connection_security_policy
+				// "unknown"; the principals it verified say more.
+				if isSPIFFE(labels["source_principal"]) && isSPIFFE(labels["destination_principal"]) {
+					c.srcMTLS += value
+				}
 			case "destination":
 				c.dstRequests += value
 				if failed {
@@ -397,9 +406,13 @@ func buildGraph(counts, prev map[string]edgeCounts, elapsed time.Duration) Graph
 		if windowTotal > 0 {
 			e.ErrorRatio = windowErrs / windowTotal
 		}
-		if c.dstRequests > 0 {
+		switch {
+		case c.dstRequests > 0:
 			e.MTLSRatio = c.dstMTLS / c.dstRequests
 			e.MutualTLS = c.dstMTLS == c.dstRequests
+		case c.srcRequests > 0:
+			e.MTLSRatio = c.srcMTLS / c.srcRequests
+			e.MutualTLS = c.srcMTLS == c.srcRequests
 		}
 		e.Health = health(windowTotal, e.ErrorRatio)
 		g.Edges = append(g.Edges, e)
@@ -424,6 +437,8 @@ func health(requests, errorRatio float64) string {
 		return HealthHealthy
 	}
 }
+
+func isSPIFFE(principal string) bool { return strings.HasPrefix(principal, "spiffe://") }
 
 func first(values ...string) string {
 	for _, v := range values {

@@ -16,7 +16,7 @@ import (
 
 // Grace is how long goroutines get to finish closing after the tests end;
 // many stop asynchronously after Close returns.
-const Grace = 10 * time.Second
+const Grace = time.Minute
 
 // Main runs the tests, then fails the binary if goroutines whose stacks
 // mention any of the given substrings are still running after Grace.

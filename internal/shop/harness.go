@@ -76,15 +76,6 @@ func serve(tb testing.TB, serveOn func(net.Listener) error, stop func()) net.Add
 	return lis.Addr()
 }
 
-// WebHost and WebURL are where mesh HTTP clients reach the web service.
-const (
-	WebHost = "web.default.svc.cluster.local"
-	WebURL  = "http://web.default.svc.cluster.local:8080/version"
-)
-
-// WebYAML routes the web service's subsets v1 and v2 by weight.
-func WebYAML(v1Weight, v2Weight int) []byte { return SplitYAML(WebHost, v1Weight, v2Weight) }
-
 // StartWeb joins workload web-<version> to cp's mesh (with opts added to
 // its mesh's) and serves, over the mesh's HTTPServer, a handler answering
 // with its version, until the test ends.

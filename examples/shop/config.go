@@ -14,6 +14,16 @@ const (
 	PaymentsTarget = "payments.default.svc.cluster.local:8080"
 )
 
+// WebHost and WebURL are where mesh HTTP clients reach the web service.
+const (
+	WebHost = "web.default.svc.cluster.local"
+	WebPort = 8080
+	WebURL  = "http://web.default.svc.cluster.local:8080/version"
+)
+
+// WebYAML routes the web service's subsets v1 and v2 by weight.
+func WebYAML(v1Weight, v2Weight int) []byte { return SplitYAML(WebHost, v1Weight, v2Weight) }
+
 // MeshYAML is the example mesh's Istio configuration: STRICT mTLS for the
 // namespace, payments subsets v1 and v2 by label, and a weighted split.
 func MeshYAML(v1Weight, v2Weight int) []byte {
