@@ -80,6 +80,12 @@ func (c *Client) handleResponse(a *adsChannel, typeURL, version, nonce string, r
 			if present[name] || !st.requested || st.notFound || st.retired || st.channel != a.set.key {
 				continue
 			}
+			// A name never received may be missing only because the
+			// response answers a request sent before it was subscribed:
+			// its does-not-exist timer decides (as grpc-go's client does).
+			if !st.hasValue {
+				continue
+			}
 			c.deletedLocked(a, kind, name, st, source)
 		}
 	}
