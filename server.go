@@ -49,7 +49,12 @@ type GRPCServer struct {
 }
 
 // NewGRPCServer returns a server secured and traced by the mesh. opts are
-// applied after the mesh's own; do not pass grpc.Creds.
+// applied after the mesh's own; do not pass grpc.Creds. Add interceptors
+// with grpc.ChainUnaryInterceptor and grpc.ChainStreamInterceptor: they then
+// run inside the mesh's authorization and telemetry. grpc-go runs the one
+// set with grpc.UnaryInterceptor (or StreamInterceptor) before every chained
+// interceptor, so it would see calls before they are authorized, and calls
+// it ends itself would go unmeasured.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	s := &GRPCServer{m: m}
 	creds := drainingCredentials{transport.NewServerCredentials(m.certs, chooseTLS, transport.WithLogger(m.logger))}

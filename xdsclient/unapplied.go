@@ -21,6 +21,8 @@ var (
 	hcmApplied = []string{
 		"stat_prefix", "rds", "http_filters", "common_http_protocol_options.max_stream_duration",
 		"xff_num_trusted_hops", "original_ip_detection_extensions", "scoped_routes",
+		// Path normalization before authorization (Listener.PathNormalization).
+		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
 	}
 	retryApplied = []string{
 		"retry_on", "num_retries", "retriable_status_codes", "retry_back_off", "per_try_timeout",

@@ -193,7 +193,7 @@ func startPayments(t *testing.T, ctx context.Context, state, version string, fai
 		t.Fatal(err)
 	}
 	var calls atomic.Int64
-	srv := m.NewGRPCServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	srv := m.NewGRPCServer(grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if failEvery > 0 && calls.Add(1)%failEvery == 0 {
 			return nil, status.Error(codes.Internal, "injected failure")
 		}
