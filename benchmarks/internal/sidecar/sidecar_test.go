@@ -1,0 +1,64 @@
+package sidecar_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"mesh/benchmarks/internal/sidecar"
+)
+
+// TestMain lets the harness run this test binary as its clients and servers.
+func TestMain(m *testing.M) {
+	if sidecar.RoleMain() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestTinyRun runs every variant, HAProxy pair included, for a few hundred
+// echoes: the harness works end to end, and every report row has a number.
+// Without haproxy it skips, loudly; under CI it fails instead.
+func TestTinyRun(t *testing.T) {
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("haproxy is not installed; .ci/run installs it: %v", err)
+		}
+		t.Skipf("SKIPPING the sidecar comparison: haproxy is not installed (apt-get install -y haproxy): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a hang guard
+	defer cancel()
+	res, err := sidecar.Run(ctx, sidecar.Config{Reps: 1, One: 50, Eight: 200, OpenRate: 500, Open: 50, Stderr: t.Output()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range sidecar.Variants {
+		for ph, runs := range res.Runs[v] {
+			if len(runs) != 1 {
+				t.Fatalf("%s phase %d: %d measurements, want 1", v, ph, len(runs))
+			}
+			m := runs[0]
+			if m.N == 0 || m.P50 <= 0 || m.P99 < m.P50 || m.Throughput <= 0 {
+				t.Errorf("%s phase %d: implausible %+v", v, ph, m)
+			}
+		}
+		want := 2
+		if v == sidecar.Sidecars {
+			want = 4 // client, server and both proxies
+		}
+		if n := len(res.Runs[v][0][0].CPU); n != want {
+			t.Errorf("%s: CPU of %d processes, want %d", v, n, want)
+		}
+	}
+	var b strings.Builder
+	res.WriteMarkdown(&b)
+	t.Log("\n" + b.String())
+	for _, want := range []string{"C: HAProxy mTLS pair", "proxy-server", "What each adds over B"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -1,0 +1,47 @@
+// Command sidecar measures mesh against plain grpc-go with mutual TLS, an
+// HAProxy mTLS sidecar pair (a stand-in for Envoy), mesh with no-op
+// telemetry and grpc-go's own OpenTelemetry metrics plugin, every client,
+// server and proxy a process of its own, and prints the Markdown tables
+// kept in benchmarks/README.md. It needs haproxy on PATH
+// (apt-get install -y haproxy).
+//
+//	go run ./benchmarks/sidecar
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"mesh/benchmarks/internal/sidecar"
+)
+
+func main() {
+	if sidecar.RoleMain() {
+		return
+	}
+	var cfg sidecar.Config
+	variants := flag.String("variants", strings.Join(sidecar.Variants, ","), "variants to measure, comma-separated")
+	flag.IntVar(&cfg.Reps, "reps", 3, "reps of every phase, variants taking turns; the report shows medians")
+	flag.IntVar(&cfg.One, "one", 5000, "echoes per rep one at a time")
+	flag.IntVar(&cfg.Eight, "eight", 20000, "echoes per rep eight at a time")
+	flag.IntVar(&cfg.OpenRate, "rate", 1000, "open loop: echoes per second")
+	flag.IntVar(&cfg.Open, "open", 5000, "open loop: echoes per rep")
+	flag.Parse()
+	cfg.Variants = strings.Split(*variants, ",")
+	cfg.Progress = func(s string) { fmt.Fprintln(os.Stderr, time.Now().Format(time.TimeOnly), s) }
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	res, err := sidecar.Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("machine: %s\n\n", sidecar.Machine())
+	res.WriteMarkdown(os.Stdout)
+}
