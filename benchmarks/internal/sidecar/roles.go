@@ -3,7 +3,6 @@ package sidecar
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,9 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -34,21 +30,13 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"mesh"
+	"mesh/benchmarks/internal/echo"
 	"mesh/controlplane"
 )
 
 // roleEnv names the environment variable that turns the harness's own
 // executable into one of its processes (RoleMain).
 const roleEnv = "MESH_SIDECAR_ROLE"
-
-// Echo is the measured service: one unary method answering with the bytes
-// it was sent.
-const (
-	echoService = "mesh.bench.Echo"
-	echoMethod  = "/" + echoService + "/Echo"
-	// PayloadSize is the echo's request (and response) payload.
-	PayloadSize = 1024
-)
 
 // RoleMain runs the process role that the harness asked for in the
 // environment and reports true, or reports false at once when the process
@@ -89,45 +77,6 @@ func RoleMain() bool {
 	return true
 }
 
-// registerEcho adds the echo service to r.
-func registerEcho(r grpc.ServiceRegistrar) {
-	r.RegisterService(&grpc.ServiceDesc{
-		ServiceName: echoService,
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: "Echo",
-			Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-				req := new(wrapperspb.BytesValue)
-				if err := dec(req); err != nil {
-					return nil, err
-				}
-				if icpt == nil {
-					return req, nil
-				}
-				info := &grpc.UnaryServerInfo{FullMethod: echoMethod}
-				return icpt(ctx, req, info, func(_ context.Context, req any) (any, error) { return req, nil })
-			},
-		}},
-	}, struct{}{})
-}
-
-// fileTLS reads the certificate files WriteBootstrap wrote for a B, G or C process into
-// go-spiffe's mTLS configuration, as a team without a mesh would.
-func fileTLS(dir string, server bool) (*tls.Config, error) {
-	svid, err := x509svid.Load(filepath.Join(dir, controlplane.CertChainFile), filepath.Join(dir, controlplane.KeyFile))
-	if err != nil {
-		return nil, err
-	}
-	bundle, err := x509bundle.Load(svid.ID.TrustDomain(), filepath.Join(dir, controlplane.RootCertFile))
-	if err != nil {
-		return nil, err
-	}
-	if server {
-		return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeAny()), nil
-	}
-	return tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeAny()), nil
-}
-
 // sdkTelemetry is what M records with: the OpenTelemetry SDK's meter
 // provider (read on demand, as a Prometheus scrape would) and its tracer
 // provider sampling only what the caller sampled.
@@ -164,7 +113,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 	case "plain", "B", "G":
 		var opts []grpc.ServerOption
 		if mode != "plain" {
-			cfg, err := fileTLS(dir, true)
+			cfg, err := echo.MTLS(dir, true)
 			if err != nil {
 				return err
 			}
@@ -175,7 +124,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 			opts = append(opts, grpcotel.ServerOption(grpcotel.Options{MetricsOptions: grpcotel.MetricsOptions{MeterProvider: mp}}))
 		}
 		srv := grpc.NewServer(opts...)
-		registerEcho(srv)
+		echo.Register(srv)
 		serve, stop = func() error { return srv.Serve(lis) }, srv.Stop
 	case "M", "M-lean":
 		opts, err := meshOptions(mode, dir)
@@ -188,7 +137,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 		}
 		defer m.Close()
 		srv := m.NewGRPCServer()
-		registerEcho(srv)
+		echo.Register(srv)
 		serve, stop = func() error { return srv.Serve(lis) }, srv.Stop
 	default:
 		return fmt.Errorf("unknown server mode %q", mode)
@@ -208,7 +157,7 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 	case "plain", "B", "G":
 		creds := insecure.NewCredentials()
 		if mode != "plain" {
-			cfg, err := fileTLS(dir, false)
+			cfg, err := echo.MTLS(dir, false)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -243,16 +192,6 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 	return nil, nil, fmt.Errorf("unknown client mode %q", mode)
 }
 
-func echo(ctx context.Context, conn grpc.ClientConnInterface, req, resp *wrapperspb.BytesValue) error {
-	if err := conn.Invoke(ctx, echoMethod, req, resp); err != nil {
-		return err
-	}
-	if len(resp.Value) != len(req.Value) {
-		return fmt.Errorf("echo answered %d bytes for %d", len(resp.Value), len(req.Value))
-	}
-	return nil
-}
-
 // phaseResult is what a client reports for one load phase.
 type phaseResult struct {
 	N       int           `json:"n"`
@@ -272,12 +211,9 @@ func runClient(ctx context.Context, mode, dir, target string) error {
 		return err
 	}
 	defer closeConn()
-	req := &wrapperspb.BytesValue{Value: make([]byte, PayloadSize)}
-	for i := range req.Value {
-		req.Value[i] = byte(i)
-	}
+	req := echo.NewRequest()
 	for resp := new(wrapperspb.BytesValue); ; {
-		err := echo(ctx, conn, req, resp)
+		err := echo.Call(ctx, conn, req, resp)
 		if err == nil {
 			break
 		}
@@ -340,7 +276,7 @@ func closedLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapper
 					return
 				}
 				t := time.Now()
-				if err := echo(ctx, conn, req, resp); err != nil {
+				if err := echo.Call(ctx, conn, req, resp); err != nil {
 					once.Do(func() { firstErr = err })
 					next.Store(int64(n)) // stop the others too
 					return
@@ -370,7 +306,7 @@ func openLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrappersp
 		wg.Go(func() {
 			resp := new(wrapperspb.BytesValue)
 			for i := range jobs {
-				if err := echo(ctx, conn, req, resp); err != nil {
+				if err := echo.Call(ctx, conn, req, resp); err != nil {
 					once.Do(func() { firstErr = err })
 				}
 				lat[i] = time.Since(start.Add(time.Duration(i) * period))

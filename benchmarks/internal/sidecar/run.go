@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cp, err := controlplane.New(ctx)
+	cp, err := controlplane.New(ctx, controlplane.WithLogger(quietLogger()))
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,4 +62,33 @@ func TestTinyRun(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
 	}
+}
+
+// TestLeanClients builds the three client programs and runs each to its
+// first answer: the numbers benchmarks/README.md reports are all there,
+// and the mesh client links neither grpc-go's xds package nor anything
+// the baseline lacks that a plain client has no use for.
+func TestLeanClients(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds three programs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // a hang guard
+	defer cancel()
+	res, err := sidecar.MeasureClients(ctx, sidecar.ClientsConfig{Reps: 1, Stderr: t.Output()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range res {
+		if r.Binary <= 0 || len(r.Modules) == 0 || r.FirstRPC <= 0 || r.Goroutines <= 0 || r.HeapBytes == 0 {
+			t.Errorf("%s: implausible %+v", name, r)
+		}
+	}
+	if !slices.Contains(res[sidecar.XDSClient].Modules, "cloud.google.com/go/compute/metadata") {
+		t.Errorf("stock xDS client's modules lack grpc-go xds's own dependency: %v", res[sidecar.XDSClient].Modules)
+	}
+	var b strings.Builder
+	if err := res.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + b.String())
 }
