@@ -25,18 +25,30 @@ func main() {
 		return
 	}
 	var cfg sidecar.Config
-	variants := flag.String("variants", strings.Join(sidecar.Variants, ","), "variants to measure, comma-separated")
+	variants := flag.String("variants", "", "variants to measure, comma-separated (default "+strings.Join(sidecar.Variants, ",")+", and M/before,M-lean/before with -before)")
+	flag.StringVar(&cfg.Before, "before", "", "an executable of this command built from an earlier tree, to run its M and M-lean beside this one's")
+	clients := flag.Bool("clients", true, "also build and measure the lean client programs")
 	flag.IntVar(&cfg.Reps, "reps", 3, "reps of every phase, variants taking turns; the report shows medians")
 	flag.IntVar(&cfg.One, "one", 5000, "echoes per rep one at a time")
 	flag.IntVar(&cfg.Eight, "eight", 20000, "echoes per rep eight at a time")
 	flag.IntVar(&cfg.OpenRate, "rate", 1000, "open loop: echoes per second")
 	flag.IntVar(&cfg.Open, "open", 5000, "open loop: echoes per rep")
 	flag.Parse()
-	cfg.Variants = strings.Split(*variants, ",")
+	if *variants != "" {
+		cfg.Variants = strings.Split(*variants, ",")
+	}
 	cfg.Progress = func(s string) { fmt.Fprintln(os.Stderr, time.Now().Format(time.TimeOnly), s) }
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	var clientRes sidecar.Clients
+	if *clients {
+		var err error
+		if clientRes, err = sidecar.MeasureClients(ctx, sidecar.ClientsConfig{Reps: cfg.Reps}); err != nil {
+			fmt.Fprintln(os.Stderr, "sidecar: clients:", err)
+			os.Exit(1)
+		}
+	}
 	res, err := sidecar.Run(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sidecar:", err)
@@ -44,4 +56,11 @@ func main() {
 	}
 	fmt.Printf("machine: %s\n\n", sidecar.Machine())
 	res.WriteMarkdown(os.Stdout)
+	if clientRes != nil {
+		fmt.Println()
+		if err := clientRes.WriteMarkdown(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "sidecar: clients:", err)
+			os.Exit(1)
+		}
+	}
 }

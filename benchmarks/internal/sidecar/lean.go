@@ -113,7 +113,7 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 		return nil, err
 	}
 	defer cp.Close()
-	if err := cp.Apply([]byte(meshYAML)); err != nil {
+	if err := cp.Apply(meshYAML()); err != nil {
 		return nil, err
 	}
 	dirs := map[string]string{}
@@ -134,14 +134,14 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 	}
 	defer stopMesh()
 
-	bootstrap := filepath.Join(dirs["client"], controlplane.BootstrapFile)
+	bootstrap := filepath.Join(dirs["client-echo"], controlplane.BootstrapFile)
 	runs := map[string][]firstRun{}
 	for range cfg.Reps {
 		for _, name := range []string{GRPCClient, MeshClient, XDSClient} {
 			var cmd *exec.Cmd
 			switch name {
 			case GRPCClient:
-				cmd = exec.CommandContext(ctx, bins[name], dirs["client"], plainAddr)
+				cmd = exec.CommandContext(ctx, bins[name], dirs["client-echo"], plainAddr)
 			case MeshClient:
 				cmd = exec.CommandContext(ctx, bins[name], "echo.default.svc.cluster.local:8080")
 				cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap)

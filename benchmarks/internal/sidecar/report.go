@@ -46,7 +46,7 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	vs := r.Config.Variants
 	fmt.Fprintf(w, "| load (median of %d) |", r.Config.Reps)
 	for _, v := range vs {
-		fmt.Fprintf(w, " %s |", Names[v])
+		fmt.Fprintf(w, " %s |", name(v))
 	}
 	fmt.Fprint(w, "\n| --- |"+strings.Repeat(" ---: |", len(vs))+"\n")
 	row := func(label string, ph Phase, unit string, format string, get func(Measurement) float64) {
@@ -82,17 +82,26 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "\nWhat each adds over B (medians; goal: mesh adds at most 1/10 of the pair's latency and 1/5 of its CPU):\n\n")
-	fmt.Fprintln(w, "| added over B | C: sidecar pair | M: mesh | M / C | M-lean | M-lean / C |")
-	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: |")
+	var meshes []string
+	for _, v := range []string{Mesh, MeshLean, Mesh + Before, MeshLean + Before} {
+		if slices.Contains(vs, v) {
+			meshes = append(meshes, v)
+		}
+	}
+	fmt.Fprint(w, "| added over B | C: sidecar pair |")
+	for _, v := range meshes {
+		short, _, _ := strings.Cut(name(v), ":")
+		if strings.HasSuffix(v, Before) {
+			short += " (before)"
+		}
+		fmt.Fprintf(w, " %s | %s / C |", short, short)
+	}
+	fmt.Fprint(w, "\n| --- | ---: |"+strings.Repeat(" ---: | ---: |", len(meshes))+"\n")
 	added := func(label string, ph Phase, unit string, get func(Measurement) float64) {
 		base := r.median(Plain, ph, get)
 		c := r.median(Sidecars, ph, get) - base
 		fmt.Fprintf(w, "| %s | %.1f %s |", label, c, unit)
-		for _, v := range []string{Mesh, MeshLean} {
-			if !slices.Contains(vs, v) {
-				fmt.Fprint(w, " | |")
-				continue
-			}
+		for _, v := range meshes {
 			m := r.median(v, ph, get) - base
 			fmt.Fprintf(w, " %.1f %s | %s |", m, unit, fraction(m, c))
 		}
@@ -103,6 +112,14 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	added(fmt.Sprintf("latency, %d/s open loop, p99", r.Config.OpenRate), Open, "µs", p99)
 	added("CPU per request, 8 in flight", Eight, "µs", cpu)
 	added(fmt.Sprintf("CPU per request, %d/s open loop", r.Config.OpenRate), Open, "µs", cpu)
+}
+
+// name heads variant v's column.
+func name(v string) string {
+	if base, ok := strings.CutSuffix(v, Before); ok {
+		return Names[base] + " (before)"
+	}
+	return Names[v]
 }
 
 func fraction(m, c float64) string {

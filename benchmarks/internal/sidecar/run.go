@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -47,8 +48,13 @@ type Config struct {
 	Exe string
 	// HAProxy is the haproxy binary (found on PATH).
 	HAProxy string
-	// Variants to measure (all).
+	// Variants to measure (all, and with Before set M and M-lean again
+	// from that executable).
 	Variants []string
+	// Before, when set, is an executable built from an earlier tree whose
+	// M and M-lean run as the variants M/before and M-lean/before, for a
+	// before-and-after comparison in one run.
+	Before string
 	// Reps is how many times each variant runs each phase, variants taking
 	// turns (3); the report shows medians.
 	Reps int
@@ -74,7 +80,10 @@ func (c *Config) defaults() error {
 		c.Exe = exe
 	}
 	if len(c.Variants) == 0 {
-		c.Variants = Variants
+		c.Variants = slices.Clone(Variants)
+		if c.Before != "" {
+			c.Variants = append(c.Variants, Mesh+Before, MeshLean+Before)
+		}
 	}
 	if slices.Contains(c.Variants, Sidecars) && c.HAProxy == "" {
 		p, err := exec.LookPath("haproxy")
@@ -153,7 +162,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 	defer cp.Close()
-	if err := cp.Apply([]byte(meshYAML)); err != nil {
+	if err := cp.Apply(meshYAML()); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "mesh-sidecar-")
@@ -207,9 +216,19 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	return res, nil
 }
 
-// meshYAML: STRICT mTLS, a VirtualService per echo service, and RBAC that
-// lets only the client's identity call them.
-const meshYAML = `apiVersion: security.istio.io/v1
+// Before marks a variant run by Config.Before's executable: "M" + Before.
+const Before = "/before"
+
+// meshServices are the echo services of the mesh variants, one each, so
+// that no client's traffic reaches another variant's server.
+var meshServices = map[string]string{
+	Mesh: "echo", MeshLean: "echo-lean", Mesh + Before: "echo-before", MeshLean + Before: "echo-lean-before",
+}
+
+// meshYAML: STRICT mTLS, RBAC that lets only the client's identity call
+// the echo, and a VirtualService per echo service.
+func meshYAML() []byte {
+	y := []byte(`apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: default}
 spec: {mtls: {mode: STRICT}}
@@ -225,36 +244,33 @@ spec:
     - source: {principals: ["cluster.local/ns/default/sa/client"]}
     to:
     - operation: {paths: ["/mesh.bench.Echo/*"]}
----
+`)
+	for _, svc := range slices.Sorted(maps.Values(meshServices)) {
+		y = fmt.Appendf(y, `---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: echo, namespace: default}
+metadata: {name: %[1]s, namespace: default}
 spec:
-  hosts: [echo.default.svc.cluster.local]
+  hosts: [%[1]s.default.svc.cluster.local]
   http:
   - route:
-    - destination: {host: echo.default.svc.cluster.local}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: echo-lean, namespace: default}
-spec:
-  hosts: [echo-lean.default.svc.cluster.local]
-  http:
-  - route:
-    - destination: {host: echo-lean.default.svc.cluster.local}
-`
+    - destination: {host: %[1]s.default.svc.cluster.local}
+`, svc)
+	}
+	return y
+}
 
+// workloads: a server and a client per echo service; the server's SVID
+// and the client's also serve B, C and G.
 func workloads() []controlplane.Workload {
-	server := func(svc string) controlplane.Workload {
-		return controlplane.Workload{Name: svc, Namespace: "default", ServiceAccount: "echo", Service: svc, Port: 8080,
-			Labels: map[string]string{"app": "echo", "version": "v1"}}
+	var wls []controlplane.Workload
+	for _, svc := range slices.Sorted(maps.Values(meshServices)) {
+		wls = append(wls, controlplane.Workload{Name: svc, Namespace: "default", ServiceAccount: "echo", Service: svc, Port: 8080,
+			Labels: map[string]string{"app": "echo", "version": "v1"}},
+			controlplane.Workload{Name: "client-" + svc, Namespace: "default", ServiceAccount: "client",
+				Labels: map[string]string{"app": "client", "version": "v1"}})
 	}
-	client := func(name string) controlplane.Workload {
-		return controlplane.Workload{Name: name, Namespace: "default", ServiceAccount: "client",
-			Labels: map[string]string{"app": "client", "version": "v1"}}
-	}
-	return []controlplane.Workload{server("echo"), server("echo-lean"), client("client"), client("client-lean")}
+	return wls
 }
 
 // startVariant starts v's server side and client, and returns the client
@@ -286,7 +302,7 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 		if err != nil {
 			return nil, err
 		}
-		mode, clientDir, target = v, dirs["client"], addr
+		mode, clientDir, target = v, dirs["client-echo"], addr
 	case Sidecars:
 		app, err := server("plain", "")
 		if err != nil {
@@ -296,21 +312,18 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 		if err != nil {
 			return nil, err
 		}
-		outbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-client", dirs["client"], inbound, false)
+		outbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-client", dirs["client-echo"], inbound, false)
 		if err != nil {
 			return nil, err
 		}
 		mode, target = "plain", outbound
-	case Mesh:
-		if _, err := server(v, dirs["echo"]); err != nil {
+	case Mesh, MeshLean, Mesh + Before, MeshLean + Before:
+		mode = strings.TrimSuffix(v, Before)
+		svc := meshServices[v]
+		if _, err := server(mode, dirs[svc]); err != nil {
 			return nil, err
 		}
-		mode, clientDir, target = v, dirs["client"], "echo.default.svc.cluster.local:8080"
-	case MeshLean:
-		if _, err := server(v, dirs["echo-lean"]); err != nil {
-			return nil, err
-		}
-		mode, clientDir, target = v, dirs["client-lean"], "echo-lean.default.svc.cluster.local:8080"
+		clientDir, target = dirs["client-"+svc], svc+".default.svc.cluster.local:8080"
 	default:
 		return nil, fmt.Errorf("unknown variant %q", v)
 	}
@@ -511,7 +524,11 @@ type procSet struct {
 }
 
 func (ps *procSet) startRole(cfg *Config, variant, role, args string) (*proc, error) {
-	cmd := exec.Command(cfg.Exe)
+	exe := cfg.Exe
+	if strings.HasSuffix(variant, Before) {
+		exe = cfg.Before
+	}
+	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), roleEnv+"="+role, roleEnv+"_ARGS="+args)
 	return ps.start(variant, role, cmd, cfg.Stderr)
 }

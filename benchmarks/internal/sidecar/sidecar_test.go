@@ -32,11 +32,20 @@ func TestTinyRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a hang guard
 	defer cancel()
-	res, err := sidecar.Run(ctx, sidecar.Config{Reps: 1, One: 50, Eight: 200, OpenRate: 500, Open: 50, Stderr: t.Output()})
+	// This binary again as the "before" build: the M/before variants run.
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range sidecar.Variants {
+	res, err := sidecar.Run(ctx, sidecar.Config{Before: exe, Reps: 1, One: 50, Eight: 200, OpenRate: 500, Open: 50, Stderr: t.Output()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	variants := append(sidecar.Variants, sidecar.Mesh+sidecar.Before, sidecar.MeshLean+sidecar.Before)
+	if len(res.Runs) != len(variants) {
+		t.Errorf("measured %d variants, want %v", len(res.Runs), variants)
+	}
+	for _, v := range variants {
 		for ph, runs := range res.Runs[v] {
 			if len(runs) != 1 {
 				t.Fatalf("%s phase %d: %d measurements, want 1", v, ph, len(runs))
@@ -57,7 +66,7 @@ func TestTinyRun(t *testing.T) {
 	var b strings.Builder
 	res.WriteMarkdown(&b)
 	t.Log("\n" + b.String())
-	for _, want := range []string{"C: HAProxy mTLS pair", "proxy-server", "What each adds over B"} {
+	for _, want := range []string{"C: HAProxy mTLS pair", "proxy-server", "What each adds over B", "M: mesh (before)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
