@@ -108,21 +108,11 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 		res[name], bins[name] = r, bin
 	}
 
-	cp, err := controlplane.New(ctx, controlplane.WithLogger(quietLogger()))
+	cp, dirs, err := startControlPlane(ctx, tmp)
 	if err != nil {
 		return nil, err
 	}
 	defer cp.Close()
-	if err := cp.Apply(meshYAML()); err != nil {
-		return nil, err
-	}
-	dirs := map[string]string{}
-	for _, wl := range workloads() {
-		dirs[wl.Name] = filepath.Join(tmp, wl.Name)
-		if _, err := cp.WriteBootstrap(dirs[wl.Name], wl); err != nil {
-			return nil, err
-		}
-	}
 	plainAddr, stopPlain, err := servePlain(dirs["echo"])
 	if err != nil {
 		return nil, err

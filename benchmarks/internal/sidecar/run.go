@@ -157,26 +157,16 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cp, err := controlplane.New(ctx, controlplane.WithLogger(quietLogger()))
-	if err != nil {
-		return nil, err
-	}
-	defer cp.Close()
-	if err := cp.Apply(meshYAML()); err != nil {
-		return nil, err
-	}
 	tmp, err := os.MkdirTemp("", "mesh-sidecar-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	dirs := map[string]string{}
-	for _, wl := range workloads() {
-		dirs[wl.Name] = filepath.Join(tmp, wl.Name)
-		if _, err := cp.WriteBootstrap(dirs[wl.Name], wl); err != nil {
-			return nil, err
-		}
+	cp, dirs, err := startControlPlane(ctx, tmp)
+	if err != nil {
+		return nil, err
 	}
+	defer cp.Close()
 
 	var procs procSet
 	defer procs.stop()
@@ -271,6 +261,28 @@ func workloads() []controlplane.Workload {
 				Labels: map[string]string{"app": "client", "version": "v1"}})
 	}
 	return wls
+}
+
+// startControlPlane starts the embedded control plane with meshYAML and
+// writes every workload's directory under tmp.
+func startControlPlane(ctx context.Context, tmp string) (*controlplane.Server, map[string]string, error) {
+	cp, err := controlplane.New(ctx, controlplane.WithLogger(quietLogger()))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cp.Apply(meshYAML()); err != nil {
+		cp.Close()
+		return nil, nil, err
+	}
+	dirs := map[string]string{}
+	for _, wl := range workloads() {
+		dirs[wl.Name] = filepath.Join(tmp, wl.Name)
+		if _, err := cp.WriteBootstrap(dirs[wl.Name], wl); err != nil {
+			cp.Close()
+			return nil, nil, err
+		}
+	}
+	return cp, dirs, nil
 }
 
 // startVariant starts v's server side and client, and returns the client
