@@ -41,6 +41,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	loadBefore := loadAverage()
 	var clientRes sidecar.Clients
 	if *clients {
 		var err error
@@ -54,7 +55,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sidecar:", err)
 		os.Exit(1)
 	}
-	fmt.Printf("machine: %s\n\n", sidecar.Machine())
+	fmt.Printf("machine: %s; load average (1 min) %s at the start, %s at the end\n\n", sidecar.Machine(), loadBefore, loadAverage())
 	res.WriteMarkdown(os.Stdout)
 	if clientRes != nil {
 		fmt.Println()
@@ -63,4 +64,14 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+// loadAverage is the one-minute load average: on a shared machine, how
+// much else was running.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "unknown"
 }
