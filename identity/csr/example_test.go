@@ -1,0 +1,48 @@
+package csr_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"time"
+
+	"mesh/controlplane"
+	"mesh/identity/csr"
+)
+
+func ExampleNewSource() {
+	ctx := context.Background()
+	// The embedded control plane is a CA speaking Istio's certificate API.
+	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain("example.org"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cp.Close()
+	token, err := cp.WorkloadToken(controlplane.Workload{Name: "payments-v1", Namespace: "shop", ServiceAccount: "payments"})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	src, err := csr.NewSource(ctx, csr.Config{
+		Addr:           cp.Addr(),
+		Token:          func(context.Context) (string, error) { return token, nil },
+		TrustDomain:    "example.org",
+		Namespace:      "shop",
+		ServiceAccount: "payments",
+		TTL:            time.Hour, // renewed after 30 minutes
+		RootPEM:        cp.RootPEM(),
+		Insecure:       true, // the control plane listens in plaintext on loopback
+	}, csr.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(svid.ID)
+	// Output: spiffe://example.org/ns/shop/sa/payments
+}
