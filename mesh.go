@@ -14,7 +14,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/stats"
 
 	"mesh/balancer"
 	"mesh/identity"
@@ -43,8 +42,8 @@ type Mesh struct {
 	resolver  *balancer.ResolverBuilder
 	clientTLS credentials.TransportCredentials
 
-	clientStats     stats.Handler
-	serverTelemetry *telemetry.ServerHandler
+	clientTelemetry *telemetry.ClientInterceptor
+	serverTelemetry *telemetry.ServerInterceptor
 	telemetry       []telemetry.Option // for the net/http middleware and transport
 	httpTransport   http.RoundTripper  // routed, secured and measured
 	httpRouter      *balancer.RoundTripper
@@ -132,8 +131,10 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	if o.accessLog != nil {
 		telem = append(telem, telemetry.WithAccessLog(o.accessLog, o.accessLogCfg))
 	}
-	m.clientStats = telemetry.NewClientHandler(telem...)
-	m.serverTelemetry = telemetry.NewServerHandler(telem...)
+	// Interceptors, not stats handlers: with any stats handler installed
+	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
+	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
+	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
 	m.telemetry = telem
 	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
 	m.closers = append(m.closers, rt.Close)
@@ -199,17 +200,18 @@ func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
 // DialOptions returns what a gRPC channel needs to be routed, secured and
 // traced by the mesh: the "mesh" resolver with the interceptors that apply
 // each route's timeout and retry policy, the mesh's transport credentials
-// and its client stats handler. Use them with a "mesh:///host:port" target:
+// and its telemetry interceptors. Use them with a "mesh:///host:port" target:
 //
 //	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080", m.DialOptions()...)
 //
 // They are a slice, not one grpc.DialOption, because grpc-go offers no public
 // way to merge dial options.
 func (m *Mesh) DialOptions() []grpc.DialOption {
-	return append(m.resolver.DialOptions(), // the resolver, and the route's timeouts and retries
-		grpc.WithTransportCredentials(m.clientTLS),
-		grpc.WithStatsHandler(m.clientStats),
-	)
+	opts := append(m.resolver.DialOptions(), // the resolver, and the route's timeouts and retries
+		grpc.WithTransportCredentials(m.clientTLS))
+	// Telemetry's interceptors come after the retrying ones: each attempt
+	// is measured on its own.
+	return append(opts, m.clientTelemetry.DialOptions()...)
 }
 
 // Dial returns a client for target, a "host:port" that the control plane

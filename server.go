@@ -326,7 +326,10 @@ func chooseTLS(conn net.Conn, transportProtocol string) (*xdsclient.FilterChain,
 func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr, transportProtocol string) *xdsclient.FilterChain {
 	dst := addrPort(local)
 	src := addrPort(remote)
-	var cands []*xdsclient.FilterChain
+	// Chosen per RPC: candidates live on the stack, and keepBest filters
+	// in place.
+	var buf [8]*xdsclient.FilterChain
+	cands := buf[:0]
 	for i := range l.FilterChains {
 		fc := &l.FilterChains[i]
 		// gRPC servers listen on one port, so chains matching on a
@@ -360,7 +363,7 @@ func selectFilterChain(l *xdsclient.Listener, local, remote net.Addr, transportP
 // keepBest keeps the candidates with the highest non-negative score.
 func keepBest(cands []*xdsclient.FilterChain, score func(*xdsclient.FilterChain) int) []*xdsclient.FilterChain {
 	best := -1
-	var out []*xdsclient.FilterChain
+	out := cands[:0] // writes never overtake the reads
 	for _, fc := range cands {
 		switch s := score(fc); {
 		case s > best:

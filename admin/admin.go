@@ -23,6 +23,7 @@ import (
 
 	"mesh"
 	pages "mesh/internal/admin"
+	"mesh/telemetry"
 )
 
 // Option configures Serve and Handler.
@@ -62,6 +63,9 @@ func Handler(m *mesh.Mesh, metrics http.Handler, opts ...Option) http.Handler {
 }
 
 func handler(m *mesh.Mesh, metrics http.Handler, graph pages.GraphSource, logger *slog.Logger) http.Handler {
+	if metrics != nil {
+		metrics = telemetry.EnvoyBucketLabels(metrics) // le="1800000", as Envoy prints it
+	}
 	return pages.NewHandler(pages.Config{
 		Metrics:  metrics,
 		Graph:    graph,

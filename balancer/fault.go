@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,17 +84,18 @@ type faultAbort struct {
 // it waits out any delay (or ctx's end) and reports an abort, if any.
 // release must be called when the request ends; it is never nil.
 func (fi *faultInjector) inject(ctx context.Context, router *Router, route *xdsclient.Route, headers Headers, grpcRequest bool) (abort *faultAbort, release func(), err error) {
-	release = func() {}
+	release = noRelease
 	if len(router.faults) == 0 || route == nil {
 		return nil, release, nil
 	}
+	// The release closure is made only once a fault is active: a route
+	// without one (the common case) allocates nothing.
 	held := int64(0)
-	release = func() {
+	defer func() {
 		if held > 0 {
-			fi.active.Add(-held)
-			held = 0
+			release = fi.releaser(held)
 		}
-	}
+	}()
 	for i := range router.faults {
 		cfg := router.faults[i].faultConfig(route)
 		if cfg == nil {
@@ -118,6 +120,15 @@ func (fi *faultInjector) inject(ctx context.Context, router *Router, route *xdsc
 		}
 	}
 	return nil, release, nil
+}
+
+func noRelease() {}
+
+// releaser returns a release function that gives back n active faults,
+// once however often it is called.
+func (fi *faultInjector) releaser(n int64) func() {
+	var once sync.Once
+	return func() { once.Do(func() { fi.active.Add(-n) }) }
 }
 
 // take counts one more active fault unless limit (0: none) is reached.

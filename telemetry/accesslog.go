@@ -96,7 +96,7 @@ func (c *core) writeAccessLog(ctx context.Context, ex *exchange) {
 		BytesSent:     ex.responseBytes,
 		PeerPrincipal: ex.peerPrincipal,
 		RequestID:     ex.requestID,
-		TraceID:       ex.traceID,
+		TraceID:       ex.traceID(),
 	}
 	if c.client {
 		e.UpstreamCluster = ex.route.Cluster
@@ -105,11 +105,11 @@ func (c *core) writeAccessLog(ctx context.Context, ex *exchange) {
 		}
 		e.UpstreamHost = ex.route.Endpoint
 		if e.UpstreamHost == "" {
-			e.UpstreamHost = ex.remoteAddr
+			e.UpstreamHost = ex.remoteString()
 		}
 	} else {
-		e.UpstreamHost = ex.localAddr
-		if _, port, ok := splitHostPort(ex.localAddr); ok {
+		e.UpstreamHost = ex.localString()
+		if _, port, ok := splitHostPort(e.UpstreamHost); ok {
 			e.UpstreamCluster = fmt.Sprintf("inbound|%d||", port)
 		}
 	}

@@ -133,8 +133,8 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 	common := map[string]any{
 		"msg": "access", "method": "POST", "path": "/grpc.health.v1.Health/Check", "protocol": "HTTP/2",
 		"response_code": 200.0, "grpc_status": "0", "response_flags": "-", "duration": 25.0,
-		"bytes_received": reqWire, "bytes_sent": respWire, "request_id": "req-abc",
-		"trace_id": clientSpan.TraceID().String(), "start_time": "2026-01-02T03:04:05.025Z",
+		"request_id": "req-abc",
+		"trace_id":   clientSpan.TraceID().String(), "start_time": "2026-01-02T03:04:05.025Z",
 	}
 	wantRecord(t, "client", clientRecs[0], common, map[string]any{
 		"direction": "outbound", "upstream_cluster": route.Cluster, "upstream_host": route.Endpoint,
@@ -144,6 +144,16 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 		"direction": "inbound", "upstream_cluster": fmt.Sprintf("inbound|%d||", p.serverAddr.Port),
 		"upstream_host": p.serverAddr.String(), "peer_principal": checkout.Principal,
 	})
+	// Wire bytes, headers included (TestGRPCByteMetricsAreWireBytes holds
+	// them to the wire): more than the messages alone.
+	for _, rec := range []map[string]any{clientRecs[0], serverRecs[0]} {
+		if got, _ := rec["bytes_received"].(float64); got <= reqWire {
+			t.Errorf("%s: bytes_received %v, want more than the request message's %v", rec["direction"], got, reqWire)
+		}
+		if got, _ := rec["bytes_sent"].(float64); got <= respWire {
+			t.Errorf("%s: bytes_sent %v, want more than the response message's %v", rec["direction"], got, respWire)
+		}
+	}
 	if clientRecs[1]["request_id"] != generated.requestID || serverRecs[1]["request_id"] != generated.requestID {
 		t.Errorf("second request logged as %v (client), %v (server), want %s", clientRecs[1]["request_id"], serverRecs[1]["request_id"], generated.requestID)
 	}

@@ -175,11 +175,12 @@ func newHandler(client bool, opts []Option) *handler {
 }
 
 // rpcState is what a handler remembers about one RPC (one attempt, on the
-// client) between TagRPC and the stats.End that closes it. Events of one
+// client) between its start and the end that closes it. Events of one
 // streaming RPC can arrive on different goroutines, hence the atomics and
 // the mutex.
 type rpcState struct {
 	span       trace.Span
+	unstarted  unstartedSpan // span when the sampler's answer was known
 	start      time.Time
 	fullMethod string
 	requestID  string
@@ -188,17 +189,30 @@ type rpcState struct {
 	ended      atomic.Bool
 	responded  atomic.Bool // the client saw response headers or trailers
 	peer       atomic.Pointer[Workload]
-	reqBytes   atomic.Int64
+	reqBytes   atomic.Int64 // wire bytes: headers (uncompressed) and messages
 	respBytes  atomic.Int64
+	reqMsgs    atomic.Int64
+	respMsgs   atomic.Int64
 
-	mu         sync.Mutex
-	authority  string
-	remoteAddr string
-	localAddr  string
+	mu        sync.Mutex
+	authority string
+	remote    net.Addr
+	local     net.Addr
 
 	// headers is scratch space for injection, kept here to share the state's
 	// allocation.
-	headers outgoingHeaders
+	headers  outgoingHeaders
+	incoming incomingHeaders
+	// headerBytes sizes the headers begin wrote (client) or read (server),
+	// for the interceptors, which see no whole header block.
+	headerBytes int64
+
+	// What the interceptors collect through call options, kept here to
+	// share the state's allocation. The whole rpcContext fits the runtime's
+	// 768-byte size class on 64-bit platforms; mind it when adding fields.
+	respHeader metadata.MD
+	peerInfo   peer.Peer
+	callOpts   [6]grpc.CallOption
 }
 
 // rpcStateKey names the handler that owns a state, so that two handlers
@@ -246,6 +260,13 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		fullMethod = info.FullMethodName
 		nameResolutionDelayed = info.NameResolutionDelay
 	}
+	return h.begin(ctx, fullMethod, nameResolutionDelayed)
+}
+
+// begin starts an RPC, for the stats handler and the interceptors alike:
+// its span and request ID, read from the request (server) or written into
+// it with this workload's peer metadata (client).
+func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool) *rpcContext {
 	rc := &rpcContext{owner: h, state: rpcState{fullMethod: fullMethod, start: h.now()}}
 	st := &rc.state
 	st.route = &st.ownRoute
@@ -254,15 +275,21 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 			st.route = slot // an outer handler's slot: the router fills one for both
 		}
 	}
+	var callerSentID bool // the caller's outgoing metadata has an x-request-id
 	if h.client {
 		st.requestID = outgoingValue(ctx, HeaderRequestID)
+		callerSentID = st.requestID != ""
 	} else {
-		ctx = h.propagator.Extract(ctx, incomingHeaders{ctx: ctx})
-		st.requestID = incomingValue(ctx, HeaderRequestID)
-		if w := h.peerFromHeader(incomingValue(ctx, HeaderPeerMetadata)); w != nil {
+		in := &st.incoming // part of the state: passing it allocates nothing
+		in.ctx = ctx
+		ctx = h.propagator.Extract(ctx, in)
+		st.requestID = in.Get(HeaderRequestID)
+		if w := h.peerFromHeader(in.Get(HeaderPeerMetadata)); w != nil {
 			st.peer.Store(w)
 		}
-		st.authority = incomingValue(ctx, ":authority")
+		st.authority = in.Get(":authority")
+		st.headerBytes = in.bytes
+		*in = incomingHeaders{}
 	}
 	inheritedID := st.requestID != ""
 	if !inheritedID {
@@ -272,7 +299,14 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		}
 	}
 	parent := trace.SpanContextFromContext(ctx)
-	ctx, span := h.tracer.Start(ctx, spanName(fullMethod), h.startOptions...)
+	var span trace.Span
+	started := !h.unsampled.skip(parent)
+	if started {
+		ctx, span = h.tracer.Start(ctx, spanName(fullMethod), h.startOptions...)
+	} else {
+		st.unstarted.sc = parent
+		span = &st.unstarted
+	}
 	st.span = span
 	if span.IsRecording() {
 		h.setMethodAttributes(span, fullMethod, st.requestID)
@@ -283,11 +317,11 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 	if h.client {
 		st.headers.reset()
 		injectCtx := ctx
-		if h.sendsParent && parent.IsValid() {
+		if h.sendsParent && started && parent.IsValid() {
 			injectCtx = withParentSpanID(ctx, parent.SpanID())
 		}
 		h.propagator.Inject(injectCtx, &st.headers)
-		if outgoingValue(ctx, HeaderRequestID) == "" {
+		if !callerSentID {
 			st.headers.Set(HeaderRequestID, st.requestID)
 		}
 		if h.metaValue != "" {
@@ -295,6 +329,7 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 			st.headers.Set(HeaderPeerMetadata, h.metaValue)
 		}
 		ctx = st.headers.attachOutgoing(ctx)
+		st.headerBytes = kvBytes(st.headers.kv)
 		st.headers = outgoingHeaders{} // metadata holds its own copy now
 	}
 	rc.Context = ctx
@@ -314,22 +349,28 @@ func (h *handler) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 		if h.client {
 			st.mu.Lock()
 			st.authority = rs.Authority
-			st.remoteAddr = addrString(rs.RemoteAddr)
+			st.remote = rs.RemoteAddr
 			st.mu.Unlock()
+			st.reqBytes.Add(requestHeaderBytes(st.fullMethod, rs.Authority, rs.Header))
 			if span.IsRecording() {
 				setServerAttributes(span, rs.Authority)
 				setPeerAttributes(span, rs.RemoteAddr)
 			}
+		} else {
+			st.respBytes.Add(responseHeaderBytes(rs.Header))
 		}
 	case *stats.InHeader:
 		if h.client {
 			st.responded.Store(true)
+			st.respBytes.Add(responseHeaderBytes(rs.Header))
 			h.learnPeer(st, rs.Header)
 		} else {
 			st.mu.Lock()
-			st.remoteAddr = addrString(rs.RemoteAddr)
-			st.localAddr = addrString(rs.LocalAddr)
+			st.remote = rs.RemoteAddr
+			st.local = rs.LocalAddr
 			st.mu.Unlock()
+			// The server's metadata holds :authority among the headers.
+			st.reqBytes.Add(requestHeaderBytes(rs.FullMethod, "", rs.Header))
 			if span.IsRecording() {
 				setPeerAttributes(span, rs.RemoteAddr)
 			}
@@ -337,19 +378,28 @@ func (h *handler) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 	case *stats.InTrailer:
 		if h.client {
 			st.responded.Store(true)
+			st.respBytes.Add(metadataBytes(rs.Trailer))
 			h.learnPeer(st, rs.Trailer) // a trailers-only response carries headers here
+		}
+	case *stats.OutTrailer:
+		if !h.client {
+			st.respBytes.Add(metadataBytes(rs.Trailer))
 		}
 	case *stats.InPayload:
 		if h.client {
 			st.respBytes.Add(int64(rs.WireLength))
+			st.respMsgs.Add(1)
 		} else {
 			st.reqBytes.Add(int64(rs.WireLength))
+			st.reqMsgs.Add(1)
 		}
 	case *stats.OutPayload:
 		if h.client {
 			st.reqBytes.Add(int64(rs.WireLength))
+			st.reqMsgs.Add(1)
 		} else {
 			st.respBytes.Add(int64(rs.WireLength))
+			st.respMsgs.Add(1)
 		}
 	case *stats.DelayedPickComplete:
 		if span.IsRecording() {
@@ -357,7 +407,13 @@ func (h *handler) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 		}
 	case *stats.End:
 		if st.ended.CompareAndSwap(false, true) {
-			h.end(ctx, st, rs.Error)
+			if !h.client || st.responded.Load() {
+				// grpc-go leaves grpc-status and grpc-message out of the
+				// trailer metadata it reports; they were on the wire.
+				s, _ := status.FromError(rs.Error)
+				st.respBytes.Add(trailerBytes(int(s.Code()), s.Message()))
+			}
+			h.end(ctx, st, rs.Error, nil)
 		}
 	}
 }
@@ -382,8 +438,10 @@ func (h *handler) HandleConn(context.Context, stats.ConnStats) {}
 // (gRFC A6).
 const headerPreviousAttempts = "grpc-previous-rpc-attempts"
 
-// end finishes the span and records metrics and the access log.
-func (h *handler) end(ctx context.Context, st *rpcState, err error) {
+// end finishes the span and records metrics and the access log. p, when
+// not nil, is the connection the RPC went over, for a ctx that lacks it
+// (a client interceptor's).
+func (h *handler) end(ctx context.Context, st *rpcState, err error, p *peer.Peer) {
 	code := grpccodes.OK
 	var message string
 	if err != nil {
@@ -394,33 +452,37 @@ func (h *handler) end(ctx context.Context, st *rpcState, err error) {
 	if h.client && route.Retries == 0 {
 		// The mesh's retry interceptor numbers gRPC attempts as gRFC A6
 		// does; the picker's route info is shared by all of them.
-		if n, err := strconv.Atoi(outgoingValue(ctx, headerPreviousAttempts)); err == nil {
-			route.Retries = n
+		if v := outgoingValue(ctx, headerPreviousAttempts); v != "" {
+			if n, err := strconv.Atoi(v); err == nil {
+				route.Retries = n
+			}
 		}
 	}
 	st.mu.Lock()
 	ex := exchange{
-		protocol:      protocolGRPC,
-		httpProtocol:  "HTTP/2",
-		method:        "POST",
-		path:          st.fullMethod,
-		authority:     st.authority,
-		peer:          st.peer.Load(),
-		responseCode:  grpcHTTPStatus,
-		grpcStatus:    strconv.Itoa(int(code)),
-		flags:         route.ResponseFlags,
-		start:         st.start,
-		duration:      h.now().Sub(st.start),
-		requestBytes:  st.reqBytes.Load(),
-		responseBytes: st.respBytes.Load(),
-		route:         route,
-		remoteAddr:    st.remoteAddr,
-		localAddr:     st.localAddr,
-		requestID:     st.requestID,
-		traceID:       traceIDOf(st.span),
+		protocol:         protocolGRPC,
+		httpProtocol:     "HTTP/2",
+		method:           "POST",
+		path:             st.fullMethod,
+		authority:        st.authority,
+		peer:             st.peer.Load(),
+		responseCode:     grpcHTTPStatus,
+		grpcStatus:       strconv.Itoa(int(code)),
+		flags:            route.ResponseFlags,
+		start:            st.start,
+		duration:         h.now().Sub(st.start),
+		requestBytes:     st.reqBytes.Load(),
+		responseBytes:    st.respBytes.Load(),
+		requestMessages:  st.reqMsgs.Load(),
+		responseMessages: st.respMsgs.Load(),
+		route:            route,
+		remote:           st.remote,
+		local:            st.local,
+		requestID:        st.requestID,
+		spanContext:      st.span.SpanContext(),
 	}
 	st.mu.Unlock()
-	ex.peerPrincipal, ex.mutualTLS = h.peerSecurity(ctx)
+	ex.peerPrincipal, ex.mutualTLS = h.peerSecurity(ctx, p)
 	if h.client && !st.responded.Load() {
 		ex.responseCode = noResponseStatus
 	}
@@ -455,14 +517,19 @@ func grpcResponseFlags(client, responded bool, code grpccodes.Code) string {
 
 // peerSecurity returns the verified SPIFFE ID of the RPC's peer and whether
 // the connection is mutual TLS (the peer proved an identity).
-func (h *handler) peerSecurity(ctx context.Context) (string, bool) {
+func (h *handler) peerSecurity(ctx context.Context, p *peer.Peer) (string, bool) {
 	if h.peerIdentity != nil {
+		if p != nil {
+			ctx = peer.NewContext(ctx, p)
+		}
 		id, ok := h.peerIdentity(ctx)
 		return id, ok && id != ""
 	}
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
+	if p == nil {
+		var ok bool
+		if p, ok = peer.FromContext(ctx); !ok {
+			return "", false
+		}
 	}
 	var state *tls.ConnectionState
 	switch ai := p.AuthInfo.(type) {
@@ -486,13 +553,6 @@ func principalOf(state *tls.ConnectionState) string {
 		if u.Scheme == "spiffe" {
 			return u.String()
 		}
-	}
-	return ""
-}
-
-func traceIDOf(span trace.Span) string {
-	if sc := span.SpanContext(); sc.HasTraceID() {
-		return sc.TraceID().String()
 	}
 	return ""
 }

@@ -390,6 +390,27 @@ func TestUnsampledClientParentsSampledServer(t *testing.T) {
 	}
 }
 
+// A sampler that ignores the parent but samples by trace ID must still be
+// asked about every child of an unsampled parent: the shortcut that skips
+// such children is for parent-based samplers only.
+func TestRatioSamplerStillAskedUnderUnsampledParent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	// Keeps all but one trace ID in ten million, without looking at parents.
+	env := newTestEnv(t, envConfig{clientSampler: sdktrace.NeverSample(), serverSampler: sdktrace.TraceIDRatioBased(1 - 1e-7)})
+
+	for i := 0; i < 3; i++ {
+		if _, err := env.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("check: %v", err)
+		}
+		env.nextObservation(ctx, t)
+	}
+	env.callee.waitEnds(ctx, t, 3)
+	if n := len(env.callee.spans.Ended()); n != 3 {
+		t.Errorf("server recorded %d spans under unsampled parents, want 3 (its sampler keeps them)", n)
+	}
+}
+
 func TestBaggagePropagates(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -35,7 +36,8 @@ const (
 // through RequestIDFromContext), Istio peer metadata read from the request
 // and (given WithWorkload) sent in the response headers, Istio's standard
 // metrics with reporter "destination" and request_protocol "http", and an
-// access log record. Byte counts are those of the bodies.
+// access log record. Byte counts are those of headers and bodies, as
+// Envoy's.
 func Middleware(next http.Handler, opts ...Option) http.Handler {
 	if next == nil {
 		next = http.NotFoundHandler()
@@ -77,6 +79,11 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(HeaderPeerMetadata, m.metaValue)
 	}
 
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	reqHeaderBytes := httpRequestHeaderBytes(r.Method, r.RequestURI, r.Host, scheme, r.Header)
 	ex := exchange{
 		protocol:     protocolHTTP,
 		httpProtocol: r.Proto,
@@ -87,7 +94,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		start:        start,
 		remoteAddr:   r.RemoteAddr,
 		requestID:    requestID,
-		traceID:      traceIDOf(span),
+		spanContext:  span.SpanContext(),
 	}
 	if r.TLS != nil {
 		ex.peerPrincipal = principalOf(r.TLS)
@@ -112,10 +119,12 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ex.flags = "DC" // the client left before any answer
 		}
 		ex.duration = m.now().Sub(start)
+		// Wire bytes, headers included, as Envoy counts them.
+		ex.requestBytes = reqHeaderBytes
 		if body != nil {
-			ex.requestBytes = body.n.Load()
+			ex.requestBytes += body.n.Load()
 		}
-		ex.responseBytes = rw.written.Load()
+		ex.responseBytes = httpResponseHeaderBytes(w.Header()) + rw.implicitHeaderBytes() + rw.written.Load()
 		if span.IsRecording() {
 			span.SetAttributes(keyHTTPStatus.Int(ex.responseCode))
 			if ex.responseCode >= 500 {
@@ -206,20 +215,28 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		out.Body = reqBody
 	}
 
+	reqHeaderBytes := httpRequestHeaderBytes(out.Method, out.URL.RequestURI(), authority, out.URL.Scheme, out.Header)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		reqHeaderBytes += goUserAgentBytes
+	}
+	if _, ok := out.Header["Content-Length"]; !ok && out.ContentLength > 0 {
+		reqHeaderBytes += int64(len("content-length") + len(strconv.FormatInt(out.ContentLength, 10)))
+	}
 	call := &clientCall{
-		core: t.core,
-		ctx:  ctx,
-		span: span,
-		slot: slot,
-		reqB: reqBody,
+		reqHeaderBytes: reqHeaderBytes,
+		core:           t.core,
+		ctx:            ctx,
+		span:           span,
+		slot:           slot,
+		reqB:           reqBody,
 		ex: exchange{
-			protocol:  protocolHTTP,
-			method:    out.Method,
-			path:      out.URL.Path,
-			authority: authority,
-			start:     start,
-			requestID: requestID,
-			traceID:   traceIDOf(span),
+			protocol:    protocolHTTP,
+			method:      out.Method,
+			path:        out.URL.Path,
+			authority:   authority,
+			start:       start,
+			requestID:   requestID,
+			spanContext: span.SpanContext(),
 		},
 	}
 	resp, err := t.next.RoundTrip(out)
@@ -230,6 +247,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	call.ex.httpProtocol = resp.Proto
 	call.ex.responseCode = resp.StatusCode
+	call.respBytes.Store(httpResponseHeaderBytes(resp.Header))
 	call.ex.peer = t.peerFromHeader(resp.Header.Get(HeaderPeerMetadata))
 	if resp.TLS != nil {
 		call.ex.peerPrincipal = principalOf(resp.TLS)
@@ -259,13 +277,16 @@ type clientCall struct {
 	*core
 	// ctx is the request's own context, kept (as http.Request keeps it)
 	// only until the response body ends, to record against it.
-	ctx       context.Context
-	span      trace.Span
-	slot      *routeinfo.Slot
-	reqB      *countingBody
-	respBytes atomic.Int64
-	once      sync.Once
-	ex        exchange
+	ctx  context.Context
+	span trace.Span
+	slot *routeinfo.Slot
+	reqB *countingBody
+	// reqHeaderBytes and respBytes count headers and bodies, as Envoy's
+	// request and response sizes do.
+	reqHeaderBytes int64
+	respBytes      atomic.Int64
+	once           sync.Once
+	ex             exchange
 }
 
 func (c *clientCall) finish(err error) {
@@ -276,8 +297,9 @@ func (c *clientCall) finish(err error) {
 		if ex.route.ResponseFlags != "" {
 			ex.flags = ex.route.ResponseFlags
 		}
+		ex.requestBytes = c.reqHeaderBytes
 		if c.reqB != nil {
-			ex.requestBytes = c.reqB.n.Load()
+			ex.requestBytes += c.reqB.n.Load()
 		}
 		ex.responseBytes = c.respBytes.Load()
 		if ex.route.Endpoint != "" {
@@ -340,6 +362,8 @@ type responseRecorder struct {
 	status      atomic.Int32
 	wroteHeader atomic.Bool
 	written     atomic.Int64
+	flushed     atomic.Bool
+	sniffed     atomic.Pointer[string] // the Content-Type net/http will add
 }
 
 func (w *responseRecorder) WriteHeader(code int) {
@@ -353,13 +377,44 @@ func (w *responseRecorder) Write(p []byte) (int, error) {
 	if w.wroteHeader.CompareAndSwap(false, true) {
 		w.status.Store(http.StatusOK)
 	}
+	if len(p) > 0 && w.sniffed.Load() == nil {
+		if _, ok := w.Header()["Content-Type"]; !ok {
+			// net/http will sniff the same bytes for the header it adds.
+			ct := http.DetectContentType(p)
+			w.sniffed.CompareAndSwap(nil, &ct)
+		}
+	}
 	n, err := w.ResponseWriter.Write(p)
 	w.written.Add(int64(n))
 	return n, err
 }
 
+// implicitHeaderBytes sizes the headers net/http adds to a response when
+// the handler did not set them: Date, Content-Type (sniffed), and
+// Content-Length for a short response written at once, or
+// Transfer-Encoding otherwise.
+func (w *responseRecorder) implicitHeaderBytes() int64 {
+	h := w.Header()
+	var n int64
+	if _, ok := h["Date"]; !ok {
+		n += httpDateBytes
+	}
+	if ct := w.sniffed.Load(); ct != nil {
+		n += int64(len("content-type") + len(*ct))
+	}
+	if _, ok := h["Content-Length"]; !ok && w.status.Load() != http.StatusNoContent && w.status.Load() != http.StatusNotModified {
+		if written := w.written.Load(); written < 2048 && !w.flushed.Load() {
+			n += int64(len("content-length") + len(strconv.FormatInt(written, 10)))
+		} else {
+			n += int64(len("transfer-encoding") + len("chunked"))
+		}
+	}
+	return n
+}
+
 // Flush keeps streaming handlers working through the wrapper.
 func (w *responseRecorder) Flush() {
+	w.flushed.Store(true)
 	if w.wroteHeader.CompareAndSwap(false, true) {
 		w.status.Store(http.StatusOK)
 	}

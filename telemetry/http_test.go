@@ -59,6 +59,9 @@ func TestHTTPMiddlewareAndTransport(t *testing.T) {
 		telemetry.WithWorkload(payments), telemetry.WithService(paymentsHost),
 		telemetry.WithClock(stepClock(25*time.Millisecond))))
 	t.Cleanup(srv.Close)
+	// Requests go through a tap, which sizes them as Envoy would.
+	tap := startHTTPTap(t, srv.Listener.Addr().String())
+	srv.URL = "http://" + tap.addr()
 	client := &http.Client{Transport: telemetry.Transport(srv.Client().Transport,
 		telemetry.WithMeterProvider(clientMeter), telemetry.WithTracerProvider(clientTP),
 		telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost),
@@ -164,16 +167,27 @@ func TestHTTPMiddlewareAndTransport(t *testing.T) {
 			}
 			wantLabels(t, side.reporter+" "+code.AsString(), pt.Attributes, want)
 		}
-		for _, h := range histogram[int64](t, metrics, telemetry.MetricRequestBytes) {
-			code, _ := h.Attributes.Value("response_code")
-			if want := map[string]int64{"200": int64(len(requestBody)), "404": 0}[code.AsString()]; h.Sum != want || h.Count != 1 {
-				t.Errorf("%s request bytes for %s: count %d sum %d, want one of %d", side.reporter, code.AsString(), h.Count, h.Sum, want)
-			}
+		// Sizes are wire sizes, headers included, as Envoy's: held to what
+		// the tap saw, within what either side cannot see of the other's
+		// headers (net/http adds Accept-Encoding, Content-Length and the like).
+		wireReqs, wireResps := tap.exchanges(t)
+		if len(wireReqs) != 2 || len(wireResps) != 2 {
+			t.Fatalf("tap saw %d requests and %d responses, want 2 of each", len(wireReqs), len(wireResps))
 		}
-		for _, h := range histogram[int64](t, metrics, telemetry.MetricResponseBytes) {
-			code, _ := h.Attributes.Value("response_code")
-			if code.AsString() == "200" && (h.Sum != int64(len(responseBody)) || h.Count != 1) {
-				t.Errorf("%s response bytes: count %d sum %d, want one of %d", side.reporter, h.Count, h.Sum, len(responseBody))
+		for _, c := range []struct {
+			metric string
+			wire   []int64
+		}{{telemetry.MetricRequestBytes, wireReqs}, {telemetry.MetricResponseBytes, wireResps}} {
+			for _, h := range histogram[int64](t, metrics, c.metric) {
+				code, _ := h.Attributes.Value("response_code")
+				want := c.wire[0]
+				if code.AsString() == "404" {
+					want = c.wire[1]
+				}
+				t.Logf("%s %s for %s: recorded %d, wire %d", side.reporter, c.metric, code.AsString(), h.Sum, want)
+				if d := h.Sum - want; h.Count != 1 || d < -wireTolerance || d > wireTolerance {
+					t.Errorf("%s %s for %s: count %d sum %d, the wire carried %d", side.reporter, c.metric, code.AsString(), h.Count, h.Sum, want)
+				}
 			}
 		}
 		for _, h := range histogram[float64](t, metrics, telemetry.MetricRequestDuration) {

@@ -110,22 +110,25 @@ func (h *outgoingHeaders) attachOutgoing(ctx context.Context) context.Context {
 }
 
 // incomingHeaders reads the incoming metadata of the context it wraps one key
-// at a time, sparing a copy of the whole metadata on every server RPC. It
-// lives only for the duration of one Extract call.
+// at a time, sparing a copy of the whole metadata on every server RPC, and
+// adds up the size of what it found (for the request's byte count). It is
+// used by pointer, from the RPC's state, so passing it allocates nothing.
 type incomingHeaders struct {
-	ctx context.Context
+	ctx   context.Context
+	bytes int64
 }
 
-func (h incomingHeaders) Get(key string) string {
+func (h *incomingHeaders) Get(key string) string {
 	if v := metadata.ValueFromIncomingContext(h.ctx, key); len(v) > 0 {
+		h.bytes += int64(len(key) + len(v[0]))
 		return v[0]
 	}
 	return ""
 }
 
-func (incomingHeaders) Set(string, string) {} // incoming metadata is read-only
+func (*incomingHeaders) Set(string, string) {} // incoming metadata is read-only
 
-func (h incomingHeaders) Keys() []string {
+func (h *incomingHeaders) Keys() []string {
 	md, _ := metadata.FromIncomingContext(h.ctx)
 	return MetadataCarrier(md).Keys()
 }

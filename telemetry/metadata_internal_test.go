@@ -61,7 +61,8 @@ func TestIncomingHeaders(t *testing.T) {
 	if got, want := h.Keys(), []string{"baggage", "traceparent"}; !slices.Equal(got, want) {
 		t.Errorf("Keys = %q, want %q", got, want)
 	}
-	if got := (incomingHeaders{ctx: context.Background()}).Get("traceparent"); got != "" {
+	empty := incomingHeaders{ctx: context.Background()}
+	if got := empty.Get("traceparent"); got != "" {
 		t.Errorf("Get without metadata = %q, want empty", got)
 	}
 }

@@ -3,10 +3,12 @@ package telemetry
 import (
 	"context"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -17,17 +19,19 @@ import (
 // exporter they come out unchanged: the counter already ends in _total and
 // each unit suffix is already part of its name.
 const (
-	MetricRequestsTotal   = "istio_requests_total"
-	MetricRequestDuration = "istio_request_duration_milliseconds"
-	MetricRequestBytes    = "istio_request_bytes"
-	MetricResponseBytes   = "istio_response_bytes"
+	MetricRequestsTotal         = "istio_requests_total"
+	MetricRequestDuration       = "istio_request_duration_milliseconds"
+	MetricRequestBytes          = "istio_request_bytes"
+	MetricResponseBytes         = "istio_response_bytes"
+	MetricRequestMessagesTotal  = "istio_request_messages_total"
+	MetricResponseMessagesTotal = "istio_response_messages_total"
 )
 
-// Istio's default histogram buckets.
-var (
-	durationBucketsMillis = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
-	sizeBucketsBytes      = []float64{1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000}
-)
+// envoyBuckets are Envoy's default histogram bucket bounds, which Istio's
+// sidecars use for every one of its histograms, durations and sizes alike:
+// dashboards and quantile queries then read proxy and proxyless series the
+// same way.
+var envoyBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
 
 // Label values Istio uses.
 const (
@@ -45,44 +49,52 @@ const (
 )
 
 type instruments struct {
-	requests      metric.Int64Counter
-	duration      metric.Float64Histogram
-	requestBytes  metric.Int64Histogram
-	responseBytes metric.Int64Histogram
+	requests         metric.Int64ObservableCounter
+	duration         metric.Float64Histogram
+	requestBytes     metric.Int64Histogram
+	responseBytes    metric.Int64Histogram
+	requestMessages  metric.Int64ObservableCounter
+	responseMessages metric.Int64ObservableCounter
 }
 
 // newInstruments creates Istio's instruments. A meter provider may refuse
 // one (returning a no-op instrument with the error); the rest still work.
-func newInstruments(mp metric.MeterProvider, logger *slog.Logger) instruments {
+func newInstruments(mp metric.MeterProvider, logger *slog.Logger, counts *counters) *instruments {
 	meter := mp.Meter(meterInstrumentID)
-	var in instruments
+	in := &instruments{}
 	var err error
 	report := func(name string, err error) {
 		if err != nil {
 			logger.Warn("telemetry: creating instrument", "instrument", name, "error", err)
 		}
 	}
-	in.requests, err = meter.Int64Counter(MetricRequestsTotal,
+	in.requests, err = meter.Int64ObservableCounter(MetricRequestsTotal,
 		metric.WithDescription("Requests, by source, destination and outcome (Istio standard metric)."))
 	report(MetricRequestsTotal, err)
 	in.duration, err = meter.Float64Histogram(MetricRequestDuration, metric.WithUnit("ms"),
 		metric.WithDescription("Request duration (Istio standard metric)."),
-		metric.WithExplicitBucketBoundaries(durationBucketsMillis...))
+		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricRequestDuration, err)
 	in.requestBytes, err = meter.Int64Histogram(MetricRequestBytes, metric.WithUnit("By"),
-		metric.WithDescription("Request body size (Istio standard metric)."),
-		metric.WithExplicitBucketBoundaries(sizeBucketsBytes...))
+		metric.WithDescription("Request size: headers and body as on the wire, uncompressed headers (Istio standard metric)."),
+		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricRequestBytes, err)
 	in.responseBytes, err = meter.Int64Histogram(MetricResponseBytes, metric.WithUnit("By"),
-		metric.WithDescription("Response body size (Istio standard metric)."),
-		metric.WithExplicitBucketBoundaries(sizeBucketsBytes...))
+		metric.WithDescription("Response size: headers, body and trailers as on the wire, uncompressed headers (Istio standard metric)."),
+		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricResponseBytes, err)
+	in.requestMessages, err = meter.Int64ObservableCounter(MetricRequestMessagesTotal,
+		metric.WithDescription("gRPC messages the client sent (Istio standard metric)."))
+	report(MetricRequestMessagesTotal, err)
+	in.responseMessages, err = meter.Int64ObservableCounter(MetricResponseMessagesTotal,
+		metric.WithDescription("gRPC messages the server sent (Istio standard metric)."))
+	report(MetricResponseMessagesTotal, err)
+	report("callback for "+MetricRequestsTotal, registerCounters(meter, in, counts))
 	return in
 }
 
-func (in *instruments) enabled(ctx context.Context) bool {
-	return in.requests.Enabled(ctx) || in.duration.Enabled(ctx) ||
-		in.requestBytes.Enabled(ctx) || in.responseBytes.Enabled(ctx)
+func (in *instruments) histogramsEnabled(ctx context.Context) bool {
+	return in.duration.Enabled(ctx) || in.requestBytes.Enabled(ctx) || in.responseBytes.Enabled(ctx)
 }
 
 // core is what gRPC handlers and HTTP wrappers share: configuration resolved
@@ -90,16 +102,19 @@ func (in *instruments) enabled(ctx context.Context) bool {
 type core struct {
 	client       bool
 	tracer       trace.Tracer
+	unsampled    *unsampledShortcut
 	propagator   propagation.TextMapPropagator
 	sendsParent  bool // the propagator writes a parent span ID (B3)
 	extraAttrs   []attribute.KeyValue
-	instruments  instruments
+	instruments  *instruments
+	counters     *counters
 	workload     Workload
 	service      string
 	peerIdentity func(context.Context) (string, bool)
 	metaID       string // this workload's peer metadata headers; "" sends none
 	metaValue    string
 	peers        peerCache
+	labelSets    *lru.Cache[labelKey, *labelSet]
 	accessLogger *slog.Logger
 	accessLog    AccessLogConfig
 	logger       *slog.Logger
@@ -113,7 +128,6 @@ func newCore(client bool, opts []Option) *core {
 		tracer:       cfg.tracerProvider.Tracer(instrumentationName),
 		propagator:   cfg.propagator,
 		extraAttrs:   cfg.attributes,
-		instruments:  newInstruments(cfg.meterProvider, cfg.logger),
 		workload:     cfg.workload,
 		service:      cfg.service,
 		peerIdentity: cfg.peerIdentity,
@@ -122,6 +136,10 @@ func newCore(client bool, opts []Option) *core {
 		logger:       cfg.logger,
 		now:          cfg.now,
 	}
+	c.unsampled = newUnsampledShortcut(cfg.tracerProvider, c.tracer)
+	c.counters = &counters{}
+	c.instruments = newInstruments(cfg.meterProvider, cfg.logger, c.counters)
+	c.labelSets, _ = lru.New[labelKey, *labelSet](labelSetCacheSize) // fails only for a size <= 0
 	for _, f := range cfg.propagator.Fields() {
 		if f == b3ParentSpanID || f == b3Single {
 			c.sendsParent = true
@@ -153,28 +171,96 @@ func (c *core) peerFromHeader(value string) *Workload {
 }
 
 // exchange is what one request (one attempt, on a client) revealed, in the
-// form both metrics and access logs need.
+// form both metrics and access logs need. Strings that only an access log
+// or a recording span reads (addresses, the trace ID) are kept in their
+// raw form and formatted only when needed.
 type exchange struct {
-	protocol      string // protocolGRPC or protocolHTTP
-	httpProtocol  string // "HTTP/2", "HTTP/1.1"
-	method        string
-	path          string
-	authority     string
-	peer          *Workload
+	protocol         string // protocolGRPC or protocolHTTP
+	httpProtocol     string // "HTTP/2", "HTTP/1.1"
+	method           string
+	path             string
+	authority        string
+	peer             *Workload
+	peerPrincipal    string
+	mutualTLS        bool
+	responseCode     int
+	grpcStatus       string
+	flags            string
+	start            time.Time
+	duration         time.Duration
+	requestBytes     int64
+	responseBytes    int64
+	requestMessages  int64 // gRPC only
+	responseMessages int64
+	route            RouteInfo
+	remoteAddr       string
+	localAddr        string
+	remote, local    net.Addr // used when remoteAddr or localAddr is ""
+	requestID        string
+	spanContext      trace.SpanContext
+}
+
+func (ex *exchange) remoteString() string {
+	if ex.remoteAddr == "" {
+		return addrString(ex.remote)
+	}
+	return ex.remoteAddr
+}
+
+func (ex *exchange) localString() string {
+	if ex.localAddr == "" {
+		return addrString(ex.local)
+	}
+	return ex.localAddr
+}
+
+func (ex *exchange) traceID() string {
+	if ex.spanContext.HasTraceID() {
+		return ex.spanContext.TraceID().String()
+	}
+	return ""
+}
+
+// labelSetCacheSize bounds the label sets a handler keeps. A workload's
+// series are few (peers x codes x flags); a hostile or very chatty mix
+// only costs rebuilding sets, never unbounded memory.
+const labelSetCacheSize = 1024
+
+// labelKey is everything that varies between the label sets of one
+// handler: the reporter and this workload's own labels are fixed.
+type labelKey struct {
+	peer          *Workload // the peer cache hands out one pointer per metadata value
 	peerPrincipal string
 	mutualTLS     bool
+	authority     string // the destination service derives from it
+	protocol      string
 	responseCode  int
 	grpcStatus    string
 	flags         string
-	start         time.Time
-	duration      time.Duration
-	requestBytes  int64
-	responseBytes int64
-	route         RouteInfo
-	remoteAddr    string
-	localAddr     string
-	requestID     string
-	traceID       string
+}
+
+// labelSet is one label set ready to record with: the options are built
+// once, so recording allocates nothing.
+type labelSet struct {
+	rec    []metric.RecordOption
+	counts *seriesCounts
+}
+
+func (c *core) labelSet(ex *exchange) *labelSet {
+	key := labelKey{
+		peer: ex.peer, peerPrincipal: ex.peerPrincipal, mutualTLS: ex.mutualTLS,
+		authority: ex.authority, protocol: ex.protocol,
+		responseCode: ex.responseCode, grpcStatus: ex.grpcStatus, flags: ex.flags,
+	}
+	// Peek takes the cache's read lock only: concurrent calls of a hot
+	// series do not queue behind each other to bump its recency.
+	if ls, ok := c.labelSets.Peek(key); ok {
+		return ls
+	}
+	set := attribute.NewSet(c.labels(ex)...)
+	ls := &labelSet{rec: []metric.RecordOption{metric.WithAttributeSet(set)}, counts: c.counters.forSet(set, ex.protocol == protocolGRPC)}
+	c.labelSets.Add(key, ls)
+	return ls
 }
 
 // record turns a finished exchange into metrics and an access log record.
@@ -182,13 +268,21 @@ func (c *core) record(ctx context.Context, ex *exchange) {
 	if ex.flags == "" {
 		ex.flags = noResponseFlags
 	}
-	if c.instruments.enabled(ctx) {
-		set := attribute.NewSet(c.labels(ex)...)
-		opt := metric.WithAttributeSet(set)
-		c.instruments.requests.Add(ctx, 1, opt)
-		c.instruments.duration.Record(ctx, float64(ex.duration)/float64(time.Millisecond), opt)
-		c.instruments.requestBytes.Record(ctx, ex.requestBytes, opt)
-		c.instruments.responseBytes.Record(ctx, ex.responseBytes, opt)
+	// Measurements read their context only for a sampled span to keep as an
+	// exemplar; without one, a bare context spares each of them a walk up
+	// the request's context chain.
+	mctx := ctx
+	if !ex.spanContext.IsSampled() {
+		mctx = context.Background()
+	}
+	if in := c.instruments; in.histogramsEnabled(mctx) || c.counters.collected.Load() {
+		ls := c.labelSet(ex)
+		ls.counts.requests.Add(1)
+		ls.counts.reqMsgs.Add(ex.requestMessages)
+		ls.counts.respMsgs.Add(ex.responseMessages)
+		in.duration.Record(mctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
+		in.requestBytes.Record(mctx, ex.requestBytes, ls.rec...)
+		in.responseBytes.Record(mctx, ex.responseBytes, ls.rec...)
 	}
 	c.writeAccessLog(ctx, ex)
 }

@@ -194,6 +194,7 @@ type grpcPair struct {
 	serverEnds  chan struct{}
 	serverAddr  *net.TCPAddr
 	clientStats stats.Handler
+	tap         *wireTap
 }
 
 type pairConfig struct {
@@ -201,6 +202,11 @@ type pairConfig struct {
 	clientOpts, serverOpts   []telemetry.Option
 	// wrapClient, when set, wraps the client handler, to play the router.
 	wrapClient func(stats.Handler) stats.Handler
+	// interceptors records through ClientInterceptor and
+	// ServerInterceptor instead of the stats handlers (wrapClient unused).
+	interceptors bool
+	// tap, when set, relays the connection and reads it (plaintext only).
+	tap bool
 }
 
 func startPair(t *testing.T, cfg pairConfig) *grpcPair {
@@ -215,15 +221,30 @@ func startPair(t *testing.T, cfg pairConfig) *grpcPair {
 		t.Fatalf("listen: %v", err)
 	}
 	p.serverAddr = lis.Addr().(*net.TCPAddr)
-	sh := telemetry.NewServerHandler(cfg.serverOpts...)
 	serverCreds := cfg.serverCreds
 	if serverCreds == nil {
 		serverCreds = insecure.NewCredentials()
 	}
-	srv := grpc.NewServer(grpc.Creds(serverCreds),
-		grpc.StatsHandler(endNotifier{Handler: sh, ends: p.serverEnds}),
-		grpc.ChainUnaryInterceptor(sh.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(sh.StreamInterceptor()))
+	var srv *grpc.Server
+	if cfg.interceptors {
+		// The notifier is outermost: it signals once telemetry recorded.
+		srv = grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(serverCreds),
+			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				defer func() { p.serverEnds <- struct{}{} }()
+				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				defer func() { p.serverEnds <- struct{}{} }()
+				return h(srv, ss)
+			}),
+		}, telemetry.NewServerInterceptor(cfg.serverOpts...).ServerOptions()...)...)
+	} else {
+		sh := telemetry.NewServerHandler(cfg.serverOpts...)
+		srv = grpc.NewServer(grpc.Creds(serverCreds),
+			grpc.StatsHandler(endNotifier{Handler: sh, ends: p.serverEnds}),
+			grpc.ChainUnaryInterceptor(sh.UnaryInterceptor()),
+			grpc.ChainStreamInterceptor(sh.StreamInterceptor()))
+	}
 	healthpb.RegisterHealthServer(srv, p.service)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
@@ -234,24 +255,63 @@ func startPair(t *testing.T, cfg pairConfig) *grpcPair {
 		}
 	})
 
-	ch := telemetry.NewClientHandler(cfg.clientOpts...)
-	if cfg.wrapClient != nil {
-		ch = cfg.wrapClient(ch)
-	}
-	p.clientStats = ch
 	clientCreds := cfg.clientCreds
 	if clientCreds == nil {
 		clientCreds = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
-		grpc.WithTransportCredentials(clientCreds),
-		grpc.WithStatsHandler(endNotifier{Handler: ch, ends: p.clientEnds}))
+	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(clientCreds)}
+	if cfg.interceptors {
+		dialOpts = append(dialOpts,
+			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				defer func() { p.clientEnds <- struct{}{} }()
+				return invoker(ctx, method, req, reply, cc, opts...)
+			}),
+			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				// The attempt ends (and records) before RecvMsg reports it.
+				return streamer(ctx, desc, cc, method, append(opts, grpc.OnFinish(func(error) { p.clientEnds <- struct{}{} }))...)
+			}))
+		dialOpts = append(dialOpts, telemetry.NewClientInterceptor(cfg.clientOpts...).DialOptions()...)
+	} else {
+		ch := telemetry.NewClientHandler(cfg.clientOpts...)
+		if cfg.wrapClient != nil {
+			ch = cfg.wrapClient(ch)
+		}
+		p.clientStats = ch
+		dialOpts = append(dialOpts, grpc.WithStatsHandler(endNotifier{Handler: ch, ends: p.clientEnds}))
+	}
+	target := lis.Addr().String()
+	if cfg.tap {
+		p.tap = startTap(t, target)
+		target = p.tap.addr()
+	}
+	conn, err := grpc.NewClient("passthrough:///"+target, dialOpts...)
 	if err != nil {
 		t.Fatalf("new client: %v", err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	p.client = healthpb.NewHealthClient(conn)
 	return p
+}
+
+// watchToEnd calls Watch for service and reads the stream to its end.
+func watchToEnd(ctx context.Context, t *testing.T, client healthpb.HealthClient, service string) {
+	t.Helper()
+	stream, err := client.Watch(ctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return // io.EOF once the server returns
+		}
+	}
+}
+
+// forBothRecorders runs test with the stats handlers and with the
+// interceptors, which must record the same.
+func forBothRecorders(t *testing.T, test func(t *testing.T, interceptors bool)) {
+	t.Run("stats handler", func(t *testing.T) { test(t, false) })
+	t.Run("interceptors", func(t *testing.T) { test(t, true) })
 }
 
 func waitN(ctx context.Context, t *testing.T, what string, ch <-chan struct{}, n int) {
@@ -266,6 +326,10 @@ func waitN(ctx context.Context, t *testing.T, what string, ch <-chan struct{}, n
 }
 
 func TestGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T) {
+	forBothRecorders(t, testGRPCMetricsCarryIstioLabelsOnBothSides)
+}
+
+func testGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T, interceptors bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	clientMeter, clientReader := newMeter(t)
@@ -273,7 +337,7 @@ func TestGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T) {
 	clientCreds, serverCreds := mtlsPair(t)
 	const step = 25 * time.Millisecond
 	p := startPair(t, pairConfig{
-		clientCreds: clientCreds, serverCreds: serverCreds,
+		clientCreds: clientCreds, serverCreds: serverCreds, interceptors: interceptors,
 		clientOpts: []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout),
 			telemetry.WithService(paymentsHost + ":8080"), telemetry.WithClock(stepClock(step))},
 		serverOpts: []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments),
@@ -344,50 +408,41 @@ func TestGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T) {
 				t.Errorf("%s duration: bounds %v, want Istio's 19 from 0.5 to 3600000", side.reporter, h.Bounds)
 			}
 		}
-		reqSizes := histogram[int64](t, metrics, telemetry.MetricRequestBytes)
-		for _, h := range reqSizes {
-			v, _ := h.Attributes.Value("grpc_response_status")
-			if v.AsString() != "0" {
-				continue
-			}
-			// A gRPC message on the wire: a 5-byte prefix and the message.
-			if want := int64(proto.Size(req) + 5); h.Count != 1 || h.Sum != want {
-				t.Errorf("%s request bytes: count %d sum %d, want one of %d", side.reporter, h.Count, h.Sum, want)
-			}
-		}
-		respSizes := histogram[int64](t, metrics, telemetry.MetricResponseBytes)
+		// Sizes are wire bytes, headers included, as Envoy's are
+		// (TestGRPCByteMetricsAreWireBytes holds them to the wire): more
+		// than the message alone, in Envoy's buckets.
 		resp := &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}
-		for _, h := range respSizes {
-			v, _ := h.Attributes.Value("grpc_response_status")
-			want := int64(proto.Size(resp) + 5)
-			if v.AsString() == "5" {
-				want = 0 // an error carries no message
-			}
-			if h.Count != 1 || h.Sum != want {
-				t.Errorf("%s response bytes (status %s): count %d sum %d, want one of %d", side.reporter, v.AsString(), h.Count, h.Sum, want)
+		for _, c := range []struct {
+			name string
+			body int64
+		}{{telemetry.MetricRequestBytes, int64(proto.Size(req) + 5)}, {telemetry.MetricResponseBytes, int64(proto.Size(resp) + 5)}} {
+			for _, h := range histogram[int64](t, metrics, c.name) {
+				if h.Count != 1 || h.Sum <= c.body {
+					t.Errorf("%s %s: count %d sum %d, want one of more than the message's %d bytes", side.reporter, c.name, h.Count, h.Sum, c.body)
+				}
+				if len(h.Bounds) != 19 || h.Bounds[0] != 0.5 || h.Bounds[18] != 3600000 {
+					t.Errorf("%s %s: bounds %v, want Envoy's 19 from 0.5 to 3600000", side.reporter, c.name, h.Bounds)
+				}
 			}
 		}
 	}
 }
 
 func TestGRPCStreamingLearnsPeerMetadata(t *testing.T) {
+	forBothRecorders(t, testGRPCStreamingLearnsPeerMetadata)
+}
+
+func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	p := startPair(t, pairConfig{
-		clientOpts: []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
-		serverOpts: []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
+		interceptors: interceptors,
+		clientOpts:   []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
+		serverOpts:   []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
 	})
-	stream, err := p.client.Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatalf("watch: %v", err)
-	}
-	for {
-		if _, err := stream.Recv(); err != nil {
-			break // io.EOF once the server returns
-		}
-	}
+	watchToEnd(ctx, t, p.client, "")
 	waitN(ctx, t, "client", p.clientEnds, 1)
 	waitN(ctx, t, "server", p.serverEnds, 1)
 

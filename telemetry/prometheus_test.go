@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,7 +59,7 @@ func TestPrometheusNamesAreIstios(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 
-	scrape := httptest.NewServer(promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	scrape := httptest.NewServer(telemetry.EnvoyBucketLabels(promhttp.HandlerFor(registry, promhttp.HandlerOpts{})))
 	t.Cleanup(scrape.Close)
 	// The HTTP server records just after its handler returns: scrape until
 	// all three requests show.
@@ -78,6 +78,8 @@ func TestPrometheusNamesAreIstios(t *testing.T) {
 		"istio_request_duration_milliseconds": dto.MetricType_HISTOGRAM,
 		"istio_request_bytes":                 dto.MetricType_HISTOGRAM,
 		"istio_response_bytes":                dto.MetricType_HISTOGRAM,
+		"istio_request_messages_total":        dto.MetricType_COUNTER,
+		"istio_response_messages_total":       dto.MetricType_COUNTER,
 	}
 	if got := slices.Sorted(maps.Keys(families)); !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
 		t.Fatalf("scraped families %v, want exactly %v", got, slices.Sorted(maps.Keys(want)))
@@ -88,9 +90,11 @@ func TestPrometheusNamesAreIstios(t *testing.T) {
 		if f.GetType() != typ {
 			t.Errorf("%s: type %v, want %v", name, f.GetType(), typ)
 		}
-		// gRPC source, gRPC destination, HTTP destination.
-		if n := len(f.GetMetric()); n != 3 {
-			t.Errorf("%s: %d series, want 3", name, n)
+		// gRPC source, gRPC destination, HTTP destination; message counts
+		// are gRPC's only.
+		grpcOnly := strings.HasSuffix(name, "_messages_total")
+		if n := len(f.GetMetric()); n != 3 && !(grpcOnly && n == 2) {
+			t.Errorf("%s: %d series, want 3 (2 for message counts)", name, n)
 		}
 		reporters := map[string]int{}
 		for _, m := range f.GetMetric() {
@@ -106,19 +110,52 @@ func TestPrometheusNamesAreIstios(t *testing.T) {
 				t.Errorf("%s%v = %v, want 1", name, labels, m.GetCounter().GetValue())
 			}
 		}
-		if reporters["source/grpc"] != 1 || reporters["destination/grpc"] != 1 || reporters["destination/http"] != 1 {
+		if reporters["source/grpc"] != 1 || reporters["destination/grpc"] != 1 || reporters["destination/http"] != 1 && !grpcOnly {
 			t.Errorf("%s: series by reporter/protocol %v, want one each of source/grpc, destination/grpc, destination/http", name, reporters)
 		}
 	}
 
-	var les []string
-	for _, b := range families["istio_request_duration_milliseconds"].GetMetric()[0].GetHistogram().GetBucket() {
-		les = append(les, strconv.FormatFloat(b.GetUpperBound(), 'g', -1, 64))
+	// Every histogram has Envoy's buckets, and its le labels read as
+	// Envoy prints them.
+	wantLes := []string{"0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000", "30000", "60000", "300000", "600000", "1800000", "3600000", "+Inf"}
+	text := scrapeRaw(ctx, t, scrape)
+	for _, name := range []string{"istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"} {
+		var les []string
+		for _, line := range strings.Split(text, "\n") {
+			if !strings.HasPrefix(line, name+"_bucket{") || !strings.Contains(line, `reporter="destination"`) || !strings.Contains(line, `request_protocol="http"`) {
+				continue
+			}
+			_, le, _ := strings.Cut(line, `le="`)
+			le, _, _ = strings.Cut(le, `"`)
+			les = append(les, le)
+		}
+		if !slices.Equal(les, wantLes) {
+			t.Errorf("%s: le labels %v, want Envoy's %v", name, les, wantLes)
+		}
 	}
-	wantLes := []string{"0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000", "30000", "60000", "300000", "600000", "1.8e+06", "3.6e+06", "+Inf"}
-	if !slices.Equal(les, wantLes) {
-		t.Errorf("duration buckets %v, want Istio's %v", les, wantLes)
+}
+
+func scrapeRaw(ctx context.Context, t *testing.T, scrape *httptest.Server) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scrape.URL, nil)
+	if err != nil {
+		t.Fatalf("request: %v", err)
 	}
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	req.Header.Set("Accept-Encoding", "gzip")             // as Prometheus asks
+	resp, err := scrape.Client().Transport.RoundTrip(req) // no transparent gunzip
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" {
+		t.Fatalf("scrape answered with Content-Encoding %q, want the rewritten text", ce)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	return string(body)
 }
 
 func scrapeText(ctx context.Context, t *testing.T, scrape *httptest.Server) map[string]*dto.MetricFamily {

@@ -173,6 +173,12 @@ func PeerMetadata(w Workload) (id, value string, err error) {
 	return id, base64.StdEncoding.EncodeToString(raw), nil
 }
 
+// peerIDLen is the length of the x-envoy-peer-metadata-id PeerMetadata
+// gives w, for sizing a request without reading the header.
+func peerIDLen(w *Workload) int {
+	return len("sidecar~~") + len(w.instance()) + 1 + 2*len(w.Namespace) + 1 + len(".svc.cluster.local")
+}
+
 // ErrNoPeerMetadata is returned by ParsePeerMetadata for an empty header.
 var ErrNoPeerMetadata = errors.New("telemetry: no peer metadata")
 
@@ -230,7 +236,7 @@ func ParsePeerMetadata(value string) (Workload, error) {
 // decoding once per peer is enough. It is bounded and forgets everything
 // when full, which is cheap and keeps a hostile peer from growing it.
 type peerCache struct {
-	mu      sync.Mutex
+	mu      sync.RWMutex // read-locked on every request, written once per peer
 	entries map[string]*Workload
 }
 
@@ -243,9 +249,9 @@ func (c *peerCache) lookup(value string) (*Workload, error) {
 	if value == "" {
 		return nil, nil
 	}
-	c.mu.Lock()
+	c.mu.RLock()
 	w, ok := c.entries[value]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if ok {
 		return w, nil
 	}

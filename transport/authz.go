@@ -132,15 +132,17 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 	if fc == nil || fc.HTTP == nil {
 		return nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
+	// Headers are read one by one, as policies ask for them: copying the
+	// whole incoming metadata would cost every call a map and a slice per
+	// header.
 	req := &RBACRequest{
 		Source:      addrPortOf(p.Addr),
 		Destination: addrPortOf(p.LocalAddr),
 		Method:      http.MethodPost,
 		Path:        fullMethod,
-		Header:      func(name string) []string { return md[name] },
+		Header:      func(name string) []string { return metadata.ValueFromIncomingContext(ctx, name) },
 	}
-	if v := md[":authority"]; len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(ctx, ":authority"); len(v) > 0 {
 		req.Authority = v[0]
 	}
 	if ai.State != nil {

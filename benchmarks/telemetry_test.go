@@ -1,0 +1,7 @@
+package benchmarks
+
+import "testing"
+
+func BenchmarkUnaryMeshFull(b *testing.B) { UnaryMeshFull(b) }
+
+func BenchmarkUnaryGRPCOTel(b *testing.B) { UnaryGRPCOTel(b) }

@@ -1,0 +1,67 @@
+package telemetry_test
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"mesh/telemetry"
+)
+
+// callAllocs returns the allocations of one unary call, client and server
+// together, over a channel and server built with opts.
+func callAllocs(t *testing.T, dialOpts []grpc.DialOption, serverOpts []grpc.ServerOption) float64 {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(serverOpts...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
+		append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	ctx := context.Background()
+	req := &healthpb.HealthCheckRequest{}
+	call := func() {
+		if _, err := client.Check(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	call() // connect, and cache the label sets
+	return testing.AllocsPerRun(200, call)
+}
+
+// TestInterceptorAllocationBudget keeps what telemetry adds to a call in
+// check: spans (unsampled), trace context, x-request-id, peer metadata both
+// ways, Istio's metrics through the SDK for both reporters. The budget is
+// what the pieces cost today (see benchmarks/TELEMETRY.md), so a new
+// per-call map, slice or label set fails it.
+func TestInterceptorAllocationBudget(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts differ under the race detector")
+	}
+	const budget = 41 // 40 today, one spare for a busy machine
+	mp, _ := newMeter(t)
+	tp, _ := newRecordingProvider(t, sdktrace.ParentBased(sdktrace.NeverSample()))
+	plain := callAllocs(t, nil, nil)
+	client := telemetry.NewClientInterceptor(telemetry.WithMeterProvider(mp), telemetry.WithTracerProvider(tp), telemetry.WithWorkload(checkout))
+	server := telemetry.NewServerInterceptor(telemetry.WithMeterProvider(mp), telemetry.WithTracerProvider(tp), telemetry.WithWorkload(payments))
+	traced := callAllocs(t, client.DialOptions(), server.ServerOptions())
+	t.Logf("allocations per call: %v without telemetry, %v with", plain, traced)
+	if traced-plain > budget {
+		t.Errorf("telemetry adds %v allocations per call, budget %d", traced-plain, budget)
+	}
+}
