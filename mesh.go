@@ -49,9 +49,8 @@ type Mesh struct {
 	httpRouter      *balancer.RoundTripper
 
 	servingState func(addr net.Addr, serving bool, err error) // may be nil
-	adminAddr    string
-	maxConnAge   time.Duration // from WithMaxConnectionAge; 0 derives it
-	limits       limits        // see limits.go
+	maxConnAge   time.Duration                                // from WithMaxConnectionAge; 0 derives it
+	limits       limits                                       // see limits.go
 
 	mu      sync.Mutex
 	closed  bool
@@ -142,12 +141,6 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.closers = append(m.closers, rt.Close)
 	m.httpRouter = rt
 	m.httpTransport = telemetry.Transport(rt, telem...)
-	if o.adminAddr != "" {
-		if err := m.serveAdmin(o.adminAddr, o.adminMetrics); err != nil {
-			m.Close()
-			return nil, fmt.Errorf("mesh: %w", err)
-		}
-	}
 	return m, nil
 }
 
@@ -255,6 +248,23 @@ func (m *Mesh) isClosed() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.closed
+}
+
+// Err returns ErrClosed once Close has been called, and nil before: the
+// health a /healthz page reports.
+func (m *Mesh) Err() error {
+	if m.isClosed() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// ClusterStates returns every cluster the mesh's gRPC channels and HTTP
+// client route to, with its endpoints' connection state, outlier ejection
+// and requests in flight: what the admin pages (package mesh/admin) show
+// at /debug/clusters.
+func (m *Mesh) ClusterStates() []balancer.ClusterState {
+	return append(m.resolver.ClusterStates(), m.httpRouter.ClusterStates()...)
 }
 
 // Close stops the xDS client and the certificate watchers. Channels and

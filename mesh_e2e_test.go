@@ -33,8 +33,9 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"mesh"
+	"mesh/admin"
 	"mesh/controlplane"
-	"mesh/identity"
+	"mesh/identity/csr"
 	"mesh/identity/identitytest"
 	"mesh/internal/shop"
 	"mesh/telemetry"
@@ -339,7 +340,7 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := identity.NewCSRSource(ctx, identity.CSRConfig{
+	src, err := csr.NewSource(ctx, csr.Config{
 		Addr:           cp.Addr(),
 		Token:          func(context.Context) (string, error) { return token, nil },
 		TrustDomain:    "cluster.local",
@@ -410,15 +411,13 @@ func TestSDSSecretsSecureCalls(t *testing.T) {
 func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 	ctx := testContext(t)
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "# test registry\n") })
-	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
-		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
-			if wl.Name != "checkout" {
-				return nil
-			}
-			return []mesh.Option{mesh.WithAdmin("127.0.0.1:0", metrics)}
-		},
-	})
-	base := "http://" + w.Checkout.AdminAddr()
+	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
+	srv, err := admin.Serve(w.Checkout, "127.0.0.1:0", metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	base := "http://" + srv.Addr()
 	fetch := func(path string) string {
 		t.Helper()
 		resp, err := http.Get(base + path)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh"
+	"mesh/admin"
 	"mesh/controlplane"
 	"mesh/internal/shop"
 )
@@ -188,10 +189,10 @@ func TestHTTPClientWaitsForReadinessAndNamesUnknownTargets(t *testing.T) {
 		first <- result{resp, err}
 	}()
 	// Until web's cluster is in checkout's table, with no endpoint.
-	admin := w.Checkout.AdminHandler(nil)
+	pages := admin.Handler(w.Checkout, nil)
 	for clusterShown := false; !clusterShown; {
 		rec := httptest.NewRecorder()
-		admin.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/clusters", nil))
+		pages.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/clusters", nil))
 		var page struct {
 			Clusters []struct {
 				Name      string

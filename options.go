@@ -3,7 +3,6 @@ package mesh
 import (
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -27,11 +26,9 @@ type options struct {
 	meterProvider  metric.MeterProvider
 	propagator     propagation.TextMapPropagator
 	providers      map[string]identity.Source
-	adminAddr      string
 	accessLog      *slog.Logger
 	maxConnAge     time.Duration
 	accessLogCfg   telemetry.AccessLogConfig
-	adminMetrics   http.Handler
 	xdsCache       string
 	xdsBackoff     func(attempt int) time.Duration
 	servingState   func(addr net.Addr, serving bool, err error)
@@ -87,8 +84,8 @@ func WithPropagator(p propagation.TextMapPropagator) Option {
 // WithCertificateProvider supplies the identity source for a certificate
 // provider instance that xDS TLS settings name (istiod names "default"),
 // in place of the bootstrap's file_watcher for it: for example
-// identity.NewCSRSource for agentless certificates, or
-// identity.NewWorkloadAPISource for a SPIRE agent. The caller keeps
+// csr.NewSource (mesh/identity/csr) for agentless certificates, or
+// workloadapi.NewSource (mesh/identity/workloadapi) for a SPIRE agent. The caller keeps
 // ownership and closes src after the Mesh.
 func WithCertificateProvider(instance string, src identity.Source) Option {
 	return optionFunc(func(o *options) {
@@ -122,16 +119,6 @@ func WithXDSBackoff(backoff func(attempt int) time.Duration) Option {
 // and must not block.
 func WithServingStateCallback(fn func(addr net.Addr, serving bool, err error)) Option {
 	return optionFunc(func(o *options) { o.servingState = fn })
-}
-
-// WithAdmin serves the mesh's admin pages on addr (e.g. "127.0.0.1:15000";
-// port 0 picks one, see AdminAddr): /metrics from metrics (typically
-// promhttp over the registry of the OpenTelemetry Prometheus exporter; nil
-// leaves it out), /debug/config with every xDS resource's version and
-// ACK/NACK status, and /healthz. Off by default; bind it to a private
-// address, as Envoy's admin port is.
-func WithAdmin(addr string, metrics http.Handler) Option {
-	return optionFunc(func(o *options) { o.adminAddr, o.adminMetrics = addr, metrics })
 }
 
 // WithAccessLog writes one record per request, gRPC or HTTP, client and

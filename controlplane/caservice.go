@@ -33,8 +33,8 @@ import (
 )
 
 // The embedded CA serves Istio's IstioCertificateService on the xDS port,
-// so agentless workloads (identity.NewCSRSource) get their SVIDs from it the
-// way istio-agent gets them from istiod.
+// so agentless workloads (package mesh/identity/csr) get their SVIDs from
+// it the way istio-agent gets them from istiod.
 //
 // Callers authenticate with a bearer token from Server.WorkloadToken: an
 // HMAC-SHA256 over the workload's namespace and service account, keyed by a

@@ -23,7 +23,7 @@ import (
 
 // A workload proves its identity to the embedded CA with the token the
 // control plane minted for it, and gets back an SVID for that identity.
-// identity.NewCSRSource does all of this, and renews.
+// csr.NewSource (package mesh/identity/csr) does all of this, and renews.
 func ExampleServer_WorkloadToken() {
 	ctx := context.Background()
 	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain("example.org"))

@@ -74,7 +74,7 @@
 //
 // Besides writing certificate files (WriteBootstrap, IssueSVID), the CA
 // serves Istio's IstioCertificateService on Addr, as istiod does on port
-// 15012, for workloads that make their own key (identity.NewCSRSource).
+// 15012, for workloads that make their own key (mesh/identity/csr).
 // A caller authenticates with the bearer token WorkloadToken minted for its
 // namespace and service account, and is issued only that SPIFFE ID.
 // ServeCATLS adds a second TLS endpoint for the CA alone.

@@ -25,20 +25,26 @@
 // # Sources
 //
 //   - FileSource polls the PEM files istio-agent (or any agent) writes.
-//   - WorkloadAPISource streams SVIDs and bundles from a SPIFFE Workload API
-//     (a SPIRE agent) on "unix:///path" or "tcp://ip:port".
-//   - CSRSource is agentless: it makes its own key, asks a CA speaking
-//     Istio's IstioCertificateService (istiod, or mesh's embedded control
-//     plane) for a certificate with a bearer token, and renews at half-life.
+//   - workloadapi.Source (package mesh/identity/workloadapi) streams SVIDs
+//     and bundles from a SPIFFE Workload API (a SPIRE agent) on
+//     "unix:///path" or "tcp://ip:port".
+//   - csr.Source (package mesh/identity/csr) is agentless: it makes its own
+//     key, asks a CA speaking Istio's IstioCertificateService (istiod, or
+//     mesh's embedded control plane) for a certificate with a bearer token,
+//     and renews at half-life.
 //   - SDSSource takes the SVID and roots from SDS secrets ("default",
 //     "ROOTCA") pushed on the xDS stream (xdsclient.Client.WatchSecret);
 //     every push rotates the next handshake's certificate.
 //   - StaticSource holds what it is given, for tests.
 //
+// workloadapi and csr are packages of their own, so that a program that
+// does not import them does not link the Workload API's protocol or
+// Istio's API.
+//
 // RenewalTime tells when a certificate is due for replacement; a connection
 // that must outlive its certificate can be re-established after it.
 //
-// Private keys stay in memory; only CSRSource writes one to disk, and only
-// to the path given with WithKeyFile (mode 0600). Keys and tokens are never
+// Private keys stay in memory; only csr.Source writes one to disk, and only
+// to the path given with csr.WithKeyFile (mode 0600). Keys and tokens are never
 // logged.
 package identity

@@ -2,16 +2,12 @@ package identity_test
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
-	"mesh/controlplane"
 	"mesh/identity"
 	"mesh/identity/identitytest"
 )
@@ -94,80 +90,6 @@ func ExampleStaticSource_Set() {
 	current, _ := src.GetX509SVID()
 	fmt.Println(current.ID, current == renewed)
 	// Output: spiffe://example.org/ns/default/sa/checkout true
-}
-
-func ExampleNewWorkloadAPISource() {
-	// A stand-in for the SPIRE agent; in production the address is the
-	// agent's socket, or "" to read $SPIFFE_ENDPOINT_SOCKET.
-	ca, _ := identitytest.NewCA("example.org")
-	dir, _ := os.MkdirTemp("", "spire")
-	defer os.RemoveAll(dir)
-	agent, err := identitytest.NewWorkloadAPI(filepath.Join(dir, "agent.sock"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer agent.Close()
-	svid, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
-	if err := agent.Push(svid, ca.Bundle()); err != nil {
-		log.Fatal(err)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	src, err := identity.NewWorkloadAPISource(ctx, agent.Addr(), identity.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		log.Fatal(err) // names the socket and the last failure, e.g. PermissionDenied
-	}
-	defer src.Close()
-
-	// Take the channel before the agent rotates, so the push cannot be missed.
-	updated := src.Updated()
-	rotated, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
-	_ = agent.Push(rotated, ca.Bundle())
-	<-updated
-
-	current, _ := src.GetX509SVID()
-	fmt.Println(current.ID, current.Certificates[0].SerialNumber.Cmp(rotated.Certificates[0].SerialNumber) == 0)
-	// Output: spiffe://example.org/ns/default/sa/payments true
-}
-
-func ExampleNewCSRSource() {
-	ctx := context.Background()
-	// The embedded control plane is a CA speaking Istio's certificate API.
-	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain("example.org"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer cp.Close()
-	token, err := cp.WorkloadToken(controlplane.Workload{Name: "payments-v1", Namespace: "shop", ServiceAccount: "payments"})
-	if err != nil {
-		log.Fatal(err)
-	}
-
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(cp.RootPEM())
-	src, err := identity.NewCSRSource(ctx, identity.CSRConfig{
-		Addr:           cp.Addr(),
-		Token:          func(context.Context) (string, error) { return token, nil },
-		TrustDomain:    "example.org",
-		Namespace:      "shop",
-		ServiceAccount: "payments",
-		TTL:            time.Hour, // renewed after 30 minutes
-		RootPEM:        cp.RootPEM(),
-		// The control plane's port serves TLS with a certificate of its CA.
-		TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
-	}, identity.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer src.Close()
-
-	svid, err := src.GetX509SVID()
-	if err != nil {
-		log.Fatal(err)
-	}
-	fmt.Println(svid.ID)
-	// Output: spiffe://example.org/ns/shop/sa/payments
 }
 
 func ExampleRenewalTime() {

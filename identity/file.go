@@ -8,6 +8,12 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"mesh/identity/internal/source"
 )
 
 // DefaultRefreshInterval is how often a FileSource polls its files when
@@ -58,9 +64,9 @@ const statInterval = 250 * time.Millisecond
 type FileSource struct {
 	cfg    FileConfig
 	logger *slog.Logger
-	notify *notifier
+	notify *source.Notifier
 
-	current
+	cur source.Current
 
 	stop chan struct{}
 	done chan struct{}
@@ -97,12 +103,12 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	s := &FileSource{
-		cfg:     cfg,
-		logger:  o.logger,
-		notify:  newNotifier(),
-		current: current{svid: svid, bundle: bundle},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:    cfg,
+		logger: o.Logger,
+		notify: source.NewNotifier(),
+		cur:    source.Current{SVID: svid, Bundle: bundle},
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
@@ -113,7 +119,16 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 // Updated returns a channel that is closed at the next successful reload
 // (and at Close). Call it again after each wake-up to wait for the next one;
 // take the channel before causing the change you wait for.
-func (s *FileSource) Updated() <-chan struct{} { return s.notify.updated() }
+func (s *FileSource) Updated() <-chan struct{} { return s.notify.Updated() }
+
+// GetX509SVID returns the current SVID. It implements x509svid.Source.
+func (s *FileSource) GetX509SVID() (*x509svid.SVID, error) { return s.cur.GetX509SVID() }
+
+// GetX509BundleForTrustDomain returns the bundle of the SVID's trust
+// domain. It implements x509bundle.Source.
+func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.cur.GetX509BundleForTrustDomain(td)
+}
 
 // Close stops the poller and waits for it to exit. Later calls to the
 // getters return ErrClosed. Close is idempotent.
@@ -121,10 +136,10 @@ func (s *FileSource) Close() error {
 	s.once.Do(func() {
 		close(s.stop)
 		<-s.done
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		s.notify.close()
+		s.cur.Mu.Lock()
+		s.cur.Closed = true
+		s.cur.Mu.Unlock()
+		s.notify.Close()
 	})
 	return nil
 }
@@ -165,12 +180,12 @@ func (s *FileSource) poll(last pemSet, seen [3]os.FileInfo) {
 			s.logger.Warn("identity: reloading certificate files failed; keeping current SVID", "error", err)
 			continue
 		}
-		s.mu.Lock()
-		s.svid, s.bundle = svid, bundle
-		s.mu.Unlock()
+		s.cur.Mu.Lock()
+		s.cur.SVID, s.cur.Bundle = svid, bundle
+		s.cur.Mu.Unlock()
 		s.logger.Info("identity: reloaded SVID", "spiffe_id", svid.ID.String(),
 			"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
-		s.notify.notify()
+		s.notify.Notify()
 	}
 }
 

@@ -20,42 +20,19 @@ import (
 
 	"mesh/identity"
 	"mesh/identity/identitytest"
+	"mesh/identity/internal/sourcetest"
 	"mesh/internal/leakcheck"
 )
 
 const (
 	testTD   = "example.org"
 	clientID = "spiffe://example.org/ns/default/sa/client"
+	serverID = "spiffe://example.org/ns/shop/sa/payments"
 )
 
 // pollInterval is tiny so reloads happen quickly; tests wait on signals,
 // never on durations.
 const pollInterval = 2 * time.Millisecond
-
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func newCA(t *testing.T, td string) *identitytest.CA {
-	t.Helper()
-	ca, err := identitytest.NewCA(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca
-}
-
-func issue(t *testing.T, ca *identitytest.CA, id string) *x509svid.SVID {
-	t.Helper()
-	svid, err := ca.Issue(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svid
-}
 
 func writeFiles(t *testing.T, ca *identitytest.CA, dir string, svid *x509svid.SVID) identity.FileConfig {
 	t.Helper()
@@ -70,55 +47,12 @@ func writeFiles(t *testing.T, ca *identitytest.CA, dir string, svid *x509svid.SV
 func newFileSource(t *testing.T, cfg identity.FileConfig, opts ...identity.Option) *identity.FileSource {
 	t.Helper()
 	opts = append([]identity.Option{identity.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := identity.NewFileSource(testContext(t), cfg, opts...)
+	src, err := identity.NewFileSource(sourcetest.Context(t), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = src.Close() })
 	return src
-}
-
-// warnings is a slog handler that hands Warn-and-above records to the test.
-type warnings chan slog.Record
-
-func (w warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-func (w warnings) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case w <- r.Clone():
-	default: // never block the poller; tests only need the first few
-	}
-	return nil
-}
-func (w warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
-func (w warnings) WithGroup(string) slog.Handler      { return w }
-
-func recordError(r slog.Record) string {
-	var msg string
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "error" {
-			msg = a.Value.String()
-		}
-		return true
-	})
-	return msg
-}
-
-func serialOf(t *testing.T, src identity.Source) *big.Int {
-	t.Helper()
-	svid, err := src.GetX509SVID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svid.Certificates[0].SerialNumber
-}
-
-func waitClosed(ctx context.Context, t *testing.T, ch <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		t.Fatalf("timed out waiting for %s", what)
-	}
 }
 
 func TestFileConfigValidate(t *testing.T) {
@@ -153,8 +87,8 @@ func TestFileConfigValidate(t *testing.T) {
 }
 
 func TestFileSourceLoads(t *testing.T) {
-	ca := newCA(t, testTD)
-	svid := issue(t, ca, clientID)
+	ca := sourcetest.NewCA(t, testTD)
+	svid := sourcetest.Issue(t, ca, clientID)
 	src := newFileSource(t, writeFiles(t, ca, t.TempDir(), svid))
 
 	got, err := src.GetX509SVID()
@@ -181,8 +115,8 @@ func TestFileSourceLoads(t *testing.T) {
 }
 
 func TestFileSourceAcceptsSEC1AndPKCS1Keys(t *testing.T) {
-	ca := newCA(t, testTD)
-	svid := issue(t, ca, clientID)
+	ca := sourcetest.NewCA(t, testTD)
+	svid := sourcetest.Issue(t, ca, clientID)
 	cfg := writeFiles(t, ca, t.TempDir(), svid)
 	der, err := x509.MarshalECPrivateKey(svid.PrivateKey.(*ecdsa.PrivateKey))
 	if err != nil {
@@ -193,16 +127,16 @@ func TestFileSourceAcceptsSEC1AndPKCS1Keys(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := newFileSource(t, cfg)
-	if got := serialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
 		t.Errorf("serial = %v, want %v", got, svid.Certificates[0].SerialNumber)
 	}
 }
 
 func TestNewFileSourceErrors(t *testing.T) {
-	ca := newCA(t, testTD)
-	otherCA := newCA(t, testTD)
-	svid := issue(t, ca, clientID)
-	other := issue(t, ca, "spiffe://example.org/ns/default/sa/other")
+	ca := sourcetest.NewCA(t, testTD)
+	otherCA := sourcetest.NewCA(t, testTD)
+	svid := sourcetest.Issue(t, ca, clientID)
+	other := sourcetest.Issue(t, ca, "spiffe://example.org/ns/default/sa/other")
 
 	noSPIFFE := selfSigned(t)
 	tests := []struct {
@@ -230,7 +164,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := writeFiles(t, ca, t.TempDir(), svid)
 			tt.setup(cfg)
-			src, err := identity.NewFileSource(testContext(t), cfg)
+			src, err := identity.NewFileSource(sourcetest.Context(t), cfg)
 			if err == nil {
 				_ = src.Close()
 				t.Fatalf("NewFileSource succeeded, want error containing %q", tt.want)
@@ -242,7 +176,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 	}
 
 	t.Run("invalid config", func(t *testing.T) {
-		_, err := identity.NewFileSource(testContext(t), identity.FileConfig{CertFile: "c"})
+		_, err := identity.NewFileSource(sourcetest.Context(t), identity.FileConfig{CertFile: "c"})
 		if err == nil || !strings.Contains(err.Error(), "KeyFile is required") {
 			t.Fatalf("err = %v, want KeyFile is required", err)
 		}
@@ -258,29 +192,29 @@ func TestNewFileSourceErrors(t *testing.T) {
 }
 
 func TestFileSourceReloadsChangedFiles(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
-	first := issue(t, ca, clientID)
+	first := sourcetest.Issue(t, ca, clientID)
 	src := newFileSource(t, writeFiles(t, ca, dir, first))
 
 	for range 2 { // twice: the channel is replaced after each reload
 		updated := src.Updated()
-		next := issue(t, ca, clientID)
+		next := sourcetest.Issue(t, ca, clientID)
 		writeFiles(t, ca, dir, next)
-		waitClosed(ctx, t, updated, "reload")
-		if got, want := serialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		sourcetest.WaitClosed(ctx, t, updated, "reload")
+		if got, want := sourcetest.SerialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
 			t.Fatalf("after reload serial = %v, want %v", got, want)
 		}
 	}
 }
 
 func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
-	good := issue(t, ca, clientID)
-	warned := make(warnings, 8)
+	good := sourcetest.Issue(t, ca, clientID)
+	warned := make(sourcetest.Warnings, 8)
 	src := newFileSource(t, writeFiles(t, ca, dir, good), identity.WithLogger(slog.New(warned)))
 	updated := src.Updated()
 
@@ -288,7 +222,7 @@ func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
 	write(t, cfg.KeyFile, []byte("-----BEGIN NOTHING-----\n-----END NOTHING-----\n"))
 	select {
 	case r := <-warned:
-		if msg := recordError(r); !strings.Contains(msg, "key.pem: no PEM private key") {
+		if msg := sourcetest.RecordError(r); !strings.Contains(msg, "key.pem: no PEM private key") {
 			t.Fatalf("warning error = %q, want it to name key.pem", msg)
 		}
 	case <-ctx.Done():
@@ -299,22 +233,22 @@ func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
 		t.Fatal("Updated fired for a bad set")
 	default:
 	}
-	if got := serialOf(t, src); got.Cmp(good.Certificates[0].SerialNumber) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(good.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial after bad set = %v, want the last good %v", got, good.Certificates[0].SerialNumber)
 	}
 
 	// The poller lives on: a good set is picked up.
-	next := issue(t, ca, clientID)
+	next := sourcetest.Issue(t, ca, clientID)
 	writeFiles(t, ca, dir, next)
-	waitClosed(ctx, t, updated, "reload after recovery")
-	if got := serialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "reload after recovery")
+	if got := sourcetest.SerialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial after recovery = %v, want %v", got, next.Certificates[0].SerialNumber)
 	}
 }
 
 func TestFileSourceCloseStopsPoller(t *testing.T) {
-	ca := newCA(t, testTD)
-	src, err := identity.NewFileSource(testContext(t), writeFiles(t, ca, t.TempDir(), issue(t, ca, clientID)))
+	ca := sourcetest.NewCA(t, testTD)
+	src, err := identity.NewFileSource(sourcetest.Context(t), writeFiles(t, ca, t.TempDir(), sourcetest.Issue(t, ca, clientID)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,19 +323,19 @@ func selfSigned(t *testing.T) []byte {
 // new SVID from a new CA written over the files (a control plane that
 // restarted with another CA) is picked up by watching them.
 func TestFileSourceWatchesItsFiles(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
-	cfg := writeFiles(t, ca, dir, issue(t, ca, clientID))
+	cfg := writeFiles(t, ca, dir, sourcetest.Issue(t, ca, clientID))
 	cfg.RefreshInterval = 24 * time.Hour
 	src := newFileSource(t, cfg)
 
 	updated := src.Updated()
-	other := newCA(t, testTD)
-	next := issue(t, other, clientID)
+	other := sourcetest.NewCA(t, testTD)
+	next := sourcetest.Issue(t, other, clientID)
 	writeFiles(t, other, dir, next)
-	waitClosed(ctx, t, updated, "the rewritten files to be picked up")
-	if got, want := serialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "the rewritten files to be picked up")
+	if got, want := sourcetest.SerialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
 		t.Fatalf("after the rewrite serial = %v, want %v", got, want)
 	}
 }

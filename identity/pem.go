@@ -10,32 +10,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-)
 
-// parseCertificates returns every CERTIFICATE block of a PEM file, in order.
-// Other block types are skipped, as TLS libraries do.
-func parseCertificates(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for i := 0; ; i++ {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("PEM block %d: invalid certificate: %w", i, err)
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	return certs, nil
-}
+	"mesh/identity/internal/source"
+)
 
 // parsePrivateKey returns the first private key of a PEM file, in PKCS#8,
 // SEC 1 ("EC PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY") form: istio-agent
@@ -84,7 +61,7 @@ func (p pemSet) equal(o pemSet) bool {
 // parseSet turns the three files into an SVID and the bundle of its trust
 // domain, checking that they belong together. Errors name the file at fault.
 func parseSet(cfg FileConfig, raw pemSet, now time.Time) (*x509svid.SVID, *x509bundle.Bundle, error) {
-	certs, err := parseCertificates(raw.cert)
+	certs, err := source.ParseCertificates(raw.cert)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", cfg.CertFile, err)
 	}
@@ -107,7 +84,7 @@ func parseSet(cfg FileConfig, raw pemSet, now time.Time) (*x509svid.SVID, *x509b
 	if !ok || !pub.Equal(leaf.PublicKey) {
 		return nil, nil, fmt.Errorf("%s: key does not match certificate in %s", cfg.KeyFile, cfg.CertFile)
 	}
-	roots, err := parseCertificates(raw.ca)
+	roots, err := source.ParseCertificates(raw.ca)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", cfg.CAFile, err)
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"mesh/xdsclient"
+
+	"mesh/identity/internal/source"
 )
 
 // SecretWatcher watches SDS secrets; *xdsclient.Client implements it.
@@ -38,8 +40,8 @@ type SDSSource struct {
 	// the control plane sends; see SDSProviders.
 	either  bool
 	logger  *slog.Logger
-	clock   clock
-	notify  *notifier
+	clock   source.Clock
+	notify  *source.Notifier
 	cancels []func()
 	ready   chan struct{} // closed once every named secret arrived
 	once    sync.Once
@@ -93,9 +95,9 @@ func startSDSSource(watcher SecretWatcher, certName, rootsName string, either bo
 		certName:  certName,
 		rootsName: rootsName,
 		either:    either,
-		logger:    o.logger,
-		clock:     o.clock,
-		notify:    newNotifier(),
+		logger:    o.Logger,
+		clock:     o.Clock,
+		notify:    source.NewNotifier(),
 		ready:     make(chan struct{}),
 	}
 	var cancels []func()
@@ -165,7 +167,7 @@ func (s *SDSSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509b
 
 // Updated returns a channel that is closed at the next accepted secret
 // (and at Close). Call it again after each wake-up to wait for the next one.
-func (s *SDSSource) Updated() <-chan struct{} { return s.notify.updated() }
+func (s *SDSSource) Updated() <-chan struct{} { return s.notify.Updated() }
 
 // Close cancels the watches. Later calls to the getters return ErrClosed.
 // Close is idempotent.
@@ -181,7 +183,7 @@ func (s *SDSSource) Close() error {
 	for _, cancel := range cancels {
 		cancel()
 	}
-	s.notify.close()
+	s.notify.Close()
 	return nil
 }
 
@@ -301,7 +303,7 @@ func (s *SDSSource) accepted() {
 	first := false
 	s.once.Do(func() { close(s.ready); first = true })
 	if !first {
-		s.notify.notify()
+		s.notify.Notify()
 	}
 }
 
@@ -331,7 +333,7 @@ func parseRoots(sec *xdsclient.Secret) (map[spiffeid.TrustDomain]*x509bundle.Bun
 		if err != nil {
 			return nil, nil, fmt.Errorf("trust domain %q: %w", name, err)
 		}
-		certs, err := parseCertificates(sec.Validation.Bundles[name])
+		certs, err := source.ParseCertificates(sec.Validation.Bundles[name])
 		if err != nil {
 			return nil, nil, fmt.Errorf("bundle of trust domain %q: %w", name, err)
 		}
@@ -339,7 +341,7 @@ func parseRoots(sec *xdsclient.Secret) (map[spiffeid.TrustDomain]*x509bundle.Bun
 	}
 	var trusted *x509bundle.Bundle
 	if len(sec.Validation.TrustedCA) > 0 {
-		certs, err := parseCertificates(sec.Validation.TrustedCA)
+		certs, err := source.ParseCertificates(sec.Validation.TrustedCA)
 		if err != nil {
 			return nil, nil, fmt.Errorf("trusted_ca: %w", err)
 		}

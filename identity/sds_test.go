@@ -26,6 +26,7 @@ import (
 
 	"mesh/identity"
 	"mesh/identity/identitytest"
+	"mesh/identity/internal/sourcetest"
 	"mesh/internal/handshake"
 	"mesh/transport"
 	"mesh/xdsclient"
@@ -125,8 +126,8 @@ func askPeer(ctx context.Context, t *testing.T, addr string, creds credentials.T
 }
 
 func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
 	srv := xdstest.NewServer(t)
 	clientNode, serverNode := newSDSNode(t, srv, "client-node"), newSDSNode(t, srv, "server-node")
 	first, chain, key := svidPEM(t, ca, clientID)
@@ -134,7 +135,7 @@ func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
 	_, schain, skey := svidPEM(t, ca, serverID)
 	serverNode.push(t, ca, schain, skey)
 
-	warned := make(warnings, 8)
+	warned := make(sourcetest.Warnings, 8)
 	clientSrc, err := identity.NewSDSSource(ctx, clientNode.client, "default", "ROOTCA", identity.WithLogger(slog.New(warned)))
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
 	}})
 	select {
 	case r := <-warned:
-		if msg := recordError(r); !strings.Contains(msg, `sds secret "default": is not a tls_certificate secret`) {
+		if msg := sourcetest.RecordError(r); !strings.Contains(msg, `sds secret "default": is not a tls_certificate secret`) {
 			t.Fatalf("warning error = %q", msg)
 		}
 	case <-ctx.Done():
@@ -219,7 +220,7 @@ func (w *fakeWatcher) send(name string, ev xdsclient.Event[*xdsclient.Secret]) {
 }
 
 func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
-	ca := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, testTD)
 	svid, chain, key := svidPEM(t, ca, clientID)
 	w := &fakeWatcher{watched: make(chan string, 4)}
 	logs := &bytes.Buffer{}
@@ -247,7 +248,7 @@ func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
 		<-w.watched
 		w.send("default", xdsclient.Event[*xdsclient.Secret]{Resource: &xdsclient.Secret{Name: "default", Certificate: &xdsclient.TLSCertificate{ChainPEM: chain, KeyPEM: key}}})
 	}()
-	src, err := identity.NewSDSSource(testContext(t), w, "default", "", identity.WithLogger(logger))
+	src, err := identity.NewSDSSource(sourcetest.Context(t), w, "default", "", identity.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,8 +309,8 @@ var _ transport.Providers = (*identity.SDSProviders)(nil)
 // transport.Providers of both ends, as the mesh facade does: each "sds:X"
 // provider name starts a source for secret X in whatever role X plays.
 func TestSDSProvidersServeReferencedSecrets(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
 	srv := xdstest.NewServer(t)
 	clientNode, serverNode := newSDSNode(t, srv, "client-node"), newSDSNode(t, srv, "server-node")
 	first, chain, key := svidPEM(t, ca, clientID)

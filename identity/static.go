@@ -8,12 +8,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"mesh/identity/internal/source"
 )
 
 // StaticSource is an in-memory Source, for tests and for identities that
 // arrive by other means (an SDS stream, a CA call). Set rotates it.
 type StaticSource struct {
-	notify *notifier
+	notify *source.Notifier
 
 	mu     sync.RWMutex
 	svid   *x509svid.SVID
@@ -25,7 +27,7 @@ var _ Source = (*StaticSource)(nil)
 // NewStaticSource returns a source serving svid and bundle. Either may be
 // nil: a roots-only or identity-only source.
 func NewStaticSource(svid *x509svid.SVID, bundle *x509bundle.Bundle) *StaticSource {
-	return &StaticSource{notify: newNotifier(), svid: svid, bundle: bundle}
+	return &StaticSource{notify: source.NewNotifier(), svid: svid, bundle: bundle}
 }
 
 // Set replaces the SVID and bundle and wakes Updated's waiters.
@@ -33,7 +35,7 @@ func (s *StaticSource) Set(svid *x509svid.SVID, bundle *x509bundle.Bundle) {
 	s.mu.Lock()
 	s.svid, s.bundle = svid, bundle
 	s.mu.Unlock()
-	s.notify.notify()
+	s.notify.Notify()
 }
 
 // GetX509SVID returns the current SVID. It implements x509svid.Source.
@@ -59,4 +61,4 @@ func (s *StaticSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x5
 
 // Updated returns a channel that is closed at the next Set. Call it again
 // after each wake-up to wait for the next one.
-func (s *StaticSource) Updated() <-chan struct{} { return s.notify.updated() }
+func (s *StaticSource) Updated() <-chan struct{} { return s.notify.Updated() }

@@ -7,15 +7,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"mesh/identity"
+	"mesh/identity/internal/sourcetest"
 )
 
 func TestStaticSource(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
-	first := issue(t, ca, clientID)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, testTD)
+	first := sourcetest.Issue(t, ca, clientID)
 	src := identity.NewStaticSource(first, ca.Bundle())
 
-	if got := serialOf(t, src); got.Cmp(first.Certificates[0].SerialNumber) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(first.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial = %v, want %v", got, first.Certificates[0].SerialNumber)
 	}
 	if _, err := src.GetX509BundleForTrustDomain(ca.TrustDomain()); err != nil {
@@ -27,10 +28,10 @@ func TestStaticSource(t *testing.T) {
 	}
 
 	updated := src.Updated()
-	next := issue(t, ca, clientID)
+	next := sourcetest.Issue(t, ca, clientID)
 	src.Set(next, ca.Bundle())
-	waitClosed(ctx, t, updated, "Set")
-	if got := serialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "Set")
+	if got := sourcetest.SerialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial after Set = %v, want %v", got, next.Certificates[0].SerialNumber)
 	}
 	select {

@@ -100,7 +100,7 @@
 //
 // # Admin pages
 //
-// The mesh's admin listener (mesh.WithAdmin) serves /metrics, the xDS
+// The mesh's admin listener (package mesh/admin) serves /metrics, the xDS
 // configuration in force and a live service graph built from these metrics,
 // as Kiali builds its graph; the embedded control plane serves the graph of
 // the whole mesh.

@@ -7,15 +7,13 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
-	"strings"
 	"testing"
 
 	"mesh/benchmarks"
+	"mesh/benchmarks/internal/sidecar"
 )
 
 func main() {
@@ -23,7 +21,7 @@ func main() {
 	testing.Init()
 	flag.Parse()
 
-	fmt.Printf("machine: %s, %d cores, %s/%s, %s\n\n", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Printf("machine: %s\n\n", sidecar.Machine())
 	fmt.Println("| measurement | grpc-go + mTLS | + tracing | mesh | mesh / grpc-go | mesh / grpc-go + tracing |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
 	r := bestOf(*rounds, benchmarks.UnaryGRPC, benchmarks.UnaryGRPCTraced, benchmarks.UnaryMesh)
@@ -66,19 +64,4 @@ func ratio(a, b float64) string {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2f", a/b)
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }

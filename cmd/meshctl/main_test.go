@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh"
+	"mesh/admin"
 	"mesh/controlplane"
 	"mesh/examples/shop"
 	"mesh/internal/leakcheck"
@@ -219,7 +220,7 @@ func startPayments(t *testing.T, ctx context.Context, state, version string, fai
 func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.ClientConn {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "checkout")
-	// Its admin pages (mesh.WithAdmin) serve /metrics and /debug/*, where
+	// Its admin pages (admin.Serve) serve /metrics and /debug/*, where
 	// proxy-config reads what it has in force.
 	mp, metrics, err := shop.Metrics()
 	if err != nil {
@@ -228,16 +229,20 @@ func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.Client
 	adminAddr := freeAddr(t)
 	must(t, "bootstrap", "-state", state, "-name", "checkout", "-sa", "checkout", "-service", "checkout", "-port", "8080",
 		"-labels", "app=checkout,version=v1", "-metrics", "http://"+adminAddr+"/metrics", "-dir", dir)
-	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, "bootstrap.json")), mesh.WithMeterProvider(mp), mesh.WithAdmin(adminAddr, metrics))
+	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, "bootstrap.json")), mesh.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	pages, err := admin.Serve(m, adminAddr, metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conn, err := m.Dial(shop.PaymentsTarget)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(); m.Close() })
+	t.Cleanup(func() { conn.Close(); _ = pages.Close(); m.Close() })
 	return conn
 }
 

@@ -13,7 +13,7 @@ import (
 	"mesh/controlplane"
 )
 
-// The workload's admin pages, as mesh.WithAdmin serves them next to
+// The workload's admin pages, as admin.Serve serves them next to
 // /metrics: only the fields shown here.
 type resourceView struct {
 	Type    string `json:"type"`
@@ -153,7 +153,7 @@ func getWorkloadPage(ctx context.Context, url string, v any) error {
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		return fmt.Errorf("%s: answers %q, not the mesh's admin pages (is -metrics the URL mesh.WithAdmin serves?)", url, ct)
+		return fmt.Errorf("%s: answers %q, not the mesh's admin pages (is -metrics the URL admin.Serve serves?)", url, ct)
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("%s: %w", url, err)

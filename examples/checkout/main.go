@@ -32,11 +32,11 @@ func main() {
 }
 
 func run(ctx context.Context, target string, n int, adminAddr string) error {
-	m, err := shop.Join(ctx, adminAddr)
+	m, leave, err := shop.Join(ctx, adminAddr)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
+	defer leave()
 	conn, err := m.Dial(target)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"mesh"
+	"mesh/admin"
 	"mesh/controlplane"
 	"mesh/examples/shop"
 )
@@ -22,7 +23,7 @@ import (
 // world is the running example mesh: the control plane, payments v1 and v2
 // serving gRPC, web v1 and v2 serving net/http, and checkout with a
 // channel to payments and an HTTP client for web. Every workload serves
-// /metrics and its admin pages through mesh.WithAdmin, registered with the
+// /metrics and its admin pages through admin.Serve, registered with the
 // control plane for the whole-mesh graph.
 type world struct {
 	cp           *controlplane.Server
@@ -77,12 +78,17 @@ func startWorld(ctx context.Context, logger *slog.Logger, tp trace.TracerProvide
 		}
 		w.onClose(func() { _ = mp.Shutdown(context.Background()) })
 		m, err := mesh.New(ctx, mesh.WithBootstrapFile(bootstraps[name]), mesh.WithLogger(logger.With("workload", name)),
-			mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp), mesh.WithAdmin("127.0.0.1:0", metrics))
+			mesh.WithTracerProvider(tp), mesh.WithMeterProvider(mp))
 		if err != nil {
 			return nil, err
 		}
 		w.onClose(func() { _ = m.Close() })
-		w.admin[name] = "http://" + m.AdminAddr()
+		srv, err := admin.Serve(m, "127.0.0.1:0", metrics)
+		if err != nil {
+			return nil, err
+		}
+		w.onClose(func() { _ = srv.Close() }) // before the mesh: closers run last first
+		w.admin[name] = "http://" + srv.Addr()
 		if err := cp.RegisterMetricsEndpoint(name, w.admin[name]+"/metrics"); err != nil {
 			return nil, err
 		}

@@ -35,11 +35,11 @@ func run(ctx context.Context, version, listen, adminAddr string) error {
 	if version != "v1" && version != "v2" {
 		return fmt.Errorf("-version %q: want v1 or v2", version)
 	}
-	m, err := shop.Join(ctx, adminAddr)
+	m, leave, err := shop.Join(ctx, adminAddr)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
+	defer leave()
 	lis, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err

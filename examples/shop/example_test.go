@@ -24,7 +24,7 @@ func ExampleTally() {
 }
 
 // Metrics gives the MeterProvider for mesh.WithMeterProvider and the
-// handler for mesh.WithAdmin; what the provider measures, the handler
+// handler for admin.Serve; what the provider measures, the handler
 // serves in Prometheus's text format.
 func ExampleMetrics() {
 	mp, metrics, err := shop.Metrics()

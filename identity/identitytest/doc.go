@@ -14,6 +14,6 @@
 //
 // WriteFiles lays an SVID out as istio-agent does (cert-chain.pem, key.pem,
 // root-cert.pem), ready for identity.NewFileSource. WorkloadAPI plays a SPIRE
-// agent for identity.NewWorkloadAPISource, and SignCSR is the signing half
-// of a CA for identity.NewCSRSource.
+// agent for workloadapi.NewSource, and SignCSR is the signing half
+// of a CA for csr.NewSource.
 package identitytest

@@ -54,7 +54,7 @@ func NewWorkloadAPI(socketPath string) (*WorkloadAPI, error) {
 	return w, nil
 }
 
-// Addr is the server's address for identity.NewWorkloadAPISource:
+// Addr is the server's address for workloadapi.NewSource:
 // "unix:///path".
 func (w *WorkloadAPI) Addr() string { return "unix://" + w.path }
 

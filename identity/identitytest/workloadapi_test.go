@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"mesh/identity"
 	"mesh/identity/identitytest"
+	"mesh/identity/workloadapi"
 )
 
 func TestWorkloadAPIServesPushedSVIDs(t *testing.T) {
@@ -44,7 +44,7 @@ func TestWorkloadAPIServesPushedSVIDs(t *testing.T) {
 	if err := api.Push(first, ca.Bundle(), partner.Bundle()); err != nil {
 		t.Fatal(err)
 	}
-	src, err := identity.NewWorkloadAPISource(ctx, api.Addr(), identity.WithLogger(slog.New(slog.DiscardHandler)))
+	src, err := workloadapi.NewSource(ctx, api.Addr(), workloadapi.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestWorkloadAPIServesPushedSVIDs(t *testing.T) {
 	api.Refuse(status.Error(codes.PermissionDenied, "no identity issued"))
 	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancelShort()
-	if _, err := identity.NewWorkloadAPISource(short, api.Addr(), identity.WithLogger(slog.New(slog.DiscardHandler))); err == nil {
+	if _, err := workloadapi.NewSource(short, api.Addr(), workloadapi.WithLogger(slog.New(slog.DiscardHandler))); err == nil {
 		t.Fatal("got an SVID from a refusing agent")
 	}
 }

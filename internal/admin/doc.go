@@ -1,5 +1,5 @@
 // Package admin serves a workload's operations pages over HTTP (through
-// mesh.WithAdmin, and for the whole mesh through the embedded control
+// package mesh/admin, and for the whole mesh through the embedded control
 // plane): Prometheus
 // metrics, the xDS configuration in force (with ACK/NACK status and errors),
 // cluster and endpoint state, a health check, and a live service graph drawn

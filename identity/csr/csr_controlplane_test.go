@@ -1,4 +1,4 @@
-package identity_test
+package csr_test
 
 import (
 	"context"
@@ -13,15 +13,17 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/controlplane"
-	"mesh/identity"
+	"mesh/identity/csr"
+	"mesh/identity/internal/source"
+	"mesh/identity/internal/sourcetest"
 )
 
 // The embedded control plane is the CA an agentless workload meets in
-// tests and examples: a CSRSource gets the identity its token proves, and
+// tests and examples: a csr.Source gets the identity its token proves, and
 // nothing else.
 func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
-	ctx := testContext(t)
-	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(testTD), controlplane.WithCertTTL(time.Hour))
+	ctx := sourcetest.Context(t)
+	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD), controlplane.WithCertTTL(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,10 +32,10 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := identity.CSRConfig{
+	cfg := csr.Config{
 		Addr:           cp.Addr(),
 		Token:          func(context.Context) (string, error) { return token, nil },
-		TrustDomain:    testTD,
+		TrustDomain:    sourcetest.TD,
 		Namespace:      "shop",
 		ServiceAccount: "payments",
 		TTL:            10 * time.Minute,
@@ -41,8 +43,8 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 		// The control plane's port serves TLS with a certificate of its CA.
 		TLS: &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	}
-	clk := identity.NewFakeClock(time.Now())
-	src := newCSRSource(t, cfg, identity.WithClock(clk))
+	clk := source.NewFakeClock(time.Now())
+	src := newCSRSource(t, cfg, csr.WithClock(clk))
 	svid, err := src.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -56,19 +58,19 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 	}
 	updated := src.Updated()
 	nextTimer(ctx, t, clk, "renewal").Fire()
-	waitClosed(ctx, t, updated, "renewal from the control plane")
-	if serialOf(t, src).Cmp(leaf.SerialNumber) == 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "renewal from the control plane")
+	if sourcetest.SerialOf(t, src).Cmp(leaf.SerialNumber) == 0 {
 		t.Fatal("renewal kept the old certificate")
 	}
 
 	cfg.ServiceAccount = "admin"
-	_, err = identity.NewCSRSource(ctx, cfg, identity.WithLogger(slog.New(slog.DiscardHandler)))
+	_, err = csr.NewSource(ctx, cfg, csr.WithLogger(slog.New(slog.DiscardHandler)))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "sa/admin") {
 		t.Fatalf("asking for another identity: err = %v, want PermissionDenied naming sa/admin", err)
 	}
 	cfg.ServiceAccount = "payments"
 	cfg.Token = func(context.Context) (string, error) { return "forged", nil }
-	_, err = identity.NewCSRSource(ctx, cfg, identity.WithLogger(slog.New(slog.DiscardHandler)))
+	_, err = csr.NewSource(ctx, cfg, csr.WithLogger(slog.New(slog.DiscardHandler)))
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("forged token: err = %v, want Unauthenticated", err)
 	}
@@ -77,8 +79,8 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 // Over the control plane's TLS CA endpoint the token is encrypted and the
 // workload verifies the CA with the root it was given.
 func TestCSRSourceWithEmbeddedControlPlaneOverTLS(t *testing.T) {
-	ctx := testContext(t)
-	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(testTD))
+	ctx := sourcetest.Context(t)
+	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,10 +97,10 @@ func TestCSRSourceWithEmbeddedControlPlaneOverTLS(t *testing.T) {
 	if !roots.AppendCertsFromPEM(cp.RootPEM()) {
 		t.Fatal("root PEM did not parse")
 	}
-	src := newCSRSource(t, identity.CSRConfig{
+	src := newCSRSource(t, csr.Config{
 		Addr:           caAddr,
 		Token:          func(context.Context) (string, error) { return token, nil },
-		TrustDomain:    testTD,
+		TrustDomain:    sourcetest.TD,
 		Namespace:      "shop",
 		ServiceAccount: "payments",
 		TLS:            &tls.Config{RootCAs: roots, ServerName: controlplane.CAServerName, MinVersion: tls.VersionTLS12},

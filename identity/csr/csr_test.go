@@ -1,4 +1,4 @@
-package identity_test
+package csr_test
 
 import (
 	"context"
@@ -27,7 +27,10 @@ import (
 	securitypb "istio.io/api/security/v1alpha1"
 
 	"mesh/identity"
+	"mesh/identity/csr"
 	"mesh/identity/identitytest"
+	"mesh/identity/internal/source"
+	"mesh/identity/internal/sourcetest"
 )
 
 const serverID = "spiffe://example.org/ns/shop/sa/payments"
@@ -139,11 +142,11 @@ func serveCertService(t *testing.T, svc *certService, cfg *tls.Config) string {
 	return lis.Addr().String()
 }
 
-func csrConfig(addr string, ca *identitytest.CA) identity.CSRConfig {
-	return identity.CSRConfig{
+func csrConfig(addr string, ca *identitytest.CA) csr.Config {
+	return csr.Config{
 		Addr:           addr,
 		Token:          func(context.Context) (string, error) { return "payments-token", nil },
-		TrustDomain:    testTD,
+		TrustDomain:    sourcetest.TD,
 		Namespace:      "shop",
 		ServiceAccount: "payments",
 		TTL:            time.Hour,
@@ -152,10 +155,10 @@ func csrConfig(addr string, ca *identitytest.CA) identity.CSRConfig {
 	}
 }
 
-func newCSRSource(t *testing.T, cfg identity.CSRConfig, opts ...identity.Option) *identity.CSRSource {
+func newCSRSource(t *testing.T, cfg csr.Config, opts ...csr.Option) *csr.Source {
 	t.Helper()
-	opts = append([]identity.Option{identity.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := identity.NewCSRSource(testContext(t), cfg, opts...)
+	opts = append([]csr.Option{csr.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
+	src, err := csr.NewSource(sourcetest.Context(t), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +171,7 @@ func halfLife(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 }
 
-func nextTimer(ctx context.Context, t *testing.T, clk *identity.FakeClock, what string) *identity.FakeTimer {
+func nextTimer(ctx context.Context, t *testing.T, clk *source.FakeClock, what string) *source.FakeTimer {
 	t.Helper()
 	select {
 	case tm := <-clk.Timers():
@@ -191,12 +194,12 @@ func nextRequest(ctx context.Context, t *testing.T, svc *certService) csrRequest
 }
 
 func TestCSRSourceIssuesAndRotatesAtHalfLife(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
-	clk := identity.NewFakeClock(time.Now())
-	src := newCSRSource(t, csrConfig(addr, ca), identity.WithClock(clk))
+	clk := source.NewFakeClock(time.Now())
+	src := newCSRSource(t, csrConfig(addr, ca), csr.WithClock(clk))
 
 	req := nextRequest(ctx, t, svc)
 	if req.token != "payments-token" {
@@ -239,7 +242,7 @@ func TestCSRSourceIssuesAndRotatesAtHalfLife(t *testing.T) {
 		}
 		updated := src.Updated()
 		renewal.Fire()
-		waitClosed(ctx, t, updated, "renewal")
+		sourcetest.WaitClosed(ctx, t, updated, "renewal")
 		next, err := src.GetX509SVID()
 		if err != nil {
 			t.Fatal(err)
@@ -255,22 +258,22 @@ func TestCSRSourceIssuesAndRotatesAtHalfLife(t *testing.T) {
 }
 
 func TestCSRSourceRetriesFailedRenewal(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
-	clk := identity.NewFakeClock(time.Now())
-	warned := make(warnings, 8)
-	src := newCSRSource(t, csrConfig(addr, ca), identity.WithClock(clk),
-		identity.WithLogger(slog.New(warned)), identity.WithRetryBackoff(time.Second, 8*time.Second))
-	good := serialOf(t, src)
+	clk := source.NewFakeClock(time.Now())
+	warned := make(sourcetest.Warnings, 8)
+	src := newCSRSource(t, csrConfig(addr, ca), csr.WithClock(clk),
+		csr.WithLogger(slog.New(warned)), csr.WithRetryBackoff(time.Second, 8*time.Second))
+	good := sourcetest.SerialOf(t, src)
 	updated := src.Updated()
 
 	svc.set(func(c *certService) { c.fail = status.Error(codes.Unavailable, "ca overloaded") })
 	nextTimer(ctx, t, clk, "renewal").Fire()
 	select {
 	case r := <-warned:
-		if msg := recordError(r); !strings.Contains(msg, "ca overloaded") || !strings.Contains(msg, serverID) {
+		if msg := sourcetest.RecordError(r); !strings.Contains(msg, "ca overloaded") || !strings.Contains(msg, serverID) {
 			t.Fatalf("warning error = %q, want the CA's error and the SPIFFE ID", msg)
 		}
 	case <-ctx.Done():
@@ -289,14 +292,14 @@ func TestCSRSourceRetriesFailedRenewal(t *testing.T) {
 		t.Fatal("Updated fired for a failed renewal")
 	default:
 	}
-	if got := serialOf(t, src); got.Cmp(good) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(good) != 0 {
 		t.Fatalf("serial after failed renewal = %v, want the current %v", got, good)
 	}
 
 	svc.set(func(c *certService) { c.fail = nil })
 	retry.Fire()
-	waitClosed(ctx, t, updated, "renewal after the CA recovered")
-	if got := serialOf(t, src); got.Cmp(good) == 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "renewal after the CA recovered")
+	if got := sourcetest.SerialOf(t, src); got.Cmp(good) == 0 {
 		t.Fatal("serial unchanged after recovery")
 	}
 	svid, _ := src.GetX509SVID()
@@ -306,7 +309,7 @@ func TestCSRSourceRetriesFailedRenewal(t *testing.T) {
 }
 
 func TestCSRSourceRootFromResponseOverTLS(t *testing.T) {
-	ca := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	serving, err := ca.Issue("spiffe://example.org/ns/istio-system/sa/istiod", time.Hour, "istiod.example.org")
 	if err != nil {
@@ -334,10 +337,10 @@ func TestCSRSourceRootFromResponseOverTLS(t *testing.T) {
 		<-svc.requests
 	}
 	cfg.TLS = &tls.Config{RootCAs: x509.NewCertPool(), ServerName: "istiod.example.org", MinVersion: tls.VersionTLS12}
-	ctx, cancel := context.WithTimeout(testContext(t), 5*time.Second)
+	ctx, cancel := context.WithTimeout(sourcetest.Context(t), 5*time.Second)
 	defer cancel()
-	if _, err := identity.NewCSRSource(ctx, cfg, identity.WithLogger(slog.New(slog.DiscardHandler))); err == nil {
-		t.Fatal("NewCSRSource trusted a CA it has no root for")
+	if _, err := csr.NewSource(ctx, cfg, csr.WithLogger(slog.New(slog.DiscardHandler))); err == nil {
+		t.Fatal("NewSource trusted a CA it has no root for")
 	}
 	if n := len(svc.requests); n != 0 {
 		t.Fatalf("%d requests reached a server the client does not trust", n)
@@ -345,34 +348,34 @@ func TestCSRSourceRootFromResponseOverTLS(t *testing.T) {
 }
 
 func TestNewCSRSourceErrors(t *testing.T) {
-	ca := newCA(t, testTD)
-	stranger := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
+	stranger := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
 	base := csrConfig(addr, ca)
 
 	configs := []struct {
 		name string
-		edit func(*identity.CSRConfig)
+		edit func(*csr.Config)
 		want string
 	}{
-		{"no addr", func(c *identity.CSRConfig) { c.Addr = "" }, "Addr is required"},
-		{"no token", func(c *identity.CSRConfig) { c.Token = nil }, "Token is required"},
-		{"bad trust domain", func(c *identity.CSRConfig) { c.TrustDomain = "Bad Domain" }, `TrustDomain "Bad Domain"`},
-		{"no namespace", func(c *identity.CSRConfig) { c.Namespace = "" }, "Namespace is required"},
-		{"no service account", func(c *identity.CSRConfig) { c.ServiceAccount = "" }, "ServiceAccount is required"},
-		{"bad service account", func(c *identity.CSRConfig) { c.ServiceAccount = "a/b" }, `ServiceAccount "a/b"`},
-		{"negative ttl", func(c *identity.CSRConfig) { c.TTL = -time.Second }, "TTL -1s is negative"},
-		{"sub-second ttl", func(c *identity.CSRConfig) { c.TTL = time.Millisecond }, "one-second granularity"},
-		{"plaintext not asked for", func(c *identity.CSRConfig) { c.Insecure = false }, "set Insecure"},
-		{"tls and insecure", func(c *identity.CSRConfig) { c.TLS = &tls.Config{} }, "both set"},
-		{"bad root", func(c *identity.CSRConfig) { c.RootPEM = []byte("garbage") }, "RootPEM: no PEM certificate"},
+		{"no addr", func(c *csr.Config) { c.Addr = "" }, "Addr is required"},
+		{"no token", func(c *csr.Config) { c.Token = nil }, "Token is required"},
+		{"bad trust domain", func(c *csr.Config) { c.TrustDomain = "Bad Domain" }, `TrustDomain "Bad Domain"`},
+		{"no namespace", func(c *csr.Config) { c.Namespace = "" }, "Namespace is required"},
+		{"no service account", func(c *csr.Config) { c.ServiceAccount = "" }, "ServiceAccount is required"},
+		{"bad service account", func(c *csr.Config) { c.ServiceAccount = "a/b" }, `ServiceAccount "a/b"`},
+		{"negative ttl", func(c *csr.Config) { c.TTL = -time.Second }, "TTL -1s is negative"},
+		{"sub-second ttl", func(c *csr.Config) { c.TTL = time.Millisecond }, "one-second granularity"},
+		{"plaintext not asked for", func(c *csr.Config) { c.Insecure = false }, "set Insecure"},
+		{"tls and insecure", func(c *csr.Config) { c.TLS = &tls.Config{} }, "both set"},
+		{"bad root", func(c *csr.Config) { c.RootPEM = []byte("garbage") }, "RootPEM: no PEM certificate"},
 	}
 	for _, tt := range configs {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
 			tt.edit(&cfg)
-			if _, err := identity.NewCSRSource(testContext(t), cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if _, err := csr.NewSource(sourcetest.Context(t), cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
@@ -381,23 +384,23 @@ func TestNewCSRSourceErrors(t *testing.T) {
 	pemOf := func(c *x509.Certificate) string {
 		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
 	}
-	other := issue(t, ca, serverID)
+	other := sourcetest.Issue(t, ca, serverID)
 	calls := []struct {
 		name   string
-		edit   func(*identity.CSRConfig)
+		edit   func(*csr.Config)
 		mutate func(*securitypb.IstioCertificateResponse)
 		want   string
 		code   codes.Code
 	}{
-		{"unknown token", func(c *identity.CSRConfig) {
+		{"unknown token", func(c *csr.Config) {
 			c.Token = func(context.Context) (string, error) { return "stolen", nil }
 		}, nil, "unknown bearer token", codes.Unauthenticated},
-		{"identity the token does not prove", func(c *identity.CSRConfig) { c.ServiceAccount = "admin" }, nil,
+		{"identity the token does not prove", func(c *csr.Config) { c.ServiceAccount = "admin" }, nil,
 			"not spiffe://example.org/ns/shop/sa/admin", codes.PermissionDenied},
-		{"token error", func(c *identity.CSRConfig) {
+		{"token error", func(c *csr.Config) {
 			c.Token = func(context.Context) (string, error) { return "", errors.New("token file missing") }
 		}, nil, "getting token: token file missing", codes.Unknown},
-		{"empty token", func(c *identity.CSRConfig) {
+		{"empty token", func(c *csr.Config) {
 			c.Token = func(context.Context) (string, error) { return "", nil }
 		}, nil, "empty token", codes.Unknown},
 		{"empty chain", nil, func(r *securitypb.IstioCertificateResponse) { r.CertChain = nil }, "cert_chain is empty", codes.Unknown},
@@ -405,9 +408,9 @@ func TestNewCSRSourceErrors(t *testing.T) {
 			"cert_chain[0]: no PEM certificate", codes.Unknown},
 		{"certificate for another key", nil, func(r *securitypb.IstioCertificateResponse) { r.CertChain[0] = pemOf(other.Certificates[0]) },
 			"not for the requested key", codes.Unknown},
-		{"untrusted root", func(c *identity.CSRConfig) { c.RootPEM = stranger.RootPEM() }, nil,
+		{"untrusted root", func(c *csr.Config) { c.RootPEM = stranger.RootPEM() }, nil,
 			"does not verify against the trust bundle", codes.Unknown},
-		{"no root anywhere", func(c *identity.CSRConfig) { c.RootPEM = nil },
+		{"no root anywhere", func(c *csr.Config) { c.RootPEM = nil },
 			func(r *securitypb.IstioCertificateResponse) { r.CertChain = r.CertChain[:1] }, "no root certificate", codes.Unknown},
 	}
 	for _, tt := range calls {
@@ -418,7 +421,7 @@ func TestNewCSRSourceErrors(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(&cfg)
 			}
-			_, err := identity.NewCSRSource(testContext(t), cfg)
+			_, err := csr.NewSource(sourcetest.Context(t), cfg)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
@@ -433,14 +436,14 @@ func TestNewCSRSourceErrors(t *testing.T) {
 }
 
 func TestCSRSourceWritesKeyFileOnlyWhenAsked(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "key.pem")
-	clk := identity.NewFakeClock(time.Now())
-	src := newCSRSource(t, csrConfig(addr, ca), identity.WithClock(clk), identity.WithKeyFile(path))
+	clk := source.NewFakeClock(time.Now())
+	src := newCSRSource(t, csrConfig(addr, ca), csr.WithClock(clk), csr.WithKeyFile(path))
 
 	checkKey := func() {
 		t.Helper()
@@ -471,7 +474,7 @@ func TestCSRSourceWritesKeyFileOnlyWhenAsked(t *testing.T) {
 	checkKey()
 	updated := src.Updated()
 	nextTimer(ctx, t, clk, "renewal").Fire()
-	waitClosed(ctx, t, updated, "renewal")
+	sourcetest.WaitClosed(ctx, t, updated, "renewal")
 	checkKey()
 	entries, err := os.ReadDir(dir)
 	if err != nil || len(entries) != 1 {
@@ -488,12 +491,12 @@ func TestCSRSourceWritesKeyFileOnlyWhenAsked(t *testing.T) {
 }
 
 func TestCSRSourceClose(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	addr := serveCertService(t, newCertService(ca), nil)
-	clk := identity.NewFakeClock(time.Now())
-	src, err := identity.NewCSRSource(ctx, csrConfig(addr, ca), identity.WithClock(clk),
-		identity.WithLogger(slog.New(slog.DiscardHandler)))
+	clk := source.NewFakeClock(time.Now())
+	src, err := csr.NewSource(ctx, csrConfig(addr, ca), csr.WithClock(clk),
+		csr.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,7 +507,7 @@ func TestCSRSourceClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-identity.CSRDone(src):
+	case <-csr.Done(src):
 	default:
 		t.Fatal("Close returned before the renewal goroutine exited")
 	}

@@ -1,4 +1,16 @@
-package identity
+// Package csr is an agentless identity source: a workload makes its own
+// key and asks a CA speaking Istio's IstioCertificateService (istiod on
+// port 15012, or mesh's embedded control plane) for its SVID with a bearer
+// token, and renews at half-life, the way istio-agent does but inside the
+// process. It is a package of its own so that programs that take their
+// certificates from files, SDS or a Workload API do not link Istio's API.
+//
+//	src, err := csr.NewSource(ctx, csr.Config{
+//		Addr: "istiod.istio-system.svc:15012", Token: readToken, TLS: caTLS,
+//		TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "payments",
+//	})
+//	m, err := mesh.New(ctx, mesh.WithCertificateProvider("default", src))
+package csr
 
 import (
 	"bytes"
@@ -27,24 +39,61 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	securitypb "istio.io/api/security/v1alpha1"
+
+	"mesh/identity"
+	"mesh/identity/internal/source"
 )
 
 // csrCallTimeout bounds one CreateCertificate call made by the rotation
-// loop; the first call is bounded by NewCSRSource's context instead.
+// loop; the first call is bounded by NewSource's context instead.
 const csrCallTimeout = 30 * time.Second
 
-// WithKeyFile makes a CSRSource write each new private key to path (PKCS#8
+// Option configures NewSource.
+type Option interface{ apply(*options) }
+
+type options struct {
+	source.Options
+	keyFile string
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithLogger sets the logger for renewals and their failures; the default
+// is slog.Default(), because a failed renewal is worth seeing.
+func WithLogger(logger *slog.Logger) Option {
+	return optionFunc(func(o *options) { o.SetLogger(logger) })
+}
+
+// WithRetryBackoff bounds the delay between attempts to reach the CA after
+// a failure: it starts at minDelay and doubles up to maxDelay (defaults
+// 200ms and 30s). Non-positive values keep the default.
+func WithRetryBackoff(minDelay, maxDelay time.Duration) Option {
+	return optionFunc(func(o *options) { o.SetRetry(minDelay, maxDelay) })
+}
+
+// WithKeyFile makes the Source write each new private key to path (PKCS#8
 // PEM, mode 0600, replaced atomically), for a process that hands the key to
-// something outside it. Without it the key never leaves memory. Other
-// sources ignore this option.
+// something outside it. Without it the key never leaves memory.
 func WithKeyFile(path string) Option {
 	return optionFunc(func(o *options) { o.keyFile = path })
 }
 
-// CSRConfig tells a CSRSource which CA to ask and for which identity. The
+func newOptions(opts []Option) options {
+	o := options{Options: source.DefaultOptions()}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.apply(&o)
+		}
+	}
+	return o
+}
+
+// Config tells a Source which CA to ask and for which identity. The
 // CA speaks Istio's IstioCertificateService (istiod on port 15012, or mesh's
 // embedded control plane).
-type CSRConfig struct {
+type Config struct {
 	// Addr is the CA's gRPC address, "host:port".
 	Addr string
 	// Token returns the bearer token proving the workload's identity to the
@@ -77,64 +126,64 @@ type CSRConfig struct {
 }
 
 // Validate reports the first missing or invalid field.
-func (c CSRConfig) Validate() error {
+func (c Config) Validate() error {
 	switch {
 	case c.Addr == "":
-		return errors.New("identity: csr config: Addr is required")
+		return errors.New("csr: config: Addr is required")
 	case c.Token == nil:
-		return errors.New("identity: csr config: Token is required")
+		return errors.New("csr: config: Token is required")
 	case c.TTL < 0:
-		return fmt.Errorf("identity: csr config: TTL %v is negative", c.TTL)
+		return fmt.Errorf("csr: config: TTL %v is negative", c.TTL)
 	case c.TTL > 0 && c.TTL < time.Second:
-		return fmt.Errorf("identity: csr config: TTL %v is under the CA's one-second granularity", c.TTL)
+		return fmt.Errorf("csr: config: TTL %v is under the CA's one-second granularity", c.TTL)
 	case c.TLS == nil && !c.Insecure:
-		return errors.New("identity: csr config: TLS is nil; set Insecure to send the token over plaintext (loopback only)")
+		return errors.New("csr: config: TLS is nil; set Insecure to send the token over plaintext (loopback only)")
 	case c.TLS != nil && c.Insecure:
-		return errors.New("identity: csr config: TLS and Insecure are both set")
+		return errors.New("csr: config: TLS and Insecure are both set")
 	}
 	if _, err := c.spiffeID(); err != nil {
 		return err
 	}
 	if len(c.RootPEM) > 0 {
-		if _, err := parseCertificates(c.RootPEM); err != nil {
-			return fmt.Errorf("identity: csr config: RootPEM: %w", err)
+		if _, err := source.ParseCertificates(c.RootPEM); err != nil {
+			return fmt.Errorf("csr: config: RootPEM: %w", err)
 		}
 	}
 	return nil
 }
 
-func (c CSRConfig) spiffeID() (spiffeid.ID, error) {
+func (c Config) spiffeID() (spiffeid.ID, error) {
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity: csr config: TrustDomain %q: %w", c.TrustDomain, err)
+		return spiffeid.ID{}, fmt.Errorf("csr: config: TrustDomain %q: %w", c.TrustDomain, err)
 	}
 	if c.Namespace == "" {
-		return spiffeid.ID{}, errors.New("identity: csr config: Namespace is required")
+		return spiffeid.ID{}, errors.New("csr: config: Namespace is required")
 	}
 	if c.ServiceAccount == "" {
-		return spiffeid.ID{}, errors.New("identity: csr config: ServiceAccount is required")
+		return spiffeid.ID{}, errors.New("csr: config: ServiceAccount is required")
 	}
 	id, err := spiffeid.FromSegments(td, "ns", c.Namespace, "sa", c.ServiceAccount)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity: csr config: Namespace %q / ServiceAccount %q: %w", c.Namespace, c.ServiceAccount, err)
+		return spiffeid.ID{}, fmt.Errorf("csr: config: Namespace %q / ServiceAccount %q: %w", c.Namespace, c.ServiceAccount, err)
 	}
 	return id, nil
 }
 
-// CSRSource is a Source that gets its SVID from a CA, the way istio-agent
+// Source is an identity.Source that gets its SVID from a CA, the way istio-agent
 // does but inside the process: it generates an ECDSA P-256 key, sends a
 // certificate signing request for its SPIFFE ID with a bearer token, and
 // repeats with a fresh key at half of each certificate's lifetime. A failed
 // renewal is logged and retried with backoff while the current SVID stays
 // in force.
-type CSRSource struct {
-	cfg     CSRConfig
+type Source struct {
+	cfg     Config
 	id      spiffeid.ID
 	roots   []*x509.Certificate // from cfg.RootPEM; nil means take the CA's
 	logger  *slog.Logger
-	clock   clock
+	clock   source.Clock
 	keyFile string
-	notify  *notifier
+	notify  *source.Notifier
 	conn    *grpc.ClientConn
 	client  securitypb.IstioCertificateServiceClient
 
@@ -142,15 +191,15 @@ type CSRSource struct {
 	done   chan struct{}
 	once   sync.Once
 
-	current
+	cur source.Current
 }
 
-var _ Source = (*CSRSource)(nil)
+var _ identity.Source = (*Source)(nil)
 
-// NewCSRSource obtains a first SVID from the CA at cfg.Addr and starts
+// NewSource obtains a first SVID from the CA at cfg.Addr and starts
 // renewing it. ctx bounds only that first request; renewals run until
 // Close.
-func NewCSRSource(ctx context.Context, cfg CSRConfig, opts ...Option) (*CSRSource, error) {
+func NewSource(ctx context.Context, cfg Config, opts ...Option) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -158,7 +207,7 @@ func NewCSRSource(ctx context.Context, cfg CSRConfig, opts ...Option) (*CSRSourc
 	o := newOptions(opts)
 	var roots []*x509.Certificate
 	if len(cfg.RootPEM) > 0 {
-		roots, _ = parseCertificates(cfg.RootPEM)
+		roots, _ = source.ParseCertificates(cfg.RootPEM)
 	}
 	creds := insecure.NewCredentials()
 	if cfg.TLS != nil {
@@ -166,16 +215,16 @@ func NewCSRSource(ctx context.Context, cfg CSRConfig, opts ...Option) (*CSRSourc
 	}
 	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return nil, fmt.Errorf("identity: csr: ca %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("csr: ca %s: %w", cfg.Addr, err)
 	}
-	s := &CSRSource{
+	s := &Source{
 		cfg:     cfg,
 		id:      id,
 		roots:   roots,
-		logger:  o.logger,
-		clock:   o.clock,
+		logger:  o.Logger,
+		clock:   o.Clock,
 		keyFile: o.keyFile,
-		notify:  newNotifier(),
+		notify:  source.NewNotifier(),
 		conn:    conn,
 		client:  securitypb.NewIstioCertificateServiceClient(conn),
 		done:    make(chan struct{}),
@@ -186,31 +235,40 @@ func NewCSRSource(ctx context.Context, cfg CSRConfig, opts ...Option) (*CSRSourc
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	go s.run(runCtx, newBackoff(o.retryMin, o.retryMax))
+	go s.run(runCtx, source.NewBackoff(o.RetryMin, o.RetryMax))
 	return s, nil
 }
 
 // Updated returns a channel that is closed at the next renewal (and at
 // Close). Call it again after each wake-up to wait for the next one.
-func (s *CSRSource) Updated() <-chan struct{} { return s.notify.updated() }
+func (s *Source) Updated() <-chan struct{} { return s.notify.Updated() }
+
+// GetX509SVID returns the current SVID. It implements x509svid.Source.
+func (s *Source) GetX509SVID() (*x509svid.SVID, error) { return s.cur.GetX509SVID() }
+
+// GetX509BundleForTrustDomain returns the bundle of the SVID's trust
+// domain. It implements x509bundle.Source.
+func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.cur.GetX509BundleForTrustDomain(td)
+}
 
 // Close stops renewing, waits for the renewal goroutine and closes the CA
-// connection. Later calls to the getters return ErrClosed. Close is
+// connection. Later calls to the getters return identity.ErrClosed. Close is
 // idempotent.
-func (s *CSRSource) Close() error {
+func (s *Source) Close() error {
 	s.once.Do(func() {
 		s.cancel()
 		<-s.done
 		_ = s.conn.Close()
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		s.notify.close()
+		s.cur.Mu.Lock()
+		s.cur.Closed = true
+		s.cur.Mu.Unlock()
+		s.notify.Close()
 	})
 	return nil
 }
 
-func (s *CSRSource) run(ctx context.Context, retry *backoff) {
+func (s *Source) run(ctx context.Context, retry *source.Backoff) {
 	defer close(s.done)
 	wait := s.untilRenewal()
 	for {
@@ -228,61 +286,54 @@ func (s *CSRSource) run(ctx context.Context, retry *backoff) {
 			return
 		}
 		if err != nil {
-			wait = retry.delay()
-			s.mu.RLock()
-			notAfter := s.svid.Certificates[0].NotAfter
-			s.mu.RUnlock()
+			wait = retry.Delay()
+			s.cur.Mu.RLock()
+			notAfter := s.cur.SVID.Certificates[0].NotAfter
+			s.cur.Mu.RUnlock()
 			s.logger.Warn("identity: renewing SVID failed; keeping current SVID", "spiffe_id", s.id.String(),
 				"error", err, "retry_in", wait, "current_not_after", notAfter)
 			continue
 		}
-		retry.reset()
+		retry.Reset()
 		wait = s.untilRenewal()
 	}
 }
 
 // untilRenewal is the time left until half of the current SVID's lifetime.
-func (s *CSRSource) untilRenewal() time.Duration {
-	s.mu.RLock()
-	leaf := s.svid.Certificates[0]
-	s.mu.RUnlock()
-	return max(RenewalTime(leaf).Sub(s.clock.Now()), 0)
-}
-
-// RenewalTime is when a certificate should be replaced: half-way through its
-// validity, as istio-agent and SPIRE agents do, leaving the other half to
-// ride out a CA outage.
-func RenewalTime(cert *x509.Certificate) time.Time {
-	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
+func (s *Source) untilRenewal() time.Duration {
+	s.cur.Mu.RLock()
+	leaf := s.cur.SVID.Certificates[0]
+	s.cur.Mu.RUnlock()
+	return max(identity.RenewalTime(leaf).Sub(s.clock.Now()), 0)
 }
 
 // renew requests a new SVID and installs it.
-func (s *CSRSource) renew(ctx context.Context) error {
+func (s *Source) renew(ctx context.Context) error {
 	svid, bundle, err := s.request(ctx)
 	if err != nil {
-		return fmt.Errorf("identity: csr: %s from ca %s: %w", s.id, s.cfg.Addr, err)
+		return fmt.Errorf("csr: %s from ca %s: %w", s.id, s.cfg.Addr, err)
 	}
 	if s.keyFile != "" {
 		if err := writeKeyFile(s.keyFile, svid); err != nil {
-			return fmt.Errorf("identity: csr: %s: %w", s.id, err)
+			return fmt.Errorf("csr: %s: %w", s.id, err)
 		}
 	}
-	s.mu.Lock()
-	first := s.svid == nil
-	s.svid, s.bundle = svid, bundle
-	s.mu.Unlock()
+	s.cur.Mu.Lock()
+	first := s.cur.SVID == nil
+	s.cur.SVID, s.cur.Bundle = svid, bundle
+	s.cur.Mu.Unlock()
 	leaf := svid.Certificates[0]
 	s.logger.Info("identity: CA issued SVID", "spiffe_id", svid.ID.String(), "serial", leaf.SerialNumber.String(),
-		"not_after", leaf.NotAfter, "renew_at", RenewalTime(leaf))
+		"not_after", leaf.NotAfter, "renew_at", identity.RenewalTime(leaf))
 	if !first {
-		s.notify.notify()
+		s.notify.Notify()
 	}
 	return nil
 }
 
 // request sends one CSR and checks the CA's answer: the chain must be for
 // our key and our SPIFFE ID, and verify against the roots.
-func (s *CSRSource) request(ctx context.Context) (*x509svid.SVID, *x509bundle.Bundle, error) {
+func (s *Source) request(ctx context.Context) (*x509svid.SVID, *x509bundle.Bundle, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generating key: %w", err)
@@ -310,7 +361,7 @@ func (s *CSRSource) request(ctx context.Context) (*x509svid.SVID, *x509bundle.Bu
 	}
 	var chain []*x509.Certificate
 	for i, entry := range resp.GetCertChain() {
-		certs, err := parseCertificates([]byte(entry))
+		certs, err := source.ParseCertificates([]byte(entry))
 		if err != nil {
 			return nil, nil, fmt.Errorf("response cert_chain[%d]: %w", i, err)
 		}

@@ -1,4 +1,4 @@
-package identity_test
+package workloadapi_test
 
 import (
 	"context"
@@ -19,6 +19,9 @@ import (
 
 	"mesh/identity"
 	"mesh/identity/identitytest"
+	"mesh/identity/internal/source"
+	"mesh/identity/internal/sourcetest"
+	"mesh/identity/workloadapi"
 )
 
 // startWorkloadAPI serves a Workload API on a fresh socket until the test
@@ -65,10 +68,10 @@ func svidResponse(t *testing.T, ca *identitytest.CA, svid *x509svid.SVID, federa
 	return resp
 }
 
-func newWorkloadAPISource(t *testing.T, addr string, opts ...identity.Option) *identity.WorkloadAPISource {
+func newWorkloadAPISource(t *testing.T, addr string, opts ...workloadapi.Option) *workloadapi.Source {
 	t.Helper()
-	opts = append([]identity.Option{identity.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := identity.NewWorkloadAPISource(testContext(t), addr, opts...)
+	opts = append([]workloadapi.Option{workloadapi.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
+	src, err := workloadapi.NewSource(sourcetest.Context(t), addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +80,11 @@ func newWorkloadAPISource(t *testing.T, addr string, opts ...identity.Option) *i
 }
 
 func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
-	partner := newCA(t, "partner.org")
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
+	partner := sourcetest.NewCA(t, "partner.org")
 	api := startWorkloadAPI(t)
-	first := issue(t, ca, clientID)
+	first := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	api.PushResponse(svidResponse(t, ca, first, partner))
 
 	src := newWorkloadAPISource(t, api.Addr())
@@ -89,8 +92,8 @@ func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID.String() != clientID || got.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
-		t.Fatalf("SVID = %s serial %v, want %s serial %v", got.ID, got.Certificates[0].SerialNumber, clientID, first.Certificates[0].SerialNumber)
+	if got.ID.String() != sourcetest.ClientID || got.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Fatalf("SVID = %s serial %v, want %s serial %v", got.ID, got.Certificates[0].SerialNumber, sourcetest.ClientID, first.Certificates[0].SerialNumber)
 	}
 	own, err := src.GetX509BundleForTrustDomain(ca.TrustDomain())
 	if err != nil || !own.HasX509Authority(ca.Root()) {
@@ -106,10 +109,10 @@ func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
 
 	for range 2 { // twice: the Updated channel is replaced after each update
 		updated := src.Updated()
-		next := issue(t, ca, clientID)
+		next := sourcetest.Issue(t, ca, sourcetest.ClientID)
 		api.PushResponse(svidResponse(t, ca, next))
-		waitClosed(ctx, t, updated, "rotation")
-		if got, want := serialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+		sourcetest.WaitClosed(ctx, t, updated, "rotation")
+		if got, want := sourcetest.SerialOf(t, src), next.Certificates[0].SerialNumber; got.Cmp(want) != 0 {
 			t.Fatalf("after rotation serial = %v, want %v", got, want)
 		}
 	}
@@ -120,14 +123,14 @@ func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
 }
 
 func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
-	stranger := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
+	stranger := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
-	good := issue(t, ca, clientID)
+	good := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	api.PushResponse(svidResponse(t, ca, good))
-	warned := make(warnings, 8)
-	src := newWorkloadAPISource(t, api.Addr(), identity.WithLogger(slog.New(warned)))
+	warned := make(sourcetest.Warnings, 8)
+	src := newWorkloadAPISource(t, api.Addr(), workloadapi.WithLogger(slog.New(warned)))
 	updated := src.Updated()
 
 	bad := []struct {
@@ -137,20 +140,20 @@ func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
 	}{
 		{"no svids", func() *workloadpb.X509SVIDResponse { return &workloadpb.X509SVIDResponse{} }, "response has no SVIDs"},
 		{"garbage key", func() *workloadpb.X509SVIDResponse {
-			r := svidResponse(t, ca, issue(t, ca, clientID))
+			r := svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID))
 			r.Svids[0].X509SvidKey = []byte("garbage")
 			return r
-		}, `svid "` + clientID + `": x509_svid/x509_svid_key`},
+		}, `svid "` + sourcetest.ClientID + `": x509_svid/x509_svid_key`},
 		{"id mismatch", func() *workloadpb.X509SVIDResponse {
-			r := svidResponse(t, ca, issue(t, ca, clientID))
+			r := svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID))
 			r.Svids[0].SpiffeId = "spiffe://example.org/ns/default/sa/other"
 			return r
 		}, "spiffe_id does not match"},
 		{"foreign signer", func() *workloadpb.X509SVIDResponse {
-			return svidResponse(t, ca, issue(t, stranger, clientID))
+			return svidResponse(t, ca, sourcetest.Issue(t, stranger, sourcetest.ClientID))
 		}, "does not verify against its bundle"},
 		{"bad federated domain", func() *workloadpb.X509SVIDResponse {
-			r := svidResponse(t, ca, issue(t, ca, clientID))
+			r := svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID))
 			r.FederatedBundles["Not A Domain"] = ca.Root().Raw
 			return r
 		}, `federated_bundles["Not A Domain"]`},
@@ -159,7 +162,7 @@ func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
 		api.PushResponse(tt.resp())
 		select {
 		case r := <-warned:
-			if msg := recordError(r); !strings.Contains(msg, tt.want) {
+			if msg := sourcetest.RecordError(r); !strings.Contains(msg, tt.want) {
 				t.Fatalf("%s: warning error = %q, want it to contain %q", tt.name, msg, tt.want)
 			}
 		case <-ctx.Done():
@@ -171,28 +174,28 @@ func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
 		t.Fatal("Updated fired for a bad update")
 	default:
 	}
-	if got := serialOf(t, src); got.Cmp(good.Certificates[0].SerialNumber) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(good.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial after bad updates = %v, want the last good %v", got, good.Certificates[0].SerialNumber)
 	}
 
-	next := issue(t, ca, clientID)
+	next := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	api.PushResponse(svidResponse(t, ca, next))
-	waitClosed(ctx, t, updated, "update after recovery")
-	if got := serialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "update after recovery")
+	if got := sourcetest.SerialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial after recovery = %v, want %v", got, next.Certificates[0].SerialNumber)
 	}
 }
 
 func TestWorkloadAPISourcePicksSVIDByHint(t *testing.T) {
-	ca := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
-	resp := svidResponse(t, ca, issue(t, ca, clientID))
-	second := svidResponse(t, ca, issue(t, ca, "spiffe://example.org/ns/default/sa/internal")).Svids[0]
+	resp := svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID))
+	second := svidResponse(t, ca, sourcetest.Issue(t, ca, "spiffe://example.org/ns/default/sa/internal")).Svids[0]
 	second.Hint = "internal"
 	resp.Svids = append(resp.Svids, second)
 	api.PushResponse(resp)
 
-	src := newWorkloadAPISource(t, api.Addr(), identity.WithSVIDHint("internal"))
+	src := newWorkloadAPISource(t, api.Addr(), workloadapi.WithSVIDHint("internal"))
 	got, err := src.GetX509SVID()
 	if err != nil {
 		t.Fatal(err)
@@ -203,18 +206,18 @@ func TestWorkloadAPISourcePicksSVIDByHint(t *testing.T) {
 }
 
 func TestWorkloadAPISourceReconnects(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	path := socketPath(t)
 	api := serveWorkloadAPIAt(t, path)
-	api.PushResponse(svidResponse(t, ca, issue(t, ca, clientID)))
-	clk := identity.NewFakeClock(time.Now())
-	src := newWorkloadAPISource(t, api.Addr(), identity.WithClock(clk), identity.WithRetryBackoff(time.Second, 4*time.Second))
+	api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
+	clk := source.NewFakeClock(time.Now())
+	src := newWorkloadAPISource(t, api.Addr(), workloadapi.WithClock(clk), workloadapi.WithRetryBackoff(time.Second, 4*time.Second))
 	updated := src.Updated()
 
 	// The agent restarts: the stream breaks and a new server takes the socket.
 	_ = api.Close()
-	var retry *identity.FakeTimer
+	var retry *source.FakeTimer
 	select {
 	case retry = <-clk.Timers():
 	case <-ctx.Done():
@@ -224,24 +227,24 @@ func TestWorkloadAPISourceReconnects(t *testing.T) {
 		t.Errorf("first retry delay = %v, want the minimum 1s", retry.D)
 	}
 	restarted := serveWorkloadAPIAt(t, path)
-	next := issue(t, ca, clientID)
+	next := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	if err := restarted.Push(next, ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
 	retry.Fire()
-	waitClosed(ctx, t, updated, "update from the restarted agent")
-	if got := serialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
+	sourcetest.WaitClosed(ctx, t, updated, "update from the restarted agent")
+	if got := sourcetest.SerialOf(t, src); got.Cmp(next.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial = %v, want %v from the restarted agent", got, next.Certificates[0].SerialNumber)
 	}
 }
 
 func TestWorkloadAPISourceBacksOff(t *testing.T) {
-	ctx := testContext(t)
-	ca := newCA(t, testTD)
+	ctx := sourcetest.Context(t)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
-	api.PushResponse(svidResponse(t, ca, issue(t, ca, clientID)))
-	clk := identity.NewFakeClock(time.Now())
-	src := newWorkloadAPISource(t, api.Addr(), identity.WithClock(clk), identity.WithRetryBackoff(time.Second, 4*time.Second))
+	api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
+	clk := source.NewFakeClock(time.Now())
+	src := newWorkloadAPISource(t, api.Addr(), workloadapi.WithClock(clk), workloadapi.WithRetryBackoff(time.Second, 4*time.Second))
 
 	// The agent now refuses every stream; break the current one.
 	api.Refuse(status.Error(codes.PermissionDenied, "no identity issued"))
@@ -279,27 +282,27 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 		{"tcp://127.0.0.1", "needs an IP literal"},
 		{"tcp://127.0.0.1:80/path", "tcp://ip:port and nothing else"},
 	} {
-		_, err := identity.NewWorkloadAPISource(testContext(t), tt.addr)
+		_, err := workloadapi.NewSource(sourcetest.Context(t), tt.addr)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("NewWorkloadAPISource(%q) err = %v, want %q", tt.addr, err, tt.want)
+			t.Errorf("NewSource(%q) err = %v, want %q", tt.addr, err, tt.want)
 		}
 	}
 
 	t.Run("no address", func(t *testing.T) {
-		t.Setenv(identity.EndpointSocketEnv, "")
-		_, err := identity.NewWorkloadAPISource(testContext(t), "")
+		t.Setenv(workloadapi.EndpointSocketEnv, "")
+		_, err := workloadapi.NewSource(sourcetest.Context(t), "")
 		if err == nil || !strings.Contains(err.Error(), "SPIFFE_ENDPOINT_SOCKET is unset") {
 			t.Fatalf("err = %v, want SPIFFE_ENDPOINT_SOCKET is unset", err)
 		}
 	})
 
 	t.Run("address from environment", func(t *testing.T) {
-		ca := newCA(t, testTD)
+		ca := sourcetest.NewCA(t, sourcetest.TD)
 		api := startWorkloadAPI(t)
-		api.PushResponse(svidResponse(t, ca, issue(t, ca, clientID)))
-		t.Setenv(identity.EndpointSocketEnv, api.Addr())
+		api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
+		t.Setenv(workloadapi.EndpointSocketEnv, api.Addr())
 		src := newWorkloadAPISource(t, "")
-		if got := serialOf(t, src); got == nil {
+		if got := sourcetest.SerialOf(t, src); got == nil {
 			t.Fatal("no SVID")
 		}
 	})
@@ -308,12 +311,12 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 		api := startWorkloadAPI(t)
 		api.Refuse(status.Error(codes.PermissionDenied, "no identity issued"))
 		path := strings.TrimPrefix(api.Addr(), "unix://")
-		ctx, cancel := context.WithCancel(testContext(t))
-		clk := identity.NewFakeClock(time.Now())
+		ctx, cancel := context.WithCancel(sourcetest.Context(t))
+		clk := source.NewFakeClock(time.Now())
 		errc := make(chan error, 1)
 		go func() {
-			_, err := identity.NewWorkloadAPISource(ctx, api.Addr(), identity.WithClock(clk),
-				identity.WithLogger(slog.New(slog.DiscardHandler)))
+			_, err := workloadapi.NewSource(ctx, api.Addr(), workloadapi.WithClock(clk),
+				workloadapi.WithLogger(slog.New(slog.DiscardHandler)))
 			errc <- err
 		}()
 		// Once the first attempt failed and a retry is scheduled, give up.
@@ -333,17 +336,17 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 	t.Run("canceled context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if _, err := identity.NewWorkloadAPISource(ctx, "unix:///nonexistent.sock"); !errors.Is(err, context.Canceled) {
+		if _, err := workloadapi.NewSource(ctx, "unix:///nonexistent.sock"); !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 	})
 }
 
 func TestWorkloadAPISourceClose(t *testing.T) {
-	ca := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
-	api.PushResponse(svidResponse(t, ca, issue(t, ca, clientID)))
-	src, err := identity.NewWorkloadAPISource(testContext(t), api.Addr(), identity.WithLogger(slog.New(slog.DiscardHandler)))
+	api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
+	src, err := workloadapi.NewSource(sourcetest.Context(t), api.Addr(), workloadapi.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +356,7 @@ func TestWorkloadAPISourceClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-identity.WorkloadAPIDone(src):
+	case <-workloadapi.Done(src):
 	default:
 		t.Fatal("Close returned before the stream goroutine exited")
 	}
@@ -374,9 +377,9 @@ func TestWorkloadAPISourceClose(t *testing.T) {
 }
 
 func TestWorkloadAPISourceOverTCP(t *testing.T) {
-	ca := newCA(t, testTD)
+	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
-	svid := issue(t, ca, clientID)
+	svid := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	if err := api.Push(svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +400,7 @@ func TestWorkloadAPISourceOverTCP(t *testing.T) {
 		<-served
 	})
 	src := newWorkloadAPISource(t, "tcp://"+lis.Addr().String())
-	if got := serialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
+	if got := sourcetest.SerialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial = %v, want %v", got, svid.Certificates[0].SerialNumber)
 	}
 }

@@ -1,0 +1,131 @@
+// Package echo is the service the sidecar harness measures, one unary
+// method answering with the bytes it was sent, and what its lean clients
+// share. It imports grpc-go and go-spiffe only, so that the plain grpc-go
+// client built on it is a fair baseline for binary size and modules.
+//
+//	echo.Register(srv)
+//	err := echo.Call(ctx, conn, echo.NewRequest(), new(wrapperspb.BytesValue))
+package echo
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Service and Method name the echo.
+const (
+	Service = "mesh.bench.Echo"
+	Method  = "/" + Service + "/Echo"
+	// PayloadSize is the request's (and response's) payload.
+	PayloadSize = 1024
+)
+
+// Register adds the echo service to r.
+func Register(r grpc.ServiceRegistrar) {
+	r.RegisterService(&grpc.ServiceDesc{
+		ServiceName: Service,
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "Echo",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+				req := new(wrapperspb.BytesValue)
+				if err := dec(req); err != nil {
+					return nil, err
+				}
+				if icpt == nil {
+					return req, nil
+				}
+				info := &grpc.UnaryServerInfo{FullMethod: Method}
+				return icpt(ctx, req, info, func(_ context.Context, req any) (any, error) { return req, nil })
+			},
+		}},
+	}, struct{}{})
+}
+
+// NewRequest returns a request of PayloadSize bytes.
+func NewRequest() *wrapperspb.BytesValue {
+	req := &wrapperspb.BytesValue{Value: make([]byte, PayloadSize)}
+	for i := range req.Value {
+		req.Value[i] = byte(i)
+	}
+	return req
+}
+
+// Call sends req over conn and checks that resp came back the same size.
+func Call(ctx context.Context, conn grpc.ClientConnInterface, req, resp *wrapperspb.BytesValue, opts ...grpc.CallOption) error {
+	if err := conn.Invoke(ctx, Method, req, resp, opts...); err != nil {
+		return err
+	}
+	if len(resp.Value) != len(req.Value) {
+		return fmt.Errorf("echo answered %d bytes for %d", len(resp.Value), len(req.Value))
+	}
+	return nil
+}
+
+// The certificate files in a workload directory, as the embedded control
+// plane's WriteBootstrap names them (istio-agent's names).
+const (
+	certChainFile = "cert-chain.pem"
+	keyFile       = "key.pem"
+	rootCertFile  = "root-cert.pem"
+)
+
+// MTLS reads the certificate files in a workload directory into go-spiffe's
+// mutual TLS configuration, as a team without a mesh would.
+func MTLS(dir string, server bool) (*tls.Config, error) {
+	svid, err := x509svid.Load(filepath.Join(dir, certChainFile), filepath.Join(dir, keyFile))
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := x509bundle.Load(svid.ID.TrustDomain(), filepath.Join(dir, rootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	if server {
+		return tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeAny()), nil
+	}
+	return tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeAny()), nil
+}
+
+// ClientStats is what a lean client process reports about itself once its
+// first RPC is answered.
+type ClientStats struct {
+	Goroutines int    `json:"goroutines"`
+	HeapBytes  uint64 `json:"heap_bytes"` // live heap after a GC
+}
+
+// FirstRPC sends one echo over conn, waiting for the channel to be ready
+// and retrying until the configuration has arrived; prints "ok" the moment
+// it is answered, so that the harness can time the process from its
+// start; and then prints a line of ClientStats.
+func FirstRPC(ctx context.Context, conn grpc.ClientConnInterface) error {
+	req, resp := NewRequest(), new(wrapperspb.BytesValue)
+	for {
+		err := Call(ctx, conn, req, resp, grpc.WaitForReady(true))
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("first RPC: %w", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	fmt.Println("ok")
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return json.NewEncoder(os.Stdout).Encode(ClientStats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc})
+}

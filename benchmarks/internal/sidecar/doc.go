@@ -1,0 +1,22 @@
+// Package sidecar measures mesh against plain grpc-go with mutual TLS and
+// against a sidecar pair, side by side in one run, with every client,
+// server and proxy a process of its own so that each one's CPU time counts.
+//
+//	res, err := sidecar.Run(ctx, sidecar.Config{})
+//	res.WriteMarkdown(os.Stdout)
+//
+// The echo (PayloadSize bytes each way, one unary method) runs in five
+// variants: B, plain grpc-go + mTLS; C, the same plaintext client and
+// server through an HAProxy mTLS pair (one thread each, TCP mode, TLS
+// both sides, the control plane's SVIDs): a stand-in for an Envoy pair,
+// since Envoy cannot be installed here; M, mesh to mesh with xDS routing,
+// STRICT mTLS, RBAC, Istio metrics through the OpenTelemetry SDK and
+// tracing sampled parent-based with a never-sample root; M-lean, the same
+// with no-op meter and tracer providers; G, B plus grpc-go's own
+// OpenTelemetry metrics plugin. Each runs one echo at a time (latency),
+// eight at a time (throughput, CPU) and an open loop at a fixed rate
+// (latency from each call's intended send time), variants taking turns.
+//
+// The harness re-executes its own executable for the processes it needs;
+// that executable must call RoleMain first thing.
+package sidecar

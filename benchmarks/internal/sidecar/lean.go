@@ -1,0 +1,278 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"mesh"
+	"mesh/benchmarks/internal/echo"
+	"mesh/controlplane"
+)
+
+// The client programs MeasureClients builds, in the order it reports them.
+const (
+	// GRPCClient is plain grpc-go with mTLS: the baseline.
+	GRPCClient = "grpc-go + mTLS"
+	// MeshClient is mesh.New from the environment and one Dial.
+	MeshClient = "mesh"
+	// XDSClient is stock grpc-go xDS (google.golang.org/grpc/xds), built
+	// from a module of its own.
+	XDSClient = "grpc-go xDS"
+)
+
+// ClientsConfig sizes MeasureClients. Zero fields take the defaults.
+type ClientsConfig struct {
+	// Root is mesh's module directory (found with go env GOMOD).
+	Root string
+	// Reps is how many times each client process runs, taking turns (3).
+	Reps int
+	// Stderr receives the builds' and processes' standard error (os.Stderr).
+	Stderr io.Writer
+}
+
+// ClientReport describes one client program.
+type ClientReport struct {
+	Binary  int64    // bytes, stripped (-ldflags=-s -w, -trimpath)
+	Modules []string // dependency modules linked, from go version -m
+	// Medians over the reps:
+	FirstRPC   time.Duration // from the process's start to its first answer
+	Goroutines int           // right after the first answer
+	HeapBytes  uint64        // live heap after a GC, right after the first answer
+}
+
+// Clients holds a ClientReport per client program.
+type Clients map[string]*ClientReport
+
+// MeasureClients builds the three client programs, runs each against
+// servers in this process (a mesh server with STRICT mTLS and RBAC for the
+// mesh and xDS clients, a grpc-go mTLS server for the baseline) until its
+// first answer, and reports what each costs.
+func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
+	if cfg.Reps <= 0 {
+		cfg.Reps = 3
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	if cfg.Root == "" {
+		out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "go.mod") {
+			return nil, fmt.Errorf("finding mesh's module: go env GOMOD said %q: %v", out, err)
+		}
+		cfg.Root = filepath.Dir(strings.TrimSpace(string(out)))
+	}
+	tmp, err := os.MkdirTemp("", "mesh-clients-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+
+	res := Clients{}
+	bins := map[string]string{}
+	for name, src := range map[string][2]string{
+		GRPCClient: {cfg.Root, "./benchmarks/internal/sidecar/grpcclient"},
+		MeshClient: {cfg.Root, "./benchmarks/internal/sidecar/meshclient"},
+		XDSClient:  {filepath.Join(cfg.Root, "benchmarks/internal/grpcxds"), "."},
+	} {
+		bin := filepath.Join(tmp, strings.NewReplacer(" ", "", "+", "", "-", "").Replace(name))
+		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, src[1])
+		build.Dir, build.Stderr = src[0], cfg.Stderr
+		if err := build.Run(); err != nil {
+			return nil, fmt.Errorf("building the %s client: %w", name, err)
+		}
+		r := &ClientReport{}
+		st, err := os.Stat(bin)
+		if err != nil {
+			return nil, err
+		}
+		r.Binary = st.Size()
+		if r.Modules, err = modules(ctx, bin); err != nil {
+			return nil, err
+		}
+		res[name], bins[name] = r, bin
+	}
+
+	cp, dirs, err := startControlPlane(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer cp.Close()
+	plainAddr, stopPlain, err := servePlain(dirs["echo"])
+	if err != nil {
+		return nil, err
+	}
+	defer stopPlain()
+	stopMesh, err := serveMesh(ctx, dirs["echo"])
+	if err != nil {
+		return nil, err
+	}
+	defer stopMesh()
+
+	bootstrap := filepath.Join(dirs["client-echo"], controlplane.BootstrapFile)
+	runs := map[string][]firstRun{}
+	for range cfg.Reps {
+		for _, name := range []string{GRPCClient, MeshClient, XDSClient} {
+			var cmd *exec.Cmd
+			switch name {
+			case GRPCClient:
+				cmd = exec.CommandContext(ctx, bins[name], dirs["client-echo"], plainAddr)
+			case MeshClient:
+				cmd = exec.CommandContext(ctx, bins[name], "echo.default.svc.cluster.local:8080")
+				cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap)
+			case XDSClient:
+				cmd = exec.CommandContext(ctx, bins[name], "echo.default.svc.cluster.local:8080")
+				cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+bootstrap)
+			}
+			run, err := runFirst(cmd, cfg.Stderr)
+			if err != nil {
+				return nil, fmt.Errorf("%s client: %w", name, err)
+			}
+			runs[name] = append(runs[name], run)
+		}
+	}
+	for name, rs := range runs {
+		r := res[name]
+		r.FirstRPC = medianOf(rs, func(f firstRun) time.Duration { return f.took })
+		r.Goroutines = medianOf(rs, func(f firstRun) int { return f.stats.Goroutines })
+		r.HeapBytes = medianOf(rs, func(f firstRun) uint64 { return f.stats.HeapBytes })
+	}
+	return res, nil
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+type firstRun struct {
+	took  time.Duration
+	stats echo.ClientStats
+}
+
+// runFirst starts cmd and times it until it prints "ok".
+func runFirst(cmd *exec.Cmd, stderr io.Writer) (firstRun, error) {
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return firstRun{}, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return firstRun{}, err
+	}
+	defer cmd.Wait()
+	s := bufio.NewScanner(out)
+	if !s.Scan() || s.Text() != "ok" {
+		return firstRun{}, fmt.Errorf("no first answer: %q %v", s.Text(), s.Err())
+	}
+	r := firstRun{took: time.Since(start)}
+	if !s.Scan() {
+		return firstRun{}, fmt.Errorf("no stats: %v", s.Err())
+	}
+	if err := json.Unmarshal(s.Bytes(), &r.stats); err != nil {
+		return firstRun{}, fmt.Errorf("stats %q: %w", s.Text(), err)
+	}
+	return r, nil
+}
+
+func medianOf[T any, V int | uint64 | time.Duration](xs []T, get func(T) V) V {
+	vs := make([]V, len(xs))
+	for i, x := range xs {
+		vs[i] = get(x)
+	}
+	slices.Sort(vs)
+	return vs[len(vs)/2]
+}
+
+// modules lists the dependency modules go version -m finds in bin.
+func modules(ctx context.Context, bin string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "go", "version", "-m", bin).Output()
+	if err != nil {
+		return nil, fmt.Errorf("go version -m %s: %w", bin, err)
+	}
+	var mods []string
+	for line := range bytes.Lines(out) {
+		if f := strings.Fields(string(line)); len(f) >= 2 && f[0] == "dep" {
+			mods = append(mods, f[1])
+		}
+	}
+	return mods, nil
+}
+
+// servePlain serves the echo over grpc-go with mTLS from dir's SVID.
+func servePlain(dir string) (string, func(), error) {
+	cfg, err := echo.MTLS(dir, true)
+	if err != nil {
+		return "", nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	echo.Register(srv)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(lis) }()
+	return lis.Addr().String(), func() { srv.Stop(); <-done }, nil
+}
+
+// serveMesh serves the echo from a mesh server with dir's bootstrap.
+func serveMesh(ctx context.Context, dir string) (func(), error) {
+	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, controlplane.BootstrapFile)), mesh.WithLogger(quietLogger()))
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	srv := m.NewGRPCServer()
+	echo.Register(srv)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(lis) }()
+	return func() { srv.Stop(); <-done; m.Close() }, nil
+}
+
+// WriteMarkdown writes the clients side by side, mesh's growth over the
+// baseline, and the modules mesh's client links that the baseline does not.
+func (c Clients) WriteMarkdown(w io.Writer) error {
+	g, m, x := c[GRPCClient], c[MeshClient], c[XDSClient]
+	if g == nil || m == nil || x == nil {
+		return errors.New("not every client was measured")
+	}
+	mib := func(b float64) string { return fmt.Sprintf("%.2f MiB", b/(1<<20)) }
+	fmt.Fprintf(w, "| client process | %s | %s | %s | mesh goal |\n| --- | ---: | ---: | ---: | --- |\n", GRPCClient, MeshClient, XDSClient)
+	fmt.Fprintf(w, "| stripped binary | %.1f MB | %.1f MB (+%.1f MB) | %.1f MB (+%.1f MB) | growth <= 8 MB |\n",
+		float64(g.Binary)/1e6, float64(m.Binary)/1e6, float64(m.Binary-g.Binary)/1e6, float64(x.Binary)/1e6, float64(x.Binary-g.Binary)/1e6)
+	fmt.Fprintf(w, "| modules linked | %d | %d | %d | only what it uses |\n", len(g.Modules), len(m.Modules), len(x.Modules))
+	fmt.Fprintf(w, "| goroutines after the first RPC | %d | %d | %d | <= 12 |\n", g.Goroutines, m.Goroutines, x.Goroutines)
+	fmt.Fprintf(w, "| live heap after the first RPC | %s | %s | %s | <= 2.5 MiB |\n", mib(float64(g.HeapBytes)), mib(float64(m.HeapBytes)), mib(float64(x.HeapBytes)))
+	fmt.Fprintf(w, "| process start to first answer | %.1f ms | %.1f ms | %.1f ms | <= grpc-go xDS |\n",
+		ms(g.FirstRPC), ms(m.FirstRPC), ms(x.FirstRPC))
+	var extra []string
+	for _, mod := range m.Modules {
+		if !slices.Contains(g.Modules, mod) {
+			extra = append(extra, "`"+mod+"`")
+		}
+	}
+	fmt.Fprintf(w, "\nModules the mesh client links beyond the baseline's: %s.\n", strings.Join(extra, ", "))
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

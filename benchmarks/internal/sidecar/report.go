@@ -1,0 +1,161 @@
+package sidecar
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// median returns the median of get over the reps of variant v's phase ph.
+func (r *Results) median(v string, ph Phase, get func(Measurement) float64) float64 {
+	runs := r.Runs[v][ph]
+	if len(runs) == 0 {
+		return 0
+	}
+	vals := make([]float64, len(runs))
+	for i, m := range runs {
+		vals[i] = get(m)
+	}
+	slices.Sort(vals)
+	if n := len(vals); n%2 == 0 {
+		return (vals[n/2-1] + vals[n/2]) / 2
+	}
+	return vals[len(vals)/2]
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// Names is how the report heads each variant's column.
+var Names = map[string]string{
+	Plain:    "B: grpc-go + mTLS",
+	Sidecars: "C: HAProxy mTLS pair",
+	Mesh:     "M: mesh",
+	MeshLean: "M-lean: mesh, no-op telemetry",
+	GRPCOTel: "G: grpc-go + mTLS + grpc OTel metrics",
+}
+
+// WriteMarkdown writes the results as the tables benchmarks/README.md
+// keeps: medians over the reps, each with its ratio to B.
+func (r *Results) WriteMarkdown(w io.Writer) {
+	vs := r.Config.Variants
+	fmt.Fprintf(w, "| load (median of %d) |", r.Config.Reps)
+	for _, v := range vs {
+		fmt.Fprintf(w, " %s |", name(v))
+	}
+	fmt.Fprint(w, "\n| --- |"+strings.Repeat(" ---: |", len(vs))+"\n")
+	row := func(label string, ph Phase, unit string, format string, get func(Measurement) float64) {
+		base := r.median(Plain, ph, get)
+		fmt.Fprintf(w, "| %s |", label)
+		for _, v := range vs {
+			x := r.median(v, ph, get)
+			fmt.Fprintf(w, " "+format+" %s", x, unit)
+			if base > 0 && v != Plain {
+				fmt.Fprintf(w, " (%.2fx)", x/base)
+			}
+			fmt.Fprint(w, " |")
+		}
+		fmt.Fprintln(w)
+	}
+	p50 := func(m Measurement) float64 { return us(m.P50) }
+	p99 := func(m Measurement) float64 { return us(m.P99) }
+	cpu := func(m Measurement) float64 { return us(m.CPUPerRequest()) }
+	row("1 in flight, p50", One, "µs", "%.0f", p50)
+	row("1 in flight, p99", One, "µs", "%.0f", p99)
+	row("8 in flight, throughput", Eight, "/s", "%.0f", func(m Measurement) float64 { return m.Throughput })
+	row("8 in flight, CPU per request, all processes", Eight, "µs", "%.1f", cpu)
+	for _, name := range r.processes() {
+		row("8 in flight, CPU per request, "+name, Eight, "µs", "%.1f", func(m Measurement) float64 {
+			return us(m.CPU[name] / time.Duration(max(m.N, 1)))
+		})
+	}
+	row(fmt.Sprintf("%d/s open loop, p50", r.Config.OpenRate), Open, "µs", "%.0f", p50)
+	row(fmt.Sprintf("%d/s open loop, p99", r.Config.OpenRate), Open, "µs", "%.0f", p99)
+	row(fmt.Sprintf("%d/s open loop, CPU per request, all processes", r.Config.OpenRate), Open, "µs", "%.1f", cpu)
+
+	if !slices.Contains(vs, Plain) || !slices.Contains(vs, Sidecars) {
+		return
+	}
+	fmt.Fprintf(w, "\nWhat each adds over B (medians; goal: mesh adds at most 1/10 of the pair's latency and 1/5 of its CPU):\n\n")
+	var meshes []string
+	for _, v := range []string{Mesh, MeshLean, Mesh + Before, MeshLean + Before} {
+		if slices.Contains(vs, v) {
+			meshes = append(meshes, v)
+		}
+	}
+	fmt.Fprint(w, "| added over B | C: sidecar pair |")
+	for _, v := range meshes {
+		short, _, _ := strings.Cut(name(v), ":")
+		if strings.HasSuffix(v, Before) {
+			short += " (before)"
+		}
+		fmt.Fprintf(w, " %s | %s / C |", short, short)
+	}
+	fmt.Fprint(w, "\n| --- | ---: |"+strings.Repeat(" ---: | ---: |", len(meshes))+"\n")
+	added := func(label string, ph Phase, unit string, get func(Measurement) float64) {
+		base := r.median(Plain, ph, get)
+		c := r.median(Sidecars, ph, get) - base
+		fmt.Fprintf(w, "| %s | %.1f %s |", label, c, unit)
+		for _, v := range meshes {
+			m := r.median(v, ph, get) - base
+			fmt.Fprintf(w, " %.1f %s | %s |", m, unit, fraction(m, c))
+		}
+		fmt.Fprintln(w)
+	}
+	added("latency, 1 in flight, p50", One, "µs", p50)
+	added(fmt.Sprintf("latency, %d/s open loop, p50", r.Config.OpenRate), Open, "µs", p50)
+	added(fmt.Sprintf("latency, %d/s open loop, p99", r.Config.OpenRate), Open, "µs", p99)
+	added("CPU per request, 8 in flight", Eight, "µs", cpu)
+	added(fmt.Sprintf("CPU per request, %d/s open loop", r.Config.OpenRate), Open, "µs", cpu)
+}
+
+// name heads variant v's column.
+func name(v string) string {
+	if base, ok := strings.CutSuffix(v, Before); ok {
+		return Names[base] + " (before)"
+	}
+	return Names[v]
+}
+
+func fraction(m, c float64) string {
+	if c <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", m/c)
+}
+
+// processes names every process role seen, client first.
+func (r *Results) processes() []string {
+	seen := map[string]bool{}
+	for _, runs := range r.Runs {
+		for _, m := range runs[Eight] {
+			for name := range m.CPU {
+				seen[name] = true
+			}
+		}
+	}
+	names := slices.Sorted(maps.Keys(seen))
+	slices.SortStableFunc(names, func(a, b string) int { return boolInt(a != "client") - boolInt(b != "client") })
+	return names
+}
+
+// Machine describes the machine a run measured: CPU model, cores, OS,
+// architecture and Go version.
+func Machine() string {
+	model := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		for s := bufio.NewScanner(f); s.Scan(); {
+			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s/%s, %s", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+}

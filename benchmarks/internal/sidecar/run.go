@@ -1,0 +1,621 @@
+package sidecar
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"mesh/controlplane"
+)
+
+// The variants, in the order the report shows them.
+const (
+	// Plain grpc-go with mutual TLS (go-spiffe's tls.Config): the baseline.
+	Plain = "B"
+	// The same plaintext client and server with an HAProxy mTLS pair
+	// between them: a stand-in for an Envoy sidecar pair.
+	Sidecars = "C"
+	// mesh client to mesh server: xDS routing, STRICT mTLS, RBAC, Istio
+	// metrics through the OpenTelemetry SDK, tracing sampled parent-based
+	// with a never-sample root.
+	Mesh = "M"
+	// Mesh with no-op meter and tracer providers.
+	MeshLean = "M-lean"
+	// Plain grpc-go + mTLS with grpc-go's OpenTelemetry metrics plugin
+	// (google.golang.org/grpc/stats/opentelemetry) on the SDK.
+	GRPCOTel = "G"
+)
+
+// Variants lists every variant.
+var Variants = []string{Plain, Sidecars, Mesh, MeshLean, GRPCOTel}
+
+// Config sizes a run. Zero fields take the defaults in parentheses.
+type Config struct {
+	// Exe is an executable that calls RoleMain first thing (os.Executable).
+	Exe string
+	// HAProxy is the haproxy binary (found on PATH).
+	HAProxy string
+	// Variants to measure (all, and with Before set M and M-lean again
+	// from that executable).
+	Variants []string
+	// Before, when set, is an executable built from an earlier tree whose
+	// M and M-lean run as the variants M/before and M-lean/before, for a
+	// before-and-after comparison in one run.
+	Before string
+	// Reps is how many times each variant runs each phase, variants taking
+	// turns (3); the report shows medians.
+	Reps int
+	// One is the echoes sent one at a time per rep (5000).
+	One int
+	// Eight is the echoes sent 8 at a time per rep (20000).
+	Eight int
+	// OpenRate and Open: Open echoes sent at OpenRate per second per rep,
+	// whether or not earlier ones were answered (1000/s, 5000).
+	OpenRate, Open int
+	// Stderr receives the processes' standard error (os.Stderr).
+	Stderr io.Writer
+	// Progress, when set, is told what is being measured.
+	Progress func(string)
+}
+
+func (c *Config) defaults() error {
+	if c.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		c.Exe = exe
+	}
+	if len(c.Variants) == 0 {
+		c.Variants = slices.Clone(Variants)
+		if c.Before != "" {
+			c.Variants = append(c.Variants, Mesh+Before, MeshLean+Before)
+		}
+	}
+	if slices.Contains(c.Variants, Sidecars) && c.HAProxy == "" {
+		p, err := exec.LookPath("haproxy")
+		if err != nil {
+			return fmt.Errorf("variant C needs haproxy: %w", err)
+		}
+		c.HAProxy = p
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Reps, 3)
+	def(&c.One, 5000)
+	def(&c.Eight, 20000)
+	def(&c.OpenRate, 1000)
+	def(&c.Open, 5000)
+	if c.Stderr == nil {
+		c.Stderr = os.Stderr
+	}
+	if c.Progress == nil {
+		c.Progress = func(string) {}
+	}
+	return nil
+}
+
+// Phase names a load shape.
+type Phase int
+
+const (
+	// One in flight: latency.
+	One Phase = iota
+	// Eight in flight: throughput and CPU.
+	Eight
+	// Open loop at a fixed rate: latency from the intended send time.
+	Open
+	numPhases
+)
+
+// Measurement is one phase of one variant in one rep.
+type Measurement struct {
+	N          int
+	Elapsed    time.Duration
+	P50, P99   time.Duration
+	CPU        map[string]time.Duration // by process role: client, server, proxy...
+	Throughput float64                  // requests per second
+}
+
+// CPUPerRequest is the CPU time all processes spent per request.
+func (m Measurement) CPUPerRequest() time.Duration {
+	var sum time.Duration
+	for _, d := range m.CPU {
+		sum += d
+	}
+	return sum / time.Duration(max(m.N, 1))
+}
+
+// Results holds every measurement of a run: [variant][phase][rep].
+type Results struct {
+	Config Config
+	Runs   map[string][numPhases][]Measurement
+}
+
+// Run measures the variants side by side. It starts the embedded control
+// plane in this process, and every client, server and proxy as a process
+// of its own, so that each one's CPU time can be read from /proc.
+func Run(ctx context.Context, cfg Config) (*Results, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tmp, err := os.MkdirTemp("", "mesh-sidecar-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	cp, dirs, err := startControlPlane(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer cp.Close()
+
+	var procs procSet
+	defer procs.stop()
+	stopOnCancel := context.AfterFunc(ctx, procs.kill)
+	defer stopOnCancel()
+
+	clients := map[string]*proc{}
+	for _, v := range cfg.Variants {
+		c, err := startVariant(ctx, &cfg, &procs, v, dirs, tmp)
+		if err != nil {
+			return nil, fmt.Errorf("starting %s: %w", v, err)
+		}
+		clients[v] = c
+	}
+
+	res := &Results{Config: cfg, Runs: map[string][numPhases][]Measurement{}}
+	for rep := range cfg.Reps {
+		// Rotate who goes first, so no variant always follows the same one.
+		order := append(slices.Clone(cfg.Variants[rep%len(cfg.Variants):]), cfg.Variants[:rep%len(cfg.Variants)]...)
+		for _, v := range order {
+			runs := res.Runs[v]
+			for ph, cmd := range []string{
+				fmt.Sprintf("closed 1 %d", cfg.One),
+				fmt.Sprintf("closed 8 %d", cfg.Eight),
+				fmt.Sprintf("open %d %d", cfg.OpenRate, cfg.Open),
+			} {
+				cfg.Progress(fmt.Sprintf("rep %d/%d: %s %s", rep+1, cfg.Reps, v, cmd))
+				m, err := measure(procs.of(v), clients[v], cmd)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %s: %w", v, cmd, err)
+				}
+				runs[ph] = append(runs[ph], m)
+			}
+			res.Runs[v] = runs
+		}
+	}
+	return res, nil
+}
+
+// Before marks a variant run by Config.Before's executable: "M" + Before.
+const Before = "/before"
+
+// meshServices are the echo services of the mesh variants, one each, so
+// that no client's traffic reaches another variant's server.
+var meshServices = map[string]string{
+	Mesh: "echo", MeshLean: "echo-lean", Mesh + Before: "echo-before", MeshLean + Before: "echo-lean-before",
+}
+
+// meshYAML: STRICT mTLS, RBAC that lets only the client's identity call
+// the echo, and a VirtualService per echo service.
+func meshYAML() []byte {
+	y := []byte(`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-from-client, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/client"]}
+    to:
+    - operation: {paths: ["/mesh.bench.Echo/*"]}
+`)
+	for _, svc := range slices.Sorted(maps.Values(meshServices)) {
+		y = fmt.Appendf(y, `---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: %[1]s, namespace: default}
+spec:
+  hosts: [%[1]s.default.svc.cluster.local]
+  http:
+  - route:
+    - destination: {host: %[1]s.default.svc.cluster.local}
+`, svc)
+	}
+	return y
+}
+
+// workloads: a server and a client per echo service; the server's SVID
+// and the client's also serve B, C and G.
+func workloads() []controlplane.Workload {
+	var wls []controlplane.Workload
+	for _, svc := range slices.Sorted(maps.Values(meshServices)) {
+		wls = append(wls, controlplane.Workload{Name: svc, Namespace: "default", ServiceAccount: "echo", Service: svc, Port: 8080,
+			Labels: map[string]string{"app": "echo", "version": "v1"}},
+			controlplane.Workload{Name: "client-" + svc, Namespace: "default", ServiceAccount: "client",
+				Labels: map[string]string{"app": "client", "version": "v1"}})
+	}
+	return wls
+}
+
+// startControlPlane starts the embedded control plane with meshYAML and
+// writes every workload's directory under tmp.
+func startControlPlane(ctx context.Context, tmp string) (*controlplane.Server, map[string]string, error) {
+	cp, err := controlplane.New(ctx, controlplane.WithLogger(quietLogger()))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cp.Apply(meshYAML()); err != nil {
+		cp.Close()
+		return nil, nil, err
+	}
+	dirs := map[string]string{}
+	for _, wl := range workloads() {
+		dirs[wl.Name] = filepath.Join(tmp, wl.Name)
+		if _, err := cp.WriteBootstrap(dirs[wl.Name], wl); err != nil {
+			cp.Close()
+			return nil, nil, err
+		}
+	}
+	return cp, dirs, nil
+}
+
+// startVariant starts v's server side and client, and returns the client
+// once it has warmed up.
+func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs map[string]string, tmp string) (*proc, error) {
+	server := func(mode, dir string) (string, error) {
+		args := "-mode " + mode
+		if dir != "" {
+			args += " -dir " + dir
+		}
+		p, err := ps.startRole(cfg, v, "server", args)
+		if err != nil {
+			return "", err
+		}
+		line, err := p.line()
+		if err != nil {
+			return "", err
+		}
+		addr, ok := strings.CutPrefix(line, "ready ")
+		if !ok {
+			return "", fmt.Errorf("server said %q, not ready", line)
+		}
+		return addr, nil
+	}
+	var mode, clientDir, target string
+	switch v {
+	case Plain, GRPCOTel:
+		addr, err := server(v, dirs["echo"])
+		if err != nil {
+			return nil, err
+		}
+		mode, clientDir, target = v, dirs["client-echo"], addr
+	case Sidecars:
+		app, err := server("plain", "")
+		if err != nil {
+			return nil, err
+		}
+		inbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-server", dirs["echo"], app, true)
+		if err != nil {
+			return nil, err
+		}
+		outbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-client", dirs["client-echo"], inbound, false)
+		if err != nil {
+			return nil, err
+		}
+		mode, target = "plain", outbound
+	case Mesh, MeshLean, Mesh + Before, MeshLean + Before:
+		mode = strings.TrimSuffix(v, Before)
+		svc := meshServices[v]
+		if _, err := server(mode, dirs[svc]); err != nil {
+			return nil, err
+		}
+		clientDir, target = dirs["client-"+svc], svc+".default.svc.cluster.local:8080"
+	default:
+		return nil, fmt.Errorf("unknown variant %q", v)
+	}
+	args := "-mode " + mode + " -target " + target
+	if clientDir != "" {
+		args += " -dir " + clientDir
+	}
+	c, err := ps.startRole(cfg, v, "client", args)
+	if err != nil {
+		return nil, err
+	}
+	if line, err := c.line(); err != nil || line != "ready" {
+		return nil, fmt.Errorf("client not ready: %q, %v", line, err)
+	}
+	return c, nil
+}
+
+// haproxyConfig is one sidecar: TCP mode, one thread, TLS terminated
+// (inbound: bind with the server's SVID, client certificate required) or
+// originated (outbound: the client's SVID, server certificate verified
+// against the trust domain's root).
+func haproxyConfig(listen, upstream, crt, ca string, inbound bool) string {
+	bind := "bind " + listen
+	srv := "server app " + upstream
+	if inbound {
+		bind += " ssl crt " + crt + " ca-file " + ca + " verify required"
+	} else {
+		srv += " ssl crt " + crt + " ca-file " + ca + " verify required"
+	}
+	return `global
+	nbthread 1
+	maxconn 1000
+defaults
+	mode tcp
+	timeout connect 10s
+	timeout client 30m
+	timeout server 30m
+frontend in
+	` + bind + `
+	default_backend app
+backend app
+	` + srv + "\n"
+}
+
+func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, name, certDir, upstream string, inbound bool) (string, error) {
+	chain, err := os.ReadFile(filepath.Join(certDir, controlplane.CertChainFile))
+	if err != nil {
+		return "", err
+	}
+	key, err := os.ReadFile(filepath.Join(certDir, controlplane.KeyFile))
+	if err != nil {
+		return "", err
+	}
+	crt := filepath.Join(tmp, name+".pem")
+	if err := os.WriteFile(crt, append(chain, key...), 0o600); err != nil {
+		return "", err
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return "", err
+	}
+	conf := filepath.Join(tmp, name+".cfg")
+	ca := filepath.Join(certDir, controlplane.RootCertFile)
+	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, crt, ca, inbound)), 0o600); err != nil {
+		return "", err
+	}
+	cmd := exec.Command(cfg.HAProxy, "-db", "-f", conf)
+	p, err := ps.start(Sidecars, name, cmd, cfg.Stderr)
+	if err != nil {
+		return "", err
+	}
+	// Ready when it accepts connections.
+	for {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			return listen, nil
+		}
+		if exited(p.cmd.Process.Pid) {
+			return "", fmt.Errorf("haproxy %s exited; its output above says why", name)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("haproxy %s never listened on %s: %w", name, listen, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// freeAddr returns a loopback address nothing listens on right now, for
+// haproxy, which cannot report a port it picked itself.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// measure runs one phase on client and reads every process's CPU time
+// around it.
+func measure(ps []*proc, client *proc, cmd string) (Measurement, error) {
+	before := map[string]time.Duration{}
+	for _, p := range ps {
+		t, err := cpuTime(p.cmd.Process.Pid)
+		if err != nil {
+			return Measurement{}, err
+		}
+		before[p.name] = t
+	}
+	if _, err := io.WriteString(client.stdin, cmd+"\n"); err != nil {
+		return Measurement{}, err
+	}
+	line, err := client.line()
+	if err != nil {
+		return Measurement{}, err
+	}
+	var r phaseResult
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		return Measurement{}, fmt.Errorf("client answered %q: %w", line, err)
+	}
+	if r.Err != "" {
+		return Measurement{}, errors.New(r.Err)
+	}
+	m := Measurement{N: r.N, Elapsed: r.Elapsed, P50: r.P50, P99: r.P99, CPU: map[string]time.Duration{},
+		Throughput: float64(r.N) / r.Elapsed.Seconds()}
+	for _, p := range ps {
+		t, err := cpuTime(p.cmd.Process.Pid)
+		if err != nil {
+			return Measurement{}, err
+		}
+		m.CPU[p.name] = t - before[p.name]
+	}
+	return m, nil
+}
+
+// userHZ is the unit of /proc/<pid>/stat's CPU times; Linux fixes it at
+// 100 for user space on every architecture Go supports.
+const userHZ = 100
+
+// cpuTime reads the user and system CPU time of every thread of process
+// pid, living and exited.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces; fields after it
+	// start at the process state (field 3). utime and stime are 14 and 15.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
+// exited reports whether process pid has ended (a zombie until waited for).
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) == 0 || f[0] == "Z"
+}
+
+// proc is one child process.
+type proc struct {
+	variant, name string
+	cmd           *exec.Cmd
+	stdin         io.WriteCloser
+	out           *bufio.Scanner
+}
+
+// line reads the next line the process printed.
+func (p *proc) line() (string, error) {
+	if p.out.Scan() {
+		return p.out.Text(), nil
+	}
+	err := p.out.Err()
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return "", fmt.Errorf("%s %s: %w", p.variant, p.name, err)
+}
+
+// procSet owns the child processes: stop ends them all and waits.
+type procSet struct {
+	mu    sync.Mutex
+	procs []*proc
+}
+
+func (ps *procSet) startRole(cfg *Config, variant, role, args string) (*proc, error) {
+	exe := cfg.Exe
+	if strings.HasSuffix(variant, Before) {
+		exe = cfg.Before
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, roleEnv+"_ARGS="+args)
+	return ps.start(variant, role, cmd, cfg.Stderr)
+}
+
+func (ps *procSet) start(variant, name string, cmd *exec.Cmd, stderr io.Writer) (*proc, error) {
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{variant: variant, name: name, cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	ps.mu.Lock()
+	ps.procs = append(ps.procs, p)
+	ps.mu.Unlock()
+	return p, nil
+}
+
+func (ps *procSet) of(variant string) []*proc {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var out []*proc
+	for _, p := range ps.procs {
+		if p.variant == variant {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// kill ends every process at once (the run was cancelled).
+func (ps *procSet) kill() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, p := range ps.procs {
+		p.cmd.Process.Kill()
+	}
+}
+
+// stop closes every process's standard input, which ends the harness's
+// own roles, then kills what is left (haproxy) and waits for all.
+func (ps *procSet) stop() {
+	ps.mu.Lock()
+	procs := ps.procs
+	ps.procs = nil
+	ps.mu.Unlock()
+	// Clients first, so no server sees its client vanish mid-call.
+	slices.SortStableFunc(procs, func(a, b *proc) int {
+		return boolInt(a.name != "client") - boolInt(b.name != "client")
+	})
+	for _, p := range procs {
+		p.stdin.Close()
+		if p.name != "client" && p.name != "server" {
+			p.cmd.Process.Kill() // haproxy
+		}
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(time.Minute): // a hang guard, not a budget
+			p.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,103 @@
+package sidecar_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"mesh/benchmarks/internal/sidecar"
+)
+
+// TestMain lets the harness run this test binary as its clients and servers.
+func TestMain(m *testing.M) {
+	if sidecar.RoleMain() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// TestTinyRun runs every variant, HAProxy pair included, for a few hundred
+// echoes: the harness works end to end, and every report row has a number.
+// Without haproxy it skips, loudly; under CI it fails instead.
+func TestTinyRun(t *testing.T) {
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("haproxy is not installed; .ci/run installs it: %v", err)
+		}
+		t.Skipf("SKIPPING the sidecar comparison: haproxy is not installed (apt-get install -y haproxy): %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a hang guard
+	defer cancel()
+	// This binary again as the "before" build: the M/before variants run.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sidecar.Run(ctx, sidecar.Config{Before: exe, Reps: 1, One: 50, Eight: 200, OpenRate: 500, Open: 50, Stderr: t.Output()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	variants := append(sidecar.Variants, sidecar.Mesh+sidecar.Before, sidecar.MeshLean+sidecar.Before)
+	if len(res.Runs) != len(variants) {
+		t.Errorf("measured %d variants, want %v", len(res.Runs), variants)
+	}
+	for _, v := range variants {
+		for ph, runs := range res.Runs[v] {
+			if len(runs) != 1 {
+				t.Fatalf("%s phase %d: %d measurements, want 1", v, ph, len(runs))
+			}
+			m := runs[0]
+			if m.N == 0 || m.P50 <= 0 || m.P99 < m.P50 || m.Throughput <= 0 {
+				t.Errorf("%s phase %d: implausible %+v", v, ph, m)
+			}
+		}
+		want := 2
+		if v == sidecar.Sidecars {
+			want = 4 // client, server and both proxies
+		}
+		if n := len(res.Runs[v][0][0].CPU); n != want {
+			t.Errorf("%s: CPU of %d processes, want %d", v, n, want)
+		}
+	}
+	var b strings.Builder
+	res.WriteMarkdown(&b)
+	t.Log("\n" + b.String())
+	for _, want := range []string{"C: HAProxy mTLS pair", "proxy-server", "What each adds over B", "M: mesh (before)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestLeanClients builds the three client programs and runs each to its
+// first answer: the numbers benchmarks/README.md reports are all there,
+// and the mesh client links neither grpc-go's xds package nor anything
+// the baseline lacks that a plain client has no use for.
+func TestLeanClients(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds three programs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // a hang guard
+	defer cancel()
+	res, err := sidecar.MeasureClients(ctx, sidecar.ClientsConfig{Reps: 1, Stderr: t.Output()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range res {
+		if r.Binary <= 0 || len(r.Modules) == 0 || r.FirstRPC <= 0 || r.Goroutines <= 0 || r.HeapBytes == 0 {
+			t.Errorf("%s: implausible %+v", name, r)
+		}
+	}
+	if !slices.Contains(res[sidecar.XDSClient].Modules, "cloud.google.com/go/compute/metadata") {
+		t.Errorf("stock xDS client's modules lack grpc-go xds's own dependency: %v", res[sidecar.XDSClient].Modules)
+	}
+	var b strings.Builder
+	if err := res.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + b.String())
+}

@@ -1,0 +1,18 @@
+package sourcetest_test
+
+import (
+	"fmt"
+	"testing"
+
+	"mesh/identity/internal/sourcetest"
+)
+
+// A test waits for a signal with the test's hang guard.
+func ExampleWaitClosed() {
+	t := &testing.T{}
+	ch := make(chan struct{})
+	close(ch)
+	sourcetest.WaitClosed(sourcetest.Context(t), t, ch, "the signal")
+	fmt.Println("closed")
+
+}

@@ -1,0 +1,107 @@
+// Package sourcetest holds what the tests of identity's source packages
+// (csr, workloadapi) share.
+//
+//	ctx := sourcetest.Context(t)
+//	sourcetest.WaitClosed(ctx, t, src.Updated(), "a rotation")
+package sourcetest
+
+import (
+	"context"
+	"log/slog"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"mesh/identity"
+	"mesh/identity/identitytest"
+)
+
+// TD is the tests' trust domain.
+const TD = "example.org"
+
+// Context is a hang guard for one test, not a budget.
+func Context(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// NewCA returns a CA for trust domain td.
+func NewCA(t *testing.T, td string) *identitytest.CA {
+	t.Helper()
+	ca, err := identitytest.NewCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// WaitClosed waits until ch is closed, failing the test when ctx ends.
+func WaitClosed(ctx context.Context, t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// ClientID is an identity the tests issue SVIDs for.
+const ClientID = "spiffe://example.org/ns/default/sa/client"
+
+// Issue has ca issue an hour-long SVID for id.
+func Issue(t *testing.T, ca *identitytest.CA, id string) *x509svid.SVID {
+	t.Helper()
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid
+}
+
+// SerialOf returns the serial number of src's current SVID.
+func SerialOf(t *testing.T, src identity.Source) *big.Int {
+	t.Helper()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[0].SerialNumber
+}
+
+// Warnings is a slog handler that hands Warn-and-above records to the test.
+type Warnings chan slog.Record
+
+// Enabled takes Warn and above.
+func (w Warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+// Handle passes r on, or drops it when the test is not keeping up: it never
+// blocks the source.
+func (w Warnings) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case w <- r.Clone():
+	default:
+	}
+	return nil
+}
+
+// WithAttrs returns w.
+func (w Warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+
+// WithGroup returns w.
+func (w Warnings) WithGroup(string) slog.Handler { return w }
+
+// RecordError returns the "error" attribute of r.
+func RecordError(r slog.Record) string {
+	var msg string
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			msg = a.Value.String()
+		}
+		return true
+	})
+	return msg
+}
