@@ -20,69 +20,6 @@ import (
 	"mesh/internal/shop"
 )
 
-// load calls payments over conn from workers goroutines until stopped, and
-// counts calls and failures.
-type load struct {
-	calls, failed atomic.Int64
-	firstErr      atomic.Value // string
-	stop          chan struct{}
-	stopOnce      sync.Once
-	wg            sync.WaitGroup
-}
-
-func startLoad(ctx context.Context, t *testing.T, workers int, call func(context.Context) error) *load {
-	t.Helper()
-	l := &load{stop: make(chan struct{})}
-	for range workers {
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				err := call(ctx)
-				l.calls.Add(1)
-				if err != nil {
-					l.failed.Add(1)
-					l.firstErr.CompareAndSwap(nil, err.Error())
-				}
-			}
-		})
-	}
-	t.Cleanup(l.finish) // stops the workers if the test fails early
-	return l
-}
-
-func (l *load) finish() {
-	l.stopOnce.Do(func() { close(l.stop) })
-	l.wg.Wait()
-}
-
-// waitCalls waits until n more calls have completed: load observed, not
-// time slept.
-func (l *load) waitCalls(ctx context.Context, t *testing.T, n int64) {
-	t.Helper()
-	target := l.calls.Load() + n
-	for l.calls.Load() < target {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("only %d of %d calls completed: %v", l.calls.Load(), target, ctx.Err())
-		case <-time.After(time.Millisecond):
-		}
-	}
-}
-
-// check stops the load and fails the test if any call failed.
-func (l *load) check(t *testing.T, what string) {
-	t.Helper()
-	l.finish()
-	t.Logf("%s: %d calls, %d failed", what, l.calls.Load(), l.failed.Load())
-	if l.failed.Load() != 0 {
-		t.Fatalf("%s: %d of %d calls failed; first: %v", what, l.failed.Load(), l.calls.Load(), l.firstErr.Load())
-	}
-}
-
 // hasInboundListener reports whether resources carry a server listener,
 // that is whether the node serves and has asked for its inbound listener.
 func hasInboundListener(resources map[string][]types.Resource) bool {
@@ -123,20 +60,20 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	t.Cleanup(openGate) // runs before the meshes close
 	addr := w.ControlPlane.Addr()
 
-	l := startLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
-	l.waitCalls(ctx, t, 100)
+	l := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
+	l.WaitCalls(ctx, t, 100)
 
 	if err := w.ControlPlane.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// Calls go on while the control plane is down: routes, clusters and
 	// endpoints are the last good ones, and connections are direct.
-	l.waitCalls(ctx, t, 500)
+	l.WaitCalls(ctx, t, 500)
 	if checkoutWaits.Load() == 0 {
 		t.Fatal("checkout never noticed the control plane was down")
 	}
-	if n := l.failed.Load(); n != 0 {
-		t.Fatalf("%d calls failed while the control plane was down; first: %v", n, l.firstErr.Load())
+	if n, first := l.Failures(); n != 0 {
+		t.Fatalf("%d calls failed while the control plane was down; first: %v", n, first)
 	}
 
 	hook := whenServersPushed(2, openGate)
@@ -162,7 +99,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	if err := shop.WaitFor(ctx, w.Conn, 20, func(r shop.Reply) bool { return r.Version == "v2" }); err != nil {
 		t.Fatalf("flip on the new control plane: %v", err)
 	}
-	l.check(t, "control plane down and restarted")
+	l.Check(t, "control plane down and restarted", 1)
 }
 
 func TestRestartFromCacheWhileControlPlaneDown(t *testing.T) {
@@ -336,7 +273,7 @@ func testServingState(t *testing.T, kind string) {
 func TestTwoHundredGRPCFlipsUnderLoad(t *testing.T) {
 	ctx := testContext(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
-	l := startLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
+	l := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
 	// 100/0 and 0/100 in turn: one reply from the other version proves
 	// the push arrived, since the old split could not produce it.
 	for i := range 200 {
@@ -351,7 +288,7 @@ func TestTwoHundredGRPCFlipsUnderLoad(t *testing.T) {
 			t.Fatalf("flip %d to %d/%d: %v", i, v1, v2, err)
 		}
 	}
-	l.check(t, "200 gRPC flips")
+	l.Check(t, "200 gRPC flips", 1)
 }
 
 func TestTwoHundredHTTPFlipsUnderLoad(t *testing.T) {
@@ -383,7 +320,7 @@ func TestTwoHundredHTTPFlipsUnderLoad(t *testing.T) {
 	if err := waitVersion("v1"); err != nil {
 		t.Fatalf("web never answered: %v", err)
 	}
-	l := startLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.GetVersion(ctx, client, shop.WebURL); return err })
+	l := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.GetVersion(ctx, client, shop.WebURL); return err })
 	for i := range 200 {
 		v1, v2, want := 100, 0, "v1"
 		if i%2 == 0 {
@@ -396,5 +333,5 @@ func TestTwoHundredHTTPFlipsUnderLoad(t *testing.T) {
 			t.Fatalf("flip %d to %d/%d: %v", i, v1, v2, err)
 		}
 	}
-	l.check(t, "200 HTTP flips")
+	l.Check(t, "200 HTTP flips", 1)
 }

@@ -35,8 +35,8 @@ func TestSVIDRotationUnderLoadFailsNothing(t *testing.T) {
 	// Workloads re-read their SVID files every 20ms; rotations are paced
 	// by observing their effect, not by sleeping.
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0, CertRefresh: 20 * time.Millisecond})
-	l := startLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
-	l.waitCalls(ctx, t, 100)
+	l := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
+	l.WaitCalls(ctx, t, 100)
 
 	seen := []*big.Int{servingCertSerial(ctx, t, w.Conn)}
 	const rotations = 5
@@ -88,9 +88,9 @@ func TestSVIDRotationUnderLoadFailsNothing(t *testing.T) {
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
-		l.waitCalls(ctx, t, 50) // load runs across every rotation
+		l.WaitCalls(ctx, t, 50) // load runs across every rotation
 	}
-	l.check(t, "5 SVID rotations")
+	l.Check(t, "5 SVID rotations", 1)
 	changes := 0
 	for i := 1; i < len(seen); i++ {
 		if seen[i].Cmp(seen[i-1]) != 0 {

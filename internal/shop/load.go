@@ -64,6 +64,9 @@ func (l *Load) WaitCalls(ctx context.Context, tb testing.TB, n int64) {
 	}
 }
 
+// Failures returns how many calls failed so far, and the first failure.
+func (l *Load) Failures() (n int64, first any) { return l.failed.Load(), l.firstErr.Load() }
+
 // Check stops the load and fails the test if any call failed, or if
 // fewer than minCalls ran (the load did not run).
 func (l *Load) Check(tb testing.TB, what string, minCalls int64) {
