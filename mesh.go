@@ -193,6 +193,17 @@ func (m *Mesh) startProviders(ctx context.Context) error {
 // modified.
 func (m *Mesh) Bootstrap() *xdsclient.Bootstrap { return m.bootstrap }
 
+// CertificateProviders returns the mesh's certificate provider instances
+// (from options and the bootstrap) by name, for admin pages that show the
+// identity in force. The map is a copy; the sources are shared.
+func (m *Mesh) CertificateProviders() map[string]identity.Source {
+	out := make(map[string]identity.Source, len(m.providers))
+	for name, src := range m.providers {
+		out[name] = src
+	}
+	return out
+}
+
 // XDSClient returns the mesh's xDS client, for watching resources directly.
 //
 // # Experimental

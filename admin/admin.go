@@ -1,7 +1,10 @@
 // Package admin serves a mesh's admin pages: /metrics (from a handler you
 // give, typically promhttp over the OpenTelemetry Prometheus exporter's
-// registry), /debug/config with every xDS resource's version and ACK/NACK
-// status, /debug/clusters with endpoint state, /debug/graph (the
+// registry), /debug/config with every xDS resource's version, ACK/NACK
+// status and decoded contents (routes with matchers, weights, timeouts,
+// retries and faults; clusters with LB policy, circuit breaker, outlier
+// detection and TLS) and the workload's certificates (SPIFFE ID, serial,
+// expiry, trust bundle; never keys), /debug/clusters with endpoint state, /debug/graph (the
 // workload's own service graph, drawn from its metrics as Kiali draws it)
 // and /healthz.
 //
@@ -15,11 +18,14 @@
 package admin
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 
 	"mesh"
 	pages "mesh/internal/admin"
@@ -67,12 +73,13 @@ func handler(m *mesh.Mesh, metrics http.Handler, graph pages.GraphSource, logger
 		metrics = telemetry.EnvoyBucketLabels(metrics) // le="1800000", as Envoy prints it
 	}
 	return pages.NewHandler(pages.Config{
-		Metrics:  metrics,
-		Graph:    graph,
-		Clusters: func() []pages.ClusterStatus { return clusterStatus(m) },
-		XDS:      m.XDSClient().Dump,
-		Healthy:  m.Err,
-		Logger:   logger,
+		Metrics:      metrics,
+		Graph:        graph,
+		Clusters:     func() []pages.ClusterStatus { return clusterStatus(m) },
+		XDS:          m.XDSClient().Dump,
+		Certificates: func() []pages.CertificateView { return certificates(m) },
+		Healthy:      m.Err,
+		Logger:       logger,
 	})
 }
 
@@ -90,6 +97,30 @@ func clusterStatus(m *mesh.Mesh) []pages.ClusterStatus {
 			})
 		}
 		out = append(out, cs)
+	}
+	return out
+}
+
+// certificates is /debug/config's certificates: each certificate
+// provider's current SVID (ID, serial, validity) and the trust bundle of
+// its trust domain. The SVID's private key is never read.
+func certificates(m *mesh.Mesh) []pages.CertificateView {
+	providers := m.CertificateProviders()
+	names := slices.Sorted(maps.Keys(providers))
+	var out []pages.CertificateView
+	for _, name := range names {
+		src := providers[name]
+		svid, err := src.GetX509SVID()
+		if err != nil || len(svid.Certificates) == 0 {
+			continue // a provider of roots only, or not ready yet
+		}
+		var roots []*x509.Certificate
+		if b, err := src.GetX509BundleForTrustDomain(svid.ID.TrustDomain()); err == nil {
+			roots = b.X509Authorities()
+		}
+		v := pages.CertificateOf(svid.Certificates, roots)
+		v.Provider = name
+		out = append(out, v)
 	}
 	return out
 }

@@ -54,6 +54,11 @@ type ResourceStatus struct {
 	// Ignored lists the fields of the value that mesh does not implement
 	// and skipped, each as "field path: what was skipped".
 	Ignored []string
+	// Value is the decoded value in force (*Listener, *RouteConfig,
+	// *Cluster, *Endpoints or *Secret); nil when none. It is shared: do not
+	// modify it. A *Secret's private key is left out: keys never leave the
+	// process through Dump.
+	Value any
 }
 
 // Dump lists every watched resource, sorted by type and name.
@@ -81,6 +86,9 @@ func (c *Client) Dump() []ResourceStatus {
 				rs.Status = StatusAcked
 			default:
 				rs.Status = StatusRequested
+			}
+			if st.hasValue {
+				rs.Value = withoutKey(st.value)
 			}
 			out = append(out, rs)
 		}

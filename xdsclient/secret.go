@@ -130,3 +130,14 @@ func redactSecret(raw []byte) []byte {
 	}
 	return out
 }
+
+// withoutKey returns v, or for a *Secret a copy without its private key.
+func withoutKey(v any) any {
+	s, ok := v.(*Secret)
+	if !ok || s == nil || s.Certificate == nil {
+		return v
+	}
+	c := *s
+	c.Certificate = &TLSCertificate{ChainPEM: s.Certificate.ChainPEM}
+	return &c
+}

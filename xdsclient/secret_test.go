@@ -52,6 +52,20 @@ func TestWatchSecretOverADS(t *testing.T) {
 	if !isValue(ev) || !bytes.Equal(ev.Resource.Validation.BundleFor("cluster.local"), ca.pem) {
 		t.Fatalf("ROOTCA secret event = %v", ev)
 	}
+	// Dump shows the secret in force without its key: keys never leave
+	// the process (admin pages read Dump); the watcher's copy keeps it.
+	dumped := false
+	for _, rs := range c.Dump() {
+		if s, ok := rs.Value.(*xdsclient.Secret); ok && rs.Name == "default" {
+			dumped = true
+			if s.Certificate == nil || !bytes.Equal(s.Certificate.ChainPEM, chain1) || s.Certificate.KeyPEM != nil {
+				t.Errorf("Dump's default secret = %v, want chain without key", s)
+			}
+		}
+	}
+	if !dumped {
+		t.Errorf("Dump has no default secret value: %+v", c.Dump())
+	}
 
 	// A pushed rotation reaches the watcher.
 	chain2, key2 := ca.issue(t, 11)

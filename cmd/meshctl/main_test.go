@@ -472,7 +472,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 		t.Errorf("proxy-config endpoints checkout:\n%s\nwant payments v1's endpoint READY, not ejected", out)
 	}
 	oneLine(t, meshctl(t, "proxy-config", "endpoints", "nobody", "-state", state), 1, "workload default/nobody: not enrolled")
-	oneLine(t, meshctl(t, "proxy-config", "secrets", "checkout", "-state", state), 2, `kind "secrets"`)
+	oneLine(t, meshctl(t, "proxy-config", "keys", "checkout", "-state", state), 2, `kind "keys"`)
 	// payments-v1's -metrics URL serves /metrics only: no admin pages.
 	oneLine(t, meshctl(t, "proxy-config", "all", "payments-v1", "-state", state), 1, "not the mesh's admin pages")
 

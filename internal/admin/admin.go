@@ -20,6 +20,9 @@ type Config struct {
 	// XDS lists the watched xDS resources for /debug/config, e.g. the mesh's
 	// xdsclient.Client.Dump.
 	XDS func() []xdsclient.ResourceStatus
+	// Certificates lists the workload's certificates in force (never
+	// keys) for /debug/config.
+	Certificates func() []CertificateView
 	// Clusters lists clusters and their endpoints for /debug/clusters.
 	Clusters func() []ClusterStatus
 	// Graph computes /debug/graph.json, drawn by /debug/graph.
@@ -71,6 +74,9 @@ type ResourceView struct {
 	UpdatedAt     time.Time `json:"updated_at,omitzero"`
 	Source        string    `json:"source,omitempty"`
 	FromCache     bool      `json:"from_cache,omitempty"`
+	// Config is what is in force: a ListenerConfig, RouteConfigView,
+	// ClusterConfig, EndpointsConfig or SecretConfig.
+	Config any `json:"config,omitempty"`
 }
 
 // ConfigView converts the xDS client's dump to what /debug/config serves.
@@ -81,6 +87,7 @@ func ConfigView(resources []xdsclient.ResourceStatus) []ResourceView {
 			Type: r.Type, TypeURL: r.TypeURL, Name: r.Name, Version: r.Version,
 			Status: statusName(r.Status), IgnoredFields: r.Ignored,
 			UpdatedAt: r.UpdatedAt, Source: r.Source, FromCache: r.FromCache,
+			Config: configOf(r.Value),
 		}
 		if r.Error != nil {
 			v.Error = r.Error.Error()
@@ -138,7 +145,15 @@ func NewHandler(cfg Config) http.Handler {
 			notConfigured("xds config")(w, nil)
 			return
 		}
-		writeJSON(w, logger, "/debug/config", map[string]any{"resources": ConfigView(cfg.XDS())})
+		page := map[string]any{"resources": ConfigView(cfg.XDS())}
+		if cfg.Certificates != nil {
+			certs := cfg.Certificates()
+			if certs == nil {
+				certs = []CertificateView{}
+			}
+			page["certificates"] = certs
+		}
+		writeJSON(w, logger, "/debug/config", page)
 	})
 	mux.HandleFunc("GET /debug/clusters", func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Clusters == nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"mesh/identity/identitytest"
 	"mesh/internal/admin"
 	"mesh/xdsclient"
 )
@@ -309,5 +310,39 @@ func TestCallersOwnGraphShowsMutualTLS(t *testing.T) {
 	}
 	if e, ok := g.Edge(checkoutID, v2ID); !ok || e.MutualTLS || e.MTLSRatio != 0.75 {
 		t.Errorf("checkout -> v2, one call in four without a server principal = %+v, want no lock, ratio 0.75", e)
+	}
+}
+
+// TestConfigViewShowsSecretsWithoutKeys: a secret handed to ConfigView
+// with its key still in it (as a buggy source might) shows the
+// certificate's ID and expiry, and the key appears nowhere in the page.
+func TestConfigViewShowsSecretsWithoutKeys(t *testing.T) {
+	ca, err := identitytest.NewCA("example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.Issue("spiffe://example.org/ns/default/sa/a", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(key), "PRIVATE KEY") {
+		t.Fatalf("test key %q is not PEM", key)
+	}
+	h := admin.NewHandler(admin.Config{XDS: func() []xdsclient.ResourceStatus {
+		return []xdsclient.ResourceStatus{{Type: "secret", Name: "default", Status: xdsclient.StatusAcked,
+			Value: &xdsclient.Secret{Name: "default", Certificate: &xdsclient.TLSCertificate{ChainPEM: chain, KeyPEM: key}}}}
+	}})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/config", nil))
+	page := rec.Body.String()
+	if !strings.Contains(page, `"spiffe_id": "spiffe://example.org/ns/default/sa/a"`) || !strings.Contains(page, `"not_after"`) {
+		t.Errorf("/debug/config lacks the certificate's ID and expiry:\n%s", page)
+	}
+	if strings.Contains(page, "PRIVATE KEY") || strings.Contains(page, string(key[40:80])) {
+		t.Errorf("/debug/config shows the key:\n%s", page)
 	}
 }
