@@ -8,7 +8,7 @@
 //	meshctl analyze ./mesh.d                                   # check YAML before applying it
 //	meshctl analyze -live                                      # the config in force, against the workloads known
 //	meshctl status | proxy-status | top                         # config state; xDS sync per workload; traffic per edge
-//	meshctl proxy-config endpoints checkout                    # what a workload has in force, from its admin pages
+//	meshctl proxy-config routes checkout                        # what a workload has in force, from its admin pages
 //	meshctl dashboard                                          # the graph page (controlplane -admin ADDR)
 //
 // Commands that talk to the control plane find its API through -state
@@ -65,7 +65,7 @@ func commands() []command {
 		{"canary", "set, promote, roll back or analyze a host's canary split", runCanary},
 		{"status", "the control plane's config state, enrolled workloads and canaries", runStatus},
 		{"proxy-status", "every connected workload's xDS sync state: versions sent and ACKed, NACK errors, last seen", runProxyStatus},
-		{"proxy-config", "what a workload has in force, read from its admin pages: xDS resources, endpoints", runProxyConfig},
+		{"proxy-config", "what a workload has in force, read from its admin pages: routes, clusters, endpoints, certificates", runProxyConfig},
 		{"top", "live per edge: rps, success %, p50, p99, mTLS", runTop},
 		{"dashboard", "print, and open where a browser exists, the control plane's graph page", runDashboard},
 		{"analyze", "check a directory of Istio YAML (and Canary objects) offline, or the config in force (-live)", runAnalyze},
