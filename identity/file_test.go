@@ -269,20 +269,7 @@ func TestFileSourceCloseStopsPoller(t *testing.T) {
 	default:
 		t.Fatal("Close returned before the poller exited")
 	}
-	select {
-	case <-updated:
-	default:
-		t.Fatal("Close did not wake Updated waiters")
-	}
-	if _, err := src.GetX509SVID(); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509SVID after Close: err = %v, want ErrClosed", err)
-	}
-	if _, err := src.GetX509BundleForTrustDomain(ca.TrustDomain()); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509BundleForTrustDomain after Close: err = %v, want ErrClosed", err)
-	}
-	if err := src.Close(); err != nil {
-		t.Errorf("second Close = %v", err)
-	}
+	sourcetest.CheckClosed(t, src, ca.TrustDomain(), updated)
 }
 
 // TestMain fails the binary if any source, server or connection a test

@@ -26,7 +26,6 @@ import (
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
 
-	"mesh/identity"
 	"mesh/identity/csr"
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/source"
@@ -514,18 +513,5 @@ func TestCSRSourceClose(t *testing.T) {
 	if !renewal.Stopped() {
 		t.Error("Close left the renewal timer running")
 	}
-	select {
-	case <-updated:
-	default:
-		t.Fatal("Close did not wake Updated waiters")
-	}
-	if _, err := src.GetX509SVID(); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509SVID after Close: err = %v, want ErrClosed", err)
-	}
-	if _, err := src.GetX509BundleForTrustDomain(ca.TrustDomain()); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509BundleForTrustDomain after Close: err = %v, want ErrClosed", err)
-	}
-	if err := src.Close(); err != nil {
-		t.Errorf("second Close = %v", err)
-	}
+	sourcetest.CheckClosed(t, src, ca.TrustDomain(), updated)
 }

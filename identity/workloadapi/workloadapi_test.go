@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/source"
 	"mesh/identity/internal/sourcetest"
@@ -360,20 +359,7 @@ func TestWorkloadAPISourceClose(t *testing.T) {
 	default:
 		t.Fatal("Close returned before the stream goroutine exited")
 	}
-	select {
-	case <-updated:
-	default:
-		t.Fatal("Close did not wake Updated waiters")
-	}
-	if _, err := src.GetX509SVID(); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509SVID after Close: err = %v, want ErrClosed", err)
-	}
-	if _, err := src.GetX509BundleForTrustDomain(ca.TrustDomain()); !errors.Is(err, identity.ErrClosed) {
-		t.Errorf("GetX509BundleForTrustDomain after Close: err = %v, want ErrClosed", err)
-	}
-	if err := src.Close(); err != nil {
-		t.Errorf("second Close = %v", err)
-	}
+	sourcetest.CheckClosed(t, src, ca.TrustDomain(), updated)
 }
 
 func TestWorkloadAPISourceOverTCP(t *testing.T) {

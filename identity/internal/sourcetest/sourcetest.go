@@ -7,11 +7,13 @@ package sourcetest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/big"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"mesh/identity"
@@ -104,4 +106,31 @@ func RecordError(r slog.Record) string {
 		return true
 	})
 	return msg
+}
+
+// ClosedSource is what CheckClosed needs of a source: Close and its reads.
+type ClosedSource interface {
+	identity.Source
+	Close() error
+}
+
+// CheckClosed checks a source just closed: Close woke the Updated channel
+// taken before it, reads fail with identity.ErrClosed, and a second Close
+// is harmless.
+func CheckClosed(t *testing.T, src ClosedSource, td spiffeid.TrustDomain, updated <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-updated:
+	default:
+		t.Fatal("Close did not wake Updated waiters")
+	}
+	if _, err := src.GetX509SVID(); !errors.Is(err, identity.ErrClosed) {
+		t.Errorf("GetX509SVID after Close: err = %v, want ErrClosed", err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(td); !errors.Is(err, identity.ErrClosed) {
+		t.Errorf("GetX509BundleForTrustDomain after Close: err = %v, want ErrClosed", err)
+	}
+	if err := src.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
 }
