@@ -10,8 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	networking "istio.io/api/networking/v1alpha3"
 
 	"mesh/internal/admin"
 )
@@ -84,7 +87,7 @@ func (s *Server) AdminHandler() http.Handler {
 	// the caller serves itself.
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	return admin.NewHandler(admin.Config{
-		Graph:  admin.NewScraper(s.metricsURLs, admin.WithLogger(s.logger), admin.WithHTTPClient(client)),
+		Graph:  weightedGraph{s, admin.NewScraper(s.metricsURLs, admin.WithLogger(s.logger), admin.WithHTTPClient(client))},
 		Logger: s.logger,
 	})
 }
@@ -101,7 +104,7 @@ func (s *Server) ServeAdmin(ctx context.Context, addr string) (string, error) {
 	}
 	scraper := admin.NewScraper(s.metricsURLs, admin.WithLogger(s.logger))
 	srv := &http.Server{
-		Handler:  admin.NewHandler(admin.Config{Graph: scraper, Logger: s.logger}),
+		Handler:  admin.NewHandler(admin.Config{Graph: weightedGraph{s, scraper}, Logger: s.logger}),
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 	ops := &s.ops
@@ -138,4 +141,75 @@ func (ops *operations) close() {
 	for _, sc := range scrapers {
 		sc.CloseIdleConnections()
 	}
+}
+
+// weightedGraph is the scraped graph with each edge's route weight: the
+// control plane knows the routes it serves, the metrics do not.
+type weightedGraph struct {
+	s       *Server
+	scraper *admin.Scraper
+}
+
+func (w weightedGraph) Graph(ctx context.Context) (admin.Graph, error) {
+	g, err := w.scraper.Graph(ctx)
+	if err != nil {
+		return g, err
+	}
+	weights := w.s.routeWeights()
+	for i, e := range g.Edges {
+		if v, ok := weights[e.Target]; ok {
+			g.Edges[i].Weight = &v
+		}
+	}
+	return g, nil
+}
+
+// routeWeights maps the node ID ("namespace/service/version") of each
+// version a weighted route in force sends to, to its percent: from the
+// first HTTP route of each VirtualService that routes to one host only,
+// a subset's version being its DestinationRule's "version" label, as
+// Istio's metrics report it.
+func (s *Server) routeWeights() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	versions := map[string]string{} // host|subset -> version
+	for _, o := range s.cfg.sorted(KindDestinationRule) {
+		dr := o.spec.(*networking.DestinationRule)
+		for _, sub := range dr.GetSubsets() {
+			versions[QualifyHost(dr.GetHost(), o.key.namespace)+"|"+sub.GetName()] = cmpOr(sub.GetLabels()["version"], sub.GetName())
+		}
+	}
+	out := map[string]int{}
+	for _, o := range s.cfg.sorted(KindVirtualService) {
+		routes := o.spec.(*networking.VirtualService).GetHttp()
+		if len(routes) == 0 {
+			continue
+		}
+		dests := routes[0].GetRoute()
+		if len(dests) == 0 {
+			continue
+		}
+		host := QualifyHost(dests[0].GetDestination().GetHost(), o.key.namespace)
+		if !routesOnlyTo(dests, host, o.key.namespace) {
+			continue
+		}
+		// host is service.namespace.svc.<domain>.
+		parts := strings.SplitN(host, ".", 3)
+		if len(parts) < 3 {
+			continue
+		}
+		for _, d := range dests {
+			subset := d.GetDestination().GetSubset()
+			version, ok := versions[host+"|"+subset]
+			if subset == "" || !ok {
+				continue // all versions: no one version's weight
+			}
+			weight := int(d.GetWeight())
+			if len(dests) == 1 && weight == 0 {
+				weight = 100
+			}
+			out[admin.NodeID(parts[1], parts[0], version)] += weight
+		}
+	}
+	return out
 }

@@ -49,6 +49,29 @@ istio_requests_total{reporter="destination",source_workload_namespace="default",
 		t.Errorf("MetricsEndpoints = %v", got)
 	}
 
+	// The routes in force give the edge its weight.
+	if err := s.Apply([]byte(`apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: payments, namespace: default}
+spec:
+  host: payments
+  subsets:
+  - {name: stable, labels: {version: v1}}
+  - {name: canary, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: payments, namespace: default}
+spec:
+  hosts: [payments]
+  http:
+  - route:
+    - {destination: {host: payments, subset: stable}, weight: 85}
+    - {destination: {host: payments, subset: canary}, weight: 15}
+`)); err != nil {
+		t.Fatal(err)
+	}
+
 	base, err := s.ServeAdmin(ctx, "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("ServeAdmin: %v", err)
@@ -64,8 +87,8 @@ istio_requests_total{reporter="destination",source_workload_namespace="default",
 		t.Fatalf("decode graph: %v", err)
 	}
 	e, ok := g.Edge(admin.NodeID("default", "checkout", "v1"), admin.NodeID("default", "payments", "v2"))
-	if !ok || e.Requests != 42 || !e.MutualTLS || len(g.Errors) != 0 {
-		t.Errorf("graph = %+v, want checkout -> payments v2, 42 requests over mTLS", g)
+	if !ok || e.Requests != 42 || !e.MutualTLS || len(g.Errors) != 0 || e.Weight == nil || *e.Weight != 15 {
+		t.Errorf("graph = %+v, want checkout -> payments v2, 42 requests over mTLS, weight 15", g)
 	}
 
 	// Close stops the admin server.

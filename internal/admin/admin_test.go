@@ -124,6 +124,44 @@ func TestScraperEdgesRatesAndHealth(t *testing.T) {
 	}
 }
 
+// TestScraperFirstGraphHasRates: the first graph a Scraper builds on the
+// real clock already shows a rate and a p99, not totals and 0 rps: the
+// counters grow between its two scrapes a window apart.
+func TestScraperFirstGraphHasRates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute) // hang guard
+	defer cancel()
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		n += 100
+		count := n
+		mu.Unlock()
+		// 99 of each 100 calls take at most 5 ms, one up to 50 ms.
+		labels := `reporter="source",source_canonical_service="checkout",source_canonical_revision="v1",source_workload_namespace="default",destination_service_namespace="default",destination_canonical_service="payments",destination_canonical_revision="v1",request_protocol="grpc",grpc_response_status="0"`
+		fmt.Fprintf(w, "# TYPE istio_requests_total counter\nistio_requests_total{%s} %d\n", labels, count)
+		fmt.Fprintf(w, "# TYPE istio_request_duration_milliseconds histogram\n")
+		for _, b := range []struct {
+			le string
+			n  int
+		}{{"1", 0}, {"5", count * 99 / 100}, {"50", count}, {"+Inf", count}} {
+			fmt.Fprintf(w, "istio_request_duration_milliseconds_bucket{%s,le=%q} %d\n", labels, b.le, b.n)
+		}
+		fmt.Fprintf(w, "istio_request_duration_milliseconds_sum{%s} %d\nistio_request_duration_milliseconds_count{%s} %d\n", labels, count, labels, count)
+	}))
+	t.Cleanup(srv.Close)
+	s := admin.NewScraper(func() []string { return []string{srv.URL} }, admin.WithRateWindow(50*time.Millisecond))
+	t.Cleanup(s.CloseIdleConnections)
+	g, err := s.Graph(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := g.Edge(checkoutID, v1ID)
+	if !ok || e.Rate <= 0 || e.Requests != 200 || e.P99Millis != 5 || e.Health != admin.HealthHealthy {
+		t.Errorf("first graph's edge = %+v, want a rate over the two scrapes, 200 requests, p99 5 ms", e)
+	}
+}
+
 func TestScraperHTTPErrorsAndResets(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

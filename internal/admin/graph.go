@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -35,8 +37,12 @@ const (
 	HealthIdle = "idle"
 )
 
-// requestsMetric is the Istio counter the graph is built from.
-const requestsMetric = "istio_requests_total"
+// requestsMetric is the Istio counter the graph is built from, and
+// durationMetric the histogram its p99 comes from.
+const (
+	requestsMetric = "istio_requests_total"
+	durationMetric = "istio_request_duration_milliseconds"
+)
 
 // maxScrapeBytes bounds one /metrics body: a workload's Istio series are a
 // few hundred kilobytes at most.
@@ -89,6 +95,14 @@ type Edge struct {
 	MutualTLS bool    `json:"mutual_tls"`
 	MTLSRatio float64 `json:"mtls_ratio"`
 	Health    string  `json:"health"`
+	// P99Millis is the upper bound (ms) of the duration histogram bucket
+	// holding the 99th percentile over the same span as Rate: 0 without
+	// duration series, -1 beyond the last finite bound.
+	P99Millis float64 `json:"p99_ms"`
+	// Weight is the percent of the source's calls to the target's service
+	// that the routes in force send to this version, when the graph's
+	// source knows the routes (the control plane's does); nil otherwise.
+	Weight *int `json:"weight,omitempty"`
 }
 
 // Edge returns the edge from source to target node IDs, if any.
@@ -123,11 +137,13 @@ func WithHTTPClient(c *http.Client) ScraperOption {
 	})
 }
 
-// WithClock replaces time.Now, for rates in tests.
+// WithClock replaces time.Now, for rates in tests. A fake clock does not
+// advance while the Scraper waits, so the first graph then shows totals
+// only, without the first-view wait (see Scraper.Graph).
 func WithClock(now func() time.Time) ScraperOption {
 	return scraperOptionFunc(func(s *Scraper) {
 		if now != nil {
-			s.now = now
+			s.now, s.fakeClock = now, true
 		}
 	})
 }
@@ -162,6 +178,9 @@ type Scraper struct {
 	now     func() time.Time
 	logger  *slog.Logger
 	window  time.Duration
+	// fakeClock: no real window can pass on s.now, so the first graph
+	// does not wait for one.
+	fakeClock bool
 
 	mu      sync.Mutex
 	history []snapshot // oldest first
@@ -199,7 +218,30 @@ func (s *Scraper) CloseIdleConnections() { s.client.CloseIdleConnections() }
 
 // Graph scrapes every target and builds the graph. A target that fails is
 // listed in Graph.Errors; Graph fails only when ctx does.
+//
+// The first graph a Scraper builds scrapes twice, a rate window apart, so
+// that its first view already shows rates and a p99 over that window
+// rather than totals and "0 rps".
 func (s *Scraper) Graph(ctx context.Context) (Graph, error) {
+	s.mu.Lock()
+	first := len(s.history) == 0 && !s.fakeClock
+	s.mu.Unlock()
+	if first {
+		if _, err := s.graphOnce(ctx); err != nil {
+			return Graph{}, err
+		}
+		t := time.NewTimer(s.window)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return Graph{}, fmt.Errorf("graph: waiting for the first rate window: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return s.graphOnce(ctx)
+}
+
+func (s *Scraper) graphOnce(ctx context.Context) (Graph, error) {
 	var targets []string
 	if s.targets != nil {
 		targets = s.targets()
@@ -294,6 +336,9 @@ type edgeCounts struct {
 	dstRequests, dstErrors float64
 	dstMTLS                float64
 	srcMTLS                float64 // source-reported, both principals proven
+	// Cumulative duration buckets (upper bound in ms -> count; +Inf holds
+	// the total), per reporter.
+	srcBuckets, dstBuckets map[float64]float64
 }
 
 // requests and errors prefer the source's view, as Kiali's versioned-app
@@ -304,6 +349,31 @@ func (c edgeCounts) requests() (total, errs float64) {
 		return c.srcRequests, c.srcErrors
 	}
 	return c.dstRequests, c.dstErrors
+}
+
+// edgeNodes names a series' source and destination nodes.
+func edgeNodes(labels map[string]string) (src, dst Node) {
+	src = Node{
+		Namespace: orUnknown(labels["source_workload_namespace"]),
+		Service:   orUnknown(first(labels["source_canonical_service"], labels["source_app"], labels["source_workload"])),
+		Version:   orUnknown(first(labels["source_canonical_revision"], labels["source_version"])),
+	}
+	dst = Node{
+		Namespace: orUnknown(first(labels["destination_service_namespace"], labels["destination_workload_namespace"])),
+		Service:   orUnknown(first(labels["destination_canonical_service"], labels["destination_app"], labels["destination_service_name"])),
+		Version:   orUnknown(first(labels["destination_canonical_revision"], labels["destination_version"])),
+	}
+	src.ID = NodeID(src.Namespace, src.Service, src.Version)
+	dst.ID = NodeID(dst.Namespace, dst.Service, dst.Version)
+	return src, dst
+}
+
+func labelsOf(m *dto.Metric) map[string]string {
+	labels := make(map[string]string, len(m.GetLabel()))
+	for _, l := range m.GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	return labels
 }
 
 func countEdges(families ...map[string]*dto.MetricFamily) map[string]edgeCounts {
@@ -323,22 +393,8 @@ func countEdges(families ...map[string]*dto.MetricFamily) map[string]edgeCounts 
 			default:
 				continue
 			}
-			labels := make(map[string]string, len(m.GetLabel()))
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			src := Node{
-				Namespace: orUnknown(labels["source_workload_namespace"]),
-				Service:   orUnknown(first(labels["source_canonical_service"], labels["source_app"], labels["source_workload"])),
-				Version:   orUnknown(first(labels["source_canonical_revision"], labels["source_version"])),
-			}
-			dst := Node{
-				Namespace: orUnknown(first(labels["destination_service_namespace"], labels["destination_workload_namespace"])),
-				Service:   orUnknown(first(labels["destination_canonical_service"], labels["destination_app"], labels["destination_service_name"])),
-				Version:   orUnknown(first(labels["destination_canonical_revision"], labels["destination_version"])),
-			}
-			src.ID = NodeID(src.Namespace, src.Service, src.Version)
-			dst.ID = NodeID(dst.Namespace, dst.Service, dst.Version)
+			labels := labelsOf(m)
+			src, dst := edgeNodes(labels)
 			id := src.ID + "->" + dst.ID
 			c, ok := counts[id]
 			if !ok {
@@ -370,7 +426,78 @@ func countEdges(families ...map[string]*dto.MetricFamily) map[string]edgeCounts 
 			counts[id] = c
 		}
 	}
+	addDurations(counts, families)
 	return counts
+}
+
+// addDurations adds each counted edge's duration histogram, per reporter.
+func addDurations(counts map[string]edgeCounts, families []map[string]*dto.MetricFamily) {
+	for _, fams := range families {
+		fam := fams[durationMetric]
+		if fam == nil {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			h := m.GetHistogram()
+			if h == nil {
+				continue
+			}
+			labels := labelsOf(m)
+			src, dst := edgeNodes(labels)
+			c, ok := counts[src.ID+"->"+dst.ID]
+			if !ok {
+				continue
+			}
+			var b *map[float64]float64
+			switch labels["reporter"] {
+			case "source":
+				b = &c.srcBuckets
+			case "destination":
+				b = &c.dstBuckets
+			default:
+				continue
+			}
+			if *b == nil {
+				*b = map[float64]float64{}
+			}
+			for _, bk := range h.GetBucket() {
+				(*b)[bk.GetUpperBound()] += float64(bk.GetCumulativeCount())
+			}
+			if !slices.ContainsFunc(h.GetBucket(), func(bk *dto.Bucket) bool { return math.IsInf(bk.GetUpperBound(), 1) }) {
+				(*b)[math.Inf(1)] += float64(h.GetSampleCount())
+			}
+			counts[src.ID+"->"+dst.ID] = c
+		}
+	}
+}
+
+// buckets is the duration histogram of the reporter requests() uses, or
+// the other's when that one reported none.
+func (c edgeCounts) buckets() map[float64]float64 {
+	if c.srcRequests > 0 && c.srcBuckets != nil || c.dstBuckets == nil {
+		return c.srcBuckets
+	}
+	return c.dstBuckets
+}
+
+// p99 is the upper bound of the bucket holding the 99th percentile of
+// cur minus prev (cumulative counts by upper bound, +Inf the total): 0
+// with no calls, -1 beyond the last finite bound.
+func p99(cur, prev map[float64]float64) float64 {
+	total := cur[math.Inf(1)] - prev[math.Inf(1)]
+	if total <= 0 {
+		return 0
+	}
+	bounds := slices.Sorted(maps.Keys(cur))
+	for _, ub := range bounds {
+		if cur[ub]-prev[ub] >= 0.99*total {
+			if math.IsInf(ub, 1) {
+				return -1
+			}
+			return ub
+		}
+	}
+	return -1
 }
 
 // isError follows Istio's labels: gRPC calls fail with a non-OK
@@ -393,6 +520,7 @@ func buildGraph(counts, prev map[string]edgeCounts, elapsed time.Duration) Graph
 		total, errs := c.requests()
 		e := Edge{ID: id, Source: c.source.ID, Target: c.target.ID, Protocol: c.protocol, Requests: total, Errors: errs}
 		windowTotal, windowErrs := total, errs
+		var prevBuckets map[float64]float64
 		if prev != nil && elapsed > 0 {
 			// An edge missing from the base scrape is new: count from zero.
 			pt, pe := prev[id].requests()
@@ -400,8 +528,12 @@ func buildGraph(counts, prev map[string]edgeCounts, elapsed time.Duration) Graph
 			// count from zero.
 			if total >= pt {
 				windowTotal, windowErrs = total-pt, max(errs-pe, 0)
+				prevBuckets = prev[id].buckets()
 			}
 			e.Rate = windowTotal / elapsed.Seconds()
+		}
+		if cur := c.buckets(); cur != nil && cur[math.Inf(1)] >= prevBuckets[math.Inf(1)] {
+			e.P99Millis = p99(cur, prevBuckets)
 		}
 		if windowTotal > 0 {
 			e.ErrorRatio = windowErrs / windowTotal

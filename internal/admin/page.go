@@ -37,7 +37,7 @@ body { font-family: sans-serif; margin: 12px; background: #fafafa; }
 </style></head>
 <body>
 <h2>mesh service graph</h2>
-<div class="legend"><span style="color:#3e8635">&#9632; healthy</span><span style="color:#f0ab00">&#9632; errors &ge; 0.1%</span><span style="color:#c9190b">&#9632; errors &ge; 20%</span><span style="color:#8a8d90">&#9632; idle</span><span>lock: mutual TLS</span></div>
+<div class="legend"><span style="color:#3e8635">&#9632; healthy</span><span style="color:#f0ab00">&#9632; errors &ge; 0.1%</span><span style="color:#c9190b">&#9632; errors &ge; 20%</span><span style="color:#8a8d90">&#9632; idle</span><span>lock: mutual TLS</span><span>edge: weight of the route in force, requests/s, errors, p99 latency</span></div>
 <div id="status">loading...</div>
 <svg id="graph" xmlns="http://www.w3.org/2000/svg" width="1100" height="640"></svg>
 <script>
@@ -69,6 +69,10 @@ function layout(g) {
   });
   return pos;
 }
+// rps keeps small rates readable: 0.25 rps is not "0.3", and never "0.0"
+// while calls flow.
+function rps(r) { return r >= 10 ? r.toFixed(0) : r >= 0.1 ? r.toFixed(1) : r > 0 ? r.toPrecision(1) : "0"; }
+function p99(ms) { return ms < 0 ? "slow" : ms === 0 ? "-" : "\u2264" + ms + "ms"; }
 function draw(g) {
   const svg = document.getElementById("graph");
   while (svg.firstChild) svg.removeChild(svg.firstChild);
@@ -77,11 +81,14 @@ function draw(g) {
     const a = pos[e.source], b = pos[e.target];
     if (!a || !b) return;
     const group = el("g", { id: "edge-" + elementID(e.id), "class": "edge health-" + e.health + (e.mutual_tls ? " mtls" : ""),
-      "data-source": e.source, "data-target": e.target, "data-rate": e.rate.toFixed(2), "data-error-ratio": e.error_ratio.toFixed(4) }, svg);
+      "data-source": e.source, "data-target": e.target, "data-rate": e.rate.toFixed(2), "data-error-ratio": e.error_ratio.toFixed(4),
+      "data-p99-ms": String(e.p99_ms), "data-weight": e.weight !== undefined ? String(e.weight) : "" }, svg);
     el("line", { x1: a.x + 70, y1: a.y, x2: b.x - 70, y2: b.y }, group);
     const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
-    const label = el("text", { x: mx, y: my - 10 }, group);
-    label.textContent = e.rate.toFixed(1) + " rps, " + (100 * e.error_ratio).toFixed(1) + "% err";
+    const label = el("text", { x: mx, y: my - 24, "class": "traffic" }, group);
+    label.textContent = (e.weight !== undefined ? "weight " + e.weight + "% \u00b7 " : "") + rps(e.rate) + " rps";
+    const quality = el("text", { x: mx, y: my - 10, "class": "quality" }, group);
+    quality.textContent = (100 * e.error_ratio).toFixed(1) + "% err \u00b7 p99 " + p99(e.p99_ms);
     const title = el("title", {}, group);
     title.textContent = e.source + " -> " + e.target + ": " + e.requests + " requests, " + e.errors + " errors" + (e.mutual_tls ? ", mutual TLS" : "");
     if (e.mutual_tls) {
