@@ -43,6 +43,7 @@ type Mesh struct {
 	clientTLS credentials.TransportCredentials
 
 	clientTelemetry *telemetry.ClientInterceptor
+	tap             *telemetry.Tap // every request's access log entry, for meshctl tap
 	serverTelemetry *telemetry.ServerInterceptor
 	telemetry       []telemetry.Option // for the net/http middleware and transport
 	httpTransport   http.RoundTripper  // routed, secured and measured
@@ -119,12 +120,14 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		m.logger.Warn("node metadata does not make valid telemetry labels; leaving them out", "error", err)
 		workload = telemetry.Workload{}
 	}
+	m.tap = telemetry.NewTap()
 	telem := []telemetry.Option{
 		telemetry.WithTracerProvider(tp),
 		telemetry.WithMeterProvider(mp),
 		telemetry.WithWorkload(workload),
 		telemetry.WithPeerIdentity(peerPrincipal),
 		telemetry.WithLogger(logger),
+		telemetry.WithTap(m.tap),
 	}
 	if o.propagator != nil {
 		telem = append(telem, telemetry.WithPropagator(o.propagator))
@@ -277,6 +280,11 @@ func (m *Mesh) Err() error {
 func (m *Mesh) ClusterStates() []balancer.ClusterState {
 	return append(m.resolver.ClusterStates(), m.httpRouter.ClusterStates()...)
 }
+
+// Tap returns the tap of the mesh's access log: every request its gRPC and
+// HTTP clients and servers handle, for live subscribers such as the admin
+// pages' /debug/tap (meshctl tap). Nothing is kept while nobody taps.
+func (m *Mesh) Tap() *telemetry.Tap { return m.tap }
 
 // Close stops the xDS client and the certificate watchers. Channels and
 // servers made from the mesh should be closed first. Close is idempotent.

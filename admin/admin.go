@@ -4,7 +4,8 @@
 // status and decoded contents (routes with matchers, weights, timeouts,
 // retries and faults; clusters with LB policy, circuit breaker, outlier
 // detection and TLS) and the workload's certificates (SPIFFE ID, serial,
-// expiry, trust bundle; never keys), /debug/clusters with endpoint state, /debug/graph (the
+// expiry, trust bundle; never keys), /debug/clusters with endpoint state, /debug/tap (every request live, as
+// meshctl tap shows it), /debug/graph (the
 // workload's own service graph, drawn from its metrics as Kiali draws it)
 // and /healthz.
 //
@@ -79,6 +80,7 @@ func handler(m *mesh.Mesh, metrics http.Handler, graph pages.GraphSource, logger
 		XDS:          m.XDSClient().Dump,
 		Certificates: func() []pages.CertificateView { return certificates(m) },
 		Healthy:      m.Err,
+		Tap:          m.Tap(),
 		Logger:       logger,
 	})
 }

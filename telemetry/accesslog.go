@@ -2,10 +2,13 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -75,10 +78,12 @@ func (c AccessLogConfig) sampled(requestID string) bool {
 }
 
 func (c *core) writeAccessLog(ctx context.Context, ex *exchange) {
-	if c.accessLogger == nil {
+	tapped := c.tap.active()
+	if c.accessLogger == nil && !tapped {
 		return
 	}
-	if !c.accessLog.sampled(ex.requestID) {
+	logged := c.accessLogger != nil && c.accessLog.sampled(ex.requestID)
+	if !logged && !tapped {
 		return
 	}
 	e := Entry{
@@ -113,6 +118,12 @@ func (c *core) writeAccessLog(ctx context.Context, ex *exchange) {
 			e.UpstreamCluster = fmt.Sprintf("inbound|%d||", port)
 		}
 	}
+	if tapped {
+		c.tap.publish(e) // every request, whatever the log's sampling and filter
+	}
+	if !logged {
+		return
+	}
 	if f := c.accessLog.Filter; f != nil && !f(e) {
 		return
 	}
@@ -144,5 +155,106 @@ func (e Entry) attrs() []slog.Attr {
 		slog.String("peer_principal", e.PeerPrincipal),
 		slog.String("request_id", e.RequestID),
 		slog.String("trace_id", e.TraceID),
+	}
+}
+
+// Tap fans the access log's entries out to live subscribers, such as the
+// admin pages' /debug/tap that meshctl tap reads: every request, whether
+// or not an access logger is set, samples or filters it. A subscriber
+// that does not keep up loses entries, counted, and never slows a
+// request; with no subscriber a request pays one atomic load. Its zero
+// value is not usable: call NewTap, and pass it to WithTap.
+//
+// # Experimental
+type Tap struct {
+	mu   sync.Mutex                         // serializes Subscribe and Close
+	subs atomic.Pointer[[]*TapSubscription] // immutable; nil when none
+}
+
+// TapSubscription receives a Tap's entries until Close.
+type TapSubscription struct {
+	tap     *Tap
+	entries chan Entry
+	dropped atomic.Uint64
+}
+
+// Bounds of a Tap: its subscribers and each one's buffer.
+const (
+	MaxTapSubscribers = 16
+	MaxTapBuffer      = 4096
+)
+
+// ErrTapBusy is returned by Subscribe when MaxTapSubscribers are tapping.
+var ErrTapBusy = errors.New("telemetry: tap: too many subscribers")
+
+// NewTap returns a Tap without subscribers.
+func NewTap() *Tap { return &Tap{} }
+
+// WithTap publishes every request's access log entry to t's subscribers.
+func WithTap(t *Tap) Option {
+	return optionFunc(func(c *config) { c.tap = t })
+}
+
+// Subscribe starts a subscription buffering up to buffer entries (1 to
+// MaxTapBuffer; out of range values are clamped).
+func (t *Tap) Subscribe(buffer int) (*TapSubscription, error) {
+	buffer = min(max(buffer, 1), MaxTapBuffer)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var cur []*TapSubscription
+	if p := t.subs.Load(); p != nil {
+		cur = *p
+	}
+	if len(cur) >= MaxTapSubscribers {
+		return nil, ErrTapBusy
+	}
+	s := &TapSubscription{tap: t, entries: make(chan Entry, buffer)}
+	next := append(append(make([]*TapSubscription, 0, len(cur)+1), cur...), s)
+	t.subs.Store(&next)
+	return s, nil
+}
+
+// Entries delivers the entries. It is never closed: stop reading after
+// Close.
+func (s *TapSubscription) Entries() <-chan Entry { return s.entries }
+
+// Dropped counts the entries lost because the buffer was full.
+func (s *TapSubscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Close ends the subscription; calling it again does nothing.
+func (s *TapSubscription) Close() {
+	t := s.tap
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.subs.Load()
+	if p == nil {
+		return
+	}
+	var next []*TapSubscription
+	for _, o := range *p {
+		if o != s {
+			next = append(next, o)
+		}
+	}
+	if len(next) == 0 {
+		t.subs.Store(nil)
+		return
+	}
+	t.subs.Store(&next)
+}
+
+func (t *Tap) active() bool { return t != nil && t.subs.Load() != nil }
+
+func (t *Tap) publish(e Entry) {
+	p := t.subs.Load()
+	if p == nil {
+		return
+	}
+	for _, s := range *p {
+		select {
+		case s.entries <- e:
+		default:
+			s.dropped.Add(1)
+		}
 	}
 }

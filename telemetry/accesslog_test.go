@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -265,4 +266,68 @@ func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
 		return
 	}
 	t.Fatal("no client span")
+}
+
+// TestTap: a tap sees every request, whatever the access log samples, up
+// to its subscriber's buffer, counting what it drops; Close stops
+// delivery; subscribers are bounded.
+func TestTap(t *testing.T) {
+	tap := telemetry.NewTap()
+	var logged logBuffer
+	h := telemetry.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+	}), telemetry.WithTap(tap), telemetry.WithAccessLog(newJSONLogger(&logged), telemetry.AccessLogConfig{
+		Filter: func(telemetry.Entry) bool { return false },
+	}))
+	serve := func(n int) {
+		for i := range n {
+			req := httptest.NewRequest(http.MethodPost, fmt.Sprintf("/pay/%d?token=secret", i), nil)
+			req.Header.Set("Authorization", "Bearer secret")
+			h.ServeHTTP(httptest.NewRecorder(), req)
+		}
+	}
+	serve(3) // nobody tapping: nothing kept
+	sub, err := tap.Subscribe(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	serve(6)
+	for i := range 4 {
+		e := <-sub.Entries()
+		if e.Method != http.MethodPost || e.Path != fmt.Sprintf("/pay/%d", i) || e.ResponseCode != http.StatusTeapot || !e.Inbound {
+			t.Errorf("entry %d = %+v", i, e)
+		}
+	}
+	if sub.Dropped() != 2 || len(sub.Entries()) != 0 {
+		t.Errorf("dropped %d, buffered %d; want 2 dropped of 6 into a buffer of 4", sub.Dropped(), len(sub.Entries()))
+	}
+	if n := len(logged.records(t)); n != 0 {
+		t.Errorf("the log's filter refused every entry, yet %d were logged", n)
+	}
+	sub.Close()
+	sub.Close()
+	serve(1)
+	if len(sub.Entries()) != 0 {
+		t.Error("an entry reached a closed subscription")
+	}
+	var subs []*telemetry.TapSubscription
+	for range telemetry.MaxTapSubscribers {
+		s, err := tap.Subscribe(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s)
+	}
+	if _, err := tap.Subscribe(1); !errors.Is(err, telemetry.ErrTapBusy) {
+		t.Errorf("subscriber %d: %v, want ErrTapBusy", telemetry.MaxTapSubscribers+1, err)
+	}
+	for _, s := range subs {
+		s.Close()
+	}
+	if s, err := tap.Subscribe(1); err != nil {
+		t.Errorf("after Close, Subscribe: %v", err)
+	} else {
+		s.Close()
+	}
 }

@@ -117,6 +117,7 @@ type core struct {
 	labelSets    *lru.Cache[labelKey, *labelSet]
 	accessLogger *slog.Logger
 	accessLog    AccessLogConfig
+	tap          *Tap
 	logger       *slog.Logger
 	now          func() time.Time
 }
@@ -133,6 +134,7 @@ func newCore(client bool, opts []Option) *core {
 		peerIdentity: cfg.peerIdentity,
 		accessLogger: cfg.accessLogger,
 		accessLog:    cfg.accessLog,
+		tap:          cfg.tap,
 		logger:       cfg.logger,
 		now:          cfg.now,
 	}

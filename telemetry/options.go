@@ -26,6 +26,7 @@ type config struct {
 	peerIdentity   func(context.Context) (principal string, ok bool)
 	accessLogger   *slog.Logger
 	accessLog      AccessLogConfig
+	tap            *Tap
 	logger         *slog.Logger
 	now            func() time.Time
 }

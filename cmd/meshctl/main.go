@@ -9,6 +9,7 @@
 //	meshctl analyze -live                                      # the config in force, against the workloads known
 //	meshctl status | proxy-status | top                         # config state; xDS sync per workload; traffic per edge
 //	meshctl proxy-config routes checkout                        # what a workload has in force, from its admin pages
+//	meshctl tap checkout -n 20                                 # its next 20 requests, live
 //	meshctl dashboard                                          # the graph page (controlplane -admin ADDR)
 //
 // Commands that talk to the control plane find its API through -state
@@ -67,6 +68,7 @@ func commands() []command {
 		{"proxy-status", "every connected workload's xDS sync state: versions sent and ACKed, NACK errors, last seen", runProxyStatus},
 		{"proxy-config", "what a workload has in force, read from its admin pages: routes, clusters, endpoints, certificates", runProxyConfig},
 		{"top", "live per edge: rps, success %, p50, p99, mTLS", runTop},
+		{"tap", "a bounded live stream of a workload's requests: method, path, status, duration, peer", runTap},
 		{"dashboard", "print, and open where a browser exists, the control plane's graph page", runDashboard},
 		{"analyze", "check a directory of Istio YAML (and Canary objects) offline, or the config in force (-live)", runAnalyze},
 	}

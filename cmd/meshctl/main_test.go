@@ -216,8 +216,9 @@ func startPayments(t *testing.T, ctx context.Context, state, version string, fai
 	})
 }
 
-// startCheckout enrolls checkout and returns its channel to payments.
-func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.ClientConn {
+// startCheckout enrolls checkout and returns its mesh and its channel to
+// payments.
+func startCheckout(t *testing.T, ctx context.Context, state string) (*mesh.Mesh, *grpc.ClientConn) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "checkout")
 	// Its admin pages (admin.Serve) serve /metrics and /debug/*, where
@@ -243,7 +244,7 @@ func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.Client
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(); _ = pages.Close(); m.Close() })
-	return conn
+	return m, conn
 }
 
 // testMesh is one test's control plane (meshctl controlplane on a config
@@ -252,6 +253,7 @@ func startCheckout(t *testing.T, ctx context.Context, state string) *grpc.Client
 type testMesh struct {
 	tmp, cfg, state, listen string
 	cp                      *proc
+	checkout                *mesh.Mesh
 	conn                    *grpc.ClientConn
 }
 
@@ -267,7 +269,7 @@ func newTestMesh(t *testing.T, ctx context.Context, failV2 int64, cpArgs ...stri
 	m.cp = startCP(t, m.cfg, m.state, m.listen, cpArgs...)
 	startPayments(t, ctx, m.state, "v1", 0)
 	startPayments(t, ctx, m.state, "v2", failV2)
-	m.conn = startCheckout(t, ctx, m.state)
+	m.checkout, m.conn = startCheckout(t, ctx, m.state)
 	if err := shop.WaitFor(ctx, m.conn, 5, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +338,8 @@ func oneLine(t *testing.T, r result, code int, want string) {
 }
 
 func TestHelpHasExampleAndExitCodes(t *testing.T) {
-	for _, cmd := range []string{"controlplane", "bootstrap", "canary", "status", "analyze", "proxy-status", "top", "dashboard", "proxy-config"} {
+	for _, c := range commands() {
+		cmd := c.name
 		r := meshctl(t, cmd, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
 			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)

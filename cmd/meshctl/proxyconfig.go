@@ -76,25 +76,9 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if !isConfig && kind != "endpoints" {
 		return usagef("kind %q: want listeners, routes, clusters, endpoints, secrets or all", kind)
 	}
-	if !strings.Contains(workload, "/") {
-		workload = "default/" + workload
-	}
-	var st controlplane.DaemonStatus
-	if err := api.get(ctx, "/api/v1/status", &st); err != nil {
+	workload, base, err := workloadAdmin(ctx, api, workload)
+	if err != nil {
 		return err
-	}
-	base := ""
-	found := false
-	for _, w := range st.Workloads {
-		if w.Workload.Namespace+"/"+w.Workload.Name == workload {
-			found, base = true, strings.TrimSuffix(w.MetricsURL, "/metrics")
-		}
-	}
-	switch {
-	case !found:
-		return fmt.Errorf("workload %s: not enrolled with this control plane (see meshctl status)", workload)
-	case base == "":
-		return fmt.Errorf("workload %s: enrolled without -metrics, so its admin pages are unknown", workload)
 	}
 	if isConfig {
 		var page struct {
@@ -277,6 +261,32 @@ func count(n uint32) string {
 		return ""
 	}
 	return fmt.Sprint(n)
+}
+
+// workloadAdmin finds an enrolled workload ("name" in namespace default,
+// or "namespace/name") and the base URL of its admin pages, which
+// admin.Serve serves beside the /metrics URL it was enrolled with.
+func workloadAdmin(ctx context.Context, api *apiFlags, workload string) (name, base string, err error) {
+	if !strings.Contains(workload, "/") {
+		workload = "default/" + workload
+	}
+	var st controlplane.DaemonStatus
+	if err := api.get(ctx, "/api/v1/status", &st); err != nil {
+		return "", "", err
+	}
+	found := false
+	for _, w := range st.Workloads {
+		if w.Workload.Namespace+"/"+w.Workload.Name == workload {
+			found, base = true, strings.TrimSuffix(w.MetricsURL, "/metrics")
+		}
+	}
+	switch {
+	case !found:
+		return "", "", fmt.Errorf("workload %s: not enrolled with this control plane (see meshctl status)", workload)
+	case base == "":
+		return "", "", fmt.Errorf("workload %s: enrolled without -metrics, so its admin pages are unknown", workload)
+	}
+	return workload, base, nil
 }
 
 func getWorkloadPage(ctx context.Context, url string, v any) error {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"mesh/telemetry"
 	"mesh/xdsclient"
 )
 
@@ -27,6 +28,8 @@ type Config struct {
 	Clusters func() []ClusterStatus
 	// Graph computes /debug/graph.json, drawn by /debug/graph.
 	Graph GraphSource
+	// Tap streams every request's access log record at /debug/tap.
+	Tap *telemetry.Tap
 	// Healthy answers /healthz: nil means serving. A nil func always
 	// answers ok.
 	Healthy func() error
@@ -166,6 +169,11 @@ func NewHandler(cfg Config) http.Handler {
 		}
 		writeJSON(w, logger, "/debug/clusters", map[string]any{"clusters": clusters})
 	})
+	if cfg.Tap != nil {
+		mux.HandleFunc("GET /debug/tap", tapHandler(cfg.Tap, logger))
+	} else {
+		mux.HandleFunc("GET /debug/tap", notConfigured("tap"))
+	}
 	mux.HandleFunc("GET /debug/graph", func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Graph == nil {
 			notConfigured("graph")(w, nil)
@@ -229,6 +237,10 @@ func indexPage(cfg Config) []byte {
 	}
 	if cfg.Graph != nil {
 		b.WriteString(`<li><a href="debug/graph">/debug/graph</a> (<a href="debug/graph.json">json</a>)</li>` + "\n")
+	}
+	if cfg.Tap != nil {
+		// A bounded stream: the link ends after a few seconds.
+		b.WriteString(`<li><a href="debug/tap?duration=2s">/debug/tap</a> (live requests, as meshctl tap shows them)</li>` + "\n")
 	}
 	b.WriteString(`<li><a href="healthz">/healthz</a></li>
 </ul></body></html>`)
