@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,23 +28,11 @@ import (
 
 const (
 	prometheusBinary = "/usr/bin/prometheus"
-	chromiumBinary   = "/usr/bin/chromium"
+	chromiumBinary   = shop.ChromiumBinary
 )
 
-// requireTool skips the test, loudly, when a real tool it drives is not
-// installed, except in CI (CI=true), where its absence is a failure:
-// .ci/run installs it there.
-func requireTool(t *testing.T, path, debianPackage string) {
-	t.Helper()
-	if _, err := os.Stat(path); err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not installed; CI must install the Debian package %q (see .ci/run)", path, debianPackage)
-	}
-	t.Skipf("\n\n!!! SKIPPED: %s IS NOT INSTALLED, SO THIS TEST DID NOT RUN. !!!\n"+
-		"!!! Install it with: apt-get update && apt-get install -y %s !!!\n", path, debianPackage)
-}
+// requireTool: see shop.RequireTool.
+func requireTool(t *testing.T, path, debianPackage string) { shop.RequireTool(t, path, debianPackage) }
 
 // startTraffic starts the demo's mesh with 50/50 splits and steady
 // traffic from checkout to payments (gRPC) and web (net/http), one call in
@@ -274,18 +261,7 @@ func TestGraphPageInHeadlessChromium(t *testing.T) {
 
 	dir := t.TempDir()
 	page := base + "/debug/graph"
-	chromium := func(extra ...string) string {
-		args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-			"--user-data-dir=" + filepath.Join(dir, "profile"), "--window-size=1200,800", "--virtual-time-budget=5000"}, extra...)
-		cmd := exec.CommandContext(ctx, chromiumBinary, append(args, page)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("chromium %v: %v\n%s", extra, err, stderr.String())
-		}
-		return stdout.String()
-	}
+	chromium := func(extra ...string) string { return shop.Chromium(t, ctx, dir, page, extra...) }
 	screenshot := filepath.Join(dir, "graph.png")
 	chromium("--screenshot=" + screenshot)
 	if info, err := os.Stat(screenshot); err != nil || info.Size() == 0 {
@@ -299,7 +275,7 @@ func TestGraphPageInHeadlessChromium(t *testing.T) {
 	}
 	for v, target := range versions {
 		id := admin.ElementID(checkout + "->" + target)
-		tag := elementTag(dom, `id="edge-`+id+`"`)
+		tag := shop.ElementTag(dom, `id="edge-`+id+`"`)
 		if tag == "" {
 			t.Errorf("DOM lacks the edge checkout -> payments %s (id edge-%s):\n%s", v, id, dom)
 			continue
@@ -320,20 +296,6 @@ func TestGraphPageInHeadlessChromium(t *testing.T) {
 	}
 }
 
-// elementTag returns the start tag in html that contains attr, or "".
-func elementTag(html, attr string) string {
-	i := strings.Index(html, attr)
-	if i < 0 {
-		return ""
-	}
-	start := strings.LastIndex(html[:i], "<")
-	end := strings.Index(html[i:], ">")
-	if start < 0 || end < 0 {
-		return ""
-	}
-	return html[start : i+end+1]
-}
-
 func fetchGraph(ctx context.Context, url string) (admin.Graph, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -351,57 +313,6 @@ func fetchGraph(ctx context.Context, url string) (admin.Graph, error) {
 	return g, nil
 }
 
-// crawl follows every link (href and the pages' fetch calls) from base's
-// index within base's host, and reports each page that does not answer
-// 200. The graph page polls graph.json; it is crawled too.
-func crawl(ctx context.Context, base string) (visited []string, broken []string, err error) {
-	link := regexp.MustCompile(`(?:href="|fetch\(")([^"#]+)"`)
-	root, err := url.Parse(base + "/")
-	if err != nil {
-		return nil, nil, err
-	}
-	seen := map[string]bool{root.String(): true}
-	queue := []*url.URL{root}
-	for len(queue) > 0 {
-		page := queue[0]
-		queue = queue[1:]
-		visited = append(visited, page.Path)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, page.String(), nil)
-		if err != nil {
-			return nil, nil, err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return nil, nil, err
-		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		resp.Body.Close()
-		if err != nil {
-			return nil, nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			broken = append(broken, fmt.Sprintf("%s: %s", page.Path, resp.Status))
-			continue
-		}
-		if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
-			continue
-		}
-		for _, m := range link.FindAllStringSubmatch(string(body), -1) {
-			next, err := page.Parse(m[1])
-			if err != nil {
-				broken = append(broken, fmt.Sprintf("%s links to %q: %v", page.Path, m[1], err))
-				continue
-			}
-			if next.Host != root.Host || seen[next.String()] {
-				continue
-			}
-			seen[next.String()] = true
-			queue = append(queue, next)
-		}
-	}
-	return visited, broken, nil
-}
-
 // TestAdminPagesLinkNoDeadPage crawls each workload's admin pages and the
 // control plane's from their index: every page linked answers 200.
 func TestAdminPagesLinkNoDeadPage(t *testing.T) {
@@ -415,7 +326,7 @@ func TestAdminPagesLinkNoDeadPage(t *testing.T) {
 	bases := map[string]string{"control plane": cpAdmin}
 	maps.Copy(bases, w.admin)
 	for name, base := range bases {
-		visited, broken, err := crawl(ctx, base)
+		visited, broken, err := shop.Crawl(ctx, base)
 		if err != nil {
 			t.Fatalf("crawling %s: %v", name, err)
 		}
