@@ -119,9 +119,6 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...Option) (*Daemon, 
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = time.Second
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
 	d := &Daemon{cfg: cfg, canaries: map[string]*canary{}, enrolled: map[string]Enrollment{}, analyses: map[string]context.CancelFunc{}, baselines: map[string][]metricsSample{}}
 	files, hash, err := readConfigDir(cfg.ConfigDir)
 	if err != nil {
@@ -132,6 +129,11 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...Option) (*Daemon, 
 		return nil, err
 	}
 	d.base, d.baseHash, d.specs = base, hash, specs
+	// Only a config that parses creates the state dir: bad input changes
+	// nothing.
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
 	if d.token, err = loadOrCreateToken(filepath.Join(cfg.StateDir, StateAPITokenFile)); err != nil {
 		return nil, err
 	}
