@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 
 	"mesh/controlplane"
 	"mesh/internal/admin"
@@ -24,9 +24,10 @@ func ExampleServer_ServeAdmin() {
 	defer cp.Close()
 
 	// A workload's metrics, as the OpenTelemetry Prometheus exporter
-	// serves them.
+	// serves them: 7 more calls each time they are scraped.
+	var calls atomic.Int64
 	checkout := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, `istio_requests_total{reporter="source",source_workload_namespace="default",source_canonical_service="checkout",source_canonical_revision="v1",destination_service_namespace="default",destination_canonical_service="payments",destination_canonical_revision="v1",request_protocol="grpc",grpc_response_status="0"} 7`+"\n")
+		fmt.Fprintf(w, `istio_requests_total{reporter="source",source_workload_namespace="default",source_canonical_service="checkout",source_canonical_revision="v1",destination_service_namespace="default",destination_canonical_service="payments",destination_canonical_revision="v1",request_protocol="grpc",grpc_response_status="0"} %d`+"\n", calls.Add(7))
 	}))
 	defer checkout.Close()
 	if err := cp.RegisterMetricsEndpoint("checkout", checkout.URL+"/metrics"); err != nil {
@@ -46,9 +47,10 @@ func ExampleServer_ServeAdmin() {
 	if err := json.NewDecoder(resp.Body).Decode(&g); err != nil {
 		log.Fatal(err)
 	}
+	// The first graph scrapes twice, a rate window apart: it shows a rate.
 	for _, e := range g.Edges {
-		fmt.Println(e.ID, e.Requests, e.Health)
+		fmt.Println(e.ID, e.Requests, e.Health, e.Rate > 0)
 	}
 	// Output:
-	// default/checkout/v1->default/payments/v1 7 healthy
+	// default/checkout/v1->default/payments/v1 14 healthy true
 }
