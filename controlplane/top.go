@@ -167,10 +167,16 @@ func sumSeries(fams map[string]*dto.MetricFamily, key func(labels map[string]str
 			if a.buckets == nil {
 				a.buckets = map[float64]float64{}
 			}
+			hasInf := false
 			for _, b := range m.GetHistogram().GetBucket() {
 				a.buckets[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+				hasInf = hasInf || math.IsInf(b.GetUpperBound(), 1)
 			}
-			a.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
+			// The text format lists the +Inf bucket, which holds the
+			// count; a histogram without it still has its count.
+			if !hasInf {
+				a.buckets[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
+			}
 			out[id] = a
 		}
 	}
