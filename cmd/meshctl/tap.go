@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	pages "mesh/internal/admin"
 )
 
@@ -83,7 +81,7 @@ func runTap(ctx context.Context, e *env, args []string) error {
 		}
 		n++
 		dropped += r.DroppedBefore
-		if err := printTapRecord(e.stdout, out.format, r); err != nil {
+		if err := printTapRecord(e.stdout, out, r); err != nil {
 			return err
 		}
 	}
@@ -101,26 +99,20 @@ func runTap(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-func printTapRecord(w io.Writer, format string, r pages.TapRecord) error {
-	switch format {
+// printTapRecord prints one record as it arrives: a line of text, a
+// line of JSON, or a YAML document.
+func printTapRecord(w io.Writer, out *output, r pages.TapRecord) error {
+	switch out.format {
 	case "json":
-		b, err := json.Marshal(r) // one object per line, as it arrives
+		b, err := json.Marshal(r)
 		if err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(w, "%s\n", b)
 		return err
 	case "yaml":
-		b, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		y, err := yaml.JSONToYAML(b)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(w, "---\n%s", y)
-		return err
+		fmt.Fprintln(w, "---")
+		return out.print(w, r, nil)
 	}
 	_, err := fmt.Fprintf(w, "%-12s  %-8s  %-5s  %-6s  %-32s  %-17s  %9s  %s\n", r.Time.Format("15:04:05.000"), r.Direction, r.Protocol,
 		r.Method, r.Path, r.Status, fmt.Sprintf("%.1fms", r.DurationMillis), orDash(r.Peer))

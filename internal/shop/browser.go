@@ -118,3 +118,19 @@ func Crawl(ctx context.Context, base string) (visited []string, broken []string,
 	}
 	return visited, broken, nil
 }
+
+// CheckLinks crawls the pages at base (name says whose, in messages),
+// fails the test for each linked page that does not answer 2xx, and
+// returns the paths crawled.
+func CheckLinks(tb testing.TB, ctx context.Context, name, base string) []string {
+	tb.Helper()
+	visited, broken, err := Crawl(ctx, base)
+	if err != nil {
+		tb.Fatalf("crawling %s: %v", name, err)
+	}
+	if len(broken) > 0 {
+		tb.Errorf("%s's admin pages link to pages that fail: %v", name, broken)
+	}
+	tb.Logf("%s: %v", name, visited)
+	return visited
+}
