@@ -85,9 +85,17 @@ function draw(g) {
       "data-p99-ms": String(e.p99_ms), "data-weight": e.weight !== undefined ? String(e.weight) : "" }, svg);
     el("line", { x1: a.x + 70, y1: a.y, x2: b.x - 70, y2: b.y }, group);
     const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
-    const label = el("text", { x: mx, y: my - 24, "class": "traffic" }, group);
+    // The labels sit beside the line, on its outer side (above a level or
+    // rising edge, below a falling one), far enough that a slanted line
+    // does not cross their text.
+    const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
+    let nx = dy / len, ny = -dx / len;
+    if ((dy > 0) !== (ny > 0)) { nx = -nx; ny = -ny; }
+    const off = 12 + Math.abs(dx / len) * 14 + Math.abs(dy / len) * 80;
+    const lx = mx + nx * off, ly = my + ny * off;
+    const label = el("text", { x: lx, y: ly - 3, "class": "traffic" }, group);
     label.textContent = (e.weight !== undefined ? "weight " + e.weight + "% \u00b7 " : "") + rps(e.rate) + " rps";
-    const quality = el("text", { x: mx, y: my - 10, "class": "quality" }, group);
+    const quality = el("text", { x: lx, y: ly + 11, "class": "quality" }, group);
     quality.textContent = (100 * e.error_ratio).toFixed(1) + "% err \u00b7 p99 " + p99(e.p99_ms);
     const title = el("title", {}, group);
     title.textContent = e.source + " -> " + e.target + ": " + e.requests + " requests, " + e.errors + " errors" + (e.mutual_tls ? ", mutual TLS" : "");
