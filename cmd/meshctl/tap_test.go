@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mesh"
+	"mesh/admin"
 	"mesh/examples/shop"
 	pages "mesh/internal/admin"
 )
@@ -23,9 +24,15 @@ func startWeb(t *testing.T, ctx context.Context, tm *testMesh) {
 	t.Helper()
 	writeConfig(t, tm.cfg, "web.yaml", shop.WebYAML(100, 0))
 	dir := filepath.Join(t.TempDir(), "web-v1")
+	adminAddr := freeAddr(t)
 	must(t, "bootstrap", "-state", tm.state, "-name", "web-v1", "-sa", "web", "-service", "web", "-port", "8080",
-		"-labels", "app=web,version=v1", "-dir", dir)
+		"-labels", "app=web,version=v1", "-metrics", "http://"+adminAddr+"/metrics", "-dir", dir)
 	m, err := mesh.New(ctx, mesh.WithBootstrapFile(filepath.Join(dir, "bootstrap.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its admin pages, without metrics: /debug/tap is what the test reads.
+	adminPages, err := admin.Serve(m, adminAddr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +43,7 @@ func startWeb(t *testing.T, ctx context.Context, tm *testMesh) {
 	}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close(); <-served; m.Close() })
+	t.Cleanup(func() { _ = srv.Close(); <-served; _ = adminPages.Close(); m.Close() })
 }
 
 // secret is what the test's calls carry as credentials; no tap output
@@ -151,6 +158,19 @@ func TestTap(t *testing.T) {
 	outputs = append(outputs, r.stdout, r.stderr)
 	if r.code != 0 || strings.Count(r.stdout, "---\n") != 4 || !strings.Contains(r.stdout, "peer: spiffe://cluster.local/ns/default/sa/") {
 		t.Errorf("tap -o yaml: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// The server's side: web's inbound requests, with the caller's
+	// verified identity.
+	web := func() { _ = webCall(ctx, tm.checkout) }
+	r = tapWhile(t, ctx, web, "web-v1", "-state", tm.state, "-n", "2", "-o", "json")
+	outputs = append(outputs, r.stdout, r.stderr)
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var rec pages.TapRecord
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.Direction != "inbound" || rec.Protocol != "http" ||
+			rec.Path != "/version" || rec.Status != "200" || rec.Peer != "spiffe://cluster.local/ns/default/sa/checkout" {
+			t.Errorf("web's record %q (%v): want an inbound GET /version, 200, from checkout's identity", l, err)
+		}
 	}
 
 	// -duration ends a quiet tap: what came, and a note of why it stopped.
