@@ -331,3 +331,21 @@ func TestTap(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestTapNobodyReadsDoesNotAllocate: a tap without subscribers costs a
+// request no allocation (one atomic load).
+func TestTapNobodyReadsDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes allocation counts")
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
+	serve := func(h http.Handler) float64 {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		w := httptest.NewRecorder()
+		return testing.AllocsPerRun(200, func() { h.ServeHTTP(w, req) })
+	}
+	without, with := serve(telemetry.Middleware(h)), serve(telemetry.Middleware(h, telemetry.WithTap(telemetry.NewTap())))
+	if with != without {
+		t.Errorf("a request allocates %v times with an unread tap, %v without", with, without)
+	}
+}
