@@ -85,13 +85,17 @@ func runTap(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	// The stream ends at the count or the duration; anything else is a
-	// failure.
-	if err := sc.Err(); err != nil && n < *count && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	// The stream ends at the count, the duration or an interrupt; anything
+	// else is a failure.
+	if err := sc.Err(); err != nil && n < *count && ctx.Err() == nil {
 		return fmt.Errorf("workload %s: /debug/tap: %w", workload, err)
 	}
 	if n < *count {
-		fmt.Fprintf(e.stderr, "meshctl tap: %d requests in %v (stopped at -duration)\n", n, *duration)
+		why := "stopped at -duration"
+		if errors.Is(ctx.Err(), context.Canceled) {
+			why = "interrupted"
+		}
+		fmt.Fprintf(e.stderr, "meshctl tap: %d requests in %v (%s)\n", n, *duration, why)
 	}
 	if dropped > 0 {
 		fmt.Fprintf(e.stderr, "meshctl tap: %d requests not shown: the workload served them faster than tap read\n", dropped)
