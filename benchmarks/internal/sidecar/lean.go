@@ -44,6 +44,11 @@ type ClientsConfig struct {
 	Reps int
 	// Stderr receives the builds' and processes' standard error (os.Stderr).
 	Stderr io.Writer
+	// ProfileDir, if set, receives the mesh client's goroutine profile
+	// (goroutines.txt) and heap profile (heap.pprof) after its first RPC,
+	// from one more run of a build with -tags leanprofile (so that
+	// runtime/pprof stays out of the binary measured).
+	ProfileDir string
 }
 
 // ClientReport describes one client program.
@@ -146,6 +151,11 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 			runs[name] = append(runs[name], run)
 		}
 	}
+	if cfg.ProfileDir != "" {
+		if err := profileMeshClient(ctx, cfg, tmp, bootstrap); err != nil {
+			return nil, err
+		}
+	}
 	for name, rs := range runs {
 		r := res[name]
 		r.FirstRPC = medianOf(rs, func(f firstRun) time.Duration { return f.took })
@@ -153,6 +163,30 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 		r.HeapBytes = medianOf(rs, func(f firstRun) uint64 { return f.stats.HeapBytes })
 	}
 	return res, nil
+}
+
+// profileMeshClient builds the mesh client with its profiles and runs it
+// once, writing them to cfg.ProfileDir.
+func profileMeshClient(ctx context.Context, cfg ClientsConfig, tmp, bootstrap string) error {
+	dir, err := filepath.Abs(cfg.ProfileDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	bin := filepath.Join(tmp, "meshclient-profile")
+	build := exec.CommandContext(ctx, "go", "build", "-tags", "leanprofile", "-o", bin, "./benchmarks/internal/sidecar/meshclient")
+	build.Dir, build.Stderr = cfg.Root, cfg.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building the profiling mesh client: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, bin, "echo.default.svc.cluster.local:8080")
+	cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap, "MESH_CLIENT_PROFILE="+dir)
+	if _, err := runFirst(cmd, cfg.Stderr); err != nil {
+		return fmt.Errorf("profiling mesh client: %w", err)
+	}
+	return nil
 }
 
 func quietLogger() *slog.Logger {
