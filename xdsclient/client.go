@@ -1,6 +1,7 @@
 package xdsclient
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,8 +161,7 @@ type Client struct {
 	meter         *clientMetrics
 	cache         *persister // nil without WithCache
 
-	wg   sync.WaitGroup
-	stop chan struct{}
+	wg sync.WaitGroup // the channels' run goroutines
 
 	mu      sync.Mutex
 	closed  bool
@@ -218,7 +218,6 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		channels:      map[string]*adsChannel{},
 		events:        newSerializer(),
 		now:           time.Now,
-		stop:          make(chan struct{}),
 
 		loggedIgnored: map[string]bool{},
 		audit:         newUnappliedAudit(),
@@ -360,8 +359,8 @@ func (c *Client) Close() error {
 		for k := range a.types {
 			a.types[k].stopResubscribe()
 		}
+		a.cancel()
 	}
-	close(c.stop)
 	c.mu.Unlock()
 
 	c.wg.Wait()
@@ -505,8 +504,10 @@ func (c *Client) subscriptionChangedLocked(kind resourceKind, st *resourceState)
 			return
 		}
 		c.channels[st.channel] = a
+		ctx, cancel := context.WithCancel(context.Background())
+		a.cancel = cancel
 		c.wg.Add(1)
-		go a.run()
+		go a.run(ctx)
 	}
 	a.namesChangedLocked(kind)
 }
