@@ -9,10 +9,6 @@ import (
 	"runtime/pprof"
 )
 
-// Every allocation is sampled: the heap in question is a few MiB, and the
-// default rate (one sample per 512 KiB) would leave most of it unnamed.
-func init() { runtime.MemProfileRate = 1 }
-
 // writeProfiles writes the goroutine profile (debug=2: with who created each) and, after a GC,
 // the heap profile to $MESH_CLIENT_PROFILE, if set.
 func writeProfiles() error {
