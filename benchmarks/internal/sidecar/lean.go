@@ -34,6 +34,8 @@ const (
 	// XDSClient is stock grpc-go xDS (google.golang.org/grpc/xds), built
 	// from a module of its own.
 	XDSClient = "grpc-go xDS"
+	// MeshBefore is the mesh client built from ClientsConfig.BeforeRoot.
+	MeshBefore = "mesh (before)"
 )
 
 // ClientsConfig sizes MeasureClients. Zero fields take the defaults.
@@ -49,6 +51,9 @@ type ClientsConfig struct {
 	// from one more run of a build with -tags leanprofile (so that
 	// runtime/pprof stays out of the binary measured).
 	ProfileDir string
+	// BeforeRoot, if set, is another checkout of mesh (an earlier commit)
+	// whose mesh client is measured too, as MeshBefore.
+	BeforeRoot string
 }
 
 func (cfg *ClientsConfig) defaults(ctx context.Context) error {
@@ -90,12 +95,16 @@ type Clients map[string]*ClientReport
 
 // clientSources are the client programs: the module directory to build
 // in and the package.
-func clientSources(root string) map[string][2]string {
-	return map[string][2]string{
-		GRPCClient: {root, "./benchmarks/internal/sidecar/grpcclient"},
-		MeshClient: {root, "./benchmarks/internal/sidecar/meshclient"},
-		XDSClient:  {filepath.Join(root, "benchmarks/internal/grpcxds"), "."},
+func clientSources(cfg ClientsConfig) map[string][2]string {
+	srcs := map[string][2]string{
+		GRPCClient: {cfg.Root, "./benchmarks/internal/sidecar/grpcclient"},
+		MeshClient: {cfg.Root, "./benchmarks/internal/sidecar/meshclient"},
+		XDSClient:  {filepath.Join(cfg.Root, "benchmarks/internal/grpcxds"), "."},
 	}
+	if cfg.BeforeRoot != "" {
+		srcs[MeshBefore] = [2]string{cfg.BeforeRoot, "./benchmarks/internal/sidecar/meshclient"}
+	}
+	return srcs
 }
 
 // buildClient builds a client program stripped, with extra go build
@@ -159,7 +168,7 @@ func (ls *leanServers) command(ctx context.Context, name, bin string) *exec.Cmd 
 	switch name {
 	case GRPCClient:
 		cmd = exec.CommandContext(ctx, bin, ls.dirs["client-echo"], ls.plainAddr)
-	case MeshClient:
+	case MeshClient, MeshBefore:
 		cmd = exec.CommandContext(ctx, bin, "echo.default.svc.cluster.local:8080")
 		cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap)
 	case XDSClient:
@@ -184,7 +193,7 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 
 	res := Clients{}
 	bins := map[string]string{}
-	for name, src := range clientSources(cfg.Root) {
+	for name, src := range clientSources(cfg) {
 		bin := filepath.Join(tmp, strings.NewReplacer(" ", "", "+", "", "-", "").Replace(name))
 		if err := buildClient(ctx, cfg, src, bin); err != nil {
 			return nil, fmt.Errorf("the %s client: %w", name, err)
@@ -216,7 +225,10 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 	defer ls.close()
 	runs := map[string][]firstRun{}
 	for range cfg.Reps {
-		for _, name := range []string{GRPCClient, MeshClient, XDSClient} {
+		for _, name := range []string{GRPCClient, MeshClient, MeshBefore, XDSClient} {
+			if bins[name] == "" {
+				continue
+			}
 			run, err := runFirst(ls.command(ctx, name, bins[name]), cfg.Stderr)
 			if err != nil {
 				return nil, fmt.Errorf("%s client: %w", name, err)
@@ -391,24 +403,39 @@ func serveMesh(ctx context.Context, dir string) (func(), error) {
 	return func() { srv.Stop(); <-done; m.Close() }, nil
 }
 
-// WriteMarkdown writes the clients side by side, mesh's growth over the
-// baseline, and the modules mesh's client links that the baseline does not.
+// WriteMarkdown writes the clients side by side (with MeshBefore's
+// column when it was measured), growth over the baseline, and the modules
+// mesh's client links that the baseline does not.
 func (c Clients) WriteMarkdown(w io.Writer) error {
 	g, m, x := c[GRPCClient], c[MeshClient], c[XDSClient]
 	if g == nil || m == nil || x == nil {
 		return errors.New("not every client was measured")
 	}
-	mib := func(b float64) string { return fmt.Sprintf("%.2f MiB", b/(1<<20)) }
-	fmt.Fprintf(w, "| client process | %s | %s | %s | mesh goal |\n| --- | ---: | ---: | ---: | --- |\n", GRPCClient, MeshClient, XDSClient)
-	fmt.Fprintf(w, "| stripped binary | %.1f MB | %.1f MB (+%.1f MB) | %.1f MB (+%.1f MB) | growth <= 8 MB |\n",
-		float64(g.Binary)/1e6, float64(m.Binary)/1e6, float64(m.Binary-g.Binary)/1e6, float64(x.Binary)/1e6, float64(x.Binary-g.Binary)/1e6)
-	fmt.Fprintf(w, "| stripped binary, -tags grpcnotrace | %.1f MB | %.1f MB (+%.1f MB) | %.1f MB (+%.1f MB) | growth <= 8 MB |\n",
-		float64(g.BinaryNoTrace)/1e6, float64(m.BinaryNoTrace)/1e6, float64(m.BinaryNoTrace-g.BinaryNoTrace)/1e6, float64(x.BinaryNoTrace)/1e6, float64(x.BinaryNoTrace-g.BinaryNoTrace)/1e6)
-	fmt.Fprintf(w, "| modules linked | %d | %d | %d | only what it uses |\n", len(g.Modules), len(m.Modules), len(x.Modules))
-	fmt.Fprintf(w, "| goroutines after the first RPC | %d | %d | %d | <= 12 |\n", g.Goroutines, m.Goroutines, x.Goroutines)
-	fmt.Fprintf(w, "| live heap after the first RPC | %s | %s | %s | <= 2.5 MiB |\n", mib(float64(g.HeapBytes)), mib(float64(m.HeapBytes)), mib(float64(x.HeapBytes)))
-	fmt.Fprintf(w, "| process start to first answer | %.1f ms | %.1f ms | %.1f ms | <= grpc-go xDS |\n",
-		ms(g.FirstRPC), ms(m.FirstRPC), ms(x.FirstRPC))
+	names := []string{GRPCClient, MeshClient}
+	if c[MeshBefore] != nil {
+		names = append(names, MeshBefore)
+	}
+	names = append(names, XDSClient)
+	row := func(label, goal string, cell func(r *ClientReport) string) {
+		fmt.Fprintf(w, "| %s |", label)
+		for _, n := range names {
+			fmt.Fprintf(w, " %s |", cell(c[n]))
+		}
+		fmt.Fprintf(w, " %s |\n", goal)
+	}
+	size := func(b, base int64) string {
+		if b == base {
+			return fmt.Sprintf("%.1f MB", float64(b)/1e6)
+		}
+		return fmt.Sprintf("%.1f MB (+%.1f MB)", float64(b)/1e6, float64(b-base)/1e6)
+	}
+	fmt.Fprintf(w, "| client process | %s | mesh goal |\n|---|%s---|\n", strings.Join(names, " | "), strings.Repeat(" ---: |", len(names)))
+	row("stripped binary", "growth <= 8 MB", func(r *ClientReport) string { return size(r.Binary, g.Binary) })
+	row("stripped binary, -tags grpcnotrace", "growth <= 8 MB", func(r *ClientReport) string { return size(r.BinaryNoTrace, g.BinaryNoTrace) })
+	row("modules linked", "only what it uses", func(r *ClientReport) string { return fmt.Sprint(len(r.Modules)) })
+	row("goroutines after the first RPC", "<= 12", func(r *ClientReport) string { return fmt.Sprint(r.Goroutines) })
+	row("live heap after the first RPC", "<= 2.5 MiB", func(r *ClientReport) string { return fmt.Sprintf("%.2f MiB", float64(r.HeapBytes)/(1<<20)) })
+	row("process start to first answer", "<= grpc-go xDS", func(r *ClientReport) string { return fmt.Sprintf("%.1f ms", ms(r.FirstRPC)) })
 	var extra []string
 	for _, mod := range m.Modules {
 		if !slices.Contains(g.Modules, mod) {
