@@ -339,8 +339,8 @@ func (c *Client) Connected() bool {
 	return true
 }
 
-// Close stops the ADS stream and the callback goroutine and waits for
-// them. Pending callbacks are dropped. It must not be called from a watch
+// Close stops the ADS streams and waits for them and for a callback in
+// progress. Pending callbacks are dropped. It must not be called from a watch
 // callback. Close is idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()
@@ -536,14 +536,16 @@ func stopTimer(st *resourceState) {
 }
 
 // markRequestedLocked records that kind's names went out on a's stream and
-// starts the does-not-exist timer of each resource still without a value.
+// starts the does-not-exist timer of each resource not received yet.
 func (c *Client) markRequestedLocked(a *adsChannel, kind resourceKind) {
 	for name, st := range c.watches[kind] {
 		if st.retired || st.channel != a.set.key {
 			continue
 		}
 		st.requested = true
-		if st.hasValue || st.notFound || st.timer != nil || c.opts.resourceTimeout <= 0 {
+		// A rejected resource was received: the NACK that re-requests it
+		// must not start a timer that would report it missing.
+		if st.hasValue || st.notFound || st.nackErr != nil || st.timer != nil || c.opts.resourceTimeout <= 0 {
 			continue
 		}
 		st.timer = time.AfterFunc(c.opts.resourceTimeout, func() { c.resourceTimedOut(kind, name, st) })
