@@ -46,8 +46,12 @@ type Mesh struct {
 	tap             *telemetry.Tap // every request's access log entry, for meshctl tap
 	serverTelemetry *telemetry.ServerInterceptor
 	telemetry       []telemetry.Option // for the net/http middleware and transport
-	httpTransport   http.RoundTripper  // routed, secured and measured
-	httpRouter      *balancer.RoundTripper
+
+	// The HTTP client's router and transport are built by the first
+	// HTTPClient call: a gRPC-only program neither runs nor links them.
+	httpOnce      sync.Once
+	httpTransport http.RoundTripper      // routed, secured and measured
+	httpRouter    *balancer.RoundTripper // nil until HTTPClient; guarded by mu
 
 	servingState func(addr net.Addr, serving bool, err error) // may be nil
 	maxConnAge   time.Duration                                // from WithMaxConnectionAge; 0 derives it
@@ -106,9 +110,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	sds := identity.NewSDSProviders(m.xds, identity.WithLogger(logger))
 	m.closers = append(m.closers, sds.Close)
 	m.certs = certProviders{static: m.providers, sds: sds}
-	balancerOpts := []balancer.Option{balancer.WithLogger(logger)}
-	balancerOpts = append(balancerOpts, balancer.WithListenerName(bs.ClientListenerName))
-	m.resolver = balancer.NewResolverBuilder(m.xds, balancerOpts...)
+	m.resolver = balancer.NewResolverBuilder(m.xds, m.balancerOptions()...)
 	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
 	tp := o.tracerProvider
@@ -140,11 +142,29 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
 	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
 	m.telemetry = telem
-	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
-	m.closers = append(m.closers, rt.Close)
-	m.httpRouter = rt
-	m.httpTransport = telemetry.Transport(rt, telem...)
 	return m, nil
+}
+
+func (m *Mesh) balancerOptions() []balancer.Option {
+	return []balancer.Option{balancer.WithLogger(m.logger), balancer.WithListenerName(m.bootstrap.ClientListenerName)}
+}
+
+// startHTTP builds the HTTP client's router and transport. After Close
+// the router is closed at once, so requests fail as they would have on a
+// router made before.
+func (m *Mesh) startHTTP() {
+	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(m.logger)), m.balancerOptions()...)
+	m.httpTransport = telemetry.Transport(rt, m.telemetry...)
+	m.mu.Lock()
+	m.httpRouter = rt
+	closed := m.closed
+	if !closed {
+		m.closers = append(m.closers, rt.Close)
+	}
+	m.mu.Unlock()
+	if closed {
+		_ = rt.Close()
+	}
 }
 
 func loadBootstrap(o *options) (*xdsclient.Bootstrap, error) {
@@ -255,6 +275,7 @@ func (m *Mesh) Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, e
 // mesh adds TLS: use http://). Requests are measured and traced as gRPC
 // calls are.
 func (m *Mesh) HTTPClient() *http.Client {
+	m.httpOnce.Do(m.startHTTP)
 	return &http.Client{Transport: m.httpTransport}
 }
 
@@ -278,7 +299,14 @@ func (m *Mesh) Err() error {
 // and requests in flight: what the admin pages (package mesh/admin) show
 // at /debug/clusters.
 func (m *Mesh) ClusterStates() []balancer.ClusterState {
-	return append(m.resolver.ClusterStates(), m.httpRouter.ClusterStates()...)
+	states := m.resolver.ClusterStates()
+	m.mu.Lock()
+	rt := m.httpRouter
+	m.mu.Unlock()
+	if rt != nil {
+		states = append(states, rt.ClusterStates()...)
+	}
+	return states
 }
 
 // Tap returns the tap of the mesh's access log: every request its gRPC and

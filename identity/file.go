@@ -68,8 +68,19 @@ type FileSource struct {
 
 	cur source.Current
 
-	stop chan struct{}
-	done chan struct{}
+	// The poller is a timer, not a goroutine: a process holds one
+	// FileSource per certificate provider for its whole life, and a
+	// goroutine parked on tickers for each is a cost for nothing. pollMu
+	// is held by a look at the files and by Close, so none runs after
+	// Close returns.
+	pollMu      sync.Mutex
+	timer       *time.Timer
+	stopped     bool
+	last        pemSet         // the files as last read
+	seen        [3]os.FileInfo // their metadata as last looked at
+	nextRefresh time.Time      // when they are read again in any case
+
+	done chan struct{} // closed by Close once the poller has stopped
 	once sync.Once
 }
 
@@ -107,13 +118,22 @@ func NewFileSource(ctx context.Context, cfg FileConfig, opts ...Option) (*FileSo
 		logger: o.Logger,
 		notify: source.NewNotifier(),
 		cur:    source.Current{SVID: svid, Bundle: bundle},
-		stop:   make(chan struct{}),
+		last:   raw,
+		seen:   seen,
 		done:   make(chan struct{}),
 	}
 	s.logger.Info("identity: loaded SVID", "spiffe_id", svid.ID.String(),
 		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter, "cert_file", cfg.CertFile)
-	go s.poll(raw, seen)
+	s.pollMu.Lock()
+	s.nextRefresh = time.Now().Add(cfg.RefreshInterval)
+	s.timer = time.AfterFunc(s.lookInterval(), s.poll)
+	s.pollMu.Unlock()
 	return s, nil
+}
+
+// lookInterval is how often the poller looks at the files' metadata.
+func (s *FileSource) lookInterval() time.Duration {
+	return min(statInterval, s.cfg.RefreshInterval)
 }
 
 // Updated returns a channel that is closed at the next successful reload
@@ -130,12 +150,15 @@ func (s *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 	return s.cur.GetX509BundleForTrustDomain(td)
 }
 
-// Close stops the poller and waits for it to exit. Later calls to the
-// getters return ErrClosed. Close is idempotent.
+// Close stops the poller, waiting for a look at the files in progress.
+// Later calls to the getters return ErrClosed. Close is idempotent.
 func (s *FileSource) Close() error {
 	s.once.Do(func() {
-		close(s.stop)
-		<-s.done
+		s.pollMu.Lock()
+		s.stopped = true
+		s.timer.Stop()
+		s.pollMu.Unlock()
+		close(s.done)
 		s.cur.Mu.Lock()
 		s.cur.Closed = true
 		s.cur.Mu.Unlock()
@@ -144,49 +167,48 @@ func (s *FileSource) Close() error {
 	return nil
 }
 
-func (s *FileSource) poll(last pemSet, seen [3]os.FileInfo) {
-	defer close(s.done)
-	ticker := time.NewTicker(s.cfg.RefreshInterval)
-	defer ticker.Stop()
-	watch := time.NewTicker(min(statInterval, s.cfg.RefreshInterval))
-	defer watch.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-ticker.C:
-		case <-watch.C:
-			now := statSet(s.cfg)
-			if sameFiles(seen, now) {
-				continue
-			}
-			seen = now
-		}
-		raw, err := readSet(s.cfg)
-		if err != nil {
-			// Files briefly missing while being replaced are normal; the next
-			// tick retries.
-			s.logger.Warn("identity: reading certificate files failed; keeping current SVID", "error", err)
-			continue
-		}
-		if raw.equal(last) {
-			continue
-		}
-		// Remember the attempt even if it fails, so a bad set is logged once
-		// rather than on every tick.
-		last = raw
-		svid, bundle, err := parseSet(s.cfg, raw, time.Now())
-		if err != nil {
-			s.logger.Warn("identity: reloading certificate files failed; keeping current SVID", "error", err)
-			continue
-		}
-		s.cur.Mu.Lock()
-		s.cur.SVID, s.cur.Bundle = svid, bundle
-		s.cur.Mu.Unlock()
-		s.logger.Info("identity: reloaded SVID", "spiffe_id", svid.ID.String(),
-			"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
-		s.notify.Notify()
+// poll runs on the timer: it reads the files again when their metadata
+// changed or the refresh interval has passed, and arms the timer again.
+func (s *FileSource) poll() {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	if s.stopped {
+		return
 	}
+	defer s.timer.Reset(s.lookInterval())
+	if now := time.Now(); now.Before(s.nextRefresh) {
+		seen := statSet(s.cfg)
+		if sameFiles(s.seen, seen) {
+			return
+		}
+		s.seen = seen
+	} else {
+		s.nextRefresh = now.Add(s.cfg.RefreshInterval)
+	}
+	raw, err := readSet(s.cfg)
+	if err != nil {
+		// Files briefly missing while being replaced are normal; the next
+		// look retries.
+		s.logger.Warn("identity: reading certificate files failed; keeping current SVID", "error", err)
+		return
+	}
+	if raw.equal(s.last) {
+		return
+	}
+	// Remember the attempt even if it fails, so a bad set is logged once
+	// rather than on every look.
+	s.last = raw
+	svid, bundle, err := parseSet(s.cfg, raw, time.Now())
+	if err != nil {
+		s.logger.Warn("identity: reloading certificate files failed; keeping current SVID", "error", err)
+		return
+	}
+	s.cur.Mu.Lock()
+	s.cur.SVID, s.cur.Bundle = svid, bundle
+	s.cur.Mu.Unlock()
+	s.logger.Info("identity: reloaded SVID", "spiffe_id", svid.ID.String(),
+		"serial", svid.Certificates[0].SerialNumber.String(), "not_after", svid.Certificates[0].NotAfter)
+	s.notify.Notify()
 }
 
 // statSet is the metadata of cfg's files; a nil entry is a file that

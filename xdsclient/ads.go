@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +54,10 @@ type adsChannel struct {
 	c     *Client
 	set   *serverSet
 	conns []*grpc.ClientConn // one per server of set, created up front
-	wake  chan struct{}
+	// cancel ends run; Close calls it.
+	cancel context.CancelFunc
+	// out sends the current stream's requests; nil between streams.
+	out   *sender
 	types [numKinds]typeState
 	// server is the index of the server of the current (or last) stream.
 	server int
@@ -62,7 +66,7 @@ type adsChannel struct {
 }
 
 func newADSChannel(c *Client, set *serverSet) (*adsChannel, error) {
-	a := &adsChannel{c: c, set: set, wake: make(chan struct{}, 1), server: -1}
+	a := &adsChannel{c: c, set: set, server: -1}
 	for i, s := range set.servers {
 		cc, err := grpc.NewClient(s.URI, set.dialOpts[i]...)
 		if err != nil {
@@ -90,10 +94,7 @@ func (a *adsChannel) namesChangedLocked(kind resourceKind) {
 
 func (a *adsChannel) markDirtyLocked(kind resourceKind) {
 	a.types[kind].dirty = true
-	select {
-	case a.wake <- struct{}{}:
-	default:
-	}
+	a.kickLocked()
 }
 
 func (a *adsChannel) responseHandledLocked(kind resourceKind, version, nonce string, nack error) {
@@ -198,18 +199,9 @@ func (a *adsChannel) hasFeature(uri, feature string) bool {
 // once, and only after the last one fails does it back off and start over
 // (gRFC A71). While on a fallback server it watches the primary and
 // returns to it as soon as it is reachable.
-func (a *adsChannel) run() {
+// ctx is cancelled by Close (through a.cancel).
+func (a *adsChannel) run(ctx context.Context) {
 	defer a.c.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-a.c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-
 	attempt, server := 0, 0
 	for {
 		uri := a.set.servers[server].URI
@@ -344,8 +336,9 @@ func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotRespons
 }
 
 // runStream runs one ADS stream (state of the world or delta) on server
-// until it fails: a sender goroutine, owned by this call and stopped before
-// it returns, sends what send builds, and each response goes to handle.
+// until it fails: this goroutine receives, each response goes to handle,
+// and a sender owned by this call, stopped before it returns, sends what
+// send builds.
 func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *adsChannel, server int,
 	open func(context.Context, discoverypb.AggregatedDiscoveryServiceClient) (S, error),
 	send func(stream S, first bool) (bool, error),
@@ -357,18 +350,22 @@ func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *
 	if err != nil {
 		return false, err
 	}
+	out := &sender{
+		send:     func(needNode bool) (bool, error) { return send(stream, needNode) },
+		cancel:   cancel,
+		needNode: true,
+	}
 	a.c.mu.Lock()
 	a.startStreamLocked(server)
+	a.out = out
+	a.kickLocked() // the stream's first requests
 	a.c.mu.Unlock()
-
-	senderDone := make(chan struct{})
-	go func() {
-		defer close(senderDone)
-		a.sendLoop(sctx, cancel, func(first bool) (bool, error) { return send(stream, first) })
-	}()
 	defer func() {
+		a.c.mu.Lock()
+		a.out = nil
+		a.c.mu.Unlock()
 		cancel()
-		<-senderDone
+		out.wg.Wait()
 	}()
 
 	for {
@@ -384,26 +381,62 @@ func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *
 	}
 }
 
-// sendLoop sends the due requests whenever woken. Requests are built at
-// send time from the current subscriptions, so bursts of changes
-// coalesce. send reports whether it sent anything.
-func (a *adsChannel) sendLoop(ctx context.Context, cancel context.CancelFunc, send func(needNode bool) (bool, error)) {
-	needNode := true
+// sender sends the due requests of one stream. No goroutine waits for
+// them: kickLocked starts one when a request falls due and it exits once
+// nothing more is, so a quiet stream costs only its receiving goroutine.
+// Requests are built at send time from the current subscriptions, so
+// bursts of changes coalesce.
+type sender struct {
+	send   func(needNode bool) (sent bool, err error)
+	cancel context.CancelFunc // ends the stream when a send fails
+	wg     sync.WaitGroup
+
+	// needNode: nothing has been sent yet, so the next request carries
+	// the node. Only the running goroutine touches it; goroutines follow
+	// each other through Client.mu.
+	needNode bool
+	// Guarded by Client.mu:
+	running bool // a goroutine is sending
+	again   bool // more fell due while it was
+	failed  bool // a send failed: the stream is ending
+}
+
+// kickLocked has the current stream's sender send what is due. Between
+// streams it does nothing: a new stream sends everything due when it opens.
+func (a *adsChannel) kickLocked() {
+	o := a.out
+	switch {
+	case o == nil || o.failed:
+	case o.running:
+		o.again = true
+	default:
+		o.running = true
+		o.wg.Add(1)
+		go a.sendDue(o)
+	}
+}
+
+// sendDue sends until nothing more is due.
+func (a *adsChannel) sendDue(o *sender) {
+	defer o.wg.Done()
 	for {
-		sent, err := send(needNode)
+		sent, err := o.send(o.needNode)
+		if sent {
+			o.needNode = false
+		}
+		a.c.mu.Lock()
 		if err != nil {
 			// Recv reports the stream's real error.
-			cancel()
+			o.failed = true
+			o.cancel()
+		}
+		if err != nil || !o.again {
+			o.running = false
+			a.c.mu.Unlock()
 			return
 		}
-		if sent {
-			needNode = false
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.wake:
-		}
+		o.again = false
+		a.c.mu.Unlock()
 	}
 }
 

@@ -1,6 +1,7 @@
 package xdsclient
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,8 +161,7 @@ type Client struct {
 	meter         *clientMetrics
 	cache         *persister // nil without WithCache
 
-	wg   sync.WaitGroup
-	stop chan struct{}
+	wg sync.WaitGroup // the channels' run goroutines
 
 	mu      sync.Mutex
 	closed  bool
@@ -218,7 +218,6 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		channels:      map[string]*adsChannel{},
 		events:        newSerializer(),
 		now:           time.Now,
-		stop:          make(chan struct{}),
 
 		loggedIgnored: map[string]bool{},
 		audit:         newUnappliedAudit(),
@@ -340,8 +339,8 @@ func (c *Client) Connected() bool {
 	return true
 }
 
-// Close stops the ADS stream and the callback goroutine and waits for
-// them. Pending callbacks are dropped. It must not be called from a watch
+// Close stops the ADS streams and waits for them and for a callback in
+// progress. Pending callbacks are dropped. It must not be called from a watch
 // callback. Close is idempotent.
 func (c *Client) Close() error {
 	c.mu.Lock()
@@ -360,8 +359,8 @@ func (c *Client) Close() error {
 		for k := range a.types {
 			a.types[k].stopResubscribe()
 		}
+		a.cancel()
 	}
-	close(c.stop)
 	c.mu.Unlock()
 
 	c.wg.Wait()
@@ -505,8 +504,10 @@ func (c *Client) subscriptionChangedLocked(kind resourceKind, st *resourceState)
 			return
 		}
 		c.channels[st.channel] = a
+		ctx, cancel := context.WithCancel(context.Background())
+		a.cancel = cancel
 		c.wg.Add(1)
-		go a.run()
+		go a.run(ctx)
 	}
 	a.namesChangedLocked(kind)
 }
@@ -535,14 +536,16 @@ func stopTimer(st *resourceState) {
 }
 
 // markRequestedLocked records that kind's names went out on a's stream and
-// starts the does-not-exist timer of each resource still without a value.
+// starts the does-not-exist timer of each resource not received yet.
 func (c *Client) markRequestedLocked(a *adsChannel, kind resourceKind) {
 	for name, st := range c.watches[kind] {
 		if st.retired || st.channel != a.set.key {
 			continue
 		}
 		st.requested = true
-		if st.hasValue || st.notFound || st.timer != nil || c.opts.resourceTimeout <= 0 {
+		// A rejected resource was received: the NACK that re-requests it
+		// must not start a timer that would report it missing.
+		if st.hasValue || st.notFound || st.nackErr != nil || st.timer != nil || c.opts.resourceTimeout <= 0 {
 			continue
 		}
 		st.timer = time.AfterFunc(c.opts.resourceTimeout, func() { c.resourceTimedOut(kind, name, st) })

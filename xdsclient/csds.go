@@ -6,11 +6,11 @@ import (
 	"slices"
 	"time"
 
-	adminpb "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
-	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // ResourceStatusKind is where a watched resource stands, in CSDS terms.
@@ -103,77 +103,208 @@ func (c *Client) Dump() []ResourceStatus {
 // (envoy.service.status.v3.ClientStatusDiscoveryService) that reports
 // every watched resource of c with its version, status, last update time
 // and, when NACKed, the error; tools such as istioctl and grpcdebug read it.
+//
+// The service is encoded field by field (csdsResponse) rather than through
+// go-control-plane's status and admin packages: importing those links
+// Envoy's whole bootstrap and admin proto tree (about 2 MB) into every
+// client, for a service few of them register.
 func (c *Client) RegisterCSDS(s grpc.ServiceRegistrar) {
-	statuspb.RegisterClientStatusDiscoveryServiceServer(s, csdsServer{c: c})
+	s.RegisterService(&csdsServiceDesc, c)
 }
 
-type csdsServer struct {
-	statuspb.UnimplementedClientStatusDiscoveryServiceServer
-	c *Client
+var csdsServiceDesc = grpc.ServiceDesc{
+	ServiceName: "envoy.service.status.v3.ClientStatusDiscoveryService",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "FetchClientStatus",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, intercept grpc.UnaryServerInterceptor) (any, error) {
+			c := srv.(*Client)
+			// The request's node matchers are not consulted (the client has
+			// a single node), so it is read as a message with no known fields.
+			in := new(emptypb.Empty)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			if intercept == nil {
+				return c.csdsResponse(), nil
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"}
+			return intercept(ctx, in, info, func(context.Context, any) (any, error) { return c.csdsResponse(), nil })
+		},
+	}},
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "StreamClientStatus",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			c := srv.(*Client)
+			for {
+				if err := stream.RecvMsg(new(emptypb.Empty)); err != nil {
+					return err
+				}
+				if err := stream.SendMsg(c.csdsResponse()); err != nil {
+					return err
+				}
+			}
+		},
+	}},
+	Metadata: "envoy/service/status/v3/csds.proto",
 }
 
-func (s csdsServer) FetchClientStatus(context.Context, *statuspb.ClientStatusRequest) (*statuspb.ClientStatusResponse, error) {
-	return s.c.clientStatus(), nil
+// Field numbers of envoy.service.status.v3 and envoy.admin.v3 messages
+// (csds.proto, config_dump_shared.proto) and of google.protobuf's Any and
+// Timestamp. The wire format is checked against go-control-plane's own
+// generated types in csds_test.go.
+const (
+	fieldResponseConfig = 1 // ClientStatusResponse.config
+
+	fieldConfigNode    = 1 // ClientConfig.node
+	fieldConfigGeneric = 3 // ClientConfig.generic_xds_configs
+
+	fieldGenericTypeURL      = 1 // ClientConfig.GenericXdsConfig.type_url
+	fieldGenericName         = 2
+	fieldGenericVersion      = 3
+	fieldGenericXDSConfig    = 4 // Any
+	fieldGenericLastUpdated  = 5 // Timestamp
+	fieldGenericConfigStatus = 6 // envoy.service.status.v3.ConfigStatus
+	fieldGenericClientStatus = 7 // envoy.admin.v3.ClientResourceStatus
+	fieldGenericErrorState   = 8 // envoy.admin.v3.UpdateFailureState
+
+	fieldFailureLastAttempt = 2 // UpdateFailureState.last_update_attempt
+	fieldFailureDetails     = 3
+	fieldFailureVersion     = 4
+
+	fieldAnyTypeURL = 1
+	fieldAnyValue   = 2
+
+	fieldTimestampSeconds = 1
+	fieldTimestampNanos   = 2
+)
+
+// Values of envoy.service.status.v3.ConfigStatus and
+// envoy.admin.v3.ClientResourceStatus.
+const (
+	configStatusUnknown = 0
+	configStatusSynced  = 1
+	configStatusNotSent = 2
+	configStatusError   = 4
+
+	clientStatusRequested    = 1
+	clientStatusDoesNotExist = 2
+	clientStatusAcked        = 3
+	clientStatusNACKed       = 4
+)
+
+// csdsResponse is a ClientStatusResponse in a message of no known fields:
+// its unknown fields, which proto.Marshal writes out as they are, carry the
+// encoded response.
+func (c *Client) csdsResponse() *emptypb.Empty {
+	out := new(emptypb.Empty)
+	out.ProtoReflect().SetUnknown(protoreflect.RawFields(c.clientStatus()))
+	return out
 }
 
-func (s csdsServer) StreamClientStatus(stream grpc.BidiStreamingServer[statuspb.ClientStatusRequest, statuspb.ClientStatusResponse]) error {
-	for {
-		if _, err := stream.Recv(); err != nil {
-			return err
-		}
-		if err := stream.Send(s.c.clientStatus()); err != nil {
-			return err
-		}
-	}
-}
-
-// clientStatus builds the CSDS view; the node matchers of a request are
-// not consulted, since the client has a single node.
-func (c *Client) clientStatus() *statuspb.ClientStatusResponse {
+// clientStatus encodes the CSDS view as a ClientStatusResponse.
+func (c *Client) clientStatus() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cfg := &statuspb.ClientConfig{Node: c.node}
+	type entry struct {
+		typeURL, name string
+		enc           []byte
+	}
+	var entries []entry
 	for k, m := range c.watches {
 		info := c.kinds[k]
 		for name, st := range m {
 			if st.retired {
 				continue
 			}
-			g := &statuspb.ClientConfig_GenericXdsConfig{TypeUrl: info.typeURL, Name: name, VersionInfo: st.version}
+			var g []byte
+			g = appendString(g, fieldGenericTypeURL, info.typeURL)
+			g = appendString(g, fieldGenericName, name)
+			g = appendString(g, fieldGenericVersion, st.version)
 			if st.hasValue {
 				raw := st.raw
 				if resourceKind(k) == kindSecret {
 					raw = redactSecret(raw) // keys never leave the process
 				}
-				g.XdsConfig = &anypb.Any{TypeUrl: info.typeURL, Value: raw}
+				var a []byte
+				a = appendString(a, fieldAnyTypeURL, info.typeURL)
+				if len(raw) > 0 {
+					a = protowire.AppendTag(a, fieldAnyValue, protowire.BytesType)
+					a = protowire.AppendBytes(a, raw)
+				}
+				g = appendMessage(g, fieldGenericXDSConfig, a)
 			}
 			if !st.updatedAt.IsZero() {
-				g.LastUpdated = timestamppb.New(st.updatedAt)
+				g = appendMessage(g, fieldGenericLastUpdated, timestamp(st.updatedAt))
 			}
+			var config, client uint64
+			var failure []byte // an UpdateFailureState, when NACKed
 			switch {
 			case st.nackErr != nil:
-				g.ClientStatus = adminpb.ClientResourceStatus_NACKED
-				g.ConfigStatus = statuspb.ConfigStatus_ERROR
-				g.ErrorState = &adminpb.UpdateFailureState{
-					LastUpdateAttempt: timestamppb.New(st.nackAt),
-					Details:           st.nackErr.Error(),
-					VersionInfo:       st.nackVer,
-				}
+				config, client = configStatusError, clientStatusNACKed
+				failure = appendMessage(failure, fieldFailureLastAttempt, timestamp(st.nackAt))
+				failure = appendString(failure, fieldFailureDetails, st.nackErr.Error())
+				failure = appendString(failure, fieldFailureVersion, st.nackVer)
 			case st.notFound:
-				g.ClientStatus = adminpb.ClientResourceStatus_DOES_NOT_EXIST
-				g.ConfigStatus = statuspb.ConfigStatus_UNKNOWN
+				config, client = configStatusUnknown, clientStatusDoesNotExist
 			case st.hasValue:
-				g.ClientStatus = adminpb.ClientResourceStatus_ACKED
-				g.ConfigStatus = statuspb.ConfigStatus_SYNCED
+				config, client = configStatusSynced, clientStatusAcked
 			default:
-				g.ClientStatus = adminpb.ClientResourceStatus_REQUESTED
-				g.ConfigStatus = statuspb.ConfigStatus_NOT_SENT
+				config, client = configStatusNotSent, clientStatusRequested
 			}
-			cfg.GenericXdsConfigs = append(cfg.GenericXdsConfigs, g)
+			g = appendVarint(g, fieldGenericConfigStatus, config)
+			g = appendVarint(g, fieldGenericClientStatus, client)
+			if failure != nil {
+				g = appendMessage(g, fieldGenericErrorState, failure)
+			}
+			entries = append(entries, entry{info.typeURL, name, g})
 		}
 	}
-	slices.SortFunc(cfg.GenericXdsConfigs, func(a, b *statuspb.ClientConfig_GenericXdsConfig) int {
-		return cmp.Or(cmp.Compare(a.TypeUrl, b.TypeUrl), cmp.Compare(a.Name, b.Name))
+	slices.SortFunc(entries, func(a, b entry) int {
+		return cmp.Or(cmp.Compare(a.typeURL, b.typeURL), cmp.Compare(a.name, b.name))
 	})
-	return &statuspb.ClientStatusResponse{Config: []*statuspb.ClientConfig{cfg}}
+	var cfg []byte
+	if c.node != nil {
+		node, err := proto.Marshal(c.node)
+		if err == nil {
+			cfg = appendMessage(cfg, fieldConfigNode, node)
+		}
+	}
+	for _, e := range entries {
+		cfg = appendMessage(cfg, fieldConfigGeneric, e.enc)
+	}
+	return appendMessage(nil, fieldResponseConfig, cfg)
+}
+
+// appendString appends a string field, leaving it out when empty as
+// proto3 does.
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+// appendVarint appends an integer or enum field, left out when zero.
+func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+// appendMessage appends an embedded message field, present even if empty.
+func appendMessage(b []byte, num protowire.Number, msg []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, msg)
+}
+
+// timestamp encodes t as a google.protobuf.Timestamp.
+func timestamp(t time.Time) []byte {
+	b := appendVarint(nil, fieldTimestampSeconds, uint64(t.Unix()))
+	return appendVarint(b, fieldTimestampNanos, uint64(t.Nanosecond()))
 }

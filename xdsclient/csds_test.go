@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"mesh/xdsclient"
@@ -130,9 +131,30 @@ func TestDumpAndCSDS(t *testing.T) {
 		if len(r.GetConfig()) != 1 || r.GetConfig()[0].GetNode().GetId() != nodeID {
 			t.Fatalf("CSDS config = %v", r)
 		}
+		// Every field the client wrote is one go-control-plane's types know,
+		// with the wire type they expect (csds.go encodes it by hand).
+		if u := unknownFields(r.ProtoReflect()); u != "" {
+			t.Errorf("CSDS response has fields statuspb does not know: %s", u)
+		}
 		got := map[string]adminpb.ClientResourceStatus{}
-		for _, g := range r.GetConfig()[0].GetGenericXdsConfigs() {
+		wantConfig := map[adminpb.ClientResourceStatus]statuspb.ConfigStatus{
+			adminpb.ClientResourceStatus_ACKED:          statuspb.ConfigStatus_SYNCED,
+			adminpb.ClientResourceStatus_NACKED:         statuspb.ConfigStatus_ERROR,
+			adminpb.ClientResourceStatus_DOES_NOT_EXIST: statuspb.ConfigStatus_UNKNOWN,
+			adminpb.ClientResourceStatus_REQUESTED:      statuspb.ConfigStatus_NOT_SENT,
+		}
+		for i, g := range r.GetConfig()[0].GetGenericXdsConfigs() {
 			got[g.GetName()] = g.GetClientStatus()
+			if g.GetConfigStatus() != wantConfig[g.GetClientStatus()] {
+				t.Errorf("CSDS %s: config status %v with client status %v", g.GetName(), g.GetConfigStatus(), g.GetClientStatus())
+			}
+			if d := dump[i]; d.Name != g.GetName() || d.TypeURL != g.GetTypeUrl() || d.Version != g.GetVersionInfo() ||
+				(!d.UpdatedAt.IsZero() && !g.GetLastUpdated().AsTime().Equal(d.UpdatedAt)) {
+				t.Errorf("CSDS entry %d = %v, Dump says %+v", i, g, d)
+			}
+			if g.GetClientStatus() == adminpb.ClientResourceStatus_NACKED && g.GetErrorState().GetLastUpdateAttempt() == nil {
+				t.Errorf("nacked CSDS entry has no attempt time: %v", g)
+			}
 			switch g.GetClientStatus() {
 			case adminpb.ClientResourceStatus_ACKED:
 				if v := g.GetVersionInfo(); (v != "1" && v != "2") || g.GetXdsConfig().GetTypeUrl() != g.GetTypeUrl() || g.GetLastUpdated() == nil {
@@ -235,4 +257,28 @@ func TestIgnoredFieldsAreDumpedAndLoggedOnce(t *testing.T) {
 	if n := strings.Count(logs.String(), "does not implement"); n != 1 {
 		t.Fatalf("ignored field logged %d times, want once:\n%s", n, logs.String())
 	}
+}
+
+// unknownFields names the unknown fields anywhere in m, "" if none.
+func unknownFields(m protoreflect.Message) string {
+	var out []string
+	if len(m.GetUnknown()) > 0 {
+		out = append(out, string(m.Descriptor().FullName()))
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := range v.List().Len() {
+				if u := unknownFields(v.List().Get(i).Message()); u != "" {
+					out = append(out, u)
+				}
+			}
+		case fd.Message() != nil && !fd.IsMap():
+			if u := unknownFields(v.Message()); u != "" {
+				out = append(out, u)
+			}
+		}
+		return true
+	})
+	return strings.Join(out, ", ")
 }

@@ -3,44 +3,50 @@ package xdsclient
 import "sync"
 
 // serializer runs callbacks one at a time, in the order they were
-// scheduled, on a goroutine it owns. Its queue is unbounded so that
-// scheduling never blocks, even from inside a callback or under a lock.
+// scheduled. Its queue is unbounded so that scheduling never blocks, even
+// from inside a callback or under a lock. The goroutine that runs them is
+// started when a callback is queued and exits when the queue is empty:
+// watch events come in bursts, and an idle client holds no goroutine for
+// them.
 type serializer struct {
 	mu      sync.Mutex
 	queue   []func()
+	running bool // a goroutine is draining the queue
 	stopped bool
-	wake    chan struct{}
 	stop    chan struct{}
-	done    chan struct{}
+	wg      sync.WaitGroup
 }
 
 func newSerializer() *serializer {
-	s := &serializer{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	go s.run()
-	return s
+	return &serializer{stop: make(chan struct{})}
 }
 
 // schedule queues f; it is dropped if the serializer is closed.
 func (s *serializer) schedule(f func()) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.stopped {
-		s.mu.Unlock()
 		return
 	}
 	s.queue = append(s.queue, f)
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	if !s.running {
+		s.running = true
+		s.wg.Add(1)
+		go s.run()
 	}
 }
 
 func (s *serializer) run() {
-	defer close(s.done)
+	defer s.wg.Done()
 	for {
 		s.mu.Lock()
 		batch := s.queue
 		s.queue = nil
+		if len(batch) == 0 || s.stopped {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
 		s.mu.Unlock()
 		for _, f := range batch {
 			select {
@@ -50,26 +56,19 @@ func (s *serializer) run() {
 			}
 			f()
 		}
-		select {
-		case <-s.wake:
-		case <-s.stop:
-			return
-		}
 	}
 }
 
 // close drops pending callbacks, waits for a running one to return and
-// stops the goroutine. It must not be called from a callback.
+// for the goroutine to exit. It must not be called from a callback.
 func (s *serializer) close() {
 	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		<-s.done
-		return
-	}
+	first := !s.stopped
 	s.stopped = true
 	s.queue = nil
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.done
+	if first {
+		close(s.stop)
+	}
+	s.wg.Wait()
 }

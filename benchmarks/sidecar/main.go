@@ -28,6 +28,9 @@ func main() {
 	variants := flag.String("variants", "", "variants to measure, comma-separated (default "+strings.Join(sidecar.Variants, ",")+", and M/before,M-lean/before with -before)")
 	flag.StringVar(&cfg.Before, "before", "", "an executable of this command built from an earlier tree, to run its M and M-lean beside this one's")
 	clients := flag.Bool("clients", true, "also build and measure the lean client programs")
+	leanOnly := flag.Bool("lean-only", false, "measure the lean client programs only")
+	profile := flag.String("profile", "", "a directory for the mesh client's goroutine and heap profiles after its first RPC")
+	beforeRoot := flag.String("before-root", "", "another checkout of mesh whose lean mesh client is measured beside this one's")
 	flag.IntVar(&cfg.Reps, "reps", 3, "reps of every phase, variants taking turns; the report shows medians")
 	flag.IntVar(&cfg.One, "one", 5000, "echoes per rep one at a time")
 	flag.IntVar(&cfg.Eight, "eight", 20000, "echoes per rep eight at a time")
@@ -45,10 +48,17 @@ func main() {
 	var clientRes sidecar.Clients
 	if *clients {
 		var err error
-		if clientRes, err = sidecar.MeasureClients(ctx, sidecar.ClientsConfig{Reps: cfg.Reps}); err != nil {
+		if clientRes, err = sidecar.MeasureClients(ctx, sidecar.ClientsConfig{Reps: cfg.Reps, ProfileDir: *profile, BeforeRoot: *beforeRoot}); err != nil {
 			fmt.Fprintln(os.Stderr, "sidecar: clients:", err)
 			os.Exit(1)
 		}
+	}
+	if *leanOnly {
+		if err := clientRes.WriteMarkdown(os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "sidecar: clients:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	res, err := sidecar.Run(ctx, cfg)
 	if err != nil {

@@ -34,6 +34,8 @@ const (
 	// XDSClient is stock grpc-go xDS (google.golang.org/grpc/xds), built
 	// from a module of its own.
 	XDSClient = "grpc-go xDS"
+	// MeshBefore is the mesh client built from ClientsConfig.BeforeRoot.
+	MeshBefore = "mesh (before)"
 )
 
 // ClientsConfig sizes MeasureClients. Zero fields take the defaults.
@@ -44,26 +46,17 @@ type ClientsConfig struct {
 	Reps int
 	// Stderr receives the builds' and processes' standard error (os.Stderr).
 	Stderr io.Writer
+	// ProfileDir, if set, receives the mesh client's goroutine profile
+	// (goroutines.txt) and heap profile (heap.pprof) after its first RPC,
+	// from one more run of a build with -tags leanprofile (so that
+	// runtime/pprof stays out of the binary measured).
+	ProfileDir string
+	// BeforeRoot, if set, is another checkout of mesh (an earlier commit)
+	// whose mesh client is measured too, as MeshBefore.
+	BeforeRoot string
 }
 
-// ClientReport describes one client program.
-type ClientReport struct {
-	Binary  int64    // bytes, stripped (-ldflags=-s -w, -trimpath)
-	Modules []string // dependency modules linked, from go version -m
-	// Medians over the reps:
-	FirstRPC   time.Duration // from the process's start to its first answer
-	Goroutines int           // right after the first answer
-	HeapBytes  uint64        // live heap after a GC, right after the first answer
-}
-
-// Clients holds a ClientReport per client program.
-type Clients map[string]*ClientReport
-
-// MeasureClients builds the three client programs, runs each against
-// servers in this process (a mesh server with STRICT mTLS and RBAC for the
-// mesh and xDS clients, a grpc-go mTLS server for the baseline) until its
-// first answer, and reports what each costs.
-func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
+func (cfg *ClientsConfig) defaults(ctx context.Context) error {
 	if cfg.Reps <= 0 {
 		cfg.Reps = 3
 	}
@@ -73,9 +66,124 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 	if cfg.Root == "" {
 		out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "go.mod") {
-			return nil, fmt.Errorf("finding mesh's module: go env GOMOD said %q: %v", out, err)
+			return fmt.Errorf("finding mesh's module: go env GOMOD said %q: %v", out, err)
 		}
 		cfg.Root = filepath.Dir(strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ClientReport describes one client program.
+type ClientReport struct {
+	Binary int64 // bytes, stripped (-ldflags=-s -w, -trimpath)
+	// BinaryNoTrace is the same built with -tags grpcnotrace, grpc-go's
+	// documented tag that leaves golang.org/x/net/trace out. That package
+	// registers HTML pages rendered by text/template, whose reflective
+	// method calls make the linker keep every exported method of every
+	// type in the binary: for a program holding Envoy's protos, megabytes
+	// of generated validators it never calls.
+	BinaryNoTrace int64
+	Modules       []string // dependency modules linked, from go version -m
+	// Medians over the reps:
+	FirstRPC   time.Duration // from the process's start to its first answer
+	Goroutines int           // right after the first answer
+	HeapBytes  uint64        // live heap after a GC, right after the first answer
+}
+
+// Clients holds a ClientReport per client program.
+type Clients map[string]*ClientReport
+
+// clientSources are the client programs: the module directory to build
+// in and the package.
+func clientSources(cfg ClientsConfig) map[string][2]string {
+	srcs := map[string][2]string{
+		GRPCClient: {cfg.Root, "./benchmarks/internal/sidecar/grpcclient"},
+		MeshClient: {cfg.Root, "./benchmarks/internal/sidecar/meshclient"},
+		XDSClient:  {filepath.Join(cfg.Root, "benchmarks/internal/grpcxds"), "."},
+	}
+	if cfg.BeforeRoot != "" {
+		srcs[MeshBefore] = [2]string{cfg.BeforeRoot, "./benchmarks/internal/sidecar/meshclient"}
+	}
+	return srcs
+}
+
+// buildClient builds a client program stripped, with extra go build
+// arguments (tags), into bin.
+func buildClient(ctx context.Context, cfg ClientsConfig, src [2]string, bin string, extra ...string) error {
+	args := append([]string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin}, extra...)
+	build := exec.CommandContext(ctx, "go", append(args, src[1])...)
+	build.Dir, build.Stderr = src[0], cfg.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building %s: %w", src[1], err)
+	}
+	return nil
+}
+
+// leanServers are what the client programs talk to: the control plane, a
+// mesh server with STRICT mTLS and RBAC for the mesh and xDS clients, a
+// grpc-go mTLS server for the baseline.
+type leanServers struct {
+	dirs      map[string]string
+	plainAddr string
+	closers   []func()
+}
+
+func startLeanServers(ctx context.Context, tmp string) (_ *leanServers, err error) {
+	ls := &leanServers{}
+	defer func() {
+		if err != nil {
+			ls.close()
+		}
+	}()
+	cp, dirs, err := startControlPlane(ctx, tmp)
+	if err != nil {
+		return nil, err
+	}
+	ls.closers = append(ls.closers, func() { cp.Close() })
+	ls.dirs = dirs
+	plainAddr, stopPlain, err := servePlain(dirs["echo"])
+	if err != nil {
+		return nil, err
+	}
+	ls.closers = append(ls.closers, stopPlain)
+	ls.plainAddr = plainAddr
+	stopMesh, err := serveMesh(ctx, dirs["echo"])
+	if err != nil {
+		return nil, err
+	}
+	ls.closers = append(ls.closers, stopMesh)
+	return ls, nil
+}
+
+func (ls *leanServers) close() {
+	for i := len(ls.closers) - 1; i >= 0; i-- {
+		ls.closers[i]()
+	}
+}
+
+// command runs the client program name from bin against the servers.
+func (ls *leanServers) command(ctx context.Context, name, bin string) *exec.Cmd {
+	var cmd *exec.Cmd
+	bootstrap := filepath.Join(ls.dirs["client-echo"], controlplane.BootstrapFile)
+	switch name {
+	case GRPCClient:
+		cmd = exec.CommandContext(ctx, bin, ls.dirs["client-echo"], ls.plainAddr)
+	case MeshClient, MeshBefore:
+		cmd = exec.CommandContext(ctx, bin, "echo.default.svc.cluster.local:8080")
+		cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap)
+	case XDSClient:
+		cmd = exec.CommandContext(ctx, bin, "echo.default.svc.cluster.local:8080")
+		cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+bootstrap)
+	}
+	return cmd
+}
+
+// MeasureClients builds the three client programs, runs each against
+// servers in this process until its first answer, and reports what each
+// costs.
+func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
+	if err := cfg.defaults(ctx); err != nil {
+		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "mesh-clients-")
 	if err != nil {
@@ -85,65 +193,52 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 
 	res := Clients{}
 	bins := map[string]string{}
-	for name, src := range map[string][2]string{
-		GRPCClient: {cfg.Root, "./benchmarks/internal/sidecar/grpcclient"},
-		MeshClient: {cfg.Root, "./benchmarks/internal/sidecar/meshclient"},
-		XDSClient:  {filepath.Join(cfg.Root, "benchmarks/internal/grpcxds"), "."},
-	} {
+	for name, src := range clientSources(cfg) {
 		bin := filepath.Join(tmp, strings.NewReplacer(" ", "", "+", "", "-", "").Replace(name))
-		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, src[1])
-		build.Dir, build.Stderr = src[0], cfg.Stderr
-		if err := build.Run(); err != nil {
-			return nil, fmt.Errorf("building the %s client: %w", name, err)
+		if err := buildClient(ctx, cfg, src, bin); err != nil {
+			return nil, fmt.Errorf("the %s client: %w", name, err)
+		}
+		if err := buildClient(ctx, cfg, src, bin+"-notrace", "-tags", "grpcnotrace"); err != nil {
+			return nil, fmt.Errorf("the %s client: %w", name, err)
 		}
 		r := &ClientReport{}
-		st, err := os.Stat(bin)
-		if err != nil {
-			return nil, err
+		for _, b := range []struct {
+			path string
+			size *int64
+		}{{bin, &r.Binary}, {bin + "-notrace", &r.BinaryNoTrace}} {
+			st, err := os.Stat(b.path)
+			if err != nil {
+				return nil, err
+			}
+			*b.size = st.Size()
 		}
-		r.Binary = st.Size()
 		if r.Modules, err = modules(ctx, bin); err != nil {
 			return nil, err
 		}
 		res[name], bins[name] = r, bin
 	}
 
-	cp, dirs, err := startControlPlane(ctx, tmp)
+	ls, err := startLeanServers(ctx, tmp)
 	if err != nil {
 		return nil, err
 	}
-	defer cp.Close()
-	plainAddr, stopPlain, err := servePlain(dirs["echo"])
-	if err != nil {
-		return nil, err
-	}
-	defer stopPlain()
-	stopMesh, err := serveMesh(ctx, dirs["echo"])
-	if err != nil {
-		return nil, err
-	}
-	defer stopMesh()
-
-	bootstrap := filepath.Join(dirs["client-echo"], controlplane.BootstrapFile)
+	defer ls.close()
 	runs := map[string][]firstRun{}
 	for range cfg.Reps {
-		for _, name := range []string{GRPCClient, MeshClient, XDSClient} {
-			var cmd *exec.Cmd
-			switch name {
-			case GRPCClient:
-				cmd = exec.CommandContext(ctx, bins[name], dirs["client-echo"], plainAddr)
-			case MeshClient:
-				cmd = exec.CommandContext(ctx, bins[name], "echo.default.svc.cluster.local:8080")
-				cmd.Env = append(os.Environ(), "MESH_BOOTSTRAP="+bootstrap)
-			case XDSClient:
-				cmd = exec.CommandContext(ctx, bins[name], "echo.default.svc.cluster.local:8080")
-				cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+bootstrap)
+		for _, name := range []string{GRPCClient, MeshClient, MeshBefore, XDSClient} {
+			if bins[name] == "" {
+				continue
 			}
-			run, err := runFirst(cmd, cfg.Stderr)
+			run, err := runFirst(ls.command(ctx, name, bins[name]), cfg.Stderr)
 			if err != nil {
 				return nil, fmt.Errorf("%s client: %w", name, err)
 			}
 			runs[name] = append(runs[name], run)
+		}
+	}
+	if cfg.ProfileDir != "" {
+		if _, err := profileMeshClient(ctx, cfg, ls, tmp, cfg.ProfileDir); err != nil {
+			return nil, err
 		}
 	}
 	for name, rs := range runs {
@@ -153,6 +248,65 @@ func MeasureClients(ctx context.Context, cfg ClientsConfig) (Clients, error) {
 		r.HeapBytes = medianOf(rs, func(f firstRun) uint64 { return f.stats.HeapBytes })
 	}
 	return res, nil
+}
+
+// MeshClientProfile is what one run of the mesh client program says about
+// itself after its first RPC.
+type MeshClientProfile struct {
+	// Binary is the unstripped program built with -tags leanprofile, for
+	// go tool nm.
+	Binary string
+	// Goroutines is the goroutine profile with debug=2: every goroutine's
+	// stack and the function that created it.
+	Goroutines string
+	HeapBytes  uint64 // live heap after a GC
+}
+
+// ProfileMeshClient builds the mesh client program with its profiles
+// (-tags leanprofile), runs it once against the servers MeasureClients
+// uses, and returns what it wrote to dir.
+func ProfileMeshClient(ctx context.Context, cfg ClientsConfig, dir string) (*MeshClientProfile, error) {
+	if err := cfg.defaults(ctx); err != nil {
+		return nil, err
+	}
+	ls, err := startLeanServers(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ls.close()
+	return profileMeshClient(ctx, cfg, ls, dir, dir)
+}
+
+// profileMeshClient builds the mesh client with its profiles into tmp and
+// runs it once, writing them to dir.
+func profileMeshClient(ctx context.Context, cfg ClientsConfig, ls *leanServers, tmp, dir string) (*MeshClientProfile, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(tmp, "meshclient-profile")
+	build := exec.CommandContext(ctx, "go", "build", "-tags", "leanprofile", "-o", bin, "./benchmarks/internal/sidecar/meshclient")
+	build.Dir, build.Stderr = cfg.Root, cfg.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("building the profiling mesh client: %w", err)
+	}
+	cmd := ls.command(ctx, MeshClient, bin)
+	// Every allocation is sampled, from the first package's init on: the
+	// heap in question is a few MiB, and the default rate (one sample per
+	// 512 KiB) would leave most of it unnamed.
+	cmd.Env = append(cmd.Env, "MESH_CLIENT_PROFILE="+dir, "GODEBUG=memprofilerate=1")
+	run, err := runFirst(cmd, cfg.Stderr)
+	if err != nil {
+		return nil, fmt.Errorf("profiling mesh client: %w", err)
+	}
+	g, err := os.ReadFile(filepath.Join(dir, "goroutines.txt"))
+	if err != nil {
+		return nil, err
+	}
+	return &MeshClientProfile{Binary: bin, Goroutines: string(g), HeapBytes: run.stats.HeapBytes}, nil
 }
 
 func quietLogger() *slog.Logger {
@@ -249,22 +403,39 @@ func serveMesh(ctx context.Context, dir string) (func(), error) {
 	return func() { srv.Stop(); <-done; m.Close() }, nil
 }
 
-// WriteMarkdown writes the clients side by side, mesh's growth over the
-// baseline, and the modules mesh's client links that the baseline does not.
+// WriteMarkdown writes the clients side by side (with MeshBefore's
+// column when it was measured), growth over the baseline, and the modules
+// mesh's client links that the baseline does not.
 func (c Clients) WriteMarkdown(w io.Writer) error {
 	g, m, x := c[GRPCClient], c[MeshClient], c[XDSClient]
 	if g == nil || m == nil || x == nil {
 		return errors.New("not every client was measured")
 	}
-	mib := func(b float64) string { return fmt.Sprintf("%.2f MiB", b/(1<<20)) }
-	fmt.Fprintf(w, "| client process | %s | %s | %s | mesh goal |\n| --- | ---: | ---: | ---: | --- |\n", GRPCClient, MeshClient, XDSClient)
-	fmt.Fprintf(w, "| stripped binary | %.1f MB | %.1f MB (+%.1f MB) | %.1f MB (+%.1f MB) | growth <= 8 MB |\n",
-		float64(g.Binary)/1e6, float64(m.Binary)/1e6, float64(m.Binary-g.Binary)/1e6, float64(x.Binary)/1e6, float64(x.Binary-g.Binary)/1e6)
-	fmt.Fprintf(w, "| modules linked | %d | %d | %d | only what it uses |\n", len(g.Modules), len(m.Modules), len(x.Modules))
-	fmt.Fprintf(w, "| goroutines after the first RPC | %d | %d | %d | <= 12 |\n", g.Goroutines, m.Goroutines, x.Goroutines)
-	fmt.Fprintf(w, "| live heap after the first RPC | %s | %s | %s | <= 2.5 MiB |\n", mib(float64(g.HeapBytes)), mib(float64(m.HeapBytes)), mib(float64(x.HeapBytes)))
-	fmt.Fprintf(w, "| process start to first answer | %.1f ms | %.1f ms | %.1f ms | <= grpc-go xDS |\n",
-		ms(g.FirstRPC), ms(m.FirstRPC), ms(x.FirstRPC))
+	names := []string{GRPCClient, MeshClient}
+	if c[MeshBefore] != nil {
+		names = append(names, MeshBefore)
+	}
+	names = append(names, XDSClient)
+	row := func(label, goal string, cell func(r *ClientReport) string) {
+		fmt.Fprintf(w, "| %s |", label)
+		for _, n := range names {
+			fmt.Fprintf(w, " %s |", cell(c[n]))
+		}
+		fmt.Fprintf(w, " %s |\n", goal)
+	}
+	size := func(b, base int64) string {
+		if b == base {
+			return fmt.Sprintf("%.1f MB", float64(b)/1e6)
+		}
+		return fmt.Sprintf("%.1f MB (+%.1f MB)", float64(b)/1e6, float64(b-base)/1e6)
+	}
+	fmt.Fprintf(w, "| client process | %s | mesh goal |\n|---|%s---|\n", strings.Join(names, " | "), strings.Repeat(" ---: |", len(names)))
+	row("stripped binary", "growth <= 8 MB", func(r *ClientReport) string { return size(r.Binary, g.Binary) })
+	row("stripped binary, -tags grpcnotrace", "growth <= 8 MB", func(r *ClientReport) string { return size(r.BinaryNoTrace, g.BinaryNoTrace) })
+	row("modules linked", "only what it uses", func(r *ClientReport) string { return fmt.Sprint(len(r.Modules)) })
+	row("goroutines after the first RPC", "<= 12", func(r *ClientReport) string { return fmt.Sprint(r.Goroutines) })
+	row("live heap after the first RPC", "<= 2.5 MiB", func(r *ClientReport) string { return fmt.Sprintf("%.2f MiB", float64(r.HeapBytes)/(1<<20)) })
+	row("process start to first answer", "<= grpc-go xDS", func(r *ClientReport) string { return fmt.Sprintf("%.1f ms", ms(r.FirstRPC)) })
 	var extra []string
 	for _, mod := range m.Modules {
 		if !slices.Contains(g.Modules, mod) {
