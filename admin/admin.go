@@ -29,6 +29,7 @@ import (
 
 	"mesh"
 	pages "mesh/internal/admin"
+	"mesh/internal/admin/xdsview"
 	"mesh/telemetry"
 )
 
@@ -76,7 +77,7 @@ func handler(m *mesh.Mesh, metrics http.Handler, graph pages.GraphSource, logger
 		Metrics:      metrics,
 		Graph:        graph,
 		Clusters:     func() []pages.ClusterStatus { return clusterStatus(m) },
-		XDS:          m.XDSClient().Dump,
+		XDS:          func() []pages.ResourceView { return xdsview.Resources(m.XDSClient().Dump()) },
 		Certificates: func() []pages.CertificateView { return certificates(m) },
 		Healthy:      m.Err,
 		Logger:       logger,
