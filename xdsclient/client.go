@@ -281,7 +281,7 @@ func (c *Client) routeName(kind resourceKind, name string) (canonical, set strin
 	if !isXDSTP(name) {
 		return name, c.defaultSet, nil
 	}
-	canonical, err = CanonicalResourceName(c.kinds[kind].typeURL, name)
+	canonical, err = canonicalResourceName(c.kinds[kind].typeURL, name)
 	if err != nil {
 		return "", "", fmt.Errorf("%w: %s: %w", ErrInvalidResourceName, c.kinds[kind].name, err)
 	}
