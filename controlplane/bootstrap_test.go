@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mesh/internal/testutil"
 )
 
 func TestWriteBootstrap(t *testing.T) {
@@ -249,13 +251,13 @@ func TestWithCA(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	otherDER, _ := x509.MarshalECPrivateKey(other)
 	otherPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: otherDER})
-	if _, err := New(testContext(t), WithCA(certPEM, otherPEM)); err == nil || !strings.Contains(err.Error(), "does not match") {
+	if _, err := New(testutil.Context(t), WithCA(certPEM, otherPEM)); err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Fatalf("mismatched key: %v", err)
 	}
-	if _, err := New(testContext(t), WithCA([]byte("junk"), keyPEM)); err == nil || !strings.Contains(err.Error(), "ca certificate") {
+	if _, err := New(testutil.Context(t), WithCA([]byte("junk"), keyPEM)); err == nil || !strings.Contains(err.Error(), "ca certificate") {
 		t.Fatalf("junk cert: %v", err)
 	}
-	if _, err := New(testContext(t), WithTrustDomain("Not A Domain")); err == nil || !strings.Contains(err.Error(), "trust domain") {
+	if _, err := New(testutil.Context(t), WithTrustDomain("Not A Domain")); err == nil || !strings.Contains(err.Error(), "trust domain") {
 		t.Fatalf("bad trust domain: %v", err)
 	}
 }

@@ -27,6 +27,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
+
+	"mesh/internal/testutil"
 )
 
 var paymentsWorkload = Workload{Name: "payments-v1", Namespace: "shop", ServiceAccount: "payments"}
@@ -73,8 +75,8 @@ func withToken(ctx context.Context, token string) context.Context {
 }
 
 func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
-	ctx := testContext(t)
-	logs := newLogRecorder()
+	ctx := testutil.Context(t)
+	logs := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t, WithTrustDomain("example.org"), WithCertTTL(time.Hour), WithLogger(slog.New(logs)))
 	token, err := s.WorkloadToken(paymentsWorkload)
 	if err != nil {
@@ -125,11 +127,11 @@ func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
 			t.Errorf("validity %d: lifetime %v, want %v", tt.validity, got, tt.lifetime)
 		}
 	}
-	logs.await(ctx, t, "ca issued svid spiffe_id="+want)
+	logs.Await(ctx, t, "ca issued svid spiffe_id="+want)
 	for {
 		select {
-		case m := <-logs.ch:
-			if strings.Contains(m, token) {
+		case r := <-logs.Records():
+			if m := testutil.Format(r); strings.Contains(m, token) {
 				t.Fatalf("token logged: %q", m)
 			}
 			continue
@@ -140,7 +142,7 @@ func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
 }
 
 func TestCAServiceRefusesWhatTheTokenDoesNotProve(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t, WithTrustDomain("example.org"))
 	other := newTestServer(t, WithTrustDomain("example.org"))
 	client := dialCA(t, s)
@@ -235,7 +237,7 @@ func TestWorkloadTokenValidatesWorkload(t *testing.T) {
 }
 
 func TestServeCATLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t, WithTrustDomain("example.org"))
 	addr, err := s.ServeCATLS(ctx, "127.0.0.1:0")
 	if err != nil {

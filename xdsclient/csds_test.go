@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -57,7 +58,7 @@ func watchStatusMesh(ctx context.Context, t *testing.T, srv *xdstest.Server, c *
 }
 
 func TestDumpAndCSDS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	statusMesh(t, srv)
 	c := newClient(t, srv, xdsclient.WithResourceTimeout(0))
@@ -160,7 +161,7 @@ func TestDumpAndCSDS(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	statusMesh(t, srv)
 	mp := newRecordingMeterProvider()
@@ -203,7 +204,7 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestIgnoredFieldsAreDumpedAndLoggedOnce(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	listener := func(statPrefix string) *listenerpb.Listener {
 		hcm := xdstest.HCM(routeName)

@@ -16,13 +16,14 @@ import (
 	"mesh/identity/csr"
 	"mesh/identity/internal/source"
 	"mesh/identity/internal/sourcetest"
+	"mesh/internal/testutil"
 )
 
 // The embedded control plane is the CA an agentless workload meets in
 // tests and examples: a csr.Source gets the identity its token proves, and
 // nothing else.
 func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD), controlplane.WithCertTTL(time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +80,7 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 // Over the control plane's TLS CA endpoint the token is encrypted and the
 // workload verifies the CA with the root it was given.
 func TestCSRSourceWithEmbeddedControlPlaneOverTLS(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD))
 	if err != nil {
 		t.Fatal(err)
