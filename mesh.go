@@ -123,7 +123,6 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		telemetry.WithTracerProvider(tp),
 		telemetry.WithMeterProvider(mp),
 		telemetry.WithWorkload(workload),
-		telemetry.WithPeerIdentity(peerPrincipal),
 		telemetry.WithLogger(logger),
 	}
 	if o.propagator != nil {
@@ -134,8 +133,14 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	}
 	// Interceptors, not stats handlers: with any stats handler installed
 	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
-	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
-	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
+	// On gRPC the peer's identity is read from mesh's own credentials; the
+	// HTTP middleware and transport read the connection's TLS state.
+	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerIdentity(peerPrincipal)}
+	for _, o := range telem {
+		grpcTelem = append(grpcTelem, o)
+	}
+	m.clientTelemetry = telemetry.NewClientInterceptor(grpcTelem...)
+	m.serverTelemetry = telemetry.NewServerInterceptor(grpcTelem...)
 	m.telemetry = telem
 	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
 	m.closers = append(m.closers, rt.Close)

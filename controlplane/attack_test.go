@@ -135,7 +135,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 		t.Fatalf("checkout's own secret is for %s", got)
 	}
 
-	claimsCheckout := map[string]any{MetaNamespace: "default", MetaServiceAccount: "checkout", MetaWorkloadName: "rogue-1"}
+	claimsCheckout := map[string]any{metaNamespace: "default", metaServiceAccount: "checkout", metaWorkloadName: "rogue-1"}
 	rogue := Workload{Name: "rogue-1", ServiceAccount: "rogue"}
 	rogueToken, err := s.WorkloadToken(rogue)
 	if err != nil {
@@ -176,10 +176,10 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 		// Honest claims, but checkout's node id: its snapshot, secrets
 		// included, would be shared.
 		{"checkout's node id", withToken(rogueToken),
-			rawNode(t, checkoutID, map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue"}),
+			rawNode(t, checkoutID, map[string]any{metaNamespace: "default", metaServiceAccount: "rogue"}),
 			codes.PermissionDenied, "node claim node.id"},
 		{"checkout's node id, rogue's enrollment", enrolledAs(t, s, rogue),
-			rawNode(t, checkoutID, map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue", MetaWorkloadName: "rogue-1"}),
+			rawNode(t, checkoutID, map[string]any{metaNamespace: "default", metaServiceAccount: "rogue", metaWorkloadName: "rogue-1"}),
 			codes.PermissionDenied, "node claim node.id"},
 	}
 	for _, tt := range tests {
@@ -191,7 +191,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 
 	// Honest, the rogue gets its own identity and nothing else.
 	resp, err := attack(ctx, t, s, enrolledAs(t, s, rogue),
-		rawNode(t, nodeID(rogue.withDefaults()), map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue", MetaWorkloadName: "rogue-1"}),
+		rawNode(t, nodeID(rogue.withDefaults()), map[string]any{metaNamespace: "default", metaServiceAccount: "rogue", metaWorkloadName: "rogue-1"}),
 		resource.SecretType, SecretDefault, SecretRootCA)
 	if err != nil {
 		t.Fatal(err)
@@ -229,8 +229,8 @@ func TestAttackRogueEndpointRegistration(t *testing.T) {
 
 	const rogueAddr = "127.0.0.1:9666"
 	servesPayments := func(name, sa string) map[string]any {
-		return map[string]any{MetaNamespace: "default", MetaServiceAccount: sa, MetaWorkloadName: name,
-			MetaService: "payments:8080", MetaAddress: rogueAddr, MetaLabels: map[string]any{"app": "payments", "version": "v1"}}
+		return map[string]any{metaNamespace: "default", metaServiceAccount: sa, metaWorkloadName: name,
+			metaService: "payments:8080", metaAddress: rogueAddr, metaLabels: map[string]any{"app": "payments", "version": "v1"}}
 	}
 	rogue := Workload{Name: "rogue-1", ServiceAccount: "rogue"}
 	rogueSvc := Workload{Name: "rogue-2", ServiceAccount: "rogue", Service: "rogue", Port: 8080}
@@ -323,8 +323,8 @@ func TestStreamProvenBySVID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claims := map[string]any{MetaNamespace: "default", MetaServiceAccount: "payments", MetaWorkloadName: "payments-v1",
-		MetaService: "payments:8080", MetaAddress: payments.Address}
+	claims := map[string]any{metaNamespace: "default", metaServiceAccount: "payments", metaWorkloadName: "payments-v1",
+		metaService: "payments:8080", metaAddress: payments.Address}
 	svid := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, svidOf(t, s, "default", "payments")))}
 	for name, opts := range map[string][]grpc.DialOption{
 		"svid":             svid,
@@ -446,8 +446,8 @@ func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, nil)), grpc.WithPerRPCCredentials(creds)}
-	claims := map[string]any{MetaNamespace: "default", MetaServiceAccount: "payments", MetaWorkloadName: "payments-v1",
-		MetaService: "payments:8080", MetaAddress: w.Address}
+	claims := map[string]any{metaNamespace: "default", metaServiceAccount: "payments", metaWorkloadName: "payments-v1",
+		metaService: "payments:8080", metaAddress: w.Address}
 	resp, err := attack(ctx, t, s, opts, rawNode(t, nodeID(w.withDefaults()), claims), resource.ListenerType, inboundName(w.Address))
 	if err != nil {
 		t.Fatal(err)
@@ -480,7 +480,7 @@ func TestPlaintextXDSIsExplicitAndLogged(t *testing.T) {
 		t.Fatalf("token file written for a plaintext control plane: %v", err)
 	}
 	resp, err := attack(ctx, t, s, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		rawNode(t, checkoutID, map[string]any{MetaServiceAccount: "checkout"}), resource.SecretType, SecretDefault)
+		rawNode(t, checkoutID, map[string]any{metaServiceAccount: "checkout"}), resource.SecretType, SecretDefault)
 	if err != nil || secretIdentity(t, resp) != "spiffe://cluster.local/ns/default/sa/checkout" {
 		t.Fatalf("plaintext stream: %v, %v", resp, err)
 	}

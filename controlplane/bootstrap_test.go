@@ -95,16 +95,16 @@ func TestWriteBootstrap(t *testing.T) {
 	}
 	md := b.Node.Metadata
 	for k, want := range map[string]string{
-		MetaNamespace: "default", MetaServiceAccount: "default", MetaWorkloadName: "payments-v1-abc",
-		MetaGenerator: "grpc", MetaService: "payments.default.svc.cluster.local:8080", MetaAddress: "127.0.0.1:9001",
-		MetaClusterID: "Kubernetes",
+		metaNamespace: "default", metaServiceAccount: "default", metaWorkloadName: "payments-v1-abc",
+		metaGenerator: "grpc", metaService: "payments.default.svc.cluster.local:8080", metaAddress: "127.0.0.1:9001",
+		metaClusterID: "Kubernetes",
 	} {
 		if md[k] != want {
 			t.Errorf("metadata %s = %v, want %q", k, md[k], want)
 		}
 	}
-	if labels, ok := md[MetaLabels].(map[string]any); !ok || labels["version"] != "v1" {
-		t.Errorf("LABELS = %#v", md[MetaLabels])
+	if labels, ok := md[metaLabels].(map[string]any); !ok || labels["version"] != "v1" {
+		t.Errorf("LABELS = %#v", md[metaLabels])
 	}
 	if b.Node.Locality == nil {
 		t.Error("locality missing")
@@ -138,7 +138,7 @@ func TestBootstrapClusterID(t *testing.T) {
 		if err := json.Unmarshal(data, &b); err != nil {
 			t.Fatal(err)
 		}
-		return b.Node.Metadata[MetaClusterID]
+		return b.Node.Metadata[metaClusterID]
 	}
 	w := Workload{Name: "checkout"}
 	if got := clusterOf(newTestServer(t), w); got != DefaultClusterID {

@@ -32,7 +32,7 @@ func TestDeltaInboundListenerRegistersEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md, _ := structpb.NewStruct(map[string]any{MetaNamespace: "default", MetaService: paymentsListener})
+	md, _ := structpb.NewStruct(map[string]any{metaNamespace: "default", metaService: paymentsListener})
 	name := inboundName("127.0.0.1:9301")
 	err = stream.Send(&discovery.DeltaDiscoveryRequest{
 		Node:                   &core.Node{Id: nodeID, Metadata: md},

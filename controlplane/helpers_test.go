@@ -70,24 +70,24 @@ type testNode struct {
 
 func dialADS(t *testing.T, s *Server, n testNode) *adsClient {
 	t.Helper()
-	meta := map[string]any{MetaGenerator: "grpc"}
+	meta := map[string]any{metaGenerator: "grpc"}
 	if n.namespace != "" {
-		meta[MetaNamespace] = n.namespace
+		meta[metaNamespace] = n.namespace
 	}
 	if n.service != "" {
-		meta[MetaService] = n.service
+		meta[metaService] = n.service
 	}
 	if n.address != "" {
-		meta[MetaAddress] = n.address
+		meta[metaAddress] = n.address
 	}
 	if n.sa != "" {
-		meta[MetaServiceAccount] = n.sa
+		meta[metaServiceAccount] = n.sa
 	}
 	labels := map[string]any{}
 	for k, v := range n.labels {
 		labels[k] = v
 	}
-	meta[MetaLabels] = labels
+	meta[metaLabels] = labels
 	md, err := structpb.NewStruct(meta)
 	if err != nil {
 		t.Fatal(err)

@@ -82,10 +82,10 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080", Retries: 1}
 	p := startPair(t, pairConfig{
 		clientCreds: clientCreds, serverCreds: serverCreds,
-		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP), telemetry.WithWorkload(checkout),
+		clientOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP), telemetry.WithWorkload(checkout),
 			telemetry.WithService(paymentsHost), telemetry.WithClock(stepClock(25 * time.Millisecond)),
 			telemetry.WithAccessLog(newJSONLogger(&clientLog), telemetry.AccessLogConfig{})},
-		serverOpts: []telemetry.Option{telemetry.WithTracerProvider(serverTP), telemetry.WithWorkload(payments),
+		serverOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(serverTP), telemetry.WithWorkload(payments),
 			telemetry.WithClock(stepClock(25 * time.Millisecond)),
 			telemetry.WithAccessLog(newJSONLogger(&serverLog), telemetry.AccessLogConfig{})},
 		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
@@ -247,7 +247,7 @@ func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}
 	p := startPair(t, pairConfig{
 		clientCreds: clientCreds, serverCreds: serverCreds,
-		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP)},
+		clientOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP)},
 		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
 	})
 	attemptCtx := metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", "2")
