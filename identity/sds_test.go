@@ -97,9 +97,7 @@ func serve(t *testing.T, creds credentials.TransportCredentials) string {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(peerSerial))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 	return lis.Addr().String()
 }
 

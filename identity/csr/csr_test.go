@@ -130,15 +130,7 @@ func serveCertService(t *testing.T, svc *certService, cfg *tls.Config) string {
 	}
 	srv := grpc.NewServer(opts...)
 	securitypb.RegisterIstioCertificateServiceServer(srv, svc)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	return lis.Addr().String()
 }
 

@@ -377,15 +377,7 @@ func TestWorkloadAPISourceOverTCP(t *testing.T) {
 	}
 	srv := grpc.NewServer()
 	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, api)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	src := newWorkloadAPISource(t, "tcp://"+lis.Addr().String())
 	if got := sourcetest.SerialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial = %v, want %v", got, svid.Certificates[0].SerialNumber)

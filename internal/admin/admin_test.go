@@ -16,6 +16,7 @@ import (
 	"mesh/identity/identitytest"
 	"mesh/internal/admin"
 	"mesh/internal/admin/xdsview"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -58,8 +59,7 @@ var (
 )
 
 func TestScraperEdgesRatesAndHealth(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
+	ctx := testutil.Context(t)
 	checkout, payments := newMetricsServer(t), newMetricsServer(t)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := admin.NewScraper(func() []string { return []string{checkout.url(), payments.url()} },

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -118,4 +119,25 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// Server is what Serve needs of a server: a grpc.Server has it.
+type Server interface {
+	Serve(net.Listener) error
+	Stop()
+}
+
+// Serve serves srv on lis until the test's cleanups, which stop it and
+// wait for Serve to return, so no goroutine of it outlives the test.
+func Serve(t testing.TB, srv Server, lis net.Listener) {
+	t.Helper()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
 }
