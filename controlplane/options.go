@@ -15,8 +15,7 @@ type Option interface {
 
 // DaemonOption configures NewDaemon's server as well as New: every option
 // but those a daemon takes from its DaemonConfig (WithStateDir, WithConfig,
-// WithConfigFile, WithFileCheckInterval) and WithCA, which a state
-// directory replaces. So NewDaemon is never handed an option it would
+// WithConfigFile) and WithCA, which a state directory replaces. So NewDaemon is never handed an option it would
 // override.
 type DaemonOption interface {
 	Option
@@ -105,9 +104,9 @@ func WithConfigFile(path string) Option {
 	return optionFunc(func(s *settings) { s.configFile = path })
 }
 
-// WithFileCheckInterval sets how often the config file's content is
-// compared with the last one read (default 1s).
-func WithFileCheckInterval(d time.Duration) Option {
+// withFileCheckInterval sets how often the config file's content is
+// compared with the last one read (default 1s); tests shorten it.
+func withFileCheckInterval(d time.Duration) Option {
 	return optionFunc(func(s *settings) { s.fileCheckInterval = d })
 }
 
