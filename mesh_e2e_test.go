@@ -347,7 +347,7 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 		ServiceAccount: "checkout",
 		TTL:            time.Hour,
 		RootPEM:        cp.RootPEM(),
-		TLS:            &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
+		TLS:            &tls.Config{RootCAs: testutil.RootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -197,10 +197,7 @@ func TestIssueSVIDVerifiesAgainstRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(s.RootPEM()) {
-		t.Fatal("bad root PEM")
-	}
+	roots := testutil.RootPool(t, s.RootPEM())
 	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 			t.Fatalf("verify for %v: %v", usage, err)

@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"net"
 	"strconv"
 	"strings"
@@ -161,11 +160,7 @@ func xdsDialOptions(t *testing.T, s *Server, w Workload, nodeID string) []grpc.D
 // xdsTLS is TLS to s's xDS port, with cert as client certificate if set.
 func xdsTLS(t *testing.T, s *Server, cert *tls.Certificate) credentials.TransportCredentials {
 	t.Helper()
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(s.RootPEM()) {
-		t.Fatal("no root certificate")
-	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{RootCAs: testutil.RootPool(t, s.RootPEM()), MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}

@@ -14,8 +14,13 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -140,4 +145,34 @@ func Serve(t testing.TB, srv Server, lis net.Listener) {
 		srv.Stop()
 		<-served
 	})
+}
+
+// RootPool returns a pool of the PEM certificates in pemData, failing the
+// test if there are none.
+func RootPool(t testing.TB, pemData []byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		t.Fatal("root PEM did not parse")
+	}
+	return pool
+}
+
+// CSR returns a PEM certificate request signed by key, with uris as its URI
+// SANs (none, one or several, as a test of a CA needs).
+func CSR(t testing.TB, key crypto.Signer, uris ...string) string {
+	t.Helper()
+	tmpl := &x509.CertificateRequest{}
+	for _, u := range uris {
+		parsed, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, parsed)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
