@@ -320,9 +320,6 @@ func nodeProto(n Node) (*corepb.Node, error) {
 // Bootstrap returns the bootstrap the client was built with. Do not modify it.
 func (c *Client) Bootstrap() *Bootstrap { return c.bs }
 
-// Node returns the node identity the client sends to the control plane.
-func (c *Client) Node() Node { return c.bs.Node }
-
 // Connected reports whether the ADS streams are up and each has received
 // at least one response since it was (re)opened. With federation there is
 // one stream per distinct server list in use; all must be up.
