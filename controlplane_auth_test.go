@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"sync"
@@ -35,15 +34,6 @@ func xdsCredentialsDir(t *testing.T, cp *controlplane.Server, w controlplane.Wor
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func rootPool(t *testing.T, pemData []byte) *x509.CertPool {
-	t.Helper()
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemData) {
-		t.Fatal("root PEM did not parse")
-	}
-	return pool
 }
 
 const strictAllowCheckout = `apiVersion: security.istio.io/v1

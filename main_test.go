@@ -6,6 +6,6 @@ import (
 	"mesh/internal/leakcheck"
 )
 
-// Every mesh, server, channel and control plane the tests start must be
-// stopped by their cleanups.
-func TestMain(m *testing.M) { leakcheck.Main(m, "mesh.", "mesh/", "google.golang.org/grpc") }
+// Every server, stream, watcher and goroutine a test starts is stopped by
+// its cleanup.
+func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -127,7 +127,6 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		telemetry.WithTracerProvider(tp),
 		telemetry.WithMeterProvider(mp),
 		telemetry.WithWorkload(workload),
-		telemetry.WithPeerIdentity(peerPrincipal),
 		telemetry.WithLogger(logger),
 		telemetry.WithTap(m.tap),
 	}
@@ -139,8 +138,14 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	}
 	// Interceptors, not stats handlers: with any stats handler installed
 	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
-	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
-	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
+	// On gRPC the peer's identity is read from mesh's own credentials; the
+	// HTTP middleware and transport read the connection's TLS state.
+	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerIdentity(peerPrincipal)}
+	for _, o := range telem {
+		grpcTelem = append(grpcTelem, o)
+	}
+	m.clientTelemetry = telemetry.NewClientInterceptor(grpcTelem...)
+	m.serverTelemetry = telemetry.NewServerInterceptor(grpcTelem...)
 	m.telemetry = telem
 	return m, nil
 }

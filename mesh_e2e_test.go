@@ -38,17 +38,16 @@ import (
 	"mesh/identity/csr"
 	"mesh/identity/identitytest"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 	"mesh/transport"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
 
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+// testContext is the shared hang guard, under the name this package's
+// tests have always used.
+func testContext(t *testing.T) context.Context { return testutil.Context(t) }
 
 // assertSplit checks that got of n calls went to a leg of weight p within
 // five binomial standard deviations.
@@ -348,7 +347,7 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 		ServiceAccount: "checkout",
 		TTL:            time.Hour,
 		RootPEM:        cp.RootPEM(),
-		TLS:            &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
+		TLS:            &tls.Config{RootCAs: testutil.RootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -476,7 +475,7 @@ func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 
 func TestAccessLogRecordsEachCall(t *testing.T) {
 	ctx := testContext(t)
-	var logs syncBuffer
+	var logs testutil.Buffer
 	accessLog := slog.New(slog.NewJSONHandler(&logs, nil))
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
 		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {

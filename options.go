@@ -41,19 +41,29 @@ func (f optionFunc) apply(o *options) { f(o) }
 
 // WithBootstrapFile reads the xDS bootstrap from path instead of the
 // environment (MESH_BOOTSTRAP, GRPC_XDS_BOOTSTRAP, GRPC_XDS_BOOTSTRAP_CONFIG).
+// Of WithBootstrapFile, WithBootstrapJSON and WithBootstrap, the last
+// given is the bootstrap.
 func WithBootstrapFile(path string) Option {
-	return optionFunc(func(o *options) { o.bootstrapFile = path })
+	return optionFunc(func(o *options) { o.setBootstrap(nil, nil, path) })
 }
 
 // WithBootstrapJSON takes the xDS bootstrap as JSON, in the gRPC bootstrap
-// format (gRFC A27).
+// format (gRFC A27). It replaces an earlier WithBootstrapFile or
+// WithBootstrap.
 func WithBootstrapJSON(data []byte) Option {
-	return optionFunc(func(o *options) { o.bootstrapJSON = data })
+	return optionFunc(func(o *options) { o.setBootstrap(nil, data, "") })
 }
 
-// WithBootstrap takes an already parsed bootstrap; New validates it.
+// WithBootstrap takes an already parsed bootstrap; New validates it. It
+// replaces an earlier WithBootstrapFile or WithBootstrapJSON.
 func WithBootstrap(bs *xdsclient.Bootstrap) Option {
-	return optionFunc(func(o *options) { o.bootstrap = bs })
+	return optionFunc(func(o *options) { o.setBootstrap(bs, nil, "") })
+}
+
+// setBootstrap keeps one bootstrap source, so that none given is ignored
+// in favour of another behind the caller's back.
+func (o *options) setBootstrap(bs *xdsclient.Bootstrap, data []byte, path string) {
+	o.bootstrap, o.bootstrapJSON, o.bootstrapFile = bs, data, path
 }
 
 // WithLogger sets the logger for the mesh and everything it starts.

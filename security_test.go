@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,10 +26,11 @@ import (
 	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 func TestSVIDRotationUnderLoadFailsNothing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	// Workloads re-read their SVID files every 20ms; rotations are paced
 	// by observing their effect, not by sleeping.
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0, CertRefresh: 20 * time.Millisecond})
@@ -132,10 +131,10 @@ func chargeOnce(ctx context.Context, t *testing.T, m *mesh.Mesh) (shop.Reply, er
 }
 
 func TestServerRefusesBadClientCertificates(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca, signWithCA := testCA(t)
 	// payments' logs, where a refused handshake says why.
-	serverLog := &syncBuffer{}
+	serverLog := &testutil.Buffer{}
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
 		ControlPlane: []controlplane.Option{signWithCA},
 		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
@@ -202,29 +201,11 @@ func TestServerRefusesBadClientCertificates(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A long-lived connection is re-made, with a new handshake and whatever
 // certificate is current then, before its certificates can expire: the
 // server bounds connection age with a graceful GOAWAY, and no call fails.
 func TestLongLivedConnectionsAreRemadeWithoutFailing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
 		Mesh: func(wl controlplane.Workload, _ string) []mesh.Option {
 			if wl.Service != "payments" {
@@ -249,7 +230,7 @@ func TestLongLivedConnectionsAreRemadeWithoutFailing(t *testing.T) {
 // response (GOAWAY on HTTP/2), the client moves to a new one, and no
 // request fails.
 func TestLongLivedHTTPConnectionsAreRemadeWithoutFailing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	if err := w.ControlPlane.Apply(shop.WebYAML(100, 0)); err != nil {
 		t.Fatal(err)

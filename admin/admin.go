@@ -30,6 +30,8 @@ import (
 
 	"mesh"
 	pages "mesh/internal/admin"
+	"mesh/internal/admin/tapview"
+	"mesh/internal/admin/xdsview"
 	"mesh/telemetry"
 )
 
@@ -73,14 +75,18 @@ func handler(m *mesh.Mesh, metrics http.Handler, graph pages.GraphSource, logger
 	if metrics != nil {
 		metrics = telemetry.EnvoyBucketLabels(metrics) // le="1800000", as Envoy prints it
 	}
+	var tap http.Handler
+	if t := m.Tap(); t != nil {
+		tap = tapview.Handler(t, logger)
+	}
 	return pages.NewHandler(pages.Config{
 		Metrics:      metrics,
 		Graph:        graph,
 		Clusters:     func() []pages.ClusterStatus { return clusterStatus(m) },
-		XDS:          m.XDSClient().Dump,
+		XDS:          func() []pages.ResourceView { return xdsview.Resources(m.XDSClient().Dump()) },
 		Certificates: func() []pages.CertificateView { return certificates(m) },
 		Healthy:      m.Err,
-		Tap:          m.Tap(),
+		Tap:          tap,
 		Logger:       logger,
 	})
 }

@@ -27,6 +27,8 @@ import (
 	jwtcreds "google.golang.org/grpc/credentials/jwt"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"mesh/internal/testutil"
 )
 
 // The attacks of issue 9 on the control plane, each as an attacker would
@@ -120,8 +122,8 @@ func wantRefused(t *testing.T, resp *discovery.DiscoveryResponse, err error, cod
 // Impersonation: a stream that claims SERVICE_ACCOUNT=checkout asks SDS
 // for "default", to get checkout's SVID and private key.
 func TestAttackImpersonationOverRawADS(t *testing.T) {
-	ctx := testContext(t)
-	rec := newLogRecorder()
+	ctx := testutil.Context(t)
+	rec := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t, WithLogger(slog.New(rec)))
 	other := newTestServer(t) // a control plane whose credentials mean nothing here
 
@@ -133,7 +135,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 		t.Fatalf("checkout's own secret is for %s", got)
 	}
 
-	claimsCheckout := map[string]any{MetaNamespace: "default", MetaServiceAccount: "checkout", MetaWorkloadName: "rogue-1"}
+	claimsCheckout := map[string]any{metaNamespace: "default", metaServiceAccount: "checkout", metaWorkloadName: "rogue-1"}
 	rogue := Workload{Name: "rogue-1", ServiceAccount: "rogue"}
 	rogueToken, err := s.WorkloadToken(rogue)
 	if err != nil {
@@ -174,10 +176,10 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 		// Honest claims, but checkout's node id: its snapshot, secrets
 		// included, would be shared.
 		{"checkout's node id", withToken(rogueToken),
-			rawNode(t, checkoutID, map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue"}),
+			rawNode(t, checkoutID, map[string]any{metaNamespace: "default", metaServiceAccount: "rogue"}),
 			codes.PermissionDenied, "node claim node.id"},
 		{"checkout's node id, rogue's enrollment", enrolledAs(t, s, rogue),
-			rawNode(t, checkoutID, map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue", MetaWorkloadName: "rogue-1"}),
+			rawNode(t, checkoutID, map[string]any{metaNamespace: "default", metaServiceAccount: "rogue", metaWorkloadName: "rogue-1"}),
 			codes.PermissionDenied, "node claim node.id"},
 	}
 	for _, tt := range tests {
@@ -189,7 +191,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 
 	// Honest, the rogue gets its own identity and nothing else.
 	resp, err := attack(ctx, t, s, enrolledAs(t, s, rogue),
-		rawNode(t, nodeID(rogue.withDefaults()), map[string]any{MetaNamespace: "default", MetaServiceAccount: "rogue", MetaWorkloadName: "rogue-1"}),
+		rawNode(t, nodeID(rogue.withDefaults()), map[string]any{metaNamespace: "default", metaServiceAccount: "rogue", metaWorkloadName: "rogue-1"}),
 		resource.SecretType, SecretDefault, SecretRootCA)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +202,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 
 	// The refusal named the claim in the log, and checkout was not
 	// disturbed: its stream still gets pushes.
-	rec.await(ctx, t, "xds stream refused")
+	rec.Await(ctx, t, "xds stream refused")
 	if err := s.Apply([]byte(meshWidePeerAuth("STRICT"))); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +214,7 @@ func TestAttackImpersonationOverRawADS(t *testing.T) {
 // it is added to payments' endpoints and its identity to the SANs that
 // payments' clients accept.
 func TestAttackRogueEndpointRegistration(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t)
 	payments := Workload{Name: "payments-v1", ServiceAccount: "payments", Service: "payments", Port: 8080,
 		Labels: map[string]string{"app": "payments", "version": "v1"}, Address: "127.0.0.1:9001"}
@@ -227,8 +229,8 @@ func TestAttackRogueEndpointRegistration(t *testing.T) {
 
 	const rogueAddr = "127.0.0.1:9666"
 	servesPayments := func(name, sa string) map[string]any {
-		return map[string]any{MetaNamespace: "default", MetaServiceAccount: sa, MetaWorkloadName: name,
-			MetaService: "payments:8080", MetaAddress: rogueAddr, MetaLabels: map[string]any{"app": "payments", "version": "v1"}}
+		return map[string]any{metaNamespace: "default", metaServiceAccount: sa, metaWorkloadName: name,
+			metaService: "payments:8080", metaAddress: rogueAddr, metaLabels: map[string]any{"app": "payments", "version": "v1"}}
 	}
 	rogue := Workload{Name: "rogue-1", ServiceAccount: "rogue"}
 	rogueSvc := Workload{Name: "rogue-2", ServiceAccount: "rogue", Service: "rogue", Port: 8080}
@@ -310,7 +312,7 @@ func clusterSANs(t *testing.T, c *cluster.Cluster) []string {
 // A workload's SVID alone proves it; a token left over from before a
 // restart that changed the token key does not block it.
 func TestStreamProvenBySVID(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t)
 	other := newTestServer(t)
 	payments := Workload{Name: "payments-v1", ServiceAccount: "payments", Service: "payments", Port: 8080, Address: "127.0.0.1:9001"}
@@ -321,8 +323,8 @@ func TestStreamProvenBySVID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claims := map[string]any{MetaNamespace: "default", MetaServiceAccount: "payments", MetaWorkloadName: "payments-v1",
-		MetaService: "payments:8080", MetaAddress: payments.Address}
+	claims := map[string]any{metaNamespace: "default", metaServiceAccount: "payments", metaWorkloadName: "payments-v1",
+		metaService: "payments:8080", metaAddress: payments.Address}
 	svid := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, svidOf(t, s, "default", "payments")))}
 	for name, opts := range map[string][]grpc.DialOption{
 		"svid":             svid,
@@ -353,7 +355,7 @@ func TestStreamProvenBySVID(t *testing.T) {
 // The restart window: a control plane (re)started with its configuration
 // answers the first request with it, never with an empty configuration.
 func TestRestartServesConfiguredPolicyFromFirstResponse(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
 	if err := os.WriteFile(path, []byte(meshWidePeerAuth("STRICT")), 0o644); err != nil {
 		t.Fatal(err)
@@ -409,11 +411,11 @@ spec:
 	if err := os.WriteFile(path, []byte(bad), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = New(testContext(t), WithAddress(addr), WithConfigFile(path))
+	_, err = New(testutil.Context(t), WithAddress(addr), WithConfigFile(path))
 	if err == nil || !strings.Contains(err.Error(), "VirtualService default/broken") || !strings.Contains(err.Error(), "weight") {
 		t.Fatalf("New = %v, want the invalid object named", err)
 	}
-	if _, err := New(testContext(t), WithAddress(addr), WithConfig([]byte(bad))); err == nil {
+	if _, err := New(testutil.Context(t), WithAddress(addr), WithConfig([]byte(bad))); err == nil {
 		t.Fatal("New accepted invalid in-code config")
 	}
 	// Nothing was left listening.
@@ -432,7 +434,7 @@ func meshWidePeerAuth(mode string) string {
 // credentials (credentials/jwt, which needs "exp") read from the file
 // WriteBootstrap writes and send as the stream's bearer token.
 func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t)
 	w := Workload{Name: "payments-v1", ServiceAccount: "payments", Service: "payments", Port: 8080, Address: "127.0.0.1:9001"}
 	dir := t.TempDir()
@@ -444,8 +446,8 @@ func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(xdsTLS(t, s, nil)), grpc.WithPerRPCCredentials(creds)}
-	claims := map[string]any{MetaNamespace: "default", MetaServiceAccount: "payments", MetaWorkloadName: "payments-v1",
-		MetaService: "payments:8080", MetaAddress: w.Address}
+	claims := map[string]any{metaNamespace: "default", metaServiceAccount: "payments", metaWorkloadName: "payments-v1",
+		metaService: "payments:8080", metaAddress: w.Address}
 	resp, err := attack(ctx, t, s, opts, rawNode(t, nodeID(w.withDefaults()), claims), resource.ListenerType, inboundName(w.Address))
 	if err != nil {
 		t.Fatal(err)
@@ -458,10 +460,10 @@ func TestEnrollmentTokenWithGRPCJWTCallCreds(t *testing.T) {
 // WithPlaintextXDS is the explicit, logged opt-out: plaintext bootstraps
 // with no credential, and streams served on their claims.
 func TestPlaintextXDSIsExplicitAndLogged(t *testing.T) {
-	ctx := testContext(t)
-	rec := newLogRecorder()
+	ctx := testutil.Context(t)
+	rec := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t, WithPlaintextXDS(), WithLogger(slog.New(rec)))
-	rec.await(ctx, t, "INSECURE")
+	rec.Await(ctx, t, "INSECURE")
 	dir := t.TempDir()
 	path, err := s.WriteBootstrap(dir, Workload{Name: "checkout-1", ServiceAccount: "checkout"})
 	if err != nil {
@@ -478,7 +480,7 @@ func TestPlaintextXDSIsExplicitAndLogged(t *testing.T) {
 		t.Fatalf("token file written for a plaintext control plane: %v", err)
 	}
 	resp, err := attack(ctx, t, s, []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
-		rawNode(t, checkoutID, map[string]any{MetaServiceAccount: "checkout"}), resource.SecretType, SecretDefault)
+		rawNode(t, checkoutID, map[string]any{metaServiceAccount: "checkout"}), resource.SecretType, SecretDefault)
 	if err != nil || secretIdentity(t, resp) != "spiffe://cluster.local/ns/default/sa/checkout" {
 		t.Fatalf("plaintext stream: %v, %v", resp, err)
 	}

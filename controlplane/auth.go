@@ -307,10 +307,10 @@ func claimError(claim, format string, args ...any) error {
 func (s *Server) checkClaimsLocked(p *proof, n *nodeInfo) error {
 	id := p.spiffeID(s.trustDomain)
 	if n.namespace != p.namespace {
-		return claimError(MetaNamespace, "%q, but the credential proves %s", n.namespace, id)
+		return claimError(metaNamespace, "%q, but the credential proves %s", n.namespace, id)
 	}
 	if n.serviceAccount != p.serviceAccount {
-		return claimError(MetaServiceAccount, "%q, but the credential proves %s", n.serviceAccount, id)
+		return claimError(metaServiceAccount, "%q, but the credential proves %s", n.serviceAccount, id)
 	}
 	var e Workload
 	switch {
@@ -330,21 +330,21 @@ func (s *Server) checkClaimsLocked(p *proof, n *nodeInfo) error {
 		}
 	}
 	if n.workloadName != "" && e.Name != "" && n.workloadName != e.Name {
-		return claimError(MetaWorkloadName, "%q, but the credential was issued for workload %q", n.workloadName, e.Name)
+		return claimError(metaWorkloadName, "%q, but the credential was issued for workload %q", n.workloadName, e.Name)
 	}
 	if n.serviceHost != "" && (n.serviceHost != e.host() || n.servicePort != e.Port) {
 		claimed := net.JoinHostPort(n.serviceHost, strconv.FormatUint(uint64(n.servicePort), 10))
 		if e.host() == "" {
-			return claimError(MetaService, "%q, but %s is enrolled for no service", claimed, id)
+			return claimError(metaService, "%q, but %s is enrolled for no service", claimed, id)
 		}
-		return claimError(MetaService, "%q, but %s is enrolled for %s", claimed, id,
+		return claimError(metaService, "%q, but %s is enrolled for %s", claimed, id,
 			net.JoinHostPort(e.host(), strconv.FormatUint(uint64(e.Port), 10)))
 	}
 	if !maps.Equal(n.labels, e.Labels) {
-		return claimError(MetaLabels, "%v, but the enrollment has %v", n.labels, e.Labels)
+		return claimError(metaLabels, "%v, but the enrollment has %v", n.labels, e.Labels)
 	}
 	if n.address != "" && n.address != e.Address {
-		return claimError(MetaAddress, "%q, but the enrollment has %q", n.address, e.Address)
+		return claimError(metaAddress, "%q, but the enrollment has %q", n.address, e.Address)
 	}
 	// Every stream of one node id shares its snapshot, secrets included,
 	// so all must prove the same identity.

@@ -28,20 +28,20 @@ const (
 // Node metadata keys written into bootstraps and read back from connecting
 // nodes.
 const (
-	MetaNamespace      = "NAMESPACE"
-	MetaLabels         = "LABELS"
-	MetaServiceAccount = "SERVICE_ACCOUNT"
-	MetaWorkloadName   = "WORKLOAD_NAME"
-	MetaGenerator      = "GENERATOR"
-	// MetaClusterID is Istio's cluster ID; telemetry labels source_cluster
+	metaNamespace      = "NAMESPACE"
+	metaLabels         = "LABELS"
+	metaServiceAccount = "SERVICE_ACCOUNT"
+	metaWorkloadName   = "WORKLOAD_NAME"
+	metaGenerator      = "GENERATOR"
+	// metaClusterID is Istio's cluster ID; telemetry labels source_cluster
 	// and destination_cluster with it, and Kiali drops series where it is
 	// "unknown".
-	MetaClusterID = "CLUSTER_ID"
-	// MetaService is mesh's own key: the "host:port" service the node serves.
-	MetaService = "MESH_SERVICE"
-	// MetaAddress is mesh's own key: the "ip:port" the node serves on, when
+	metaClusterID = "CLUSTER_ID"
+	// metaService is mesh's own key: the "host:port" service the node serves.
+	metaService = "MESH_SERVICE"
+	// metaAddress is mesh's own key: the "ip:port" the node serves on, when
 	// known before it asks for its inbound listener.
-	MetaAddress = "MESH_ADDRESS"
+	metaAddress = "MESH_ADDRESS"
 )
 
 // InboundListenerPrefix is the name prefix of server-side listeners; the
@@ -239,18 +239,18 @@ func (s *Server) bootstrapJSON(w Workload, certDir string, withCert bool) ([]byt
 		labels[k] = v
 	}
 	meta := map[string]any{
-		MetaNamespace:      w.Namespace,
-		MetaLabels:         labels,
-		MetaServiceAccount: w.ServiceAccount,
-		MetaWorkloadName:   w.Name,
-		MetaGenerator:      "grpc",
-		MetaClusterID:      cmp.Or(w.ClusterID, s.clusterID),
+		metaNamespace:      w.Namespace,
+		metaLabels:         labels,
+		metaServiceAccount: w.ServiceAccount,
+		metaWorkloadName:   w.Name,
+		metaGenerator:      "grpc",
+		metaClusterID:      cmp.Or(w.ClusterID, s.clusterID),
 	}
 	if h := w.host(); h != "" {
-		meta[MetaService] = net.JoinHostPort(h, strconv.FormatUint(uint64(w.Port), 10))
+		meta[metaService] = net.JoinHostPort(h, strconv.FormatUint(uint64(w.Port), 10))
 	}
 	if w.Address != "" {
-		meta[MetaAddress] = w.Address
+		meta[metaAddress] = w.Address
 	}
 	server := xdsServerJSON{
 		ServerURI:      s.Addr(),

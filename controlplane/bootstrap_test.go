@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mesh/internal/testutil"
 )
 
 func TestWriteBootstrap(t *testing.T) {
@@ -93,16 +95,16 @@ func TestWriteBootstrap(t *testing.T) {
 	}
 	md := b.Node.Metadata
 	for k, want := range map[string]string{
-		MetaNamespace: "default", MetaServiceAccount: "default", MetaWorkloadName: "payments-v1-abc",
-		MetaGenerator: "grpc", MetaService: "payments.default.svc.cluster.local:8080", MetaAddress: "127.0.0.1:9001",
-		MetaClusterID: "Kubernetes",
+		metaNamespace: "default", metaServiceAccount: "default", metaWorkloadName: "payments-v1-abc",
+		metaGenerator: "grpc", metaService: "payments.default.svc.cluster.local:8080", metaAddress: "127.0.0.1:9001",
+		metaClusterID: "Kubernetes",
 	} {
 		if md[k] != want {
 			t.Errorf("metadata %s = %v, want %q", k, md[k], want)
 		}
 	}
-	if labels, ok := md[MetaLabels].(map[string]any); !ok || labels["version"] != "v1" {
-		t.Errorf("LABELS = %#v", md[MetaLabels])
+	if labels, ok := md[metaLabels].(map[string]any); !ok || labels["version"] != "v1" {
+		t.Errorf("LABELS = %#v", md[metaLabels])
 	}
 	if b.Node.Locality == nil {
 		t.Error("locality missing")
@@ -136,7 +138,7 @@ func TestBootstrapClusterID(t *testing.T) {
 		if err := json.Unmarshal(data, &b); err != nil {
 			t.Fatal(err)
 		}
-		return b.Node.Metadata[MetaClusterID]
+		return b.Node.Metadata[metaClusterID]
 	}
 	w := Workload{Name: "checkout"}
 	if got := clusterOf(newTestServer(t), w); got != DefaultClusterID {
@@ -195,10 +197,7 @@ func TestIssueSVIDVerifiesAgainstRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(s.RootPEM()) {
-		t.Fatal("bad root PEM")
-	}
+	roots := testutil.RootPool(t, s.RootPEM())
 	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 			t.Fatalf("verify for %v: %v", usage, err)
@@ -249,13 +248,13 @@ func TestWithCA(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	otherDER, _ := x509.MarshalECPrivateKey(other)
 	otherPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: otherDER})
-	if _, err := New(testContext(t), WithCA(certPEM, otherPEM)); err == nil || !strings.Contains(err.Error(), "does not match") {
+	if _, err := New(testutil.Context(t), WithCA(certPEM, otherPEM)); err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Fatalf("mismatched key: %v", err)
 	}
-	if _, err := New(testContext(t), WithCA([]byte("junk"), keyPEM)); err == nil || !strings.Contains(err.Error(), "ca certificate") {
+	if _, err := New(testutil.Context(t), WithCA([]byte("junk"), keyPEM)); err == nil || !strings.Contains(err.Error(), "ca certificate") {
 		t.Fatalf("junk cert: %v", err)
 	}
-	if _, err := New(testContext(t), WithTrustDomain("Not A Domain")); err == nil || !strings.Contains(err.Error(), "trust domain") {
+	if _, err := New(testutil.Context(t), WithTrustDomain("Not A Domain")); err == nil || !strings.Contains(err.Error(), "trust domain") {
 		t.Fatalf("bad trust domain: %v", err)
 	}
 }

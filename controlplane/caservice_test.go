@@ -2,18 +2,15 @@ package controlplane
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +24,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	securitypb "istio.io/api/security/v1alpha1"
+
+	"mesh/internal/testutil"
 )
 
 var paymentsWorkload = Workload{Name: "payments-v1", Namespace: "shop", ServiceAccount: "payments"}
@@ -39,24 +38,6 @@ func dialCA(t *testing.T, s *Server) securitypb.IstioCertificateServiceClient {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return securitypb.NewIstioCertificateServiceClient(conn)
-}
-
-// csrPEM makes a CSR signed by key with the given URI SANs.
-func csrPEM(t *testing.T, key crypto.Signer, uris ...string) string {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{}
-	for _, u := range uris {
-		parsed, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, parsed)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
 func p256(t *testing.T) *ecdsa.PrivateKey {
@@ -73,8 +54,8 @@ func withToken(ctx context.Context, token string) context.Context {
 }
 
 func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
-	ctx := testContext(t)
-	logs := newLogRecorder()
+	ctx := testutil.Context(t)
+	logs := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t, WithTrustDomain("example.org"), WithCertTTL(time.Hour), WithLogger(slog.New(logs)))
 	token, err := s.WorkloadToken(paymentsWorkload)
 	if err != nil {
@@ -93,7 +74,7 @@ func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
 		{7200, time.Hour + time.Minute}, // capped at the CA's TTL
 	} {
 		resp, err := client.CreateCertificate(withToken(ctx, token), &securitypb.IstioCertificateRequest{
-			Csr: csrPEM(t, key, want), ValidityDuration: tt.validity,
+			Csr: testutil.CSR(t, key, want), ValidityDuration: tt.validity,
 		})
 		if err != nil {
 			t.Fatalf("validity %d: %v", tt.validity, err)
@@ -125,11 +106,11 @@ func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
 			t.Errorf("validity %d: lifetime %v, want %v", tt.validity, got, tt.lifetime)
 		}
 	}
-	logs.await(ctx, t, "ca issued svid spiffe_id="+want)
+	logs.Await(ctx, t, "ca issued svid spiffe_id="+want)
 	for {
 		select {
-		case m := <-logs.ch:
-			if strings.Contains(m, token) {
+		case r := <-logs.Records():
+			if m := testutil.Format(r); strings.Contains(m, token) {
 				t.Fatalf("token logged: %q", m)
 			}
 			continue
@@ -140,7 +121,7 @@ func TestCAServiceIssuesTheTokensIdentity(t *testing.T) {
 }
 
 func TestCAServiceRefusesWhatTheTokenDoesNotProve(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t, WithTrustDomain("example.org"))
 	other := newTestServer(t, WithTrustDomain("example.org"))
 	client := dialCA(t, s)
@@ -175,28 +156,28 @@ func TestCAServiceRefusesWhatTheTokenDoesNotProve(t *testing.T) {
 		code     codes.Code
 		want     string
 	}{
-		{"no token", ctx, csrPEM(t, key, payments), 0, codes.Unauthenticated, "missing authorization header"},
-		{"basic auth", metadata.AppendToOutgoingContext(ctx, "authorization", "Basic dXNlcjpwdw=="), csrPEM(t, key, payments), 0,
+		{"no token", ctx, testutil.CSR(t, key, payments), 0, codes.Unauthenticated, "missing authorization header"},
+		{"basic auth", metadata.AppendToOutgoingContext(ctx, "authorization", "Basic dXNlcjpwdw=="), testutil.CSR(t, key, payments), 0,
 			codes.Unauthenticated, `not "Bearer <token>"`},
-		{"garbage token", withToken(ctx, "garbage"), csrPEM(t, key, payments), 0, codes.Unauthenticated, "malformed token"},
-		{"token of another server", withToken(ctx, foreign), csrPEM(t, key, payments), 0, codes.Unauthenticated, "does not verify"},
-		{"spliced token", withToken(ctx, spliced), csrPEM(t, key, "spiffe://example.org/ns/shop/sa/admin"), 0,
+		{"garbage token", withToken(ctx, "garbage"), testutil.CSR(t, key, payments), 0, codes.Unauthenticated, "malformed token"},
+		{"token of another server", withToken(ctx, foreign), testutil.CSR(t, key, payments), 0, codes.Unauthenticated, "does not verify"},
+		{"spliced token", withToken(ctx, spliced), testutil.CSR(t, key, "spiffe://example.org/ns/shop/sa/admin"), 0,
 			codes.Unauthenticated, "does not verify"},
-		{"other service account", withToken(ctx, token), csrPEM(t, key, "spiffe://example.org/ns/shop/sa/admin"), 0,
+		{"other service account", withToken(ctx, token), testutil.CSR(t, key, "spiffe://example.org/ns/shop/sa/admin"), 0,
 			codes.PermissionDenied, "token proves " + payments + "; csr asks for spiffe://example.org/ns/shop/sa/admin"},
-		{"other namespace", withToken(ctx, token), csrPEM(t, key, "spiffe://example.org/ns/default/sa/payments"), 0,
+		{"other namespace", withToken(ctx, token), testutil.CSR(t, key, "spiffe://example.org/ns/default/sa/payments"), 0,
 			codes.PermissionDenied, "csr asks for spiffe://example.org/ns/default/sa/payments"},
-		{"other trust domain", withToken(ctx, token), csrPEM(t, key, "spiffe://evil.org/ns/shop/sa/payments"), 0,
+		{"other trust domain", withToken(ctx, token), testutil.CSR(t, key, "spiffe://evil.org/ns/shop/sa/payments"), 0,
 			codes.PermissionDenied, "csr asks for spiffe://evil.org/ns/shop/sa/payments"},
-		{"no URI SAN", withToken(ctx, token), csrPEM(t, key), 0, codes.InvalidArgument, "has 0 URI SANs"},
-		{"two URI SANs", withToken(ctx, token), csrPEM(t, key, payments, "spiffe://example.org/ns/shop/sa/admin"), 0,
+		{"no URI SAN", withToken(ctx, token), testutil.CSR(t, key), 0, codes.InvalidArgument, "has 0 URI SANs"},
+		{"two URI SANs", withToken(ctx, token), testutil.CSR(t, key, payments, "spiffe://example.org/ns/shop/sa/admin"), 0,
 			codes.InvalidArgument, "has 2 URI SANs"},
-		{"not a SPIFFE ID", withToken(ctx, token), csrPEM(t, key, "https://example.org/x"), 0, codes.InvalidArgument, "URI SAN"},
+		{"not a SPIFFE ID", withToken(ctx, token), testutil.CSR(t, key, "https://example.org/x"), 0, codes.InvalidArgument, "URI SAN"},
 		{"empty csr", withToken(ctx, token), "", 0, codes.InvalidArgument, "csr: empty"},
 		{"not PEM", withToken(ctx, token), "garbage", 0, codes.InvalidArgument, "csr: no PEM block"},
 		{"certificate instead of csr", withToken(ctx, token), string(s.RootPEM()), 0, codes.InvalidArgument, `"CERTIFICATE", not CERTIFICATE REQUEST`},
-		{"weak rsa key", withToken(ctx, token), csrPEM(t, weak, payments), 0, codes.InvalidArgument, "rsa key of 1024 bits"},
-		{"negative validity", withToken(ctx, token), csrPEM(t, key, payments), -5, codes.InvalidArgument, "validity_duration -5 is negative"},
+		{"weak rsa key", withToken(ctx, token), testutil.CSR(t, weak, payments), 0, codes.InvalidArgument, "rsa key of 1024 bits"},
+		{"negative validity", withToken(ctx, token), testutil.CSR(t, key, payments), -5, codes.InvalidArgument, "validity_duration -5 is negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,7 +216,7 @@ func TestWorkloadTokenValidatesWorkload(t *testing.T) {
 }
 
 func TestServeCATLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t, WithTrustDomain("example.org"))
 	addr, err := s.ServeCATLS(ctx, "127.0.0.1:0")
 	if err != nil {
@@ -264,7 +245,7 @@ func TestServeCATLS(t *testing.T) {
 		}
 		defer conn.Close()
 		_, err = securitypb.NewIstioCertificateServiceClient(conn).CreateCertificate(withToken(ctx, token),
-			&securitypb.IstioCertificateRequest{Csr: csrPEM(t, p256(t), "spiffe://example.org/ns/shop/sa/payments")})
+			&securitypb.IstioCertificateRequest{Csr: testutil.CSR(t, p256(t), "spiffe://example.org/ns/shop/sa/payments")})
 		return err
 	}
 	trusted := x509.NewCertPool()

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"mesh/internal/testutil"
 )
 
 func TestApplyRejectsInvalidConfigAndKeepsOld(t *testing.T) {
@@ -192,7 +194,7 @@ func TestRoutingConfigMayPrecedeWorkloads(t *testing.T) {
 }
 
 func TestClosedServer(t *testing.T) {
-	s, err := New(testContext(t))
+	s, err := New(testutil.Context(t))
 	if err != nil {
 		t.Fatal(err)
 	}

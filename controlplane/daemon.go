@@ -108,11 +108,12 @@ type Daemon struct {
 }
 
 // NewDaemon loads ConfigDir and the state, starts the xDS server (opts as
-// for New, e.g. WithAddress) with that configuration in force, then the
+// for New, e.g. WithAddress, less those DaemonConfig sets) with that
+// configuration in force, then the
 // API and the directory watch. Close stops them.
 //
 // # Experimental
-func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...Option) (*Daemon, error) {
+func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...DaemonOption) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
@@ -157,8 +158,12 @@ func NewDaemon(ctx context.Context, cfg DaemonConfig, opts ...Option) (*Daemon, 
 	if err != nil {
 		return nil, err
 	}
-	opts = append(slices.Clip(opts), WithStateDir(cfg.StateDir), WithWorkloads(workloads...), WithConfig(initial))
-	srv, err := New(ctx, opts...)
+	serverOpts := make([]Option, 0, len(opts)+3)
+	for _, o := range opts {
+		serverOpts = append(serverOpts, o)
+	}
+	serverOpts = append(serverOpts, WithStateDir(cfg.StateDir), WithWorkloads(workloads...), WithConfig(initial))
+	srv, err := New(ctx, serverOpts...)
 	if err != nil {
 		return nil, err
 	}

@@ -11,13 +11,15 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"mesh/internal/testutil"
 )
 
 // TestDeltaInboundListenerRegistersEndpoint runs the server side of a
 // workload over incremental (delta) ADS.
 func TestDeltaInboundListenerRegistersEndpoint(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	const nodeID = "sidecar~127.0.0.1~payments-d.default~default.svc.cluster.local"
 	conn, err := grpc.NewClient(s.Addr(), xdsDialOptions(t, s, Workload{Name: "payments-d", Service: "payments", Port: 8080}.withDefaults(), nodeID)...)
 	if err != nil {
@@ -30,7 +32,7 @@ func TestDeltaInboundListenerRegistersEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md, _ := structpb.NewStruct(map[string]any{MetaNamespace: "default", MetaService: paymentsListener})
+	md, _ := structpb.NewStruct(map[string]any{metaNamespace: "default", metaService: paymentsListener})
 	name := inboundName("127.0.0.1:9301")
 	err = stream.Send(&discovery.DeltaDiscoveryRequest{
 		Node:                   &core.Node{Id: nodeID, Metadata: md},

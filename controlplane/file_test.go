@@ -10,6 +10,8 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"mesh/internal/testutil"
 )
 
 func TestConfigFileChangePushes(t *testing.T) {
@@ -22,14 +24,14 @@ func TestConfigFileChangePushes(t *testing.T) {
 		}
 	}
 	write(subsetsYAML + "---\n" + vsYAML(90, 10))
-	rec := newLogRecorder()
+	rec := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t,
 		WithConfigFile(path), WithFileCheckInterval(5*time.Millisecond), WithLogger(slog.New(rec)),
 		WithWorkloads(
 			Workload{Name: "payments-v1", Service: "payments", Port: 8080, Labels: map[string]string{"version": "v1"}},
 			Workload{Name: "payments-v2", Service: "payments", Port: 8080, Labels: map[string]string{"version": "v2"}},
 		))
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	client := dialADS(t, s, clientNode())
 	client.subscribe(resource.RouteType, paymentsListener)
 	v1, v2 := "outbound|8080|v1|"+paymentsHost, "outbound|8080|v2|"+paymentsHost
@@ -46,7 +48,7 @@ func TestConfigFileChangePushes(t *testing.T) {
 
 	// An invalid file is logged and the last good config stays.
 	write(subsetsYAML + "---\n" + vsYAML(-5, 60))
-	msg := rec.await(ctx, t, "config file rejected")
+	msg := rec.Await(ctx, t, "config file rejected")
 	if want := "spec.http[1].route[0].weight"; !strings.Contains(msg, want) {
 		t.Fatalf("log %q does not name %s", msg, want)
 	}
@@ -65,10 +67,10 @@ func TestConfigFileInvalidAtStartFailsNew(t *testing.T) {
 	if err := os.WriteFile(path, []byte("kind: Nope\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(testContext(t), WithConfigFile(path)); err == nil || !strings.Contains(err.Error(), `kind "Nope"`) {
+	if _, err := New(testutil.Context(t), WithConfigFile(path)); err == nil || !strings.Contains(err.Error(), `kind "Nope"`) {
 		t.Fatalf("New = %v", err)
 	}
-	if _, err := New(testContext(t), WithConfigFile(filepath.Join(t.TempDir(), "missing.yaml"))); err == nil {
+	if _, err := New(testutil.Context(t), WithConfigFile(filepath.Join(t.TempDir(), "missing.yaml"))); err == nil {
 		t.Fatal("New accepted a missing config file")
 	}
 }
@@ -78,21 +80,21 @@ func TestConfigFileRetriedWhenRegistryChanges(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rec := newLogRecorder()
+	rec := testutil.NewLogs(slog.LevelDebug)
 	s := newTestServer(t, WithConfigFile(path), WithFileCheckInterval(5*time.Millisecond), WithLogger(slog.New(rec)))
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	// Routes to a service nothing has declared yet: rejected, the last
 	// good (empty) config stays.
 	vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: checkout}\nspec:\n  hosts: [checkout]\n  http:\n  - route:\n    - destination: {host: payments}\n"
 	if err := writeFileAtomic(path, []byte(vs), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rec.await(ctx, t, "config file rejected")
+	rec.Await(ctx, t, "config file rejected")
 	if got := s.configSnapshot(); got != "" {
 		t.Fatalf("rejected file was applied: %s", got)
 	}
 	declarePayments(t, s) // payments becomes known; the file is retried
-	rec.await(ctx, t, "config file applied")
+	rec.Await(ctx, t, "config file applied")
 	if got := s.configSnapshot(); !strings.Contains(got, "VirtualService default/checkout") {
 		t.Fatalf("config = %q", got)
 	}

@@ -3,14 +3,11 @@ package controlplane
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -25,20 +22,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"mesh/internal/testutil"
 )
-
-const testTimeout = 3 * time.Minute // a hang guard, never a budget
-
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 func newTestServer(t *testing.T, opts ...Option) *Server {
 	t.Helper()
-	s, err := New(testContext(t), opts...)
+	s, err := New(testutil.Context(t), opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -79,24 +69,24 @@ type testNode struct {
 
 func dialADS(t *testing.T, s *Server, n testNode) *adsClient {
 	t.Helper()
-	meta := map[string]any{MetaGenerator: "grpc"}
+	meta := map[string]any{metaGenerator: "grpc"}
 	if n.namespace != "" {
-		meta[MetaNamespace] = n.namespace
+		meta[metaNamespace] = n.namespace
 	}
 	if n.service != "" {
-		meta[MetaService] = n.service
+		meta[metaService] = n.service
 	}
 	if n.address != "" {
-		meta[MetaAddress] = n.address
+		meta[metaAddress] = n.address
 	}
 	if n.sa != "" {
-		meta[MetaServiceAccount] = n.sa
+		meta[metaServiceAccount] = n.sa
 	}
 	labels := map[string]any{}
 	for k, v := range n.labels {
 		labels[k] = v
 	}
-	meta[MetaLabels] = labels
+	meta[metaLabels] = labels
 	md, err := structpb.NewStruct(meta)
 	if err != nil {
 		t.Fatal(err)
@@ -170,11 +160,7 @@ func xdsDialOptions(t *testing.T, s *Server, w Workload, nodeID string) []grpc.D
 // xdsTLS is TLS to s's xDS port, with cert as client certificate if set.
 func xdsTLS(t *testing.T, s *Server, cert *tls.Certificate) credentials.TransportCredentials {
 	t.Helper()
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(s.RootPEM()) {
-		t.Fatal("no root certificate")
-	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{RootCAs: testutil.RootPool(t, s.RootPEM()), MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
@@ -314,47 +300,6 @@ func endpointAddrs(cla *endpointv3.ClusterLoadAssignment) []string {
 		}
 	}
 	return out
-}
-
-// logRecorder is a slog handler that hands log messages to tests.
-type logRecorder struct {
-	mu   sync.Mutex
-	msgs []string
-	ch   chan string
-}
-
-func newLogRecorder() *logRecorder { return &logRecorder{ch: make(chan string, 256)} }
-
-func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		b.WriteString(" " + a.Key + "=" + a.Value.String())
-		return true
-	})
-	select {
-	case l.ch <- b.String():
-	default:
-	}
-	return nil
-}
-func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return l }
-func (l *logRecorder) WithGroup(string) slog.Handler      { return l }
-
-func (l *logRecorder) await(ctx context.Context, t *testing.T, substr string) string {
-	t.Helper()
-	for {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for log %q", substr)
-			return ""
-		case m := <-l.ch:
-			if strings.Contains(m, substr) {
-				return m
-			}
-		}
-	}
 }
 
 var _ = resource.ListenerType

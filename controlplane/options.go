@@ -13,9 +13,23 @@ type Option interface {
 	apply(*settings)
 }
 
+// DaemonOption configures NewDaemon's server as well as New: every option
+// but those a daemon takes from its DaemonConfig (WithStateDir, WithConfig,
+// WithConfigFile) and WithCA, which a state directory replaces. So NewDaemon is never handed an option it would
+// override.
+type DaemonOption interface {
+	Option
+	daemonOption()
+}
+
 type optionFunc func(*settings)
 
 func (f optionFunc) apply(s *settings) { f(s) }
+
+type daemonOptionFunc func(*settings)
+
+func (f daemonOptionFunc) apply(s *settings) { f(s) }
+func (daemonOptionFunc) daemonOption()       {}
 
 type settings struct {
 	endpointGrace     time.Duration
@@ -52,13 +66,13 @@ func defaultSettings() settings {
 
 // WithAddress sets the TCP address the xDS server listens on
 // (default "127.0.0.1:0": a free loopback port).
-func WithAddress(addr string) Option {
-	return optionFunc(func(s *settings) { s.address = addr })
+func WithAddress(addr string) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.address = addr })
 }
 
 // WithLogger sets the logger (default: discard).
-func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(s *settings) {
+func WithLogger(l *slog.Logger) DaemonOption {
+	return daemonOptionFunc(func(s *settings) {
 		if l != nil {
 			s.logger = l
 		}
@@ -67,8 +81,8 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithTrustDomain sets the SPIFFE trust domain of issued SVIDs and of the
 // subject alt names in cluster TLS settings (default "cluster.local").
-func WithTrustDomain(td string) Option {
-	return optionFunc(func(s *settings) { s.trustDomain = td })
+func WithTrustDomain(td string) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.trustDomain = td })
 }
 
 // DefaultClusterID is the cluster ID bootstraps carry unless told
@@ -78,8 +92,8 @@ const DefaultClusterID = "Kubernetes"
 // WithClusterID sets the CLUSTER_ID written into bootstraps (default
 // DefaultClusterID); a Workload's own ClusterID overrides it. Istio's
 // metrics label source_cluster and destination_cluster with it.
-func WithClusterID(id string) Option {
-	return optionFunc(func(s *settings) { s.clusterID = id })
+func WithClusterID(id string) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.clusterID = id })
 }
 
 // WithConfigFile loads Istio YAML from path at New and then watches it: a
@@ -90,9 +104,9 @@ func WithConfigFile(path string) Option {
 	return optionFunc(func(s *settings) { s.configFile = path })
 }
 
-// WithFileCheckInterval sets how often the config file's content is
-// compared with the last one read (default 1s).
-func WithFileCheckInterval(d time.Duration) Option {
+// withFileCheckInterval sets how often the config file's content is
+// compared with the last one read (default 1s); tests shorten it.
+func withFileCheckInterval(d time.Duration) Option {
 	return optionFunc(func(s *settings) { s.fileCheckInterval = d })
 }
 
@@ -115,15 +129,15 @@ func WithStateDir(dir string) Option {
 }
 
 // WithCertTTL sets the lifetime of issued SVIDs (default 24h).
-func WithCertTTL(d time.Duration) Option {
-	return optionFunc(func(s *settings) { s.certTTL = d })
+func WithCertTTL(d time.Duration) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.certTTL = d })
 }
 
 // WithWorkloads declares workloads up front, as BootstrapJSON does, so that
 // configuration (for example a config file loaded by New) may route to their
 // services before they connect.
-func WithWorkloads(ws ...Workload) Option {
-	return optionFunc(func(s *settings) { s.workloads = append(s.workloads, ws...) })
+func WithWorkloads(ws ...Workload) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.workloads = append(s.workloads, ws...) })
 }
 
 // WithSnapshotHook registers fn, called with a node's resources (keyed by
@@ -134,8 +148,8 @@ func WithWorkloads(ws ...Workload) Option {
 // # Experimental
 //
 // This hook exists for tests and may change or go away.
-func WithSnapshotHook(fn func(nodeID string, resources map[string][]types.Resource)) Option {
-	return optionFunc(func(s *settings) { s.snapshotHook = fn })
+func WithSnapshotHook(fn func(nodeID string, resources map[string][]types.Resource)) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.snapshotHook = fn })
 }
 
 // DefaultEndpointGracePeriod is how long a workload's endpoints outlive its
@@ -147,8 +161,8 @@ const DefaultEndpointGracePeriod = 2 * time.Second
 // reconnects (a network blip, a control plane restart on its side) keeps
 // its endpoints and its clients notice nothing; one that is gone leaves
 // when the period ends. 0 removes endpoints at once.
-func WithEndpointGracePeriod(d time.Duration) Option {
-	return optionFunc(func(s *settings) { s.endpointGrace = max(d, 0) })
+func WithEndpointGracePeriod(d time.Duration) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.endpointGrace = max(d, 0) })
 }
 
 // WithPlaintextXDS serves xDS and the CA without TLS and trusts what each
@@ -157,8 +171,8 @@ func WithEndpointGracePeriod(d time.Duration) Option {
 // its service. New logs it as insecure. Bootstraps then say "insecure"
 // and carry no token. For tests of plaintext clients and demos on
 // loopback only.
-func WithPlaintextXDS() Option {
-	return optionFunc(func(s *settings) { s.plaintextXDS = true })
+func WithPlaintextXDS() DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.plaintextXDS = true })
 }
 
 // WithConfig loads Istio YAML at New, before any xDS request is answered:
@@ -191,8 +205,8 @@ const (
 // listener (default PathNormalizationBase), in the HttpConnectionManager
 // fields Envoy reads: normalize_path, merge_slashes and
 // path_with_escaped_slashes_action. New refuses an unknown value.
-func WithPathNormalization(p PathNormalization) Option {
-	return optionFunc(func(s *settings) { s.pathNormalization = p })
+func WithPathNormalization(p PathNormalization) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.pathNormalization = p })
 }
 
 func validatePathNormalization(p PathNormalization) error {

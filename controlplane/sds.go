@@ -29,15 +29,15 @@ const spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
 // (sds_secret_config) instead of the bootstrap's certificate provider
 // instances. The server serves those secrets to any node that asks,
 // with or without this option (default false).
-func WithSDS(enabled bool) Option {
-	return optionFunc(func(s *settings) { s.sds = enabled })
+func WithSDS(enabled bool) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.sds = enabled })
 }
 
 // WithSDSRotation re-mints every node's "default" SVID and pushes it each
 // time d elapses (default 0: only when a node's identity changes). Keep
 // it well below WithCertTTL.
-func WithSDSRotation(d time.Duration) Option {
-	return optionFunc(func(s *settings) { s.sdsRotation = d })
+func WithSDSRotation(d time.Duration) DaemonOption {
+	return daemonOptionFunc(func(s *settings) { s.sdsRotation = d })
 }
 
 // mintedSecret is the SVID minted for one node, reused until rotation or

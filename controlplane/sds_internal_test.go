@@ -11,10 +11,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"mesh/internal/testutil"
 )
 
 func TestSecretsAreMintedFromNodeMetadata(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := newTestServer(t) // secrets are served with or without WithSDS
 	c := dialADS(t, s, testNode{id: "sidecar~127.0.0.1~pay-1.shop~shop.svc.cluster.local", namespace: "shop", sa: "payments"})
 	c.subscribe(resource.SecretType, SecretDefault, SecretRootCA)
@@ -61,7 +63,7 @@ func TestWithSDSNamesSecretsInTLSContexts(t *testing.T) {
 		c := dialADS(t, s, clientNode())
 		name := ClusterName(8080, "", "payments.default.svc.cluster.local")
 		c.subscribe(resource.ClusterType)
-		r := c.await(testContext(t), resource.ClusterType, has(name))
+		r := c.await(testutil.Context(t), resource.ClusterType, has(name))
 		cl := decode[*cluster.Cluster](t, r)[name]
 		up := &tlsv3.UpstreamTlsContext{}
 		if err := cl.GetTransportSocket().GetTypedConfig().UnmarshalTo(up); err != nil {

@@ -19,16 +19,10 @@ import (
 	"mesh/controlplane"
 	"mesh/identity"
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
-
-func sdsContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // xdsFor returns a real xDS client for w, bootstrapped by cp.
 func xdsFor(t *testing.T, cp *controlplane.Server, w controlplane.Workload) *xdsclient.Client {
@@ -106,7 +100,7 @@ func peerCert(_ any, stream grpc.ServerStream) error {
 // only from SDS secrets the control plane mints, and checks that a
 // rotation reaches the next handshake.
 func TestSDSOnlyWorkloadsTalkMutualTLS(t *testing.T) {
-	ctx := sdsContext(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx, controlplane.WithLogger(slog.New(slog.DiscardHandler)),
 		controlplane.WithSDS(true), controlplane.WithSDSRotation(20*time.Millisecond))
 	if err != nil {
@@ -151,9 +145,7 @@ func TestSDSOnlyWorkloadsTalkMutualTLS(t *testing.T) {
 		return nil, fmt.Errorf("no chain for %s", protocol)
 	}
 	srv := grpc.NewServer(grpc.Creds(transport.NewServerCredentials(serverProviders, chooser)), grpc.UnknownServiceHandler(peerCert))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 
 	// The client side: the cluster to payments names SDS secrets only.
 	clusterName := controlplane.ClusterName(port, "", "payments.default.svc.cluster.local")
@@ -201,7 +193,7 @@ func TestSDSOnlyWorkloadsTalkMutualTLS(t *testing.T) {
 }
 
 func TestSDSRotationRejectsNegativeInterval(t *testing.T) {
-	_, err := controlplane.New(sdsContext(t), controlplane.WithSDSRotation(-time.Second))
+	_, err := controlplane.New(testutil.Context(t), controlplane.WithSDSRotation(-time.Second))
 	if err == nil || !strings.Contains(err.Error(), "sds rotation interval -1s: must not be negative") {
 		t.Fatalf("New error = %v", err)
 	}

@@ -809,27 +809,27 @@ func (s *Server) parseNode(node *core.Node) *nodeInfo {
 	}
 	fields := node.GetMetadata().GetFields()
 	str := func(key string) string { return fields[key].GetStringValue() }
-	if ns := str(MetaNamespace); ns != "" {
+	if ns := str(metaNamespace); ns != "" {
 		n.namespace = ns
 	}
-	n.serviceAccount = str(MetaServiceAccount)
+	n.serviceAccount = str(metaServiceAccount)
 	if n.serviceAccount == "" {
 		n.serviceAccount = "default"
 	}
-	n.workloadName = str(MetaWorkloadName)
-	if lv, ok := fields[MetaLabels].GetKind().(*structpb.Value_StructValue); ok {
+	n.workloadName = str(metaWorkloadName)
+	if lv, ok := fields[metaLabels].GetKind().(*structpb.Value_StructValue); ok {
 		for k, v := range lv.StructValue.GetFields() {
 			if sv, ok := v.GetKind().(*structpb.Value_StringValue); ok {
 				n.labels[k] = sv.StringValue
 			}
 		}
 	}
-	if svc := str(MetaService); svc != "" {
+	if svc := str(metaService); svc != "" {
 		host, portStr, err := net.SplitHostPort(svc)
 		port, perr := strconv.ParseUint(portStr, 10, 16)
 		switch {
 		case err != nil || host == "" || perr != nil || port == 0:
-			s.logger.Warn("ignoring malformed node metadata", "node", n.id, "key", MetaService, "value", svc)
+			s.logger.Warn("ignoring malformed node metadata", "node", n.id, "key", metaService, "value", svc)
 		default:
 			if !strings.Contains(host, ".") {
 				host = host + "." + n.namespace + "." + clusterDomain
@@ -837,9 +837,9 @@ func (s *Server) parseNode(node *core.Node) *nodeInfo {
 			n.serviceHost, n.servicePort = host, uint32(port)
 		}
 	}
-	if addr := str(MetaAddress); addr != "" {
+	if addr := str(metaAddress); addr != "" {
 		if _, _, err := parseHostPort(addr); err != nil {
-			s.logger.Warn("ignoring malformed node metadata", "node", n.id, "key", MetaAddress, "error", err)
+			s.logger.Warn("ignoring malformed node metadata", "node", n.id, "key", metaAddress, "error", err)
 		} else {
 			n.address = addr
 		}

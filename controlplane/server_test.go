@@ -17,6 +17,8 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"mesh/internal/testutil"
 )
 
 const (
@@ -42,7 +44,7 @@ func inboundName(addr string) string { return InboundListenerPrefix + addr }
 // its inbound listener, and waits for that listener.
 func serve(t *testing.T, s *Server, id, addr, version string) (*adsClient, *listener.Listener) {
 	t.Helper()
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	c := dialADS(t, s, paymentsNode(id, "", version))
 	c.subscribe(resource.ListenerType, inboundName(addr))
 	r := c.await(ctx, resource.ListenerType, has(inboundName(addr)))
@@ -51,7 +53,7 @@ func serve(t *testing.T, s *Server, id, addr, version string) (*adsClient, *list
 
 func TestInboundListenerRegistersEndpointAndCloseRemovesIt(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	// Declared through its bootstrap, the service outlives its endpoints.
 	declarePayments(t, s)
 	server, inbound := serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
@@ -112,7 +114,7 @@ func TestInboundListenerRegistersEndpointAndCloseRemovesIt(t *testing.T) {
 
 func TestMeshAddressMetadataRegistersEndpoint(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	server := dialADS(t, s, paymentsNode("payments-1", "127.0.0.1:9005", "v1"))
 	server.subscribe(resource.ClusterType) // any request registers the node
 	client := dialADS(t, s, clientNode())
@@ -206,7 +208,7 @@ func weights(t *testing.T, r *discovery.DiscoveryResponse) map[string]uint32 {
 
 func TestVirtualServiceWeightsAndUpdate(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	declarePayments(t, s)
 	if err := s.Apply([]byte(subsetsYAML + "---" + vsYAML(90, 10))); err != nil {
 		t.Fatal(err)
@@ -247,7 +249,7 @@ func TestVirtualServiceWeightsAndUpdate(t *testing.T) {
 
 func TestSubsetsFilterEndpointsByLabels(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	if err := s.Apply([]byte(subsetsYAML)); err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +267,7 @@ func TestSubsetsFilterEndpointsByLabels(t *testing.T) {
 
 func TestPeerAuthenticationStrict(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	err := s.Apply([]byte(`
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -323,7 +325,7 @@ spec:
 
 func TestShortNameListener(t *testing.T) {
 	s := newTestServer(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	declarePayments(t, s)
 	client := dialADS(t, s, clientNode())
 	client.subscribe(resource.ListenerType, "payments:8080", "payments.default:8080")
@@ -347,7 +349,7 @@ func TestShortNameListener(t *testing.T) {
 }
 
 func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
-	rec := newLogRecorder()
+	rec := testutil.NewLogs(slog.LevelDebug)
 	var calls atomic.Int32
 	s := newTestServer(t, WithLogger(slog.New(rec)), WithSnapshotHook(func(nodeID string, res map[string][]types.Resource) {
 		calls.Add(1)
@@ -356,7 +358,7 @@ func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
 			res[resource.ClusterType] = append(res[resource.ClusterType], &cluster.Cluster{Name: "injected"})
 		}
 	}))
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	client := dialADS(t, s, clientNode())
 	client.subscribe(resource.ClusterType, "injected", paymentsCluster)
 	var bad *discovery.DiscoveryResponse
@@ -373,7 +375,7 @@ func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
 	client.nonces[resource.ClusterType] = bad.GetNonce()
 	client.mu.Unlock()
 	client.send(resource.ClusterType, []string{"injected", paymentsCluster}, "cluster injected: rejected")
-	rec.await(ctx, t, "NACK")
+	rec.Await(ctx, t, "NACK")
 
 	// A config change produces a new version; had the server resent the
 	// rejected one, it would arrive first on the ordered stream.
@@ -398,7 +400,7 @@ func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
 // period: it may only be reconnecting, and its clients must not notice.
 func TestEndpointsOutliveTheirStreamForTheGracePeriod(t *testing.T) {
 	s := newTestServer(t, WithEndpointGracePeriod(time.Minute))
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	declarePayments(t, s)
 	server, _ := serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
 	server.close()

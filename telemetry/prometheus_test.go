@@ -39,8 +39,8 @@ func TestPrometheusNamesAreIstios(t *testing.T) {
 
 	// One gRPC call, reported by both sides.
 	p := startPair(t, pairConfig{
-		clientOpts: []telemetry.Option{telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost)},
-		serverOpts: []telemetry.Option{telemetry.WithMeterProvider(mp), telemetry.WithWorkload(payments)},
+		clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost)},
+		serverOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(mp), telemetry.WithWorkload(payments)},
 	})
 	if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("check: %v", err)

@@ -202,8 +202,8 @@ func TestGRPCByteMetricsAreWireBytes(t *testing.T) {
 			serverMeter, serverReader := newMeter(t)
 			p := startPair(t, pairConfig{
 				interceptors: mode.interceptors, tap: true,
-				clientOpts: []telemetry.Option{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
-				serverOpts: []telemetry.Option{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
+				clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter), telemetry.WithWorkload(checkout)},
+				serverOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(serverMeter), telemetry.WithWorkload(payments)},
 			})
 			if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{Service: "payments"}); err != nil {
 				t.Fatalf("check: %v", err)

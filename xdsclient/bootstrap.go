@@ -14,9 +14,9 @@ import (
 
 // Environment variables BootstrapFromEnv reads, in order of precedence.
 const (
-	EnvMeshBootstrap       = "MESH_BOOTSTRAP"
-	EnvGRPCBootstrap       = "GRPC_XDS_BOOTSTRAP"
-	EnvGRPCBootstrapConfig = "GRPC_XDS_BOOTSTRAP_CONFIG"
+	envMeshBootstrap       = "MESH_BOOTSTRAP"
+	envGRPCBootstrap       = "GRPC_XDS_BOOTSTRAP"
+	envGRPCBootstrapConfig = "GRPC_XDS_BOOTSTRAP_CONFIG"
 )
 
 // Channel credential types mesh can dial an xDS server with.
@@ -405,7 +405,7 @@ func BootstrapFromEnv() (*Bootstrap, error) {
 }
 
 func bootstrapFromEnv(getenv func(string) string) (*Bootstrap, error) {
-	for _, name := range []string{EnvMeshBootstrap, EnvGRPCBootstrap} {
+	for _, name := range []string{envMeshBootstrap, envGRPCBootstrap} {
 		if path := getenv(name); path != "" {
 			bs, err := LoadBootstrapFile(path)
 			if err != nil {
@@ -414,12 +414,12 @@ func bootstrapFromEnv(getenv func(string) string) (*Bootstrap, error) {
 			return bs, nil
 		}
 	}
-	if inline := getenv(EnvGRPCBootstrapConfig); inline != "" {
+	if inline := getenv(envGRPCBootstrapConfig); inline != "" {
 		bs, err := ParseBootstrap([]byte(inline))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", EnvGRPCBootstrapConfig, err)
+			return nil, fmt.Errorf("%s: %w", envGRPCBootstrapConfig, err)
 		}
 		return bs, nil
 	}
-	return nil, fmt.Errorf("bootstrap: none of %s, %s, %s is set", EnvMeshBootstrap, EnvGRPCBootstrap, EnvGRPCBootstrapConfig)
+	return nil, fmt.Errorf("bootstrap: none of %s, %s, %s is set", envMeshBootstrap, envGRPCBootstrap, envGRPCBootstrapConfig)
 }

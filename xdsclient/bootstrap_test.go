@@ -154,12 +154,12 @@ func TestBootstrapFromEnv(t *testing.T) {
 		wantURI string
 		wantErr string
 	}{
-		{"mesh first", map[string]string{EnvMeshBootstrap: meshFile, EnvGRPCBootstrap: grpcFile, EnvGRPCBootstrapConfig: inline}, "mesh:1", ""},
-		{"grpc file", map[string]string{EnvGRPCBootstrap: grpcFile, EnvGRPCBootstrapConfig: inline}, "grpc:1", ""},
-		{"inline", map[string]string{EnvGRPCBootstrapConfig: inline}, "inline:1", ""},
+		{"mesh first", map[string]string{envMeshBootstrap: meshFile, envGRPCBootstrap: grpcFile, envGRPCBootstrapConfig: inline}, "mesh:1", ""},
+		{"grpc file", map[string]string{envGRPCBootstrap: grpcFile, envGRPCBootstrapConfig: inline}, "grpc:1", ""},
+		{"inline", map[string]string{envGRPCBootstrapConfig: inline}, "inline:1", ""},
 		{"none", nil, "", "none of MESH_BOOTSTRAP, GRPC_XDS_BOOTSTRAP, GRPC_XDS_BOOTSTRAP_CONFIG is set"},
-		{"missing file", map[string]string{EnvGRPCBootstrap: filepath.Join(dir, "nope.json")}, "", "GRPC_XDS_BOOTSTRAP: bootstrap: reading " + filepath.Join(dir, "nope.json")},
-		{"bad inline", map[string]string{EnvGRPCBootstrapConfig: `{}`}, "", "GRPC_XDS_BOOTSTRAP_CONFIG: bootstrap: xds_servers"},
+		{"missing file", map[string]string{envGRPCBootstrap: filepath.Join(dir, "nope.json")}, "", "GRPC_XDS_BOOTSTRAP: bootstrap: reading " + filepath.Join(dir, "nope.json")},
+		{"bad inline", map[string]string{envGRPCBootstrapConfig: `{}`}, "", "GRPC_XDS_BOOTSTRAP_CONFIG: bootstrap: xds_servers"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -280,7 +280,7 @@ func (c *Client) routeName(kind resourceKind, name string) (canonical, set strin
 	if !isXDSTP(name) {
 		return name, c.defaultSet, nil
 	}
-	canonical, err = CanonicalResourceName(c.kinds[kind].typeURL, name)
+	canonical, err = canonicalResourceName(c.kinds[kind].typeURL, name)
 	if err != nil {
 		return "", "", fmt.Errorf("%w: %s: %w", ErrInvalidResourceName, c.kinds[kind].name, err)
 	}
@@ -318,9 +318,6 @@ func nodeProto(n Node) (*corepb.Node, error) {
 
 // Bootstrap returns the bootstrap the client was built with. Do not modify it.
 func (c *Client) Bootstrap() *Bootstrap { return c.bs }
-
-// Node returns the node identity the client sends to the control plane.
-func (c *Client) Node() Node { return c.bs.Node }
 
 // Connected reports whether the ADS streams are up and each has received
 // at least one response since it was (re)opened. With federation there is

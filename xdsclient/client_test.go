@@ -14,6 +14,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc/codes"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -28,13 +29,6 @@ const (
 	typeRDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	typeLDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 )
-
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 func fastBackoff(int) time.Duration { return 5 * time.Millisecond }
 
@@ -113,7 +107,7 @@ func setMesh(t *testing.T, srv *xdstest.Server, weights []xdsclient.ClusterWeigh
 }
 
 func TestWatchChainDecodesEveryLevel(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 90}, {Name: clusterV2, Weight: 10}}, "127.0.0.1:8080", "127.0.0.1:8081")
 	c := newClient(t, srv)
@@ -174,7 +168,7 @@ func TestWatchChainDecodesEveryLevel(t *testing.T) {
 }
 
 func TestUpdatePushesNewVersion(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv)
@@ -190,7 +184,7 @@ func TestUpdatePushesNewVersion(t *testing.T) {
 }
 
 func TestNACKKeepsLastGoodAndNamesTheField(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	good := setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv)
@@ -244,7 +238,7 @@ func TestNACKKeepsLastGoodAndNamesTheField(t *testing.T) {
 }
 
 func TestReconnectResubscribes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	v1 := setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv)
@@ -280,7 +274,7 @@ func TestReconnectResubscribes(t *testing.T) {
 }
 
 func TestCachedWatchAndCancel(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv)
@@ -326,7 +320,7 @@ func TestCachedWatchAndCancel(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv, xdsclient.WithResourceTimeout(50*time.Millisecond))
@@ -354,7 +348,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestCloseLeavesNoGoroutines(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	baseline := runtime.NumGoroutine()
@@ -387,7 +381,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 }
 
 func TestRewatchAfterCancel(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newClient(t, srv, xdsclient.WithResourceTimeout(time.Minute))

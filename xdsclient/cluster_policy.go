@@ -10,9 +10,9 @@ import (
 
 // Outlier detection defaults (gRFC A50, as in Envoy).
 const (
-	DefaultOutlierInterval         = 10 * time.Second
-	DefaultOutlierBaseEjectionTime = 30 * time.Second
-	DefaultOutlierMaxEjectionTime  = 300 * time.Second
+	defaultOutlierInterval         = 10 * time.Second
+	defaultOutlierBaseEjectionTime = 30 * time.Second
+	defaultOutlierMaxEjectionTime  = 300 * time.Second
 )
 
 // OutlierDetection is a cluster's outlier_detection (gRFC A50): the
@@ -64,9 +64,9 @@ func outlierDetection(pb *clusterpb.OutlierDetection, path string) (*OutlierDete
 		return nil, nil
 	}
 	od := &OutlierDetection{
-		Interval:           DefaultOutlierInterval,
-		BaseEjectionTime:   DefaultOutlierBaseEjectionTime,
-		MaxEjectionTime:    DefaultOutlierMaxEjectionTime,
+		Interval:           defaultOutlierInterval,
+		BaseEjectionTime:   defaultOutlierBaseEjectionTime,
+		MaxEjectionTime:    defaultOutlierMaxEjectionTime,
 		MaxEjectionPercent: 10,
 	}
 	for _, d := range []struct {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -356,7 +357,7 @@ func TestInvalidCorpusIsNACKed(t *testing.T) {
 	}
 	for i, tc := range corpus {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx := testContext(t)
+			ctx := testutil.Context(t)
 			srv := xdstest.NewServer(t) // one per case, so NACKs cannot mix
 			node := fmt.Sprintf("corpus-%d", i)
 			good, bad := tc.good(), tc.bad()

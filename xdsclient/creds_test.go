@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"mesh/controlplane"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -28,7 +29,7 @@ func writeAtomic(t *testing.T, path string, data []byte) {
 // the embedded control plane. A token it refuses fails the stream; the
 // file is read again when it changes, and the next stream is accepted.
 func TestTokenFileCallCredsAgainstControlPlane(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +112,7 @@ func TestBootstrapCallCreds(t *testing.T) {
 // connection: a client certificate from a CA the server does not trust is
 // refused, and the one written in its place is read and accepted.
 func TestTLSChannelCredsFilesReloaded(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca, foreign := newTestCA(t), newTestCA(t)
 	srv := newMTLSServer(t, ca)
 	dir := t.TempDir()

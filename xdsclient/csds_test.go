@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -58,7 +59,7 @@ func watchStatusMesh(ctx context.Context, t *testing.T, srv *xdstest.Server, c *
 }
 
 func TestDumpAndCSDS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	statusMesh(t, srv)
 	c := newClient(t, srv, xdsclient.WithResourceTimeout(0))
@@ -182,7 +183,7 @@ func TestDumpAndCSDS(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	statusMesh(t, srv)
 	mp := newRecordingMeterProvider()
@@ -225,7 +226,7 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestIgnoredFieldsAreDumpedAndLoggedOnce(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	listener := func(statPrefix string) *listenerpb.Listener {
 		hcm := xdstest.HCM(routeName)

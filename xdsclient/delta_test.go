@@ -9,6 +9,7 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -40,7 +41,7 @@ func statusOf(t *testing.T, c *xdsclient.Client, typ, name string) xdsclient.Res
 }
 
 func TestDeltaSubscribeUpdateUnsubscribeRemove(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newDeltaClient(t, srv)
@@ -115,7 +116,7 @@ func TestDeltaSubscribeUpdateUnsubscribeRemove(t *testing.T) {
 }
 
 func TestDeltaNACKByNonceKeepsLastGood(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newDeltaClient(t, srv)
@@ -155,7 +156,7 @@ func TestDeltaNACKByNonceKeepsLastGood(t *testing.T) {
 }
 
 func TestDeltaReconnectSendsInitialResourceVersions(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	c := newDeltaClient(t, srv)

@@ -97,7 +97,7 @@
 // top-level xds_servers when the authority lists none); old-style names
 // use the top-level servers. There is one ADS stream per distinct server
 // list, shared by every authority that names it. Names are matched in
-// canonical form (context parameters sorted, see CanonicalResourceName),
+// canonical form (context parameters sorted),
 // so "?b=2&a=1" and "?a=1&b=2" are one resource. The type segment must be
 // the watched type's proto name (envoy.config.listener.v3.Listener for
 // WatchListener, ...). A name whose authority is not in the bootstrap, or

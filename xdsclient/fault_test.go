@@ -115,7 +115,7 @@ func TestDecodeOutlierDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	od := got.OutlierDetection
-	want := OutlierDetection{Interval: time.Second, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: DefaultOutlierMaxEjectionTime, MaxEjectionPercent: 50,
+	want := OutlierDetection{Interval: time.Second, BaseEjectionTime: 5 * time.Second, MaxEjectionTime: defaultOutlierMaxEjectionTime, MaxEjectionPercent: 50,
 		FailurePercentage: &FailurePercentageEjection{Threshold: 40, EnforcementPercentage: 100, MinimumHosts: 2, RequestVolume: 10}}
 	if od == nil || od.Interval != want.Interval || od.BaseEjectionTime != want.BaseEjectionTime || od.MaxEjectionTime != want.MaxEjectionTime ||
 		od.MaxEjectionPercent != 50 || od.SuccessRate != nil || *od.FailurePercentage != *want.FailurePercentage {

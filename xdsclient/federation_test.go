@@ -9,6 +9,7 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -71,7 +72,7 @@ func ldsNames(srv *xdstest.Server) []string {
 }
 
 func TestFederationRoutesEachAuthorityToItsServers(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	nameA, nameA2 := xdstpListener(authorityA, "payments"), xdstpListener(authorityA2, "payments")
 	nameB, nameTop := xdstpListener(authorityB, "payments"), xdstpListener(authorityTop, "payments")
@@ -125,7 +126,7 @@ func TestFederationRoutesEachAuthorityToItsServers(t *testing.T) {
 }
 
 func TestFederationStreamFailureStaysOnItsAuthority(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	nameA, nameB := xdstpListener(authorityA, "svc"), xdstpListener(authorityB, "svc")
 	setListeners(t, srvA, map[string]string{nameA: "ra"})
@@ -155,7 +156,7 @@ func TestFederationStreamFailureStaysOnItsAuthority(t *testing.T) {
 }
 
 func TestFederationCanonicalizesContextParams(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	canonical := xdstpListener(authorityA, "grpc/client/payments?project=1&zone=z1")
 	setListeners(t, srvA, map[string]string{canonical: "r"})
@@ -178,7 +179,7 @@ func TestFederationCanonicalizesContextParams(t *testing.T) {
 }
 
 func TestFederationUnknownAuthorityFailsTheWatchOnly(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	c := newFederatedClient(t, federatedBootstrap(top, srvA, srvB))
 
@@ -211,7 +212,7 @@ func TestFederationUnknownAuthorityFailsTheWatchOnly(t *testing.T) {
 }
 
 func TestFederationDeletionOnOneServerLeavesOthers(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	nameA, nameB := xdstpListener(authorityA, "svc"), xdstpListener(authorityB, "svc")
 	setListeners(t, srvA, map[string]string{nameA: "ra"})
@@ -356,7 +357,7 @@ func TestCanonicalResourceName(t *testing.T) {
 }
 
 func TestFederationEachStreamSpeaksItsServersProtocol(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	top, srvA, srvB := xdstest.NewServer(t), xdstest.NewServer(t), xdstest.NewServer(t)
 	nameA, nameB := xdstpListener(authorityA, "svc"), xdstpListener(authorityB, "svc")
 	setListeners(t, srvA, map[string]string{nameA: "ra"})

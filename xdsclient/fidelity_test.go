@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -51,7 +52,7 @@ func protocols() []struct {
 // waitNACK waits for the n-th NACK the server receives and returns its message.
 func waitNACK(t *testing.T, srv *xdstest.StrictServer, n int) string {
 	t.Helper()
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	for {
 		if st := srv.Stats(); len(st.NACKMessages) >= n {
 			return st.NACKMessages[n-1]
@@ -82,7 +83,7 @@ func TestUndecodableEntryRejectsWholeResponse(t *testing.T) {
 	for _, p := range protocols() {
 		for _, tc := range cases {
 			t.Run(p.name+"/"+tc.name, func(t *testing.T) {
-				ctx := testContext(t)
+				ctx := testutil.Context(t)
 				srv := xdstest.NewStrictServer(t)
 				srv.Set(t, nil, nil, []types.Resource{xdstest.EDSCluster(clusterV1, false)}, nil)
 				c := newStrictClient(t, srv, p.delta)
@@ -139,7 +140,7 @@ func TestUndecodableEntryRejectsWholeResponse(t *testing.T) {
 func TestNACKedBeforeGoodReachesEveryWatcher(t *testing.T) {
 	for _, p := range protocols() {
 		t.Run(p.name, func(t *testing.T) {
-			ctx := testContext(t)
+			ctx := testutil.Context(t)
 			srv := xdstest.NewStrictServer(t)
 			bad := xdstest.EDSCluster(clusterV1, false)
 			bad.LbPolicy = clusterpb.Cluster_MAGLEV
@@ -183,7 +184,7 @@ func TestNACKedBeforeGoodReachesEveryWatcher(t *testing.T) {
 // may answer an earlier request); its does-not-exist timer does. One that
 // was received and then left out is deleted at once.
 func TestNeverReceivedIsLeftToTheTimer(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewStrictServer(t)
 	srv.Set(t, nil, nil, []types.Resource{xdstest.EDSCluster(clusterV1, false)}, nil)
 	c := newStrictClient(t, srv, false, xdsclient.WithResourceTimeout(time.Hour))
@@ -216,7 +217,7 @@ func TestNeverReceivedIsLeftToTheTimer(t *testing.T) {
 // TestUnappliedFieldsAreListed: every field a resource sets that mesh
 // does not apply is listed in Dump, and none that it applies.
 func TestUnappliedFieldsAreListed(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewStrictServer(t)
 	good := func() ([]types.Resource, []types.Resource, []types.Resource, []types.Resource) {
 		return []types.Resource{xdstest.ClientListener(listenerName, routeName), xdstest.ServerListener("inbound", "127.0.0.1", 9443, false)},

@@ -42,7 +42,7 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 	name, v, err := c.kinds[kind].decode(&dc, r)
 	if err == nil && isXDSTP(name) {
 		// Watches are keyed by canonical name; so are resources.
-		canonical, cerr := CanonicalResourceName(c.kinds[kind].typeURL, name)
+		canonical, cerr := canonicalResourceName(c.kinds[kind].typeURL, name)
 		if cerr != nil {
 			return decoded{name: name, raw: r.GetValue(), err: fmt.Errorf("%s %q: name: %w", c.kinds[kind].name, name, cerr)}
 		}
@@ -269,7 +269,7 @@ func (c *Client) deletedLocked(a *adsChannel, kind resourceKind, name string, st
 // canonicalOrSelf is name canonicalized, or name itself if it is not a
 // valid xdstp name (it then matches no watch).
 func canonicalOrSelf(typeURL, name string) string {
-	if canonical, err := CanonicalResourceName(typeURL, name); err == nil {
+	if canonical, err := canonicalResourceName(typeURL, name); err == nil {
 		return canonical
 	}
 	return name

@@ -7,38 +7,20 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
 
 const typeCDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
-// syncBuffer is a log sink safe for the client's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func bufferLogger() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func bufferLogger() (*slog.Logger, *testutil.Buffer) {
+	buf := &testutil.Buffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
@@ -46,7 +28,7 @@ func bufferLogger() (*slog.Logger, *syncBuffer) {
 // of a cached resource is delivered after them.
 func barrier(t *testing.T, c *xdsclient.Client, cluster string) {
 	t.Helper()
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	probe := newEvents[*xdsclient.Cluster]()
 	cancel := c.WatchCluster(cluster, probe.fn)
 	defer cancel()
@@ -54,7 +36,7 @@ func barrier(t *testing.T, c *xdsclient.Client, cluster string) {
 }
 
 func TestCacheServesWhileControlPlaneIsDown(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	path := filepath.Join(t.TempDir(), "xds-cache")
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
@@ -112,7 +94,7 @@ func TestCacheServesWhileControlPlaneIsDown(t *testing.T) {
 // A delta client restarted with a cache tells the server which versions
 // it already holds, so nothing unchanged is resent.
 func TestCacheSeedsDeltaInitialVersions(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	path := filepath.Join(t.TempDir(), "xds-cache")
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
@@ -145,7 +127,7 @@ func TestCacheSeedsDeltaInitialVersions(t *testing.T) {
 }
 
 func TestCacheRefusesCorruptOrForeignFile(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	dir := t.TempDir()
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
@@ -204,7 +186,7 @@ func TestCacheRefusesCorruptOrForeignFile(t *testing.T) {
 }
 
 func TestFallbackToSecondServerAndBack(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	primary, fallback := xdstest.NewServer(t), xdstest.NewServer(t)
 	setMesh(t, primary, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:1111")
 	setMesh(t, fallback, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:2222")
@@ -236,7 +218,7 @@ func TestFallbackToSecondServerAndBack(t *testing.T) {
 }
 
 func TestIgnoreResourceDeletion(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}}, "127.0.0.1:8080")
 	bs := srv.Bootstrap(nodeID)
@@ -284,7 +266,7 @@ func TestIgnoreResourceDeletion(t *testing.T) {
 // client: the cache must still hold what they used, even when a response
 // for another watch is written after the cancels.
 func TestCacheKeepsResourcesAfterTheirWatchesEnd(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	path := filepath.Join(t.TempDir(), "xds-cache")
 	srv := xdstest.NewServer(t)
 	setMesh(t, srv, []xdsclient.ClusterWeight{{Name: clusterV1, Weight: 1}, {Name: clusterV2, Weight: 1}}, "127.0.0.1:8080")

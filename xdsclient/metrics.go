@@ -10,10 +10,10 @@ import (
 
 // Metric names of the xDS client.
 const (
-	MetricConnected       = "mesh.xds.client.connected"
-	MetricResources       = "mesh.xds.client.resources"
-	MetricResourceUpdates = "mesh.xds.client.resource_updates"
-	MetricNACKs           = "mesh.xds.client.nacks"
+	metricConnected       = "mesh.xds.client.connected"
+	metricResources       = "mesh.xds.client.resources"
+	metricResourceUpdates = "mesh.xds.client.resource_updates"
+	metricNACKs           = "mesh.xds.client.nacks"
 )
 
 // clientMetrics holds the client's instruments. The gauges are observed
@@ -33,17 +33,17 @@ func newClientMetrics(c *Client, mp metric.MeterProvider) (*clientMetrics, error
 		m.typeAttrs[k] = metric.WithAttributeSet(attribute.NewSet(attribute.String("type", info.name)))
 	}
 	var err error
-	if m.updates, err = meter.Int64Counter(MetricResourceUpdates, metric.WithDescription("Resource versions accepted and delivered to watchers."), metric.WithUnit("{update}")); err != nil {
+	if m.updates, err = meter.Int64Counter(metricResourceUpdates, metric.WithDescription("Resource versions accepted and delivered to watchers."), metric.WithUnit("{update}")); err != nil {
 		return nil, fmt.Errorf("xds: metrics: %w", err)
 	}
-	if m.nacks, err = meter.Int64Counter(MetricNACKs, metric.WithDescription("Responses rejected (NACKed) by the client."), metric.WithUnit("{response}")); err != nil {
+	if m.nacks, err = meter.Int64Counter(metricNACKs, metric.WithDescription("Responses rejected (NACKed) by the client."), metric.WithUnit("{response}")); err != nil {
 		return nil, fmt.Errorf("xds: metrics: %w", err)
 	}
-	connected, err := meter.Int64ObservableGauge(MetricConnected, metric.WithDescription("1 while the ADS stream is up and answering, else 0."))
+	connected, err := meter.Int64ObservableGauge(metricConnected, metric.WithDescription("1 while the ADS stream is up and answering, else 0."))
 	if err != nil {
 		return nil, fmt.Errorf("xds: metrics: %w", err)
 	}
-	resources, err := meter.Int64ObservableGauge(MetricResources, metric.WithDescription("Watched resources by type and status (ACKED, NACKED, DOES_NOT_EXIST, REQUESTED)."), metric.WithUnit("{resource}"))
+	resources, err := meter.Int64ObservableGauge(metricResources, metric.WithDescription("Watched resources by type and status (ACKED, NACKED, DOES_NOT_EXIST, REQUESTED)."), metric.WithUnit("{resource}"))
 	if err != nil {
 		return nil, fmt.Errorf("xds: metrics: %w", err)
 	}

@@ -87,14 +87,14 @@ func (n xdstpName) String() string {
 // authority the bootstrap does not list.
 var errUnknownAuthority = errors.New("authority not in the bootstrap's authorities")
 
-// CanonicalResourceName returns name in the form the client matches
+// canonicalResourceName returns name in the form the client matches
 // resources by: an old-style name unchanged, an xdstp name with its context
 // parameters sorted. typeURL, when set, must match an xdstp name's type
 // segment, e.g. "type.googleapis.com/envoy.config.listener.v3.Listener"
 // for "xdstp://auth/envoy.config.listener.v3.Listener/id".
 //
 // # Experimental
-func CanonicalResourceName(typeURL, name string) (string, error) {
+func canonicalResourceName(typeURL, name string) (string, error) {
 	if !isXDSTP(name) {
 		return name, nil
 	}
@@ -148,7 +148,7 @@ func defaultAuthorityListenerTemplate(authority string) string {
 // default template; a watch on it then fails naming the authority.
 func (b *Bootstrap) ClientListenerName(target string) string {
 	if rest, ok := strings.CutPrefix(target, xdstpScheme); ok {
-		if canon, err := CanonicalResourceName(typeURLListener, target); err == nil {
+		if canon, err := canonicalResourceName(typeURLListener, target); err == nil {
 			return canon
 		}
 		authority, path, _ := strings.Cut(rest, "/")

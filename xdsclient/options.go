@@ -77,14 +77,14 @@ func defaultOptions() options {
 	return options{
 		meterProvider:   otel.GetMeterProvider(),
 		logger:          discardLogger(),
-		backoff:         DefaultBackoff,
+		backoff:         defaultBackoff,
 		resourceTimeout: 15 * time.Second,
 	}
 }
 
-// DefaultBackoff is gRPC's connection backoff: 1s base, multiplier 1.6,
+// defaultBackoff is gRPC's connection backoff: 1s base, multiplier 1.6,
 // capped at 120s, with ±20% jitter.
-func DefaultBackoff(attempt int) time.Duration {
+func defaultBackoff(attempt int) time.Duration {
 	const (
 		base       = float64(time.Second)
 		multiplier = 1.6

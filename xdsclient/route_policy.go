@@ -13,8 +13,8 @@ import (
 
 // Retry defaults (gRFC A44; Envoy's defaults for HTTP).
 const (
-	DefaultRetryNumRetries  = 1
-	DefaultRetryBackoffBase = 25 * time.Millisecond
+	defaultRetryNumRetries  = 1
+	defaultRetryBackoffBase = 25 * time.Millisecond
 	// The default maximum backoff is 10 times the base.
 	defaultRetryBackoffFactor = 10
 )
@@ -123,7 +123,7 @@ func (dc *decodeContext) retryPolicy(pb *routepb.RetryPolicy, path string) (*Ret
 	if pb == nil {
 		return nil, nil
 	}
-	p := &RetryPolicy{NumRetries: DefaultRetryNumRetries, BackoffBase: DefaultRetryBackoffBase}
+	p := &RetryPolicy{NumRetries: defaultRetryNumRetries, BackoffBase: defaultRetryBackoffBase}
 	var unknown []string
 	statusCodes := false
 	for token := range strings.SplitSeq(pb.GetRetryOn(), ",") {

@@ -52,9 +52,6 @@ func (v *ValidationSecret) BundleFor(trustDomain string) []byte {
 	return v.TrustedCA
 }
 
-// TypeURLSecret is the type URL of SDS resources.
-const TypeURLSecret = typeURLSecret
-
 // sdsProviderPrefix starts the synthetic provider name of an SDS
 // reference. A colon cannot appear in a bootstrap provider name that
 // istio-agent or mesh would write, so the two never collide.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -30,7 +31,7 @@ func setSecrets(t *testing.T, srv *xdstest.Server, secrets ...types.Resource) st
 }
 
 func TestWatchSecretOverADS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca := newTestCA(t)
 	chain1, key1 := ca.issue(t, 10)
 	srv := xdstest.NewServer(t)
@@ -162,7 +163,7 @@ func fetchCSDS(ctx context.Context, t *testing.T, c *xdsclient.Client) *statuspb
 }
 
 func TestClusterWithSDSReferencesDecodes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	cl := xdstest.EDSCluster(clusterV1, true)
 	up := &tlspb.UpstreamTlsContext{CommonTlsContext: &tlspb.CommonTlsContext{

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -123,7 +124,7 @@ func watchOverFileTLS(t *testing.T, srv *xdstest.Server, dir string) *events[*xd
 }
 
 func TestMutualTLSChannelCreds(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca := newTestCA(t)
 	srv := newMTLSServer(t, ca)
 	dir := t.TempDir()

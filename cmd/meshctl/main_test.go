@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	// The workloads the tests run in process are all closed.
 	if code == 0 {
-		if err := leakcheck.Wait(leakcheck.Grace, "mesh/", "google.golang.org/grpc"); err != nil {
+		if err := leakcheck.Wait(leakcheck.Grace, leakcheck.Ours()...); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			code = 1
 		}

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	pages "mesh/internal/admin"
+	"mesh/internal/admin/tapview"
 )
 
 // maxTapLine bounds one record: a path is the only long field.
@@ -75,7 +75,7 @@ func runTap(ctx context.Context, e *env, args []string) error {
 	var n int
 	var dropped uint64
 	for n < *count && sc.Scan() {
-		var r pages.TapRecord
+		var r tapview.Record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			return fmt.Errorf("workload %s: /debug/tap: record %d: %w", workload, n+1, err)
 		}
@@ -105,7 +105,7 @@ func runTap(ctx context.Context, e *env, args []string) error {
 
 // printTapRecord prints one record as it arrives: a line of text, a
 // line of JSON, or a YAML document.
-func printTapRecord(w io.Writer, out *output, r pages.TapRecord) error {
+func printTapRecord(w io.Writer, out *output, r tapview.Record) error {
 	switch out.format {
 	case "json":
 		b, err := json.Marshal(r)

@@ -15,7 +15,7 @@ import (
 	"mesh"
 	"mesh/admin"
 	"mesh/examples/shop"
-	pages "mesh/internal/admin"
+	"mesh/internal/admin/tapview"
 )
 
 // startWeb enrolls web-v1 with meshctl bootstrap and serves shop.Web over
@@ -119,7 +119,7 @@ func TestTap(t *testing.T) {
 	}
 	var grpcSeen, httpSeen bool
 	for _, l := range lines {
-		var rec pages.TapRecord
+		var rec tapview.Record
 		if err := json.Unmarshal([]byte(l), &rec); err != nil {
 			t.Fatalf("record %q: %v", l, err)
 		}
@@ -166,7 +166,7 @@ func TestTap(t *testing.T) {
 	r = tapWhile(t, ctx, web, "web-v1", "-state", tm.state, "-n", "2", "-o", "json")
 	outputs = append(outputs, r.stdout, r.stderr)
 	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		var rec pages.TapRecord
+		var rec tapview.Record
 		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.Direction != "inbound" || rec.Protocol != "http" ||
 			rec.Path != "/version" || rec.Status != "200" || rec.Peer != "spiffe://cluster.local/ns/default/sa/checkout" {
 			t.Errorf("web's record %q (%v): want an inbound GET /version, 200, from checkout's identity", l, err)

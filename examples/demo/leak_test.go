@@ -7,4 +7,4 @@ import (
 )
 
 // The demo stops everything it starts.
-func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc") }
+func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -5,9 +5,10 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"mesh/internal/testutil"
 )
 
 // TestDemo runs the README's first command in-process and checks what it
@@ -35,24 +36,6 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// lockedBuffer is an io.Writer the test reads while the demo writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestServe runs the demo as -serve does (with fewer RPCs first) and
 // follows what it prints: the mesh graph and every workload's admin pages
 // and /metrics answer, and interrupting it stops it cleanly.
@@ -60,7 +43,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute) // a hang guard
 	defer cancel()
 	serveCtx, interrupt := context.WithCancel(ctx)
-	var out lockedBuffer
+	var out testutil.Buffer // the test reads while the demo writes
 	done := make(chan error, 1)
 	go func() { done <- runThen(serveCtx, &out, 200, serveUntilDone) }()
 	for !strings.Contains(out.String(), "serving; interrupt to stop") {

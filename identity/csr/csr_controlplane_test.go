@@ -16,13 +16,14 @@ import (
 	"mesh/identity/csr"
 	"mesh/identity/internal/source"
 	"mesh/identity/internal/sourcetest"
+	"mesh/internal/testutil"
 )
 
 // The embedded control plane is the CA an agentless workload meets in
 // tests and examples: a csr.Source gets the identity its token proves, and
 // nothing else.
 func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD), controlplane.WithCertTTL(time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +42,7 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 		TTL:            10 * time.Minute,
 		RootPEM:        cp.RootPEM(),
 		// The control plane's port serves TLS with a certificate of its CA.
-		TLS: &tls.Config{RootCAs: rootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
+		TLS: &tls.Config{RootCAs: testutil.RootPool(t, cp.RootPEM()), MinVersion: tls.VersionTLS12},
 	}
 	clk := source.NewFakeClock(time.Now())
 	src := newCSRSource(t, cfg, csr.WithClock(clk))
@@ -79,7 +80,7 @@ func TestCSRSourceWithEmbeddedControlPlane(t *testing.T) {
 // Over the control plane's TLS CA endpoint the token is encrypted and the
 // workload verifies the CA with the root it was given.
 func TestCSRSourceWithEmbeddedControlPlaneOverTLS(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx, controlplane.WithTrustDomain(sourcetest.TD))
 	if err != nil {
 		t.Fatal(err)
@@ -93,10 +94,7 @@ func TestCSRSourceWithEmbeddedControlPlaneOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(cp.RootPEM()) {
-		t.Fatal("root PEM did not parse")
-	}
+	roots := testutil.RootPool(t, cp.RootPEM())
 	src := newCSRSource(t, csr.Config{
 		Addr:           caAddr,
 		Token:          func(context.Context) (string, error) { return token, nil },
@@ -125,13 +123,4 @@ func poolOf(c *x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(c)
 	return p
-}
-
-func rootPool(t *testing.T, pemData []byte) *x509.CertPool {
-	t.Helper()
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemData) {
-		t.Fatal("root PEM did not parse")
-	}
-	return pool
 }

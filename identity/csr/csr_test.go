@@ -30,6 +30,7 @@ import (
 	"mesh/identity/identitytest"
 	"mesh/identity/internal/source"
 	"mesh/identity/internal/sourcetest"
+	"mesh/internal/testutil"
 )
 
 const serverID = "spiffe://example.org/ns/shop/sa/payments"
@@ -129,15 +130,7 @@ func serveCertService(t *testing.T, svc *certService, cfg *tls.Config) string {
 	}
 	srv := grpc.NewServer(opts...)
 	securitypb.RegisterIstioCertificateServiceServer(srv, svc)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	return lis.Addr().String()
 }
 
@@ -157,7 +150,7 @@ func csrConfig(addr string, ca *identitytest.CA) csr.Config {
 func newCSRSource(t *testing.T, cfg csr.Config, opts ...csr.Option) *csr.Source {
 	t.Helper()
 	opts = append([]csr.Option{csr.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := csr.NewSource(sourcetest.Context(t), cfg, opts...)
+	src, err := csr.NewSource(testutil.Context(t), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +186,7 @@ func nextRequest(ctx context.Context, t *testing.T, svc *certService) csrRequest
 }
 
 func TestCSRSourceIssuesAndRotatesAtHalfLife(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
@@ -257,12 +250,12 @@ func TestCSRSourceIssuesAndRotatesAtHalfLife(t *testing.T) {
 }
 
 func TestCSRSourceRetriesFailedRenewal(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
 	clk := source.NewFakeClock(time.Now())
-	warned := make(sourcetest.Warnings, 8)
+	warned := testutil.NewLogs(slog.LevelWarn)
 	src := newCSRSource(t, csrConfig(addr, ca), csr.WithClock(clk),
 		csr.WithLogger(slog.New(warned)), csr.WithRetryBackoff(time.Second, 8*time.Second))
 	good := sourcetest.SerialOf(t, src)
@@ -271,7 +264,7 @@ func TestCSRSourceRetriesFailedRenewal(t *testing.T) {
 	svc.set(func(c *certService) { c.fail = status.Error(codes.Unavailable, "ca overloaded") })
 	nextTimer(ctx, t, clk, "renewal").Fire()
 	select {
-	case r := <-warned:
+	case r := <-warned.Records():
 		if msg := sourcetest.RecordError(r); !strings.Contains(msg, "ca overloaded") || !strings.Contains(msg, serverID) {
 			t.Fatalf("warning error = %q, want the CA's error and the SPIFFE ID", msg)
 		}
@@ -336,7 +329,7 @@ func TestCSRSourceRootFromResponseOverTLS(t *testing.T) {
 		<-svc.requests
 	}
 	cfg.TLS = &tls.Config{RootCAs: x509.NewCertPool(), ServerName: "istiod.example.org", MinVersion: tls.VersionTLS12}
-	ctx, cancel := context.WithTimeout(sourcetest.Context(t), 5*time.Second)
+	ctx, cancel := context.WithTimeout(testutil.Context(t), 5*time.Second)
 	defer cancel()
 	if _, err := csr.NewSource(ctx, cfg, csr.WithLogger(slog.New(slog.DiscardHandler))); err == nil {
 		t.Fatal("NewSource trusted a CA it has no root for")
@@ -374,7 +367,7 @@ func TestNewCSRSourceErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
 			tt.edit(&cfg)
-			if _, err := csr.NewSource(sourcetest.Context(t), cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if _, err := csr.NewSource(testutil.Context(t), cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
@@ -420,7 +413,7 @@ func TestNewCSRSourceErrors(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(&cfg)
 			}
-			_, err := csr.NewSource(sourcetest.Context(t), cfg)
+			_, err := csr.NewSource(testutil.Context(t), cfg)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
@@ -435,7 +428,7 @@ func TestNewCSRSourceErrors(t *testing.T) {
 }
 
 func TestCSRSourceWritesKeyFileOnlyWhenAsked(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	svc := newCertService(ca)
 	addr := serveCertService(t, svc, nil)
@@ -490,7 +483,7 @@ func TestCSRSourceWritesKeyFileOnlyWhenAsked(t *testing.T) {
 }
 
 func TestCSRSourceClose(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	addr := serveCertService(t, newCertService(ca), nil)
 	clk := source.NewFakeClock(time.Now())

@@ -5,8 +5,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -15,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"mesh/identity/identitytest"
+	"mesh/internal/testutil"
 )
 
 func TestIssueVerifiesAgainstBundle(t *testing.T) {
@@ -103,21 +102,7 @@ func TestSignCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr := func(uris ...string) []byte {
-		tmpl := &x509.CertificateRequest{}
-		for _, u := range uris {
-			parsed, err := url.Parse(u)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tmpl.URIs = append(tmpl.URIs, parsed)
-		}
-		der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-	}
+	csr := func(uris ...string) []byte { return []byte(testutil.CSR(t, key, uris...)) }
 	cert, err := ca.SignCSR(csr("spiffe://example.org/ns/a/sa/b"), time.Hour)
 	if err != nil {
 		t.Fatal(err)

@@ -13,11 +13,11 @@ import (
 
 	"mesh/identity/identitytest"
 	"mesh/identity/workloadapi"
+	"mesh/internal/testutil"
 )
 
 func TestWorkloadAPIServesPushedSVIDs(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testutil.Context(t)
 	ca, err := identitytest.NewCA("example.org")
 	if err != nil {
 		t.Fatal(err)

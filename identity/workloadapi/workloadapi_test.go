@@ -21,6 +21,7 @@ import (
 	"mesh/identity/internal/source"
 	"mesh/identity/internal/sourcetest"
 	"mesh/identity/workloadapi"
+	"mesh/internal/testutil"
 )
 
 // startWorkloadAPI serves a Workload API on a fresh socket until the test
@@ -70,7 +71,7 @@ func svidResponse(t *testing.T, ca *identitytest.CA, svid *x509svid.SVID, federa
 func newWorkloadAPISource(t *testing.T, addr string, opts ...workloadapi.Option) *workloadapi.Source {
 	t.Helper()
 	opts = append([]workloadapi.Option{workloadapi.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	src, err := workloadapi.NewSource(sourcetest.Context(t), addr, opts...)
+	src, err := workloadapi.NewSource(testutil.Context(t), addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func newWorkloadAPISource(t *testing.T, addr string, opts ...workloadapi.Option)
 }
 
 func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	partner := sourcetest.NewCA(t, "partner.org")
 	api := startWorkloadAPI(t)
@@ -122,13 +123,13 @@ func TestWorkloadAPISourceFetchesAndRotates(t *testing.T) {
 }
 
 func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	stranger := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
 	good := sourcetest.Issue(t, ca, sourcetest.ClientID)
 	api.PushResponse(svidResponse(t, ca, good))
-	warned := make(sourcetest.Warnings, 8)
+	warned := testutil.NewLogs(slog.LevelWarn)
 	src := newWorkloadAPISource(t, api.Addr(), workloadapi.WithLogger(slog.New(warned)))
 	updated := src.Updated()
 
@@ -160,7 +161,7 @@ func TestWorkloadAPISourceKeepsLastGoodOnBadUpdate(t *testing.T) {
 	for _, tt := range bad {
 		api.PushResponse(tt.resp())
 		select {
-		case r := <-warned:
+		case r := <-warned.Records():
 			if msg := sourcetest.RecordError(r); !strings.Contains(msg, tt.want) {
 				t.Fatalf("%s: warning error = %q, want it to contain %q", tt.name, msg, tt.want)
 			}
@@ -205,7 +206,7 @@ func TestWorkloadAPISourcePicksSVIDByHint(t *testing.T) {
 }
 
 func TestWorkloadAPISourceReconnects(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	path := socketPath(t)
 	api := serveWorkloadAPIAt(t, path)
@@ -238,7 +239,7 @@ func TestWorkloadAPISourceReconnects(t *testing.T) {
 }
 
 func TestWorkloadAPISourceBacksOff(t *testing.T) {
-	ctx := sourcetest.Context(t)
+	ctx := testutil.Context(t)
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
 	api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
@@ -281,7 +282,7 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 		{"tcp://127.0.0.1", "needs an IP literal"},
 		{"tcp://127.0.0.1:80/path", "tcp://ip:port and nothing else"},
 	} {
-		_, err := workloadapi.NewSource(sourcetest.Context(t), tt.addr)
+		_, err := workloadapi.NewSource(testutil.Context(t), tt.addr)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("NewSource(%q) err = %v, want %q", tt.addr, err, tt.want)
 		}
@@ -289,7 +290,7 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 
 	t.Run("no address", func(t *testing.T) {
 		t.Setenv(workloadapi.EndpointSocketEnv, "")
-		_, err := workloadapi.NewSource(sourcetest.Context(t), "")
+		_, err := workloadapi.NewSource(testutil.Context(t), "")
 		if err == nil || !strings.Contains(err.Error(), "SPIFFE_ENDPOINT_SOCKET is unset") {
 			t.Fatalf("err = %v, want SPIFFE_ENDPOINT_SOCKET is unset", err)
 		}
@@ -310,7 +311,7 @@ func TestNewWorkloadAPISourceErrors(t *testing.T) {
 		api := startWorkloadAPI(t)
 		api.Refuse(status.Error(codes.PermissionDenied, "no identity issued"))
 		path := strings.TrimPrefix(api.Addr(), "unix://")
-		ctx, cancel := context.WithCancel(sourcetest.Context(t))
+		ctx, cancel := context.WithCancel(testutil.Context(t))
 		clk := source.NewFakeClock(time.Now())
 		errc := make(chan error, 1)
 		go func() {
@@ -345,7 +346,7 @@ func TestWorkloadAPISourceClose(t *testing.T) {
 	ca := sourcetest.NewCA(t, sourcetest.TD)
 	api := startWorkloadAPI(t)
 	api.PushResponse(svidResponse(t, ca, sourcetest.Issue(t, ca, sourcetest.ClientID)))
-	src, err := workloadapi.NewSource(sourcetest.Context(t), api.Addr(), workloadapi.WithLogger(slog.New(slog.DiscardHandler)))
+	src, err := workloadapi.NewSource(testutil.Context(t), api.Addr(), workloadapi.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,15 +377,7 @@ func TestWorkloadAPISourceOverTCP(t *testing.T) {
 	}
 	srv := grpc.NewServer()
 	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, api)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	src := newWorkloadAPISource(t, "tcp://"+lis.Addr().String())
 	if got := sourcetest.SerialOf(t, src); got.Cmp(svid.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("serial = %v, want %v", got, svid.Certificates[0].SerialNumber)

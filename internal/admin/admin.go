@@ -8,9 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"mesh/telemetry"
-	"mesh/xdsclient"
 )
 
 // Config says what the admin handler serves. Every field may be nil; its
@@ -19,8 +16,9 @@ type Config struct {
 	// Metrics serves /metrics, e.g. promhttp.HandlerFor(registry, ...).
 	Metrics http.Handler
 	// XDS lists the watched xDS resources for /debug/config, e.g. the mesh's
-	// xdsclient.Client.Dump.
-	XDS func() []xdsclient.ResourceStatus
+	// xdsclient.Client.Dump converted by package xdsview (kept apart so
+	// that the control plane's graph page does not pull in xdsclient).
+	XDS func() []ResourceView
 	// Certificates lists the workload's certificates in force (never
 	// keys) for /debug/config.
 	Certificates func() []CertificateView
@@ -28,8 +26,10 @@ type Config struct {
 	Clusters func() []ClusterStatus
 	// Graph computes /debug/graph.json, drawn by /debug/graph.
 	Graph GraphSource
-	// Tap streams every request's access log record at /debug/tap.
-	Tap *telemetry.Tap
+	// Tap serves /debug/tap: every request's access log record, live
+	// (package tapview builds it, kept apart so that the control plane
+	// does not pull in telemetry).
+	Tap http.Handler
 	// Healthy answers /healthz: nil means serving. A nil func always
 	// answers ok.
 	Healthy func() error
@@ -82,35 +82,6 @@ type ResourceView struct {
 	Config any `json:"config,omitempty"`
 }
 
-// ConfigView converts the xDS client's dump to what /debug/config serves.
-func ConfigView(resources []xdsclient.ResourceStatus) []ResourceView {
-	out := make([]ResourceView, 0, len(resources))
-	for _, r := range resources {
-		v := ResourceView{
-			Type: r.Type, TypeURL: r.TypeURL, Name: r.Name, Version: r.Version,
-			Status: statusName(r.Status), IgnoredFields: r.Ignored,
-			UpdatedAt: r.UpdatedAt, Source: r.Source, FromCache: r.FromCache,
-			Config: configOf(r.Value),
-		}
-		if r.Error != nil {
-			v.Error = r.Error.Error()
-		}
-		out = append(out, v)
-	}
-	return out
-}
-
-func statusName(s xdsclient.ResourceStatusKind) string {
-	switch s {
-	case xdsclient.StatusAcked:
-		return "ACK"
-	case xdsclient.StatusNACKed:
-		return "NACK"
-	default:
-		return string(s)
-	}
-}
-
 // graphTimeout bounds one graph computation: scrapes of slow targets.
 const graphTimeout = 10 * time.Second
 
@@ -148,7 +119,7 @@ func NewHandler(cfg Config) http.Handler {
 			notConfigured("xds config")(w, nil)
 			return
 		}
-		page := map[string]any{"resources": ConfigView(cfg.XDS())}
+		page := map[string]any{"resources": cfg.XDS()}
 		if cfg.Certificates != nil {
 			certs := cfg.Certificates()
 			if certs == nil {
@@ -170,7 +141,7 @@ func NewHandler(cfg Config) http.Handler {
 		writeJSON(w, logger, "/debug/clusters", map[string]any{"clusters": clusters})
 	})
 	if cfg.Tap != nil {
-		mux.HandleFunc("GET /debug/tap", tapHandler(cfg.Tap, logger))
+		mux.Handle("GET /debug/tap", cfg.Tap)
 	} else {
 		mux.HandleFunc("GET /debug/tap", notConfigured("tap"))
 	}

@@ -15,6 +15,8 @@ import (
 
 	"mesh/identity/identitytest"
 	"mesh/internal/admin"
+	"mesh/internal/admin/xdsview"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -57,8 +59,7 @@ var (
 )
 
 func TestScraperEdgesRatesAndHealth(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
+	ctx := testutil.Context(t)
 	checkout, payments := newMetricsServer(t), newMetricsServer(t)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := admin.NewScraper(func() []string { return []string{checkout.url(), payments.url()} },
@@ -232,14 +233,14 @@ func TestHandlerPages(t *testing.T) {
 	var healthy error
 	h := admin.NewHandler(admin.Config{
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "up 1\n") }),
-		XDS: func() []xdsclient.ResourceStatus {
-			return []xdsclient.ResourceStatus{
+		XDS: func() []admin.ResourceView {
+			return xdsview.Resources([]xdsclient.ResourceStatus{
 				{Type: "listener", Name: "payments:8080", Version: "3", Status: xdsclient.StatusNACKed, UpdatedAt: updated,
 					Error:   fmt.Errorf("listener %q: api_listener.route_config_name: empty", "payments:8080"),
 					Ignored: []string{"http_filters[1]: envoy.filters.http.lua"}},
 				{Type: "cluster", Name: "outbound|8080|v1|payments", Version: "2", Status: xdsclient.StatusAcked, UpdatedAt: updated},
 				{Type: "cluster", Name: "gone", Status: xdsclient.StatusDoesNotExist},
-			}
+			})
 		},
 		Clusters: func() []admin.ClusterStatus {
 			return []admin.ClusterStatus{{Name: "outbound|8080|v1|payments", InFlight: 2, Endpoints: []admin.EndpointStatus{
@@ -351,7 +352,7 @@ func TestCallersOwnGraphShowsMutualTLS(t *testing.T) {
 	}
 }
 
-// TestConfigViewShowsSecretsWithoutKeys: a secret handed to ConfigView
+// TestConfigViewShowsSecretsWithoutKeys: a secret handed to xdsview.Resources
 // with its key still in it (as a buggy source might) shows the
 // certificate's ID and expiry, and the key appears nowhere in the page.
 func TestConfigViewShowsSecretsWithoutKeys(t *testing.T) {
@@ -370,9 +371,9 @@ func TestConfigViewShowsSecretsWithoutKeys(t *testing.T) {
 	if !strings.Contains(string(key), "PRIVATE KEY") {
 		t.Fatalf("test key %q is not PEM", key)
 	}
-	h := admin.NewHandler(admin.Config{XDS: func() []xdsclient.ResourceStatus {
-		return []xdsclient.ResourceStatus{{Type: "secret", Name: "default", Status: xdsclient.StatusAcked,
-			Value: &xdsclient.Secret{Name: "default", Certificate: &xdsclient.TLSCertificate{ChainPEM: chain, KeyPEM: key}}}}
+	h := admin.NewHandler(admin.Config{XDS: func() []admin.ResourceView {
+		return xdsview.Resources([]xdsclient.ResourceStatus{{Type: "secret", Name: "default", Status: xdsclient.StatusAcked,
+			Value: &xdsclient.Secret{Name: "default", Certificate: &xdsclient.TLSCertificate{ChainPEM: chain, KeyPEM: key}}}})
 	}})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/config", nil))

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"mesh/internal/admin"
+	"mesh/internal/admin/xdsview"
 	"mesh/xdsclient"
 )
 
@@ -31,12 +32,12 @@ func ExampleGraphFromMetrics() {
 // ExampleNewHandler serves a workload's xDS configuration at /debug/config.
 func ExampleNewHandler() {
 	h := admin.NewHandler(admin.Config{
-		XDS: func() []xdsclient.ResourceStatus { // in a workload: its xdsclient.Client's Dump
-			return []xdsclient.ResourceStatus{{
+		XDS: func() []admin.ResourceView { // in a workload: its xdsclient.Client's Dump
+			return xdsview.Resources([]xdsclient.ResourceStatus{{
 				Type: "listener", Name: "payments.default.svc.cluster.local:8080", Version: "7",
 				Status: xdsclient.StatusNACKed,
 				Error:  errors.New(`listener "payments.default.svc.cluster.local:8080": api_listener: missing`),
-			}}
+			}})
 		},
 	})
 	rec := httptest.NewRecorder()

@@ -6,5 +6,6 @@ import (
 	"mesh/internal/leakcheck"
 )
 
-// Scrapers and handlers leave no goroutine behind.
-func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/") }
+// Every server, stream, watcher and goroutine a test starts is stopped by
+// its cleanup.
+func TestMain(m *testing.M) { leakcheck.Main(m) }

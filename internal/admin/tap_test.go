@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mesh/internal/admin"
+	"mesh/internal/admin/tapview"
 	"mesh/telemetry"
 )
 
@@ -18,7 +19,7 @@ import (
 // credential; without a tap it is a 404 the index does not link.
 func TestTapPage(t *testing.T) {
 	tap := telemetry.NewTap()
-	srv := httptest.NewServer(admin.NewHandler(admin.Config{Tap: tap}))
+	srv := httptest.NewServer(admin.NewHandler(admin.Config{Tap: tapview.Handler(tap, nil)}))
 	t.Cleanup(srv.Close)
 	app := telemetry.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), telemetry.WithTap(tap))
 
@@ -39,11 +40,11 @@ func TestTapPage(t *testing.T) {
 		app.ServeHTTP(httptest.NewRecorder(), req)
 	}
 	sc := bufio.NewScanner(resp.Body)
-	var recs []admin.TapRecord
+	var recs []tapview.Record
 	var body strings.Builder
 	for sc.Scan() {
 		body.WriteString(sc.Text())
-		var r admin.TapRecord
+		var r tapview.Record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +68,7 @@ func TestTapPage(t *testing.T) {
 	}
 
 	// A gRPC entry: its status by name, a query and userinfo never shown.
-	r := admin.TapRecordOf(telemetry.Entry{StartTime: time.Unix(1, 0), Method: "POST", Path: "/p.S/M?k=secret",
+	r := tapview.RecordOf(telemetry.Entry{StartTime: time.Unix(1, 0), Method: "POST", Path: "/p.S/M?k=secret",
 		Authority: "u:secret@svc:8080", GRPCStatus: "14", ResponseCode: 200, Duration: 1500 * time.Microsecond})
 	if r.Protocol != "grpc" || r.Status != "Unavailable" || r.Path != "/p.S/M" || r.Authority != "svc:8080" || r.DurationMillis != 1.5 {
 		t.Errorf("TapRecordOf = %+v", r)

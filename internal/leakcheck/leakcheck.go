@@ -2,7 +2,7 @@
 // every server, stream and watcher a test starts must be stopped by its
 // cleanup, and this is how the suite proves it.
 //
-//	func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc") }
+//	func TestMain(m *testing.M) { leakcheck.Main(m) }
 package leakcheck
 
 import (
@@ -18,9 +18,22 @@ import (
 // many stop asynchronously after Close returns.
 const Grace = time.Minute
 
+// Ours lists the goroutines Main checks by default: mesh's own, by the
+// function names that open a stack line or start it ("mesh/..." and the
+// root package's "mesh."; other modules have packages named mesh too), and
+// those of the gRPC and go-control-plane servers and channels the tests
+// start.
+func Ours() []string {
+	return []string{"\nmesh/", "\nmesh.", "created by mesh", "google.golang.org/grpc", "github.com/envoyproxy/go-control-plane"}
+}
+
 // Main runs the tests, then fails the binary if goroutines whose stacks
-// mention any of the given substrings are still running after Grace.
+// mention any of the given substrings (by default, [Ours]) are still
+// running after Grace.
 func Main(m *testing.M, substrings ...string) {
+	if len(substrings) == 0 {
+		substrings = Ours()
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := Wait(Grace, substrings...); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mesh/benchmarks/internal/sidecar"
+	"mesh/internal/leakcheck"
 )
 
 // TestMain lets the harness run this test binary as its clients and servers.
@@ -17,7 +18,7 @@ func TestMain(m *testing.M) {
 	if sidecar.RoleMain() {
 		return
 	}
-	os.Exit(m.Run())
+	leakcheck.Main(m)
 }
 
 // TestTinyRun runs every variant, HAProxy pair included, for a few hundred

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"mesh/identity/internal/sourcetest"
+	"mesh/internal/testutil"
 )
 
 // A test waits for a signal with the test's hang guard.
@@ -12,7 +13,7 @@ func ExampleWaitClosed() {
 	t := &testing.T{}
 	ch := make(chan struct{})
 	close(ch)
-	sourcetest.WaitClosed(sourcetest.Context(t), t, ch, "the signal")
+	sourcetest.WaitClosed(testutil.Context(t), t, ch, "the signal")
 	fmt.Println("closed")
 
 }

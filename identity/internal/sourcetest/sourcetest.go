@@ -1,7 +1,7 @@
 // Package sourcetest holds what the tests of identity's source packages
 // (csr, workloadapi) share.
 //
-//	ctx := sourcetest.Context(t)
+//	ctx := testutil.Context(t)
 //	sourcetest.WaitClosed(ctx, t, src.Updated(), "a rotation")
 package sourcetest
 
@@ -22,14 +22,6 @@ import (
 
 // TD is the tests' trust domain.
 const TD = "example.org"
-
-// Context is a hang guard for one test, not a budget.
-func Context(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // NewCA returns a CA for trust domain td.
 func NewCA(t *testing.T, td string) *identitytest.CA {
@@ -73,28 +65,6 @@ func SerialOf(t *testing.T, src identity.Source) *big.Int {
 	}
 	return svid.Certificates[0].SerialNumber
 }
-
-// Warnings is a slog handler that hands Warn-and-above records to the test.
-type Warnings chan slog.Record
-
-// Enabled takes Warn and above.
-func (w Warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-
-// Handle passes r on, or drops it when the test is not keeping up: it never
-// blocks the source.
-func (w Warnings) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case w <- r.Clone():
-	default:
-	}
-	return nil
-}
-
-// WithAttrs returns w.
-func (w Warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
-
-// WithGroup returns w.
-func (w Warnings) WithGroup(string) slog.Handler { return w }
 
 // RecordError returns the "error" attribute of r.
 func RecordError(r slog.Record) string {

@@ -1,4 +1,7 @@
-package admin
+// Package tapview streams a workload's access log records for the admin
+// pages' /debug/tap, apart from package admin so that the control plane,
+// which serves admin pages too, does not link telemetry.
+package tapview
 
 import (
 	"context"
@@ -15,10 +18,10 @@ import (
 	"mesh/telemetry"
 )
 
-// TapRecord is one request as /debug/tap streams it: one JSON object per
+// Record is one request as /debug/tap streams it: one JSON object per
 // line. It carries no header: nothing a credential travels in (the
 // Authorization header, cookies, a URL's query) reaches it.
-type TapRecord struct {
+type Record struct {
 	Time      time.Time `json:"time"`
 	Direction string    `json:"direction"` // "inbound" (served) or "outbound" (sent)
 	Protocol  string    `json:"protocol"`  // "grpc" or "http"
@@ -40,10 +43,10 @@ type TapRecord struct {
 	DroppedBefore uint64 `json:"dropped_before,omitempty"`
 }
 
-// TapRecordOf converts an access log entry to the record /debug/tap
+// RecordOf converts an access log entry to the record /debug/tap
 // streams.
-func TapRecordOf(e telemetry.Entry) TapRecord {
-	r := TapRecord{
+func RecordOf(e telemetry.Entry) Record {
+	r := Record{
 		Time: e.StartTime.UTC(), Direction: "outbound", Protocol: "http", Method: e.Method,
 		Path: e.Path, Authority: e.Authority, Status: strconv.Itoa(e.ResponseCode), HTTPStatus: e.ResponseCode,
 		DurationMillis: float64(e.Duration.Microseconds()) / 1000, Peer: e.PeerPrincipal,
@@ -78,10 +81,13 @@ const (
 	tapBuffer          = 1024
 )
 
-// tapHandler streams the tap's records as NDJSON: GET
+// Handler streams the tap's records as NDJSON: GET
 // /debug/tap?n=COUNT&duration=DURATION.
-func tapHandler(tap *telemetry.Tap, logger *slog.Logger) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func Handler(tap *telemetry.Tap, logger *slog.Logger) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, duration := tapDefaultCount, tapDefaultDuration
 		if v := r.URL.Query().Get("n"); v != "" {
 			c, err := strconv.Atoi(v)
@@ -119,7 +125,7 @@ func tapHandler(tap *telemetry.Tap, logger *slog.Logger) http.HandlerFunc {
 			case <-ctx.Done():
 				return
 			case e := <-sub.Entries():
-				rec := TapRecordOf(e)
+				rec := RecordOf(e)
 				if d := sub.Dropped(); d > reported {
 					rec.DroppedBefore, reported = d-reported, d
 				}
@@ -130,5 +136,5 @@ func tapHandler(tap *telemetry.Tap, logger *slog.Logger) http.HandlerFunc {
 				_ = rc.Flush()
 			}
 		}
-	}
+	})
 }

@@ -1,0 +1,178 @@
+// Package testutil holds what the module's tests share: a hang guard for a
+// test's context, a slog handler that hands log records to the test, and a
+// buffer that loggers may write from several goroutines.
+//
+//	ctx := testutil.Context(t)
+//	logs := testutil.NewLogs(slog.LevelWarn)
+//	s := newThing(slog.New(logs))
+//	logs.Await(ctx, t, "config file rejected")
+//
+// Packages with more specific fixtures (xdstest, identitytest, sourcetest)
+// build on it.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// HangGuard bounds a whole test so that a hang fails it instead of the
+// binary's timeout. It is never a budget for an amount of work: on a busy
+// machine work takes what it takes.
+const HangGuard = 5 * time.Minute
+
+// Context returns a context that ends after HangGuard or when the test's
+// cleanups run, whichever is first. Cleanups registered after the call run
+// before it ends, so they may still use it.
+func Context(t testing.TB) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), HangGuard)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Logs is a slog.Handler that passes every record at or above its level
+// to the test, through Records and Await. It never blocks the logger: a
+// record the test is not keeping up with is dropped.
+type Logs struct {
+	level slog.Level
+	ch    chan slog.Record
+}
+
+// NewLogs returns a handler of records at level and above.
+func NewLogs(level slog.Level) *Logs {
+	return &Logs{level: level, ch: make(chan slog.Record, 256)}
+}
+
+// Enabled reports whether l takes records at level.
+func (l *Logs) Enabled(_ context.Context, level slog.Level) bool { return level >= l.level }
+
+// Handle passes a copy of r to the test, or drops it.
+func (l *Logs) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case l.ch <- r.Clone():
+	default:
+	}
+	return nil
+}
+
+// WithAttrs returns l: the tests read a record's own attributes only.
+func (l *Logs) WithAttrs([]slog.Attr) slog.Handler { return l }
+
+// WithGroup returns l.
+func (l *Logs) WithGroup(string) slog.Handler { return l }
+
+// Records delivers the records logged, in order.
+func (l *Logs) Records() <-chan slog.Record { return l.ch }
+
+// Await returns the first record from now on whose Format contains
+// substr, formatted; it fails the test if ctx ends first.
+func (l *Logs) Await(ctx context.Context, t testing.TB, substr string) string {
+	t.Helper()
+	for {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for log %q", substr)
+			return ""
+		case r := <-l.ch:
+			if m := Format(r); strings.Contains(m, substr) {
+				return m
+			}
+		}
+	}
+}
+
+// Format renders r as its message followed by " key=value" for each
+// attribute.
+func Format(r slog.Record) string {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		b.WriteString(" " + a.Key + "=" + a.Value.String())
+		return true
+	})
+	return b.String()
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers, such as a text
+// or JSON slog handler's.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what has been written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// Server is what Serve needs of a server: a grpc.Server has it.
+type Server interface {
+	Serve(net.Listener) error
+	Stop()
+}
+
+// Serve serves srv on lis until the test's cleanups, which stop it and
+// wait for Serve to return, so no goroutine of it outlives the test.
+func Serve(t testing.TB, srv Server, lis net.Listener) {
+	t.Helper()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+}
+
+// RootPool returns a pool of the PEM certificates in pemData, failing the
+// test if there are none.
+func RootPool(t testing.TB, pemData []byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		t.Fatal("root PEM did not parse")
+	}
+	return pool
+}
+
+// CSR returns a PEM certificate request signed by key, with uris as its URI
+// SANs (none, one or several, as a test of a CA needs).
+func CSR(t testing.TB, key crypto.Signer, uris ...string) string {
+	t.Helper()
+	tmpl := &x509.CertificateRequest{}
+	for _, u := range uris {
+		parsed, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, parsed)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
