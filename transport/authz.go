@@ -24,12 +24,11 @@ import (
 // request.
 var ErrPermissionDenied = errors.New("rbac: access denied")
 
-// Authorizer enforces the RBAC HTTP filters (gRFC A41) of the filter chain
-// each connection is served by: for gRPC servers it reads the chain from
-// the connection's AuthInfo (set by NewServerCredentials); for net/http
-// servers from the request context (see ContextWithFilterChain). Requests
-// on connections without a known chain are let through: there is no
-// policy to apply to them.
+// Authorizer enforces on gRPC calls the RBAC HTTP filters (gRFC A41) of
+// the filter chain each connection is served by, read from the
+// connection's AuthInfo (set by NewServerCredentials); HTTPInbound enforces
+// them on net/http requests. Calls on connections without a known chain
+// are let through: there is no policy to apply to them.
 //
 // Refusals are logged at Warn with the filter and policy that decided;
 // matching LOG policies (istio's AUDIT) are logged at Info and never
@@ -41,11 +40,12 @@ type Authorizer struct {
 }
 
 // NewAuthorizer returns an Authorizer. WithLogger sets where its decisions
-// are logged; WithCurrentFilterChain makes it follow listener updates on
-// existing connections; WithPathNormalization raises the least path
-// normalization of HTTP requests.
-func NewAuthorizer(opts ...Option) *Authorizer {
-	o := newOptions(opts)
+// are logged.
+func NewAuthorizer(opts ...AuthorizerOption) *Authorizer {
+	return newAuthorizer(newOptions(AuthorizerOption.applyAuthorizer, opts))
+}
+
+func newAuthorizer(o options) *Authorizer {
 	return &Authorizer{logger: o.logger, currentChain: o.currentChain, pathFloor: o.pathNormalization}
 }
 
@@ -179,23 +179,22 @@ func authInfoOf(ai any) *AuthInfo {
 
 type filterChainKey struct{}
 
-// ContextWithFilterChain returns ctx carrying the filter chain a connection
-// is served by. An http.Server's ConnContext sets it so that Middleware
-// finds the chain's RBAC filters.
-func ContextWithFilterChain(ctx context.Context, fc *xdsclient.FilterChain) context.Context {
+// contextWithFilterChain returns ctx carrying the filter chain a connection
+// is served by, where Middleware finds the chain's RBAC filters.
+func contextWithFilterChain(ctx context.Context, fc *xdsclient.FilterChain) context.Context {
 	return context.WithValue(ctx, filterChainKey{}, fc)
 }
 
-// FilterChainFromContext returns the filter chain set by
-// ContextWithFilterChain, or nil.
-func FilterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
+// filterChainFromContext returns the filter chain set by
+// contextWithFilterChain, or nil.
+func filterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
 	fc, _ := ctx.Value(filterChainKey{}).(*xdsclient.FilterChain)
 	return fc
 }
 
-// Middleware returns next guarded by RBAC: unauthorized requests get 403
-// Forbidden. The filter chain comes from the request context
-// (ContextWithFilterChain); the peer certificate from r.TLS, which the
+// middleware returns next guarded by RBAC: unauthorized requests get 403
+// Forbidden. The filter chain comes from the request context (as
+// HTTPInbound's Handler puts it there); the peer certificate from r.TLS, which the
 // server's TLS config must have verified (as NewServerCredentials' does).
 //
 // Before RBAC, the request is made what it would be behind Envoy: a method
@@ -203,14 +202,14 @@ func FilterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
 // the chain's HttpConnectionManager and WithPathNormalization say (400 for
 // %00 and refused escaped slashes). Policies and next both see the
 // normalized path, in r.URL and r.RequestURI.
-func (a *Authorizer) Middleware(next http.Handler) http.Handler {
+func (a *Authorizer) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !validMethod(r.Method) {
 			a.logger.LogAttrs(r.Context(), slog.LevelWarn, "rbac: invalid method refused", slog.String("method", r.Method))
 			http.Error(w, "invalid method: want an upper-case token", http.StatusBadRequest)
 			return
 		}
-		fc := a.chainFor(r.Context(), FilterChainFromContext(r.Context()))
+		fc := a.chainFor(r.Context(), filterChainFromContext(r.Context()))
 		var hcm *xdsclient.HTTPConnectionManager
 		if fc != nil {
 			hcm = fc.HTTP

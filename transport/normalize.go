@@ -43,14 +43,6 @@ func (p PathNormalization) String() string {
 	return fmt.Sprintf("PathNormalization(%d)", int(p))
 }
 
-// WithPathNormalization sets the least path normalization an Authorizer
-// applies whatever the listener resource says (default
-// PathNormalizationBase): for control planes, such as istiod for proxyless
-// workloads, whose listeners do not carry Envoy's normalization fields.
-func WithPathNormalization(p PathNormalization) Option {
-	return optionFunc(func(o *options) { o.pathNormalization = p })
-}
-
 // pathRules is the normalization in force for one request: the listener's
 // fields raised to the configured floor.
 type pathRules struct {

@@ -16,10 +16,6 @@ const (
 	ProtocolRawBuffer = "raw_buffer"
 )
 
-// DefaultSniffTimeout bounds how long a server waits for a new connection's
-// first bytes, so that silent clients cannot hold handshake slots forever.
-const DefaultSniffTimeout = 10 * time.Second
-
 // sniffBufferSize is how much of the first read is kept for replay; one
 // read is enough to classify, and TLS records and the HTTP/2 preface both
 // start within it.

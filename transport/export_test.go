@@ -1,0 +1,38 @@
+package transport
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"mesh/xdsclient"
+)
+
+// WithSniffTimeout bounds how long a server waits for a new connection's
+// first bytes (default 10s); tests shorten it. The same deadline covers
+// the TLS handshake.
+func WithSniffTimeout(d time.Duration) handshakeOption {
+	return handshakeOption(func(o *options) {
+		if d > 0 {
+			o.sniffTimeout = d
+		}
+	})
+}
+
+// WithCurrentFilterChain makes an Authorizer enforce, for a connection
+// accepted with chosen, the chain current returns (nil: chosen), as the
+// inbound servers do when their listener resource changes.
+func WithCurrentFilterChain(current func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain) AuthorizerOption {
+	return authorizerOption(func(o *options) { o.currentChain = current })
+}
+
+// Middleware is what HTTPInbound's Handler authorizes requests with.
+func (a *Authorizer) Middleware(next http.Handler) http.Handler { return a.middleware(next) }
+
+// ContextWithFilterChain is how HTTPInbound tells Middleware a request's
+// filter chain.
+var ContextWithFilterChain = contextWithFilterChain
+
+type authorizerOption func(*options)
+
+func (f authorizerOption) applyAuthorizer(o *options) { f(o) }
