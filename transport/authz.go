@@ -20,9 +20,9 @@ import (
 	"mesh/xdsclient"
 )
 
-// ErrPermissionDenied is wrapped by Authorize's error when RBAC refuses a
+// errPermissionDenied is wrapped by authorize's error when RBAC refuses a
 // request.
-var ErrPermissionDenied = errors.New("rbac: access denied")
+var errPermissionDenied = errors.New("rbac: access denied")
 
 // Authorizer enforces on gRPC calls the RBAC HTTP filters (gRFC A41) of
 // the filter chain each connection is served by, read from the
@@ -60,10 +60,10 @@ func (a *Authorizer) chainFor(ctx context.Context, chosen *xdsclient.FilterChain
 	return chosen
 }
 
-// Authorize evaluates req against the RBAC filters among filters. The
-// error wraps ErrPermissionDenied when the request is refused.
-func (a *Authorizer) Authorize(ctx context.Context, filters []xdsclient.HTTPFilter, req *RBACRequest) error {
-	d := EvaluateRBAC(filters, req)
+// authorize evaluates req against the RBAC filters among filters. The
+// error wraps errPermissionDenied when the request is refused.
+func (a *Authorizer) authorize(ctx context.Context, filters []xdsclient.HTTPFilter, req *rbacRequest) error {
+	d := evaluateRBAC(filters, req)
 	for _, logged := range d.Logged {
 		a.logger.LogAttrs(ctx, slog.LevelInfo, "rbac: audit policy matched",
 			slog.String("policy", logged), slog.String("path", req.Path), slog.String("peer", peerName(req)))
@@ -78,10 +78,10 @@ func (a *Authorizer) Authorize(ctx context.Context, filters []xdsclient.HTTPFilt
 	a.logger.LogAttrs(ctx, slog.LevelWarn, "rbac: request denied",
 		slog.String("filter", d.Filter), slog.String("policy", policy),
 		slog.String("path", req.Path), slog.String("peer", peerName(req)))
-	return fmt.Errorf("%w: filter %q, policy %s", ErrPermissionDenied, d.Filter, policy)
+	return fmt.Errorf("%w: filter %q, policy %s", errPermissionDenied, d.Filter, policy)
 }
 
-func peerName(req *RBACRequest) string {
+func peerName(req *rbacRequest) string {
 	if req.PeerCertificate != nil && len(req.PeerCertificate.URIs) > 0 {
 		return req.PeerCertificate.URIs[0].String()
 	}
@@ -144,7 +144,7 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 	// Headers are read one by one, as policies ask for them: copying the
 	// whole incoming metadata would cost every call a map and a slice per
 	// header.
-	req := &RBACRequest{
+	req := &rbacRequest{
 		Source:      addrPortOf(p.Addr),
 		Destination: addrPortOf(p.LocalAddr),
 		Method:      http.MethodPost,
@@ -161,8 +161,8 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 			req.PeerCertificate = ai.State.PeerCertificates[0]
 		}
 	}
-	if err := a.Authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {
-		return status.Error(codes.PermissionDenied, ErrPermissionDenied.Error())
+	if err := a.authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {
+		return status.Error(codes.PermissionDenied, errPermissionDenied.Error())
 	}
 	return nil
 }
@@ -228,7 +228,7 @@ func (a *Authorizer) middleware(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		req := &RBACRequest{
+		req := &rbacRequest{
 			Source:    addrPortFromString(r.RemoteAddr),
 			Method:    r.Method,
 			Path:      r.RequestURI,
@@ -247,7 +247,7 @@ func (a *Authorizer) middleware(next http.Handler) http.Handler {
 				req.PeerCertificate = r.TLS.PeerCertificates[0]
 			}
 		}
-		if err := a.Authorize(r.Context(), fc.HTTP.HTTPFilters, req); err != nil {
+		if err := a.authorize(r.Context(), fc.HTTP.HTTPFilters, req); err != nil {
 			http.Error(w, "RBAC: access denied", http.StatusForbidden)
 			return
 		}

@@ -48,7 +48,7 @@
 // (MERGE_SLASHES, DECODE_AND_MERGE_SLASHES), and hands the handler that
 // same path; methods that are not upper-case tokens get 400. A gRPC :path
 // that is not "/service/method" is refused with codes.Unimplemented before
-// any policy runs (see NormalizePath).
+// any policy runs.
 //
 // Certificates are fetched from their identity.Source on every handshake,
 // so rotated SVIDs take effect on the next connection without a restart.

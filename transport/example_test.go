@@ -2,11 +2,9 @@ package transport_test
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"log"
 	"net"
-	"net/url"
 	"time"
 
 	"google.golang.org/grpc"
@@ -116,43 +114,6 @@ func ExamplePeerID() {
 	// Output: "" false
 }
 
-// A DENY filter before an ALLOW filter, as istiod emits them: the DENY
-// policy wins even for a caller the ALLOW policy admits.
-func ExampleEvaluateRBAC_denyBeforeAllow() {
-	checkout, _ := url.Parse("spiffe://example.org/ns/default/sa/checkout")
-	filters := []xdsclient.HTTPFilter{
-		{Name: "envoy.filters.http.rbac.DENY", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
-			Action: xdsclient.RBACDeny,
-			Policies: []xdsclient.RBACPolicy{{
-				Name:        "ns[default]-policy[deny-refunds]-rule[0]",
-				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionURLPath, URLPath: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: "/payments.Payments/Refund"}}},
-				Principals:  []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAny}},
-			}},
-		}}},
-		{Name: "envoy.filters.http.rbac", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
-			Action: xdsclient.RBACAllow,
-			Policies: []xdsclient.RBACPolicy{{
-				Name:        "ns[default]-policy[allow-checkout]-rule[0]",
-				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionAny}},
-				Principals: []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAuthenticated,
-					PrincipalName: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: checkout.String()}}},
-			}},
-		}}},
-	}
-	peer := &x509.Certificate{URIs: []*url.URL{checkout}}
-	for _, path := range []string{"/payments.Payments/Pay", "/payments.Payments/Refund"} {
-		d := transport.EvaluateRBAC(filters, &transport.RBACRequest{PeerCertificate: peer, Method: "POST", Path: path})
-		if d.Allowed {
-			fmt.Println(path, "allowed")
-		} else {
-			fmt.Println(path, "denied by", d.Policy)
-		}
-	}
-	// Output:
-	// /payments.Payments/Pay allowed
-	// /payments.Payments/Refund denied by ns[default]-policy[deny-refunds]-rule[0]
-}
-
 // The Authorizer's gRPC interceptors go on a server whose credentials come
 // from NewServerCredentials, which records each connection's filter chain.
 func ExampleNewAuthorizer() {
@@ -163,31 +124,4 @@ func ExampleNewAuthorizer() {
 	defer srv.Stop()
 	fmt.Println(len(srv.GetServiceInfo()))
 	// Output: 0
-}
-
-func ExampleDetectProtocol() {
-	fmt.Println(transport.DetectProtocol([]byte{0x16, 0x03, 0x01}))
-	fmt.Println(transport.DetectProtocol([]byte("PRI * HTTP/2.0\r\n")))
-	// Output:
-	// tls
-	// raw_buffer
-}
-
-// Paths are normalized as Envoy under Istio does before any policy or
-// handler sees them.
-func ExampleNormalizePath() {
-	for _, p := range []string{"/%61dmin", "/public/%2e%2e/admin", "/public\\..\\admin", "//admin?x=/../y", "/admin%2Fx"} {
-		base, _ := transport.NormalizePath(p, transport.PathNormalizationBase)
-		strict, _ := transport.NormalizePath(p, transport.PathNormalizationDecodeAndMergeSlashes)
-		fmt.Printf("%-22s BASE %-16s DECODE_AND_MERGE_SLASHES %s\n", p, base, strict)
-	}
-	_, err := transport.NormalizePath("/admin%00", transport.PathNormalizationBase)
-	fmt.Println(err)
-	// Output:
-	// /%61dmin               BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// /public/%2e%2e/admin   BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// /public\..\admin       BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// //admin?x=/../y        BASE //admin?x=/../y  DECODE_AND_MERGE_SLASHES /admin?x=/../y
-	// /admin%2Fx             BASE /admin%2Fx       DECODE_AND_MERGE_SLASHES /admin/x
-	// path contains %00
 }

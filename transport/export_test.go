@@ -33,6 +33,27 @@ func (a *Authorizer) Middleware(next http.Handler) http.Handler { return a.middl
 // filter chain.
 var ContextWithFilterChain = contextWithFilterChain
 
+// NormalizePath returns the request target path (path and query, as sent
+// on the request line or in :path) normalized as Envoy does under p: see
+// PathNormalization. The query is kept as it is. An error means the
+// request is to be refused with 400.
+func NormalizePath(path string, p PathNormalization) (string, error) {
+	out, _, err := normalizePath(path, rulesFor(p, nil))
+	return out, err
+}
+
+// The RBAC engine the Authorizer runs, for table tests.
+type (
+	RBACRequest  = rbacRequest
+	RBACDecision = rbacDecision
+)
+
+var (
+	EvaluateRBAC        = evaluateRBAC
+	DetectProtocol      = detectProtocol
+	ErrPermissionDenied = errPermissionDenied
+)
+
 type authorizerOption func(*options)
 
 func (f authorizerOption) applyAuthorizer(o *options) { f(o) }

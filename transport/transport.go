@@ -28,10 +28,10 @@ func (m ProviderMap) Provider(name string) (identity.Source, bool) {
 	return src, ok && src != nil
 }
 
-// AuthType values reported by AuthInfo.
+// What AuthInfo.AuthType reports.
 const (
-	AuthTypeMTLS      = "mesh-mtls"
-	AuthTypePlaintext = "mesh-plaintext"
+	authTypeMTLS      = "mesh-mtls"
+	authTypePlaintext = "mesh-plaintext"
 )
 
 // AuthInfo describes the security of one connection; gRPC exposes it as
@@ -49,13 +49,13 @@ type AuthInfo struct {
 	FilterChain *xdsclient.FilterChain
 }
 
-// AuthType returns AuthTypeMTLS for TLS connections (even when the client
-// sent no certificate) and AuthTypePlaintext otherwise.
+// AuthType returns "mesh-mtls" for TLS connections (even when the client
+// sent no certificate) and "mesh-plaintext" otherwise.
 func (a AuthInfo) AuthType() string {
 	if a.State != nil {
-		return AuthTypeMTLS
+		return authTypeMTLS
 	}
-	return AuthTypePlaintext
+	return authTypePlaintext
 }
 
 func plaintextAuthInfo() AuthInfo {
