@@ -125,3 +125,87 @@ func ExampleNewAuthorizer() {
 	fmt.Println(len(srv.GetServiceInfo()))
 	// Output: 0
 }
+
+// staticListener is a ListenerWatcher with one fixed inbound listener
+// resource, for a server configured without a control plane.
+type staticListener struct{ l *xdsclient.Listener }
+
+func (s staticListener) WatchListener(_ string, fn func(xdsclient.Event[*xdsclient.Listener])) (cancel func()) {
+	fn(xdsclient.Event[*xdsclient.Listener]{Resource: s.l})
+	return func() {}
+}
+
+// A gRPC server whose connections GRPCInbound handles: STRICT mTLS from
+// an inbound listener resource (here a fixed one; a mesh passes its
+// xdsclient.Client), the caller's identity in the handler.
+func ExampleNewGRPCInbound() {
+	ca, err := identitytest.NewCA("example.org")
+	if err != nil {
+		log.Fatal(err)
+	}
+	serverSVID, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
+	clientSVID, _ := ca.Issue("spiffe://example.org/ns/default/sa/checkout", time.Hour)
+	strict := &xdsclient.Listener{Name: "inbound", FilterChains: []xdsclient.FilterChain{{
+		Name:  "inbound-mtls",
+		Match: xdsclient.FilterChainMatch{TransportProtocol: transport.ProtocolTLS},
+		TLS: &xdsclient.DownstreamTLS{
+			Identity:                 xdsclient.CertificateRef{Provider: "default", Certificate: "default"},
+			Roots:                    &xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"},
+			RequireClientCertificate: true,
+		},
+	}}}
+
+	in := transport.NewGRPCInbound(staticListener{strict},
+		transport.ProviderMap{"default": identity.NewStaticSource(serverSVID, ca.Bundle())},
+		transport.WithServingStateCallback(func(_ net.Addr, serving bool, _ error) { fmt.Println("serving:", serving) }))
+	srv := grpc.NewServer(append(in.ServerOptions(),
+		grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+			if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+				return err
+			}
+			caller, _ := transport.PeerID(stream.Context())
+			return stream.SendMsg(wrapperspb.String(caller.String()))
+		}))...)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	served := make(chan struct{})
+	sl := in.Listen(lis, "inbound")
+	go func() {
+		defer close(served)
+		_ = srv.Serve(sl)
+	}()
+	defer func() {
+		srv.Stop()
+		<-served
+	}()
+
+	r := manual.NewBuilderWithScheme("example")
+	r.InitialState(resolver.State{Addresses: []resolver.Address{
+		handshake.Set(resolver.Address{Addr: lis.Addr().String()}, &handshake.Info{
+			Cluster: "outbound|8080||payments.default.svc.cluster.local",
+			TLS: &xdsclient.UpstreamTLS{
+				Identity: &xdsclient.CertificateRef{Provider: "default", Certificate: "default"},
+				Roots:    xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"},
+			},
+		}),
+	}})
+	conn, err := grpc.NewClient("example:///payments", grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(transport.NewClientCredentials(
+			transport.ProviderMap{"default": identity.NewStaticSource(clientSVID, ca.Bundle())})))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var reply wrapperspb.StringValue
+	if err := conn.Invoke(ctx, "/example.Payments/Pay", &emptypb.Empty{}, &reply); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("server saw", reply.GetValue())
+	// Output:
+	// serving: true
+	// server saw spiffe://example.org/ns/default/sa/checkout
+}
