@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -135,16 +138,15 @@ func (s staticListener) WatchListener(_ string, fn func(xdsclient.Event[*xdsclie
 	return func() {}
 }
 
-// A gRPC server whose connections GRPCInbound handles: STRICT mTLS from
-// an inbound listener resource (here a fixed one; a mesh passes its
-// xdsclient.Client), the caller's identity in the handler.
+// A gRPC server whose connections GRPCInbound handles, under STRICT mTLS
+// from an inbound listener resource (here a fixed one; a mesh passes its
+// xdsclient.Client): a plaintext client is refused at the handshake.
 func ExampleNewGRPCInbound() {
 	ca, err := identitytest.NewCA("example.org")
 	if err != nil {
 		log.Fatal(err)
 	}
-	serverSVID, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
-	clientSVID, _ := ca.Issue("spiffe://example.org/ns/default/sa/checkout", time.Hour)
+	svid, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
 	strict := &xdsclient.Listener{Name: "inbound", FilterChains: []xdsclient.FilterChain{{
 		Name:  "inbound-mtls",
 		Match: xdsclient.FilterChainMatch{TransportProtocol: transport.ProtocolTLS},
@@ -154,18 +156,11 @@ func ExampleNewGRPCInbound() {
 			RequireClientCertificate: true,
 		},
 	}}}
-
 	in := transport.NewGRPCInbound(staticListener{strict},
-		transport.ProviderMap{"default": identity.NewStaticSource(serverSVID, ca.Bundle())},
+		transport.ProviderMap{"default": identity.NewStaticSource(svid, ca.Bundle())},
+		transport.WithLogger(slog.New(slog.DiscardHandler)),
 		transport.WithServingStateCallback(func(_ net.Addr, serving bool, _ error) { fmt.Println("serving:", serving) }))
-	srv := grpc.NewServer(append(in.ServerOptions(),
-		grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
-			if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-				return err
-			}
-			caller, _ := transport.PeerID(stream.Context())
-			return stream.SendMsg(wrapperspb.String(caller.String()))
-		}))...)
+	srv := grpc.NewServer(in.ServerOptions()...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
@@ -181,31 +176,16 @@ func ExampleNewGRPCInbound() {
 		<-served
 	}()
 
-	r := manual.NewBuilderWithScheme("example")
-	r.InitialState(resolver.State{Addresses: []resolver.Address{
-		handshake.Set(resolver.Address{Addr: lis.Addr().String()}, &handshake.Info{
-			Cluster: "outbound|8080||payments.default.svc.cluster.local",
-			TLS: &xdsclient.UpstreamTLS{
-				Identity: &xdsclient.CertificateRef{Provider: "default", Certificate: "default"},
-				Roots:    xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"},
-			},
-		}),
-	}})
-	conn, err := grpc.NewClient("example:///payments", grpc.WithResolvers(r),
-		grpc.WithTransportCredentials(transport.NewClientCredentials(
-			transport.ProviderMap{"default": identity.NewStaticSource(clientSVID, ca.Bundle())})))
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var reply wrapperspb.StringValue
-	if err := conn.Invoke(ctx, "/example.Payments/Pay", &emptypb.Empty{}, &reply); err != nil {
-		log.Fatal(err)
-	}
-	fmt.Println("server saw", reply.GetValue())
+	err = conn.Invoke(ctx, "/example.Payments/Pay", &emptypb.Empty{}, &emptypb.Empty{})
+	fmt.Println("plaintext client:", status.Code(err))
 	// Output:
 	// serving: true
-	// server saw spiffe://example.org/ns/default/sa/checkout
+	// plaintext client: Unavailable
 }

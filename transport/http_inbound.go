@@ -30,9 +30,7 @@ import (
 // HTTP/2 one gets GOAWAY, an HTTP/1 one "Connection: close" with its next
 // response.
 type HTTPInbound struct {
-	in    inbound
-	creds credentials.TransportCredentials
-	authz *Authorizer
+	inbound
 }
 
 // NewHTTPInbound returns the connection handling of one HTTP server, whose
@@ -40,12 +38,10 @@ type HTTPInbound struct {
 // providers. The server must use ConnContext, Handler and Listen.
 func NewHTTPInbound(listeners ListenerWatcher, providers Providers, opts ...HTTPInboundOption) *HTTPInbound {
 	o := newOptions(HTTPInboundOption.applyHTTPInbound, opts)
-	s := &HTTPInbound{in: newInbound(listeners, o)}
 	// HTTP/1.1 over mTLS too (ALPN http/1.1, or none): sidecars speak it.
 	o.alpn = []string{"h2", "http/1.1", ""}
-	s.creds = newServerCredentials(providers, s.in.chooseTLS, o)
-	o.currentChain = s.currentChain
-	s.authz = newAuthorizer(o)
+	s := &HTTPInbound{}
+	s.init(listeners, providers, o, s.currentChainForRequest)
 	return s
 }
 
@@ -55,7 +51,7 @@ func NewHTTPInbound(listeners ListenerWatcher, providers Providers, opts ...HTTP
 // Write, in the server's goroutine for it, so a slow client cannot hold
 // up Accept. Closing it stops watching name.
 func (s *HTTPInbound) Listen(lis net.Listener, name string) net.Listener {
-	return &handshakingListener{servingListener: s.in.listen(lis, name), creds: s.creds}
+	return &handshakingListener{servingListener: s.listen(lis, name), creds: s.creds}
 }
 
 // ConnContext is the http.Server's ConnContext: it keeps the connection
@@ -77,12 +73,13 @@ func (s *HTTPInbound) Handler(h http.Handler, measure func(http.Handler) http.Ha
 	return s.withPeer(h)
 }
 
-func (s *HTTPInbound) currentChain(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
+// currentChainForRequest is currentChain for an HTTP request's connection.
+func (s *HTTPInbound) currentChainForRequest(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain {
 	c, ok := ctx.Value(inboundConnKey{}).(*handshakingConn)
 	if !ok {
 		return nil
 	}
-	return s.in.currentChain(c.LocalAddr(), c.RemoteAddr(), chosen)
+	return s.currentChain(c.LocalAddr(), c.RemoteAddr(), chosen)
 }
 
 // withPeer gives each request what the connection's handshake established:
@@ -102,7 +99,7 @@ func (s *HTTPInbound) withPeer(next http.Handler) http.Handler {
 		// A connection past its age is closed after this response (a
 		// graceful GOAWAY on HTTP/2), so the client reconnects with a new
 		// handshake before the certificates it was made with expire.
-		if s.in.maxConnAge > 0 && time.Since(c.accepted) > s.in.maxConnAge || c.draining() {
+		if s.maxConnAge > 0 && time.Since(c.accepted) > s.maxConnAge || c.draining() {
 			w.Header().Set("Connection", "close")
 		}
 		next.ServeHTTP(w, r)

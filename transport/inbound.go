@@ -45,20 +45,16 @@ type ListenerWatcher interface {
 // gone) has its new calls refused, gets GOAWAY and is closed after
 // WithDrainPeriod; on the others, policy changes apply at once.
 type GRPCInbound struct {
-	in    inbound
-	creds credentials.TransportCredentials
-	authz *Authorizer
+	inbound
 }
 
 // NewGRPCInbound returns the connection handling of one gRPC server, whose
 // listeners' resources come from listeners and certificates from
 // providers.
 func NewGRPCInbound(listeners ListenerWatcher, providers Providers, opts ...InboundOption) *GRPCInbound {
-	o := newOptions(InboundOption.applyGRPCInbound, opts)
-	s := &GRPCInbound{in: newInbound(listeners, o)}
-	s.creds = drainingCredentials{newServerCredentials(providers, s.in.chooseTLS, o)}
-	o.currentChain = s.in.currentChainForRPC
-	s.authz = newAuthorizer(o)
+	s := &GRPCInbound{}
+	s.init(listeners, providers, newOptions(InboundOption.applyGRPCInbound, opts), s.currentChainForRPC)
+	s.creds = drainingCredentials{s.creds}
 	return s
 }
 
@@ -67,7 +63,7 @@ func NewGRPCInbound(listeners ListenerWatcher, providers Providers, opts ...Inbo
 // does not exist. Serve it with a grpc.Server made with ServerOptions.
 // Closing it stops watching name.
 func (s *GRPCInbound) Listen(lis net.Listener, name string) net.Listener {
-	return s.in.listen(lis, name)
+	return s.listen(lis, name)
 }
 
 // ServerOptions returns the credentials and the authorization interceptors
@@ -75,27 +71,35 @@ func (s *GRPCInbound) Listen(lis net.Listener, name string) net.Listener {
 // calls) and, with WithMaxConnectionAge, the keepalive parameters.
 func (s *GRPCInbound) ServerOptions() []grpc.ServerOption {
 	opts := append([]grpc.ServerOption{grpc.Creds(s.creds)}, s.authz.ServerOptions()...)
-	if age := s.in.maxConnAge; age > 0 {
+	if age := s.maxConnAge; age > 0 {
 		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: age}))
 	}
 	return opts
 }
 
 // inbound is the listeners one server serves, readable without a lock,
-// and how their connections choose filter chains and are drained.
+// how their connections choose filter chains and are drained, and what
+// handshakes and authorizes them.
 type inbound struct {
 	watcher      ListenerWatcher
 	logger       *slog.Logger
 	drainPeriod  time.Duration
 	maxConnAge   time.Duration
 	servingState func(addr net.Addr, serving bool, err error)
+	creds        credentials.TransportCredentials
+	authz        *Authorizer
 
 	mu sync.Mutex // serializes changes
 	ls atomic.Pointer[[]*servingListener]
 }
 
-func newInbound(w ListenerWatcher, o options) inbound {
-	return inbound{watcher: w, logger: o.logger, drainPeriod: o.drainPeriod, maxConnAge: o.maxConnAge, servingState: o.servingState}
+// init sets in up; current finds the connection of a call for the
+// authorizer (see currentChain).
+func (in *inbound) init(w ListenerWatcher, providers Providers, o options, current func(context.Context, *xdsclient.FilterChain) *xdsclient.FilterChain) {
+	in.watcher, in.logger, in.drainPeriod, in.maxConnAge, in.servingState = w, o.logger, o.drainPeriod, o.maxConnAge, o.servingState
+	in.creds = newServerCredentials(providers, in.chooseTLS, o)
+	o.currentChain = current
+	in.authz = newAuthorizer(o)
 }
 
 // listen starts watching lis's inbound listener resource and serving it;
