@@ -54,6 +54,13 @@ var (
 	ErrPermissionDenied = errPermissionDenied
 )
 
+// handshakeOption applies to NewServerCredentials and the inbound servers.
+type handshakeOption func(*options)
+
+func (f handshakeOption) applyServer(o *options)      { f(o) }
+func (f handshakeOption) applyGRPCInbound(o *options) { f(o) }
+func (f handshakeOption) applyHTTPInbound(o *options) { f(o) }
+
 type authorizerOption func(*options)
 
 func (f authorizerOption) applyAuthorizer(o *options) { f(o) }

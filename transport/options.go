@@ -68,11 +68,10 @@ func newOptions[O any](apply func(O, *options), opts []O) options {
 
 // The option kinds: each applies where its type says.
 type (
-	anyOption       func(*options) // every constructor
-	serverOption    func(*options) // NewServerCredentials
-	httpOption      func(*options) // NewHTTPInbound
-	inboundOption   func(*options) // NewGRPCInbound, NewHTTPInbound
-	handshakeOption func(*options) // NewServerCredentials and the inbound servers
+	anyOption     func(*options) // every constructor
+	serverOption  func(*options) // NewServerCredentials
+	httpOption    func(*options) // NewHTTPInbound
+	inboundOption func(*options) // NewGRPCInbound, NewHTTPInbound
 )
 
 func (f anyOption) applyClient(o *options)      { f(o) }
@@ -87,10 +86,6 @@ func (f httpOption) applyHTTPInbound(o *options) { f(o) }
 
 func (f inboundOption) applyGRPCInbound(o *options) { f(o) }
 func (f inboundOption) applyHTTPInbound(o *options) { f(o) }
-
-func (f handshakeOption) applyServer(o *options)      { f(o) }
-func (f handshakeOption) applyGRPCInbound(o *options) { f(o) }
-func (f handshakeOption) applyHTTPInbound(o *options) { f(o) }
 
 // WithLogger sets where handshake failures, authorization decisions and
 // serving changes are logged; the default is slog.Default().
