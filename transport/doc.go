@@ -11,15 +11,17 @@
 //	conn, err := grpc.NewClient(target,
 //		grpc.WithTransportCredentials(transport.NewClientCredentials(providers)))
 //
-//	// Server: chooser picks the filter chain of each accepted connection,
-//	// typically the inbound listener's chain matching the transport
-//	// protocol ("tls" or "raw_buffer") sniffed from the client's first
-//	// bytes; the Authorizer enforces that chain's RBAC filters.
+//	// Server: the inbound listener resource (from an xdsclient.Client)
+//	// decides each connection's handshake and RBAC policies.
+//	in := transport.NewGRPCInbound(xdsClient, providers)
+//	srv := grpc.NewServer(in.ServerOptions()...)
+//	srv.Serve(in.Listen(lis, listenerResourceName))
+//
+//	// Or, choosing each connection's filter chain yourself, with the
+//	// Authorizer enforcing that chain's RBAC filters:
 //	authz := transport.NewAuthorizer()
-//	srv := grpc.NewServer(
-//		grpc.Creds(transport.NewServerCredentials(providers, chooser)),
-//		grpc.ChainUnaryInterceptor(authz.UnaryServerInterceptor()),
-//		grpc.ChainStreamInterceptor(authz.StreamServerInterceptor()))
+//	srv := grpc.NewServer(append(authz.ServerOptions(),
+//		grpc.Creds(transport.NewServerCredentials(providers, chooser)))...)
 //
 //	// In a handler, who called?
 //	id, ok := transport.PeerID(ctx)
