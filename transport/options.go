@@ -45,7 +45,9 @@ type options struct {
 	sniffTimeout time.Duration
 	// pathNormalization: see WithPathNormalization.
 	pathNormalization PathNormalization
-	// alpn: see WithApplicationProtocols.
+	// alpn is the application protocols server credentials accept over
+	// TLS, in order of preference: "h2", all gRPC speaks, unless the HTTP
+	// server says otherwise; "" accepts TLS clients that offer none.
 	alpn []string
 	// Inbound servers only.
 	drainPeriod  time.Duration
@@ -69,7 +71,6 @@ func newOptions[O any](apply func(O, *options), opts []O) options {
 // The option kinds: each applies where its type says.
 type (
 	anyOption     func(*options) // every constructor
-	serverOption  func(*options) // NewServerCredentials
 	httpOption    func(*options) // NewHTTPInbound
 	inboundOption func(*options) // NewGRPCInbound, NewHTTPInbound
 )
@@ -79,8 +80,6 @@ func (f anyOption) applyServer(o *options)      { f(o) }
 func (f anyOption) applyAuthorizer(o *options)  { f(o) }
 func (f anyOption) applyGRPCInbound(o *options) { f(o) }
 func (f anyOption) applyHTTPInbound(o *options) { f(o) }
-
-func (f serverOption) applyServer(o *options) { f(o) }
 
 func (f httpOption) applyHTTPInbound(o *options) { f(o) }
 
@@ -93,18 +92,6 @@ func WithLogger(logger *slog.Logger) Option {
 	return anyOption(func(o *options) {
 		if logger != nil {
 			o.logger = logger
-		}
-	})
-}
-
-// WithApplicationProtocols sets the ALPN protocols server credentials
-// accept over TLS, in order of preference (default "h2", all gRPC speaks).
-// HTTP servers add "http/1.1", which sidecars and most HTTP clients
-// speak; "" in the list accepts TLS clients that offer no ALPN.
-func WithApplicationProtocols(protos ...string) ServerOption {
-	return serverOption(func(o *options) {
-		if len(protos) > 0 {
-			o.alpn = append([]string(nil), protos...)
 		}
 	})
 }
