@@ -193,9 +193,10 @@ func filterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
 }
 
 // middleware returns next guarded by RBAC: unauthorized requests get 403
-// Forbidden. The filter chain comes from the request context (as
-// HTTPInbound's Handler puts it there); the peer certificate from r.TLS, which the
-// server's TLS config must have verified (as NewServerCredentials' does).
+// Forbidden. The filter chain comes from the request context (where
+// HTTPInbound's Handler puts it); the peer certificate from r.TLS, which
+// the server's TLS config must have verified (as NewServerCredentials'
+// does).
 //
 // Before RBAC, the request is made what it would be behind Envoy: a method
 // that is not an upper-case token gets 400, and the path is normalized as
