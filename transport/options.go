@@ -115,9 +115,11 @@ func WithDrainPeriod(d time.Duration) InboundOption {
 	})
 }
 
-// WithMaxConnectionAge closes connections older than d once their calls
-// end (GOAWAY on HTTP/2, "Connection: close" on HTTP/1), so clients
-// reconnect with a fresh handshake; 0, the default, leaves them open.
+// WithMaxConnectionAge has connections older than d closed gracefully,
+// so clients reconnect with a fresh handshake before the certificates of
+// the old one expire: gRPC's keepalive GOAWAY at that age; on HTTP, with
+// the next response ("Connection: close", GOAWAY on HTTP/2). 0, the
+// default, leaves them open.
 func WithMaxConnectionAge(d time.Duration) InboundOption {
 	return inboundOption(func(o *options) {
 		if d > 0 {
