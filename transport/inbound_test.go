@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,8 +96,9 @@ func TestGRPCInboundDrainsPlaintextAfterStrict(t *testing.T) {
 	site := newInboundSite(ctx, t, peerAuthentication("PERMISSIVE"))
 	in := transport.NewGRPCInbound(site.xds, site.providers(t, "payments"), quiet, transport.WithDrainPeriod(time.Millisecond))
 	srv := grpc.NewServer(append(in.ServerOptions(), grpc.UnknownServiceHandler(whoami))...)
+	closed := make(chan net.Addr, 64)
 	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(in.Listen(site.lis, site.name)) }()
+	go func() { defer close(served); _ = srv.Serve(in.Listen(closeReporter{site.lis, closed}, site.name)) }()
 	t.Cleanup(func() { srv.Stop(); <-served })
 
 	addr := site.lis.Addr().String()
@@ -106,7 +108,8 @@ func TestGRPCInboundDrainsPlaintextAfterStrict(t *testing.T) {
 	if got, err := call(ctx, mtls, grpc.Peer(&mtlsPeer)); err != nil || got[:len("auth=mesh-mtls")] != "auth=mesh-mtls" {
 		t.Fatalf("mTLS client under PERMISSIVE: %q, %v", got, err)
 	}
-	if got, err := call(ctx, plain); err != nil || got != "auth=mesh-plaintext id= serial=none" {
+	var plainPeer peer.Peer
+	if got, err := call(ctx, plain, grpc.Peer(&plainPeer)); err != nil || got != "auth=mesh-plaintext id= serial=none" {
 		t.Fatalf("plaintext client under PERMISSIVE: %q, %v", got, err)
 	}
 
@@ -129,6 +132,15 @@ func TestGRPCInboundDrainsPlaintextAfterStrict(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+	// The server closes the connection itself, within the drain period.
+	for done := false; !done; {
+		select {
+		case a := <-closed:
+			done = a.String() == plainPeer.LocalAddr.String()
+		case <-ctx.Done():
+			t.Fatal("the plaintext connection was never closed")
+		}
+	}
 	for range 5 {
 		if _, err := call(ctx, plain); err == nil {
 			t.Fatal("a plaintext call succeeded under STRICT")
@@ -143,6 +155,37 @@ func TestGRPCInboundDrainsPlaintextAfterStrict(t *testing.T) {
 			t.Fatalf("mTLS call went over a new connection %s, want the one from before STRICT %s", p.LocalAddr, mtlsPeer.LocalAddr)
 		}
 	}
+}
+
+// closeReporter is a listener whose connections report their remote
+// address when the server closes them.
+type closeReporter struct {
+	net.Listener
+	closed chan<- net.Addr
+}
+
+func (l closeReporter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &reportingConn{Conn: c, closed: l.closed}, nil
+}
+
+type reportingConn struct {
+	net.Conn
+	closed chan<- net.Addr
+	once   sync.Once
+}
+
+func (c *reportingConn) Close() error {
+	c.once.Do(func() {
+		select {
+		case c.closed <- c.RemoteAddr():
+		default:
+		}
+	})
+	return c.Conn.Close()
 }
 
 // TestInboundRefusesConnectionsWithoutItsResource: a listener whose
