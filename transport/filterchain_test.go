@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -220,5 +221,50 @@ func TestSameHandshake(t *testing.T) {
 		if got := sameHandshake(tc.a, tc.b); got != tc.want {
 			t.Errorf("%s: sameHandshake = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestCurrentChain: what the authorizer enforces on an open connection
+// once its listener resource changed: the chain it was accepted under
+// while the resource is unchanged, the new matching chain when that
+// handshakes alike (a policy change applies at once), and a chain that
+// refuses everything when the connection is no longer admitted as it was
+// handshaken or the resource is gone.
+func TestCurrentChain(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := &xdsclient.Listener{Name: "inbound", FilterChains: permissive()}
+	s := NewGRPCInbound(fixedListener{first}, nil, WithLogger(slog.New(slog.DiscardHandler)))
+	sl := s.Listen(lis, "inbound").(*servingListener)
+	defer sl.Close()
+	local, remote := lis.Addr(), tcp("127.0.0.1:40000")
+	plaintext, mtls := &first.FilterChains[1], &first.FilterChains[0]
+
+	if got := s.currentChain(local, remote, plaintext); got != nil {
+		t.Errorf("unchanged resource: %q, want the chain chosen at accept", got.Name)
+	}
+	newPolicy := &xdsclient.Listener{Name: "inbound", FilterChains: permissive()}
+	newPolicy.FilterChains[1].HTTP = &xdsclient.HTTPConnectionManager{}
+	sl.onUpdate(xdsclient.Event[*xdsclient.Listener]{Resource: newPolicy})
+	if got := s.currentChain(local, remote, plaintext); got != &newPolicy.FilterChains[1] {
+		t.Errorf("policy changed: %v, want the new plaintext chain", got)
+	}
+	strict := &xdsclient.Listener{Name: "inbound", FilterChains: permissive()[:1]}
+	sl.onUpdate(xdsclient.Event[*xdsclient.Listener]{Resource: strict})
+	if got := s.currentChain(local, remote, plaintext); got == nil || got.Name != "draining" {
+		t.Errorf("plaintext connection under STRICT: %v, want the refusing chain", got)
+	}
+	if got := s.currentChain(local, remote, mtls); got != &strict.FilterChains[0] {
+		t.Errorf("mTLS connection under STRICT: %v, want the mTLS chain", got)
+	}
+	sl.onUpdate(xdsclient.Event[*xdsclient.Listener]{NotFound: true})
+	if got := s.currentChain(local, remote, mtls); got == nil || got.Name != "draining" {
+		t.Errorf("resource gone: %v, want the refusing chain", got)
+	}
+	other := tcp("127.0.0.1:1") // a port this server does not serve
+	if got := s.currentChain(other, remote, mtls); got != nil {
+		t.Errorf("connection of another listener: %v, want nil", got)
 	}
 }
