@@ -158,7 +158,7 @@ func (m *Mesh) balancerOptions() []balancer.Option {
 // the router is closed at once, so requests fail as they would have on a
 // router made before.
 func (m *Mesh) startHTTP() {
-	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(m.logger)), m.balancerOptions()...)
+	rt := balancer.NewRoundTripper(m.xds, dialWithInfo(transport.NewHTTPDialer(m.certs, transport.WithLogger(m.logger))), m.balancerOptions()...)
 	m.httpTransport = telemetry.Transport(rt, m.telemetry...)
 	m.mu.Lock()
 	m.httpRouter = rt

@@ -20,16 +20,15 @@ import (
 	"mesh/xdsclient"
 )
 
-// ErrPermissionDenied is wrapped by Authorize's error when RBAC refuses a
+// errPermissionDenied is wrapped by authorize's error when RBAC refuses a
 // request.
-var ErrPermissionDenied = errors.New("rbac: access denied")
+var errPermissionDenied = errors.New("rbac: access denied")
 
-// Authorizer enforces the RBAC HTTP filters (gRFC A41) of the filter chain
-// each connection is served by: for gRPC servers it reads the chain from
-// the connection's AuthInfo (set by NewServerCredentials); for net/http
-// servers from the request context (see ContextWithFilterChain). Requests
-// on connections without a known chain are let through: there is no
-// policy to apply to them.
+// Authorizer enforces on gRPC calls the RBAC HTTP filters (gRFC A41) of
+// the filter chain each connection is served by, read from the
+// connection's AuthInfo (set by NewServerCredentials); HTTPInbound enforces
+// them on net/http requests. Calls on connections without a known chain
+// are let through: there is no policy to apply to them.
 //
 // Refusals are logged at Warn with the filter and policy that decided;
 // matching LOG policies (istio's AUDIT) are logged at Info and never
@@ -41,11 +40,12 @@ type Authorizer struct {
 }
 
 // NewAuthorizer returns an Authorizer. WithLogger sets where its decisions
-// are logged; WithCurrentFilterChain makes it follow listener updates on
-// existing connections; WithPathNormalization raises the least path
-// normalization of HTTP requests.
-func NewAuthorizer(opts ...Option) *Authorizer {
-	o := newOptions(opts)
+// are logged.
+func NewAuthorizer(opts ...AuthorizerOption) *Authorizer {
+	return newAuthorizer(newOptions(AuthorizerOption.applyAuthorizer, opts))
+}
+
+func newAuthorizer(o options) *Authorizer {
 	return &Authorizer{logger: o.logger, currentChain: o.currentChain, pathFloor: o.pathNormalization}
 }
 
@@ -60,10 +60,10 @@ func (a *Authorizer) chainFor(ctx context.Context, chosen *xdsclient.FilterChain
 	return chosen
 }
 
-// Authorize evaluates req against the RBAC filters among filters. The
-// error wraps ErrPermissionDenied when the request is refused.
-func (a *Authorizer) Authorize(ctx context.Context, filters []xdsclient.HTTPFilter, req *RBACRequest) error {
-	d := EvaluateRBAC(filters, req)
+// authorize evaluates req against the RBAC filters among filters. The
+// error wraps errPermissionDenied when the request is refused.
+func (a *Authorizer) authorize(ctx context.Context, filters []xdsclient.HTTPFilter, req *rbacRequest) error {
+	d := evaluateRBAC(filters, req)
 	for _, logged := range d.Logged {
 		a.logger.LogAttrs(ctx, slog.LevelInfo, "rbac: audit policy matched",
 			slog.String("policy", logged), slog.String("path", req.Path), slog.String("peer", peerName(req)))
@@ -78,10 +78,10 @@ func (a *Authorizer) Authorize(ctx context.Context, filters []xdsclient.HTTPFilt
 	a.logger.LogAttrs(ctx, slog.LevelWarn, "rbac: request denied",
 		slog.String("filter", d.Filter), slog.String("policy", policy),
 		slog.String("path", req.Path), slog.String("peer", peerName(req)))
-	return fmt.Errorf("%w: filter %q, policy %s", ErrPermissionDenied, d.Filter, policy)
+	return fmt.Errorf("%w: filter %q, policy %s", errPermissionDenied, d.Filter, policy)
 }
 
-func peerName(req *RBACRequest) string {
+func peerName(req *rbacRequest) string {
 	if req.PeerCertificate != nil && len(req.PeerCertificate.URIs) > 0 {
 		return req.PeerCertificate.URIs[0].String()
 	}
@@ -144,7 +144,7 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 	// Headers are read one by one, as policies ask for them: copying the
 	// whole incoming metadata would cost every call a map and a slice per
 	// header.
-	req := &RBACRequest{
+	req := &rbacRequest{
 		Source:      addrPortOf(p.Addr),
 		Destination: addrPortOf(p.LocalAddr),
 		Method:      http.MethodPost,
@@ -161,8 +161,8 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 			req.PeerCertificate = ai.State.PeerCertificates[0]
 		}
 	}
-	if err := a.Authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {
-		return status.Error(codes.PermissionDenied, ErrPermissionDenied.Error())
+	if err := a.authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {
+		return status.Error(codes.PermissionDenied, errPermissionDenied.Error())
 	}
 	return nil
 }
@@ -179,38 +179,38 @@ func authInfoOf(ai any) *AuthInfo {
 
 type filterChainKey struct{}
 
-// ContextWithFilterChain returns ctx carrying the filter chain a connection
-// is served by. An http.Server's ConnContext sets it so that Middleware
-// finds the chain's RBAC filters.
-func ContextWithFilterChain(ctx context.Context, fc *xdsclient.FilterChain) context.Context {
+// contextWithFilterChain returns ctx carrying the filter chain a connection
+// is served by, where Middleware finds the chain's RBAC filters.
+func contextWithFilterChain(ctx context.Context, fc *xdsclient.FilterChain) context.Context {
 	return context.WithValue(ctx, filterChainKey{}, fc)
 }
 
-// FilterChainFromContext returns the filter chain set by
-// ContextWithFilterChain, or nil.
-func FilterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
+// filterChainFromContext returns the filter chain set by
+// contextWithFilterChain, or nil.
+func filterChainFromContext(ctx context.Context) *xdsclient.FilterChain {
 	fc, _ := ctx.Value(filterChainKey{}).(*xdsclient.FilterChain)
 	return fc
 }
 
-// Middleware returns next guarded by RBAC: unauthorized requests get 403
-// Forbidden. The filter chain comes from the request context
-// (ContextWithFilterChain); the peer certificate from r.TLS, which the
-// server's TLS config must have verified (as NewServerCredentials' does).
+// middleware returns next guarded by RBAC: unauthorized requests get 403
+// Forbidden. The filter chain comes from the request context (where
+// HTTPInbound's Handler puts it); the peer certificate from r.TLS, which
+// the server's TLS config must have verified (as NewServerCredentials'
+// does).
 //
 // Before RBAC, the request is made what it would be behind Envoy: a method
 // that is not an upper-case token gets 400, and the path is normalized as
 // the chain's HttpConnectionManager and WithPathNormalization say (400 for
 // %00 and refused escaped slashes). Policies and next both see the
 // normalized path, in r.URL and r.RequestURI.
-func (a *Authorizer) Middleware(next http.Handler) http.Handler {
+func (a *Authorizer) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !validMethod(r.Method) {
 			a.logger.LogAttrs(r.Context(), slog.LevelWarn, "rbac: invalid method refused", slog.String("method", r.Method))
 			http.Error(w, "invalid method: want an upper-case token", http.StatusBadRequest)
 			return
 		}
-		fc := a.chainFor(r.Context(), FilterChainFromContext(r.Context()))
+		fc := a.chainFor(r.Context(), filterChainFromContext(r.Context()))
 		var hcm *xdsclient.HTTPConnectionManager
 		if fc != nil {
 			hcm = fc.HTTP
@@ -229,7 +229,7 @@ func (a *Authorizer) Middleware(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		req := &RBACRequest{
+		req := &rbacRequest{
 			Source:    addrPortFromString(r.RemoteAddr),
 			Method:    r.Method,
 			Path:      r.RequestURI,
@@ -248,7 +248,7 @@ func (a *Authorizer) Middleware(next http.Handler) http.Handler {
 				req.PeerCertificate = r.TLS.PeerCertificates[0]
 			}
 		}
-		if err := a.Authorize(r.Context(), fc.HTTP.HTTPFilters, req); err != nil {
+		if err := a.authorize(r.Context(), fc.HTTP.HTTPFilters, req); err != nil {
 			http.Error(w, "RBAC: access denied", http.StatusForbidden)
 			return
 		}

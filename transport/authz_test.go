@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -432,5 +433,45 @@ func TestAuthorizerFollowsCurrentFilterChain(t *testing.T) {
 	current.Store(&denyAll)
 	if _, err := call(ctx, conn); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("after the policy: err = %v, want PermissionDenied", err)
+	}
+}
+
+// A DENY filter before an ALLOW filter, as istiod emits them: the DENY
+// policy wins even for a caller the ALLOW policy admits.
+func TestEvaluateRBACDenyBeforeAllow(t *testing.T) {
+	var out strings.Builder
+	checkout, _ := url.Parse("spiffe://example.org/ns/default/sa/checkout")
+	filters := []xdsclient.HTTPFilter{
+		{Name: "envoy.filters.http.rbac.DENY", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
+			Action: xdsclient.RBACDeny,
+			Policies: []xdsclient.RBACPolicy{{
+				Name:        "ns[default]-policy[deny-refunds]-rule[0]",
+				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionURLPath, URLPath: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: "/payments.Payments/Refund"}}},
+				Principals:  []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAny}},
+			}},
+		}}},
+		{Name: "envoy.filters.http.rbac", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
+			Action: xdsclient.RBACAllow,
+			Policies: []xdsclient.RBACPolicy{{
+				Name:        "ns[default]-policy[allow-checkout]-rule[0]",
+				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionAny}},
+				Principals: []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAuthenticated,
+					PrincipalName: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: checkout.String()}}},
+			}},
+		}}},
+	}
+	peer := &x509.Certificate{URIs: []*url.URL{checkout}}
+	for _, path := range []string{"/payments.Payments/Pay", "/payments.Payments/Refund"} {
+		d := transport.EvaluateRBAC(filters, &transport.RBACRequest{PeerCertificate: peer, Method: "POST", Path: path})
+		if d.Allowed {
+			fmt.Fprintln(&out, path, "allowed")
+		} else {
+			fmt.Fprintln(&out, path, "denied by", d.Policy)
+		}
+	}
+	if got, want := out.String(), `/payments.Payments/Pay allowed
+/payments.Payments/Refund denied by ns[default]-policy[deny-refunds]-rule[0]
+`; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }

@@ -25,8 +25,9 @@ type clientCredentials struct {
 }
 
 // NewClientCredentials returns gRPC transport credentials for mesh clients.
-// Each connection is secured as its address's handshake.Info says: no Info
-// or no TLS settings means plaintext; otherwise TLS with the SVID of the
+// Each connection is secured as the cluster of its address says (the mesh's
+// balancer attaches the cluster's TLS settings to each address it hands
+// gRPC): no TLS settings means plaintext; otherwise TLS with the SVID of the
 // Identity provider as client certificate (when set), the server's chain
 // verified against the Roots provider's bundle for the server's trust
 // domain, and the server's SANs checked against SubjectAltNames (any match;
@@ -35,8 +36,12 @@ type clientCredentials struct {
 // Certificate names within a provider ("default", "ROOTCA" in istio's
 // output) are not interpreted: the Identity provider supplies the SVID and
 // the Roots provider the bundles.
-func NewClientCredentials(providers Providers, opts ...Option) credentials.TransportCredentials {
-	o := newOptions(opts)
+func NewClientCredentials(providers Providers, opts ...ClientOption) credentials.TransportCredentials {
+	return newClientCredentials(providers, opts)
+}
+
+func newClientCredentials(providers Providers, opts []ClientOption) *clientCredentials {
+	o := newOptions(ClientOption.applyClient, opts)
 	return &clientCredentials{providers: providers, logger: o.logger, failures: newFailureLog(o.logger)}
 }
 

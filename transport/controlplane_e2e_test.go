@@ -2,9 +2,7 @@ package transport_test
 
 import (
 	"errors"
-	"log/slog"
 	"net"
-	"strconv"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -18,7 +16,6 @@ import (
 
 	"mesh/controlplane"
 	"mesh/identity"
-	"mesh/internal/handshake"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -47,12 +44,7 @@ func meshSource(t *testing.T, cp *controlplane.Server, sa string) *identity.Stat
 // on real gRPC over loopback.
 func TestControlPlanePolicyEndToEnd(t *testing.T) {
 	ctx := testContext(t)
-	cp, err := controlplane.New(ctx, controlplane.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cp.Close() })
-	err = cp.Apply([]byte(`
+	site := newInboundSite(ctx, t, `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-checkout, namespace: default}
@@ -69,34 +61,10 @@ spec:
   action: DENY
   rules:
   - to: [{operation: {paths: ["/mesh.test.Whoami/Refund"]}}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := lis.Addr().(*net.TCPAddr).Port
-	path, err := cp.WriteBootstrap(t.TempDir(), controlplane.Workload{
-		Name: "payments-1", ServiceAccount: "payments", Service: "payments", Port: uint32(port),
-		Labels: map[string]string{"app": "payments"}, Address: lis.Addr().String(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bs, err := xdsclient.LoadBootstrapFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	xc, err := xdsclient.New(bs, xdsclient.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = xc.Close() })
+`)
+	cp, lis, xc := site.cp, site.lis, site.xds
 	got := make(chan *xdsclient.Listener, 1)
-	cancel := xc.WatchListener(controlplane.InboundListenerPrefix+lis.Addr().String(), func(ev xdsclient.Event[*xdsclient.Listener]) {
+	cancel := xc.WatchListener(site.name, func(ev xdsclient.Event[*xdsclient.Listener]) {
 		if ev.Err == nil && !ev.NotFound {
 			select {
 			case got <- ev.Resource:
@@ -132,10 +100,7 @@ spec:
 	t.Cleanup(func() { srv.Stop(); <-served })
 
 	addr := lis.Addr().String()
-	payments := "spiffe://cluster.local/ns/default/sa/payments"
-	info := &handshake.Info{Cluster: "outbound|" + strconv.Itoa(port) + "||payments.default.svc.cluster.local", TLS: &xdsclient.UpstreamTLS{
-		Identity: ref("default", "default"), Roots: *ref("default", "ROOTCA"), SubjectAltNames: []xdsclient.StringMatcher{exact(payments)},
-	}}
+	info := site.upstream()
 	checkout := dial(t, addr, info, transport.NewClientCredentials(transport.ProviderMap{"default": meshSource(t, cp, "checkout")}))
 	intruder := dial(t, addr, info, transport.NewClientCredentials(transport.ProviderMap{"default": meshSource(t, cp, "intruder")}))
 	plaintext := dial(t, addr, nil, transport.NewClientCredentials(nil))

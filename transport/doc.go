@@ -6,20 +6,22 @@
 //
 //	providers := transport.ProviderMap{"default": src} // src is an identity.Source, e.g. a FileSource
 //
-//	// Client: the balancer attaches each address's cluster and TLS settings
-//	// (mesh/internal/handshake); addresses without them are dialed in plaintext.
+//	// Client: the mesh's balancer attaches each address's cluster and TLS
+//	// settings; addresses without them are dialed in plaintext.
 //	conn, err := grpc.NewClient(target,
 //		grpc.WithTransportCredentials(transport.NewClientCredentials(providers)))
 //
-//	// Server: chooser picks the filter chain of each accepted connection,
-//	// typically the inbound listener's chain matching the transport
-//	// protocol ("tls" or "raw_buffer") sniffed from the client's first
-//	// bytes; the Authorizer enforces that chain's RBAC filters.
+//	// Server: the inbound listener resource (from an xdsclient.Client)
+//	// decides each connection's handshake and RBAC policies.
+//	in := transport.NewGRPCInbound(xdsClient, providers)
+//	srv := grpc.NewServer(in.ServerOptions()...)
+//	srv.Serve(in.Listen(lis, listenerResourceName))
+//
+//	// Or, choosing each connection's filter chain yourself, with the
+//	// Authorizer enforcing that chain's RBAC filters:
 //	authz := transport.NewAuthorizer()
-//	srv := grpc.NewServer(
-//		grpc.Creds(transport.NewServerCredentials(providers, chooser)),
-//		grpc.ChainUnaryInterceptor(authz.UnaryServerInterceptor()),
-//		grpc.ChainStreamInterceptor(authz.StreamServerInterceptor()))
+//	srv := grpc.NewServer(append(authz.ServerOptions(),
+//		grpc.Creds(transport.NewServerCredentials(providers, chooser)))...)
 //
 //	// In a handler, who called?
 //	id, ok := transport.PeerID(ctx)
@@ -27,21 +29,28 @@
 // A listener with a "tls" and a "raw_buffer" filter chain serves mTLS and
 // plaintext clients on one port (istio's PERMISSIVE mode): a connection
 // whose first bytes are a TLS handshake record gets the "tls" chain. A
-// client that sends nothing within WithSniffTimeout is dropped.
+// client that sends nothing within 10s is dropped.
+//
+// GRPCInbound and HTTPInbound do all of the server side from the control
+// plane's inbound listener resources (gRFC A36), as the mesh's servers do:
+// they gate each listener on its resource, choose each connection's filter
+// chain as Envoy would (destination prefix, transport protocol, source
+// type, source prefix, source port), and drain connections a changed
+// resource no longer admits (GOAWAY, then close).
 //
 // Authorization follows gRFC A41: the RBAC filters of the connection's
 // chain run in order (istiod emits DENY before ALLOW); a refused RPC gets
-// codes.PermissionDenied (403 from Middleware) and the deciding policy is
+// codes.PermissionDenied (403 from HTTPInbound) and the deciding policy is
 // logged. LOG policies (istio's AUDIT) are logged and never refuse.
 //
-// Policies see the request Envoy would let them see. Middleware normalizes
+// Policies see the request Envoy would let them see. HTTPInbound normalizes
 // each HTTP path as Istio's BASE option does (unreserved percent-encodings
 // decoded once, "\\" read as "/", dot segments resolved; %00 gets 400), plus
 // what the chain's HttpConnectionManager or WithPathNormalization add
 // (MERGE_SLASHES, DECODE_AND_MERGE_SLASHES), and hands the handler that
 // same path; methods that are not upper-case tokens get 400. A gRPC :path
 // that is not "/service/method" is refused with codes.Unimplemented before
-// any policy runs (see NormalizePath).
+// any policy runs.
 //
 // Certificates are fetched from their identity.Source on every handshake,
 // so rotated SVIDs take effect on the next connection without a restart.

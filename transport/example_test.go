@@ -2,16 +2,17 @@ package transport_test
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
-	"net/url"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -116,43 +117,6 @@ func ExamplePeerID() {
 	// Output: "" false
 }
 
-// A DENY filter before an ALLOW filter, as istiod emits them: the DENY
-// policy wins even for a caller the ALLOW policy admits.
-func ExampleEvaluateRBAC_denyBeforeAllow() {
-	checkout, _ := url.Parse("spiffe://example.org/ns/default/sa/checkout")
-	filters := []xdsclient.HTTPFilter{
-		{Name: "envoy.filters.http.rbac.DENY", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
-			Action: xdsclient.RBACDeny,
-			Policies: []xdsclient.RBACPolicy{{
-				Name:        "ns[default]-policy[deny-refunds]-rule[0]",
-				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionURLPath, URLPath: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: "/payments.Payments/Refund"}}},
-				Principals:  []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAny}},
-			}},
-		}}},
-		{Name: "envoy.filters.http.rbac", Config: &xdsclient.RBAC{Rules: &xdsclient.RBACRules{
-			Action: xdsclient.RBACAllow,
-			Policies: []xdsclient.RBACPolicy{{
-				Name:        "ns[default]-policy[allow-checkout]-rule[0]",
-				Permissions: []xdsclient.RBACPermission{{Kind: xdsclient.PermissionAny}},
-				Principals: []xdsclient.RBACPrincipal{{Kind: xdsclient.PrincipalAuthenticated,
-					PrincipalName: &xdsclient.StringMatcher{Kind: xdsclient.MatchExact, Value: checkout.String()}}},
-			}},
-		}}},
-	}
-	peer := &x509.Certificate{URIs: []*url.URL{checkout}}
-	for _, path := range []string{"/payments.Payments/Pay", "/payments.Payments/Refund"} {
-		d := transport.EvaluateRBAC(filters, &transport.RBACRequest{PeerCertificate: peer, Method: "POST", Path: path})
-		if d.Allowed {
-			fmt.Println(path, "allowed")
-		} else {
-			fmt.Println(path, "denied by", d.Policy)
-		}
-	}
-	// Output:
-	// /payments.Payments/Pay allowed
-	// /payments.Payments/Refund denied by ns[default]-policy[deny-refunds]-rule[0]
-}
-
 // The Authorizer's gRPC interceptors go on a server whose credentials come
 // from NewServerCredentials, which records each connection's filter chain.
 func ExampleNewAuthorizer() {
@@ -165,29 +129,63 @@ func ExampleNewAuthorizer() {
 	// Output: 0
 }
 
-func ExampleDetectProtocol() {
-	fmt.Println(transport.DetectProtocol([]byte{0x16, 0x03, 0x01}))
-	fmt.Println(transport.DetectProtocol([]byte("PRI * HTTP/2.0\r\n")))
-	// Output:
-	// tls
-	// raw_buffer
+// staticListener is a ListenerWatcher with one fixed inbound listener
+// resource, for a server configured without a control plane.
+type staticListener struct{ l *xdsclient.Listener }
+
+func (s staticListener) WatchListener(_ string, fn func(xdsclient.Event[*xdsclient.Listener])) (cancel func()) {
+	fn(xdsclient.Event[*xdsclient.Listener]{Resource: s.l})
+	return func() {}
 }
 
-// Paths are normalized as Envoy under Istio does before any policy or
-// handler sees them.
-func ExampleNormalizePath() {
-	for _, p := range []string{"/%61dmin", "/public/%2e%2e/admin", "/public\\..\\admin", "//admin?x=/../y", "/admin%2Fx"} {
-		base, _ := transport.NormalizePath(p, transport.PathNormalizationBase)
-		strict, _ := transport.NormalizePath(p, transport.PathNormalizationDecodeAndMergeSlashes)
-		fmt.Printf("%-22s BASE %-16s DECODE_AND_MERGE_SLASHES %s\n", p, base, strict)
+// A gRPC server whose connections GRPCInbound handles, under STRICT mTLS
+// from an inbound listener resource (here a fixed one; a mesh passes its
+// xdsclient.Client): a plaintext client is refused at the handshake.
+func ExampleNewGRPCInbound() {
+	ca, err := identitytest.NewCA("example.org")
+	if err != nil {
+		log.Fatal(err)
 	}
-	_, err := transport.NormalizePath("/admin%00", transport.PathNormalizationBase)
-	fmt.Println(err)
+	svid, _ := ca.Issue("spiffe://example.org/ns/default/sa/payments", time.Hour)
+	strict := &xdsclient.Listener{Name: "inbound", FilterChains: []xdsclient.FilterChain{{
+		Name:  "inbound-mtls",
+		Match: xdsclient.FilterChainMatch{TransportProtocol: transport.ProtocolTLS},
+		TLS: &xdsclient.DownstreamTLS{
+			Identity:                 xdsclient.CertificateRef{Provider: "default", Certificate: "default"},
+			Roots:                    &xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"},
+			RequireClientCertificate: true,
+		},
+	}}}
+	in := transport.NewGRPCInbound(staticListener{strict},
+		transport.ProviderMap{"default": identity.NewStaticSource(svid, ca.Bundle())},
+		transport.WithLogger(slog.New(slog.DiscardHandler)),
+		transport.WithServingStateCallback(func(_ net.Addr, serving bool, _ error) { fmt.Println("serving:", serving) }))
+	srv := grpc.NewServer(in.ServerOptions()...)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	served := make(chan struct{})
+	sl := in.Listen(lis, "inbound")
+	go func() {
+		defer close(served)
+		_ = srv.Serve(sl)
+	}()
+	defer func() {
+		srv.Stop()
+		<-served
+	}()
+
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err = conn.Invoke(ctx, "/example.Payments/Pay", &emptypb.Empty{}, &emptypb.Empty{})
+	fmt.Println("plaintext client:", status.Code(err))
 	// Output:
-	// /%61dmin               BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// /public/%2e%2e/admin   BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// /public\..\admin       BASE /admin           DECODE_AND_MERGE_SLASHES /admin
-	// //admin?x=/../y        BASE //admin?x=/../y  DECODE_AND_MERGE_SLASHES /admin?x=/../y
-	// /admin%2Fx             BASE /admin%2Fx       DECODE_AND_MERGE_SLASHES /admin/x
-	// path contains %00
+	// serving: true
+	// plaintext client: Unavailable
 }

@@ -43,14 +43,6 @@ func (p PathNormalization) String() string {
 	return fmt.Sprintf("PathNormalization(%d)", int(p))
 }
 
-// WithPathNormalization sets the least path normalization an Authorizer
-// applies whatever the listener resource says (default
-// PathNormalizationBase): for control planes, such as istiod for proxyless
-// workloads, whose listeners do not carry Envoy's normalization fields.
-func WithPathNormalization(p PathNormalization) Option {
-	return optionFunc(func(o *options) { o.pathNormalization = p })
-}
-
 // pathRules is the normalization in force for one request: the listener's
 // fields raised to the configured floor.
 type pathRules struct {
@@ -77,21 +69,12 @@ func rulesFor(floor PathNormalization, hcm *xdsclient.HTTPConnectionManager) pat
 	return r
 }
 
-// Errors of NormalizePath; both mean 400 Bad Request.
+// Errors of normalizePath; each means 400 Bad Request.
 var (
 	errPathNUL            = errors.New("path contains %00")
 	errPathEscapedSlashes = errors.New("path contains an escaped slash (%2F or %5C)")
 	errPathNotOrigin      = errors.New("path is not in origin form")
 )
-
-// NormalizePath returns the request target path (path and query, as sent
-// on the request line or in :path) normalized as Envoy does under p: see
-// PathNormalization. The query is kept as it is. An error means the
-// request is to be refused with 400.
-func NormalizePath(path string, p PathNormalization) (string, error) {
-	out, _, err := normalizePath(path, rulesFor(p, nil))
-	return out, err
-}
 
 // normalizePath applies r to path in Envoy's order: escaped slashes, RFC
 // 3986 normalization, then merged slashes. redirect reports escaped slashes

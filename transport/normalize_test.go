@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"mesh/xdsclient"
@@ -116,5 +118,27 @@ func TestGRPCMethodNameShape(t *testing.T) {
 		if got := validMethodName(name); got != want {
 			t.Errorf("validMethodName(%q) = %t, want %t", name, got, want)
 		}
+	}
+}
+
+// Paths are normalized as Envoy under Istio does before any policy or
+// handler sees them.
+func TestNormalizePathAsEnvoyUnderIstio(t *testing.T) {
+	var out strings.Builder
+	for _, p := range []string{"/%61dmin", "/public/%2e%2e/admin", "/public\\..\\admin", "//admin?x=/../y", "/admin%2Fx"} {
+		base, _ := NormalizePath(p, PathNormalizationBase)
+		strict, _ := NormalizePath(p, PathNormalizationDecodeAndMergeSlashes)
+		fmt.Fprintf(&out, "%-22s BASE %-16s DECODE_AND_MERGE_SLASHES %s\n", p, base, strict)
+	}
+	_, err := NormalizePath("/admin%00", PathNormalizationBase)
+	fmt.Fprintln(&out, err)
+	if got, want := out.String(), `/%61dmin               BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+/public/%2e%2e/admin   BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+/public\..\admin       BASE /admin           DECODE_AND_MERGE_SLASHES /admin
+//admin?x=/../y        BASE //admin?x=/../y  DECODE_AND_MERGE_SLASHES /admin?x=/../y
+/admin%2Fx             BASE /admin%2Fx       DECODE_AND_MERGE_SLASHES /admin/x
+path contains %00
+`; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }

@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -161,5 +162,16 @@ func TestSilentClientTimesOut(t *testing.T) {
 	}
 	if _, err := conn.Read(buf); err == nil {
 		t.Error("server kept the silent connection open")
+	}
+}
+
+func TestDetectProtocolOfTLSAndHTTP2(t *testing.T) {
+	var out strings.Builder
+	fmt.Fprintln(&out, transport.DetectProtocol([]byte{0x16, 0x03, 0x01}))
+	fmt.Fprintln(&out, transport.DetectProtocol([]byte("PRI * HTTP/2.0\r\n")))
+	if got, want := out.String(), `tls
+raw_buffer
+`; got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }

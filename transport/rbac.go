@@ -9,9 +9,9 @@ import (
 	"mesh/xdsclient"
 )
 
-// RBACRequest is what RBAC policies are evaluated against (gRFC A41): one
+// rbacRequest is what RBAC policies are evaluated against (gRFC A41): one
 // request, the connection it came on, and the peer that sent it.
-type RBACRequest struct {
+type rbacRequest struct {
 	// PeerCertificate is the client's verified leaf certificate; nil for
 	// plaintext clients and TLS clients that sent none. Only a verified
 	// certificate may be set: "authenticated" principals trust it.
@@ -32,7 +32,7 @@ type RBACRequest struct {
 // header returns a header's value as RBAC header matchers see it: pseudo
 // headers from the request line, several values joined with ",", binary
 // ("-bin") headers never present (gRFC A41).
-func (r *RBACRequest) header(name string) (string, bool) {
+func (r *rbacRequest) header(name string) (string, bool) {
 	name = strings.ToLower(name)
 	switch name {
 	case ":method":
@@ -55,13 +55,13 @@ func (r *RBACRequest) header(name string) (string, bool) {
 }
 
 // urlPath is the path without its query, which url_path matchers see.
-func (r *RBACRequest) urlPath() string {
+func (r *rbacRequest) urlPath() string {
 	p, _, _ := strings.Cut(r.Path, "?")
 	return p
 }
 
-// RBACDecision is the outcome of evaluating a chain of RBAC filters.
-type RBACDecision struct {
+// rbacDecision is the outcome of evaluating a chain of RBAC filters.
+type rbacDecision struct {
 	// Allowed is false when a DENY policy matched or no policy of an ALLOW
 	// filter did.
 	Allowed bool
@@ -74,11 +74,11 @@ type RBACDecision struct {
 	Logged []string
 }
 
-// EvaluateRBAC runs req through the RBAC filters among filters, in order,
+// evaluateRBAC runs req through the RBAC filters among filters, in order,
 // as Envoy's filter chain does: the first filter that refuses decides.
 // Filters of other types and RBAC filters without rules are skipped.
-func EvaluateRBAC(filters []xdsclient.HTTPFilter, req *RBACRequest) RBACDecision {
-	d := RBACDecision{Allowed: true}
+func evaluateRBAC(filters []xdsclient.HTTPFilter, req *rbacRequest) rbacDecision {
+	d := rbacDecision{Allowed: true}
 	for i := range filters {
 		cfg, ok := filters[i].Config.(*xdsclient.RBAC)
 		if !ok || cfg == nil || cfg.Rules == nil {
@@ -106,7 +106,7 @@ func EvaluateRBAC(filters []xdsclient.HTTPFilter, req *RBACRequest) RBACDecision
 }
 
 // matchRules returns the first policy, by name, that matches req.
-func matchRules(rules *xdsclient.RBACRules, req *RBACRequest) (string, bool) {
+func matchRules(rules *xdsclient.RBACRules, req *rbacRequest) (string, bool) {
 	for i := range rules.Policies {
 		p := &rules.Policies[i]
 		if anyPermission(p.Permissions, req) && anyPrincipal(p.Principals, req) {
@@ -116,7 +116,7 @@ func matchRules(rules *xdsclient.RBACRules, req *RBACRequest) (string, bool) {
 	return "", false
 }
 
-func anyPermission(ps []xdsclient.RBACPermission, req *RBACRequest) bool {
+func anyPermission(ps []xdsclient.RBACPermission, req *rbacRequest) bool {
 	for i := range ps {
 		if matchPermission(&ps[i], req) {
 			return true
@@ -125,7 +125,7 @@ func anyPermission(ps []xdsclient.RBACPermission, req *RBACRequest) bool {
 	return false
 }
 
-func matchPermission(p *xdsclient.RBACPermission, req *RBACRequest) bool {
+func matchPermission(p *xdsclient.RBACPermission, req *rbacRequest) bool {
 	switch p.Kind {
 	case xdsclient.PermissionAny:
 		return true
@@ -157,7 +157,7 @@ func matchPermission(p *xdsclient.RBACPermission, req *RBACRequest) bool {
 	return false
 }
 
-func anyPrincipal(ps []xdsclient.RBACPrincipal, req *RBACRequest) bool {
+func anyPrincipal(ps []xdsclient.RBACPrincipal, req *rbacRequest) bool {
 	for i := range ps {
 		if matchPrincipal(&ps[i], req) {
 			return true
@@ -166,7 +166,7 @@ func anyPrincipal(ps []xdsclient.RBACPrincipal, req *RBACRequest) bool {
 	return false
 }
 
-func matchPrincipal(p *xdsclient.RBACPrincipal, req *RBACRequest) bool {
+func matchPrincipal(p *xdsclient.RBACPrincipal, req *rbacRequest) bool {
 	switch p.Kind {
 	case xdsclient.PrincipalAny:
 		return true
@@ -217,7 +217,7 @@ func matchAuthenticated(name *xdsclient.StringMatcher, cert *x509.Certificate) b
 	return name.Match(cert.Subject.String())
 }
 
-func matchHeader(h *xdsclient.HeaderMatcher, req *RBACRequest) bool {
+func matchHeader(h *xdsclient.HeaderMatcher, req *rbacRequest) bool {
 	value, present := req.header(h.Name)
 	var matched bool
 	switch {

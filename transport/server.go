@@ -36,16 +36,19 @@ type serverCredentials struct {
 }
 
 // NewServerCredentials returns gRPC transport credentials for mesh servers.
-// Each connection's first bytes are read (within WithSniffTimeout) to tell
-// TLS clients from plaintext ones, then chooser picks its filter chain: a
+// Each connection's first bytes are read (within 10s) to tell TLS clients
+// from plaintext ones, then chooser picks its filter chain: a
 // chain without TLS settings serves it in plaintext; otherwise the server
 // presents the SVID of the Identity provider and, when
 // Roots is set, verifies client certificates against the Roots provider's
 // bundle for the client's trust domain. RequireClientCertificate rejects
 // clients without a certificate, plaintext clients included. A nil chooser
 // rejects every connection.
-func NewServerCredentials(providers Providers, chooser Chooser, opts ...Option) credentials.TransportCredentials {
-	o := newOptions(opts)
+func NewServerCredentials(providers Providers, chooser Chooser, opts ...ServerOption) credentials.TransportCredentials {
+	return newServerCredentials(providers, chooser, newOptions(ServerOption.applyServer, opts))
+}
+
+func newServerCredentials(providers Providers, chooser Chooser, o options) *serverCredentials {
 	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout, alpn: o.alpn}
 }
 

@@ -16,20 +16,16 @@ const (
 	ProtocolRawBuffer = "raw_buffer"
 )
 
-// DefaultSniffTimeout bounds how long a server waits for a new connection's
-// first bytes, so that silent clients cannot hold handshake slots forever.
-const DefaultSniffTimeout = 10 * time.Second
-
 // sniffBufferSize is how much of the first read is kept for replay; one
 // read is enough to classify, and TLS records and the HTTP/2 preface both
 // start within it.
 const sniffBufferSize = 64
 
-// DetectProtocol classifies a connection by its first bytes: a TLS record
+// detectProtocol classifies a connection by its first bytes: a TLS record
 // carrying a handshake (content type 0x16, major version 3) is ProtocolTLS,
 // anything else ProtocolRawBuffer. first may be as short as one byte; with
 // one byte only the content type is checked.
-func DetectProtocol(first []byte) string {
+func detectProtocol(first []byte) string {
 	if len(first) == 0 || first[0] != 0x16 {
 		return ProtocolRawBuffer
 	}
@@ -73,7 +69,7 @@ func sniff(conn net.Conn, timeout time.Duration) (net.Conn, string, error) {
 		n, err := conn.Read(buf)
 		if n > 0 {
 			first := buf[:n]
-			return &sniffedConn{Conn: conn, pending: first}, DetectProtocol(first), nil
+			return &sniffedConn{Conn: conn, pending: first}, detectProtocol(first), nil
 		}
 		if err != nil {
 			var ne net.Error

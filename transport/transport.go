@@ -3,8 +3,6 @@ package transport
 import (
 	"context"
 	"crypto/tls"
-	"log/slog"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
@@ -30,10 +28,10 @@ func (m ProviderMap) Provider(name string) (identity.Source, bool) {
 	return src, ok && src != nil
 }
 
-// AuthType values reported by AuthInfo.
+// What AuthInfo.AuthType reports.
 const (
-	AuthTypeMTLS      = "mesh-mtls"
-	AuthTypePlaintext = "mesh-plaintext"
+	authTypeMTLS      = "mesh-mtls"
+	authTypePlaintext = "mesh-plaintext"
 )
 
 // AuthInfo describes the security of one connection; gRPC exposes it as
@@ -51,13 +49,13 @@ type AuthInfo struct {
 	FilterChain *xdsclient.FilterChain
 }
 
-// AuthType returns AuthTypeMTLS for TLS connections (even when the client
-// sent no certificate) and AuthTypePlaintext otherwise.
+// AuthType returns "mesh-mtls" for TLS connections (even when the client
+// sent no certificate) and "mesh-plaintext" otherwise.
 func (a AuthInfo) AuthType() string {
 	if a.State != nil {
-		return AuthTypeMTLS
+		return authTypeMTLS
 	}
-	return AuthTypePlaintext
+	return authTypePlaintext
 }
 
 func plaintextAuthInfo() AuthInfo {
@@ -82,78 +80,6 @@ func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 		}
 	}
 	return id, !id.IsZero()
-}
-
-// Option configures credentials.
-type Option interface {
-	apply(*options)
-}
-
-type options struct {
-	logger       *slog.Logger
-	sniffTimeout time.Duration
-	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
-	// pathNormalization: see WithPathNormalization.
-	pathNormalization PathNormalization
-	// alpn: see WithApplicationProtocols.
-	alpn []string
-}
-
-type optionFunc func(*options)
-
-func (f optionFunc) apply(o *options) { f(o) }
-
-// WithLogger sets the logger for handshake failures; the default is
-// slog.Default().
-func WithLogger(logger *slog.Logger) Option {
-	return optionFunc(func(o *options) {
-		if logger != nil {
-			o.logger = logger
-		}
-	})
-}
-
-// WithSniffTimeout bounds how long a server waits for a new connection's
-// first bytes, which tell TLS clients from plaintext ones; the default is
-// DefaultSniffTimeout. The same deadline covers the TLS handshake.
-func WithSniffTimeout(d time.Duration) Option {
-	return optionFunc(func(o *options) {
-		if d > 0 {
-			o.sniffTimeout = d
-		}
-	})
-}
-
-// WithCurrentFilterChain lets an Authorizer enforce the filter chain that is
-// current now rather than the one a connection was accepted with, so an
-// AuthorizationPolicy change applies to long-lived connections at once.
-// current gets the RPC's context (peer.FromContext gives its addresses) and
-// the chain chosen at handshake; it returns the chain to enforce, or nil to
-// keep the chosen one.
-func WithCurrentFilterChain(current func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain) Option {
-	return optionFunc(func(o *options) { o.currentChain = current })
-}
-
-// WithApplicationProtocols sets the ALPN protocols server credentials
-// accept over TLS, in order of preference (default "h2", all gRPC speaks).
-// HTTP servers add "http/1.1", which sidecars and most HTTP clients
-// speak; "" in the list accepts TLS clients that offer no ALPN.
-func WithApplicationProtocols(protos ...string) Option {
-	return optionFunc(func(o *options) {
-		if len(protos) > 0 {
-			o.alpn = append([]string(nil), protos...)
-		}
-	})
-}
-
-func newOptions(opts []Option) options {
-	o := options{logger: slog.Default(), sniffTimeout: DefaultSniffTimeout, alpn: []string{alpnH2}}
-	for _, opt := range opts {
-		if opt != nil {
-			opt.apply(&o)
-		}
-	}
-	return o
 }
 
 // alpnH2 is the only application protocol gRPC speaks; grpc-go refuses TLS

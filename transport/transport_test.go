@@ -588,7 +588,7 @@ func TestCallerLogsHandshakeFailuresOncePerClusterAndCause(t *testing.T) {
 	for _, cluster := range []string{clusterName, clusterName, clusterName, "outbound|8080|v2|payments.default.svc.cluster.local"} {
 		info := mtlsInfo()
 		info.Cluster = cluster
-		conn, err := dial(ctx, "tcp", addr, info)
+		conn, err := dial(ctx, "tcp", addr, info.Cluster, info.TLS)
 		if err == nil {
 			conn.Close()
 			t.Fatal("handshake with a server from an untrusted CA succeeded")
