@@ -206,7 +206,7 @@ func TestClusterHeaderMakesEveryClusterCarryTraffic(t *testing.T) {
 		}
 	}
 	snap := &snapshot{router: r, clusters: map[string]*xdsclient.Cluster{"a": testCluster("a"), "b": testCluster("b")}}
-	p := (&routerBalancer{tls: map[string]*xdsclient.UpstreamTLS{}}).newPlan(snap)
+	p := newPlan(snap, tlsCache{})
 	for _, pc := range p.clusters {
 		if !pc.carriesTraffic {
 			t.Errorf("plan cluster %q: carriesTraffic false, want true", pc.name)

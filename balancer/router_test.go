@@ -239,16 +239,17 @@ type fakeSubConn struct{ grpcbalancer.SubConn }
 
 func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 	r := benchRouter(tb)
-	t := &table{router: r, clusters: make([]tableCluster, len(r.clusters))}
+	t := &grpcTable{router: r, clusters: make([]routeCluster[grpcPick], len(r.clusters))}
 	for i := range t.clusters {
 		cs := newClusterState(r.clusters[i], retryBudget{percent: 20, min: 3})
 		cs.maxRequests.Store(1 << 30)
 		var active [2]atomic.Int64
 		done := func(grpcbalancer.DoneInfo) { cs.release() }
-		t.clusters[i] = tableCluster{
-			ready:   []grpcbalancer.SubConn{&fakeSubConn{}, &fakeSubConn{}},
-			dones:   []func(grpcbalancer.DoneInfo){done, done},
-			routes:  []*routeinfo.Info{routeinfo.New(r.clusters[i], "10.0.0.1:80"), routeinfo.New(r.clusters[i], "10.0.0.2:80")},
+		t.clusters[i] = routeCluster[grpcPick]{
+			ready: []grpcPick{
+				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.1:80")},
+				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.2:80")},
+			},
 			chooser: newEndpointChooser(policy, []string{"10.0.0.1:80", "10.0.0.2:80"}, []*atomic.Int64{&active[0], &active[1]}),
 			state:   cs,
 		}
