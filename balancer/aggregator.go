@@ -393,6 +393,9 @@ type snapshot struct {
 	// RoundTripper), which the LB policy joins for ClusterStates.
 	channel  string
 	channels *channelRegistry
+	// link is where the LB policy of a channel made with DialOptions
+	// publishes its tables for the channel's interceptors; nil otherwise.
+	link *channelLink
 }
 
 func (s *snapshot) setFailure(cluster string, err error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,12 +13,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
@@ -330,5 +333,79 @@ func TestGRPCCircuitBreakerRejectsOverLimit(t *testing.T) {
 	// Done released the slots.
 	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
 		t.Fatalf("RPC after the others finished: %v", err)
+	}
+}
+
+// TestPendingTableDoesNotMixPolicies: while a new table waits for its new
+// cluster, calls take the route's timeout and retries from the same table
+// as their cluster, the old one. Matching the interceptor against the
+// resolver's newest routes instead would give them the new route's 1 ns
+// timeout while the old table's picker serves them, and fail them all.
+func TestPendingTableDoesNotMixPolicies(t *testing.T) {
+	ctx := testContext(t)
+	e := newTestEnv(t, WithPublishTimeout(time.Hour))
+	a := startBackend(t, "a")
+	slow, gate := startGatedBackend(t, "slow")
+	e.serve("cluster-a", a)
+	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-a"})
+	warmUp(ctx, t, e, "a")
+
+	e.serve("cluster-slow", slow)
+	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-slow", Timeout: time.Nanosecond})
+	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+		return len(e.creds.handshakes()) == 2
+	})
+	for i := range 50 {
+		got, err := e.call(ctx)
+		if err != nil || got != "a" {
+			t.Fatalf("call %d while the new table is pending: got %q, %v; want a, with the old route's (no) timeout", i, got, err)
+		}
+	}
+	gate.release()
+	// Once published, the new route's timeout comes with the new cluster.
+	waitFor(ctx, t, "the new route's timeout", func() bool {
+		_, err := e.call(ctx)
+		return status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil
+	})
+}
+
+// TestDecisionKeepsItsClusterAcrossTables: a call decided on one table and
+// picked after the next was published goes to the cluster it was decided
+// for, found by name in the new table.
+func TestDecisionKeepsItsClusterAcrossTables(t *testing.T) {
+	p := benchPicker(t, xdsclient.LBRoundRobin)
+	old := p.table.Load()
+	slot := &routeinfo.Slot{}
+	dc, err := decide(routeinfo.WithSlot(t.Context(), slot), old, "/pkg.Payments/Charge")
+	if err != nil || dc == nil {
+		t.Fatalf("decide = %v, %v", dc, err)
+	}
+	want := old.clusters[dc.d.cluster].name
+	// The next table lists the same clusters in reverse order.
+	next := *old
+	next.clusters = slices.Clone(old.clusters)
+	slices.Reverse(next.clusters)
+	r := *old.router
+	r.clusters = slices.Clone(old.router.clusters)
+	slices.Reverse(r.clusters)
+	r.clusterIndex = map[string]int{}
+	for i, name := range r.clusters {
+		r.clusterIndex[name] = i
+	}
+	next.router = &r
+	p.table.Store(&next)
+	for range 20 {
+		c, ok := dc.d.clusterOf(&next)
+		if !ok || c.name != want {
+			t.Fatalf("clusterOf the next table = %v, %v; want cluster %q", c, ok, want)
+		}
+		res, err := p.Pick(grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: dc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Done(grpcbalancer.DoneInfo{})
+		if got := slot.Load(); got == nil || got.Cluster != want {
+			t.Fatalf("picked an endpoint of %+v, want one of cluster %q", got, want)
+		}
 	}
 }

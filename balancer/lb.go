@@ -56,6 +56,9 @@ type routerBalancer struct {
 	// channelName, for ResolverBuilder.ClusterStates.
 	channels    *channelRegistry
 	channelName string
+	// link is where the channel's interceptors read the tables; nil
+	// without them.
+	link *channelLink
 }
 
 // grpcTable is the gRPC front-end's routing table.
@@ -118,23 +121,33 @@ type picker struct {
 	table atomic.Pointer[grpcTable]
 }
 
+// Pick picks an endpoint of the cluster the call's interceptor decided on
+// (decision.go); a call on a channel without the interceptors (a plain
+// grpc.WithResolvers) is routed here instead, once.
 func (p *picker) Pick(info grpcbalancer.PickInfo) (grpcbalancer.PickResult, error) {
 	t := p.table.Load()
 	if t.err != nil {
 		return grpcbalancer.PickResult{}, t.err
 	}
+	var c *routeCluster[grpcPick]
+	var route *xdsclient.Route
 	var headers Headers
-	if t.router.needsHeaders && info.Ctx != nil {
-		md, _ := metadata.FromOutgoingContext(info.Ctx)
-		headers = MetadataHeaders(md)
+	d := decisionFrom(info.Ctx)
+	ok := false
+	if d != nil {
+		c, ok = d.clusterOf(t)
+		route, headers = d.route, d.headers
 	}
-	idx, route, err := t.router.pick(info.FullMethodName, headers)
-	if err != nil {
-		return grpcbalancer.PickResult{}, status.Error(codes.Unavailable, err.Error())
-	}
-	c := &t.clusters[idx]
-	if call := callFromContext(info.Ctx); call != nil {
-		call.cluster.Store(c.state)
+	if !ok {
+		if t.router.needsHeaders && info.Ctx != nil {
+			md, _ := metadata.FromOutgoingContext(info.Ctx)
+			headers = MetadataHeaders(md)
+		}
+		idx, r, err := t.router.pick(info.FullMethodName, headers)
+		if err != nil {
+			return grpcbalancer.PickResult{}, status.Error(codes.Unavailable, err.Error())
+		}
+		c, route = &t.clusters[idx], r
 	}
 	if n := uint32(len(c.ready)); n > 0 {
 		cs := c.state
@@ -165,6 +178,7 @@ func (b *routerBalancer) UpdateClientConnState(s grpcbalancer.ClientConnState) e
 	}
 	b.pub.mu.Lock()
 	b.channelName = snap.channel
+	b.link = snap.link
 	if b.channels != snap.channels {
 		if b.channels != nil {
 			b.channels.remove(b)
@@ -239,6 +253,7 @@ func (b *routerBalancer) busy(*subConn) bool { return false }
 
 func (b *routerBalancer) setTable(t *grpcTable, state connectivity.State) {
 	b.picker.table.Store(t)
+	b.link.store(t)
 	if state != connectivity.Shutdown {
 		b.state = state
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 
 	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/resolver"
@@ -38,23 +37,21 @@ type XDSClient interface {
 const serviceConfigJSON = `{"loadBalancingConfig":[{"` + PolicyName + `":{}}]}`
 
 // NewResolverBuilder returns the resolver for "mesh:///host:port" targets.
-// Pass it to each channel with grpc.WithResolvers; it is never registered
-// globally. Each channel it builds watches the listener "host:port" (see
-// WithListenerNameTemplate), its route config, and the clusters and
-// endpoints the routes name, and hands the LB policy one immutable snapshot
-// whenever all of them are known. Its ClientInterceptors apply the routes'
-// timeouts and retry policies to the channels it serves.
+// Pass it to each channel with grpc.WithResolvers, or better, pass the
+// channel DialOptions; it is never registered globally. Each channel it
+// builds watches the listener "host:port" (see WithListenerNameTemplate),
+// its route config, and the clusters and endpoints the routes name, and
+// hands the LB policy one immutable snapshot whenever all of them are known.
 func NewResolverBuilder(client XDSClient, opts ...Option) *ResolverBuilder {
 	cfg := newConfig(opts)
-	return &ResolverBuilder{client: client, cfg: cfg, routers: newRouterRegistry(), channels: newChannelRegistry(), faults: &faultInjector{clock: cfg.clock}}
+	return &ResolverBuilder{client: client, cfg: cfg, channels: newChannelRegistry(), faults: &faultInjector{clock: cfg.clock}}
 }
 
 // ResolverBuilder is the resolver.Builder of the "mesh" scheme; see
 // NewResolverBuilder.
 type ResolverBuilder struct {
-	client  XDSClient
-	cfg     *config
-	routers *routerRegistry
+	client XDSClient
+	cfg    *config
 	// channels are the LB policies of live channels, for ClusterStates.
 	channels *channelRegistry
 	faults   *faultInjector
@@ -65,6 +62,24 @@ func (b *ResolverBuilder) Scheme() string { return Scheme }
 
 // Build starts resolving target for one channel.
 func (b *ResolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	return b.build(target, cc, nil)
+}
+
+// linkedBuilder is the resolver.Builder of one channel made with
+// DialOptions: its LB policy publishes routing tables to link, where the
+// channel's interceptors read them.
+type linkedBuilder struct {
+	b    *ResolverBuilder
+	link *channelLink
+}
+
+func (l *linkedBuilder) Scheme() string { return Scheme }
+
+func (l *linkedBuilder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	return l.b.build(target, cc, l.link)
+}
+
+func (b *ResolverBuilder) build(target resolver.Target, cc resolver.ClientConn, link *channelLink) (resolver.Resolver, error) {
 	if b.client == nil {
 		return nil, errors.New("mesh resolver: xds client is nil")
 	}
@@ -76,25 +91,27 @@ func (b *ResolverBuilder) Build(target resolver.Target, cc resolver.ClientConn, 
 	if sc.Err != nil {
 		return nil, fmt.Errorf("mesh resolver: service config: %w", sc.Err)
 	}
-	r := &xdsResolver{}
+	r := &xdsResolver{link: link}
 	r.agg = newAggregator(b.client, b.cfg, authority, b.cfg.logger.With("target", target.String()),
 		func(snap *snapshot) {
 			snap.channels = b.channels
-			b.routers.publish(authority, r, snap.router)
+			snap.link = link
 			err := cc.UpdateState(resolver.State{ServiceConfig: sc, Attributes: attributes.New(snapshotKey{}, snap)})
 			if err != nil {
 				r.agg.logger.Debug("channel did not accept the snapshot", "error", err)
 			}
 		},
-		cc.ReportError)
-	r.stop = func() { b.routers.forget(authority, r) }
+		func(err error) {
+			link.resolverError(err)
+			cc.ReportError(err)
+		})
 	return r, nil
 }
 
 // xdsResolver is the gRPC face of an aggregator.
 type xdsResolver struct {
 	agg  *aggregator
-	stop func()
+	link *channelLink
 }
 
 // ResolveNow is a no-op: the control plane pushes every change.
@@ -103,7 +120,7 @@ func (r *xdsResolver) ResolveNow(resolver.ResolveNowOptions) {}
 // Close cancels every watch and waits for the aggregator's goroutine.
 func (r *xdsResolver) Close() {
 	r.agg.Close()
-	r.stop()
+	r.link.resolverClosed()
 }
 
 // listenerName returns the listener to watch for authority "host:port".
@@ -120,44 +137,4 @@ func (c *config) listenerName(authority string) string {
 func snapshotFrom(s resolver.State) *snapshot {
 	snap, _ := s.Attributes.Value(snapshotKey{}).(*snapshot)
 	return snap
-}
-
-// routerRegistry maps each authority that live channels resolve to its
-// current Router, for the client interceptors, which see the channel's
-// target but not its LB policy.
-type routerRegistry struct {
-	mu     sync.Mutex
-	owners map[string]map[*xdsResolver]bool
-	// current maps authority to *Router; read without a lock per RPC.
-	current sync.Map
-}
-
-func newRouterRegistry() *routerRegistry {
-	return &routerRegistry{owners: map[string]map[*xdsResolver]bool{}}
-}
-
-func (g *routerRegistry) publish(authority string, owner *xdsResolver, r *Router) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.owners[authority] == nil {
-		g.owners[authority] = map[*xdsResolver]bool{}
-	}
-	g.owners[authority][owner] = true
-	g.current.Store(authority, r)
-}
-
-func (g *routerRegistry) forget(authority string, owner *xdsResolver) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	delete(g.owners[authority], owner)
-	if len(g.owners[authority]) == 0 {
-		delete(g.owners, authority)
-		g.current.Delete(authority)
-	}
-}
-
-func (g *routerRegistry) lookup(authority string) *Router {
-	r, _ := g.current.Load(authority)
-	router, _ := r.(*Router)
-	return router
 }

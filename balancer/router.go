@@ -248,17 +248,6 @@ func (r *Router) pick(path string, headers Headers) (int, *xdsclient.Route, erro
 	return r.pickQuery(path, headers, nil)
 }
 
-// matchOnly returns the first route matching a gRPC request, without
-// choosing a cluster.
-func (r *Router) matchOnly(path string, headers Headers) *xdsclient.Route {
-	for i := range r.routes {
-		if matchRoute(&r.routes[i].route.Match, path, headers, nil) {
-			return r.routes[i].route
-		}
-	}
-	return nil
-}
-
 // pickQuery is pick with query parameters; nil query (every gRPC request)
 // matches no route that has query parameter matchers.
 func (r *Router) pickQuery(path string, headers Headers, query url.Values) (int, *xdsclient.Route, error) {

@@ -246,6 +246,7 @@ func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 		var active [2]atomic.Int64
 		done := func(grpcbalancer.DoneInfo) { cs.release() }
 		t.clusters[i] = routeCluster[grpcPick]{
+			name: r.clusters[i],
 			ready: []grpcPick{
 				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.1:80")},
 				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.2:80")},
@@ -262,11 +263,15 @@ func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 func TestPickerPickDoesNotAllocate(t *testing.T) {
 	for _, policy := range []xdsclient.LBPolicy{xdsclient.LBRoundRobin, xdsclient.LBLeastRequest, xdsclient.LBRingHash} {
 		p := benchPicker(t, policy)
-		// As the client interceptors call it: with a call to record the
-		// cluster in, and Done called.
+		// As the client interceptors call it: with the call's route
+		// decided, and Done called.
 		// And with telemetry's slot for the route, which the pick fills.
 		slot := &routeinfo.Slot{}
-		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: withCallInfo(routeinfo.WithSlot(t.Context(), slot), &callInfo{})}
+		dc, err := decide(routeinfo.WithSlot(t.Context(), slot), p.table.Load(), "/pkg.Payments/Charge")
+		if err != nil || dc == nil {
+			t.Fatalf("decide = %v, %v", dc, err)
+		}
+		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: dc}
 		allocs := testing.AllocsPerRun(1000, func() {
 			res, err := p.Pick(info)
 			if err != nil || res.SubConn == nil {
