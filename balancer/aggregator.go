@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 
+	"mesh/internal/serializer"
 	"mesh/xdsclient"
 )
 
@@ -27,21 +27,19 @@ func newAggregator(client XDSClient, cfg *config, authority string, logger *slog
 		authority:    authority,
 		onSnapshot:   onSnapshot,
 		onError:      onError,
-		wake:         make(chan struct{}, 1),
-		done:         make(chan struct{}),
-		stopped:      make(chan struct{}),
 		clusters:     map[string]*clusterWatch{},
 	}
-	go a.run()
+	a.ser = serializer.New(a.update)
 	a.enqueue(a.watchListener)
 	return a
 }
 
 // aggregator turns xDS watch events for one target into snapshots; the gRPC
 // resolver and the http.RoundTripper both use it. Watch callbacks only
-// queue work; one goroutine (run) owns all state below the queue and is the
-// only caller of Watch* and cancel, so a client that delivers a cached
-// resource from inside Watch* cannot deadlock it.
+// queue work; the serializer's goroutine owns all state below it and is the
+// only caller of Watch* (cancel, too, until Close has stopped it), so a
+// client that delivers a cached resource from inside Watch* cannot
+// deadlock it.
 type aggregator struct {
 	client       XDSClient
 	cfg          *config
@@ -51,14 +49,10 @@ type aggregator struct {
 	onSnapshot   func(*snapshot)
 	onError      func(error)
 
-	queueMu sync.Mutex
-	queue   []func()
-	wake    chan struct{}
-	done    chan struct{}
-	stopped chan struct{}
-	once    sync.Once
+	// ser runs the watch callbacks, then update after each batch.
+	ser *serializer.Serializer
 
-	// Owned by run.
+	// Owned by ser's goroutine, then by Close.
 	ldsCancel        func()
 	listener         *xdsclient.Listener
 	listenerNotFound bool
@@ -93,50 +87,18 @@ type edsWatch struct {
 	rejected  error // why they were NACKed before they were ever good
 }
 
-func (r *aggregator) enqueue(f func()) {
-	r.queueMu.Lock()
-	r.queue = append(r.queue, f)
-	r.queueMu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (r *aggregator) run() {
-	defer close(r.stopped)
-	defer r.cancelAll()
-	for {
-		select {
-		case <-r.done:
-			return
-		case <-r.wake:
-		}
-		r.queueMu.Lock()
-		batch := r.queue
-		r.queue = nil
-		r.queueMu.Unlock()
-		for _, f := range batch {
-			f()
-		}
-		select {
-		case <-r.done:
-			return
-		default:
-		}
-		r.update()
-	}
-}
+func (r *aggregator) enqueue(f func()) { r.ser.Schedule(f) }
 
 // Close cancels every watch and waits for the aggregator's goroutine.
 func (r *aggregator) Close() {
-	r.once.Do(func() { close(r.done) })
-	<-r.stopped
+	r.ser.Close()
+	r.cancelAll()
 }
 
 func (r *aggregator) cancelAll() {
 	if r.ldsCancel != nil {
 		r.ldsCancel()
+		r.ldsCancel = nil
 	}
 	r.setRDS("")
 	for name, cw := range r.clusters {
