@@ -137,7 +137,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
 	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
 	m.telemetry = telem
-	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(logger)), balancerOpts...)
+	rt := balancer.NewRoundTripper(m.xds, httpDialer(transport.NewHTTPDialer(m.certs, transport.WithLogger(logger))), balancerOpts...)
 	m.closers = append(m.closers, rt.Close)
 	m.httpRouter = rt
 	m.httpTransport = telemetry.Transport(rt, telem...)

@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"mesh/balancer"
-	"mesh/internal/handshake"
 	"mesh/xdsclient"
 )
 
@@ -88,8 +87,8 @@ func ExampleNewResolverBuilder() {
 	var client balancer.XDSClient // e.g. an *xdsclient.Client
 	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080",
 		grpc.WithResolvers(balancer.NewResolverBuilder(client, balancer.WithLogger(slog.Default()))),
-		// Real deployments use the mesh transport credentials, which read
-		// each SubConn's handshake.Info to do the cluster's mTLS.
+		// Real deployments use the mesh transport credentials, which know
+		// each SubConn's cluster and do its mTLS.
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 	)
 	if err != nil {
@@ -151,7 +150,7 @@ func ExampleNewRoundTripper() {
 	// The v2 cluster is not found: only requests routed to it fail.
 
 	// Plaintext here; the mesh dials each cluster's mTLS.
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
@@ -216,7 +215,7 @@ func ExampleNewRoundTripper_faultInjection() {
 		endpoints: map[string]*xdsclient.Endpoints{cluster: {Name: cluster, Localities: []xdsclient.LocalityEndpoints{{
 			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String()}}}}}},
 	}
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
@@ -260,7 +259,7 @@ func ExampleRoundTripper_ClusterStates() {
 			Locality:  xdsclient.Locality{Region: "eu-west1", Zone: "eu-west1-b"},
 			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String(), Weight: 10}}}}}},
 	}
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}

@@ -15,17 +15,16 @@ import (
 
 	"google.golang.org/grpc/connectivity"
 
-	"mesh/internal/handshake"
 	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
-// DialTLSFunc opens a connection to addr, an endpoint of info.Cluster. When
-// info.TLS is nil the cluster is plaintext and the function returns a plain
+// DialTLSFunc opens a connection to addr, an endpoint of cluster. When tls
+// is nil the cluster is plaintext and the function returns a plain
 // connection; otherwise it does the cluster's (m)TLS handshake and returns
 // a *tls.Conn, whose negotiated ALPN protocol ("h2" or "http/1.1") picks
-// HTTP/2 or HTTP/1.1.
-type DialTLSFunc func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error)
+// HTTP/2 or HTTP/1.1. transport.NewHTTPDialer returns one.
+type DialTLSFunc func(ctx context.Context, network, addr, cluster string, tls *xdsclient.UpstreamTLS) (net.Conn, error)
 
 // ErrClosed is returned by a RoundTripper after Close.
 var ErrClosed = errors.New("balancer: closed")
@@ -287,13 +286,12 @@ func (ch *httpChannel) busy(ep *endpointTransport) bool { return ep.active.Load(
 
 // newConn makes the connection pool of k; it dials on demand.
 func (ch *httpChannel) newConn(k scKey) (*endpointTransport, error) {
-	info := &handshake.Info{Cluster: k.cluster, TLS: k.tls}
 	ep := &endpointTransport{k: k}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		// Only the first dial shows CONNECTING: later ones keep the last
 		// outcome until theirs is known.
 		ep.healthState.CompareAndSwap(int32(connectivity.Idle), int32(connectivity.Connecting))
-		conn, err := ch.rt.dial(ctx, network, addr, info)
+		conn, err := ch.rt.dial(ctx, network, addr, k.cluster, k.tls)
 		if err != nil {
 			if ctx.Err() != nil {
 				// The request gave up; that says nothing of the endpoint.

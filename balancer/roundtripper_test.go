@@ -87,7 +87,8 @@ type testDialer struct {
 	seen  []handshake.Info
 }
 
-func (d *testDialer) dial(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error) {
+func (d *testDialer) dial(ctx context.Context, network, addr, cluster string, upstream *xdsclient.UpstreamTLS) (net.Conn, error) {
+	info := &handshake.Info{Cluster: cluster, TLS: upstream}
 	d.mu.Lock()
 	d.seen = append(d.seen, *info)
 	d.mu.Unlock()
