@@ -107,7 +107,8 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.certs = certProviders{static: m.providers, sds: sds}
 	balancerOpts := []balancer.Option{balancer.WithLogger(logger)}
 	balancerOpts = append(balancerOpts, balancer.WithListenerName(bs.ClientListenerName))
-	m.resolver = balancer.NewResolverBuilder(m.xds, balancerOpts...)
+	m.resolver = balancer.NewResolverBuilder(m.xds,
+		balancer.WithLogger(logger), balancer.WithListenerName(bs.ClientListenerName))
 	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
 	tp := o.tracerProvider
@@ -137,7 +138,8 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.clientTelemetry = telemetry.NewClientInterceptor(telem...)
 	m.serverTelemetry = telemetry.NewServerInterceptor(telem...)
 	m.telemetry = telem
-	rt := balancer.NewRoundTripper(m.xds, httpDialer(transport.NewHTTPDialer(m.certs, transport.WithLogger(logger))), balancerOpts...)
+	rt := balancer.NewRoundTripper(m.xds, httpDialer(transport.NewHTTPDialer(m.certs, transport.WithLogger(logger))),
+		balancer.WithLogger(logger), balancer.WithListenerName(bs.ClientListenerName))
 	m.closers = append(m.closers, rt.Close)
 	m.httpRouter = rt
 	m.httpTransport = telemetry.Transport(rt, telem...)

@@ -68,21 +68,6 @@ func ExampleRouter_Pick() {
 	// no route matched /orders.Orders/Get in route config "payments-routes"
 }
 
-func ExampleSelectVirtualHost() {
-	hosts := []xdsclient.VirtualHost{
-		{Name: "catch-all", Domains: []string{"*"}},
-		{Name: "cluster-local", Domains: []string{"*.svc.cluster.local"}},
-		{Name: "payments", Domains: []string{"payments.default.svc.cluster.local"}},
-	}
-	for _, authority := range []string{"payments.default.svc.cluster.local", "orders.default.svc.cluster.local", "example.com"} {
-		fmt.Println(authority, "->", balancer.SelectVirtualHost(hosts, authority).Name)
-	}
-	// Output:
-	// payments.default.svc.cluster.local -> payments
-	// orders.default.svc.cluster.local -> cluster-local
-	// example.com -> catch-all
-}
-
 func ExampleNewResolverBuilder() {
 	var client balancer.XDSClient // e.g. an *xdsclient.Client
 	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080",
@@ -234,15 +219,6 @@ func ExampleNewRoundTripper_faultInjection() {
 	// Output:
 	// /ok 200
 	// /broken 503
-}
-
-func ExampleWithClock() {
-	var client balancer.XDSClient // e.g. an *xdsclient.Client
-	var clock balancer.Clock      // e.g. a test's fake clock; nil keeps the system clock
-	// Fault delays and outlier detection intervals run on clock.
-	builder := balancer.NewResolverBuilder(client, balancer.WithClock(clock))
-	fmt.Println(builder.Scheme())
-	// Output: mesh
 }
 
 func ExampleRoundTripper_ClusterStates() {

@@ -32,7 +32,7 @@ func (policyBuilder) Name() string { return PolicyName }
 func (policyBuilder) Build(cc grpcbalancer.ClientConn, _ grpcbalancer.BuildOptions) grpcbalancer.Balancer {
 	b := &routerBalancer{cc: cc, picker: &picker{}}
 	// Hashed by ring_hash routes with a channel ID hash policy.
-	b.pub = newPublisher[*subConn, grpcPick](b, newConfig(nil), slog.New(slog.DiscardHandler), rand.Uint64())
+	b.pub = newPublisher[*subConn, grpcPick](b, newConfig[Option](nil), slog.New(slog.DiscardHandler), rand.Uint64())
 	b.picker.table.Store(&grpcTable{err: grpcbalancer.ErrNoSubConnAvailable})
 	return b
 }

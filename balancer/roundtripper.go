@@ -52,7 +52,7 @@ func (e *UnavailableError) StatusCode() int { return http.StatusServiceUnavailab
 // and retry policy and the cluster's circuit breaker.
 //
 // Config changes never fail a request: a table that sends traffic to a
-// cluster without usable endpoints waits (up to WithPublishTimeout) while
+// cluster without usable endpoints waits (up to 10 s) while
 // the old table serves.
 type RoundTripper struct {
 	client XDSClient
@@ -75,7 +75,7 @@ var _ http.RoundTripper = (*RoundTripper)(nil)
 // NewRoundTripper returns a RoundTripper that routes with client and dials
 // endpoints with dial. Close it to stop its watches and close its
 // connections.
-func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...Option) *RoundTripper {
+func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...RoundTripperOption) *RoundTripper {
 	cfg := newConfig(opts)
 	return &RoundTripper{client: client, dial: dial, cfg: cfg, logger: cfg.logger, channelID: rand.Uint64(), channels: map[string]*httpChannel{}, faults: &faultInjector{clock: cfg.clock}}
 }

@@ -113,7 +113,7 @@ type httpEnv struct {
 	client *http.Client
 }
 
-func newHTTPEnv(t *testing.T, opts ...Option) *httpEnv {
+func newHTTPEnv(t *testing.T, opts ...RoundTripperOption) *httpEnv {
 	t.Helper()
 	checkNoLeaks(t)
 	xds := newFakeXDS()

@@ -43,17 +43,17 @@ func TestSelectVirtualHost(t *testing.T) {
 		{"", "universal"},
 	}
 	for _, tt := range tests {
-		vh := SelectVirtualHost(hosts, tt.authority)
+		vh := selectVirtualHost(hosts, tt.authority)
 		if vh == nil || vh.Name != tt.want {
 			got := "<nil>"
 			if vh != nil {
 				got = vh.Name
 			}
-			t.Errorf("SelectVirtualHost(%q) = %s, want %s", tt.authority, got, tt.want)
+			t.Errorf("selectVirtualHost(%q) = %s, want %s", tt.authority, got, tt.want)
 		}
 	}
-	if vh := SelectVirtualHost(hosts[1:2], "other.example.com"); vh != nil {
-		t.Errorf("SelectVirtualHost with no match = %q, want nil", vh.Name)
+	if vh := selectVirtualHost(hosts[1:2], "other.example.com"); vh != nil {
+		t.Errorf("selectVirtualHost with no match = %q, want nil", vh.Name)
 	}
 }
 
@@ -124,7 +124,7 @@ func TestRouterMatch(t *testing.T) {
 			t.Errorf("Pick(%q, %v) = %q, %v; want %q", tt.path, tt.md, cluster, err, tt.want)
 		}
 	}
-	if !r.NeedsHeaders() {
+	if !r.needsHeaders {
 		t.Error("NeedsHeaders() = false for routes with header matchers")
 	}
 }
@@ -174,7 +174,7 @@ func TestRouterWeights(t *testing.T) {
 	r := routerFor(t, xdsclient.Route{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{WeightedClusters: []xdsclient.ClusterWeight{
 		{Name: "zero-first", Weight: 0}, {Name: "a", Weight: 70}, {Name: "zero-mid", Weight: 0}, {Name: "b", Weight: 30}, {Name: "zero-last", Weight: 0},
 	}}})
-	if got, want := strings.Join(r.Clusters(), ","), "zero-first,a,zero-mid,b,zero-last"; got != want {
+	if got, want := strings.Join(r.clusters, ","), "zero-first,a,zero-mid,b,zero-last"; got != want {
 		t.Errorf("Clusters() = %s, want %s", got, want)
 	}
 	const n = 100000
