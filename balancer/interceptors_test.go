@@ -99,36 +99,6 @@ func (e *testEnv) waitRouted(ctx context.Context, t *testing.T) {
 	}
 }
 
-func TestGRPCRouteTimeoutBoundsTheRPC(t *testing.T) {
-	ctx := testContext(t)
-	e := newTestEnv(t)
-	var blocking atomic.Bool
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		if blocking.Load() {
-			<-ctx.Done() // until the client gives up
-			return ctx.Err()
-		}
-		return nil
-	})
-	e.serve("c", b)
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: 20 * time.Millisecond})
-	e.waitRouted(ctx, t)
-	blocking.Store(true)
-
-	// The caller's deadline is 20 s; the route's is what ends the RPC.
-	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-	if status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("RPC on a route with a timeout: %v, want DeadlineExceeded", err)
-	}
-	// A caller deadline shorter than the route's still wins.
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: time.Hour})
-	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
-	defer cancel()
-	if _, err := e.client.EmptyCall(short, &testpb.Empty{}); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("RPC with a short caller deadline: %v, want DeadlineExceeded", err)
-	}
-}
-
 func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
 	ctx := testContext(t)
 	e := newTestEnv(t)

@@ -374,25 +374,6 @@ func TestRoundTripperNeverFailsOverWeightFlips(t *testing.T) {
 	t.Logf("%d requests across 201 config changes", sent.Load())
 }
 
-func TestRoundTripperRouteTimeout(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			<-r.Context().Done() // until the client gives up
-		}
-	})
-	e.serve("cluster-a", nil, a)
-	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a", Timeout: 20 * time.Millisecond}))
-	if _, _, err := e.get(ctx, "/fast"); err != nil {
-		t.Fatal(err)
-	}
-	_, _, err := e.get(ctx, "/slow")
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("GET /slow on a route with a timeout: %v, want DeadlineExceeded", err)
-	}
-}
-
 func httpRetryPolicy(retries uint32) *xdsclient.RetryPolicy {
 	return &xdsclient.RetryPolicy{NumRetries: retries, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
 }
