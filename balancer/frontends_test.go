@@ -3,7 +3,10 @@ package balancer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,11 +26,10 @@ import (
 // over HTTP/1 and HTTP/2.
 type testFrontEnd interface {
 	// backend starts a backend named name on 127.0.0.1:0 and returns its
-	// address; while block reports true, its calls wait for their
-	// context's end.
-	backend(t *testing.T, name string, block func() bool) string
+	// address; handle, if not nil, runs in each call's handler.
+	backend(t *testing.T, name string, handle func(ctx context.Context)) string
 	// serve publishes cluster with the endpoints addrs.
-	serve(cluster string, addrs ...string)
+	serve(cluster *xdsclient.Cluster, addrs ...string)
 	// routeAction points testTarget's listener at one route with action.
 	routeAction(action xdsclient.RouteAction)
 	// waitRouted makes one call that waits for the first routing table.
@@ -36,6 +38,9 @@ type testFrontEnd interface {
 	call(ctx context.Context) (string, error)
 	// deadlineExceeded reports whether err says the call ran out of time.
 	deadlineExceeded(err error) bool
+	// circuitOpen reports whether err says cluster's circuit breaker
+	// refused the call, naming the cluster.
+	circuitOpen(err error, cluster string) bool
 }
 
 // forEachFrontEnd runs body over the gRPC and the HTTP front-end.
@@ -46,21 +51,26 @@ func forEachFrontEnd(t *testing.T, body func(t *testing.T, fe testFrontEnd)) {
 
 type grpcFrontEnd struct{ e *testEnv }
 
-func (f *grpcFrontEnd) backend(t *testing.T, name string, block func() bool) string {
+func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context)) string {
 	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
 		_ = grpc.SetHeader(ctx, metadata.Pairs("backend", name))
-		if block != nil && block() {
-			<-ctx.Done() // until the client gives up
-			return ctx.Err()
+		if handle != nil {
+			handle(ctx)
 		}
 		return nil
 	})
 	return b.addr
 }
 
-func (f *grpcFrontEnd) serve(cluster string, addrs ...string) {
-	f.e.xds.clusters.set(cluster, testCluster(cluster))
-	f.e.xds.endpoints.set(cluster+"-eds", testEndpoints(cluster+"-eds", addrs...))
+func (f *grpcFrontEnd) serve(cluster *xdsclient.Cluster, addrs ...string) {
+	serveCluster(f.e.xds, cluster, addrs...)
+}
+
+// serveCluster publishes cluster, with addrs as the endpoints of its EDS
+// service name+"-eds".
+func serveCluster(xds *fakeXDS, cluster *xdsclient.Cluster, addrs ...string) {
+	xds.clusters.set(cluster.Name, cluster)
+	xds.endpoints.set(cluster.Name+"-eds", testEndpoints(cluster.Name+"-eds", addrs...))
 }
 
 func (f *grpcFrontEnd) routeAction(action xdsclient.RouteAction) { f.e.routeAction(action) }
@@ -78,19 +88,23 @@ func (f *grpcFrontEnd) deadlineExceeded(err error) bool {
 	return status.Code(err) == codes.DeadlineExceeded
 }
 
+func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
+	return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), fmt.Sprintf("cluster %q", cluster)) &&
+		strings.Contains(err.Error(), "circuit breaker")
+}
+
 type httpFrontEnd struct{ e *httpEnv }
 
-func (f *httpFrontEnd) backend(t *testing.T, name string, block func() bool) string {
+func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context)) string {
 	return startHTTPBackend(t, name, http1Plain, func(_ http.ResponseWriter, r *http.Request) {
-		if block != nil && block() {
-			<-r.Context().Done() // until the client gives up
+		if handle != nil {
+			handle(r.Context())
 		}
 	}).addr
 }
 
-func (f *httpFrontEnd) serve(cluster string, addrs ...string) {
-	f.e.xds.clusters.set(cluster, testCluster(cluster))
-	f.e.xds.endpoints.set(cluster+"-eds", testEndpoints(cluster+"-eds", addrs...))
+func (f *httpFrontEnd) serve(cluster *xdsclient.Cluster, addrs ...string) {
+	serveCluster(f.e.xds, cluster, addrs...)
 }
 
 func (f *httpFrontEnd) routeAction(action xdsclient.RouteAction) {
@@ -113,6 +127,11 @@ func (f *httpFrontEnd) deadlineExceeded(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded)
 }
 
+func (f *httpFrontEnd) circuitOpen(err error, cluster string) bool {
+	var unavailable *UnavailableError
+	return errors.As(err, &unavailable) && errors.Is(err, ErrCircuitOpen) && strings.Contains(err.Error(), fmt.Sprintf("cluster %q", cluster))
+}
+
 // TestRouteTimeoutBoundsTheCall: the route's timeout ends a call that the
 // backend holds, while the caller's own deadline (3 minutes, a hang guard)
 // is far off and does not fire; a caller deadline shorter than the route's
@@ -121,7 +140,11 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
 		ctx := testContext(t)
 		var blocking atomic.Bool
-		fe.serve("c", fe.backend(t, "a", blocking.Load))
+		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) {
+			if blocking.Load() {
+				<-ctx.Done() // until the client gives up
+			}
+		}))
 		fe.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: 20 * time.Millisecond})
 		fe.waitRouted(ctx, t)
 		blocking.Store(true)
@@ -142,6 +165,62 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("the hang guard fired: %v", ctx.Err())
+		}
+	})
+}
+
+// TestCircuitBreakerRejectsOverLimit: with max_requests 2 and two calls in
+// flight, a third fails at once, naming the cluster's circuit breaker, and
+// never reaches the backend; the two within the limit succeed.
+func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testContext(t)
+		release := make(chan struct{})
+		var blocking atomic.Bool
+		var inHandler, calls atomic.Int64
+		addr := fe.backend(t, "a", func(context.Context) {
+			calls.Add(1)
+			if blocking.Load() {
+				inHandler.Add(1)
+				<-release
+			}
+		})
+		cluster := testCluster("c")
+		cluster.MaxRequests = 2
+		fe.serve(cluster, addr)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c"})
+		fe.waitRouted(ctx, t)
+
+		blocking.Store(true)
+		var wg sync.WaitGroup
+		errs := make(chan error, 2)
+		for range 2 {
+			wg.Go(func() {
+				_, err := fe.call(ctx)
+				errs <- err
+			})
+		}
+		waitFor(ctx, t, "two calls in flight", func() bool { return inHandler.Load() == 2 })
+		before := calls.Load()
+		_, err := fe.call(ctx)
+		if !fe.circuitOpen(err, "c") {
+			t.Fatalf("third concurrent call: %v, want a refusal naming cluster c's circuit breaker", err)
+		}
+		if calls.Load() != before {
+			t.Errorf("the refused call reached the backend")
+		}
+		close(release)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Errorf("call within the limit: %v", err)
+			}
+		}
+		blocking.Store(false)
+		// The finished calls released their slots.
+		if _, err := fe.call(ctx); err != nil {
+			t.Fatalf("call after the others finished: %v", err)
 		}
 	})
 }

@@ -258,54 +258,6 @@ func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 	}
 }
 
-func TestGRPCCircuitBreakerRejectsOverLimit(t *testing.T) {
-	ctx := testContext(t)
-	e := newTestEnv(t)
-	release := make(chan struct{})
-	var inHandler atomic.Int64
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if md.Get("x-block") != nil {
-			inHandler.Add(1)
-			<-release
-		}
-		return nil
-	})
-	cluster := testCluster("c")
-	cluster.MaxRequests = 2
-	e.xds.clusters.set("c", cluster)
-	e.xds.endpoints.set("c-eds", testEndpoints("c-eds", b.addr))
-	e.routeAction(xdsclient.RouteAction{Cluster: "c"})
-	e.waitRouted(ctx, t)
-
-	block := metadata.AppendToOutgoingContext(ctx, "x-block", "1")
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for range 2 {
-		wg.Go(func() {
-			_, err := e.client.EmptyCall(block, &testpb.Empty{})
-			errs <- err
-		})
-	}
-	waitFor(ctx, t, "two RPCs in flight", func() bool { return inHandler.Load() == 2 })
-	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `cluster "c"`) || !strings.Contains(err.Error(), "circuit breaker") {
-		t.Fatalf("third concurrent RPC: %v, want Unavailable naming cluster c's circuit breaker", err)
-	}
-	close(release)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("RPC within the limit: %v", err)
-		}
-	}
-	// Done released the slots.
-	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
-		t.Fatalf("RPC after the others finished: %v", err)
-	}
-}
-
 // TestPendingTableDoesNotMixPolicies: while a new table waits for its new
 // cluster, calls take the route's timeout and retries from the same table
 // as their cluster, the old one. Matching the interceptor against the

@@ -517,54 +517,6 @@ func TestRoundTripperRetryBudgetStopsAStorm(t *testing.T) {
 	}
 }
 
-func TestRoundTripperCircuitBreaker(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	release := make(chan struct{})
-	var inHandler atomic.Int64
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/block" {
-			inHandler.Add(1)
-			<-release
-		}
-	})
-	cluster := testCluster("cluster-a")
-	cluster.MaxRequests = 2
-	e.xds.clusters.set("cluster-a", cluster)
-	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
-	e.route(weightedRouteConfig("rc", w("cluster-a", 1)))
-	if _, _, err := e.get(ctx, "/warm"); err != nil {
-		t.Fatal(err)
-	}
-
-	errs := make(chan error, 2)
-	for range 2 {
-		go func() {
-			_, _, err := e.get(ctx, "/block")
-			errs <- err
-		}()
-	}
-	waitFor(ctx, t, "two requests in flight", func() bool { return inHandler.Load() == 2 })
-	_, _, err := e.get(ctx, "/third")
-	var unavailable *UnavailableError
-	if !errors.As(err, &unavailable) || !errors.Is(err, ErrCircuitOpen) || !strings.Contains(err.Error(), `cluster "cluster-a"`) {
-		t.Fatalf("third concurrent request: %v, want ErrCircuitOpen naming the cluster", err)
-	}
-	if a.hitsOf("/third") != 0 {
-		t.Errorf("the rejected request reached the backend")
-	}
-	close(release)
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Errorf("request within the limit: %v", err)
-		}
-	}
-	// Closing the bodies released the slots.
-	if _, _, err := e.get(ctx, "/after"); err != nil {
-		t.Fatalf("request after the others finished: %v", err)
-	}
-}
-
 func TestRoundTripperNoRoutesYet(t *testing.T) {
 	ctx := testContext(t)
 	e := newHTTPEnv(t, WithPublishTimeout(time.Millisecond))
