@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strings"
 	"sync"
@@ -118,8 +119,13 @@ func (f *httpFrontEnd) waitRouted(ctx context.Context, t *testing.T) {
 	}
 }
 
+// call also checks that the request went as HTTP/1.1 (the backends'
+// protocol) with the authority as its Host.
 func (f *httpFrontEnd) call(ctx context.Context) (string, error) {
-	name, _, err := f.e.get(ctx, "/")
+	name, resp, err := f.e.get(ctx, "/")
+	if err == nil && (resp.ProtoMajor != 1 || resp.Header.Get("proto") != "HTTP/1.1" || resp.Header.Get("host") != testTarget) {
+		return "", fmt.Errorf("proto %s, server saw %s for host %q", resp.Proto, resp.Header.Get("proto"), resp.Header.Get("host"))
+	}
 	return name, err
 }
 
@@ -221,6 +227,79 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 		// The finished calls released their slots.
 		if _, err := fe.call(ctx); err != nil {
 			t.Fatalf("call after the others finished: %v", err)
+		}
+	})
+}
+
+// TestWeightedSplit: 90/10/0 weighted clusters get 90 % and 10 % of the
+// calls (5 sigma) and the weight-0 one none; over gRPC the weight-0 leg is
+// connected all the same, so that a flip to it is instant.
+func TestWeightedSplit(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testContext(t)
+		fe.serve(testCluster("cluster-a"), fe.backend(t, "a", nil))
+		fe.serve(testCluster("cluster-b"), fe.backend(t, "b", nil))
+		cAddr := fe.backend(t, "c", nil)
+		fe.serve(testCluster("cluster-c"), cAddr)
+		fe.routeAction(xdsclient.RouteAction{WeightedClusters: []xdsclient.ClusterWeight{
+			w("cluster-a", 90), w("cluster-b", 10), w("cluster-c", 0)}})
+		fe.waitRouted(ctx, t)
+		for seen := map[string]bool{}; !seen["a"] || !seen["b"]; {
+			got, err := fe.call(ctx)
+			if err != nil {
+				t.Fatalf("warm-up call: %v", err)
+			}
+			seen[got] = true
+		}
+
+		const n = 10000
+		var (
+			mu     sync.Mutex
+			counts = map[string]int{}
+			next   atomic.Int64
+			wg     sync.WaitGroup
+			failed atomic.Value
+		)
+		for range 8 {
+			wg.Go(func() {
+				for next.Add(1) <= n {
+					got, err := fe.call(ctx)
+					if err != nil {
+						failed.CompareAndSwap(nil, err)
+						return
+					}
+					mu.Lock()
+					counts[got]++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if err, _ := failed.Load().(error); err != nil {
+			t.Fatalf("call failed: %v", err)
+		}
+		p := 0.9
+		sigma := math.Sqrt(n * p * (1 - p))
+		if diff := math.Abs(float64(counts["a"]) - n*p); diff > 5*sigma {
+			t.Errorf("cluster-a got %d of %d calls, want %.0f ± %.0f (5 sigma)", counts["a"], n, n*p, 5*sigma)
+		}
+		if counts["a"]+counts["b"] != n {
+			t.Errorf("a+b got %d of %d calls (counts %v)", counts["a"]+counts["b"], n, counts)
+		}
+		if counts["c"] != 0 {
+			t.Errorf("weight-0 cluster-c got %d calls, want exactly 0", counts["c"])
+		}
+		if g, ok := fe.(*grpcFrontEnd); ok {
+			waitFor(ctx, t, "a connection to the weight-0 cluster", func() bool {
+				for _, cs := range g.e.builder.ClusterStates() {
+					for _, ep := range cs.Endpoints {
+						if ep.Address == cAddr && ep.Health == "READY" {
+							return true
+						}
+					}
+				}
+				return false
+			})
 		}
 	})
 }

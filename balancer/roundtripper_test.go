@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -164,55 +163,6 @@ func (e *httpEnv) get(ctx context.Context, path string) (string, *http.Response,
 }
 
 var plainTLS = &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}}
-
-func TestRoundTripperHTTP1WeightedSplit(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	a := startHTTPBackend(t, "a", http1Plain, nil)
-	b := startHTTPBackend(t, "b", http1Plain, nil)
-	c := startHTTPBackend(t, "c", http1Plain, nil)
-	e.serve("cluster-a", nil, a)
-	e.serve("cluster-b", nil, b)
-	e.serve("cluster-c", nil, c)
-	e.route(weightedRouteConfig("rc", w("cluster-a", 70), w("cluster-b", 30), w("cluster-c", 0)))
-
-	const n = 3000
-	counts := map[string]int{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	var failed atomic.Value
-	for range 8 {
-		wg.Go(func() {
-			for next.Add(1) <= n {
-				got, resp, err := e.get(ctx, "/x")
-				if err != nil {
-					failed.CompareAndSwap(nil, err)
-					return
-				}
-				if resp.ProtoMajor != 1 || resp.Header.Get("proto") != "HTTP/1.1" || resp.Header.Get("host") != testTarget {
-					failed.CompareAndSwap(nil, fmt.Errorf("proto %s, server saw %s for host %q", resp.Proto, resp.Header.Get("proto"), resp.Header.Get("host")))
-					return
-				}
-				mu.Lock()
-				counts[got]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		t.Fatal(err)
-	}
-	p := 0.7
-	sigma := math.Sqrt(n * p * (1 - p))
-	if diff := math.Abs(float64(counts["a"]) - n*p); diff > 5*sigma {
-		t.Errorf("cluster-a got %d of %d requests, want %.0f ± %.0f (5 sigma)", counts["a"], n, n*p, 5*sigma)
-	}
-	if counts["a"]+counts["b"] != n || counts["c"] != 0 {
-		t.Errorf("counts = %v, want a+b = %d and none to the weight-0 cluster", counts, n)
-	}
-}
 
 func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
 	ctx := testContext(t)
