@@ -253,31 +253,7 @@ func TestWeightedSplit(t *testing.T) {
 		}
 
 		const n = 10000
-		var (
-			mu     sync.Mutex
-			counts = map[string]int{}
-			next   atomic.Int64
-			wg     sync.WaitGroup
-			failed atomic.Value
-		)
-		for range 8 {
-			wg.Go(func() {
-				for next.Add(1) <= n {
-					got, err := fe.call(ctx)
-					if err != nil {
-						failed.CompareAndSwap(nil, err)
-						return
-					}
-					mu.Lock()
-					counts[got]++
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-		if err, _ := failed.Load().(error); err != nil {
-			t.Fatalf("call failed: %v", err)
-		}
+		counts := callMany(ctx, t, fe.call, n, 8)
 		p := 0.9
 		sigma := math.Sqrt(n * p * (1 - p))
 		if diff := math.Abs(float64(counts["a"]) - n*p); diff > 5*sigma {

@@ -38,9 +38,9 @@ func warmUp(ctx context.Context, t *testing.T, e *testEnv, want ...string) {
 	}
 }
 
-// callMany sends n RPCs over workers concurrent goroutines and counts them
-// per backend; it fails the test on any RPC error.
-func callMany(ctx context.Context, t *testing.T, e *testEnv, n, workers int) map[string]int {
+// callMany makes n calls over workers concurrent goroutines and counts them
+// per backend; it fails the test on any error.
+func callMany(ctx context.Context, t *testing.T, call func(context.Context) (string, error), n, workers int) map[string]int {
 	t.Helper()
 	var (
 		mu     sync.Mutex
@@ -52,7 +52,7 @@ func callMany(ctx context.Context, t *testing.T, e *testEnv, n, workers int) map
 	for range workers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(n) {
-				got, err := e.call(ctx)
+				got, err := call(ctx)
 				if err != nil {
 					failed.CompareAndSwap(nil, err)
 					return
