@@ -59,14 +59,8 @@ func (b *ResolverBuilder) ClusterStates() []ClusterState {
 // read from their published routing tables, sorted by channel and cluster
 // name.
 func (rt *RoundTripper) ClusterStates() []ClusterState {
-	rt.mu.Lock()
-	channels := make([]*httpChannel, 0, len(rt.channels))
-	for _, ch := range rt.channels {
-		channels = append(channels, ch)
-	}
-	rt.mu.Unlock()
 	var out []ClusterState
-	for _, ch := range channels {
+	for _, ch := range rt.liveChannels() {
 		out = append(out, ch.clusterStates()...)
 	}
 	sortClusterStates(out)

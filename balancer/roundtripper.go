@@ -153,15 +153,21 @@ func (rt *RoundTripper) Close() error {
 // CloseIdleConnections closes idle connections to every endpoint; http.Client
 // calls it.
 func (rt *RoundTripper) CloseIdleConnections() {
+	for _, ch := range rt.liveChannels() {
+		ch.pub.forEachConn(func(ep *endpointTransport) { ep.transport.CloseIdleConnections() })
+	}
+}
+
+// liveChannels copies rt's channels, so that callers take no channel's lock
+// while holding rt's.
+func (rt *RoundTripper) liveChannels() []*httpChannel {
 	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	channels := make([]*httpChannel, 0, len(rt.channels))
 	for _, ch := range rt.channels {
 		channels = append(channels, ch)
 	}
-	rt.mu.Unlock()
-	for _, ch := range channels {
-		ch.pub.forEachConn(func(ep *endpointTransport) { ep.transport.CloseIdleConnections() })
-	}
+	return channels
 }
 
 func (rt *RoundTripper) channel(authority string) (*httpChannel, error) {
