@@ -261,7 +261,7 @@ func (s *finishingStream) RecvMsg(m any) error {
 }
 
 // retryingStream replays a stream on a new attempt when its first RecvMsg
-// fails with a retriable status; see StreamClientInterceptor.
+// fails with a retriable status; see DialOptions.
 type retryingStream struct {
 	retrier   *grpcRetrier
 	cancel    context.CancelFunc

@@ -74,7 +74,6 @@ type grpcPick struct {
 }
 
 type subConn struct {
-	b       *routerBalancer
 	k       scKey
 	sc      grpcbalancer.SubConn
 	state   connectivity.State
@@ -233,7 +232,7 @@ func (b *routerBalancer) clusterStates() []ClusterState {
 
 func (b *routerBalancer) newConn(k scKey) (*subConn, error) {
 	addr := handshake.Set(resolver.Address{Addr: k.addr}, &handshake.Info{Cluster: k.cluster, TLS: k.tls})
-	s := &subConn{b: b, k: k, state: connectivity.Idle}
+	s := &subConn{k: k, state: connectivity.Idle}
 	sc, err := b.cc.NewSubConn([]resolver.Address{addr}, grpcbalancer.NewSubConnOptions{
 		StateListener: func(st grpcbalancer.SubConnState) { b.onSubConnState(s, st) },
 	})

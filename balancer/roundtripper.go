@@ -225,6 +225,9 @@ type endpointTransport struct {
 	active atomic.Int64
 	// healthState is a connectivity.State: the outcome of the last dial.
 	healthState atomic.Int32
+	// route is what telemetry reports for first attempts to the endpoint;
+	// made once, so that requests do not allocate it.
+	route *routeinfo.Info
 }
 
 func (ep *endpointTransport) key() scKey { return ep.k }
@@ -292,7 +295,7 @@ func (ch *httpChannel) busy(ep *endpointTransport) bool { return ep.active.Load(
 
 // newConn makes the connection pool of k; it dials on demand.
 func (ch *httpChannel) newConn(k scKey) (*endpointTransport, error) {
-	ep := &endpointTransport{k: k}
+	ep := &endpointTransport{k: k, route: routeinfo.New(k.cluster, k.addr)}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		// Only the first dial shows CONNECTING: later ones keep the last
 		// outcome until theirs is known.
@@ -460,8 +463,11 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 	}
 	i := c.chooser.choose(int(n), &cs.next, hash, hashed)
 	ep := c.ready[i]
-	info := routeinfo.New(ep.k.cluster, ep.k.addr)
-	info.Retries = attempt - 1
+	info := ep.route
+	if attempt > 1 {
+		info = routeinfo.New(ep.k.cluster, ep.k.addr)
+		info.Retries = attempt - 1
+	}
 	routeinfo.Set(ctx, info)
 	var st *endpointStats
 	if c.stats != nil {
