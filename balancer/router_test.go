@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"context"
 	"errors"
 	"math"
 	"net/http"
@@ -9,7 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/grpc"
 	grpcbalancer "google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"mesh/internal/routeinfo"
@@ -311,4 +314,37 @@ func BenchmarkPickerPick(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRoutedCallAllocationBudget keeps what routing adds to a gRPC call,
+// interceptor and pick together, at one allocation: the context that
+// carries the call's decision.
+func TestRoutedCallAllocationBudget(t *testing.T) {
+	p := benchPicker(t, xdsclient.LBRoundRobin)
+	link := newChannelLink()
+	link.store(p.table.Load())
+	b := NewResolverBuilder(newFakeXDS())
+	cc, err := grpc.NewClient("mesh:///"+testTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	intercept := b.unaryInterceptor(link)
+	invoker := func(ctx context.Context, method string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+		res, err := p.Pick(grpcbalancer.PickInfo{FullMethodName: method, Ctx: ctx})
+		if err != nil {
+			return err
+		}
+		res.Done(grpcbalancer.DoneInfo{})
+		return nil
+	}
+	ctx := t.Context()
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := intercept(ctx, "/pkg.Payments/Charge", nil, nil, cc, invoker); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 1 {
+		t.Errorf("a routed call allocates %.1f times in the balancer, want at most 1 (its decision)", allocs)
+	}
 }
