@@ -27,8 +27,9 @@ import (
 // over HTTP/1 and HTTP/2.
 type testFrontEnd interface {
 	// backend starts a backend named name on 127.0.0.1:0 and returns its
-	// address; handle, if not nil, runs in each call's handler.
-	backend(t *testing.T, name string, handle func(ctx context.Context)) string
+	// address; handle, if not nil, runs in each call's handler, and an
+	// error from it fails the call as overloaded (UNAVAILABLE, 503).
+	backend(t *testing.T, name string, handle func(ctx context.Context) error) string
 	// serve publishes cluster with the endpoints addrs.
 	serve(cluster *xdsclient.Cluster, addrs ...string)
 	// routeAction points testTarget's listener at one route with action.
@@ -42,21 +43,34 @@ type testFrontEnd interface {
 	// circuitOpen reports whether err says cluster's circuit breaker
 	// refused the call, naming the cluster.
 	circuitOpen(err error, cluster string) bool
+	// overloaded reports whether err is a backend's overloaded answer.
+	overloaded(err error) bool
+	// retryPolicy retries overloaded answers up to n times.
+	retryPolicy(n uint32) *xdsclient.RetryPolicy
 }
 
-// forEachFrontEnd runs body over the gRPC and the HTTP front-end.
-func forEachFrontEnd(t *testing.T, body func(t *testing.T, fe testFrontEnd)) {
-	t.Run("grpc", func(t *testing.T) { body(t, &grpcFrontEnd{newTestEnv(t)}) })
-	t.Run("http", func(t *testing.T) { body(t, &httpFrontEnd{newHTTPEnv(t)}) })
+// forEachFrontEnd runs body over the gRPC and the HTTP front-end, each
+// made with opts.
+func forEachFrontEnd(t *testing.T, body func(t *testing.T, fe testFrontEnd), opts ...Option) {
+	t.Run("grpc", func(t *testing.T) { body(t, &grpcFrontEnd{newTestEnv(t, opts...)}) })
+	t.Run("http", func(t *testing.T) {
+		rtOpts := make([]RoundTripperOption, 0, len(opts))
+		for _, o := range opts {
+			rtOpts = append(rtOpts, o)
+		}
+		body(t, &httpFrontEnd{newHTTPEnv(t, rtOpts...)})
+	})
 }
 
 type grpcFrontEnd struct{ e *testEnv }
 
-func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context)) string {
+func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
 		_ = grpc.SetHeader(ctx, metadata.Pairs("backend", name))
 		if handle != nil {
-			handle(ctx)
+			if err := handle(ctx); err != nil {
+				return status.Error(codes.Unavailable, err.Error())
+			}
 		}
 		return nil
 	})
@@ -89,6 +103,12 @@ func (f *grpcFrontEnd) deadlineExceeded(err error) bool {
 	return status.Code(err) == codes.DeadlineExceeded
 }
 
+func (f *grpcFrontEnd) overloaded(err error) bool { return status.Code(err) == codes.Unavailable }
+
+func (f *grpcFrontEnd) retryPolicy(n uint32) *xdsclient.RetryPolicy {
+	return grpcRetryPolicy(n, codes.Unavailable)
+}
+
 func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
 	return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), fmt.Sprintf("cluster %q", cluster)) &&
 		strings.Contains(err.Error(), "circuit breaker")
@@ -96,12 +116,31 @@ func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
 
 type httpFrontEnd struct{ e *httpEnv }
 
-func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context)) string {
-	return startHTTPBackend(t, name, http1Plain, func(_ http.ResponseWriter, r *http.Request) {
-		if handle != nil {
-			handle(r.Context())
+func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
+	return startHTTPBackend(t, name, http1Plain, func(w http.ResponseWriter, r *http.Request) {
+		if handle != nil && handle(r.Context()) != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	}).addr
+}
+
+// httpStatusError is a response other than 200.
+type httpStatusError struct {
+	code int
+	from string
+}
+
+func (e *httpStatusError) Error() string { return fmt.Sprintf("status %d from %s", e.code, e.from) }
+
+func (f *httpFrontEnd) overloaded(err error) bool {
+	var se *httpStatusError
+	return errors.As(err, &se) && se.code == http.StatusServiceUnavailable
+}
+
+func (f *httpFrontEnd) retryPolicy(n uint32) *xdsclient.RetryPolicy {
+	p := httpRetryPolicy(n)
+	p.HTTP5xx = true
+	return p
 }
 
 func (f *httpFrontEnd) serve(cluster *xdsclient.Cluster, addrs ...string) {
@@ -123,6 +162,9 @@ func (f *httpFrontEnd) waitRouted(ctx context.Context, t *testing.T) {
 // protocol) with the authority as its Host.
 func (f *httpFrontEnd) call(ctx context.Context) (string, error) {
 	name, resp, err := f.e.get(ctx, "/")
+	if err != nil && resp != nil {
+		return "", &httpStatusError{code: resp.StatusCode, from: resp.Header.Get("backend")}
+	}
 	if err == nil && (resp.ProtoMajor != 1 || resp.Header.Get("proto") != "HTTP/1.1" || resp.Header.Get("host") != testTarget) {
 		return "", fmt.Errorf("proto %s, server saw %s for host %q", resp.Proto, resp.Header.Get("proto"), resp.Header.Get("host"))
 	}
@@ -146,10 +188,11 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
 		ctx := testContext(t)
 		var blocking atomic.Bool
-		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) {
+		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) error {
 			if blocking.Load() {
 				<-ctx.Done() // until the client gives up
 			}
+			return nil
 		}))
 		fe.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: 20 * time.Millisecond})
 		fe.waitRouted(ctx, t)
@@ -184,12 +227,13 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 		release := make(chan struct{})
 		var blocking atomic.Bool
 		var inHandler, calls atomic.Int64
-		addr := fe.backend(t, "a", func(context.Context) {
+		addr := fe.backend(t, "a", func(context.Context) error {
 			calls.Add(1)
 			if blocking.Load() {
 				inHandler.Add(1)
 				<-release
 			}
+			return nil
 		})
 		cluster := testCluster("c")
 		cluster.MaxRequests = 2
@@ -278,4 +322,57 @@ func TestWeightedSplit(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestRetryBudgetStopsAStorm: with a budget of one concurrent retry,
+// whatever the load, a call's retry takes the one slot, and while it runs
+// the calls that fail get their failure without a retry.
+func TestRetryBudgetStopsAStorm(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testContext(t)
+		release := make(chan struct{})
+		retryRunning := make(chan struct{})
+		var armed atomic.Bool
+		var attempts, failures atomic.Int64
+		addr := fe.backend(t, "a", func(context.Context) error {
+			if !armed.Load() {
+				return nil // warming up
+			}
+			if attempts.Add(1) == 2 {
+				close(retryRunning) // the first call's retry holds the only slot
+				<-release
+				return nil
+			}
+			failures.Add(1)
+			return errors.New("overloaded")
+		})
+		fe.serve(testCluster("c"), addr)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: fe.retryPolicy(3)})
+		fe.waitRouted(ctx, t)
+		armed.Store(true)
+
+		first := make(chan error, 1)
+		go func() {
+			_, err := fe.call(ctx)
+			first <- err
+		}()
+		select {
+		case <-retryRunning:
+		case <-ctx.Done():
+			t.Fatal("the first call was never retried")
+		}
+		// The budget's one slot is taken: these fail without a retry.
+		for i := range 5 {
+			if _, err := fe.call(ctx); !fe.overloaded(err) {
+				t.Fatalf("call %d while the budget is spent: %v, want the backend's overloaded answer", i, err)
+			}
+		}
+		if n := failures.Load(); n != 6 {
+			t.Errorf("backend failed %d attempts, want 6: the first call's first one and one per later call (no retries)", n)
+		}
+		close(release)
+		if err := <-first; err != nil {
+			t.Fatalf("retried call: %v", err)
+		}
+	}, WithRetryBudget(0, 1))
 }

@@ -169,58 +169,6 @@ func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
 	return route
 }
 
-func TestGRPCRetryBudgetStopsAStorm(t *testing.T) {
-	ctx := testContext(t)
-	// A budget of one concurrent retry, whatever the load.
-	e := newTestEnv(t, WithRetryBudget(0, 1))
-	release := make(chan struct{})
-	retryRunning := make(chan struct{})
-	var firstAttempts atomic.Int64
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if len(md.Get(previousAttemptsHeader)) > 0 {
-			close(retryRunning) // only one retry may ever run here
-			<-release
-			return nil
-		}
-		if md.Get("x-warmup") != nil {
-			return nil
-		}
-		firstAttempts.Add(1)
-		return status.Error(codes.Unavailable, "overloaded")
-	})
-	e.serve("c", b)
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(3, codes.Unavailable)})
-	warm := metadata.AppendToOutgoingContext(ctx, "x-warmup", "1")
-	if _, err := e.client.EmptyCall(warm, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatal(err)
-	}
-
-	first := make(chan error, 1)
-	go func() {
-		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-		first <- err
-	}()
-	select {
-	case <-retryRunning:
-	case <-ctx.Done():
-		t.Fatal("the first RPC was never retried")
-	}
-	// The budget's one slot is taken: these fail without a retry.
-	for i := range 5 {
-		if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
-			t.Fatalf("RPC %d while the budget is spent: %v, want Unavailable", i, err)
-		}
-	}
-	if n := firstAttempts.Load(); n != 6 {
-		t.Errorf("backend saw %d first attempts, want 6", n)
-	}
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatalf("retried RPC: %v", err)
-	}
-}
-
 func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 	ctx := testContext(t)
 	e := newTestEnv(t)

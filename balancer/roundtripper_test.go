@@ -418,55 +418,6 @@ func TestRoundTripperRetries(t *testing.T) {
 	failNext.Store(0)
 }
 
-func TestRoundTripperRetryBudgetStopsAStorm(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t, WithRetryBudget(0, 1))
-	release := make(chan struct{})
-	retryRunning := make(chan struct{})
-	var firstHits atomic.Int64
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/warm":
-		case r.URL.Path == "/first" && firstHits.Add(1) == 2:
-			close(retryRunning) // the retry of /first holds the only slot
-			<-release
-		default:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	})
-	e.serve("cluster-a", nil, a)
-	policy := httpRetryPolicy(3)
-	policy.HTTP5xx = true
-	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a", RetryPolicy: policy}))
-	if _, _, err := e.get(ctx, "/warm"); err != nil {
-		t.Fatal(err)
-	}
-	first := make(chan error, 1)
-	go func() {
-		_, _, err := e.get(ctx, "/first")
-		first <- err
-	}()
-	select {
-	case <-retryRunning:
-	case <-ctx.Done():
-		t.Fatal("the first request was never retried")
-	}
-	// The budget's one slot is taken: these get their 503 without a retry.
-	for i := range 5 {
-		_, resp, err := e.get(ctx, "/storm")
-		if resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-			t.Fatalf("request %d while the budget is spent: %v, want a 503", i, err)
-		}
-	}
-	if n := a.hitsOf("/storm"); n != 5 {
-		t.Errorf("backend saw %d attempts of 5 requests, want 5 (no retries)", n)
-	}
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatalf("retried request: %v", err)
-	}
-}
-
 func TestRoundTripperNoRoutesYet(t *testing.T) {
 	ctx := testContext(t)
 	e := newHTTPEnv(t, WithPublishTimeout(time.Millisecond))
