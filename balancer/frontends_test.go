@@ -28,7 +28,8 @@ import (
 type testFrontEnd interface {
 	// backend starts a backend named name on 127.0.0.1:0 and returns its
 	// address; handle, if not nil, runs in each call's handler, and an
-	// error from it fails the call as overloaded (UNAVAILABLE, 503).
+	// error from it fails the call as overloaded (UNAVAILABLE, 503), or,
+	// when it is the call's context's, as a server whose deadline passed.
 	backend(t *testing.T, name string, handle func(ctx context.Context) error) string
 	// serve publishes cluster with the endpoints addrs.
 	serve(cluster *xdsclient.Cluster, addrs ...string)
@@ -68,7 +69,10 @@ func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx contex
 	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
 		_ = grpc.SetHeader(ctx, metadata.Pairs("backend", name))
 		if handle != nil {
-			if err := handle(ctx); err != nil {
+			if err := handle(ctx); ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				// As a server whose deadline passed answers.
+				return status.FromContextError(err).Err()
+			} else if err != nil {
 				return status.Error(codes.Unavailable, err.Error())
 			}
 		}
@@ -191,6 +195,7 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) error {
 			if blocking.Load() {
 				<-ctx.Done() // until the client gives up
+				return ctx.Err()
 			}
 			return nil
 		}))
