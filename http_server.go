@@ -5,10 +5,8 @@ import (
 	"net"
 	"net/http"
 
-	"mesh/internal/handshake"
 	"mesh/telemetry"
 	"mesh/transport"
-	"mesh/xdsclient"
 )
 
 // HTTPServer is a net/http server secured, authorized and measured by the
@@ -83,15 +81,3 @@ func (s *HTTPServer) Shutdown(ctx context.Context) error { return s.Server.Shutd
 
 // Close stops the server at once, as http.Server.Close does.
 func (s *HTTPServer) Close() error { return s.Server.Close() }
-
-// dialWithInfo adapts transport's HTTP dialer to balancer.DialTLSFunc
-// until that takes the cluster and its TLS settings too (CONTRACTS item 1);
-// then the dialer is passed as it is.
-func dialWithInfo(dial func(ctx context.Context, network, addr, cluster string, tls *xdsclient.UpstreamTLS) (net.Conn, error)) func(context.Context, string, string, *handshake.Info) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error) {
-		if info == nil {
-			return dial(ctx, network, addr, "", nil)
-		}
-		return dial(ctx, network, addr, info.Cluster, info.TLS)
-	}
-}

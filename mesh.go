@@ -110,7 +110,8 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	sds := identity.NewSDSProviders(m.xds, identity.WithLogger(logger))
 	m.closers = append(m.closers, sds.Close)
 	m.certs = certProviders{static: m.providers, sds: sds}
-	m.resolver = balancer.NewResolverBuilder(m.xds, m.balancerOptions()...)
+	m.resolver = balancer.NewResolverBuilder(m.xds,
+		balancer.WithLogger(logger), balancer.WithListenerName(bs.ClientListenerName))
 	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
 	tp := o.tracerProvider
@@ -150,15 +151,12 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	return m, nil
 }
 
-func (m *Mesh) balancerOptions() []balancer.Option {
-	return []balancer.Option{balancer.WithLogger(m.logger), balancer.WithListenerName(m.bootstrap.ClientListenerName)}
-}
-
 // startHTTP builds the HTTP client's router and transport. After Close
 // the router is closed at once, so requests fail as they would have on a
 // router made before.
 func (m *Mesh) startHTTP() {
-	rt := balancer.NewRoundTripper(m.xds, dialWithInfo(transport.NewHTTPDialer(m.certs, transport.WithLogger(m.logger))), m.balancerOptions()...)
+	rt := balancer.NewRoundTripper(m.xds, transport.NewHTTPDialer(m.certs, transport.WithLogger(m.logger)),
+		balancer.WithLogger(m.logger), balancer.WithListenerName(m.bootstrap.ClientListenerName))
 	m.httpTransport = telemetry.Transport(rt, m.telemetry...)
 	m.mu.Lock()
 	m.httpRouter = rt

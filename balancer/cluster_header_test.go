@@ -35,7 +35,7 @@ func headerRoutedRouter(t testing.TB) *Router {
 
 func TestRouterClusterHeader(t *testing.T) {
 	r := headerRoutedRouter(t)
-	if !r.NeedsHeaders() {
+	if !r.needsHeaders {
 		t.Error("NeedsHeaders is false for a router with a cluster_header route")
 	}
 	for _, tc := range []struct {
@@ -66,7 +66,7 @@ func TestRouterClusterHeader(t *testing.T) {
 
 	// A route that only routes by header fails requests without it.
 	only := routerFor(t, xdsclient.Route{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{ClusterHeader: "x-cluster"}})
-	if n := len(only.Clusters()); n != 0 {
+	if n := len(only.clusters); n != 0 {
 		t.Errorf("cluster_header-only router knows %d clusters, want 0", n)
 	}
 	_, _, err = only.Pick("/svc/Method", nil)
@@ -206,7 +206,7 @@ func TestClusterHeaderMakesEveryClusterCarryTraffic(t *testing.T) {
 		}
 	}
 	snap := &snapshot{router: r, clusters: map[string]*xdsclient.Cluster{"a": testCluster("a"), "b": testCluster("b")}}
-	p := (&routerBalancer{tls: map[string]*xdsclient.UpstreamTLS{}}).newPlan(snap)
+	p := newPlan(snap, tlsCache{})
 	for _, pc := range p.clusters {
 		if !pc.carriesTraffic {
 			t.Errorf("plan cluster %q: carriesTraffic false, want true", pc.name)

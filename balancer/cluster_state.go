@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -69,24 +68,4 @@ func (cs *clusterState) releaseRetry() { cs.retries.Add(-1) }
 type retryBudget struct {
 	percent uint32
 	min     uint32
-}
-
-// callInfo lets the picker tell a client interceptor which cluster an
-// attempt went to, so that its retry uses that cluster's budget.
-type callInfo struct {
-	cluster atomic.Pointer[clusterState]
-}
-
-type callKey struct{}
-
-func withCallInfo(ctx context.Context, call *callInfo) context.Context {
-	return context.WithValue(ctx, callKey{}, call)
-}
-
-func callFromContext(ctx context.Context) *callInfo {
-	if ctx == nil {
-		return nil
-	}
-	call, _ := ctx.Value(callKey{}).(*callInfo)
-	return call
 }

@@ -5,8 +5,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"google.golang.org/grpc/connectivity"
 )
 
 // ClusterState is one cluster of one channel as the balancer routes to it
@@ -61,14 +59,8 @@ func (b *ResolverBuilder) ClusterStates() []ClusterState {
 // read from their published routing tables, sorted by channel and cluster
 // name.
 func (rt *RoundTripper) ClusterStates() []ClusterState {
-	rt.mu.Lock()
-	channels := make([]*httpChannel, 0, len(rt.channels))
-	for _, ch := range rt.channels {
-		channels = append(channels, ch)
-	}
-	rt.mu.Unlock()
 	var out []ClusterState
-	for _, ch := range channels {
+	for _, ch := range rt.liveChannels() {
 		out = append(out, ch.clusterStates()...)
 	}
 	sortClusterStates(out)
@@ -120,73 +112,7 @@ func (g *channelRegistry) list() []*routerBalancer {
 	return out
 }
 
-// clusterStates reads the published plan and the live state of its
-// SubConns, counters and outlier detectors.
-func (b *routerBalancer) clusterStates() []ClusterState {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed || b.published == nil {
-		return nil
-	}
-	p := b.published
-	out := make([]ClusterState, 0, len(p.clusters))
-	for _, pc := range p.clusters {
-		cs := ClusterState{Channel: b.channelName, Name: pc.name}
-		if st := b.counters[pc.name]; st != nil {
-			cs.InFlight = st.inFlight.Load()
-		}
-		ejections := b.outliers[pc.name].ejections()
-		for j, k := range pc.keys {
-			wa := pc.endpoints[j]
-			es := EndpointState{Address: k.addr, Locality: wa.locality, Weight: wa.endpointWeight, Health: connectivity.Idle.String()}
-			if s := b.subConns[k]; s != nil {
-				es.Health = s.state.String()
-				es.InFlight = s.active.Load()
-			}
-			es.EjectedUntil, es.Ejected = ejections[k.addr]
-			cs.Endpoints = append(cs.Endpoints, es)
-		}
-		out = append(out, cs)
-	}
-	return out
-}
-
-// httpClusterView is what ClusterStates shows of one cluster of an
-// httpChannel's published table; set by publishLocked.
-type httpClusterView struct {
-	name      string
-	state     *clusterState
-	endpoints []httpEndpointView
-}
-
-type httpEndpointView struct {
-	wa weightedAddr
-	ep *endpointTransport
-}
-
-func (ch *httpChannel) clusterStates() []ClusterState {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.closed || !ch.published {
-		return nil
-	}
-	out := make([]ClusterState, 0, len(ch.view))
-	for _, v := range ch.view {
-		cs := ClusterState{Channel: ch.authority, Name: v.name, InFlight: v.state.inFlight.Load()}
-		ejections := ch.outliers[v.name].ejections()
-		for _, e := range v.endpoints {
-			es := EndpointState{
-				Address: e.wa.addr, Locality: e.wa.locality, Weight: e.wa.endpointWeight,
-				Health:   connectivity.State(e.ep.health.Load()).String(),
-				InFlight: e.ep.active.Load(),
-			}
-			es.EjectedUntil, es.Ejected = ejections[e.wa.addr]
-			cs.Endpoints = append(cs.Endpoints, es)
-		}
-		out = append(out, cs)
-	}
-	return out
-}
+func (ch *httpChannel) clusterStates() []ClusterState { return ch.pub.clusterStates(ch.authority) }
 
 // ejections returns the addresses outlier detection ejects now, with the
 // earliest time each may return. A nil detector ejects nothing.

@@ -6,7 +6,7 @@
 //
 //	builder := balancer.NewResolverBuilder(xdsClient, balancer.WithLogger(logger))
 //	opts := append(builder.DialOptions(), // resolver + timeout/retry interceptors
-//		grpc.WithTransportCredentials(creds)) // reads handshake.Info for per-cluster mTLS
+//		grpc.WithTransportCredentials(creds)) // does each SubConn's cluster mTLS
 //	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080", opts...)
 //
 // for net/http:
@@ -22,22 +22,27 @@
 //	cluster, route, err := router.Pick(req.URL.Path, balancer.HTTPHeaders(req.Header))
 //
 // The resolver ("mesh" scheme, never registered globally) and the
-// RoundTripper share one aggregation of xDS watches: the listener named
-// after the target, its route config, and every cluster and endpoints
-// resource the chosen virtual host's routes name, turned into one immutable
-// snapshot. The LB policy "mesh_router" (the one global registration of
-// this package) keeps a SubConn per cluster endpoint, tagged with
-// handshake.Info so the transport credentials do each cluster's mTLS; the
-// RoundTripper keeps an http.Transport per cluster endpoint, dialled with
-// the caller's DialTLSFunc. Both publish routing tables with one atomic
+// RoundTripper share one aggregation of xDS watches (aggregator.go): the
+// listener named after the target, its route config, and every cluster and
+// endpoints resource the chosen virtual host's routes name, turned into one
+// immutable snapshot. One routing core serves both front-ends: table.go
+// turns a snapshot and the state of its connections into a routing table,
+// publisher.go decides when a table is published (pending, timeout, drain);
+// the LB policy "mesh_router" (lb.go, the one global registration of this
+// package) keeps a SubConn per cluster endpoint, tagged so the transport
+// credentials do each cluster's mTLS, and the RoundTripper
+// (roundtripper.go) keeps an http.Transport per cluster endpoint, dialled
+// with the caller's DialTLSFunc. A table is published with one atomic
 // store; each request does one atomic load, a route match, a weighted
-// cluster pick and an endpoint pick, and the gRPC picker does so without
-// locks or allocations.
+// cluster pick and an endpoint pick, without locks or allocations. A gRPC
+// call is routed once, by the channel's interceptor, against the table the
+// picker serves (decision.go); the picker only picks an endpoint of the
+// decided cluster.
 //
 // Config changes never fail a request: a table that sends traffic to a
 // cluster with no ready connection (gRPC) or no usable endpoint (HTTP)
-// waits (up to WithPublishTimeout) while the old table serves, and
-// connections no longer used drain for WithDrainGrace before they close.
+// waits (up to 10 s) while the old table serves, and connections no longer
+// used drain for 5 s before they close.
 //
 // What the xDS resources ask for and where it is applied:
 //
@@ -91,6 +96,7 @@
 // requests, outlier ejections), read from the published tables, for admin
 // pages.
 //
-// Timers (fault delays, outlier detection intervals) run on WithClock's
-// clock, so tests step time instead of waiting for it.
+// Timers (fault delays, outlier detection intervals) run on a clock that
+// the package's tests replace, so that they step time instead of waiting
+// for it.
 package balancer

@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"mesh/balancer"
-	"mesh/internal/handshake"
 	"mesh/xdsclient"
 )
 
@@ -69,27 +68,12 @@ func ExampleRouter_Pick() {
 	// no route matched /orders.Orders/Get in route config "payments-routes"
 }
 
-func ExampleSelectVirtualHost() {
-	hosts := []xdsclient.VirtualHost{
-		{Name: "catch-all", Domains: []string{"*"}},
-		{Name: "cluster-local", Domains: []string{"*.svc.cluster.local"}},
-		{Name: "payments", Domains: []string{"payments.default.svc.cluster.local"}},
-	}
-	for _, authority := range []string{"payments.default.svc.cluster.local", "orders.default.svc.cluster.local", "example.com"} {
-		fmt.Println(authority, "->", balancer.SelectVirtualHost(hosts, authority).Name)
-	}
-	// Output:
-	// payments.default.svc.cluster.local -> payments
-	// orders.default.svc.cluster.local -> cluster-local
-	// example.com -> catch-all
-}
-
 func ExampleNewResolverBuilder() {
 	var client balancer.XDSClient // e.g. an *xdsclient.Client
 	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080",
 		grpc.WithResolvers(balancer.NewResolverBuilder(client, balancer.WithLogger(slog.Default()))),
-		// Real deployments use the mesh transport credentials, which read
-		// each SubConn's handshake.Info to do the cluster's mTLS.
+		// Real deployments use the mesh transport credentials, which know
+		// each SubConn's cluster and do its mTLS.
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 	)
 	if err != nil {
@@ -151,7 +135,7 @@ func ExampleNewRoundTripper() {
 	// The v2 cluster is not found: only requests routed to it fail.
 
 	// Plaintext here; the mesh dials each cluster's mTLS.
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
@@ -216,7 +200,7 @@ func ExampleNewRoundTripper_faultInjection() {
 		endpoints: map[string]*xdsclient.Endpoints{cluster: {Name: cluster, Localities: []xdsclient.LocalityEndpoints{{
 			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String()}}}}}},
 	}
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
@@ -237,15 +221,6 @@ func ExampleNewRoundTripper_faultInjection() {
 	// /broken 503
 }
 
-func ExampleWithClock() {
-	var client balancer.XDSClient // e.g. an *xdsclient.Client
-	var clock balancer.Clock      // e.g. a test's fake clock; nil keeps the system clock
-	// Fault delays and outlier detection intervals run on clock.
-	builder := balancer.NewResolverBuilder(client, balancer.WithClock(clock))
-	fmt.Println(builder.Scheme())
-	// Output: mesh
-}
-
 func ExampleRoundTripper_ClusterStates() {
 	backend := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	defer backend.Close()
@@ -260,7 +235,7 @@ func ExampleRoundTripper_ClusterStates() {
 			Locality:  xdsclient.Locality{Region: "eu-west1", Zone: "eu-west1-b"},
 			Endpoints: []xdsclient.Endpoint{{Address: backend.Listener.Addr().String(), Weight: 10}}}}}},
 	}
-	dial := func(ctx context.Context, network, addr string, _ *handshake.Info) (net.Conn, error) {
+	dial := func(ctx context.Context, network, addr, _ string, _ *xdsclient.UpstreamTLS) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}

@@ -70,7 +70,7 @@ func (f *faultFilter) faultConfig(route *xdsclient.Route) *xdsclient.FaultInject
 // a RoundTripper); active counts its faults in progress, for
 // max_active_faults.
 type faultInjector struct {
-	clock  Clock
+	clock  timeSource
 	active atomic.Int64
 }
 

@@ -316,3 +316,28 @@ func startGatedBackend(t *testing.T, name string) (*backend, *gatedListener) {
 	})
 	return b, lis
 }
+
+// routeFor returns the route a call to method on cc takes, with its router
+// and headers, read from the table cc's LB policy published; a nil route
+// before there is one.
+func (b *ResolverBuilder) routeFor(ctx context.Context, cc *grpc.ClientConn, method string) (*Router, *xdsclient.Route, Headers) {
+	authority, ok := strings.CutPrefix(cc.Target(), Scheme+":///")
+	if !ok {
+		return nil, nil, nil
+	}
+	for _, rb := range b.channels.list() {
+		rb.pub.mu.Lock()
+		name := rb.channelName
+		rb.pub.mu.Unlock()
+		t := rb.picker.table.Load()
+		if name != authority || t.err != nil || t.router == nil {
+			continue
+		}
+		md, _ := metadata.FromOutgoingContext(ctx)
+		headers := MetadataHeaders(md)
+		if _, route, err := t.router.pick(method, headers); err == nil {
+			return t.router, route, headers
+		}
+	}
+	return nil, nil, nil
+}

@@ -25,34 +25,57 @@ const previousAttemptsHeader = "grpc-previous-rpc-attempts"
 const maxReplayedMessages = 64
 
 // DialOptions returns what a channel to a "mesh:///host:port" target needs:
-// this resolver and the client interceptors that apply the routes' timeouts
-// and retries.
+// this resolver, linked to the channel's interceptors, which route each
+// call once, against the routing table the channel's LB policy published,
+// and apply the route's timeout (gRFC A31: the deadline becomes the
+// earlier of the caller's and the route's), faults (gRFC A33) and retry
+// policy (gRFC A44: retry on the policy's status codes, at most
+// num_retries times and at most 5 attempts, with exponential backoff and
+// jitter, within the cluster's retry budget). Call it once per channel.
+//
+// A stream is retried only before any response message arrived, and only
+// when the client had finished sending (CloseSend) at most 64 messages,
+// which are replayed: after that the stream is committed to its attempt.
+// The route timeout bounds the whole stream.
 func (b *ResolverBuilder) DialOptions() []grpc.DialOption {
+	link := newChannelLink()
 	return []grpc.DialOption{
-		grpc.WithResolvers(b),
-		grpc.WithChainUnaryInterceptor(b.UnaryClientInterceptor()),
-		grpc.WithChainStreamInterceptor(b.StreamClientInterceptor()),
+		grpc.WithResolvers(&linkedBuilder{b: b, link: link}),
+		grpc.WithChainUnaryInterceptor(b.unaryInterceptor(link)),
+		grpc.WithChainStreamInterceptor(b.streamInterceptor(link)),
 	}
 }
 
-// UnaryClientInterceptor applies, to each RPC on a channel this builder
-// resolves, the matching route's timeout (gRFC A31: the deadline becomes the
-// earlier of the caller's and the route's) and retry policy (gRFC A44:
-// retry on the policy's status codes, at most num_retries times and at
-// most 5 attempts, with exponential backoff and jitter, within the
-// cluster's retry budget). RPCs on other channels pass through.
-func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+// route decides the route of a call on cc: nil when cc is not a mesh
+// channel or has nothing to route with, and the picker decides.
+func (link *channelLink) route(ctx context.Context, cc *grpc.ClientConn, method string) (*decidedContext, error) {
+	if !strings.HasPrefix(cc.Target(), Scheme+":///") {
+		return nil, nil
+	}
+	t, err := link.current(ctx, cc.Connect)
+	if err != nil {
+		return nil, err
+	}
+	return decide(ctx, t, method)
+}
+
+func (b *ResolverBuilder) unaryInterceptor(link *channelLink) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		router, route, headers := b.routeFor(ctx, cc, method)
-		if route == nil {
+		dc, err := link.route(ctx, cc, method)
+		if err != nil {
+			return err
+		}
+		if dc == nil {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
-		if t := route.Action.Timeout; t > 0 {
+		d := &dc.d
+		ctx = dc
+		if t := d.route.Action.Timeout; t > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, t)
 			defer cancel()
 		}
-		abort, release, err := b.faults.inject(ctx, router, route, headers, true)
+		abort, release, err := b.faults.inject(ctx, d.table.router, d.route, d.headers, true)
 		defer release()
 		if err != nil {
 			return status.FromContextError(err).Err()
@@ -60,12 +83,12 @@ func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 		if abort != nil {
 			return abort.grpcStatus()
 		}
-		policy := route.Action.RetryPolicy
+		policy := d.route.Action.RetryPolicy
 		if policy == nil {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
-		r := &grpcRetrier{ctx: ctx, policy: policy, call: &callInfo{}}
-		attemptCtx := withCallInfo(ctx, r.call)
+		r := &grpcRetrier{ctx: ctx, policy: policy, cluster: d.table.clusters[d.cluster].state}
+		attemptCtx := ctx
 		for {
 			err := r.invoke(attemptCtx, func(ctx context.Context) error {
 				return invoker(ctx, method, req, reply, cc, opts...)
@@ -79,23 +102,23 @@ func (b *ResolverBuilder) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	}
 }
 
-// StreamClientInterceptor is UnaryClientInterceptor for streams. A stream
-// is retried only before any response message arrived, and only when the
-// client had finished sending (CloseSend) at most 64 messages, which are
-// replayed: after that the stream is committed to its attempt. The route
-// timeout bounds the whole stream.
-func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor {
+func (b *ResolverBuilder) streamInterceptor(link *channelLink) grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		router, route, headers := b.routeFor(ctx, cc, method)
-		if route == nil {
+		dc, err := link.route(ctx, cc, method)
+		if err != nil {
+			return nil, err
+		}
+		if dc == nil {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
+		d := &dc.d
+		ctx = dc
 		cancel := context.CancelFunc(func() {})
-		if t := route.Action.Timeout; t > 0 {
+		if t := d.route.Action.Timeout; t > 0 {
 			ctx, cancel = context.WithTimeout(ctx, t)
 		}
 		// A stream's fault counts as active until its delay ends.
-		abort, release, err := b.faults.inject(ctx, router, route, headers, true)
+		abort, release, err := b.faults.inject(ctx, d.table.router, d.route, d.headers, true)
 		release()
 		if err != nil {
 			cancel()
@@ -105,7 +128,7 @@ func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor
 			cancel()
 			return nil, abort.grpcStatus()
 		}
-		policy := route.Action.RetryPolicy
+		policy := d.route.Action.RetryPolicy
 		if policy == nil || (len(policy.GRPCCodes) == 0 && !policy.RefusedStream) {
 			cs, err := streamer(ctx, desc, cc, method, opts...)
 			if err != nil {
@@ -114,14 +137,14 @@ func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor
 			}
 			return &finishingStream{ClientStream: cs, finish: cancel}, nil
 		}
-		r := &grpcRetrier{ctx: ctx, policy: policy, call: &callInfo{}}
+		r := &grpcRetrier{ctx: ctx, policy: policy, cluster: d.table.clusters[d.cluster].state}
 		s := &retryingStream{
 			retrier: r, cancel: cancel,
 			newStream: func(ctx context.Context) (grpc.ClientStream, error) {
 				return streamer(ctx, desc, cc, method, opts...)
 			},
 		}
-		attemptCtx := withCallInfo(ctx, r.call)
+		attemptCtx := ctx
 		for {
 			cs, err := s.newStream(attemptCtx)
 			if err == nil {
@@ -138,32 +161,13 @@ func (b *ResolverBuilder) StreamClientInterceptor() grpc.StreamClientInterceptor
 	}
 }
 
-// routeFor returns the route an RPC on cc matches, with its router and
-// headers, or a nil route when cc is not a mesh channel or its routes are
-// not known yet.
-func (b *ResolverBuilder) routeFor(ctx context.Context, cc *grpc.ClientConn, method string) (*Router, *xdsclient.Route, Headers) {
-	authority, ok := strings.CutPrefix(cc.Target(), Scheme+":///")
-	if !ok {
-		return nil, nil, nil
-	}
-	router := b.routers.lookup(authority)
-	if router == nil {
-		return nil, nil, nil
-	}
-	var headers Headers
-	if router.needsHeaders || router.faultHeaders {
-		md, _ := metadata.FromOutgoingContext(ctx)
-		headers = MetadataHeaders(md)
-	}
-	return router, router.matchOnly(method, headers), headers
-}
-
 // grpcRetrier decides, attempt after attempt, whether an RPC is retried. It
 // lives for one RPC and is used by one goroutine at a time.
 type grpcRetrier struct {
-	ctx      context.Context // the RPC's, with the route timeout applied
-	policy   *xdsclient.RetryPolicy
-	call     *callInfo
+	ctx    context.Context // the RPC's, with the route timeout applied
+	policy *xdsclient.RetryPolicy
+	// cluster is the call's decided cluster, whose budget retries spend.
+	cluster  *clusterState
 	attempts int
 	slot     *clusterState // holds a retry budget slot while a retry runs
 	// timedOut: the last attempt ran out of its per_try_timeout.
@@ -220,22 +224,19 @@ func (r *grpcRetrier) retry(err error) bool {
 	if !r.retriable(err) {
 		return false
 	}
-	cs := r.call.cluster.Load()
-	if cs == nil || !cs.acquireRetry() {
-		return false // no pick happened, or the cluster's retry budget is spent
+	if !r.cluster.acquireRetry() {
+		return false // the cluster's retry budget is spent
 	}
-	r.slot = cs
+	r.slot = r.cluster
 	if sleepContext(r.ctx, retryBackoff(r.policy, r.attempts)) != nil {
 		r.releaseSlot()
 		return false
 	}
-	r.call.cluster.Store(nil)
 	return true
 }
 
 func (r *grpcRetrier) nextAttemptContext() context.Context {
-	ctx := withCallInfo(r.ctx, r.call)
-	return metadata.AppendToOutgoingContext(ctx, previousAttemptsHeader, strconv.Itoa(r.attempts))
+	return metadata.AppendToOutgoingContext(r.ctx, previousAttemptsHeader, strconv.Itoa(r.attempts))
 }
 
 func (r *grpcRetrier) releaseSlot() {
@@ -260,7 +261,7 @@ func (s *finishingStream) RecvMsg(m any) error {
 }
 
 // retryingStream replays a stream on a new attempt when its first RecvMsg
-// fails with a retriable status; see StreamClientInterceptor.
+// fails with a retriable status; see DialOptions.
 type retryingStream struct {
 	retrier   *grpcRetrier
 	cancel    context.CancelFunc

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,12 +13,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
@@ -96,36 +99,6 @@ func (e *testEnv) waitRouted(ctx context.Context, t *testing.T) {
 	}
 }
 
-func TestGRPCRouteTimeoutBoundsTheRPC(t *testing.T) {
-	ctx := testContext(t)
-	e := newTestEnv(t)
-	var blocking atomic.Bool
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		if blocking.Load() {
-			<-ctx.Done() // until the client gives up
-			return ctx.Err()
-		}
-		return nil
-	})
-	e.serve("c", b)
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: 20 * time.Millisecond})
-	e.waitRouted(ctx, t)
-	blocking.Store(true)
-
-	// The caller's deadline is 20 s; the route's is what ends the RPC.
-	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-	if status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("RPC on a route with a timeout: %v, want DeadlineExceeded", err)
-	}
-	// A caller deadline shorter than the route's still wins.
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", Timeout: time.Hour})
-	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
-	defer cancel()
-	if _, err := e.client.EmptyCall(short, &testpb.Empty{}); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("RPC with a short caller deadline: %v, want DeadlineExceeded", err)
-	}
-}
-
 func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
 	ctx := testContext(t)
 	e := newTestEnv(t)
@@ -196,58 +169,6 @@ func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
 	return route
 }
 
-func TestGRPCRetryBudgetStopsAStorm(t *testing.T) {
-	ctx := testContext(t)
-	// A budget of one concurrent retry, whatever the load.
-	e := newTestEnv(t, WithRetryBudget(0, 1))
-	release := make(chan struct{})
-	retryRunning := make(chan struct{})
-	var firstAttempts atomic.Int64
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if len(md.Get(previousAttemptsHeader)) > 0 {
-			close(retryRunning) // only one retry may ever run here
-			<-release
-			return nil
-		}
-		if md.Get("x-warmup") != nil {
-			return nil
-		}
-		firstAttempts.Add(1)
-		return status.Error(codes.Unavailable, "overloaded")
-	})
-	e.serve("c", b)
-	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(3, codes.Unavailable)})
-	warm := metadata.AppendToOutgoingContext(ctx, "x-warmup", "1")
-	if _, err := e.client.EmptyCall(warm, &testpb.Empty{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatal(err)
-	}
-
-	first := make(chan error, 1)
-	go func() {
-		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-		first <- err
-	}()
-	select {
-	case <-retryRunning:
-	case <-ctx.Done():
-		t.Fatal("the first RPC was never retried")
-	}
-	// The budget's one slot is taken: these fail without a retry.
-	for i := range 5 {
-		if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
-			t.Fatalf("RPC %d while the budget is spent: %v, want Unavailable", i, err)
-		}
-	}
-	if n := firstAttempts.Load(); n != 6 {
-		t.Errorf("backend saw %d first attempts, want 6", n)
-	}
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatalf("retried RPC: %v", err)
-	}
-}
-
 func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 	ctx := testContext(t)
 	e := newTestEnv(t)
@@ -285,50 +206,76 @@ func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 	}
 }
 
-func TestGRPCCircuitBreakerRejectsOverLimit(t *testing.T) {
+// TestPendingTableDoesNotMixPolicies: while a new table waits for its new
+// cluster, calls take the route's timeout and retries from the same table
+// as their cluster, the old one. Matching the interceptor against the
+// resolver's newest routes instead would give them the new route's 1 ns
+// timeout while the old table's picker serves them, and fail them all.
+func TestPendingTableDoesNotMixPolicies(t *testing.T) {
 	ctx := testContext(t)
-	e := newTestEnv(t)
-	release := make(chan struct{})
-	var inHandler atomic.Int64
-	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if md.Get("x-block") != nil {
-			inHandler.Add(1)
-			<-release
-		}
-		return nil
-	})
-	cluster := testCluster("c")
-	cluster.MaxRequests = 2
-	e.xds.clusters.set("c", cluster)
-	e.xds.endpoints.set("c-eds", testEndpoints("c-eds", b.addr))
-	e.routeAction(xdsclient.RouteAction{Cluster: "c"})
-	e.waitRouted(ctx, t)
+	e := newTestEnv(t, WithPublishTimeout(time.Hour))
+	a := startBackend(t, "a")
+	slow, gate := startGatedBackend(t, "slow")
+	e.serve("cluster-a", a)
+	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-a"})
+	warmUp(ctx, t, e, "a")
 
-	block := metadata.AppendToOutgoingContext(ctx, "x-block", "1")
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for range 2 {
-		wg.Go(func() {
-			_, err := e.client.EmptyCall(block, &testpb.Empty{})
-			errs <- err
-		})
-	}
-	waitFor(ctx, t, "two RPCs in flight", func() bool { return inHandler.Load() == 2 })
-	_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `cluster "c"`) || !strings.Contains(err.Error(), "circuit breaker") {
-		t.Fatalf("third concurrent RPC: %v, want Unavailable naming cluster c's circuit breaker", err)
-	}
-	close(release)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("RPC within the limit: %v", err)
+	e.serve("cluster-slow", slow)
+	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-slow", Timeout: time.Nanosecond})
+	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+		return len(e.creds.handshakes()) == 2
+	})
+	for i := range 50 {
+		got, err := e.call(ctx)
+		if err != nil || got != "a" {
+			t.Fatalf("call %d while the new table is pending: got %q, %v; want a, with the old route's (no) timeout", i, got, err)
 		}
 	}
-	// Done released the slots.
-	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
-		t.Fatalf("RPC after the others finished: %v", err)
+	gate.release()
+	// Once published, the new route's timeout comes with the new cluster.
+	waitFor(ctx, t, "the new route's timeout", func() bool {
+		_, err := e.call(ctx)
+		return status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil
+	})
+}
+
+// TestDecisionKeepsItsClusterAcrossTables: a call decided on one table and
+// picked after the next was published goes to the cluster it was decided
+// for, found by name in the new table.
+func TestDecisionKeepsItsClusterAcrossTables(t *testing.T) {
+	p := benchPicker(t, xdsclient.LBRoundRobin)
+	old := p.table.Load()
+	slot := &routeinfo.Slot{}
+	dc, err := decide(routeinfo.WithSlot(t.Context(), slot), old, "/pkg.Payments/Charge")
+	if err != nil || dc == nil {
+		t.Fatalf("decide = %v, %v", dc, err)
+	}
+	want := old.clusters[dc.d.cluster].name
+	// The next table lists the same clusters in reverse order.
+	next := *old
+	next.clusters = slices.Clone(old.clusters)
+	slices.Reverse(next.clusters)
+	r := *old.router
+	r.clusters = slices.Clone(old.router.clusters)
+	slices.Reverse(r.clusters)
+	r.clusterIndex = map[string]int{}
+	for i, name := range r.clusters {
+		r.clusterIndex[name] = i
+	}
+	next.router = &r
+	p.table.Store(&next)
+	for range 20 {
+		c, ok := dc.d.clusterOf(&next)
+		if !ok || c.name != want {
+			t.Fatalf("clusterOf the next table = %v, %v; want cluster %q", c, ok, want)
+		}
+		res, err := p.Pick(grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: dc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Done(grpcbalancer.DoneInfo{})
+		if got := slot.Load(); got == nil || got.Cluster != want {
+			t.Fatalf("picked an endpoint of %+v, want one of cluster %q", got, want)
+		}
 	}
 }

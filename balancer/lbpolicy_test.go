@@ -152,7 +152,7 @@ func TestGRPCLeastRequestServes(t *testing.T) {
 	e.xds.clusters.set("c", cluster)
 	e.route(w("c", 1))
 	warmUp(ctx, t, e, "a", "b")
-	counts := callMany(ctx, t, e, 400, 4)
+	counts := callMany(ctx, t, e.call, 400, 4)
 	if counts["a"] == 0 || counts["b"] == 0 {
 		t.Errorf("least_request used only %v", counts)
 	}

@@ -5,18 +5,30 @@ import (
 	"time"
 )
 
+// How long a new table waits for its new clusters, and how long unused
+// connections drain, unless a test says otherwise (export_test.go).
+const (
+	defaultPublishTimeout = 10 * time.Second
+	defaultDrainGrace     = 5 * time.Second
+)
+
 // Defaults for the options below.
 const (
-	DefaultPublishTimeout = 10 * time.Second
-	DefaultDrainGrace     = 5 * time.Second
 	// DefaultRetryBudgetPercent and DefaultMinRetryConcurrency are the retry
 	// budget's defaults, as in Envoy.
 	DefaultRetryBudgetPercent  = 20
 	DefaultMinRetryConcurrency = 3
 )
 
-// Option configures NewResolverBuilder and NewRoundTripper.
-type Option interface{ apply(*config) }
+// Option configures both NewResolverBuilder and NewRoundTripper.
+type Option interface {
+	RoundTripperOption
+	apply(*config)
+}
+
+// RoundTripperOption configures NewRoundTripper: every Option, and the
+// options of HTTP connections (WithPlaintextHTTP2, WithIdleConnTimeout).
+type RoundTripperOption interface{ applyRoundTripper(*config) }
 
 type config struct {
 	logger           *slog.Logger
@@ -27,21 +39,21 @@ type config struct {
 	retryBudget      retryBudget
 	plaintextHTTP2   bool
 	idleConnTimeout  time.Duration
-	clock            Clock
+	clock            timeSource
 }
 
-func newConfig(opts []Option) *config {
+func newConfig[O RoundTripperOption](opts []O) *config {
 	c := &config{
 		logger:          slog.New(slog.DiscardHandler),
-		publishTimeout:  DefaultPublishTimeout,
-		drainGrace:      DefaultDrainGrace,
+		publishTimeout:  defaultPublishTimeout,
+		drainGrace:      defaultDrainGrace,
 		retryBudget:     retryBudget{percent: DefaultRetryBudgetPercent, min: DefaultMinRetryConcurrency},
 		idleConnTimeout: DefaultIdleConnTimeout,
 		clock:           systemClock{},
 	}
 	for _, o := range opts {
-		if o != nil {
-			o.apply(c)
+		if any(o) != nil {
+			o.applyRoundTripper(c)
 		}
 	}
 	return c
@@ -49,7 +61,12 @@ func newConfig(opts []Option) *config {
 
 type optionFunc func(*config)
 
-func (f optionFunc) apply(c *config) { f(c) }
+func (f optionFunc) apply(c *config)             { f(c) }
+func (f optionFunc) applyRoundTripper(c *config) { f(c) }
+
+type roundTripperOptionFunc func(*config)
+
+func (f roundTripperOptionFunc) applyRoundTripper(c *config) { f(c) }
 
 // WithLogger sets the logger of the resolver and of the LB policy of every
 // channel it serves. The default discards logs.
@@ -77,28 +94,6 @@ func WithListenerNameTemplate(template string) Option {
 	return optionFunc(func(c *config) { c.listenerTemplate = template })
 }
 
-// WithPublishTimeout bounds how long a new routing table waits for the
-// clusters it newly sends traffic to to get a ready connection before it is
-// published anyway. Default DefaultPublishTimeout.
-func WithPublishTimeout(d time.Duration) Option {
-	return optionFunc(func(c *config) {
-		if d > 0 {
-			c.publishTimeout = d
-		}
-	})
-}
-
-// WithDrainGrace sets how long connections to clusters or endpoints that a
-// published table no longer uses stay open before they are shut down; gRPC
-// lets RPCs already on them finish either way. Default DefaultDrainGrace.
-func WithDrainGrace(d time.Duration) Option {
-	return optionFunc(func(c *config) {
-		if d >= 0 {
-			c.drainGrace = d
-		}
-	})
-}
-
 // DefaultIdleConnTimeout is how long the RoundTripper keeps an idle
 // connection to an endpoint.
 const DefaultIdleConnTimeout = 90 * time.Second
@@ -114,14 +109,14 @@ func WithRetryBudget(percent, minConcurrent uint32) Option {
 // WithPlaintextHTTP2 makes the RoundTripper speak HTTP/2 without TLS (h2c,
 // prior knowledge) to clusters without TLS; by default it speaks HTTP/1.1
 // to them. Over TLS the protocol is what ALPN negotiates.
-func WithPlaintextHTTP2() Option {
-	return optionFunc(func(c *config) { c.plaintextHTTP2 = true })
+func WithPlaintextHTTP2() RoundTripperOption {
+	return roundTripperOptionFunc(func(c *config) { c.plaintextHTTP2 = true })
 }
 
 // WithIdleConnTimeout sets how long the RoundTripper keeps idle connections
 // to endpoints. Default DefaultIdleConnTimeout.
-func WithIdleConnTimeout(d time.Duration) Option {
-	return optionFunc(func(c *config) {
+func WithIdleConnTimeout(d time.Duration) RoundTripperOption {
+	return roundTripperOptionFunc(func(c *config) {
 		if d > 0 {
 			c.idleConnTimeout = d
 		}

@@ -17,14 +17,14 @@ import (
 // and returns endpoints, and calls onChange (without locks held) so the
 // owner publishes a table without the ejected ones.
 type outlierDetector struct {
-	clock    Clock
+	clock    timeSource
 	timers   *sync.WaitGroup // the owner's; its Close waits for our timer
 	onChange func()
 
 	mu     sync.Mutex
 	cfg    *xdsclient.OutlierDetection
 	stats  map[string]*endpointStats
-	timer  Timer
+	timer  timeSourceTimer
 	closed bool
 }
 
@@ -60,7 +60,7 @@ func (s *endpointStats) record(ok bool) {
 	}
 }
 
-func newOutlierDetector(clock Clock, timers *sync.WaitGroup, onChange func()) *outlierDetector {
+func newOutlierDetector(clock timeSource, timers *sync.WaitGroup, onChange func()) *outlierDetector {
 	return &outlierDetector{clock: clock, timers: timers, onChange: onChange, stats: map[string]*endpointStats{}}
 }
 

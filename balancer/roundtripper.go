@@ -9,24 +9,22 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/connectivity"
 
-	"mesh/internal/handshake"
 	"mesh/internal/routeinfo"
 	"mesh/xdsclient"
 )
 
-// DialTLSFunc opens a connection to addr, an endpoint of info.Cluster. When
-// info.TLS is nil the cluster is plaintext and the function returns a plain
+// DialTLSFunc opens a connection to addr, an endpoint of cluster. When tls
+// is nil the cluster is plaintext and the function returns a plain
 // connection; otherwise it does the cluster's (m)TLS handshake and returns
 // a *tls.Conn, whose negotiated ALPN protocol ("h2" or "http/1.1") picks
-// HTTP/2 or HTTP/1.1.
-type DialTLSFunc func(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error)
+// HTTP/2 or HTTP/1.1. transport.NewHTTPDialer returns one.
+type DialTLSFunc func(ctx context.Context, network, addr, cluster string, tls *xdsclient.UpstreamTLS) (net.Conn, error)
 
 // ErrClosed is returned by a RoundTripper after Close.
 var ErrClosed = errors.New("balancer: closed")
@@ -54,7 +52,7 @@ func (e *UnavailableError) StatusCode() int { return http.StatusServiceUnavailab
 // and retry policy and the cluster's circuit breaker.
 //
 // Config changes never fail a request: a table that sends traffic to a
-// cluster without usable endpoints waits (up to WithPublishTimeout) while
+// cluster without usable endpoints waits (up to 10 s) while
 // the old table serves.
 type RoundTripper struct {
 	client XDSClient
@@ -77,7 +75,7 @@ var _ http.RoundTripper = (*RoundTripper)(nil)
 // NewRoundTripper returns a RoundTripper that routes with client and dials
 // endpoints with dial. Close it to stop its watches and close its
 // connections.
-func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...Option) *RoundTripper {
+func NewRoundTripper(client XDSClient, dial DialTLSFunc, opts ...RoundTripperOption) *RoundTripper {
 	cfg := newConfig(opts)
 	return &RoundTripper{client: client, dial: dial, cfg: cfg, logger: cfg.logger, channelID: rand.Uint64(), channels: map[string]*httpChannel{}, faults: &faultInjector{clock: cfg.clock}}
 }
@@ -115,7 +113,7 @@ func (rt *RoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, &UnavailableError{Err: err}
 		}
 		c := &t.clusters[idx]
-		if len(c.endpoints) == 0 {
+		if len(c.ready) == 0 {
 			// Like gRPC's wait-for-ready: the cluster has no endpoint yet
 			// (or none usable); hold the request for the next table, for
 			// as long as its context allows.
@@ -155,19 +153,21 @@ func (rt *RoundTripper) Close() error {
 // CloseIdleConnections closes idle connections to every endpoint; http.Client
 // calls it.
 func (rt *RoundTripper) CloseIdleConnections() {
+	for _, ch := range rt.liveChannels() {
+		ch.pub.forEachConn(func(ep *endpointTransport) { ep.transport.CloseIdleConnections() })
+	}
+}
+
+// liveChannels copies rt's channels, so that callers take no channel's lock
+// while holding rt's.
+func (rt *RoundTripper) liveChannels() []*httpChannel {
 	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	channels := make([]*httpChannel, 0, len(rt.channels))
 	for _, ch := range rt.channels {
 		channels = append(channels, ch)
 	}
-	rt.mu.Unlock()
-	for _, ch := range channels {
-		ch.mu.Lock()
-		for _, ep := range ch.endpoints {
-			ep.transport.CloseIdleConnections()
-		}
-		ch.mu.Unlock()
-	}
+	return channels
 }
 
 func (rt *RoundTripper) channel(authority string) (*httpChannel, error) {
@@ -187,90 +187,76 @@ func (rt *RoundTripper) channel(authority string) (*httpChannel, error) {
 		authority: authority,
 		logger:    rt.logger.With("authority", authority),
 		ready:     make(chan struct{}),
-		endpoints: map[scKey]*endpointTransport{},
-		states:    map[string]*clusterState{},
-		tls:       map[string]*xdsclient.UpstreamTLS{},
 	}
-	ch.agg = newAggregator(rt.client, rt.cfg, authority, ch.logger, ch.onSnapshot, ch.onError)
+	ch.pub = newPublisher[*endpointTransport, *endpointTransport](ch, rt.cfg, ch.logger, rt.channelID)
+	ch.pub.waitForEndpoints = true
+	ch.agg = newAggregator(rt.client, rt.cfg, authority, ch.logger,
+		func(snap *snapshot) { ch.pub.update(snap, ch.logger) }, ch.pub.fail)
 	rt.channels[authority] = ch
 	return ch, nil
 }
 
-// httpChannel is the RoundTripper's state for one authority: an aggregator
-// feeding routing tables, and the connection pools of their endpoints.
+// httpChannel is the RoundTripper's state for one authority, the HTTP
+// front-end of the routing core: an aggregator feeding snapshots to a
+// publisher, which owns the connection pools of their endpoints.
 type httpChannel struct {
 	rt        *RoundTripper
 	authority string
 	logger    *slog.Logger
 	agg       *aggregator
+	pub       *publisher[*endpointTransport, *endpointTransport]
 
 	// table is what requests use: one atomic load each.
 	table     atomic.Pointer[httpTable]
 	ready     chan struct{} // closed once table is set
 	readyOnce sync.Once
-
-	timers sync.WaitGroup
-
-	mu           sync.Mutex
-	closed       bool
-	published    bool // a table with a router was published
-	endpoints    map[scKey]*endpointTransport
-	states       map[string]*clusterState
-	tls          map[string]*xdsclient.UpstreamTLS
-	pending      *snapshot
-	pendingTimer *time.Timer
-	// current is the published snapshot, republished when outlier
-	// detection ejects or returns endpoints.
-	current  *snapshot
-	outliers map[string]*outlierDetector
-	// view is the published table as ClusterStates shows it.
-	view []httpClusterView
 }
 
-type httpTable struct {
-	// replaced is closed when another table takes this one's place.
-	replaced chan struct{}
-	router   *Router
-	clusters []httpCluster // indexed like router.clusters
-	// err, when set, fails every request.
-	err error
-}
-
-type httpCluster struct {
-	name      string
-	endpoints []*endpointTransport
-	// stats[i] counts the outcomes of endpoints[i] for outlier detection;
-	// nil without it.
-	stats   []*endpointStats
-	chooser endpointChooser
-	state   *clusterState
-	failErr error
-}
+// httpTable is the HTTP front-end's routing table.
+type httpTable = routeTable[*endpointTransport]
 
 // endpointTransport is the connection pool of one (cluster, endpoint, TLS
 // settings).
 type endpointTransport struct {
-	key       scKey
+	k         scKey
 	scheme    string
 	transport *http.Transport
-	drain     *time.Timer
 	// active counts requests in flight to the endpoint (least_request).
 	active atomic.Int64
-	// health is a connectivity.State: the outcome of the last dial.
-	health atomic.Int32
+	// healthState is a connectivity.State: the outcome of the last dial.
+	healthState atomic.Int32
+	// route is what telemetry reports for first attempts to the endpoint;
+	// made once, so that requests do not allocate it.
+	route *routeinfo.Info
 }
+
+func (ep *endpointTransport) key() scKey { return ep.k }
+
+// routingState is READY: connections are dialled per request, so every
+// endpoint the control plane lists can be routed to.
+func (ep *endpointTransport) routingState() connState {
+	return connState{state: connectivity.Ready}
+}
+
+func (ep *endpointTransport) health() connectivity.State {
+	return connectivity.State(ep.healthState.Load())
+}
+
+func (ep *endpointTransport) inFlight() *atomic.Int64 { return &ep.active }
+
+func (ep *endpointTransport) pickable(*clusterState, *endpointStats) *endpointTransport { return ep }
 
 // waitTable returns the current table, waiting for the first one up to the
 // publish timeout or ctx's end.
 func (ch *httpChannel) waitTable(ctx context.Context) (*httpTable, error) {
 	if t := ch.table.Load(); t != nil {
-		return t.usable()
+		return usable(t)
 	}
 	timer := time.NewTimer(ch.rt.cfg.publishTimeout)
 	defer timer.Stop()
 	select {
 	case <-ch.ready:
-		return ch.table.Load().usable()
+		return usable(ch.table.Load())
 	case <-ctx.Done():
 		return nil, fmt.Errorf("mesh round tripper: waiting for the routes of %q: %w", ch.authority, ctx.Err())
 	case <-timer.C:
@@ -279,7 +265,7 @@ func (ch *httpChannel) waitTable(ctx context.Context) (*httpTable, error) {
 	}
 }
 
-func (t *httpTable) usable() (*httpTable, error) {
+func usable(t *httpTable) (*httpTable, error) {
 	if t.err != nil {
 		return nil, &UnavailableError{Err: t.err}
 	}
@@ -287,9 +273,8 @@ func (t *httpTable) usable() (*httpTable, error) {
 }
 
 // setTable publishes t and wakes the requests waiting on the table it
-// replaces. Callers hold ch.mu.
-func (ch *httpChannel) setTable(t *httpTable) {
-	t.replaced = make(chan struct{})
+// replaces; the publisher calls it under its lock.
+func (ch *httpChannel) setTable(t *httpTable, _ connectivity.State) {
 	old := ch.table.Swap(t)
 	ch.readyOnce.Do(func() { close(ch.ready) })
 	if old != nil {
@@ -297,208 +282,35 @@ func (ch *httpChannel) setTable(t *httpTable) {
 	}
 }
 
-// onError mirrors the gRPC LB policy: a resource that went away, or an
-// error before any table, fails requests; other errors keep the table.
-func (ch *httpChannel) onError(err error) {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.closed {
-		return
-	}
-	if ch.published && !errors.Is(err, ErrResourceNotFound) {
-		ch.logger.Warn("xds error; keeping the current routing table", "error", err)
-		return
-	}
-	ch.logger.Warn("no routing table", "error", err)
-	ch.published = false
-	ch.setPendingLocked(nil)
-	ch.setTable(&httpTable{err: err})
-	ch.drainUnusedLocked(nil)
-}
+// notify has nothing to do: requests load the table themselves.
+func (ch *httpChannel) notify() {}
 
-// onSnapshot publishes snap at once when every cluster it sends traffic to
-// has usable endpoints (or there is no table to keep); otherwise it waits
-// for a snapshot that has them, or for the publish timeout.
-func (ch *httpChannel) onSnapshot(snap *snapshot) {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.closed {
-		return
-	}
-	if ch.published && !snapshotReady(snap) {
-		ch.logger.Debug("new routing table waits for endpoints")
-		ch.setPendingLocked(snap)
-		return
-	}
-	ch.setPendingLocked(nil)
-	ch.publishLocked(snap)
-}
+func (ch *httpChannel) connect(*endpointTransport) {}
 
-func (ch *httpChannel) setPendingLocked(snap *snapshot) {
-	ch.pending = snap
-	if ch.pendingTimer != nil && ch.pendingTimer.Stop() {
-		ch.timers.Done()
-	}
-	ch.pendingTimer = nil
-	if snap == nil {
-		return
-	}
-	ch.timers.Add(1)
-	ch.pendingTimer = time.AfterFunc(ch.rt.cfg.publishTimeout, func() {
-		defer ch.timers.Done()
-		ch.mu.Lock()
-		defer ch.mu.Unlock()
-		if ch.closed || ch.pending != snap {
-			return
-		}
-		ch.logger.Warn("publishing routing table before every new cluster has endpoints", "timeout", ch.rt.cfg.publishTimeout)
-		ch.pending, ch.pendingTimer = nil, nil
-		ch.publishLocked(snap)
-	})
-}
+func (ch *httpChannel) closeConn(ep *endpointTransport) { ep.transport.CloseIdleConnections() }
 
-// snapshotReady reports whether every existing cluster that snap sends
-// traffic to has a usable endpoint.
-func snapshotReady(snap *snapshot) bool {
-	for i, name := range snap.router.clusters {
-		if !snap.router.carriesTraffic(i) {
-			continue
-		}
-		c := snap.clusters[name]
-		if c == nil || c.Type == xdsclient.ClusterLogicalDNS {
-			continue
-		}
-		if eps := snap.endpoints[name]; eps != nil && len(usableAddresses(eps)) == 0 {
-			return false
-		}
-	}
-	return true
-}
+// busy keeps a drained pool open while requests use it: closing it now
+// would leave their connections idle for IdleConnTimeout once they finish.
+func (ch *httpChannel) busy(ep *endpointTransport) bool { return ep.active.Load() > 0 }
 
-func (ch *httpChannel) publishLocked(snap *snapshot) {
-	r := snap.router
-	t := &httpTable{router: r, clusters: make([]httpCluster, len(r.clusters))}
-	view := make([]httpClusterView, len(r.clusters))
-	used := map[scKey]bool{}
-	for i, name := range r.clusters {
-		hc := &t.clusters[i]
-		hc.name = name
-		hc.state = ch.states[name]
-		if hc.state == nil {
-			hc.state = newClusterState(name, ch.rt.cfg.retryBudget)
-			ch.states[name] = hc.state
-		}
-		view[i] = httpClusterView{name: name, state: hc.state}
-		cluster := snap.clusters[name]
-		if cluster == nil {
-			hc.state.maxRequests.Store(0)
-			hc.failErr = snap.unusable(name, nil)
-			continue
-		}
-		hc.state.maxRequests.Store(cluster.MaxRequests)
-		tls := ch.canonicalTLSLocked(name, cluster.TLS)
-		var endpoints []weightedAddr
-		if cluster.Type == xdsclient.ClusterLogicalDNS {
-			endpoints = []weightedAddr{{addr: cluster.DNSAddress, weight: 1}}
-		} else if eps := snap.endpoints[name]; eps != nil {
-			endpoints = weightedEndpoints(eps)
-		} else {
-			hc.failErr = snap.unusable(name, cluster)
-			continue
-		}
-		if len(endpoints) == 0 {
-			hc.failErr = fmt.Errorf("cluster %q has no usable endpoints", name)
-		}
-		addrs := make([]string, 0, len(endpoints))
-		for _, wa := range endpoints {
-			addrs = append(addrs, wa.addr)
-		}
-		stats := ch.outlierStatsLocked(name, cluster.OutlierDetection, addrs)
-		active := make([]*atomic.Int64, 0, len(endpoints))
-		chosen := make([]string, 0, len(endpoints))
-		var weights []float64
-		// The first priority with an endpoint not ejected serves; the
-		// others' transports stay for failover (gRFC A27).
-		var servingPriority uint32
-		for _, wa := range endpoints {
-			k := scKey{cluster: name, addr: wa.addr, tls: tls}
-			used[k] = true
-			ep := ch.endpointLocked(k)
-			view[i].endpoints = append(view[i].endpoints, httpEndpointView{wa: wa, ep: ep})
-			if len(chosen) > 0 && wa.priority != servingPriority {
-				continue
-			}
-			if st := stats[wa.addr]; st != nil {
-				if st.ejected.Load() {
-					continue // its connections stay for its return
-				}
-				hc.stats = append(hc.stats, st)
-			}
-			hc.endpoints = append(hc.endpoints, ep)
-			active = append(active, &ep.active)
-			chosen = append(chosen, wa.addr)
-			servingPriority = wa.priority
-			weights = append(weights, wa.weight)
-		}
-		if len(endpoints) > 0 && len(chosen) == 0 {
-			hc.failErr = fmt.Errorf("cluster %q: every endpoint is ejected by outlier detection", name)
-		}
-		hc.chooser = newChooser(lbConfigOf(cluster), chosen, active).withWeights(weights)
-	}
-	ch.published = true
-	ch.current = snap
-	ch.view = view
-	ch.setTable(t)
-	ch.drainUnusedLocked(used)
-	for name := range ch.states {
-		if !slices.Contains(r.clusters, name) {
-			delete(ch.states, name)
-			delete(ch.tls, name)
-		}
-	}
-	for name, d := range ch.outliers {
-		if !slices.Contains(r.clusters, name) {
-			d.stop()
-			delete(ch.outliers, name)
-		}
-	}
-	ch.logger.Debug("published routing table", "route_config", r.routeConfig, "clusters", len(r.clusters))
-}
-
-func (ch *httpChannel) canonicalTLSLocked(cluster string, tls *xdsclient.UpstreamTLS) *xdsclient.UpstreamTLS {
-	if old, ok := ch.tls[cluster]; ok && equalTLS(old, tls) {
-		return old
-	}
-	ch.tls[cluster] = tls
-	return tls
-}
-
-// endpointLocked returns the pool for k, creating it or stopping its drain.
-func (ch *httpChannel) endpointLocked(k scKey) *endpointTransport {
-	if ep := ch.endpoints[k]; ep != nil {
-		if ep.drain != nil && ep.drain.Stop() {
-			ch.timers.Done()
-		}
-		ep.drain = nil
-		return ep
-	}
-	info := &handshake.Info{Cluster: k.cluster, TLS: k.tls}
-	ep := &endpointTransport{key: k}
+// newConn makes the connection pool of k; it dials on demand.
+func (ch *httpChannel) newConn(k scKey) (*endpointTransport, error) {
+	ep := &endpointTransport{k: k, route: routeinfo.New(k.cluster, k.addr)}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		// Only the first dial shows CONNECTING: later ones keep the last
 		// outcome until theirs is known.
-		ep.health.CompareAndSwap(int32(connectivity.Idle), int32(connectivity.Connecting))
-		conn, err := ch.rt.dial(ctx, network, addr, info)
+		ep.healthState.CompareAndSwap(int32(connectivity.Idle), int32(connectivity.Connecting))
+		conn, err := ch.rt.dial(ctx, network, addr, k.cluster, k.tls)
 		if err != nil {
 			if ctx.Err() != nil {
 				// The request gave up; that says nothing of the endpoint.
-				ep.health.CompareAndSwap(int32(connectivity.Connecting), int32(connectivity.Idle))
+				ep.healthState.CompareAndSwap(int32(connectivity.Connecting), int32(connectivity.Idle))
 			} else {
-				ep.health.Store(int32(connectivity.TransientFailure))
+				ep.healthState.Store(int32(connectivity.TransientFailure))
 			}
 			return nil, &connectError{cluster: k.cluster, addr: addr, err: err}
 		}
-		ep.health.Store(int32(connectivity.Ready))
+		ep.healthState.Store(int32(connectivity.Ready))
 		return conn, nil
 	}
 	tr := &http.Transport{
@@ -523,63 +335,13 @@ func (ch *httpChannel) endpointLocked(k scKey) *endpointTransport {
 		tr.Protocols.SetHTTP1(true)
 		tr.Protocols.SetHTTP2(true)
 	}
-	ch.endpoints[k] = ep
-	return ep
-}
-
-// drainUnusedLocked closes, after the drain grace, the pools no published
-// table uses; requests already on them finish first.
-func (ch *httpChannel) drainUnusedLocked(used map[scKey]bool) {
-	for k, ep := range ch.endpoints {
-		if used[k] || ep.drain != nil {
-			continue
-		}
-		ch.scheduleDrainLocked(k, ep)
-	}
-}
-
-func (ch *httpChannel) scheduleDrainLocked(k scKey, ep *endpointTransport) {
-	var timer *time.Timer
-	ch.timers.Add(1)
-	timer = time.AfterFunc(ch.rt.cfg.drainGrace, func() {
-		defer ch.timers.Done()
-		ch.mu.Lock()
-		defer ch.mu.Unlock()
-		if ch.closed || ch.endpoints[k] != ep || ep.drain != timer {
-			return
-		}
-		if ep.active.Load() > 0 {
-			// Closing now would leave their connections idle for
-			// IdleConnTimeout once they finish; look again later.
-			ch.scheduleDrainLocked(k, ep)
-			return
-		}
-		delete(ch.endpoints, k)
-		ep.transport.CloseIdleConnections()
-	})
-	ep.drain = timer
+	return ep, nil
 }
 
 func (ch *httpChannel) close() {
 	ch.agg.Close() // no callbacks after this returns
-	ch.mu.Lock()
-	ch.closed = true
 	// Requests that raced with Close fail instead of waiting for a table.
-	ch.setTable(&httpTable{err: ErrClosed})
-	ch.setPendingLocked(nil)
-	for name, d := range ch.outliers {
-		d.stop()
-		delete(ch.outliers, name)
-	}
-	for k, ep := range ch.endpoints {
-		if ep.drain != nil && ep.drain.Stop() {
-			ch.timers.Done()
-		}
-		ep.transport.CloseIdleConnections()
-		delete(ch.endpoints, k)
-	}
-	ch.mu.Unlock()
-	ch.timers.Wait()
+	ch.pub.close(ErrClosed)
 }
 
 // connectError marks a failure to connect (or to handshake), which the
@@ -596,7 +358,7 @@ func (e *connectError) Error() string {
 func (e *connectError) Unwrap() error { return e.err }
 
 // send runs the attempts of one request to cluster c.
-func (ch *httpChannel) send(req *http.Request, authority string, router *Router, c *httpCluster, route *xdsclient.Route) (*http.Response, error) {
+func (ch *httpChannel) send(req *http.Request, authority string, router *Router, c *routeCluster[*endpointTransport], route *xdsclient.Route) (*http.Response, error) {
 	ctx := req.Context()
 	cancel := context.CancelFunc(func() {})
 	if t := route.Action.Timeout; t > 0 {
@@ -688,8 +450,8 @@ func (ch *httpChannel) send(req *http.Request, authority string, router *Router,
 // attempt sends one copy of req to the next endpoint of c. On success the
 // request stays counted in flight to the cluster until the response body
 // is closed.
-func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host string, c *httpCluster, attempt int, hash uint64, hashed bool) (*http.Response, error) {
-	n := uint32(len(c.endpoints))
+func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host string, c *routeCluster[*endpointTransport], attempt int, hash uint64, hashed bool) (*http.Response, error) {
+	n := uint32(len(c.ready))
 	if n == 0 {
 		closeBody(req)
 		return nil, &UnavailableError{Err: c.failErr}
@@ -700,9 +462,12 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 		return nil, &UnavailableError{Err: cs.overLimitErr}
 	}
 	i := c.chooser.choose(int(n), &cs.next, hash, hashed)
-	ep := c.endpoints[i]
-	info := routeinfo.New(ep.key.cluster, ep.key.addr)
-	info.Retries = attempt - 1
+	ep := c.ready[i]
+	info := ep.route
+	if attempt > 1 {
+		info = routeinfo.New(ep.k.cluster, ep.k.addr)
+		info.Retries = attempt - 1
+	}
 	routeinfo.Set(ctx, info)
 	var st *endpointStats
 	if c.stats != nil {
@@ -715,7 +480,7 @@ func (ch *httpChannel) attempt(ctx context.Context, req *http.Request, host stri
 	}
 	out := req.Clone(ctx)
 	out.URL.Scheme = ep.scheme
-	out.URL.Host = ep.key.addr
+	out.URL.Host = ep.k.addr
 	out.Host = host
 	out.RequestURI = ""
 	if attempt > 1 && req.Body != nil && req.Body != http.NoBody {
@@ -791,35 +556,4 @@ func (b *finishingBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.finish)
 	return err
-}
-
-// outlierStatsLocked syncs cluster's outlier detector with its config and
-// endpoints; nil when it has none.
-func (ch *httpChannel) outlierStatsLocked(cluster string, cfg *xdsclient.OutlierDetection, addrs []string) map[string]*endpointStats {
-	d := ch.outliers[cluster]
-	if cfg == nil {
-		if d != nil {
-			d.stop()
-			delete(ch.outliers, cluster)
-		}
-		return nil
-	}
-	if d == nil {
-		if ch.outliers == nil {
-			ch.outliers = map[string]*outlierDetector{}
-		}
-		d = newOutlierDetector(ch.rt.cfg.clock, &ch.timers, ch.onOutlierChange)
-		ch.outliers[cluster] = d
-	}
-	return d.sync(cfg, addrs)
-}
-
-// onOutlierChange republishes the current snapshot after endpoints were
-// ejected or returned.
-func (ch *httpChannel) onOutlierChange() {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if !ch.closed && ch.published && ch.current != nil {
-		ch.publishLocked(ch.current)
-	}
 }

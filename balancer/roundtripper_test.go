@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -87,7 +86,8 @@ type testDialer struct {
 	seen  []handshake.Info
 }
 
-func (d *testDialer) dial(ctx context.Context, network, addr string, info *handshake.Info) (net.Conn, error) {
+func (d *testDialer) dial(ctx context.Context, network, addr, cluster string, upstream *xdsclient.UpstreamTLS) (net.Conn, error) {
+	info := &handshake.Info{Cluster: cluster, TLS: upstream}
 	d.mu.Lock()
 	d.seen = append(d.seen, *info)
 	d.mu.Unlock()
@@ -112,7 +112,7 @@ type httpEnv struct {
 	client *http.Client
 }
 
-func newHTTPEnv(t *testing.T, opts ...Option) *httpEnv {
+func newHTTPEnv(t *testing.T, opts ...RoundTripperOption) *httpEnv {
 	t.Helper()
 	checkNoLeaks(t)
 	xds := newFakeXDS()
@@ -163,55 +163,6 @@ func (e *httpEnv) get(ctx context.Context, path string) (string, *http.Response,
 }
 
 var plainTLS = &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}}
-
-func TestRoundTripperHTTP1WeightedSplit(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	a := startHTTPBackend(t, "a", http1Plain, nil)
-	b := startHTTPBackend(t, "b", http1Plain, nil)
-	c := startHTTPBackend(t, "c", http1Plain, nil)
-	e.serve("cluster-a", nil, a)
-	e.serve("cluster-b", nil, b)
-	e.serve("cluster-c", nil, c)
-	e.route(weightedRouteConfig("rc", w("cluster-a", 70), w("cluster-b", 30), w("cluster-c", 0)))
-
-	const n = 3000
-	counts := map[string]int{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	var failed atomic.Value
-	for range 8 {
-		wg.Go(func() {
-			for next.Add(1) <= n {
-				got, resp, err := e.get(ctx, "/x")
-				if err != nil {
-					failed.CompareAndSwap(nil, err)
-					return
-				}
-				if resp.ProtoMajor != 1 || resp.Header.Get("proto") != "HTTP/1.1" || resp.Header.Get("host") != testTarget {
-					failed.CompareAndSwap(nil, fmt.Errorf("proto %s, server saw %s for host %q", resp.Proto, resp.Header.Get("proto"), resp.Header.Get("host")))
-					return
-				}
-				mu.Lock()
-				counts[got]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if err, _ := failed.Load().(error); err != nil {
-		t.Fatal(err)
-	}
-	p := 0.7
-	sigma := math.Sqrt(n * p * (1 - p))
-	if diff := math.Abs(float64(counts["a"]) - n*p); diff > 5*sigma {
-		t.Errorf("cluster-a got %d of %d requests, want %.0f ± %.0f (5 sigma)", counts["a"], n, n*p, 5*sigma)
-	}
-	if counts["a"]+counts["b"] != n || counts["c"] != 0 {
-		t.Errorf("counts = %v, want a+b = %d and none to the weight-0 cluster", counts, n)
-	}
-}
 
 func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
 	ctx := testContext(t)
@@ -373,25 +324,6 @@ func TestRoundTripperNeverFailsOverWeightFlips(t *testing.T) {
 	t.Logf("%d requests across 201 config changes", sent.Load())
 }
 
-func TestRoundTripperRouteTimeout(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			<-r.Context().Done() // until the client gives up
-		}
-	})
-	e.serve("cluster-a", nil, a)
-	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a", Timeout: 20 * time.Millisecond}))
-	if _, _, err := e.get(ctx, "/fast"); err != nil {
-		t.Fatal(err)
-	}
-	_, _, err := e.get(ctx, "/slow")
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("GET /slow on a route with a timeout: %v, want DeadlineExceeded", err)
-	}
-}
-
 func httpRetryPolicy(retries uint32) *xdsclient.RetryPolicy {
 	return &xdsclient.RetryPolicy{NumRetries: retries, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
 }
@@ -484,103 +416,6 @@ func TestRoundTripperRetries(t *testing.T) {
 		t.Errorf("backend saw %d attempts of a one-shot body, want 1", n)
 	}
 	failNext.Store(0)
-}
-
-func TestRoundTripperRetryBudgetStopsAStorm(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t, WithRetryBudget(0, 1))
-	release := make(chan struct{})
-	retryRunning := make(chan struct{})
-	var firstHits atomic.Int64
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/warm":
-		case r.URL.Path == "/first" && firstHits.Add(1) == 2:
-			close(retryRunning) // the retry of /first holds the only slot
-			<-release
-		default:
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	})
-	e.serve("cluster-a", nil, a)
-	policy := httpRetryPolicy(3)
-	policy.HTTP5xx = true
-	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a", RetryPolicy: policy}))
-	if _, _, err := e.get(ctx, "/warm"); err != nil {
-		t.Fatal(err)
-	}
-	first := make(chan error, 1)
-	go func() {
-		_, _, err := e.get(ctx, "/first")
-		first <- err
-	}()
-	select {
-	case <-retryRunning:
-	case <-ctx.Done():
-		t.Fatal("the first request was never retried")
-	}
-	// The budget's one slot is taken: these get their 503 without a retry.
-	for i := range 5 {
-		_, resp, err := e.get(ctx, "/storm")
-		if resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-			t.Fatalf("request %d while the budget is spent: %v, want a 503", i, err)
-		}
-	}
-	if n := a.hitsOf("/storm"); n != 5 {
-		t.Errorf("backend saw %d attempts of 5 requests, want 5 (no retries)", n)
-	}
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatalf("retried request: %v", err)
-	}
-}
-
-func TestRoundTripperCircuitBreaker(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t)
-	release := make(chan struct{})
-	var inHandler atomic.Int64
-	a := startHTTPBackend(t, "a", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/block" {
-			inHandler.Add(1)
-			<-release
-		}
-	})
-	cluster := testCluster("cluster-a")
-	cluster.MaxRequests = 2
-	e.xds.clusters.set("cluster-a", cluster)
-	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
-	e.route(weightedRouteConfig("rc", w("cluster-a", 1)))
-	if _, _, err := e.get(ctx, "/warm"); err != nil {
-		t.Fatal(err)
-	}
-
-	errs := make(chan error, 2)
-	for range 2 {
-		go func() {
-			_, _, err := e.get(ctx, "/block")
-			errs <- err
-		}()
-	}
-	waitFor(ctx, t, "two requests in flight", func() bool { return inHandler.Load() == 2 })
-	_, _, err := e.get(ctx, "/third")
-	var unavailable *UnavailableError
-	if !errors.As(err, &unavailable) || !errors.Is(err, ErrCircuitOpen) || !strings.Contains(err.Error(), `cluster "cluster-a"`) {
-		t.Fatalf("third concurrent request: %v, want ErrCircuitOpen naming the cluster", err)
-	}
-	if a.hitsOf("/third") != 0 {
-		t.Errorf("the rejected request reached the backend")
-	}
-	close(release)
-	for range 2 {
-		if err := <-errs; err != nil {
-			t.Errorf("request within the limit: %v", err)
-		}
-	}
-	// Closing the bodies released the slots.
-	if _, _, err := e.get(ctx, "/after"); err != nil {
-		t.Fatalf("request after the others finished: %v", err)
-	}
 }
 
 func TestRoundTripperNoRoutesYet(t *testing.T) {

@@ -112,7 +112,7 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 	if rc == nil {
 		return nil, errors.New("route config is nil")
 	}
-	vh := SelectVirtualHost(rc.VirtualHosts, authority)
+	vh := selectVirtualHost(rc.VirtualHosts, authority)
 	if vh == nil {
 		return nil, fmt.Errorf("route config %q: %w %q", rc.Name, ErrNoVirtualHost, authority)
 	}
@@ -183,15 +183,6 @@ func NewRouter(rc *xdsclient.RouteConfig, authority string) (*Router, error) {
 	return r, nil
 }
 
-// RouteConfig returns the name of the route config r was built from.
-func (r *Router) RouteConfig() string { return r.routeConfig }
-
-// VirtualHost returns the virtual host r routes with.
-func (r *Router) VirtualHost() *xdsclient.VirtualHost { return r.virtualHost }
-
-// Clusters returns every cluster r may route to, weight-0 legs included.
-func (r *Router) Clusters() []string { return append([]string(nil), r.clusters...) }
-
 // carriesTraffic reports whether some route gives cluster index i a
 // weight above 0.
 func (r *Router) carriesTraffic(i int) bool {
@@ -210,25 +201,11 @@ func (r *Router) carriesTraffic(i int) bool {
 	return false
 }
 
-// NeedsHeaders reports whether any route matches or hashes on headers;
-// when it does not, callers may pass nil Headers to Pick and skip collecting them.
-func (r *Router) NeedsHeaders() bool { return r.needsHeaders }
-
 // Pick returns the cluster a request for path goes to and the route that
-// matched. headers may be nil when NeedsHeaders is false. Errors wrap
+// matched. headers may be nil for routes that read none. Errors wrap
 // ErrNoRoute, or ErrUnroutableCluster for a cluster_header route.
 func (r *Router) Pick(path string, headers Headers) (cluster string, route *xdsclient.Route, err error) {
 	idx, route, err := r.pick(path, headers)
-	if err != nil {
-		return "", nil, err
-	}
-	return r.clusters[idx], route, nil
-}
-
-// PickRequest is Pick for an HTTP request: it matches on the URL's path,
-// the headers and the query parameters.
-func (r *Router) PickRequest(req *http.Request) (cluster string, route *xdsclient.Route, err error) {
-	idx, route, err := r.pickRequest(req)
 	if err != nil {
 		return "", nil, err
 	}
@@ -246,17 +223,6 @@ func (r *Router) pickRequest(req *http.Request) (int, *xdsclient.Route, error) {
 // pick returns the index in r.clusters of the chosen cluster.
 func (r *Router) pick(path string, headers Headers) (int, *xdsclient.Route, error) {
 	return r.pickQuery(path, headers, nil)
-}
-
-// matchOnly returns the first route matching a gRPC request, without
-// choosing a cluster.
-func (r *Router) matchOnly(path string, headers Headers) *xdsclient.Route {
-	for i := range r.routes {
-		if matchRoute(&r.routes[i].route.Match, path, headers, nil) {
-			return r.routes[i].route
-		}
-	}
-	return nil
 }
 
 // pickQuery is pick with query parameters; nil query (every gRPC request)
@@ -406,12 +372,12 @@ func matchHeader(hm *xdsclient.HeaderMatcher, headers Headers) bool {
 	return ok != hm.Invert
 }
 
-// SelectVirtualHost returns the virtual host whose domains best match
+// selectVirtualHost returns the virtual host whose domains best match
 // authority, in Envoy's order: an exact domain, then the longest suffix
 // wildcard ("*.example.com", "*-svc"), then the longest prefix wildcard
 // ("example.*"), then "*". Matching ignores case. It returns nil if none
 // matches.
-func SelectVirtualHost(hosts []xdsclient.VirtualHost, authority string) *xdsclient.VirtualHost {
+func selectVirtualHost(hosts []xdsclient.VirtualHost, authority string) *xdsclient.VirtualHost {
 	const (
 		noMatch = iota
 		universal

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"context"
 	"errors"
 	"math"
 	"net/http"
@@ -9,7 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/grpc"
 	grpcbalancer "google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"mesh/internal/routeinfo"
@@ -43,17 +46,17 @@ func TestSelectVirtualHost(t *testing.T) {
 		{"", "universal"},
 	}
 	for _, tt := range tests {
-		vh := SelectVirtualHost(hosts, tt.authority)
+		vh := selectVirtualHost(hosts, tt.authority)
 		if vh == nil || vh.Name != tt.want {
 			got := "<nil>"
 			if vh != nil {
 				got = vh.Name
 			}
-			t.Errorf("SelectVirtualHost(%q) = %s, want %s", tt.authority, got, tt.want)
+			t.Errorf("selectVirtualHost(%q) = %s, want %s", tt.authority, got, tt.want)
 		}
 	}
-	if vh := SelectVirtualHost(hosts[1:2], "other.example.com"); vh != nil {
-		t.Errorf("SelectVirtualHost with no match = %q, want nil", vh.Name)
+	if vh := selectVirtualHost(hosts[1:2], "other.example.com"); vh != nil {
+		t.Errorf("selectVirtualHost with no match = %q, want nil", vh.Name)
 	}
 }
 
@@ -124,7 +127,7 @@ func TestRouterMatch(t *testing.T) {
 			t.Errorf("Pick(%q, %v) = %q, %v; want %q", tt.path, tt.md, cluster, err, tt.want)
 		}
 	}
-	if !r.NeedsHeaders() {
+	if !r.needsHeaders {
 		t.Error("NeedsHeaders() = false for routes with header matchers")
 	}
 }
@@ -174,7 +177,7 @@ func TestRouterWeights(t *testing.T) {
 	r := routerFor(t, xdsclient.Route{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{WeightedClusters: []xdsclient.ClusterWeight{
 		{Name: "zero-first", Weight: 0}, {Name: "a", Weight: 70}, {Name: "zero-mid", Weight: 0}, {Name: "b", Weight: 30}, {Name: "zero-last", Weight: 0},
 	}}})
-	if got, want := strings.Join(r.Clusters(), ","), "zero-first,a,zero-mid,b,zero-last"; got != want {
+	if got, want := strings.Join(r.clusters, ","), "zero-first,a,zero-mid,b,zero-last"; got != want {
 		t.Errorf("Clusters() = %s, want %s", got, want)
 	}
 	const n = 100000
@@ -239,16 +242,18 @@ type fakeSubConn struct{ grpcbalancer.SubConn }
 
 func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 	r := benchRouter(tb)
-	t := &table{router: r, clusters: make([]tableCluster, len(r.clusters))}
+	t := &grpcTable{router: r, clusters: make([]routeCluster[grpcPick], len(r.clusters))}
 	for i := range t.clusters {
 		cs := newClusterState(r.clusters[i], retryBudget{percent: 20, min: 3})
 		cs.maxRequests.Store(1 << 30)
 		var active [2]atomic.Int64
 		done := func(grpcbalancer.DoneInfo) { cs.release() }
-		t.clusters[i] = tableCluster{
-			ready:   []grpcbalancer.SubConn{&fakeSubConn{}, &fakeSubConn{}},
-			dones:   []func(grpcbalancer.DoneInfo){done, done},
-			routes:  []*routeinfo.Info{routeinfo.New(r.clusters[i], "10.0.0.1:80"), routeinfo.New(r.clusters[i], "10.0.0.2:80")},
+		t.clusters[i] = routeCluster[grpcPick]{
+			name: r.clusters[i],
+			ready: []grpcPick{
+				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.1:80")},
+				{sc: &fakeSubConn{}, done: done, route: routeinfo.New(r.clusters[i], "10.0.0.2:80")},
+			},
 			chooser: newEndpointChooser(policy, []string{"10.0.0.1:80", "10.0.0.2:80"}, []*atomic.Int64{&active[0], &active[1]}),
 			state:   cs,
 		}
@@ -261,11 +266,15 @@ func benchPicker(tb testing.TB, policy xdsclient.LBPolicy) *picker {
 func TestPickerPickDoesNotAllocate(t *testing.T) {
 	for _, policy := range []xdsclient.LBPolicy{xdsclient.LBRoundRobin, xdsclient.LBLeastRequest, xdsclient.LBRingHash} {
 		p := benchPicker(t, policy)
-		// As the client interceptors call it: with a call to record the
-		// cluster in, and Done called.
+		// As the client interceptors call it: with the call's route
+		// decided, and Done called.
 		// And with telemetry's slot for the route, which the pick fills.
 		slot := &routeinfo.Slot{}
-		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: withCallInfo(routeinfo.WithSlot(t.Context(), slot), &callInfo{})}
+		dc, err := decide(routeinfo.WithSlot(t.Context(), slot), p.table.Load(), "/pkg.Payments/Charge")
+		if err != nil || dc == nil {
+			t.Fatalf("decide = %v, %v", dc, err)
+		}
+		info := grpcbalancer.PickInfo{FullMethodName: "/pkg.Payments/Charge", Ctx: dc}
 		allocs := testing.AllocsPerRun(1000, func() {
 			res, err := p.Pick(info)
 			if err != nil || res.SubConn == nil {
@@ -305,4 +314,37 @@ func BenchmarkPickerPick(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRoutedCallAllocationBudget keeps what routing adds to a gRPC call,
+// interceptor and pick together, at one allocation: the context that
+// carries the call's decision.
+func TestRoutedCallAllocationBudget(t *testing.T) {
+	p := benchPicker(t, xdsclient.LBRoundRobin)
+	link := newChannelLink()
+	link.store(p.table.Load())
+	b := NewResolverBuilder(newFakeXDS())
+	cc, err := grpc.NewClient("mesh:///"+testTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	intercept := b.unaryInterceptor(link)
+	invoker := func(ctx context.Context, method string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+		res, err := p.Pick(grpcbalancer.PickInfo{FullMethodName: method, Ctx: ctx})
+		if err != nil {
+			return err
+		}
+		res.Done(grpcbalancer.DoneInfo{})
+		return nil
+	}
+	ctx := t.Context()
+	allocs := testing.AllocsPerRun(1000, func() {
+		if err := intercept(ctx, "/pkg.Payments/Charge", nil, nil, cc, invoker); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 1 {
+		t.Errorf("a routed call allocates %.1f times in the balancer, want at most 1 (its decision)", allocs)
+	}
 }

@@ -10,11 +10,21 @@ import (
 )
 
 // RouteInfo says where the router sent a request, for span attributes,
-// access logs and response flags: Cluster (e.g.
-// "outbound|8080|v2|payments.shop.svc.cluster.local"), Subset ("v2"),
-// Endpoint ("ip:port"), Retries (attempts before this one) and
-// ResponseFlags (Envoy's, such as "UH" or "NR"; empty means none).
-type RouteInfo = routeinfo.Info
+// access logs and response flags.
+type RouteInfo struct {
+	// Cluster is the upstream cluster, e.g.
+	// "outbound|8080|v2|payments.shop.svc.cluster.local".
+	Cluster string
+	// Subset is the DestinationRule subset within the service, e.g. "v2".
+	Subset string
+	// Endpoint is the address picked, "ip:port".
+	Endpoint string
+	// Retries counts the attempts made before this one.
+	Retries int
+	// ResponseFlags holds Envoy response flags the router raised, such as
+	// "UH" (no healthy upstream) or "NR" (no route); empty means none.
+	ResponseFlags string
+}
 
 type routeValueKey struct{}
 
@@ -26,20 +36,26 @@ func WithRouteInfo(ctx context.Context, info RouteInfo) context.Context {
 }
 
 // SetRouteInfo records where a request went, in the request context a
-// telemetry handler tagged: the balancer calls it with the picker's
+// telemetry handler tagged: the balancer does so with the picker's
 // PickInfo.Ctx (gRPC) or the request's context (net/http, inside Transport).
 // A later call replaces an earlier one. It reports false, and records
 // nothing, when no handler tagged ctx.
 func SetRouteInfo(ctx context.Context, info RouteInfo) bool {
-	return routeinfo.Set(ctx, &info)
+	return routeinfo.Set(ctx, &routeinfo.Info{
+		Cluster: info.Cluster, Subset: info.Subset, Endpoint: info.Endpoint,
+		Retries: info.Retries, ResponseFlags: info.ResponseFlags,
+	})
 }
 
-// routeInfo returns what SetRouteInfo recorded in slot, or else what
-// WithRouteInfo put in ctx.
+// routeInfo returns what the balancer (or SetRouteInfo) recorded in slot,
+// or else what WithRouteInfo put in ctx.
 func routeInfo(ctx context.Context, slot *routeinfo.Slot) RouteInfo {
 	if slot != nil {
 		if p := slot.Load(); p != nil {
-			return *p
+			return RouteInfo{
+				Cluster: p.Cluster, Subset: p.Subset, Endpoint: p.Endpoint,
+				Retries: p.Retries, ResponseFlags: p.ResponseFlags,
+			}
 		}
 	}
 	info, _ := ctx.Value(routeValueKey{}).(RouteInfo)

@@ -64,16 +64,14 @@ func TestMeshClientLinksOnlyWhatItUses(t *testing.T) {
 // echo) cost grpc-go five goroutines each with one connection up: three
 // callback serializers (connectivity state, resolver, balancer) and the
 // transport's reader and writer; the ADS stream costs it one more, which
-// watches the stream's context. mesh's own are the ADS stream's receiver
-// and the balancer's aggregator of the echo channel's xDS watches; then
-// main. 14 in all: grpc-go's 11 are the floor.
+// watches the stream's context. mesh's own is the ADS stream's receiver;
+// then main. 13 in all: grpc-go's 11 are the floor.
 var leanGoroutines = map[string]int{
 	"": 1, // main
 	"google.golang.org/grpc/internal/grpcsync.NewCallbackSerializer": 6,
 	"google.golang.org/grpc/internal/transport.NewHTTP2Client":       4,
 	"google.golang.org/grpc.newClientStreamWithParams":               1,
 	"mesh/xdsclient.(*Client).subscriptionChangedLocked":             1,
-	"mesh/balancer.newAggregator":                                    1,
 }
 
 // transientGoroutines run only while they have work: queued watch
@@ -81,8 +79,8 @@ var leanGoroutines = map[string]int{
 // function (the certificate files' poller). They may be caught at work,
 // and do not count.
 var transientGoroutines = map[string]bool{
-	"mesh/xdsclient.(*serializer).schedule":   true,
-	"mesh/xdsclient.(*adsChannel).kickLocked": true,
+	"mesh/internal/serializer.(*Serializer).Schedule": true,
+	"mesh/xdsclient.(*adsChannel).kickLocked":         true,
 	"time.goFunc": true,
 }
 
@@ -120,8 +118,8 @@ func TestMeshClientStaysLean(t *testing.T) {
 			t.Errorf("goroutine beyond the %d expected from %q:\n%s", leanGoroutines[creator], creator, g)
 		}
 	}
-	if total > 14 {
-		t.Errorf("%d goroutines after the first RPC, want at most 14: %v", total, counts)
+	if total > 13 {
+		t.Errorf("%d goroutines after the first RPC, want at most 13: %v", total, counts)
 	}
 	t.Logf("goroutines after the first RPC: %d %v", total, counts)
 
