@@ -323,7 +323,9 @@ func TestRoutedCallAllocationBudget(t *testing.T) {
 	p := benchPicker(t, xdsclient.LBRoundRobin)
 	link := newChannelLink()
 	link.store(p.table.Load())
-	b := NewResolverBuilder(newFakeXDS())
+	xds := newFakeXDS()
+	defer xds.Close()
+	b := NewResolverBuilder(xds)
 	cc, err := grpc.NewClient("mesh:///"+testTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
