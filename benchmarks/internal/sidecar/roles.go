@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -34,6 +35,7 @@ import (
 	"mesh"
 	"mesh/benchmarks/internal/echo"
 	"mesh/controlplane"
+	"mesh/telemetry/otelsdk"
 )
 
 // roleEnv names the environment variable that turns the harness's own
@@ -79,12 +81,21 @@ func RoleMain() bool {
 	return true
 }
 
-// sdkTelemetry is what M records with: the OpenTelemetry SDK's meter
+// sdkTelemetry is what G records with: the OpenTelemetry SDK's meter
 // provider (read on demand, as a Prometheus scrape would) and its tracer
 // provider sampling only what the caller sampled.
 func sdkTelemetry() (*sdkmetric.MeterProvider, *sdktrace.TracerProvider) {
 	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())),
 		sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
+}
+
+// meshTelemetry is what M records with: sdkTelemetry's, with Istio's
+// histograms handed to the reader by telemetry/otelsdk's producer, as mesh
+// documents for SDK users.
+func meshTelemetry() (metric.MeterProvider, *sdktrace.TracerProvider) {
+	p := otelsdk.NewProducer()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader(sdkmetric.WithProducer(p))))
+	return p.MeterProvider(mp), sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 }
 
 func meshOptions(mode, dir string) ([]mesh.Option, error) {
@@ -94,7 +105,7 @@ func meshOptions(mode, dir string) ([]mesh.Option, error) {
 	}
 	switch mode {
 	case "M":
-		mp, tp := sdkTelemetry()
+		mp, tp := meshTelemetry()
 		return append(opts, mesh.WithMeterProvider(mp), mesh.WithTracerProvider(tp)), nil
 	case "M-lean":
 		return append(opts, mesh.WithMeterProvider(metricnoop.NewMeterProvider()), mesh.WithTracerProvider(tracenoop.NewTracerProvider())), nil
