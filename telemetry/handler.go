@@ -260,13 +260,42 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		fullMethod = info.FullMethodName
 		nameResolutionDelayed = info.NameResolutionDelay
 	}
-	return h.begin(ctx, fullMethod, nameResolutionDelayed)
+	return h.begin(ctx, fullMethod, nameResolutionDelayed, callerMetadata{})
+}
+
+// callerMetadata is the outgoing metadata a client call carried before
+// telemetry added to it, when the caller already read it (interceptors
+// do): looking keys up in it spares walking the context for each.
+type callerMetadata struct {
+	md    metadata.MD // a copy, keys in lower case; nil when there was none
+	known bool
+}
+
+// has reports whether the caller's outgoing metadata has key (lower case).
+func (c callerMetadata) has(ctx context.Context, key string) bool {
+	if !c.known {
+		return metadata.ValueFromOutgoingContext(ctx, key) != nil
+	}
+	_, ok := c.md[key]
+	return ok
+}
+
+// value returns the first value of key (lower case) in the caller's
+// outgoing metadata.
+func (c callerMetadata) value(ctx context.Context, key string) string {
+	if !c.known {
+		return outgoingValue(ctx, key)
+	}
+	if v := c.md[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // begin starts an RPC, for the stats handler and the interceptors alike:
 // its span and request ID, read from the request (server) or written into
 // it with this workload's peer metadata (client).
-func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool) *rpcContext {
+func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool, caller callerMetadata) *rpcContext {
 	rc := &rpcContext{owner: h, state: rpcState{fullMethod: fullMethod, start: h.now()}}
 	st := &rc.state
 	st.route = &st.ownRoute
@@ -277,7 +306,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 	}
 	var callerSentID bool // the caller's outgoing metadata has an x-request-id
 	if h.client {
-		st.requestID = outgoingValue(ctx, HeaderRequestID)
+		st.requestID = caller.value(ctx, HeaderRequestID)
 		callerSentID = st.requestID != ""
 	} else {
 		in := &st.incoming // part of the state: passing it allocates nothing
@@ -328,7 +357,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 			st.headers.Set(HeaderPeerMetadataID, h.metaID)
 			st.headers.Set(HeaderPeerMetadata, h.metaValue)
 		}
-		ctx = st.headers.attachOutgoing(ctx)
+		ctx = st.headers.attachOutgoing(ctx, caller)
 		st.headerBytes = kvBytes(st.headers.kv)
 		st.headers = outgoingHeaders{} // metadata holds its own copy now
 	}
