@@ -4,6 +4,7 @@ import (
 	"context"
 	"go.opentelemetry.io/otel/attribute"
 	"slices"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel/metric"
@@ -81,3 +82,56 @@ func TestRecordDoesNotAllocate(t *testing.T) {
 
 // oneLabel is a small label set.
 func oneLabel() attribute.Set { return attribute.NewSet(attribute.String("k", "v")) }
+
+// TestConcurrentRecording records from several goroutines while another
+// reads: no measurement is lost, and (under -race) no access races.
+func TestConcurrentRecording(t *testing.T) {
+	a := New()
+	s := a.ForSet(oneLabel())
+	const writers, each = 4, 1000
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			for _, s := range a.All() {
+				_ = s.RequestBytes.Snapshot()
+			}
+		}
+	}()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				s.RequestBytes.Record(int64(w*each + i))
+			}
+		}()
+	}
+	wg.Wait()
+	<-done
+	got := s.RequestBytes.Snapshot()
+	const n = writers * each
+	if got.Count != n || got.Sum != n*(n-1)/2 || got.Min != 0 || got.Max != n-1 {
+		t.Errorf("snapshot count %d sum %d min %d max %d, want %d, %d, 0, %d", got.Count, got.Sum, got.Min, got.Max, n, n*(n-1)/2, n-1)
+	}
+}
+
+// TestSeriesAreBounded: past maxSeries label sets, measurements go to one
+// overflow series, as the SDK's cardinality limit does.
+func TestSeriesAreBounded(t *testing.T) {
+	a := New()
+	for i := range maxSeries {
+		a.ForSet(attribute.NewSet(attribute.Int("i", i)))
+	}
+	over := a.ForSet(attribute.NewSet(attribute.Int("i", -1)))
+	if over != a.ForSet(attribute.NewSet(attribute.Int("i", -2))) {
+		t.Error("two label sets past the limit got different series")
+	}
+	if v, ok := over.Attributes.Value("otel.metric.overflow"); !ok || !v.AsBool() {
+		t.Errorf("overflow series labelled %v", over.Attributes)
+	}
+	if n := len(a.All()); n != maxSeries+1 {
+		t.Errorf("%d series, want %d", n, maxSeries+1)
+	}
+}
