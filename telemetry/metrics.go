@@ -302,7 +302,14 @@ func (c *core) record(ctx context.Context, ex *exchange) {
 		ls.counts.reqMsgs.Add(ex.requestMessages)
 		ls.counts.respMsgs.Add(ex.responseMessages)
 		ms := float64(ex.duration) / float64(time.Millisecond)
-		if h := ls.hist; h != nil {
+		if h := ls.hist; h != nil && ex.spanContext.IsSampled() {
+			// Exemplars, as the SDK's trace-based filter keeps them: only
+			// sampled calls pay for them.
+			now, tid, sid := c.now(), [16]byte(ex.spanContext.TraceID()), [8]byte(ex.spanContext.SpanID())
+			h.Duration.RecordExemplar(&histogram.Exemplar[float64]{Value: ms, Time: now, TraceID: tid, SpanID: sid})
+			h.RequestBytes.RecordExemplar(&histogram.Exemplar[int64]{Value: ex.requestBytes, Time: now, TraceID: tid, SpanID: sid})
+			h.ResponseBytes.RecordExemplar(&histogram.Exemplar[int64]{Value: ex.responseBytes, Time: now, TraceID: tid, SpanID: sid})
+		} else if h != nil {
 			h.Duration.Record(ms)
 			h.RequestBytes.Record(ex.requestBytes)
 			h.ResponseBytes.Record(ex.responseBytes)

@@ -12,6 +12,9 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"mesh/telemetry"
@@ -90,4 +93,62 @@ func lineDiff(a, b string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestProducerKeepsExemplars: a sampled call's histogram points carry its
+// span as an exemplar, as the SDK's trace-based exemplar filter gives
+// them; an unsampled call's carry none.
+func TestProducerKeepsExemplars(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	for _, sampled := range []bool{true, false} {
+		sampler := sdktrace.NeverSample()
+		if sampled {
+			sampler = sdktrace.AlwaysSample()
+		}
+		tp, spans := newRecordingProvider(t, sampler)
+		producer := otelsdk.NewProducer()
+		reader := sdkmetric.NewManualReader(sdkmetric.WithProducer(producer))
+		sdk := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		t.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
+		opts := []telemetry.Option{telemetry.WithMeterProvider(producer.MeterProvider(sdk)), telemetry.WithTracerProvider(tp)}
+		p := startPair(t, pairConfig{interceptors: true, clientOpts: append(opts, telemetry.WithWorkload(checkout)), serverOpts: append(opts, telemetry.WithWorkload(payments))})
+		if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("check: %v", err)
+		}
+		waitN(ctx, t, "client", p.clientEnds, 1)
+		waitN(ctx, t, "server", p.serverEnds, 1)
+		traceIDs := map[string]bool{}
+		for _, s := range spans.Ended() {
+			traceIDs[s.SpanContext().TraceID().String()] = true
+		}
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(ctx, &rm); err != nil {
+			t.Fatal(err)
+		}
+		var points int
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				h, ok := m.Data.(metricdata.Histogram[float64])
+				if !ok || m.Name != telemetry.MetricRequestDuration {
+					continue
+				}
+				for _, dp := range h.DataPoints {
+					points++
+					if !sampled {
+						if len(dp.Exemplars) != 0 {
+							t.Errorf("unsampled call: exemplars %v", dp.Exemplars)
+						}
+						continue
+					}
+					if len(dp.Exemplars) != 1 || !traceIDs[trace.TraceID(dp.Exemplars[0].TraceID).String()] || dp.Exemplars[0].Value != dp.Sum {
+						t.Errorf("sampled call: exemplars %+v, want one of trace %v with the call's duration %v", dp.Exemplars, traceIDs, dp.Sum)
+					}
+				}
+			}
+		}
+		if points != 2 {
+			t.Errorf("sampled %v: %d duration points, want 2 (both reporters)", sampled, points)
+		}
+	}
 }

@@ -11,7 +11,9 @@
 //
 // What a reader sees is what the SDK's own histograms would give it: the
 // same names, descriptions, units, instrumentation scope, labels and
-// Envoy's buckets, cumulative. Exemplars are not attached. Give the meter
+// Envoy's buckets, cumulative. Exemplars come from sampled calls, as with
+// the SDK's default trace-based filter: each bucket keeps its latest (the
+// SDK samples among a bucket's measurements instead). Give the meter
 // provider from MeterProvider to mesh (or to telemetry.WithMeterProvider)
 // and the producer to the reader: a provider wrapped without the producer
 // on a reader loses the histograms, and the producer without the wrapped

@@ -110,5 +110,17 @@ func dataPoint[N int64 | float64](s *histogram.Series, h *histogram.Histogram[N]
 		Min:          metricdata.NewExtrema(snap.Min),
 		Max:          metricdata.NewExtrema(snap.Max),
 		Sum:          snap.Sum,
+		Exemplars:    exemplars(snap.Exemplars),
 	}, true
+}
+
+func exemplars[N int64 | float64](in []*histogram.Exemplar[N]) []metricdata.Exemplar[N] {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]metricdata.Exemplar[N], len(in))
+	for i, e := range in {
+		out[i] = metricdata.Exemplar[N]{Time: e.Time, Value: e.Value, TraceID: e.TraceID[:], SpanID: e.SpanID[:]}
+	}
+	return out
 }

@@ -104,11 +104,30 @@ type Histogram[N int64 | float64] struct {
 	// sum, min and max hold N's bits: math.Float64bits for float64, the
 	// two's complement for int64.
 	sum, min, max atomic.Uint64
+	// exemplars holds each bucket's latest measurement made under a
+	// sampled span, as the SDK's trace-based exemplar filter keeps one
+	// per bucket.
+	exemplars [20]atomic.Pointer[Exemplar[N]]
+}
+
+// Exemplar is a measurement made under a sampled span.
+type Exemplar[N int64 | float64] struct {
+	Value   N
+	Time    time.Time
+	TraceID [16]byte
+	SpanID  [8]byte
 }
 
 func (h *Histogram[N]) init() {
 	h.min.Store(toBits(maxOf[N]()))
 	h.max.Store(toBits(-maxOf[N]()))
+}
+
+// RecordExemplar adds one measurement made under a sampled span, and keeps
+// it as its bucket's exemplar.
+func (h *Histogram[N]) RecordExemplar(e *Exemplar[N]) {
+	h.exemplars[bucket(float64(e.Value))].Store(e)
+	h.Record(e.Value)
 }
 
 // Record adds one measurement.
@@ -141,6 +160,7 @@ type Snapshot[N int64 | float64] struct {
 	Counts        []uint64
 	Count         uint64
 	Sum, Min, Max N
+	Exemplars     []*Exemplar[N] // by bucket; none when no span was sampled
 }
 
 // Snapshot reads the histogram.
@@ -149,6 +169,9 @@ func (h *Histogram[N]) Snapshot() Snapshot[N] {
 	for i := range h.counts {
 		s.Counts[i] = h.counts[i].Load()
 		s.Count += s.Counts[i]
+		if e := h.exemplars[i].Load(); e != nil {
+			s.Exemplars = append(s.Exemplars, e)
+		}
 	}
 	s.Sum, s.Min, s.Max = fromBits[N](h.sum.Load()), fromBits[N](h.min.Load()), fromBits[N](h.max.Load())
 	return s
