@@ -11,13 +11,15 @@
 //
 // What a reader sees is what the SDK's own histograms would give it: the
 // same names, descriptions, units, instrumentation scope, labels and
-// Envoy's buckets, cumulative. Exemplars come from sampled calls, as with
-// the SDK's default trace-based filter: each bucket keeps its latest (the
-// SDK samples among a bucket's measurements instead). Give the meter
-// provider from MeterProvider to mesh (or to telemetry.WithMeterProvider)
-// and the producer to the reader: a provider wrapped without the producer
-// on a reader loses the histograms, and the producer without the wrapped
-// provider reports none.
+// Envoy's buckets. The histograms are always cumulative, whatever
+// temporality the reader prefers (Prometheus wants cumulative; an OTLP
+// exporter preferring delta gets cumulative histograms). Exemplars come
+// from sampled calls, as with the SDK's default trace-based filter: each
+// bucket keeps its latest (the SDK samples among a bucket's measurements
+// instead). Give the meter provider from MeterProvider to mesh (or to
+// telemetry.WithMeterProvider) and the producer to the reader: a provider
+// wrapped without the producer on a reader loses the histograms, and the
+// producer without the wrapped provider reports none.
 //
 // This package imports the SDK; telemetry itself depends on the
 // OpenTelemetry API only.

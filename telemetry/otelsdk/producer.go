@@ -20,6 +20,11 @@ const scopeName = "mesh/telemetry"
 // Producer interface) of Istio's histograms: request duration, request
 // size and response size, for every handler given a meter provider from
 // its MeterProvider method.
+//
+// # Experimental
+//
+// The way a meter provider is marked may change, for instance should the
+// OpenTelemetry API gain observable histograms.
 type Producer struct {
 	agg *histogram.Aggregator
 }
