@@ -56,7 +56,7 @@ func RoleMain() bool {
 		return false
 	}
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
-	mode := fs.String("mode", "", "variant: B, plain, G, M, M-lean")
+	mode := fs.String("mode", "", "variant: B, plain, G, M, M-sdk, M-lean")
 	dir := fs.String("dir", "", "the workload directory WriteBootstrap wrote")
 	target := fs.String("target", "", "client: where to send the echo")
 	if err := fs.Parse(strings.Fields(os.Getenv(roleEnv + "_ARGS"))); err != nil {
@@ -81,7 +81,7 @@ func RoleMain() bool {
 	return true
 }
 
-// sdkTelemetry is what G records with: the OpenTelemetry SDK's meter
+// sdkTelemetry is what G and M-sdk record with: the OpenTelemetry SDK's meter
 // provider (read on demand, as a Prometheus scrape would) and its tracer
 // provider sampling only what the caller sampled.
 func sdkTelemetry() (*sdkmetric.MeterProvider, *sdktrace.TracerProvider) {
@@ -106,6 +106,9 @@ func meshOptions(mode, dir string) ([]mesh.Option, error) {
 	switch mode {
 	case "M":
 		mp, tp := meshTelemetry()
+		return append(opts, mesh.WithMeterProvider(mp), mesh.WithTracerProvider(tp)), nil
+	case "M-sdk":
+		mp, tp := sdkTelemetry()
 		return append(opts, mesh.WithMeterProvider(mp), mesh.WithTracerProvider(tp)), nil
 	case "M-lean":
 		return append(opts, mesh.WithMeterProvider(metricnoop.NewMeterProvider()), mesh.WithTracerProvider(tracenoop.NewTracerProvider())), nil
@@ -139,7 +142,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 		srv := grpc.NewServer(opts...)
 		echo.Register(srv)
 		serve, stop = func() error { return srv.Serve(lis) }, srv.Stop
-	case "M", "M-lean":
+	case "M", "M-sdk", "M-lean":
 		opts, err := meshOptions(mode, dir)
 		if err != nil {
 			return err
@@ -186,7 +189,7 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 			return nil, nil, err
 		}
 		return conn, func() { conn.Close() }, nil
-	case "M", "M-lean":
+	case "M", "M-sdk", "M-lean":
 		opts, err := meshOptions(mode, dir)
 		if err != nil {
 			return nil, nil, err
