@@ -13,6 +13,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/telemetry/otelsdk"
 )
 
 // allowCheckoutYAML turns on RBAC at payments: only checkout's identity may
@@ -29,19 +30,32 @@ spec:
 `
 
 // UnaryMeshFull is UnaryMesh with every default on: Istio's metrics for both
-// reporters recorded through the OpenTelemetry SDK (a manual reader, as a
-// Prometheus exporter is), peer metadata exchange, x-request-id, tracing with
-// a parent-based sampler that samples no root (as production mostly runs),
-// RBAC, routing and STRICT mTLS.
-func UnaryMeshFull(b *testing.B) {
+// reporters handed to the OpenTelemetry SDK (a manual reader, as a
+// Prometheus exporter is; histograms through telemetry/otelsdk's producer),
+// peer metadata exchange, x-request-id, tracing with a parent-based sampler
+// that samples no root (as production mostly runs), RBAC, routing and
+// STRICT mTLS.
+func UnaryMeshFull(b *testing.B) { unaryMeshFull(b, true) }
+
+// UnaryMeshFullSDKHistograms is UnaryMeshFull with the histograms recorded
+// by the SDK's own synchronous instruments (no producer on the reader).
+func UnaryMeshFullSDKHistograms(b *testing.B) { unaryMeshFull(b, false) }
+
+func unaryMeshFull(b *testing.B, producer bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	w := shop.StartWorldWith(b, ctx,
 		shop.WorldConfig{V1: 100, V2: 0, Sampler: sdktrace.ParentBased(sdktrace.NeverSample())},
 		shop.WorldOptions{Mesh: func(controlplane.Workload, string) []mesh.Option {
-			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			if !producer {
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+				b.Cleanup(func() { mp.Shutdown(context.Background()) })
+				return []mesh.Option{mesh.WithMeterProvider(mp)}
+			}
+			p := otelsdk.NewProducer()
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader(sdkmetric.WithProducer(p))))
 			b.Cleanup(func() { mp.Shutdown(context.Background()) })
-			return []mesh.Option{mesh.WithMeterProvider(mp)}
+			return []mesh.Option{mesh.WithMeterProvider(p.MeterProvider(mp))}
 		}})
 	if err := w.ControlPlane.Apply([]byte(allowCheckoutYAML)); err != nil {
 		b.Fatal(err)

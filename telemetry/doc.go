@@ -54,7 +54,11 @@
 // stats handlers at a fraction of their cost: once any stats handler is
 // installed, grpc-go builds an object per event of every RPC. Each label set
 // is built once and cached (bounded), so recording a known series
-// allocates nothing.
+// allocates nothing. The counters are atomics read when the meter provider
+// collects. The SDK's synchronous histograms walk all of Istio's labels on
+// every measurement; with the OpenTelemetry SDK, give the reader package
+// mesh/telemetry/otelsdk's Producer and telemetry the meter provider it
+// wraps, and the histograms are atomics too, read at collection.
 //
 // # Peer metadata
 //

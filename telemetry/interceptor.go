@@ -128,7 +128,7 @@ func clientResponded(header metadata.MD, err error) bool {
 
 func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	callerMD, _ := metadata.FromOutgoingContext(ctx) // nil, and free, when the caller set none
-	rc := h.begin(ctx, method, false)
+	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true})
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
 	err := invoker(rc, method, req, reply, cc, st.callOptions(opts, grpc.Header(&st.respHeader))...)
@@ -155,7 +155,7 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 
 func (h *handler) interceptStreamClient(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	callerMD, _ := metadata.FromOutgoingContext(ctx)
-	rc := h.begin(ctx, method, false)
+	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true})
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
 	st.reqBytes.Store(st.requestBytesSent(rc, callerMD))
@@ -240,7 +240,7 @@ func (s *clientStream) finish(err error) {
 
 func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContext {
 	h := s.h
-	rc := h.begin(ctx, method, false)
+	rc := h.begin(ctx, method, false, callerMetadata{})
 	st := &rc.state
 	if p, ok := peer.FromContext(ctx); ok {
 		st.remote, st.local = p.Addr, p.LocalAddr

@@ -92,12 +92,12 @@ func (h *outgoingHeaders) Keys() []string {
 // replacing any value already there under the same key. A stale traceparent
 // is common when a service forwards its incoming metadata; left in place the
 // server would see two and could pick the wrong parent.
-func (h *outgoingHeaders) attachOutgoing(ctx context.Context) context.Context {
+func (h *outgoingHeaders) attachOutgoing(ctx context.Context, caller callerMetadata) context.Context {
 	if len(h.kv) == 0 {
 		return ctx
 	}
 	for i := 0; i < len(h.kv); i += 2 {
-		if metadata.ValueFromOutgoingContext(ctx, h.kv[i]) != nil {
+		if caller.has(ctx, h.kv[i]) {
 			md, _ := metadata.FromOutgoingContext(ctx) // a copy, safe to change
 			for j := 0; j < len(h.kv); j += 2 {
 				md.Set(h.kv[j], h.kv[j+1])

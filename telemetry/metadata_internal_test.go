@@ -22,7 +22,7 @@ func TestOutgoingHeaders(t *testing.T) {
 	}
 
 	// No existing metadata: appended.
-	ctx := h.attachOutgoing(context.Background())
+	ctx := h.attachOutgoing(context.Background(), callerMetadata{})
 	md, _ := metadata.FromOutgoingContext(ctx)
 	if got := md.Get("traceparent"); !slices.Equal(got, []string{"c"}) {
 		t.Errorf("traceparent = %q, want [c]", got)
@@ -31,16 +31,21 @@ func TestOutgoingHeaders(t *testing.T) {
 	// Existing values under the same keys are replaced, others kept.
 	ctx = metadata.NewOutgoingContext(context.Background(), metadata.Pairs("traceparent", "stale", "x-user", "u"))
 	ctx = metadata.AppendToOutgoingContext(ctx, "x-b3-traceid", "stale-too")
-	md, _ = metadata.FromOutgoingContext(h.attachOutgoing(ctx))
-	for key, want := range map[string][]string{"traceparent": {"c"}, "x-b3-traceid": {"b"}, "x-user": {"u"}} {
-		if got := md.Get(key); !slices.Equal(got, want) {
-			t.Errorf("%s = %q, want %q", key, got, want)
+	// The same whether attachOutgoing reads the context or is handed the
+	// caller's metadata, as interceptors do.
+	callerMD, _ := metadata.FromOutgoingContext(ctx)
+	for _, caller := range []callerMetadata{{}, {md: callerMD, known: true}} {
+		md, _ = metadata.FromOutgoingContext(h.attachOutgoing(ctx, caller))
+		for key, want := range map[string][]string{"traceparent": {"c"}, "x-b3-traceid": {"b"}, "x-user": {"u"}} {
+			if got := md.Get(key); !slices.Equal(got, want) {
+				t.Errorf("known %v: %s = %q, want %q", caller.known, key, got, want)
+			}
 		}
 	}
 
 	var none outgoingHeaders
 	none.reset()
-	if ctx := context.Background(); none.attachOutgoing(ctx) != ctx {
+	if ctx := context.Background(); none.attachOutgoing(ctx, callerMetadata{}) != ctx {
 		t.Error("attaching no headers changed the context")
 	}
 }

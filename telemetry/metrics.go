@@ -11,8 +11,11 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"mesh/telemetry/internal/histogram"
 )
 
 // Names of Istio's standard metrics. With the OpenTelemetry Prometheus
@@ -27,11 +30,9 @@ const (
 	MetricResponseMessagesTotal = "istio_response_messages_total"
 )
 
-// envoyBuckets are Envoy's default histogram bucket bounds, which Istio's
-// sidecars use for every one of its histograms, durations and sizes alike:
-// dashboards and quantile queries then read proxy and proxyless series the
-// same way.
-var envoyBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+// envoyBuckets are Envoy's default histogram bucket bounds (see
+// histogram.EnvoyBuckets).
+var envoyBuckets = histogram.EnvoyBuckets
 
 // Label values Istio uses.
 const (
@@ -57,9 +58,17 @@ type instruments struct {
 	responseMessages metric.Int64ObservableCounter
 }
 
+// histogramSink is a meter provider that aggregates Istio's histograms
+// itself (telemetry/otelsdk's): then no SDK histogram is created, and each
+// measurement is a bucket search and a few atomic operations.
+type histogramSink interface {
+	MeshHistograms() *histogram.Aggregator
+}
+
 // newInstruments creates Istio's instruments. A meter provider may refuse
 // one (returning a no-op instrument with the error); the rest still work.
-func newInstruments(mp metric.MeterProvider, logger *slog.Logger, counts *counters) *instruments {
+// With a histogram sink, the histograms are no-ops: the sink has them.
+func newInstruments(mp metric.MeterProvider, logger *slog.Logger, counts *counters, sink bool) *instruments {
 	meter := mp.Meter(meterInstrumentID)
 	in := &instruments{}
 	var err error
@@ -71,16 +80,20 @@ func newInstruments(mp metric.MeterProvider, logger *slog.Logger, counts *counte
 	in.requests, err = meter.Int64ObservableCounter(MetricRequestsTotal,
 		metric.WithDescription("Requests, by source, destination and outcome (Istio standard metric)."))
 	report(MetricRequestsTotal, err)
-	in.duration, err = meter.Float64Histogram(MetricRequestDuration, metric.WithUnit("ms"),
-		metric.WithDescription("Request duration (Istio standard metric)."),
+	histograms := meter
+	if sink {
+		histograms = noop.Meter{}
+	}
+	in.duration, err = histograms.Float64Histogram(MetricRequestDuration, metric.WithUnit(histogram.DurationUnit),
+		metric.WithDescription(histogram.DurationDescription),
 		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricRequestDuration, err)
-	in.requestBytes, err = meter.Int64Histogram(MetricRequestBytes, metric.WithUnit("By"),
-		metric.WithDescription("Request size: headers and body as on the wire, uncompressed headers (Istio standard metric)."),
+	in.requestBytes, err = histograms.Int64Histogram(MetricRequestBytes, metric.WithUnit(histogram.BytesUnit),
+		metric.WithDescription(histogram.RequestBytesDescription),
 		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricRequestBytes, err)
-	in.responseBytes, err = meter.Int64Histogram(MetricResponseBytes, metric.WithUnit("By"),
-		metric.WithDescription("Response size: headers, body and trailers as on the wire, uncompressed headers (Istio standard metric)."),
+	in.responseBytes, err = histograms.Int64Histogram(MetricResponseBytes, metric.WithUnit(histogram.BytesUnit),
+		metric.WithDescription(histogram.ResponseBytesDescription),
 		metric.WithExplicitBucketBoundaries(envoyBuckets...))
 	report(MetricResponseBytes, err)
 	in.requestMessages, err = meter.Int64ObservableCounter(MetricRequestMessagesTotal,
@@ -108,6 +121,7 @@ type core struct {
 	extraAttrs   []attribute.KeyValue
 	instruments  *instruments
 	counters     *counters
+	histograms   *histogram.Aggregator // nil: the SDK's histograms record
 	workload     Workload
 	service      string
 	peerIdentity func(context.Context) (string, bool)
@@ -140,7 +154,10 @@ func newCore(client bool, opts []Option) *core {
 	}
 	c.unsampled = newUnsampledShortcut(cfg.tracerProvider, c.tracer)
 	c.counters = &counters{}
-	c.instruments = newInstruments(cfg.meterProvider, cfg.logger, c.counters)
+	if sink, ok := cfg.meterProvider.(histogramSink); ok {
+		c.histograms = sink.MeshHistograms()
+	}
+	c.instruments = newInstruments(cfg.meterProvider, cfg.logger, c.counters, c.histograms != nil)
 	c.labelSets, _ = lru.New[labelKey, *labelSet](labelSetCacheSize) // fails only for a size <= 0
 	for _, f := range cfg.propagator.Fields() {
 		if f == b3ParentSpanID || f == b3Single {
@@ -246,6 +263,7 @@ type labelKey struct {
 type labelSet struct {
 	rec    []metric.RecordOption
 	counts *seriesCounts
+	hist   *histogram.Series // nil: record through rec
 }
 
 func (c *core) labelSet(ex *exchange) *labelSet {
@@ -261,6 +279,9 @@ func (c *core) labelSet(ex *exchange) *labelSet {
 	}
 	set := attribute.NewSet(c.labels(ex)...)
 	ls := &labelSet{rec: []metric.RecordOption{metric.WithAttributeSet(set)}, counts: c.counters.forSet(set, ex.protocol == protocolGRPC)}
+	if c.histograms != nil {
+		ls.hist = c.histograms.ForSet(set)
+	}
 	c.labelSets.Add(key, ls)
 	return ls
 }
@@ -277,14 +298,28 @@ func (c *core) record(ctx context.Context, ex *exchange) {
 	if !ex.spanContext.IsSampled() {
 		mctx = context.Background()
 	}
-	if in := c.instruments; in.histogramsEnabled(mctx) || c.counters.collected.Load() {
+	if in := c.instruments; c.histograms != nil || in.histogramsEnabled(mctx) || c.counters.collected.Load() {
 		ls := c.labelSet(ex)
 		ls.counts.requests.Add(1)
 		ls.counts.reqMsgs.Add(ex.requestMessages)
 		ls.counts.respMsgs.Add(ex.responseMessages)
-		in.duration.Record(mctx, float64(ex.duration)/float64(time.Millisecond), ls.rec...)
-		in.requestBytes.Record(mctx, ex.requestBytes, ls.rec...)
-		in.responseBytes.Record(mctx, ex.responseBytes, ls.rec...)
+		ms := float64(ex.duration) / float64(time.Millisecond)
+		if h := ls.hist; h != nil && ex.spanContext.IsSampled() {
+			// Exemplars, as the SDK's trace-based filter keeps them: only
+			// sampled calls pay for them.
+			now, tid, sid := c.now(), [16]byte(ex.spanContext.TraceID()), [8]byte(ex.spanContext.SpanID())
+			h.Duration.RecordExemplar(&histogram.Exemplar[float64]{Value: ms, Time: now, TraceID: tid, SpanID: sid})
+			h.RequestBytes.RecordExemplar(&histogram.Exemplar[int64]{Value: ex.requestBytes, Time: now, TraceID: tid, SpanID: sid})
+			h.ResponseBytes.RecordExemplar(&histogram.Exemplar[int64]{Value: ex.responseBytes, Time: now, TraceID: tid, SpanID: sid})
+		} else if h != nil {
+			h.Duration.Record(ms)
+			h.RequestBytes.Record(ex.requestBytes)
+			h.ResponseBytes.Record(ex.responseBytes)
+		} else {
+			in.duration.Record(mctx, ms, ls.rec...)
+			in.requestBytes.Record(mctx, ex.requestBytes, ls.rec...)
+			in.responseBytes.Record(mctx, ex.responseBytes, ls.rec...)
+		}
 	}
 	c.writeAccessLog(ctx, ex)
 }

@@ -1,7 +1,8 @@
 // Command compare runs the side-by-side benchmarks of package benchmarks in
 // one process and prints them as the Markdown table kept in
-// benchmarks/README.md: each mesh number next to plain grpc-go's, and their
-// ratio.
+// benchmarks/README.md: plain grpc-go + mTLS, with mesh's tracing, with
+// grpc-go's own OpenTelemetry metrics, mesh, and mesh with every default on
+// (BenchmarkUnaryMeshFull), each with its ratio to plain grpc-go.
 //
 //	go run ./benchmarks/compare
 package main
@@ -22,13 +23,39 @@ func main() {
 	flag.Parse()
 
 	fmt.Printf("machine: %s\n\n", sidecar.Machine())
-	fmt.Println("| measurement | grpc-go + mTLS | + tracing | mesh | mesh / grpc-go | mesh / grpc-go + tracing |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
-	r := bestOf(*rounds, benchmarks.UnaryGRPC, benchmarks.UnaryGRPCTraced, benchmarks.UnaryMesh)
-	base, traced, mesh := r[0], r[1], r[2]
+	sides := []struct {
+		name string
+		f    func(*testing.B)
+	}{
+		{"grpc-go + mTLS", benchmarks.UnaryGRPC},
+		{"+ mesh tracing", benchmarks.UnaryGRPCTraced},
+		{"+ grpc OTel metrics", benchmarks.UnaryGRPCOTel},
+		{"mesh", benchmarks.UnaryMesh},
+		{"mesh, everything on", benchmarks.UnaryMeshFull},
+	}
+	fs := make([]func(*testing.B), len(sides))
+	header, rule := "| measurement |", "| --- |"
+	for i, s := range sides {
+		fs[i] = s.f
+		header += " " + s.name + " |"
+		rule += " ---: |"
+	}
+	for _, s := range sides[1:] {
+		header += " " + s.name + " / grpc-go |"
+		rule += " ---: |"
+	}
+	fmt.Println(header)
+	fmt.Println(rule)
+	r := bestOf(*rounds, fs...)
 	row := func(name, unit string, get func(testing.BenchmarkResult) float64) {
-		b, t, m := get(base), get(traced), get(mesh)
-		fmt.Printf("| unary RPC, %s | %.0f %s | %.0f %s | %.0f %s | %s | %s |\n", name, b, unit, t, unit, m, unit, ratio(m, b), ratio(m, t))
+		line := "| unary RPC, " + name + " |"
+		for _, res := range r {
+			line += fmt.Sprintf(" %.0f %s |", get(res), unit)
+		}
+		for _, res := range r[1:] {
+			line += " " + ratio(get(res), get(r[0])) + " |"
+		}
+		fmt.Println(line)
 	}
 	row("time", "ns", func(r testing.BenchmarkResult) float64 { return float64(r.NsPerOp()) })
 	row("memory", "B", func(r testing.BenchmarkResult) float64 { return float64(r.AllocedBytesPerOp()) })

@@ -10,9 +10,11 @@
 // server through an HAProxy mTLS pair (one thread each, TCP mode, TLS
 // both sides, the control plane's SVIDs): a stand-in for an Envoy pair,
 // since Envoy cannot be installed here; M, mesh to mesh with xDS routing,
-// STRICT mTLS, RBAC, Istio metrics through the OpenTelemetry SDK and
-// tracing sampled parent-based with a never-sample root; M-lean, the same
-// with no-op meter and tracer providers; G, B plus grpc-go's own
+// STRICT mTLS, RBAC, Istio metrics through the OpenTelemetry SDK (the
+// histograms through telemetry/otelsdk's producer) and tracing sampled
+// parent-based with a never-sample root; M-sdk, M with the SDK's own
+// histograms; M-lean, the same with no-op meter and tracer providers; G, B
+// plus grpc-go's own
 // OpenTelemetry metrics plugin. Each runs one echo at a time (latency),
 // eight at a time (throughput, CPU) and an open loop at a fixed rate
 // (latency from each call's intended send time), variants taking turns.

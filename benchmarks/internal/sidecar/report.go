@@ -36,6 +36,7 @@ var Names = map[string]string{
 	Plain:    "B: grpc-go + mTLS",
 	Sidecars: "C: HAProxy mTLS pair",
 	Mesh:     "M: mesh",
+	MeshSDK:  "M-sdk: mesh, SDK's own histograms",
 	MeshLean: "M-lean: mesh, no-op telemetry",
 	GRPCOTel: "G: grpc-go + mTLS + grpc OTel metrics",
 }
@@ -83,7 +84,7 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nWhat each adds over B (medians; goal: mesh adds at most 1/10 of the pair's latency and 1/5 of its CPU):\n\n")
 	var meshes []string
-	for _, v := range []string{Mesh, MeshLean, Mesh + Before, MeshLean + Before} {
+	for _, v := range []string{Mesh, MeshSDK, MeshLean, Mesh + Before, MeshLean + Before} {
 		if slices.Contains(vs, v) {
 			meshes = append(meshes, v)
 		}

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -34,6 +35,7 @@ import (
 	"mesh"
 	"mesh/benchmarks/internal/echo"
 	"mesh/controlplane"
+	"mesh/telemetry/otelsdk"
 )
 
 // roleEnv names the environment variable that turns the harness's own
@@ -54,7 +56,7 @@ func RoleMain() bool {
 		return false
 	}
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
-	mode := fs.String("mode", "", "variant: B, plain, G, M, M-lean")
+	mode := fs.String("mode", "", "variant: B, plain, G, M, M-sdk, M-lean")
 	dir := fs.String("dir", "", "the workload directory WriteBootstrap wrote")
 	target := fs.String("target", "", "client: where to send the echo")
 	if err := fs.Parse(strings.Fields(os.Getenv(roleEnv + "_ARGS"))); err != nil {
@@ -79,12 +81,21 @@ func RoleMain() bool {
 	return true
 }
 
-// sdkTelemetry is what M records with: the OpenTelemetry SDK's meter
+// sdkTelemetry is what G and M-sdk record with: the OpenTelemetry SDK's meter
 // provider (read on demand, as a Prometheus scrape would) and its tracer
 // provider sampling only what the caller sampled.
 func sdkTelemetry() (*sdkmetric.MeterProvider, *sdktrace.TracerProvider) {
 	return sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())),
 		sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
+}
+
+// meshTelemetry is what M records with: sdkTelemetry's, with Istio's
+// histograms handed to the reader by telemetry/otelsdk's producer, as mesh
+// documents for SDK users.
+func meshTelemetry() (metric.MeterProvider, *sdktrace.TracerProvider) {
+	p := otelsdk.NewProducer()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader(sdkmetric.WithProducer(p))))
+	return p.MeterProvider(mp), sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 }
 
 func meshOptions(mode, dir string) ([]mesh.Option, error) {
@@ -94,6 +105,9 @@ func meshOptions(mode, dir string) ([]mesh.Option, error) {
 	}
 	switch mode {
 	case "M":
+		mp, tp := meshTelemetry()
+		return append(opts, mesh.WithMeterProvider(mp), mesh.WithTracerProvider(tp)), nil
+	case "M-sdk":
 		mp, tp := sdkTelemetry()
 		return append(opts, mesh.WithMeterProvider(mp), mesh.WithTracerProvider(tp)), nil
 	case "M-lean":
@@ -128,7 +142,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 		srv := grpc.NewServer(opts...)
 		echo.Register(srv)
 		serve, stop = func() error { return srv.Serve(lis) }, srv.Stop
-	case "M", "M-lean":
+	case "M", "M-sdk", "M-lean":
 		opts, err := meshOptions(mode, dir)
 		if err != nil {
 			return err
@@ -175,7 +189,7 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 			return nil, nil, err
 		}
 		return conn, func() { conn.Close() }, nil
-	case "M", "M-lean":
+	case "M", "M-sdk", "M-lean":
 		opts, err := meshOptions(mode, dir)
 		if err != nil {
 			return nil, nil, err

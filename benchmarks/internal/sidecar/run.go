@@ -29,9 +29,13 @@ const (
 	// between them: a stand-in for an Envoy sidecar pair.
 	Sidecars = "C"
 	// mesh client to mesh server: xDS routing, STRICT mTLS, RBAC, Istio
-	// metrics through the OpenTelemetry SDK, tracing sampled parent-based
+	// metrics through the OpenTelemetry SDK (histograms handed to the
+	// reader by telemetry/otelsdk's producer), tracing sampled parent-based
 	// with a never-sample root.
 	Mesh = "M"
+	// Mesh with Istio's histograms recorded by the SDK's own synchronous
+	// instruments (no producer on the reader).
+	MeshSDK = "M-sdk"
 	// Mesh with no-op meter and tracer providers.
 	MeshLean = "M-lean"
 	// Plain grpc-go + mTLS with grpc-go's OpenTelemetry metrics plugin
@@ -40,7 +44,7 @@ const (
 )
 
 // Variants lists every variant.
-var Variants = []string{Plain, Sidecars, Mesh, MeshLean, GRPCOTel}
+var Variants = []string{Plain, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
 
 // Config sizes a run. Zero fields take the defaults in parentheses.
 type Config struct {
@@ -212,7 +216,7 @@ const Before = "/before"
 // meshServices are the echo services of the mesh variants, one each, so
 // that no client's traffic reaches another variant's server.
 var meshServices = map[string]string{
-	Mesh: "echo", MeshLean: "echo-lean", Mesh + Before: "echo-before", MeshLean + Before: "echo-lean-before",
+	Mesh: "echo", MeshSDK: "echo-sdk", MeshLean: "echo-lean", Mesh + Before: "echo-before", MeshLean + Before: "echo-lean-before",
 }
 
 // meshYAML: STRICT mTLS, RBAC that lets only the client's identity call
@@ -329,7 +333,7 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 			return nil, err
 		}
 		mode, target = "plain", outbound
-	case Mesh, MeshLean, Mesh + Before, MeshLean + Before:
+	case Mesh, MeshSDK, MeshLean, Mesh + Before, MeshLean + Before:
 		mode = strings.TrimSuffix(v, Before)
 		svc := meshServices[v]
 		if _, err := server(mode, dirs[svc]); err != nil {
