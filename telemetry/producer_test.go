@@ -51,8 +51,8 @@ func TestProducerScrapesLikeTheSDK(t *testing.T) {
 		clock := telemetry.WithClock(func() time.Time { return time.Unix(1700000000, 0) })
 		p := startPair(t, pairConfig{
 			interceptors: true,
-			clientOpts:   []telemetry.Option{clock, telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost)},
-			serverOpts:   []telemetry.Option{clock, telemetry.WithMeterProvider(mp), telemetry.WithWorkload(payments)},
+			clientOpts:   []telemetry.GRPCOption{clock, telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost)},
+			serverOpts:   []telemetry.GRPCOption{clock, telemetry.WithMeterProvider(mp), telemetry.WithWorkload(payments)},
 		})
 		for _, service := range []string{"", "", "missing"} {
 			_, _ = p.client.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
@@ -111,7 +111,7 @@ func TestProducerKeepsExemplars(t *testing.T) {
 		reader := sdkmetric.NewManualReader(sdkmetric.WithProducer(producer))
 		sdk := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 		t.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
-		opts := []telemetry.Option{telemetry.WithMeterProvider(producer.MeterProvider(sdk)), telemetry.WithTracerProvider(tp)}
+		opts := []telemetry.GRPCOption{telemetry.WithMeterProvider(producer.MeterProvider(sdk)), telemetry.WithTracerProvider(tp)}
 		p := startPair(t, pairConfig{interceptors: true, clientOpts: append(opts, telemetry.WithWorkload(checkout)), serverOpts: append(opts, telemetry.WithWorkload(payments))})
 		if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 			t.Fatalf("check: %v", err)
