@@ -140,6 +140,14 @@ func TestWorkloadsAsSeparateProcesses(t *testing.T) {
 		p.waitLine(ctx, t, regexp.MustCompile(`serving on`))
 		payments[v] = p
 	}
+	// Serving comes before joining: a payments version is an endpoint once
+	// its xDS stream is up. Checkout starts after both joined, so that no
+	// first call finds a version without endpoints (and records a series
+	// of an unknown destination).
+	joined := regexp.MustCompile(`node connected node=sidecar~[^~]*~(payments-v[12])\.`)
+	for seen := map[string]bool{}; len(seen) < 2; {
+		seen[cp.waitLine(ctx, t, joined)[1]] = true
+	}
 	checkout := start(t, "checkout", filepath.Join(bins, "checkout"), bootstrap("checkout"), "-n", "100", "-admin", "127.0.0.1:0")
 	admin := checkout.waitLine(ctx, t, adminURL)[1]
 
