@@ -141,7 +141,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
 	// On gRPC the peer's identity is read from mesh's own credentials; the
 	// HTTP middleware and transport read the connection's TLS state.
-	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerIdentity(peerPrincipal)}
+	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerAuthIdentity(peerAuthPrincipal)}
 	for _, o := range telem {
 		grpcTelem = append(grpcTelem, o)
 	}
