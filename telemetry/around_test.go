@@ -107,7 +107,9 @@ func TestServerOptionsAroundSparesTheChain(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts differ under the race detector")
 	}
-	pass := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) { return h(ctx, req) }
+	pass := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		return h(ctx, req)
+	}
 	server := telemetry.NewServerInterceptor(telemetry.WithWorkload(payments))
 	chained := callAllocs(t, nil, append(server.ServerOptions(), grpc.ChainUnaryInterceptor(pass)))
 	around := callAllocs(t, nil, server.ServerOptionsAround(pass, nil))
