@@ -163,6 +163,8 @@ type handler struct {
 	// headers lends a client RPC its scratch space for injection while it
 	// starts: kept out of rpcState, whose size every RPC of both sides pays.
 	headers sync.Pool
+	// requestIDs makes the IDs of client calls that carry none.
+	requestIDs requestIDSource
 }
 
 func newHandler(client bool, opts []GRPCOption) *handler {
@@ -325,7 +327,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 	if !inheritedID {
 		st.requestID, inheritedID = RequestIDFromContext(ctx)
 		if !inheritedID {
-			st.requestID = newRequestID()
+			st.requestID = h.requestIDs.next()
 		}
 	}
 	parent := trace.SpanContextFromContext(ctx)
