@@ -2,13 +2,10 @@ package telemetry_test
 
 import (
 	"context"
-	"net"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -51,20 +48,7 @@ func TestServerOptionsAroundMeasuresRefusedCalls(t *testing.T) {
 	mp, reader := newMeter(t)
 	r := &refuser{sawRequestID: make(chan bool, 8)}
 	server := telemetry.NewServerInterceptor(telemetry.WithMeterProvider(mp), telemetry.WithWorkload(payments))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(server.ServerOptionsAround(r.unary, r.stream)...)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := healthpb.NewHealthClient(conn)
+	client := startHealth(t, nil, server.ServerOptionsAround(r.unary, r.stream))
 	ctx := context.Background()
 	denied := metadata.AppendToOutgoingContext(ctx, "deny", "1")
 
