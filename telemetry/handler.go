@@ -552,14 +552,14 @@ func grpcResponseFlags(client, responded bool, code grpccodes.Code) string {
 // peerSecurity returns the verified SPIFFE ID of the RPC's peer and whether
 // the connection is mutual TLS (the peer proved an identity).
 func (h *handler) peerSecurity(ctx context.Context, p *peer.Peer) (string, bool) {
-	if h.peerAuthIdentity != nil {
+	if h.peerAuthID != nil {
 		if p == nil {
 			var ok bool
 			if p, ok = peer.FromContext(ctx); !ok {
 				return "", false
 			}
 		}
-		id, ok := h.peerAuthIdentity(p.AuthInfo)
+		id, ok := h.peerAuthID(p.AuthInfo)
 		return id, ok && id != ""
 	}
 	if h.peerIdentity != nil {

@@ -114,46 +114,46 @@ func (in *instruments) histogramsEnabled(ctx context.Context) bool {
 // core is what gRPC handlers and HTTP wrappers share: configuration resolved
 // once, instruments, and the peer metadata cache.
 type core struct {
-	client           bool
-	tracer           trace.Tracer
-	unsampled        *unsampledShortcut
-	propagator       propagation.TextMapPropagator
-	sendsParent      bool // the propagator writes a parent span ID (B3)
-	extraAttrs       []attribute.KeyValue
-	instruments      *instruments
-	counters         *counters
-	histograms       *histogram.Aggregator // nil: the SDK's histograms record
-	workload         Workload
-	service          string
-	peerIdentity     func(context.Context) (string, bool)
-	peerAuthIdentity func(credentials.AuthInfo) (string, bool)
-	metaID           string // this workload's peer metadata headers; "" sends none
-	metaValue        string
-	peers            peerCache
-	labelSets        *lru.Cache[labelKey, *labelSet]
-	accessLogger     *slog.Logger
-	accessLog        AccessLogConfig
-	tap              *Tap
-	logger           *slog.Logger
-	now              func() time.Time
+	client       bool
+	tracer       trace.Tracer
+	unsampled    *unsampledShortcut
+	propagator   propagation.TextMapPropagator
+	sendsParent  bool // the propagator writes a parent span ID (B3)
+	extraAttrs   []attribute.KeyValue
+	instruments  *instruments
+	counters     *counters
+	histograms   *histogram.Aggregator // nil: the SDK's histograms record
+	workload     Workload
+	service      string
+	peerIdentity func(context.Context) (string, bool)
+	peerAuthID   func(credentials.AuthInfo) (string, bool)
+	metaID       string // this workload's peer metadata headers; "" sends none
+	metaValue    string
+	peers        peerCache
+	labelSets    *lru.Cache[labelKey, *labelSet]
+	accessLogger *slog.Logger
+	accessLog    AccessLogConfig
+	tap          *Tap
+	logger       *slog.Logger
+	now          func() time.Time
 }
 
 func newCore(client bool, opts []Option) *core {
 	cfg := newConfig(opts)
 	c := &core{
-		client:           client,
-		tracer:           cfg.tracerProvider.Tracer(instrumentationName),
-		propagator:       cfg.propagator,
-		extraAttrs:       cfg.attributes,
-		workload:         cfg.workload,
-		service:          cfg.service,
-		peerIdentity:     cfg.peerIdentity,
-		peerAuthIdentity: cfg.peerAuthIdentity,
-		accessLogger:     cfg.accessLogger,
-		accessLog:        cfg.accessLog,
-		tap:              cfg.tap,
-		logger:           cfg.logger,
-		now:              cfg.now,
+		client:       client,
+		tracer:       cfg.tracerProvider.Tracer(instrumentationName),
+		propagator:   cfg.propagator,
+		extraAttrs:   cfg.attributes,
+		workload:     cfg.workload,
+		service:      cfg.service,
+		peerIdentity: cfg.peerIdentity,
+		peerAuthID:   cfg.peerAuthID,
+		accessLogger: cfg.accessLogger,
+		accessLog:    cfg.accessLog,
+		tap:          cfg.tap,
+		logger:       cfg.logger,
+		now:          cfg.now,
 	}
 	c.unsampled = newUnsampledShortcut(cfg.tracerProvider, c.tracer)
 	c.counters = &counters{}

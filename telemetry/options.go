@@ -28,19 +28,19 @@ type Option interface {
 type GRPCOption interface{ applyGRPC(*config) }
 
 type config struct {
-	tracerProvider   trace.TracerProvider
-	meterProvider    metric.MeterProvider
-	propagator       propagation.TextMapPropagator
-	attributes       []attribute.KeyValue
-	workload         Workload
-	service          string
-	peerIdentity     func(context.Context) (principal string, ok bool)
-	peerAuthIdentity func(credentials.AuthInfo) (principal string, ok bool)
-	accessLogger     *slog.Logger
-	accessLog        AccessLogConfig
-	tap              *Tap
-	logger           *slog.Logger
-	now              func() time.Time
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagator     propagation.TextMapPropagator
+	attributes     []attribute.KeyValue
+	workload       Workload
+	service        string
+	peerIdentity   func(context.Context) (principal string, ok bool)
+	peerAuthID     func(credentials.AuthInfo) (principal string, ok bool)
+	accessLogger   *slog.Logger
+	accessLog      AccessLogConfig
+	tap            *Tap
+	logger         *slog.Logger
+	now            func() time.Time
 }
 
 type optionFunc func(*config)
@@ -146,7 +146,7 @@ func WithPeerIdentity(f func(ctx context.Context) (principal string, ok bool)) G
 func WithPeerAuthIdentity(f func(credentials.AuthInfo) (principal string, ok bool)) GRPCOption {
 	return grpcOptionFunc(func(c *config) {
 		if f != nil {
-			c.peerAuthIdentity = f
+			c.peerAuthID = f
 		}
 	})
 }
