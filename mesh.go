@@ -141,7 +141,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
 	// On gRPC the peer's identity is read from mesh's own credentials; the
 	// HTTP middleware and transport read the connection's TLS state.
-	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerIdentity(peerPrincipal)}
+	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerAuthIdentity(peerAuthPrincipal)}
 	for _, o := range telem {
 		grpcTelem = append(grpcTelem, o)
 	}
@@ -245,12 +245,14 @@ func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
 // They are a slice, not one grpc.DialOption, because grpc-go offers no public
 // way to merge dial options.
 func (m *Mesh) DialOptions() []grpc.DialOption {
-	opts := append(m.resolver.DialOptions(), // the resolver, and the route's timeouts and retries
+	// The resolver, and the route's timeouts and retries; telemetry's
+	// interceptors run inside the retrying ones, so each attempt is
+	// measured on its own, and are called by them directly (grpc-go's
+	// chain would cost a closure per call).
+	opts := m.resolver.DialOptionsAround(m.clientTelemetry.Unary(), m.clientTelemetry.Stream())
+	return append(opts,
 		grpc.WithTransportCredentials(m.clientTLS),
 		grpc.WithMaxHeaderListSize(uint32(m.limits.maxHeaderBytes)))
-	// Telemetry's interceptors come after the retrying ones: each attempt
-	// is measured on its own.
-	return append(opts, m.clientTelemetry.DialOptions()...)
 }
 
 // Dial returns a client for target, a "host:port" that the control plane

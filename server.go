@@ -49,9 +49,10 @@ func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	base := append([]grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),
-	}, m.serverTelemetry.ServerOptions()...)
-	// Authorization after telemetry, so denied calls are still measured.
-	base = append(base, s.inbound.ServerOptions()...)
+	}, s.inbound.ConnectionOptions()...)
+	// Authorization inside telemetry, so denied calls are still measured;
+	// one interceptor calling the other spares grpc-go's per-call chain.
+	base = append(base, m.serverTelemetry.ServerOptionsAround(s.inbound.UnaryServerInterceptor(), s.inbound.StreamServerInterceptor())...)
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
 }

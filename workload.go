@@ -1,7 +1,8 @@
 package mesh
 
 import (
-	"context"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
 
 	"mesh/telemetry"
 	"mesh/transport"
@@ -48,11 +49,19 @@ func localWorkload(bs *xdsclient.Bootstrap, providers transport.ProviderMap) tel
 	return w
 }
 
-// peerPrincipal is the caller's (or server's) SPIFFE ID as telemetry labels
-// want it.
-func peerPrincipal(ctx context.Context) (string, bool) {
-	id, ok := transport.PeerID(ctx)
-	if !ok {
+// peerAuthPrincipal is the SPIFFE ID mesh's transport credentials verified
+// for a connection, as telemetry labels want it.
+func peerAuthPrincipal(ai credentials.AuthInfo) (string, bool) {
+	var id spiffeid.ID
+	switch ai := ai.(type) {
+	case transport.AuthInfo:
+		id = ai.PeerID
+	case *transport.AuthInfo:
+		if ai != nil {
+			id = ai.PeerID
+		}
+	}
+	if id.IsZero() {
 		return "", false
 	}
 	return id.String(), true

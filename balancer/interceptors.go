@@ -38,12 +38,35 @@ const maxReplayedMessages = 64
 // which are replayed: after that the stream is committed to its attempt.
 // The route timeout bounds the whole stream.
 func (b *ResolverBuilder) DialOptions() []grpc.DialOption {
+	return b.DialOptionsAround(nil, nil)
+}
+
+// DialOptionsAround returns what DialOptions does, with unary and stream
+// (when not nil) run for every attempt inside the routing interceptors, as
+// if chained after them, but called directly: grpc-go builds a closure per
+// call to chain interceptors, this spares it for unary calls.
+func (b *ResolverBuilder) DialOptionsAround(unary grpc.UnaryClientInterceptor, stream grpc.StreamClientInterceptor) []grpc.DialOption {
 	link := newChannelLink()
-	return []grpc.DialOption{
+	opts := []grpc.DialOption{
 		grpc.WithResolvers(&linkedBuilder{b: b, link: link}),
-		grpc.WithChainUnaryInterceptor(b.unaryInterceptor(link)),
+		grpc.WithChainUnaryInterceptor(b.unaryInterceptorAround(link, unary)),
 		grpc.WithChainStreamInterceptor(b.streamInterceptor(link)),
 	}
+	if stream != nil {
+		// Streams pay for a closure anyway (the retrying stream's own),
+		// so the stream interceptor is simply chained.
+		opts = append(opts, grpc.WithChainStreamInterceptor(stream))
+	}
+	return opts
+}
+
+// invokeAttempt runs one attempt of a unary call: through inner when there
+// is one, else straight to grpc-go's invoker.
+func invokeAttempt(inner grpc.UnaryClientInterceptor, ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
+	if inner != nil {
+		return inner(ctx, method, req, reply, cc, invoker, opts...)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 // route decides the route of a call on cc: nil when cc is not a mesh
@@ -60,13 +83,19 @@ func (link *channelLink) route(ctx context.Context, cc *grpc.ClientConn, method 
 }
 
 func (b *ResolverBuilder) unaryInterceptor(link *channelLink) grpc.UnaryClientInterceptor {
+	return b.unaryInterceptorAround(link, nil)
+}
+
+// unaryInterceptorAround routes unary calls, running each attempt through
+// inner when it is not nil.
+func (b *ResolverBuilder) unaryInterceptorAround(link *channelLink, inner grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		dc, err := link.route(ctx, cc, method)
 		if err != nil {
 			return err
 		}
 		if dc == nil {
-			return invoker(ctx, method, req, reply, cc, opts...)
+			return invokeAttempt(inner, ctx, method, req, reply, cc, invoker, opts)
 		}
 		d := &dc.d
 		ctx = dc
@@ -85,13 +114,13 @@ func (b *ResolverBuilder) unaryInterceptor(link *channelLink) grpc.UnaryClientIn
 		}
 		policy := d.route.Action.RetryPolicy
 		if policy == nil {
-			return invoker(ctx, method, req, reply, cc, opts...)
+			return invokeAttempt(inner, ctx, method, req, reply, cc, invoker, opts)
 		}
 		r := &grpcRetrier{ctx: ctx, policy: policy, cluster: d.table.clusters[d.cluster].state}
 		attemptCtx := ctx
 		for {
 			err := r.invoke(attemptCtx, func(ctx context.Context) error {
-				return invoker(ctx, method, req, reply, cc, opts...)
+				return invokeAttempt(inner, ctx, method, req, reply, cc, invoker, opts)
 			})
 			r.releaseSlot()
 			if err == nil || !r.retry(err) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
+	"sync"
 
 	"mesh/internal/routeinfo"
 )
@@ -83,12 +84,21 @@ func RequestIDFromContext(ctx context.Context) (string, bool) {
 // The ID correlates logs and is no secret, so the runtime's per-thread
 // generator serves: no lock and no system call per request.
 func newRequestID() string {
+	var out [requestIDLen]byte
+	writeRequestID(&out)
+	return string(out[:])
+}
+
+// requestIDLen is the length of a UUID's text.
+const requestIDLen = 36
+
+// writeRequestID writes a new request ID's text into out.
+func writeRequestID(out *[requestIDLen]byte) {
 	var b [16]byte
 	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
 	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	var out [36]byte
 	hex.Encode(out[0:8], b[0:4])
 	out[8] = '-'
 	hex.Encode(out[9:13], b[4:6])
@@ -98,5 +108,38 @@ func newRequestID() string {
 	hex.Encode(out[19:23], b[8:10])
 	out[23] = '-'
 	hex.Encode(out[24:], b[10:])
-	return string(out[:])
+}
+
+// requestIDsPerBatch is how many request IDs share one string allocation.
+// A live ID keeps its whole batch (576 bytes) from being collected.
+const requestIDsPerBatch = 16
+
+// requestIDBatch is the text of requestIDsPerBatch IDs, handed out one
+// slice at a time.
+type requestIDBatch struct {
+	text string
+	next int
+}
+
+// requestIDSource makes request IDs as newRequestID does, one string
+// allocation per batch instead of one per ID. A batch is used by one
+// goroutine at a time: it is out of the pool while an ID is cut from it.
+type requestIDSource struct{ batches sync.Pool }
+
+func (s *requestIDSource) next() string {
+	b, _ := s.batches.Get().(*requestIDBatch)
+	if b == nil {
+		b = &requestIDBatch{next: requestIDsPerBatch}
+	}
+	if b.next == requestIDsPerBatch {
+		var buf [requestIDsPerBatch * requestIDLen]byte
+		for i := range requestIDsPerBatch {
+			writeRequestID((*[requestIDLen]byte)(buf[i*requestIDLen:]))
+		}
+		b.text, b.next = string(buf[:]), 0
+	}
+	id := b.text[b.next*requestIDLen : (b.next+1)*requestIDLen]
+	b.next++
+	s.batches.Put(b)
+	return id
 }

@@ -19,10 +19,12 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"mesh/telemetry"
 )
@@ -318,4 +320,51 @@ func ExampleNewClientInterceptor() {
 	// Unordered output:
 	// source checkout-v1 -> payments-v1 1
 	// destination checkout-v1 -> payments-v1 1
+}
+
+// An authorization interceptor run inside telemetry's: the calls it
+// refuses are measured too, and grpc-go builds no chain per call.
+func ExampleServerInterceptor_ServerOptionsAround() {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer func() { _ = mp.Shutdown(context.Background()) }()
+
+	denyAll := func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		return nil, status.Error(codes.PermissionDenied, "RBAC: access denied")
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	server := telemetry.NewServerInterceptor(telemetry.WithMeterProvider(mp))
+	srv := grpc.NewServer(server.ServerOptionsAround(denyAll, nil)...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	fmt.Println(status.Code(err))
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		log.Fatal(err)
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == telemetry.MetricRequestsTotal {
+				for _, pt := range m.Data.(metricdata.Sum[int64]).DataPoints {
+					code, _ := pt.Attributes.Value("grpc_response_status")
+					fmt.Println("requests with grpc_response_status", code.AsString()+":", pt.Value)
+				}
+			}
+		}
+	}
+	// Output:
+	// PermissionDenied
+	// requests with grpc_response_status 7: 1
 }

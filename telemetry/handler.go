@@ -163,6 +163,8 @@ type handler struct {
 	// headers lends a client RPC its scratch space for injection while it
 	// starts: kept out of rpcState, whose size every RPC of both sides pays.
 	headers sync.Pool
+	// requestIDs makes the IDs of client calls that carry none.
+	requestIDs requestIDSource
 }
 
 func newHandler(client bool, opts []GRPCOption) *handler {
@@ -325,7 +327,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 	if !inheritedID {
 		st.requestID, inheritedID = RequestIDFromContext(ctx)
 		if !inheritedID {
-			st.requestID = newRequestID()
+			st.requestID = h.requestIDs.next()
 		}
 	}
 	parent := trace.SpanContextFromContext(ctx)
@@ -550,6 +552,16 @@ func grpcResponseFlags(client, responded bool, code grpccodes.Code) string {
 // peerSecurity returns the verified SPIFFE ID of the RPC's peer and whether
 // the connection is mutual TLS (the peer proved an identity).
 func (h *handler) peerSecurity(ctx context.Context, p *peer.Peer) (string, bool) {
+	if h.peerAuthID != nil {
+		if p == nil {
+			var ok bool
+			if p, ok = peer.FromContext(ctx); !ok {
+				return "", false
+			}
+		}
+		id, ok := h.peerAuthID(p.AuthInfo)
+		return id, ok && id != ""
+	}
 	if h.peerIdentity != nil {
 		if p != nil {
 			ctx = peer.NewContext(ctx, p)

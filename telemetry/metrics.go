@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/credentials"
 
 	"mesh/telemetry/internal/histogram"
 )
@@ -125,6 +126,7 @@ type core struct {
 	workload     Workload
 	service      string
 	peerIdentity func(context.Context) (string, bool)
+	peerAuthID   func(credentials.AuthInfo) (string, bool)
 	metaID       string // this workload's peer metadata headers; "" sends none
 	metaValue    string
 	peers        peerCache
@@ -146,6 +148,7 @@ func newCore(client bool, opts []Option) *core {
 		workload:     cfg.workload,
 		service:      cfg.service,
 		peerIdentity: cfg.peerIdentity,
+		peerAuthID:   cfg.peerAuthID,
 		accessLogger: cfg.accessLogger,
 		accessLog:    cfg.accessLog,
 		tap:          cfg.tap,

@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -144,21 +143,22 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 	// Headers are read one by one, as policies ask for them: copying the
 	// whole incoming metadata would cost every call a map and a slice per
 	// header.
+	// Even :authority is read only if a policy asks: each read copies.
 	req := &rbacRequest{
 		Source:      addrPortOf(p.Addr),
 		Destination: addrPortOf(p.LocalAddr),
 		Method:      http.MethodPost,
 		Path:        fullMethod,
-		Header:      func(name string) []string { return metadata.ValueFromIncomingContext(ctx, name) },
-	}
-	if v := metadata.ValueFromIncomingContext(ctx, ":authority"); len(v) > 0 {
-		req.Authority = v[0]
+		incoming:    ctx,
 	}
 	if ai.State != nil {
 		req.ServerName = ai.State.ServerName
 		// PeerID is set only once the certificate was verified.
 		if !ai.PeerID.IsZero() && len(ai.State.PeerCertificates) > 0 {
 			req.PeerCertificate = ai.State.PeerCertificates[0]
+			// An X509-SVID has one URI SAN, which PeerID was parsed from
+			// (x509svid.IDFromCert), so its text is the ID's.
+			req.peerURI = ai.PeerID.String()
 		}
 	}
 	if err := a.authorize(ctx, fc.HTTP.HTTPFilters, req); err != nil {

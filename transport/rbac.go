@@ -1,10 +1,13 @@
 package transport
 
 import (
+	"context"
 	"crypto/x509"
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"google.golang.org/grpc/metadata"
 
 	"mesh/xdsclient"
 )
@@ -25,8 +28,17 @@ type rbacRequest struct {
 	// pseudo-headers; gRPC requests are POSTs to "/package.Service/Method".
 	Method, Path, Authority string
 	// Header returns the values of a header by lowercase name; nil means
-	// no other headers.
+	// no other headers but incoming's.
 	Header func(name string) []string
+	// incoming, when Header is nil, is a gRPC call's context, whose
+	// incoming metadata holds the headers (and :authority, when Authority
+	// is empty): read only as policies ask, and without building a
+	// closure per call.
+	incoming context.Context
+	// peerURI is the text of PeerCertificate's only URI SAN when the
+	// handshake already had it (a verified SPIFFE ID), sparing formatting
+	// the URL per call.
+	peerURI string
 }
 
 // header returns a header's value as RBAC header matchers see it: pseudo
@@ -40,14 +52,25 @@ func (r *rbacRequest) header(name string) (string, bool) {
 	case ":path":
 		return r.Path, r.Path != ""
 	case ":authority", "host":
+		if r.Authority == "" && r.Header == nil && r.incoming != nil {
+			if v := metadata.ValueFromIncomingContext(r.incoming, ":authority"); len(v) > 0 {
+				r.Authority = v[0]
+			}
+		}
 		return r.Authority, r.Authority != ""
 	case ":scheme":
 		return "", false
 	}
-	if strings.HasSuffix(name, "-bin") || r.Header == nil {
+	if strings.HasSuffix(name, "-bin") {
 		return "", false
 	}
-	values := r.Header(name)
+	var values []string
+	switch {
+	case r.Header != nil:
+		values = r.Header(name)
+	case r.incoming != nil:
+		values = metadata.ValueFromIncomingContext(r.incoming, name)
+	}
 	if len(values) == 0 {
 		return "", false
 	}
@@ -182,7 +205,7 @@ func matchPrincipal(p *xdsclient.RBACPrincipal, req *rbacRequest) bool {
 	case xdsclient.PrincipalNot:
 		return p.ID != nil && !matchPrincipal(p.ID, req)
 	case xdsclient.PrincipalAuthenticated:
-		return matchAuthenticated(p.PrincipalName, req.PeerCertificate)
+		return matchAuthenticated(p.PrincipalName, req.PeerCertificate, req.peerURI)
 	case xdsclient.PrincipalSourceIP:
 		return req.Source.IsValid() && p.SourceIP.Contains(req.Source.Addr().Unmap())
 	case xdsclient.PrincipalHeader:
@@ -197,16 +220,22 @@ func matchPrincipal(p *xdsclient.RBACPrincipal, req *rbacRequest) bool {
 // a verified peer certificate: its URI SANs (SPIFFE IDs), then its DNS
 // SANs, then its subject, as Envoy and gRFC A41 do. Without a matcher any
 // verified peer matches; without a certificate nothing does.
-func matchAuthenticated(name *xdsclient.StringMatcher, cert *x509.Certificate) bool {
+func matchAuthenticated(name *xdsclient.StringMatcher, cert *x509.Certificate, uriText string) bool {
 	if cert == nil {
 		return false
 	}
 	if name == nil {
 		return true
 	}
-	for _, u := range cert.URIs {
-		if name.Match(u.String()) {
+	if uriText != "" && len(cert.URIs) == 1 {
+		if name.Match(uriText) {
 			return true
+		}
+	} else {
+		for _, u := range cert.URIs {
+			if name.Match(u.String()) {
+				return true
+			}
 		}
 	}
 	for _, dns := range cert.DNSNames {
