@@ -1,0 +1,92 @@
+package controlplane
+
+import (
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+
+	"mesh/internal/testutil"
+)
+
+// findingsYAML holds one object per finding that only the workloads known
+// can reveal, beside a sound route for payments.
+const findingsYAML = `apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: ghost}
+spec:
+  hosts: [ghost]
+  http: [{route: [{destination: {host: ghost}}]}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ghost}
+spec: {host: ghost}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: payments}
+spec:
+  host: payments
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v9, labels: {version: v9}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: orphan}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: orphan}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [elsewhere]}}]}]
+`
+
+// TestApplyWarnsOfFindings: Apply accepts a configuration that refers to
+// hosts, subsets and workloads nobody serves, and logs each finding as a
+// warning, the same findings Findings (meshctl analyze -live) lists.
+func TestApplyWarnsOfFindings(t *testing.T) {
+	rec := testutil.NewLogs(slog.LevelWarn)
+	s := newTestServer(t, WithLogger(slog.New(rec)))
+	// payments v1 serves; no workload has version v9.
+	serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
+	if err := s.Apply([]byte(findingsYAML)); err != nil {
+		t.Fatalf("Apply: %v, want accepted with warnings", err)
+	}
+	// Apply logs before it returns: what is in the channel is all.
+	var logged []string
+	for len(rec.Records()) > 0 {
+		if r := <-rec.Records(); r.Message == "config finding" {
+			logged = append(logged, testutil.Format(r))
+		}
+	}
+	want := []struct{ code, object, field string }{
+		{"HostNotServed", "VirtualService default/ghost", `spec.hosts[0] "ghost"`},
+		{"SelectsNothing", "DestinationRule default/ghost", `spec.host "ghost"`},
+		{"SubsetSelectsNothing", "DestinationRule default/payments", `spec.subsets[1] "v9"`},
+		{"SelectsNothing", "PeerAuthentication default/orphan", "spec.selector.matchLabels {app=nobody}"},
+		{"SelectsNothing", "AuthorizationPolicy default/orphan", "spec.selector.matchLabels {app=nobody}"},
+	}
+	findings := s.Findings()
+	if len(findings) != len(want) || len(logged) != len(want) {
+		t.Errorf("Findings: %+v\nlogged:\n%s\nwant %d of each", findings, strings.Join(logged, "\n"), len(want))
+	}
+	for _, w := range want {
+		if !slices.ContainsFunc(findings, func(f Finding) bool {
+			return f.Code == w.code && f.Severity == SeverityWarning && slices.Equal(f.Objects, []string{w.object}) && strings.Contains(f.Message, w.field)
+		}) {
+			t.Errorf("Findings lack %s on %s at %s: %+v", w.code, w.object, w.field, findings)
+		}
+		if !slices.ContainsFunc(logged, func(l string) bool {
+			return strings.Contains(l, "code="+w.code) && strings.Contains(l, w.object) && strings.Contains(l, w.field)
+		}) {
+			t.Errorf("Apply did not warn of %s on %s:\n%s", w.code, w.object, strings.Join(logged, "\n"))
+		}
+	}
+}
