@@ -788,8 +788,37 @@ func TestAnalyzeLive(t *testing.T) {
 	if r := meshctl(t, "analyze", "-live", "-state", state); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
 		t.Errorf("analyze -live of a sound config: exit %d, %q", r.code, r.stdout)
 	}
-	// An edit whose subset selects nobody: accepted, but found.
-	writeConfig(t, cfg, "mesh.yaml", []byte(strings.Replace(string(shop.MeshYAML(100, 0)), "version: v2", "version: v9", 1)))
+	// An edit whose subset selects nobody, with a route to a host nobody
+	// serves and policies whose selectors select nobody: accepted, but
+	// found.
+	edit := strings.Replace(string(shop.MeshYAML(100, 0)), "version: v2", "version: v9", 1) + `
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: ghost}
+spec:
+  hosts: [ghost]
+  http: [{route: [{destination: {host: ghost}}]}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ghost}
+spec: {host: ghost}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: orphan}
+spec: {selector: {matchLabels: {app: nobody}}, mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: orphan}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [elsewhere]}}]}]
+`
+	writeConfig(t, cfg, "mesh.yaml", []byte(edit))
 	var r result
 	for ctx.Err() == nil {
 		if r = meshctl(t, "analyze", "-live", "-state", state); r.code != 0 {
@@ -800,7 +829,18 @@ func TestAnalyzeLive(t *testing.T) {
 		t.Errorf("analyze -live: exit %d, want 1 (findings)", r.code)
 	}
 	golden(t, "analyze-live", r.stdout)
-	if out := cp.output(); !strings.Contains(out, "config finding") || !strings.Contains(out, "SubsetSelectsNothing") {
-		t.Errorf("control plane did not warn of the finding when it took the config:\n%s", out)
+	var findings []controlplane.Finding
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", "-live", "-state", state, "-o", "json").stdout), &findings); err != nil || len(findings) != 5 {
+		t.Errorf("analyze -live -o json: %+v (%v), want 5 findings", findings, err)
+	}
+	if y := meshctl(t, "analyze", "-live", "-state", state, "-o", "yaml"); y.code != 1 || !strings.Contains(y.stdout, "code: HostNotServed") {
+		t.Errorf("analyze -live -o yaml: exit %d\n%s", y.code, y.stdout)
+	}
+	// Apply (the config dir's reload) warned of the same findings.
+	out := cp.output()
+	for _, code := range []string{"SubsetSelectsNothing", "HostNotServed", "SelectsNothing"} {
+		if !strings.Contains(out, "config finding") || !strings.Contains(out, code) {
+			t.Errorf("control plane did not warn of %s when it took the config:\n%s", code, out)
+		}
 	}
 }
