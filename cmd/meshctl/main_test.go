@@ -435,15 +435,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	if got := shop.Run(ctx, conn, 20, 2); got.Failed() != 0 || !strings.HasPrefix(got.Last().Caller, "spiffe://cluster.local/ns/default/sa/checkout") {
 		t.Fatalf("calls: %v, caller %q", got, got.Last().Caller)
 	}
-	// Every file meshctl wrote holds a secret or names one: 0600.
-	for _, dir := range []string{state, filepath.Join(state, "enrollments")} {
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			if fi, _ := e.Info(); !e.IsDir() && e.Name() != controlplane.StateCACertFile && fi.Mode().Perm() != 0o600 {
-				t.Errorf("%s: mode %v, want 0600", filepath.Join(dir, e.Name()), fi.Mode().Perm())
-			}
-		}
-	}
+	stateFiles0600(t, state)
 
 	// Every workload connected, each type ACKed at the version last sent.
 	for synced := false; !synced; {
@@ -505,7 +497,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	for _, e := range edges {
 		if e.Source == "default/checkout/v1" && e.Destination == "default/payments/v2" {
 			found = true
-			if e.SuccessRate != 1 || !e.MutualTLS || e.RPS <= 0 || e.P99Millis == 0 {
+			if e.SuccessRate != 1 || !e.MutualTLS || e.RPS <= 0 || e.P50Millis == 0 || e.P99Millis < e.P50Millis && e.P99Millis != -1 {
 				t.Errorf("top: edge %+v: want all calls successful, over mTLS, with a p99", e)
 			}
 		}
@@ -544,6 +536,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 		t.Errorf("after a restart: %v, want all 50 on v2", got)
 	}
 	golden(t, "status-restarted", mask(must(t, "status", "-state", state), tmp))
+	stateFiles0600(t, state)
 	// release: the config dir's weights (all on v1) rule again, and stay
 	// so across a restart.
 	must(t, "canary", "release", "payments", "-state", state)
@@ -556,6 +549,27 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	oneLine(t, meshctl(t, "canary", "release", "payments", "-state", state), 1, "no canary weights held")
 	if out := must(t, "status", "-state", state, "-o", "yaml"); !strings.Contains(out, "xds_address: 127.0.0.1:") {
 		t.Errorf("status -o yaml: %s", out)
+	}
+}
+
+// stateFiles0600: every file in the state dir and its enrollments holds a
+// secret or names one, so is 0600; the CA certificate alone is public.
+func stateFiles0600(t *testing.T, state string) {
+	t.Helper()
+	n := 0
+	for _, dir := range []string{state, filepath.Join(state, "enrollments")} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if fi, _ := e.Info(); !e.IsDir() && e.Name() != controlplane.StateCACertFile {
+				n++
+				if fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s: mode %v, want 0600", filepath.Join(dir, e.Name()), fi.Mode().Perm())
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("state dir %s holds no file", state)
 	}
 }
 
