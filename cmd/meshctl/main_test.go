@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"sigs.k8s.io/yaml"
 
 	"mesh"
 	"mesh/admin"
@@ -856,5 +858,48 @@ spec:
 		if !strings.Contains(out, "config finding") || !strings.Contains(out, code) {
 			t.Errorf("control plane did not warn of %s when it took the config:\n%s", code, out)
 		}
+	}
+}
+
+// TestCanaryPromoteAndRollback: promote and rollback through the API move
+// every call to the subset named, -o yaml gives the same data as -o json,
+// and an analysis in progress is promoted to its canary or rolled back to
+// its stable subset without naming either.
+func TestCanaryPromoteAndRollback(t *testing.T) {
+	tmp := t.TempDir()
+	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
+	os.Mkdir(cfg, 0o755)
+	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(90, 10))
+	startCP(t, cfg, state, "127.0.0.1:0")
+	weights := func(args ...string) map[string]int {
+		t.Helper()
+		var st controlplane.CanaryStatus
+		if err := yaml.Unmarshal([]byte(must(t, append(args, "-state", state, "-o", "yaml")...)), &st); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(st.Weights, canaryStatus(t, state).Weights) {
+			t.Errorf("meshctl %v -o yaml: weights %v, but status -o json says %v", args, st.Weights, canaryStatus(t, state).Weights)
+		}
+		return st.Weights
+	}
+	if w := weights("canary", "promote", "payments", "v2"); w["v2"] != 100 || w["v1"] != 0 {
+		t.Errorf("promote v2: weights %v", w)
+	}
+	if w := weights("canary", "rollback", "payments", "v1"); w["v1"] != 100 || w["v2"] != 0 {
+		t.Errorf("rollback to v1: weights %v", w)
+	}
+	must(t, analysisArgs(state)...)
+	if w := weights("canary", "status", "payments"); w["v1"] != 90 || w["v2"] != 10 {
+		t.Errorf("analysis started: weights %v, want its first step, v2=10", w)
+	}
+	if w := weights("canary", "rollback", "payments"); w["v1"] != 100 || w["v2"] != 0 {
+		t.Errorf("rollback of the analysis: weights %v, want all on its stable v1", w)
+	}
+	if a := canaryStatus(t, state).Analysis; a == nil || a.Phase == controlplane.PhaseProgressing {
+		t.Errorf("analysis after a rollback: %+v, want it stopped", a)
+	}
+	must(t, analysisArgs(state)...)
+	if w := weights("canary", "promote", "payments"); w["v2"] != 100 || w["v1"] != 0 {
+		t.Errorf("promote of the analysis: weights %v, want all on its canary v2", w)
 	}
 }
