@@ -903,3 +903,64 @@ func TestCanaryPromoteAndRollback(t *testing.T) {
 		t.Errorf("promote of the analysis: weights %v, want all on its canary v2", w)
 	}
 }
+
+// TestCanaryRollsBackByItselfOnItsInterval: a Canary object in the config
+// dir, v2 failing a fifth of its calls: the analysis loop, on its own
+// interval, rolls v2 back at the first interval it judges and steps no
+// more. minRequests 100 keeps a lucky interval out: 100 calls of v2 all
+// succeeding has probability 0.8^100, about 2e-10.
+func TestCanaryRollsBackByItselfOnItsInterval(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	m := newTestMesh(t, ctx, 5)
+	writeConfig(t, m.cfg, "canary.yaml", []byte(`apiVersion: mesh/v1alpha1
+kind: Canary
+metadata: {name: payments}
+spec:
+  host: payments
+  stable: v1
+  canary: v2
+  steps: [50, 100]
+  interval: 500ms
+  minRequests: 100
+  minSuccessRate: 0.99
+`))
+	var st controlplane.CanaryStatus
+	for {
+		shop.Run(ctx, m.conn, 100, 4)
+		st = canaryStatus(t, m.state)
+		if st.Analysis != nil && st.Analysis.Phase != controlplane.PhaseProgressing {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("analysis never ended: %+v", st.Analysis)
+		}
+	}
+	judged := func(a *controlplane.AnalysisStatus) []controlplane.AnalysisEvent {
+		var out []controlplane.AnalysisEvent
+		for _, ev := range a.History {
+			if ev.Verdict != "wait" {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	a := st.Analysis
+	if j := judged(a); a.Phase != controlplane.PhaseRolledBack || len(j) != 1 || j[0].Verdict != "rollback" || j[0].Weight != 50 ||
+		!strings.Contains(a.Reason, "success rate") {
+		t.Fatalf("analysis: phase %s, reason %q, judged %+v; want rolled back at the first interval judged, at 50%%", a.Phase, a.Reason, j)
+	}
+	if st.Weights["v1"] != 100 || st.Weights["v2"] != 0 {
+		t.Errorf("weights after rollback: %v", st.Weights)
+	}
+	if err := shop.WaitFor(ctx, m.conn, 50, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
+		t.Fatal(err)
+	}
+	// Calls go on; the loop has stopped: the history does not grow.
+	if got := shop.Run(ctx, m.conn, 300, 4); got.Count("v2") != 0 || got.Failed() != 0 {
+		t.Errorf("after rollback: %v, want every call on v1", got)
+	}
+	if after := canaryStatus(t, m.state).Analysis; len(after.History) != len(a.History) || after.Phase != controlplane.PhaseRolledBack {
+		t.Errorf("after the rollback the analysis went on: %+v", after)
+	}
+}
