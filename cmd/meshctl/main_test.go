@@ -801,6 +801,31 @@ func TestAnalyzeLive(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+	// Where a browser exists (a display and xdg-open), dashboard opens the
+	// page in it: here an xdg-open that writes down what it was given.
+	browser := t.TempDir()
+	opened := filepath.Join(browser, "opened")
+	if err := os.WriteFile(filepath.Join(browser, "xdg-open"), []byte("#!/bin/sh\necho \"$1\" > "+opened+".tmp && mv "+opened+".tmp "+opened+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open := exec.CommandContext(ctx, bin, "dashboard", "-state", state)
+	open.Env = append(os.Environ(), "MESHCTL_STATE=", "PATH="+browser+string(os.PathListSeparator)+os.Getenv("PATH"), "DISPLAY=:0")
+	if out, err := open.Output(); err != nil || strings.TrimSpace(string(out)) != page {
+		t.Errorf("dashboard with a browser: %q (%v), want %s", out, err, page)
+	}
+	for {
+		got, err := os.ReadFile(opened)
+		if err == nil {
+			if strings.TrimSpace(string(got)) != page {
+				t.Errorf("browser opened %q, want %s", got, page)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("dashboard never opened the browser: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if r := meshctl(t, "analyze", "-live", "-state", state); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
 		t.Errorf("analyze -live of a sound config: exit %d, %q", r.code, r.stdout)
 	}
