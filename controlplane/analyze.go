@@ -42,13 +42,34 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 	}
 	var out []Finding
 	var objs []*object
+	schemaError := func(f configFile, err error) Finding {
+		return Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")}
+	}
 	for _, f := range files {
 		parsed, _, err := parseConfigFiles([]configFile{f})
-		if err != nil {
-			out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")})
+		if err == nil {
+			objs = append(objs, parsed...)
 			continue
 		}
-		objs = append(objs, parsed...)
+		// Every broken document, not only the first: each parsed alone,
+		// the others blanked so that it keeps its index.
+		docs := documentSeparator.Split(string(f.data), -1)
+		var errs []Finding
+		for i := range docs {
+			alone := make([]string, len(docs))
+			alone[i] = docs[i]
+			one, _, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
+			if err != nil {
+				errs = append(errs, schemaError(f, err))
+				continue
+			}
+			objs = append(objs, one...)
+		}
+		if len(errs) == 0 {
+			// Each document is sound; together they are not (a duplicate).
+			errs = append(errs, schemaError(f, err))
+		}
+		out = append(out, errs...)
 	}
 	return append(out, analyzeObjects(objs)...), nil
 }

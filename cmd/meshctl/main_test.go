@@ -769,6 +769,13 @@ metadata: {name: broken}
 spec:
   host: payments
   trafficPolicy: {connectionPool: {tcp: {maxConnections: "many"}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: also-broken}
+spec:
+  hosts: [payments]
+  http: [{timeout: forever, route: [{destination: {host: payments}}]}]
 `))
 	r := meshctl(t, "analyze", dir)
 	if r.code != 1 {
@@ -776,7 +783,7 @@ spec:
 	}
 	golden(t, "analyze", mask(r.stdout, dir))
 	var findings []controlplane.Finding
-	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 6 {
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 7 {
 		t.Errorf("analyze -o json: %d findings (%v)", len(findings), err)
 	}
 	clean := t.TempDir()
