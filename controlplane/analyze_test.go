@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -87,6 +89,39 @@ func TestApplyWarnsOfFindings(t *testing.T) {
 			return strings.Contains(l, "code="+w.code) && strings.Contains(l, w.object) && strings.Contains(l, w.field)
 		}) {
 			t.Errorf("Apply did not warn of %s on %s:\n%s", w.code, w.object, strings.Join(logged, "\n"))
+		}
+	}
+}
+
+// TestAnalyzeDirDeniesEveryCaller: the AuthorizationPolicies that deny
+// every caller are found, and the ones that deny only some are not.
+func TestAnalyzeDirDeniesEveryCaller(t *testing.T) {
+	for _, tc := range []struct {
+		spec string
+		want bool
+	}{
+		{"{action: ALLOW}", true},
+		{"{}", true}, // ALLOW is the default action
+		{"{action: DENY, rules: [{}]}", true},
+		{"{action: DENY, rules: [{to: [{operation: {methods: [GET]}}]}, {}]}", true},
+		{"{action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}", false},
+		{"{action: ALLOW, rules: [{}]}", false},
+		{"{action: ALLOW, rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/checkout]}}]}]}", false},
+	} {
+		dir := t.TempDir()
+		yaml := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: " + tc.spec + "\n"
+		if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		findings, err := AnalyzeDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := slices.ContainsFunc(findings, func(f Finding) bool {
+			return f.Code == "DeniesEveryCaller" && f.Severity == SeverityWarning && slices.Equal(f.Objects, []string{"AuthorizationPolicy default/p"})
+		})
+		if got != tc.want || len(findings) > 1 {
+			t.Errorf("spec %s: findings %+v; want DeniesEveryCaller %v", tc.spec, findings, tc.want)
 		}
 	}
 }
