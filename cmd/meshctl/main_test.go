@@ -481,15 +481,23 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	}
 
 	// top: the edge checkout -> payments v2, measured while calls flow.
-	topDone := make(chan result)
-	go func() { topDone <- meshctl(t, "top", "-state", state, "-window", "1s", "-o", "json") }()
-	var top result
-	for top.stdout == "" {
-		select {
-		case top = <-topDone:
-		default:
-			shop.Run(ctx, conn, 20, 2)
+	topWhileCalling := func(args ...string) result {
+		done := make(chan result)
+		go func() { done <- meshctl(t, append([]string{"top", "-state", state, "-window", "1s"}, args...)...) }()
+		for {
+			select {
+			case r := <-done:
+				return r
+			default:
+				shop.Run(ctx, conn, 20, 2)
+			}
 		}
+	}
+	top := topWhileCalling("-o", "json")
+	// For humans: one row per edge, rps, success, p50, p99 and mTLS.
+	if human := topWhileCalling(); human.code != 0 || !strings.HasPrefix(human.stdout, "SOURCE") ||
+		!regexp.MustCompile(`(?m)^default/checkout/v1\s+default/payments/v2\s+\d+\.\d\s+100\.00%\s+≤[\d.]+ms\s+(≤[\d.]+ms|slow)\s+yes$`).MatchString(human.stdout) {
+		t.Errorf("top: exit %d\n%s\nwant the edge checkout -> payments v2 with rps, 100%% success, p50, p99 and mTLS", human.code, human.stdout)
 	}
 	var edges []controlplane.EdgeStats
 	if err := json.Unmarshal([]byte(top.stdout), &edges); err != nil || top.code != 0 {
