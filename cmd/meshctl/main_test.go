@@ -922,6 +922,32 @@ func TestCanaryPromoteAndRollback(t *testing.T) {
 		}
 		return st.Weights
 	}
+	// bootstrap as data: the workload, its bootstrap's path and the files
+	// written, each 0600.
+	dir := filepath.Join(tmp, "reports")
+	var enrolled struct {
+		Workload, Bootstrap string
+		Files               []string
+	}
+	if err := json.Unmarshal([]byte(must(t, "bootstrap", "-state", state, "-name", "reports", "-namespace", "finance", "-sa", "reporter",
+		"-service", "reports", "-port", "9090", "-labels", "app=reports,version=v1", "-dir", dir, "-o", "json")), &enrolled); err != nil {
+		t.Fatal(err)
+	}
+	if enrolled.Workload != "finance/reports" || enrolled.Bootstrap != filepath.Join(dir, controlplane.BootstrapFile) || !slices.Contains(enrolled.Files, controlplane.BootstrapFile) {
+		t.Errorf("bootstrap -o json: %+v", enrolled)
+	}
+	for _, f := range enrolled.Files {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	boot, err := os.ReadFile(enrolled.Bootstrap)
+	if err != nil || !strings.Contains(string(boot), "reports") || strings.Contains(string(boot), "PRIVATE KEY") {
+		t.Errorf("bootstrap file (%v): want the workload named and no key inline:\n%s", err, boot)
+	}
+
 	if w := weights("canary", "promote", "payments", "v2"); w["v2"] != 100 || w["v1"] != 0 {
 		t.Errorf("promote v2: weights %v", w)
 	}
