@@ -3,7 +3,6 @@ package grpcinterop
 import (
 	"bufio"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,12 +12,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	xdscreds "google.golang.org/grpc/credentials/xds"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/xds"
 )
 
 // TestMeshctlBootstrapJoinsGRPCGo: what a user without Go code does. The
@@ -88,50 +83,14 @@ func TestMeshctlBootstrapJoinsGRPCGo(t *testing.T) {
 		return data
 	}
 
-	serverCreds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := xds.NewGRPCServer(grpc.Creds(serverCreds), xds.BootstrapContentsForTesting(
-		enroll("-name", "payments-v1", "-sa", "payments", "-service", "payments", "-port", "8080", "-labels", "version=v1")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-
-	resolverBuilder, err := xds.NewXDSResolverWithConfigForTesting(
-		enroll("-name", "checkout", "-sa", "checkout", "-service", "checkout", "-port", "8080"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCreds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient("xds:///payments:8080", grpc.WithResolvers(resolverBuilder), grpc.WithTransportCredentials(clientCreds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	payments := serveXDS(t, enroll("-name", "payments-v1", "-sa", "payments", "-service", "payments", "-port", "8080", "-labels", "version=v1"))
+	conn := dialXDS(t, enroll("-name", "checkout", "-sa", "checkout", "-service", "checkout", "-port", "8080"), "xds:///payments:8080")
 	var p peer.Peer
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Peer(&p), grpc.WaitForReady(true)); err != nil {
 		t.Fatalf("checkout -> payments through grpc-go's xDS: %v", err)
 	}
-	if p.Addr.String() != lis.Addr().String() {
-		t.Errorf("RPC reached %v, want payments-v1 at %v", p.Addr, lis.Addr())
+	if p.Addr.String() != payments {
+		t.Errorf("RPC reached %v, want payments-v1 at %v", p.Addr, payments)
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
