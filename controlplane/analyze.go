@@ -42,36 +42,76 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 	}
 	var out []Finding
 	var objs []*object
+	file := map[*object]string{}
 	schemaError := func(f configFile, err error) Finding {
 		return Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")}
 	}
 	for _, f := range files {
 		parsed, _, err := parseConfigFiles([]configFile{f})
-		if err == nil {
-			objs = append(objs, parsed...)
+		if err != nil {
+			// Every broken document, not only the first: each parsed
+			// alone, the others blanked so that it keeps its index.
+			docs := documentSeparator.Split(string(f.data), -1)
+			var errs []Finding
+			parsed = nil
+			for i := range docs {
+				alone := make([]string, len(docs))
+				alone[i] = docs[i]
+				one, _, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
+				if err != nil {
+					errs = append(errs, schemaError(f, err))
+					continue
+				}
+				parsed = append(parsed, one...)
+			}
+			if len(errs) == 0 {
+				// Each document is sound; together they are not (a
+				// duplicate within the file).
+				errs = append(errs, schemaError(f, err))
+			}
+			out = append(out, errs...)
+		}
+		for _, o := range parsed {
+			file[o] = f.name
+		}
+		objs = append(objs, parsed...)
+	}
+	// What the control plane checks across objects when it loads them: an
+	// object defined in two files, and each object against the others
+	// (routes to subsets, matchers, faults, entries).
+	cfg := configSet{}
+	var kept []*object
+	for _, o := range objs {
+		if prev, dup := cfg[o.key]; dup {
+			if file[prev] != file[o] { // a duplicate within a file is reported above
+				out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{file[o]},
+					Message: fmt.Sprintf("%s: also defined in %s", o.key, file[prev])})
+			}
 			continue
 		}
-		// Every broken document, not only the first: each parsed alone,
-		// the others blanked so that it keeps its index.
-		docs := documentSeparator.Split(string(f.data), -1)
-		var errs []Finding
-		for i := range docs {
-			alone := make([]string, len(docs))
-			alone[i] = docs[i]
-			one, _, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
-			if err != nil {
-				errs = append(errs, schemaError(f, err))
-				continue
-			}
-			objs = append(objs, one...)
-		}
-		if len(errs) == 0 {
-			// Each document is sound; together they are not (a duplicate).
-			errs = append(errs, schemaError(f, err))
-		}
-		out = append(out, errs...)
+		cfg[o.key] = o
+		kept = append(kept, o)
 	}
-	return append(out, analyzeObjects(objs)...), nil
+	found := analyzeObjects(kept)
+	undefinedSubset := map[string]bool{}
+	for _, f := range found {
+		if f.Code == "UndefinedSubset" {
+			undefinedSubset[f.Objects[0]] = true
+		}
+	}
+	reg := buildRegistry("cluster.local", nil, nil, cfg)
+	named := configNamedHosts(cfg, reg)
+	for _, o := range kept {
+		// Hosts are not checked: which hosts are served is known live only
+		// (HostNotServed).
+		err := validateObject(o, cfg, false, reg, named)
+		if err == nil || undefinedSubset[o.key.String()] && strings.Contains(err.Error(), ".destination.subset:") {
+			continue // none, or UndefinedSubset says it, with its code
+		}
+		out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{file[o]},
+			Message: fmt.Sprintf("%s: %v", o.key, err)})
+	}
+	return append(out, found...), nil
 }
 
 func analyzeObjects(objs []*object) []Finding {
@@ -98,8 +138,8 @@ func analyzeObjects(objs []*object) []Finding {
 				for di, d := range r.GetRoute() {
 					h := QualifyHost(d.GetDestination().GetHost(), o.key.namespace)
 					if s := d.GetDestination().GetSubset(); s != "" && !subsets[h][s] {
-						out = append(out, Finding{Code: "UndefinedSubset", Severity: SeverityWarning, Objects: []string{o.key.String()},
-							Message: fmt.Sprintf("spec.http[%d].route[%d].destination.subset %q: no DestinationRule for %s defines it; calls routed there fail", ri, di, s, h)})
+						out = append(out, Finding{Code: "UndefinedSubset", Severity: SeverityError, Objects: []string{o.key.String()},
+							Message: fmt.Sprintf("spec.http[%d].route[%d].destination.subset %q: no DestinationRule for %s defines it; the control plane rejects the configuration", ri, di, s, h)})
 					}
 					w := int(d.GetWeight())
 					if len(r.GetRoute()) == 1 && w == 0 {

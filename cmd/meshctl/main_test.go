@@ -785,13 +785,27 @@ spec:
   hosts: [payments]
   http: [{timeout: forever, route: [{destination: {host: payments}}]}]
 `))
+	// What the control plane refuses across objects and files: an object
+	// defined twice, a fault out of range.
+	writeConfig(t, dir, "d.yaml", []byte(`apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: payments}
+spec: {host: payments}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: faulty}
+spec:
+  hosts: [reports]
+  http: [{fault: {abort: {httpStatus: 700, percentage: {value: 10}}}, route: [{destination: {host: reports}}]}]
+`))
 	r := meshctl(t, "analyze", dir)
 	if r.code != 1 {
 		t.Errorf("analyze with findings: exit %d, want 1", r.code)
 	}
 	golden(t, "analyze", mask(r.stdout, dir))
 	var findings []controlplane.Finding
-	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 7 {
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 9 {
 		t.Errorf("analyze -o json: %d findings (%v)", len(findings), err)
 	}
 	clean := t.TempDir()
