@@ -43,26 +43,28 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 	var out []Finding
 	var objs []*object
 	file := map[*object]string{}
+	canaryFile := map[string]string{} // host -> file of its Canary
 	schemaError := func(f configFile, err error) Finding {
 		return Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")}
 	}
 	for _, f := range files {
-		parsed, _, err := parseConfigFiles([]configFile{f})
+		parsed, canaries, err := parseConfigFiles([]configFile{f})
 		if err != nil {
 			// Every broken document, not only the first: each parsed
 			// alone, the others blanked so that it keeps its index.
 			docs := documentSeparator.Split(string(f.data), -1)
 			var errs []Finding
-			parsed = nil
+			parsed, canaries = nil, map[string]Canary{}
 			for i := range docs {
 				alone := make([]string, len(docs))
 				alone[i] = docs[i]
-				one, _, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
+				one, c, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
 				if err != nil {
 					errs = append(errs, schemaError(f, err))
 					continue
 				}
 				parsed = append(parsed, one...)
+				maps.Copy(canaries, c)
 			}
 			if len(errs) == 0 {
 				// Each document is sound; together they are not (a
@@ -73,6 +75,15 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 		}
 		for _, o := range parsed {
 			file[o] = f.name
+		}
+		for _, host := range slices.Sorted(maps.Keys(canaries)) {
+			c := canaries[host]
+			if prev, dup := canaryFile[host]; dup {
+				out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name},
+					Message: fmt.Sprintf("Canary %s/%s: host %s already has a Canary in %s", c.Namespace, c.Name, host, prev)})
+				continue
+			}
+			canaryFile[host] = f.name
 		}
 		objs = append(objs, parsed...)
 	}

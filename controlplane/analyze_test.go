@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -123,5 +124,37 @@ func TestAnalyzeDirDeniesEveryCaller(t *testing.T) {
 		if got != tc.want || len(findings) > 1 {
 			t.Errorf("spec %s: findings %+v; want DeniesEveryCaller %v", tc.spec, findings, tc.want)
 		}
+	}
+}
+
+// TestAnalyzeDirFindsWhatLoadingRefuses: an object or a host's Canary
+// defined in two files, which NewDaemon refuses, is an error offline too,
+// naming the file and the other.
+func TestAnalyzeDirFindsWhatLoadingRefuses(t *testing.T) {
+	dir := t.TempDir()
+	vs := "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: payments}\nspec: {hosts: [payments], http: [{route: [{destination: {host: payments}}]}]}\n"
+	canary := "apiVersion: mesh/v1alpha1\nkind: Canary\nmetadata: {name: NAME}\nspec: {host: payments, stable: v1, canary: v2, steps: [50, 100], interval: 1m}\n"
+	for name, data := range map[string]string{
+		"a.yaml": vs + "---\n" + strings.ReplaceAll(canary, "NAME", "first"),
+		"b.yaml": vs + "---\n" + strings.ReplaceAll(canary, "NAME", "second"),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewDaemon(t.Context(), DaemonConfig{ConfigDir: dir, StateDir: t.TempDir()}); err == nil {
+		t.Fatal("NewDaemon took a config dir defining objects twice")
+	}
+	findings, err := AnalyzeDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(dir, "b.yaml")
+	want := []Finding{
+		{Code: "SchemaError", Severity: SeverityError, Objects: []string{b}, Message: "Canary default/second: host payments.default.svc.cluster.local already has a Canary in " + filepath.Join(dir, "a.yaml")},
+		{Code: "SchemaError", Severity: SeverityError, Objects: []string{b}, Message: "VirtualService default/payments: also defined in " + filepath.Join(dir, "a.yaml")},
+	}
+	if !reflect.DeepEqual(findings, want) {
+		t.Errorf("findings:\n%+v\nwant\n%+v", findings, want)
 	}
 }
