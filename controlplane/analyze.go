@@ -271,19 +271,25 @@ func analyzeConfig(cfg configSet, reg *registry) []Finding {
 
 // warnFindingsLocked logs what analyzeConfig finds in a configuration just
 // committed: accepted, but probably not what was meant.
-func (s *Server) warnFindingsLocked(cfg configSet, reg *registry) {
-	for _, f := range analyzeConfig(cfg, reg) {
+func (s *Server) warnFindingsLocked() {
+	for _, f := range s.findingsLocked() {
 		s.logger.Warn("config finding", "code", f.Code, "severity", f.Severity, "objects", strings.Join(f.Objects, ", "), "message", f.Message)
 	}
 }
 
 // Findings analyzes the configuration in force against the workloads
-// known now, as `meshctl analyze -live` shows.
+// known now, as `meshctl analyze -live` shows and Apply logs.
 //
 // # Experimental
 func (s *Server) Findings() []Finding {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.findingsLocked()
+}
+
+// findingsLocked counts workloads within their grace period as serving:
+// their endpoints are still sent.
+func (s *Server) findingsLocked() []Finding {
 	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(s.nodeList(), s.departedNodes()...), s.cfg)
 	return analyzeConfig(s.cfg, reg)
 }
