@@ -343,8 +343,8 @@ func TestHelpHasExampleAndExitCodes(t *testing.T) {
 	for _, c := range commands() {
 		cmd := c.name
 		r := meshctl(t, cmd, "-h")
-		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
-			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)
+		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) || !strings.Contains(r.stderr, "Exit codes: 0 success, 1 failure") {
+			t.Errorf("meshctl %s -h: exit %d, output %q: want 0, an example and the exit codes", cmd, r.code, r.stderr)
 		}
 	}
 	if r := meshctl(t); r.code != 2 {
@@ -807,6 +807,12 @@ spec:
 	var findings []controlplane.Finding
 	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 9 {
 		t.Errorf("analyze -o json: %d findings (%v)", len(findings), err)
+	}
+	// Info alone: reported, exit 0.
+	info := t.TempDir()
+	writeConfig(t, info, "mesh.yaml", shop.MeshYAML(60, 20))
+	if r := meshctl(t, "analyze", info); r.code != 0 || !strings.HasPrefix(r.stdout, "Info [WeightsNotHundred]") {
+		t.Errorf("analyze with an Info finding only: exit %d, %q; want 0 and the finding", r.code, r.stdout)
 	}
 	clean := t.TempDir()
 	writeConfig(t, clean, "mesh.yaml", shop.MeshYAML(90, 10))
