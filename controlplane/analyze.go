@@ -42,15 +42,87 @@ func AnalyzeDir(dir string) ([]Finding, error) {
 	}
 	var out []Finding
 	var objs []*object
+	file := map[*object]string{}
+	canaryFile := map[string]string{} // host -> file of its Canary
+	schemaError := func(f configFile, err error) Finding {
+		return Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")}
+	}
 	for _, f := range files {
-		parsed, _, err := parseConfigFiles([]configFile{f})
+		parsed, canaries, err := parseConfigFiles([]configFile{f})
 		if err != nil {
-			out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name}, Message: strings.TrimPrefix(err.Error(), f.name+": ")})
-			continue
+			// Every broken document, not only the first: each parsed
+			// alone, the others blanked so that it keeps its index.
+			docs := documentSeparator.Split(string(f.data), -1)
+			var errs []Finding
+			parsed, canaries = nil, map[string]Canary{}
+			for i := range docs {
+				alone := make([]string, len(docs))
+				alone[i] = docs[i]
+				one, c, err := parseConfigFiles([]configFile{{name: f.name, data: []byte(strings.Join(alone, "\n---\n"))}})
+				if err != nil {
+					errs = append(errs, schemaError(f, err))
+					continue
+				}
+				parsed = append(parsed, one...)
+				maps.Copy(canaries, c)
+			}
+			if len(errs) == 0 {
+				// Each document is sound; together they are not (a
+				// duplicate within the file).
+				errs = append(errs, schemaError(f, err))
+			}
+			out = append(out, errs...)
+		}
+		for _, o := range parsed {
+			file[o] = f.name
+		}
+		for _, host := range slices.Sorted(maps.Keys(canaries)) {
+			c := canaries[host]
+			if prev, dup := canaryFile[host]; dup {
+				out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{f.name},
+					Message: fmt.Sprintf("Canary %s/%s: host %s already has a Canary in %s", c.Namespace, c.Name, host, prev)})
+				continue
+			}
+			canaryFile[host] = f.name
 		}
 		objs = append(objs, parsed...)
 	}
-	return append(out, analyzeObjects(objs)...), nil
+	// What the control plane checks across objects when it loads them: an
+	// object defined in two files, and each object against the others
+	// (routes to subsets, matchers, faults, entries).
+	cfg := configSet{}
+	var kept []*object
+	for _, o := range objs {
+		if prev, dup := cfg[o.key]; dup {
+			if file[prev] != file[o] { // a duplicate within a file is reported above
+				out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{file[o]},
+					Message: fmt.Sprintf("%s: also defined in %s", o.key, file[prev])})
+			}
+			continue
+		}
+		cfg[o.key] = o
+		kept = append(kept, o)
+	}
+	found := analyzeObjects(kept)
+	undefinedSubset := map[string]bool{}
+	for _, f := range found {
+		if f.Code == "UndefinedSubset" {
+			undefinedSubset[f.Objects[0]] = true
+		}
+	}
+	reg := buildRegistry("cluster.local", nil, nil, cfg)
+	named := configNamedHosts(cfg, reg)
+	for _, o := range kept {
+		// Hosts are not checked: which hosts are served is known live only
+		// (HostNotServed).
+		err := validateObject(o, cfg, false, reg, named)
+		if err == nil || undefinedSubset[o.key.String()] && strings.Contains(err.Error(), ".destination.subset:") {
+			continue // none, or UndefinedSubset says it, with its code
+		}
+		out = append(out, Finding{Code: "SchemaError", Severity: SeverityError, Objects: []string{file[o]},
+			Message: fmt.Sprintf("%s: %v", o.key, err)})
+	}
+	return append(out, found...), nil
 }
 
 func analyzeObjects(objs []*object) []Finding {
@@ -77,8 +149,8 @@ func analyzeObjects(objs []*object) []Finding {
 				for di, d := range r.GetRoute() {
 					h := QualifyHost(d.GetDestination().GetHost(), o.key.namespace)
 					if s := d.GetDestination().GetSubset(); s != "" && !subsets[h][s] {
-						out = append(out, Finding{Code: "UndefinedSubset", Severity: SeverityWarning, Objects: []string{o.key.String()},
-							Message: fmt.Sprintf("spec.http[%d].route[%d].destination.subset %q: no DestinationRule for %s defines it; calls routed there fail", ri, di, s, h)})
+						out = append(out, Finding{Code: "UndefinedSubset", Severity: SeverityError, Objects: []string{o.key.String()},
+							Message: fmt.Sprintf("spec.http[%d].route[%d].destination.subset %q: no DestinationRule for %s defines it; the control plane rejects the configuration", ri, di, s, h)})
 					}
 					w := int(d.GetWeight())
 					if len(r.GetRoute()) == 1 && w == 0 {
@@ -199,19 +271,25 @@ func analyzeConfig(cfg configSet, reg *registry) []Finding {
 
 // warnFindingsLocked logs what analyzeConfig finds in a configuration just
 // committed: accepted, but probably not what was meant.
-func (s *Server) warnFindingsLocked(cfg configSet, reg *registry) {
-	for _, f := range analyzeConfig(cfg, reg) {
+func (s *Server) warnFindingsLocked() {
+	for _, f := range s.findingsLocked() {
 		s.logger.Warn("config finding", "code", f.Code, "severity", f.Severity, "objects", strings.Join(f.Objects, ", "), "message", f.Message)
 	}
 }
 
 // Findings analyzes the configuration in force against the workloads
-// known now, as `meshctl analyze -live` shows.
+// known now, as `meshctl analyze -live` shows and Apply logs.
 //
 // # Experimental
 func (s *Server) Findings() []Finding {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.findingsLocked()
+}
+
+// findingsLocked counts workloads within their grace period as serving:
+// their endpoints are still sent.
+func (s *Server) findingsLocked() []Finding {
 	reg := buildRegistry(s.trustDomain.Name(), s.declared, append(s.nodeList(), s.departedNodes()...), s.cfg)
 	return analyzeConfig(s.cfg, reg)
 }

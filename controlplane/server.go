@@ -410,7 +410,7 @@ func (s *Server) commitLocked(cand configSet, changed map[objectKey]bool) error 
 	}
 	s.cfg = cand
 	s.pushAllLocked()
-	s.warnFindingsLocked(cand, reg)
+	s.warnFindingsLocked()
 	return nil
 }
 

@@ -376,6 +376,19 @@ func TestSnapshotHookInjectsResourcesAndNACKIsHeld(t *testing.T) {
 	client.mu.Unlock()
 	client.send(resource.ClusterType, []string{"injected", paymentsCluster}, "cluster injected: rejected")
 	rec.Await(ctx, t, "NACK")
+	// proxy-status shows the NACK: the type, the version rejected, the
+	// last one running (none) and the client's error in full.
+	var cds *TypeStatus
+	for _, p := range s.ProxyStatus() {
+		for i, ty := range p.Types {
+			if p.Node == clientNode().id && ty.Type == "CDS" {
+				cds = &p.Types[i]
+			}
+		}
+	}
+	if cds == nil || cds.State != "NACKED" || cds.Error != "cluster injected: rejected" || cds.Sent != bad.GetVersionInfo() || cds.Acked != "" {
+		t.Fatalf("proxy status of the NACKed CDS: %+v, want NACKED at %q with the error in full", cds, bad.GetVersionInfo())
+	}
 
 	// A config change produces a new version; had the server resent the
 	// rejected one, it would arrive first on the ordered stream.

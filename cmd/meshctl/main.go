@@ -48,6 +48,17 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 // more to print.
 var errFindings = errors.New("findings")
 
+// exitFindings says when a command exits 1 having run well.
+func exitFindings(command string) string {
+	switch command {
+	case "analyze":
+		return " or a finding of severity Error or Warning (Info alone exits 0)"
+	case "proxy-status":
+		return " or a workload NACKed its config"
+	}
+	return ""
+}
+
 type command struct {
 	name, summary string
 	run           func(ctx context.Context, env *env, args []string) error
@@ -135,7 +146,7 @@ func newFlags(e *env, usage, example string) *flags {
 	fs.SetOutput(io.Discard) // errors are printed once, by run
 	fs.Usage = func() {}
 	help := func() {
-		fmt.Fprintf(e.stderr, "Usage: meshctl %s\n\nExample:\n%s\n\nFlags:\n", usage, example)
+		fmt.Fprintf(e.stderr, "Usage: meshctl %s\n\nExample:\n%s\n\nExit codes: 0 success, 1 failure%s, 2 usage\n\nFlags:\n", usage, example, exitFindings(name))
 		fs.SetOutput(e.stderr)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)

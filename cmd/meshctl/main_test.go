@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"sigs.k8s.io/yaml"
 
 	"mesh"
 	"mesh/admin"
@@ -341,8 +343,8 @@ func TestHelpHasExampleAndExitCodes(t *testing.T) {
 	for _, c := range commands() {
 		cmd := c.name
 		r := meshctl(t, cmd, "-h")
-		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) {
-			t.Errorf("meshctl %s -h: exit %d, output %q: want 0 and an example", cmd, r.code, r.stderr)
+		if r.code != 0 || !strings.Contains(r.stderr, "Example:\n  meshctl "+cmd) || !strings.Contains(r.stderr, "Exit codes: 0 success, 1 failure") {
+			t.Errorf("meshctl %s -h: exit %d, output %q: want 0, an example and the exit codes", cmd, r.code, r.stderr)
 		}
 	}
 	if r := meshctl(t); r.code != 2 {
@@ -435,15 +437,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	if got := shop.Run(ctx, conn, 20, 2); got.Failed() != 0 || !strings.HasPrefix(got.Last().Caller, "spiffe://cluster.local/ns/default/sa/checkout") {
 		t.Fatalf("calls: %v, caller %q", got, got.Last().Caller)
 	}
-	// Every file meshctl wrote holds a secret or names one: 0600.
-	for _, dir := range []string{state, filepath.Join(state, "enrollments")} {
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			if fi, _ := e.Info(); !e.IsDir() && e.Name() != controlplane.StateCACertFile && fi.Mode().Perm() != 0o600 {
-				t.Errorf("%s: mode %v, want 0600", filepath.Join(dir, e.Name()), fi.Mode().Perm())
-			}
-		}
-	}
+	stateFiles0600(t, state)
 
 	// Every workload connected, each type ACKed at the version last sent.
 	for synced := false; !synced; {
@@ -487,15 +481,23 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	}
 
 	// top: the edge checkout -> payments v2, measured while calls flow.
-	topDone := make(chan result)
-	go func() { topDone <- meshctl(t, "top", "-state", state, "-window", "1s", "-o", "json") }()
-	var top result
-	for top.stdout == "" {
-		select {
-		case top = <-topDone:
-		default:
-			shop.Run(ctx, conn, 20, 2)
+	topWhileCalling := func(args ...string) result {
+		done := make(chan result)
+		go func() { done <- meshctl(t, append([]string{"top", "-state", state, "-window", "1s"}, args...)...) }()
+		for {
+			select {
+			case r := <-done:
+				return r
+			default:
+				shop.Run(ctx, conn, 20, 2)
+			}
 		}
+	}
+	top := topWhileCalling("-o", "json")
+	// For humans: one row per edge, rps, success, p50, p99 and mTLS.
+	if human := topWhileCalling(); human.code != 0 || !strings.HasPrefix(human.stdout, "SOURCE") ||
+		!regexp.MustCompile(`(?m)^default/checkout/v1\s+default/payments/v2\s+\d+\.\d\s+100\.00%\s+≤[\d.]+ms\s+(≤[\d.]+ms|slow)\s+yes$`).MatchString(human.stdout) {
+		t.Errorf("top: exit %d\n%s\nwant the edge checkout -> payments v2 with rps, 100%% success, p50, p99 and mTLS", human.code, human.stdout)
 	}
 	var edges []controlplane.EdgeStats
 	if err := json.Unmarshal([]byte(top.stdout), &edges); err != nil || top.code != 0 {
@@ -505,7 +507,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	for _, e := range edges {
 		if e.Source == "default/checkout/v1" && e.Destination == "default/payments/v2" {
 			found = true
-			if e.SuccessRate != 1 || !e.MutualTLS || e.RPS <= 0 || e.P99Millis == 0 {
+			if e.SuccessRate != 1 || !e.MutualTLS || e.RPS <= 0 || e.P50Millis == 0 || e.P99Millis < e.P50Millis && e.P99Millis != -1 {
 				t.Errorf("top: edge %+v: want all calls successful, over mTLS, with a p99", e)
 			}
 		}
@@ -544,6 +546,7 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 		t.Errorf("after a restart: %v, want all 50 on v2", got)
 	}
 	golden(t, "status-restarted", mask(must(t, "status", "-state", state), tmp))
+	stateFiles0600(t, state)
 	// release: the config dir's weights (all on v1) rule again, and stay
 	// so across a restart.
 	must(t, "canary", "release", "payments", "-state", state)
@@ -556,6 +559,27 @@ func TestControlPlaneEnrollSteerAndRestart(t *testing.T) {
 	oneLine(t, meshctl(t, "canary", "release", "payments", "-state", state), 1, "no canary weights held")
 	if out := must(t, "status", "-state", state, "-o", "yaml"); !strings.Contains(out, "xds_address: 127.0.0.1:") {
 		t.Errorf("status -o yaml: %s", out)
+	}
+}
+
+// stateFiles0600: every file in the state dir and its enrollments holds a
+// secret or names one, so is 0600; the CA certificate alone is public.
+func stateFiles0600(t *testing.T, state string) {
+	t.Helper()
+	n := 0
+	for _, dir := range []string{state, filepath.Join(state, "enrollments")} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if fi, _ := e.Info(); !e.IsDir() && e.Name() != controlplane.StateCACertFile {
+				n++
+				if fi.Mode().Perm() != 0o600 {
+					t.Errorf("%s: mode %v, want 0600", filepath.Join(dir, e.Name()), fi.Mode().Perm())
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("state dir %s holds no file", state)
 	}
 }
 
@@ -753,6 +777,27 @@ metadata: {name: broken}
 spec:
   host: payments
   trafficPolicy: {connectionPool: {tcp: {maxConnections: "many"}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: also-broken}
+spec:
+  hosts: [payments]
+  http: [{timeout: forever, route: [{destination: {host: payments}}]}]
+`))
+	// What the control plane refuses across objects and files: an object
+	// defined twice, a fault out of range.
+	writeConfig(t, dir, "d.yaml", []byte(`apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: payments}
+spec: {host: payments}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: faulty}
+spec:
+  hosts: [reports]
+  http: [{fault: {abort: {httpStatus: 700, percentage: {value: 10}}}, route: [{destination: {host: reports}}]}]
 `))
 	r := meshctl(t, "analyze", dir)
 	if r.code != 1 {
@@ -760,8 +805,14 @@ spec:
 	}
 	golden(t, "analyze", mask(r.stdout, dir))
 	var findings []controlplane.Finding
-	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 6 {
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", dir, "-o", "json").stdout), &findings); err != nil || len(findings) != 9 {
 		t.Errorf("analyze -o json: %d findings (%v)", len(findings), err)
+	}
+	// Info alone: reported, exit 0.
+	info := t.TempDir()
+	writeConfig(t, info, "mesh.yaml", shop.MeshYAML(60, 20))
+	if r := meshctl(t, "analyze", info); r.code != 0 || !strings.HasPrefix(r.stdout, "Info [WeightsNotHundred]") {
+		t.Errorf("analyze with an Info finding only: exit %d, %q; want 0 and the finding", r.code, r.stdout)
 	}
 	clean := t.TempDir()
 	writeConfig(t, clean, "mesh.yaml", shop.MeshYAML(90, 10))
@@ -785,11 +836,65 @@ func TestAnalyzeLive(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+	// Where a browser exists (a display and xdg-open), dashboard opens the
+	// page in it: here an xdg-open that writes down what it was given.
+	browser := t.TempDir()
+	opened := filepath.Join(browser, "opened")
+	if err := os.WriteFile(filepath.Join(browser, "xdg-open"), []byte("#!/bin/sh\necho \"$1\" > "+opened+".tmp && mv "+opened+".tmp "+opened+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open := exec.CommandContext(ctx, bin, "dashboard", "-state", state)
+	open.Env = append(os.Environ(), "MESHCTL_STATE=", "PATH="+browser+string(os.PathListSeparator)+os.Getenv("PATH"), "DISPLAY=:0")
+	if out, err := open.Output(); err != nil || strings.TrimSpace(string(out)) != page {
+		t.Errorf("dashboard with a browser: %q (%v), want %s", out, err, page)
+	}
+	for {
+		got, err := os.ReadFile(opened)
+		if err == nil {
+			if strings.TrimSpace(string(got)) != page {
+				t.Errorf("browser opened %q, want %s", got, page)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("dashboard never opened the browser: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if r := meshctl(t, "analyze", "-live", "-state", state); r.code != 0 || !strings.Contains(r.stdout, "no findings") {
 		t.Errorf("analyze -live of a sound config: exit %d, %q", r.code, r.stdout)
 	}
-	// An edit whose subset selects nobody: accepted, but found.
-	writeConfig(t, cfg, "mesh.yaml", []byte(strings.Replace(string(shop.MeshYAML(100, 0)), "version: v2", "version: v9", 1)))
+	// An edit whose subset selects nobody, with a route to a host nobody
+	// serves and policies whose selectors select nobody: accepted, but
+	// found.
+	edit := strings.Replace(string(shop.MeshYAML(100, 0)), "version: v2", "version: v9", 1) + `
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: ghost}
+spec:
+  hosts: [ghost]
+  http: [{route: [{destination: {host: ghost}}]}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ghost}
+spec: {host: ghost}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: orphan}
+spec: {selector: {matchLabels: {app: nobody}}, mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: orphan}
+spec:
+  selector: {matchLabels: {app: nobody}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [elsewhere]}}]}]
+`
+	writeConfig(t, cfg, "mesh.yaml", []byte(edit))
 	var r result
 	for ctx.Err() == nil {
 		if r = meshctl(t, "analyze", "-live", "-state", state); r.code != 0 {
@@ -800,7 +905,148 @@ func TestAnalyzeLive(t *testing.T) {
 		t.Errorf("analyze -live: exit %d, want 1 (findings)", r.code)
 	}
 	golden(t, "analyze-live", r.stdout)
-	if out := cp.output(); !strings.Contains(out, "config finding") || !strings.Contains(out, "SubsetSelectsNothing") {
-		t.Errorf("control plane did not warn of the finding when it took the config:\n%s", out)
+	var findings []controlplane.Finding
+	if err := json.Unmarshal([]byte(meshctl(t, "analyze", "-live", "-state", state, "-o", "json").stdout), &findings); err != nil || len(findings) != 5 {
+		t.Errorf("analyze -live -o json: %+v (%v), want 5 findings", findings, err)
+	}
+	if y := meshctl(t, "analyze", "-live", "-state", state, "-o", "yaml"); y.code != 1 || !strings.Contains(y.stdout, "code: HostNotServed") {
+		t.Errorf("analyze -live -o yaml: exit %d\n%s", y.code, y.stdout)
+	}
+	// Apply (the config dir's reload) warned of the same findings.
+	out := cp.output()
+	for _, code := range []string{"SubsetSelectsNothing", "HostNotServed", "SelectsNothing"} {
+		if !strings.Contains(out, "config finding") || !strings.Contains(out, code) {
+			t.Errorf("control plane did not warn of %s when it took the config:\n%s", code, out)
+		}
+	}
+}
+
+// TestCanaryPromoteAndRollback: promote and rollback through the API move
+// every call to the subset named, -o yaml gives the same data as -o json,
+// and an analysis in progress is promoted to its canary or rolled back to
+// its stable subset without naming either.
+func TestCanaryPromoteAndRollback(t *testing.T) {
+	tmp := t.TempDir()
+	cfg, state := filepath.Join(tmp, "cfg"), filepath.Join(tmp, "state")
+	os.Mkdir(cfg, 0o755)
+	writeConfig(t, cfg, "mesh.yaml", shop.MeshYAML(90, 10))
+	startCP(t, cfg, state, "127.0.0.1:0")
+	weights := func(args ...string) map[string]int {
+		t.Helper()
+		var st controlplane.CanaryStatus
+		if err := yaml.Unmarshal([]byte(must(t, append(args, "-state", state, "-o", "yaml")...)), &st); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(st.Weights, canaryStatus(t, state).Weights) {
+			t.Errorf("meshctl %v -o yaml: weights %v, but status -o json says %v", args, st.Weights, canaryStatus(t, state).Weights)
+		}
+		return st.Weights
+	}
+	// bootstrap as data: the workload, its bootstrap's path and the files
+	// written, each 0600.
+	dir := filepath.Join(tmp, "reports")
+	var enrolled struct {
+		Workload, Bootstrap string
+		Files               []string
+	}
+	if err := json.Unmarshal([]byte(must(t, "bootstrap", "-state", state, "-name", "reports", "-namespace", "finance", "-sa", "reporter",
+		"-service", "reports", "-port", "9090", "-labels", "app=reports,version=v1", "-dir", dir, "-o", "json")), &enrolled); err != nil {
+		t.Fatal(err)
+	}
+	if enrolled.Workload != "finance/reports" || enrolled.Bootstrap != filepath.Join(dir, controlplane.BootstrapFile) || !slices.Contains(enrolled.Files, controlplane.BootstrapFile) {
+		t.Errorf("bootstrap -o json: %+v", enrolled)
+	}
+	for _, f := range enrolled.Files {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	boot, err := os.ReadFile(enrolled.Bootstrap)
+	if err != nil || !strings.Contains(string(boot), "reports") || strings.Contains(string(boot), "PRIVATE KEY") {
+		t.Errorf("bootstrap file (%v): want the workload named and no key inline:\n%s", err, boot)
+	}
+
+	if w := weights("canary", "promote", "payments", "v2"); w["v2"] != 100 || w["v1"] != 0 {
+		t.Errorf("promote v2: weights %v", w)
+	}
+	if w := weights("canary", "rollback", "payments", "v1"); w["v1"] != 100 || w["v2"] != 0 {
+		t.Errorf("rollback to v1: weights %v", w)
+	}
+	must(t, analysisArgs(state)...)
+	if w := weights("canary", "status", "payments"); w["v1"] != 90 || w["v2"] != 10 {
+		t.Errorf("analysis started: weights %v, want its first step, v2=10", w)
+	}
+	if w := weights("canary", "rollback", "payments"); w["v1"] != 100 || w["v2"] != 0 {
+		t.Errorf("rollback of the analysis: weights %v, want all on its stable v1", w)
+	}
+	if a := canaryStatus(t, state).Analysis; a == nil || a.Phase == controlplane.PhaseProgressing {
+		t.Errorf("analysis after a rollback: %+v, want it stopped", a)
+	}
+	must(t, analysisArgs(state)...)
+	if w := weights("canary", "promote", "payments"); w["v2"] != 100 || w["v1"] != 0 {
+		t.Errorf("promote of the analysis: weights %v, want all on its canary v2", w)
+	}
+}
+
+// TestCanaryRollsBackByItselfOnItsInterval: a Canary object in the config
+// dir, v2 failing a fifth of its calls: the analysis loop, on its own
+// interval, rolls v2 back at the first interval it judges and steps no
+// more. minRequests 100 keeps a lucky interval out: 100 calls of v2 all
+// succeeding has probability 0.8^100, about 2e-10.
+func TestCanaryRollsBackByItselfOnItsInterval(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	m := newTestMesh(t, ctx, 5)
+	writeConfig(t, m.cfg, "canary.yaml", []byte(`apiVersion: mesh/v1alpha1
+kind: Canary
+metadata: {name: payments}
+spec:
+  host: payments
+  stable: v1
+  canary: v2
+  steps: [50, 100]
+  interval: 500ms
+  minRequests: 100
+  minSuccessRate: 0.99
+`))
+	var st controlplane.CanaryStatus
+	for {
+		shop.Run(ctx, m.conn, 100, 4)
+		st = canaryStatus(t, m.state)
+		if st.Analysis != nil && st.Analysis.Phase != controlplane.PhaseProgressing {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("analysis never ended: %+v", st.Analysis)
+		}
+	}
+	judged := func(a *controlplane.AnalysisStatus) []controlplane.AnalysisEvent {
+		var out []controlplane.AnalysisEvent
+		for _, ev := range a.History {
+			if ev.Verdict != "wait" {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	a := st.Analysis
+	if j := judged(a); a.Phase != controlplane.PhaseRolledBack || len(j) != 1 || j[0].Verdict != "rollback" || j[0].Weight != 50 ||
+		!strings.Contains(a.Reason, "success rate") {
+		t.Fatalf("analysis: phase %s, reason %q, judged %+v; want rolled back at the first interval judged, at 50%%", a.Phase, a.Reason, j)
+	}
+	if st.Weights["v1"] != 100 || st.Weights["v2"] != 0 {
+		t.Errorf("weights after rollback: %v", st.Weights)
+	}
+	if err := shop.WaitFor(ctx, m.conn, 50, func(r shop.Reply) bool { return r.Version == "v1" }); err != nil {
+		t.Fatal(err)
+	}
+	// Calls go on; the loop has stopped: the history does not grow.
+	if got := shop.Run(ctx, m.conn, 300, 4); got.Count("v2") != 0 || got.Failed() != 0 {
+		t.Errorf("after rollback: %v, want every call on v1", got)
+	}
+	if after := canaryStatus(t, m.state).Analysis; len(after.History) != len(a.History) || after.Phase != controlplane.PhaseRolledBack {
+		t.Errorf("after the rollback the analysis went on: %+v", after)
 	}
 }

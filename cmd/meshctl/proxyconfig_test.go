@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,6 +182,49 @@ func TestProxyConfigShowsWhatIsInForce(t *testing.T) {
 		t.Errorf("proxy-config secrets -o json: %+v\nwant checkout's SPIFFE ID, a serial, an expiry ahead and a trust bundle", sv)
 	}
 
+	// Listeners: the outbound listener for payments, naming its routes.
+	var ls []struct {
+		Name   string
+		Status string
+		Config struct {
+			RouteConfig string `json:"route_config"`
+		}
+	}
+	if err := json.Unmarshal([]byte(must(t, "proxy-config", "listeners", "checkout", "-state", m.state, "-o", "json")), &ls); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(ls, func(l struct {
+		Name   string
+		Status string
+		Config struct {
+			RouteConfig string `json:"route_config"`
+		}
+	}) bool {
+		return l.Name == shop.PaymentsHost+":8080" && l.Status == "ACK" && l.Config.RouteConfig == shop.PaymentsHost+":8080"
+	}) {
+		t.Errorf("proxy-config listeners -o json: %+v\nwant payments' listener ACKed, naming its route config", ls)
+	}
+	// Endpoints: each with its health, ejection and in-flight count, as
+	// checkout's balancer holds them.
+	var eps []clusterView
+	if err := json.Unmarshal([]byte(must(t, "proxy-config", "endpoints", "checkout", "-state", m.state, "-o", "json")), &eps); err != nil {
+		t.Fatal(err)
+	}
+	healthy := 0
+	for _, c := range eps {
+		for _, ep := range c.Endpoints {
+			if strings.Contains(c.Name, "|payments") && ep.Health == "READY" && !ep.Ejected && ep.InFlight >= 0 {
+				healthy++
+			}
+		}
+	}
+	if healthy < 2 {
+		t.Errorf("proxy-config endpoints -o json: %+v\nwant payments v1's and v2's endpoints READY, not ejected", eps)
+	}
+	if out := must(t, "proxy-config", "endpoints", "checkout", "-state", m.state, "-o", "yaml"); !strings.Contains(out, "in_flight:") || !strings.Contains(out, "ejected: false") {
+		t.Errorf("proxy-config endpoints -o yaml lacks in-flight counts or ejection:\n%s", out)
+	}
+
 	// /debug/config itself shows the same, and never a key.
 	var st controlplane.DaemonStatus
 	if err := json.Unmarshal([]byte(must(t, "status", "-state", m.state, "-o", "json")), &st); err != nil {
@@ -200,7 +244,7 @@ func TestProxyConfigShowsWhatIsInForce(t *testing.T) {
 			t.Fatal(err)
 		}
 		page := keep(string(body))
-		for _, want := range []string{`"timeout": "3s"`, `"lb_policy": "least_request"`, `"spiffe_id": "spiffe://cluster.local/ns/default/sa/checkout"`, `"not_after"`} {
+		for _, want := range []string{`"timeout": "3s"`, `"lb_policy": "least_request"`, `"spiffe_id": "spiffe://cluster.local/ns/default/sa/checkout"`, `"not_after"`, `"trust_bundle"`, `"route_config"`, `"outlier_detection"`} {
 			if !strings.Contains(page, want) {
 				t.Errorf("/debug/config lacks %s", want)
 			}

@@ -35,8 +35,12 @@ func runProxyStatus(ctx context.Context, e *env, args []string) error {
 			state := map[string]string{}
 			for _, t := range p.Types {
 				state[t.Type] = t.State
-				if t.Error != "" {
+				switch {
+				case t.Error != "":
 					errs = append(errs, fmt.Sprintf("%s %s NACK (sent %s, running %s): %s", p.Workload, t.Type, t.Sent, orDash(t.Acked), t.Error))
+				case t.State == "STALE":
+					// The table says only that they differ: say by how much.
+					errs = append(errs, fmt.Sprintf("%s %s STALE: sent %s, ACKed %s", p.Workload, t.Type, t.Sent, orDash(t.Acked)))
 				}
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", p.Workload, orDash(p.Identity), orDash(state["LDS"]), orDash(state["RDS"]),

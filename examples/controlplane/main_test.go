@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mesh/controlplane"
 )
 
 // proc is one example binary running as its own process, its output lines
@@ -109,8 +113,9 @@ func TestWorkloadsAsSeparateProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute) // a hang guard
 	defer cancel()
 	bins := t.TempDir()
-	for _, name := range []string{"controlplane", "payments", "checkout"} {
-		build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bins, name), "mesh/examples/"+name)
+	for _, pkg := range []string{"examples/controlplane", "examples/payments", "examples/checkout", "cmd/meshctl"} {
+		name := filepath.Base(pkg)
+		build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bins, name), "mesh/"+pkg)
 		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", name, err, out)
 		}
@@ -170,6 +175,23 @@ func TestWorkloadsAsSeparateProcesses(t *testing.T) {
 	}
 	if strings.Contains(string(body), `_cluster="unknown"`) {
 		t.Errorf("checkout's /metrics has series of an unknown cluster, which Kiali drops")
+	}
+
+	// It is meshctl's control plane: meshctl finds its API through the
+	// state dir and lists the three workloads connected.
+	ps := exec.CommandContext(ctx, filepath.Join(bins, "meshctl"), "proxy-status", "-state", filepath.Join(dir, "controlplane-state"), "-o", "json")
+	ps.Env = append(os.Environ(), "MESHCTL_STATE=", "MESHCTL_API=", "MESHCTL_TOKEN_FILE=")
+	out, err := ps.Output()
+	var connected []controlplane.ProxyStatus
+	names := map[string]bool{}
+	if err := errors.Join(err, json.Unmarshal(out, &connected)); err != nil {
+		t.Errorf("meshctl proxy-status against the example: %v\n%s", err, out)
+	}
+	for _, p := range connected {
+		names[p.Workload] = true
+	}
+	if !names["default/payments-v1"] || !names["default/payments-v2"] || !names["default/checkout"] {
+		t.Errorf("meshctl proxy-status against the example lists %v, want payments-v1, payments-v2 and checkout", names)
 	}
 
 	// Restart the control plane on its state directory. Checkout keeps

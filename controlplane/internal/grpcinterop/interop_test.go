@@ -75,35 +75,13 @@ func TestGRPCGoXDSInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	serverCreds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	versionAt := map[string]string{}
 	for _, version := range []string{"v1", "v2"} {
 		bootstrap := writeBootstrap(t, cp, controlplane.Workload{
 			Name: "payments-" + version, Service: "payments", Port: 8080, ServiceAccount: "payments",
 			Labels: map[string]string{"app": "payments", "version": version},
 		})
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, err := xds.NewGRPCServer(grpc.Creds(serverCreds), xds.BootstrapContentsForTesting(bootstrap))
-		if err != nil {
-			t.Fatal(err)
-		}
-		healthpb.RegisterHealthServer(srv, health.NewServer())
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			srv.Serve(lis)
-		}()
-		t.Cleanup(func() {
-			srv.Stop()
-			<-served
-		})
-		versionAt[lis.Addr().String()] = version
+		versionAt[serveXDS(t, bootstrap)] = version
 	}
 
 	checkout := controlplane.Workload{Name: "checkout", Service: "checkout", Port: 8080, ServiceAccount: "checkout"}
@@ -119,19 +97,7 @@ func TestGRPCGoXDSInterop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	resolverBuilder, err := xds.NewXDSResolverWithConfigForTesting(clientBootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCreds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient("xds:///payments:8080", grpc.WithResolvers(resolverBuilder), grpc.WithTransportCredentials(clientCreds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dialXDS(t, clientBootstrap, "xds:///payments:8080")
 	client := healthpb.NewHealthClient(conn)
 
 	// waitForVersion calls until an RPC lands on version, over mTLS.
@@ -175,4 +141,53 @@ func writeBootstrap(t *testing.T, cp *controlplane.Server, w controlplane.Worklo
 		t.Fatal(err)
 	}
 	return data
+}
+
+// serveXDS runs grpc-go's own xDS server, a health service, on 127.0.0.1
+// with the bootstrap given: its address.
+func serveXDS(t *testing.T, bootstrap []byte) string {
+	t.Helper()
+	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.NewGRPCServer(grpc.Creds(creds), xds.BootstrapContentsForTesting(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+	})
+	return lis.Addr().String()
+}
+
+// dialXDS is grpc-go's own xDS client for target, with the bootstrap
+// given and xDS credentials.
+func dialXDS(t *testing.T, bootstrap []byte, target string) *grpc.ClientConn {
+	t.Helper()
+	resolverBuilder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithResolvers(resolverBuilder), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
