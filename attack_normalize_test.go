@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -243,7 +244,7 @@ func TestAttackPathNormalization(t *testing.T) {
 	}
 	for i, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
-			ctx := testContext(t)
+			ctx := testutil.Context(t)
 			s := startSite(ctx, t, mode.cpOpts, mode.meshOpts, areas())
 			for _, phase := range []struct {
 				yaml   string

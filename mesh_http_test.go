@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -86,7 +87,7 @@ func get(ctx context.Context, t *testing.T, client *http.Client, url string, wan
 }
 
 func TestHTTPClientAndServerOverMTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	addr := startWeb(ctx, t, w)
 
@@ -104,7 +105,7 @@ func TestHTTPClientAndServerOverMTLS(t *testing.T) {
 }
 
 func TestAuthorizationPolicyDeniesHTTPAndGRPC(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	startWeb(ctx, t, w)
 	client := w.Checkout.HTTPClient()
@@ -168,7 +169,7 @@ spec:
 // plane has no listener for fails with what was looked up and how to name
 // it.
 func TestHTTPClientWaitsForReadinessAndNamesUnknownTargets(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	client := w.Checkout.HTTPClient()
 	// Web is declared (its bootstrap written) before it serves: its

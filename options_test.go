@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"mesh/internal/testutil"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,7 +12,7 @@ import (
 // TestLastBootstrapOptionWins: of several bootstrap options, New uses the
 // last given, and none is ignored in favour of an earlier one.
 func TestLastBootstrapOptionWins(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	missing := filepath.Join(t.TempDir(), "missing.json")
 	if m, err := mesh.New(ctx, mesh.WithBootstrapJSON([]byte(`{}`)), mesh.WithBootstrapFile(missing)); err == nil || !strings.Contains(err.Error(), missing) {
 		if m != nil {

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"errors"
+	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"testing"
@@ -126,7 +127,7 @@ func clusterHeaderResources(target, rcName, clusterA, addrA, clusterB, addrB str
 
 func TestClusterHeaderFromAControlPlane(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv, client := realXDS(t)
 
 	grpcA, grpcB := startBackend(t, "grpc-a"), startBackend(t, "grpc-b")

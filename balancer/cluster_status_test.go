@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"testing"
@@ -38,7 +39,7 @@ func findEndpoint(t *testing.T, cs ClusterState, addr string) EndpointState {
 }
 
 func TestResolverBuilderClusterStatesShowInFlightRequests(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	release := make(chan struct{})
 	slow, svc := startScriptedBackend(t, func(ctx context.Context, call int64) error {
@@ -87,7 +88,7 @@ func TestResolverBuilderClusterStatesShowInFlightRequests(t *testing.T) {
 }
 
 func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	start := clock.Now()
 	e := newTestEnv(t, WithClock(clock))
@@ -133,7 +134,7 @@ func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
 }
 
 func TestRoundTripperClusterStates(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	release := make(chan struct{})
 	web := startHTTPBackend(t, "web", http1Plain, func(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"math"
+	"mesh/internal/testutil"
 	"reflect"
 	"slices"
 	"strings"
@@ -266,7 +267,7 @@ func TestConformance(t *testing.T) {
 }
 
 func runConformanceCase(t *testing.T, b *backend, tc confCase) {
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewStrictServer(t)
 	client, err := xdsclient.New(srv.Bootstrap("node-1", tc.delta), xdsclient.WithResourceTimeout(time.Hour))
 	if err != nil {

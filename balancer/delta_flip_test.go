@@ -1,10 +1,10 @@
 package balancer
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"math"
+	"mesh/internal/testutil"
 	"slices"
 	"testing"
 	"time"
@@ -24,8 +24,7 @@ import (
 // server's view of the subscriptions must equal the client's.
 func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 	checkNoLeaks(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // hang guard only
-	defer cancel()
+	ctx := testutil.Context(t)
 	const flips = 200
 
 	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")

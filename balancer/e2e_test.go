@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -62,7 +63,7 @@ func policyResources(maxRequests uint32, addrs ...string) (listeners, routes, cl
 
 func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv, client := realXDS(t)
 
 	// HTTP: the first attempt of each request gets a 503.

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"fmt"
+	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -36,7 +37,7 @@ type yamlEnv struct {
 func newYAMLEnv(t *testing.T) *yamlEnv {
 	t.Helper()
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx)
 	if err != nil {
 		t.Fatalf("controlplane.New: %v", err)
@@ -116,7 +117,7 @@ func namedScripted(t *testing.T, name string, script func(context.Context, int64
 }
 
 func TestYAMLHeaderMatchRouting(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
 	e.apply(t, []*backend{v1, v2}, `apiVersion: networking.istio.io/v1
@@ -149,7 +150,7 @@ spec:
 }
 
 func TestYAMLRetriesTimeoutAndFault(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	var attempts atomic.Int64
 	b, _ := namedScripted(t, "v1", func(ctx context.Context, _ int64) error {
@@ -203,7 +204,7 @@ spec:
 }
 
 func TestYAMLConnectionPoolMaxRequests(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	release := make(chan struct{})
 	var blocked atomic.Int64
@@ -243,7 +244,7 @@ spec:
 }
 
 func TestYAMLOutlierDetectionEjectsAFailingBackend(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	clock := newFakeClock()
 	good, goodSvc := namedScripted(t, "good", func(context.Context, int64) error { return nil })
@@ -278,7 +279,7 @@ spec:
 }
 
 func TestYAMLConsistentHash(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	e.apply(t, backends, `apiVersion: networking.istio.io/v1
@@ -344,7 +345,7 @@ spec:
 }
 
 func TestYAMLLocalityDistribute(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	port := func(b *backend) string { return b.addr[strings.LastIndex(b.addr, ":")+1:] }
@@ -400,7 +401,7 @@ spec:
 }
 
 func TestYAMLOverHTTP(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	v1 := startHTTPBackend(t, "v1", http1Plain, nil)
 	v2 := startHTTPBackend(t, "v2", http1Plain, nil)

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"mesh/internal/testutil"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -55,7 +56,7 @@ func faultEnv(t *testing.T, cfg *xdsclient.FaultInjection, routes []xdsclient.Ro
 }
 
 func TestGRPCFaultAbortFromFilterConfig(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e, svc := faultEnv(t, abortAll(codes.PermissionDenied), nil)
 	waitFor(ctx, t, "the fault to apply", func() bool {
 		_, err := e.client.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
@@ -74,7 +75,7 @@ func TestGRPCFaultAbortFromFilterConfig(t *testing.T) {
 }
 
 func TestGRPCFaultRouteOverride(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	routes := []xdsclient.Route{
 		{Name: "aborted", Match: xdsclient.RouteMatch{Path: "/grpc.testing.TestService/EmptyCall", CaseSensitive: true},
 			Action:          xdsclient.RouteAction{Cluster: "c"},
@@ -94,7 +95,7 @@ func TestGRPCFaultRouteOverride(t *testing.T) {
 }
 
 func TestGRPCFaultHeaderAbort(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cfg := &xdsclient.FaultInjection{Abort: &xdsclient.FaultAbort{FromHeader: true, PerMillion: 1_000_000, Denominator: 100}}
 	e, _ := faultEnv(t, cfg, nil)
 	e.waitRouted(ctx, t)
@@ -116,7 +117,7 @@ func TestGRPCFaultHeaderAbort(t *testing.T) {
 }
 
 func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	cfg := &xdsclient.FaultInjection{
 		Delay:           &xdsclient.FaultDelay{Fixed: time.Hour, PerMillion: 1_000_000, Denominator: 100},
@@ -168,7 +169,7 @@ func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
 }
 
 func TestRoundTripperFaultAbortAndDelay(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	e := newHTTPEnv(t, WithClock(clock))
 	var hits atomic.Int64

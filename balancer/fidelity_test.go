@@ -1,8 +1,8 @@
 package balancer
 
 import (
-	"context"
 	"fmt"
+	"mesh/internal/testutil"
 	"strings"
 	"testing"
 	"time"
@@ -13,13 +13,6 @@ import (
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
-
-// hangGuard bounds a test that must not hang; no work is timed by it.
-func hangGuard(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 func newStrictXDS(t *testing.T, delta bool, timeout time.Duration) (*xdstest.StrictServer, *xdsclient.Client) {
 	t.Helper()
@@ -54,7 +47,7 @@ func TestRouteToUnknownClusterKeepsPreviousTable(t *testing.T) {
 }
 
 func routeToUnknownCluster(t *testing.T, delta bool) {
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	srv, client := newStrictXDS(t, delta, time.Hour)
 	listener := []types.Resource{xdstest.ClientListener(testTarget, "rc")}
@@ -109,7 +102,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 // first channel and on one opened later.
 func TestNACKedClusterFailsRPCsAtOnce(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	srv, client := newStrictXDS(t, false, time.Hour)
 	bad := xdstest.EDSCluster("bad", false)
 	bad.LbPolicy = clusterpb.Cluster_MAGLEV

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync"
@@ -190,7 +191,7 @@ func (f *httpFrontEnd) circuitOpen(err error, cluster string) bool {
 // still wins.
 func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		var blocking atomic.Bool
 		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) error {
 			if blocking.Load() {
@@ -228,7 +229,7 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 // never reaches the backend; the two within the limit succeed.
 func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		release := make(chan struct{})
 		var blocking atomic.Bool
 		var inHandler, calls atomic.Int64
@@ -285,7 +286,7 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 // connected all the same, so that a flip to it is instant.
 func TestWeightedSplit(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		fe.serve(testCluster("cluster-a"), fe.backend(t, "a", nil))
 		fe.serve(testCluster("cluster-b"), fe.backend(t, "b", nil))
 		cAddr := fe.backend(t, "c", nil)
@@ -334,7 +335,7 @@ func TestWeightedSplit(t *testing.T) {
 // the calls that fail get their failure without a retry.
 func TestRetryBudgetStopsAStorm(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		release := make(chan struct{})
 		retryRunning := make(chan struct{})
 		var armed atomic.Bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"mesh/internal/testutil"
 	"net/http"
 	"regexp"
 	"sync/atomic"
@@ -21,7 +22,7 @@ import (
 // and retried; the first attempt here would otherwise wait until the
 // test's hang guard.
 func TestGRPCPerTryTimeout(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var calls atomic.Int64
 	var armed atomic.Bool
@@ -49,7 +50,7 @@ func TestGRPCPerTryTimeout(t *testing.T) {
 
 // TestHTTPPerTryTimeout is TestGRPCPerTryTimeout for the RoundTripper.
 func TestHTTPPerTryTimeout(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var calls atomic.Int64
 	var armed atomic.Bool

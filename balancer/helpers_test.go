@@ -3,8 +3,9 @@ package balancer
 import (
 	"context"
 	"fmt"
+	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,15 +78,7 @@ func startBackend(t *testing.T, name string) *backend {
 	b := &backend{name: name, addr: lis.Addr().String()}
 	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
 	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, b.srv, lis)
 	return b
 }
 
@@ -219,12 +212,6 @@ func w(name string, weight uint32) xdsclient.ClusterWeight {
 	return xdsclient.ClusterWeight{Name: name, Weight: weight}
 }
 
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // a hang guard
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // waitFor polls cond until it holds; ctx bounds the wait and fails the test.
 func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -240,37 +227,7 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 // checkNoLeaks fails the test if goroutines of gRPC or of this package
 // outlive it (after every other cleanup has run).
 func checkNoLeaks(t *testing.T) {
-	t.Cleanup(func() {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			leaked := leakedGoroutines()
-			if len(leaked) == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%d goroutines leaked:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-}
-
-func leakedGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var leaked []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "checkNoLeaks") || strings.Contains(g, "leakedGoroutines") {
-			continue
-		}
-		if strings.Contains(g, "google.golang.org/grpc") ||
-			strings.Contains(g, "mesh/balancer.(*") ||
-			strings.Contains(g, "net/http.(*persistConn)") {
-			leaked = append(leaked, g)
-		}
-	}
-	return leaked
+	leakcheck.Check(t, "google.golang.org/grpc", "mesh/balancer.(*", "net/http.(*persistConn)")
 }
 
 // gatedListener holds back Accept until open is closed: a client's TCP
@@ -305,15 +262,7 @@ func startGatedBackend(t *testing.T, name string) (*backend, *gatedListener) {
 	b := &backend{name: name, addr: inner.Addr().String()}
 	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
 	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, b.srv, lis)
 	return b, lis
 }
 

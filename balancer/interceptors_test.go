@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"mesh/internal/testutil"
 	"net"
 	"slices"
 	"strings"
@@ -61,15 +62,7 @@ func startScriptedBackend(t *testing.T, script func(ctx context.Context, call in
 	svc := &scriptedService{script: script}
 	b := &backend{name: "scripted", addr: lis.Addr().String(), srv: grpc.NewServer()}
 	testgrpc.RegisterTestServiceServer(b.srv, svc)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, b.srv, lis)
 	return b, svc
 }
 
@@ -100,7 +93,7 @@ func (e *testEnv) waitRouted(ctx context.Context, t *testing.T) {
 }
 
 func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var mu sync.Mutex
 	var previous []string
@@ -170,7 +163,7 @@ func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
 }
 
 func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var failNext atomic.Int64
 	b, svc := startScriptedBackend(t, func(context.Context, int64) error {
@@ -212,7 +205,7 @@ func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 // resolver's newest routes instead would give them the new route's 1 ns
 // timeout while the old table's picker serves them, and fail them all.
 func TestPendingTableDoesNotMixPolicies(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(time.Hour))
 	a := startBackend(t, "a")
 	slow, gate := startGatedBackend(t, "slow")

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"mesh/internal/testutil"
 	"regexp"
 	"strings"
 	"sync"
@@ -152,7 +153,7 @@ func (l *load) waitBoth(ctx context.Context, t *testing.T, x, y string) {
 }
 
 func TestFlipsUnderLoadNeverFail(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.serve("cluster-a", a)
@@ -175,7 +176,7 @@ func TestFlipsUnderLoadNeverFail(t *testing.T) {
 }
 
 func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	a, b, c := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")
 	e.serve("cluster-a", a)
@@ -203,7 +204,7 @@ func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
 }
 
 func TestRouteByPathPrefix(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.serve("cluster-a", a)
@@ -243,7 +244,7 @@ func callUnary(ctx context.Context, e *testEnv) (string, error) {
 }
 
 func TestListenerAndRouteNotFound(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 
@@ -277,7 +278,7 @@ func TestListenerAndRouteNotFound(t *testing.T) {
 }
 
 func TestClusterNotFoundFailsOnlyItsRPCs(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
@@ -292,7 +293,7 @@ func TestClusterNotFoundFailsOnlyItsRPCs(t *testing.T) {
 }
 
 func TestNoReadyEndpointNamesClusterAndError(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	dead := startBackend(t, "dead")
 	dead.srv.Stop() // its port now refuses connections
@@ -306,7 +307,7 @@ func TestNoReadyEndpointNamesClusterAndError(t *testing.T) {
 }
 
 func TestTLSChangeReplacesSubConns(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
@@ -337,7 +338,7 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 }
 
 func TestCloseCancelsWatches(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
@@ -353,7 +354,7 @@ func TestCloseCancelsWatches(t *testing.T) {
 }
 
 func TestInlineRouteConfigAndListenerTemplate(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithListenerNameTemplate("xdstp://mesh/envoy.config.listener.v3.Listener/%s"))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
@@ -367,7 +368,7 @@ func TestInlineRouteConfigAndListenerTemplate(t *testing.T) {
 }
 
 func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	slow, gate := startGatedBackend(t, "slow")
@@ -398,7 +399,7 @@ func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
 }
 
 func TestPublishTimeoutBoundsTheWait(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(20*time.Millisecond))
 	a := startBackend(t, "a")
 	hung, _ := startGatedBackend(t, "hung")
@@ -419,7 +420,7 @@ func TestPublishTimeoutBoundsTheWait(t *testing.T) {
 }
 
 func TestEndpointChangeUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	old1, old2, new1 := startBackend(t, "old1"), startBackend(t, "old2"), startBackend(t, "new1")
 	e.serve("cluster-a", old1, old2)
@@ -442,7 +443,7 @@ func TestEndpointChangeUnderLoad(t *testing.T) {
 }
 
 func TestLogicalDNSCluster(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.xds.clusters.set("dns", &xdsclient.Cluster{Name: "dns", Type: xdsclient.ClusterLogicalDNS, DNSAddress: a.addr})
@@ -476,7 +477,7 @@ func TestUsableAddresses(t *testing.T) {
 }
 
 func TestErrorBeforeFirstSnapshotFailsRPCs(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	e.conn.Connect() // builds the resolver, which watches the listener
 	waitFor(ctx, t, "the listener watch", func() bool { return e.xds.activeWatches() == 1 })
@@ -512,7 +513,7 @@ func TestEqualTLS(t *testing.T) {
 // xDS stream reconnecting, say) do not fail calls: the old endpoints keep
 // serving until the endpoints return or the publish timeout passes.
 func TestVanishingEndpointsDoNotFailCalls(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(time.Minute))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)

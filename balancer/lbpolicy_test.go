@@ -3,6 +3,7 @@ package balancer
 import (
 	"fmt"
 	"math"
+	"mesh/internal/testutil"
 	"net/http"
 	"net/url"
 	"sync/atomic"
@@ -108,7 +109,7 @@ func TestRequestHash(t *testing.T) {
 }
 
 func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	e.serve("c", backends...)
@@ -143,7 +144,7 @@ func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
 }
 
 func TestGRPCLeastRequestServes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.serve("c", a, b)
@@ -159,7 +160,7 @@ func TestGRPCLeastRequestServes(t *testing.T) {
 }
 
 func TestRoundTripperRingHash(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var backends []*httpBackend
 	for _, name := range []string{"a", "b", "c"} {

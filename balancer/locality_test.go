@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"mesh/internal/testutil"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -99,7 +100,7 @@ func twoLocalities(name string, a, b *backend, wa, wb, pa, pb uint32) *xdsclient
 }
 
 func TestGRPCLocalityWeights(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.xds.clusters.set("c", testCluster("c"))
@@ -132,7 +133,7 @@ func TestGRPCLocalityWeights(t *testing.T) {
 }
 
 func TestGRPCPriorityFailover(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	primary, secondary := startBackend(t, "primary"), startBackend(t, "secondary")
 	e.xds.clusters.set("c", testCluster("c"))

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"mesh/internal/testutil"
 	"net/http"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func failurePercentageDetection() *xdsclient.OutlierDetection {
 }
 
 func TestGRPCOutlierDetectionEjectsAndReturnsAFailingBackend(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	e := newTestEnv(t, WithClock(clock))
 	good, goodSvc := startScriptedBackend(t, func(context.Context, int64) error { return nil })
@@ -129,7 +130,7 @@ func TestOutlierDetectorSuccessRateAndMultiplier(t *testing.T) {
 }
 
 func TestRoundTripperOutlierDetection(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	e := newHTTPEnv(t, WithClock(clock))
 	good := startHTTPBackend(t, "good", http1Plain, nil)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -165,7 +166,7 @@ func (e *httpEnv) get(ctx context.Context, path string) (string, *http.Response,
 var plainTLS = &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}}
 
 func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t, WithPlaintextHTTP2())
 	secure := startHTTPBackend(t, "secure", tlsALPN, nil)
 	h2c := startHTTPBackend(t, "h2c", h2cPlain, nil)
@@ -204,7 +205,7 @@ func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
 }
 
 func TestRoundTripperMatchesHeadersAndQuery(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	a := startHTTPBackend(t, "a", http1Plain, nil)
 	b := startHTTPBackend(t, "b", http1Plain, nil)
@@ -257,7 +258,7 @@ func TestRoundTripperMatchesHeadersAndQuery(t *testing.T) {
 }
 
 func TestRoundTripperNeverFailsOverWeightFlips(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t, WithDrainGrace(10*time.Millisecond))
 	a := startHTTPBackend(t, "a", http1Plain, nil)
 	b := startHTTPBackend(t, "b", http1Plain, nil)
@@ -329,7 +330,7 @@ func httpRetryPolicy(retries uint32) *xdsclient.RetryPolicy {
 }
 
 func TestRoundTripperRetries(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var failNext atomic.Int64
 	var bodies []string
@@ -419,7 +420,7 @@ func TestRoundTripperRetries(t *testing.T) {
 }
 
 func TestRoundTripperNoRoutesYet(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t, WithPublishTimeout(time.Millisecond))
 	_, _, err := e.get(ctx, "/")
 	var unavailable *UnavailableError
@@ -445,7 +446,7 @@ func TestRoundTripperNoRoutesYet(t *testing.T) {
 // endpoint yet waits for one, as gRPC's wait-for-ready does, and gives up
 // only when its context ends, naming the cluster.
 func TestRoundTripperWaitsForItsCluster(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	a := startHTTPBackend(t, "a", http1Plain, nil)
 	e.xds.clusters.set("cluster-a", testCluster("cluster-a"))

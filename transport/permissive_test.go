@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mesh/internal/testutil"
 	"net"
 	"strings"
 	"testing"
@@ -65,7 +66,7 @@ func TestDetectProtocol(t *testing.T) {
 }
 
 func TestPermissiveServesTLSAndPlaintextOnOnePort(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	addr := startServer(t, transport.NewServerCredentials(f.server, byProtocol(permissiveChains()), quiet))
 	clientCreds := transport.NewClientCredentials(f.client)
@@ -88,7 +89,7 @@ func TestPermissiveServesTLSAndPlaintextOnOnePort(t *testing.T) {
 }
 
 func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	chains := permissiveChains()
 	seen := make(chan string, 2)
@@ -103,9 +104,7 @@ func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
 			seen <- ai.FilterChain.Name
 			return whoami(nil, stream)
 		}))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 
 	clientCreds := transport.NewClientCredentials(f.client)
 	for _, tc := range []struct {
@@ -126,24 +125,24 @@ func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
 }
 
 func TestTLSOnlyListenerRefusesPlaintextByProtocol(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
+	logs := testutil.NewLogs(slog.LevelWarn)
 	// Only the tls chain: a plaintext client matches nothing.
 	chains := permissiveChains()[:1]
 	addr := startServer(t, transport.NewServerCredentials(f.server, byProtocol(chains), transport.WithLogger(slog.New(logs))))
 	if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 		t.Fatal("plaintext RPC succeeded against a TLS-only listener")
 	}
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "no filter chain matches raw_buffer") {
+	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "no filter chain matches raw_buffer") {
 		t.Errorf("server error = %q", msg)
 	}
 }
 
 func TestSilentClientTimesOut(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
+	logs := testutil.NewLogs(slog.LevelWarn)
 	addr := startServer(t, transport.NewServerCredentials(f.server, strict(),
 		transport.WithSniffTimeout(50*time.Millisecond), transport.WithLogger(slog.New(logs))))
 	var d net.Dialer
@@ -153,7 +152,7 @@ func TestSilentClientTimesOut(t *testing.T) {
 	}
 	defer conn.Close()
 	// Send nothing: the server must give up on its own.
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "client sent nothing") {
+	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "client sent nothing") {
 		t.Errorf("server error = %q", msg)
 	}
 	buf := make([]byte, 1)

@@ -103,9 +103,7 @@ func TestDumpAndCSDS(t *testing.T) {
 	}
 	gs := grpc.NewServer()
 	c.RegisterCSDS(gs)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
+	testutil.Serve(t, gs, lis)
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

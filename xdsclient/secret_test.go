@@ -147,9 +147,7 @@ func fetchCSDS(ctx context.Context, t *testing.T, c *xdsclient.Client) *statuspb
 	}
 	gs := grpc.NewServer()
 	c.RegisterCSDS(gs)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
+	testutil.Serve(t, gs, lis)
 	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -93,6 +94,33 @@ func (l *Logs) Await(ctx context.Context, t testing.TB, substr string) string {
 	}
 }
 
+// Next returns the next record logged; it fails the test if ctx ends
+// first.
+func (l *Logs) Next(ctx context.Context, t testing.TB) slog.Record {
+	t.Helper()
+	select {
+	case r := <-l.ch:
+		return r
+	case <-ctx.Done():
+		t.Fatal("timed out waiting for a log record")
+		return slog.Record{}
+	}
+}
+
+// Attr returns the value of r's attribute key as a string, or "" if r has
+// none.
+func Attr(r slog.Record, key string) string {
+	var v string
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == key {
+			v = a.Value.String()
+			return false
+		}
+		return true
+	})
+	return v
+}
+
 // Format renders r as its message followed by " key=value" for each
 // attribute.
 func Format(r slog.Record) string {
@@ -145,6 +173,33 @@ func Serve(t testing.TB, srv Server, lis net.Listener) {
 		srv.Stop()
 		<-served
 	})
+}
+
+// ServeHTTP serves srv on lis until the test's cleanups, which close it
+// and wait for Serve to return.
+func ServeHTTP(t testing.TB, srv *http.Server, lis net.Listener) {
+	t.Helper()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-served
+	})
+}
+
+// Listen returns a TCP listener on a free port of 127.0.0.1, closed by the
+// test's cleanups (closing it again after a server has is harmless).
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	return lis
 }
 
 // RootPool returns a pool of the PEM certificates in pemData, failing the
