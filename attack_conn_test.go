@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +29,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // plaintextConn is a gRPC client without the mesh: what an attacker (or a

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // site is one mesh HTTP workload ("web", app=web) behind the embedded

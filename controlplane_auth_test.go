@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"mesh/internal/testutil"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // xdsCredentialsDir writes what a workload enrolled without certificate

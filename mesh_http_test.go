@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,7 @@ import (
 	"mesh/admin"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // startWeb serves an HTTP workload "web" in w's mesh; its handler answers

@@ -1,12 +1,12 @@
 package mesh_test
 
 import (
-	"mesh/internal/testutil"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"mesh"
+	"mesh/internal/testutil"
 )
 
 // TestLastBootstrapOptionWins: of several bootstrap options, New uses the

@@ -3,7 +3,6 @@ package mesh_test
 import (
 	"context"
 	"errors"
-	"mesh/internal/testutil"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // hasInboundListener reports whether resources carry a server listener,

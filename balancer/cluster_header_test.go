@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"errors"
-	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"context"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"math"
-	"mesh/internal/testutil"
 	"reflect"
 	"slices"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"mesh/internal/testutil"
 	"slices"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"context"
-	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )

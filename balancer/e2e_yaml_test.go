@@ -3,7 +3,6 @@ package balancer
 import (
 	"context"
 	"fmt"
-	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/controlplane"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

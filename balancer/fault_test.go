@@ -3,7 +3,6 @@ package balancer
 import (
 	"context"
 	"errors"
-	"mesh/internal/testutil"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

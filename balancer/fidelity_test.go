@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"fmt"
-	"mesh/internal/testutil"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,7 @@ import (
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"mesh/internal/testutil"
 	"net/http"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"mesh/internal/testutil"
 	"net/http"
 	"regexp"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

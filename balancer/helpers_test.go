@@ -3,8 +3,6 @@ package balancer
 import (
 	"context"
 	"fmt"
-	"mesh/internal/leakcheck"
-	"mesh/internal/testutil"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +19,8 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"mesh/internal/handshake"
+	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"mesh/internal/testutil"
 	"net"
 	"slices"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/internal/routeinfo"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -3,7 +3,6 @@ package balancer
 import (
 	"context"
 	"errors"
-	"mesh/internal/testutil"
 	"regexp"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -3,7 +3,6 @@ package balancer
 import (
 	"fmt"
 	"math"
-	"mesh/internal/testutil"
 	"net/http"
 	"net/url"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

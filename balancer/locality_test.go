@@ -1,11 +1,11 @@
 package balancer
 
 import (
-	"mesh/internal/testutil"
 	"slices"
 	"sync/atomic"
 	"testing"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

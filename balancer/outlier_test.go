@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"context"
-	"mesh/internal/testutil"
 	"net/http"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"net/netip"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/identity"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )

@@ -2,7 +2,6 @@ package transport_test
 
 import (
 	"errors"
-	"mesh/internal/testutil"
 	"net"
 	"testing"
 
@@ -17,6 +16,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/identity"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"mesh/internal/testutil"
 	"net"
 	"net/http"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mesh/internal/testutil"
 	"net"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )

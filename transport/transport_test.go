@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mesh/internal/testutil"
 	"net"
 	"strings"
 	"testing"
@@ -26,6 +25,7 @@ import (
 	"mesh/identity/identitytest"
 	"mesh/internal/handshake"
 	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
