@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,13 +55,34 @@ type testFrontEnd interface {
 // forEachFrontEnd runs body over the gRPC and the HTTP front-end, each
 // made with opts.
 func forEachFrontEnd(t *testing.T, body func(t *testing.T, fe testFrontEnd), opts ...Option) {
-	t.Run("grpc", func(t *testing.T) { body(t, &grpcFrontEnd{newTestEnv(t, opts...)}) })
+	runFrontEnds(t, false, func(t *testing.T, fe testFrontEnd, _ *fakeClock) { body(t, fe) }, opts)
+}
+
+// forEachFrontEndWithClock is forEachFrontEnd for a body that drives
+// time: each front-end runs on a fake clock of its own.
+func forEachFrontEndWithClock(t *testing.T, body func(t *testing.T, fe testFrontEnd, clock *fakeClock), opts ...Option) {
+	runFrontEnds(t, true, body, opts)
+}
+
+func runFrontEnds(t *testing.T, fakeTime bool, body func(t *testing.T, fe testFrontEnd, clock *fakeClock), opts []Option) {
+	withClock := func() ([]Option, *fakeClock) {
+		if !fakeTime {
+			return opts, nil
+		}
+		clock := newFakeClock()
+		return append(slices.Clip(opts), WithClock(clock)), clock
+	}
+	t.Run("grpc", func(t *testing.T) {
+		opts, clock := withClock()
+		body(t, &grpcFrontEnd{newTestEnv(t, opts...)}, clock)
+	})
 	t.Run("http", func(t *testing.T) {
+		opts, clock := withClock()
 		rtOpts := make([]RoundTripperOption, 0, len(opts))
 		for _, o := range opts {
 			rtOpts = append(rtOpts, o)
 		}
-		body(t, &httpFrontEnd{newHTTPEnv(t, rtOpts...)})
+		body(t, &httpFrontEnd{newHTTPEnv(t, rtOpts...)}, clock)
 	})
 }
 
