@@ -50,6 +50,10 @@ type testFrontEnd interface {
 	overloaded(err error) bool
 	// retryPolicy retries overloaded answers up to n times.
 	retryPolicy(n uint32) *xdsclient.RetryPolicy
+	// clusterStates is the front-end's ClusterStates.
+	clusterStates() []ClusterState
+	// close closes the channel or the RoundTripper.
+	close() error
 }
 
 // forEachFrontEnd runs body over the gRPC and the HTTP front-end, each
@@ -141,7 +145,13 @@ func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
 		strings.Contains(err.Error(), "circuit breaker")
 }
 
+func (f *grpcFrontEnd) clusterStates() []ClusterState { return f.e.builder.ClusterStates() }
+func (f *grpcFrontEnd) close() error                  { return f.e.conn.Close() }
+
 type httpFrontEnd struct{ e *httpEnv }
+
+func (f *httpFrontEnd) clusterStates() []ClusterState { return f.e.rt.ClusterStates() }
+func (f *httpFrontEnd) close() error                  { return f.e.rt.Close() }
 
 func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	return startHTTPBackend(t, name, http1Plain, func(w http.ResponseWriter, r *http.Request) {
