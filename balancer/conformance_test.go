@@ -285,7 +285,7 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 	}
 	waitFor(ctx, t, "the inbound listener", func() bool { return dumpStatus(client, "listener", conformanceInbound) == xdsclient.StatusAcked })
 
-	load := startLoad(ctx, e, 2, math.MaxInt64)
+	load := startLoad(ctx, e.call, 2, math.MaxInt64)
 	finished := false
 	defer func() {
 		if !finished {

@@ -49,7 +49,7 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		t.Fatalf("first RPC: %v", err)
 	}
 
-	load := startLoad(ctx, e, 4, math.MaxInt64)
+	load := startLoad(ctx, e.call, 4, math.MaxInt64)
 	finished := false
 	defer func() {
 		if !finished {

@@ -54,6 +54,8 @@ type testFrontEnd interface {
 	clusterStates() []ClusterState
 	// close closes the channel or the RoundTripper.
 	close() error
+	// xds is the fake xDS client the front-end watches.
+	xds() *fakeXDS
 }
 
 // forEachFrontEnd runs body over the gRPC and the HTTP front-end, each
@@ -78,7 +80,7 @@ func runFrontEnds(t *testing.T, fakeTime bool, body func(t *testing.T, fe testFr
 	}
 	t.Run("grpc", func(t *testing.T) {
 		opts, clock := withClock()
-		body(t, &grpcFrontEnd{newTestEnv(t, opts...)}, clock)
+		body(t, &grpcFrontEnd{e: newTestEnv(t, opts...), backends: map[string]*backend{}}, clock)
 	})
 	t.Run("http", func(t *testing.T) {
 		opts, clock := withClock()
@@ -90,7 +92,10 @@ func runFrontEnds(t *testing.T, fakeTime bool, body func(t *testing.T, fe testFr
 	})
 }
 
-type grpcFrontEnd struct{ e *testEnv }
+type grpcFrontEnd struct {
+	e        *testEnv
+	backends map[string]*backend // by address, for their connection counts
+}
 
 func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
@@ -105,6 +110,7 @@ func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx contex
 		}
 		return nil
 	})
+	f.backends[b.addr] = b
 	return b.addr
 }
 
@@ -147,11 +153,13 @@ func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
 
 func (f *grpcFrontEnd) clusterStates() []ClusterState { return f.e.builder.ClusterStates() }
 func (f *grpcFrontEnd) close() error                  { return f.e.conn.Close() }
+func (f *grpcFrontEnd) xds() *fakeXDS                 { return f.e.xds }
 
 type httpFrontEnd struct{ e *httpEnv }
 
 func (f *httpFrontEnd) clusterStates() []ClusterState { return f.e.rt.ClusterStates() }
 func (f *httpFrontEnd) close() error                  { return f.e.rt.Close() }
+func (f *httpFrontEnd) xds() *fakeXDS                 { return f.e.xds }
 
 func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	return startHTTPBackend(t, name, http1Plain, func(w http.ResponseWriter, r *http.Request) {

@@ -60,7 +60,8 @@ func startScriptedBackend(t *testing.T, script func(ctx context.Context, call in
 		t.Fatalf("listen: %v", err)
 	}
 	svc := &scriptedService{script: script}
-	b := &backend{name: "scripted", addr: lis.Addr().String(), srv: grpc.NewServer()}
+	b := &backend{name: "scripted", addr: lis.Addr().String()}
+	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
 	testgrpc.RegisterTestServiceServer(b.srv, svc)
 	testutil.Serve(t, b.srv, lis)
 	return b, svc
@@ -211,7 +212,7 @@ func TestPendingTableDoesNotMixPolicies(t *testing.T) {
 	slow, gate := startGatedBackend(t, "slow")
 	e.serve("cluster-a", a)
 	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-a"})
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-slow", slow)
 	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-slow", Timeout: time.Nanosecond})

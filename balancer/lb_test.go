@@ -20,15 +20,15 @@ import (
 	"mesh/xdsclient"
 )
 
-// warmUp sends RPCs until every backend in want has served one, so that
+// warmUp makes calls until every backend in want has served one, so that
 // measurements start with every weighted cluster READY.
-func warmUp(ctx context.Context, t *testing.T, e *testEnv, want ...string) {
+func warmUp(ctx context.Context, t *testing.T, call func(context.Context) (string, error), want ...string) {
 	t.Helper()
 	seen := map[string]bool{}
 	for missing := len(want); missing > 0; {
-		got, err := e.call(ctx)
+		got, err := call(ctx)
 		if err != nil {
-			t.Fatalf("warm-up RPC: %v", err)
+			t.Fatalf("warm-up call: %v", err)
 		}
 		for _, name := range want {
 			if got == name && !seen[name] {
@@ -82,7 +82,7 @@ type load struct {
 	stop           chan struct{}
 }
 
-func startLoad(ctx context.Context, e *testEnv, workers int, max int64) *load {
+func startLoad(ctx context.Context, call func(context.Context) (string, error), workers int, max int64) *load {
 	l := &load{stop: make(chan struct{}), last: map[string]int64{}}
 	for range workers {
 		l.wg.Go(func() {
@@ -96,7 +96,7 @@ func startLoad(ctx context.Context, e *testEnv, workers int, max int64) *load {
 				if n > max {
 					return
 				}
-				got, err := e.call(ctx)
+				got, err := call(ctx)
 				if err != nil {
 					l.failures.Add(1)
 					l.firstErr.CompareAndSwap(nil, err)
@@ -152,27 +152,74 @@ func (l *load) waitBoth(ctx context.Context, t *testing.T, x, y string) {
 	})
 }
 
+// TestFlipsUnderLoadNeverFail: under load, no call fails while the
+// weights flip between two connected clusters, 90/10 to 0/100 and back
+// with the traffic followed each time, then 200 times 100/0 to 0/100 as
+// fast as calls get through; over gRPC the flips reconnect nothing. Over
+// HTTP, a new cluster whose endpoint is not usable yet leaves the old
+// table serving until it is.
 func TestFlipsUnderLoadNeverFail(t *testing.T) {
-	ctx := testutil.Context(t)
-	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
-	a, b := startBackend(t, "a"), startBackend(t, "b")
-	e.serve("cluster-a", a)
-	e.serve("cluster-b", b)
-	e.route(w("cluster-a", 90), w("cluster-b", 10))
-	warmUp(ctx, t, e, "a", "b")
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testutil.Context(t)
+		a, b := fe.backend(t, "a", nil), fe.backend(t, "b", nil)
+		fe.serve(testCluster("cluster-a"), a)
+		fe.serve(testCluster("cluster-b"), b)
+		split := func(wa, wb uint32) {
+			fe.routeAction(xdsclient.RouteAction{WeightedClusters: []xdsclient.ClusterWeight{w("cluster-a", wa), w("cluster-b", wb)}})
+		}
+		split(90, 10)
+		warmUp(ctx, t, fe.call, "a", "b")
 
-	l := startLoad(ctx, e, 8, 200000)
-	for range 20 {
-		e.route(w("cluster-a", 0), w("cluster-b", 100))
-		l.waitOnly(ctx, t, "b", 50)
-		e.route(w("cluster-a", 90), w("cluster-b", 10))
-		l.waitBoth(ctx, t, "a", "b")
-	}
-	l.finish(t)
-	t.Logf("%d RPCs across 40 config changes", l.sent.Load())
-	if a.conns.Load() != 1 || b.conns.Load() != 1 {
-		t.Errorf("flips between connected clusters reconnected: a has %d connections, b %d; want 1 each", a.conns.Load(), b.conns.Load())
-	}
+		l := startLoad(ctx, fe.call, 8, 400000)
+		for range 20 {
+			split(0, 100)
+			l.waitOnly(ctx, t, "b", 50)
+			split(90, 10)
+			l.waitBoth(ctx, t, "a", "b")
+		}
+		fastStart := l.sent.Load()
+		for i := range 200 {
+			if i%2 == 0 {
+				split(0, 100)
+			} else {
+				split(100, 0)
+			}
+			// Let some calls through each table.
+			start := l.sent.Load()
+			waitFor(ctx, t, "calls between flips", func() bool { return l.sent.Load() > start+8 })
+		}
+		l.mu.Lock()
+		for _, name := range []string{"a", "b"} {
+			if l.last[name] <= fastStart {
+				t.Errorf("backend %s served nothing across the fast flips", name)
+			}
+		}
+		l.mu.Unlock()
+		if g, ok := fe.(*grpcFrontEnd); ok {
+			if ca, cb := g.backends[a].conns.Load(), g.backends[b].conns.Load(); ca != 1 || cb != 1 {
+				t.Errorf("flips between connected clusters reconnected: a has %d connections, b %d; want 1 each", ca, cb)
+			}
+		}
+
+		if _, ok := fe.(*httpFrontEnd); ok {
+			// A new cluster whose endpoints are not usable yet: the old
+			// table keeps serving until they are. (The gRPC front-end
+			// publishes such a table at once and fails its calls
+			// "no usable endpoints": a difference the report names.)
+			c := fe.backend(t, "c", nil)
+			fe.xds().clusters.set("cluster-c", testCluster("cluster-c"))
+			unusable := testEndpoints("cluster-c-eds", c)
+			unusable.Localities[0].Endpoints[0].Health = xdsclient.HealthUnhealthy
+			fe.xds().endpoints.set("cluster-c-eds", unusable)
+			fe.routeAction(xdsclient.RouteAction{Cluster: "cluster-c"})
+			start := l.sent.Load()
+			waitFor(ctx, t, "calls while cluster-c has no usable endpoint", func() bool { return l.sent.Load() > start+50 })
+			fe.serve(testCluster("cluster-c"), c)
+			l.waitOnly(ctx, t, "c", 50)
+		}
+		l.finish(t)
+		t.Logf("%d calls across the config changes", l.sent.Load())
+	}, WithDrainGrace(10*time.Millisecond))
 }
 
 func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
@@ -182,9 +229,9 @@ func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
 	e.serve("cluster-a", a)
 	e.serve("cluster-b", b)
 	e.route(w("cluster-a", 50), w("cluster-b", 50))
-	warmUp(ctx, t, e, "a", "b")
+	warmUp(ctx, t, e.call, "a", "b")
 
-	l := startLoad(ctx, e, 8, 200000)
+	l := startLoad(ctx, e.call, 8, 200000)
 	// A brand-new cluster takes all traffic; the old table serves until
 	// its connection is READY.
 	e.serve("cluster-c", c)
@@ -284,7 +331,7 @@ func TestClusterNotFoundFailsOnlyItsRPCs(t *testing.T) {
 	e.serve("cluster-a", a)
 	e.xds.clusters.remove("cluster-missing")
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 	e.route(w("cluster-missing", 1))
 	waitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
 		_, err := e.call(ctx)
@@ -312,14 +359,14 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	// An equal cluster with fresh pointers keeps the connection.
 	e.serve("cluster-a", a)
 	tls := &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}, SNI: "a.test"}
 	withTLS := testCluster("cluster-a")
 	withTLS.TLS = tls
-	l := startLoad(ctx, e, 4, 100000)
+	l := startLoad(ctx, e.call, 4, 100000)
 	e.xds.clusters.set("cluster-a", withTLS)
 	waitFor(ctx, t, "a handshake with the new TLS settings", func() bool {
 		for _, h := range e.creds.handshakes() {
@@ -343,7 +390,7 @@ func TestCloseCancelsWatches(t *testing.T) {
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 	if got := e.xds.activeWatches(); got != 4 {
 		t.Fatalf("active watches = %d, want 4 (LDS, RDS, CDS, EDS)", got)
 	}
@@ -374,7 +421,7 @@ func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
 	slow, gate := startGatedBackend(t, "slow")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-slow", slow)
 	e.route(w("cluster-slow", 1))
@@ -405,7 +452,7 @@ func TestPublishTimeoutBoundsTheWait(t *testing.T) {
 	hung, _ := startGatedBackend(t, "hung")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-hung", hung)
 	e.route(w("cluster-hung", 1))
@@ -425,9 +472,9 @@ func TestEndpointChangeUnderLoad(t *testing.T) {
 	old1, old2, new1 := startBackend(t, "old1"), startBackend(t, "old2"), startBackend(t, "new1")
 	e.serve("cluster-a", old1, old2)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "old1", "old2") // round robin reaches both
+	warmUp(ctx, t, e.call, "old1", "old2") // round robin reaches both
 
-	l := startLoad(ctx, e, 8, 200000)
+	l := startLoad(ctx, e.call, 8, 200000)
 	// Replace every endpoint of the cluster at once; unhealthy and
 	// draining endpoints never get traffic.
 	eps := testEndpoints("cluster-a-eds", new1.addr)
@@ -518,9 +565,9 @@ func TestVanishingEndpointsDoNotFailCalls(t *testing.T) {
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
-	l := startLoad(ctx, e, 4, 200000)
+	l := startLoad(ctx, e.call, 4, 200000)
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds")) // none
 	l.waitOnly(ctx, t, "a", 200)
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))

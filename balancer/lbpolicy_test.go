@@ -119,7 +119,7 @@ func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
 	e.routeAction(xdsclient.RouteAction{Cluster: "c", HashPolicies: []xdsclient.HashPolicy{{Kind: xdsclient.HashHeader, Name: "x-user"}}})
 	// Without x-user the hash is random: once every backend served, every
 	// one is READY and on the ring.
-	warmUp(ctx, t, e, "a", "b", "c")
+	warmUp(ctx, t, e.call, "a", "b", "c")
 	waitFor(ctx, t, "the ring hash table", func() bool {
 		r := e.builderRoute(t)
 		return r != nil && len(r.Action.HashPolicies) == 1
@@ -152,7 +152,7 @@ func TestGRPCLeastRequestServes(t *testing.T) {
 	cluster.LBPolicy = xdsclient.LBLeastRequest
 	e.xds.clusters.set("c", cluster)
 	e.route(w("c", 1))
-	warmUp(ctx, t, e, "a", "b")
+	warmUp(ctx, t, e.call, "a", "b")
 	counts := callMany(ctx, t, e.call, 400, 4)
 	if counts["a"] == 0 || counts["b"] == 0 {
 		t.Errorf("least_request used only %v", counts)
