@@ -60,23 +60,38 @@ func newYAMLEnv(t *testing.T) *yamlEnv {
 }
 
 // apply applies the ServiceEntry for yamlHost:9000 with backends as its
-// endpoints (labelled version: <backend name>), plus more YAML.
+// gRPC endpoints (labelled version: <backend name>), plus more YAML.
 func (e *yamlEnv) apply(t *testing.T, backends []*backend, more string) {
 	t.Helper()
-	var eps strings.Builder
+	var eps []yamlEndpoint
 	for _, b := range backends {
-		port := b.addr[strings.LastIndex(b.addr, ":")+1:]
-		fmt.Fprintf(&eps, "  - {address: 127.0.0.1, ports: {grpc: %s}, labels: {version: %s}}\n", port, b.name)
+		eps = append(eps, yamlEndpoint{b.name, b.addr})
+	}
+	e.applyService(t, "GRPC", eps, more)
+}
+
+// yamlEndpoint is a backend as a ServiceEntry lists it.
+type yamlEndpoint struct{ version, addr string }
+
+// applyService applies the ServiceEntry for yamlHost:9000, a port of
+// protocol (GRPC or HTTP) with eps as its endpoints, plus more YAML.
+func (e *yamlEnv) applyService(t *testing.T, protocol string, eps []yamlEndpoint, more string) {
+	t.Helper()
+	portName := strings.ToLower(protocol)
+	var list strings.Builder
+	for _, ep := range eps {
+		port := ep.addr[strings.LastIndex(ep.addr, ":")+1:]
+		fmt.Fprintf(&list, "  - {address: 127.0.0.1, ports: {%s: %s}, labels: {version: %s}}\n", portName, port, ep.version)
 	}
 	yaml := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: ledger}
 spec:
   hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  ports: [{number: 9000, name: ` + portName + `, protocol: ` + protocol + `}]
   resolution: STATIC
   endpoints:
-` + eps.String()
+` + list.String()
 	if more != "" {
 		yaml += "---\n" + more
 	}
@@ -116,37 +131,101 @@ func namedScripted(t *testing.T, name string, script func(context.Context, int64
 	return b, svc
 }
 
-func TestYAMLHeaderMatchRouting(t *testing.T) {
-	ctx := testutil.Context(t)
-	e := newYAMLEnv(t)
-	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
-	e.apply(t, []*backend{v1, v2}, `apiVersion: networking.istio.io/v1
+// canaryYAML routes requests with "x-canary: yes" to subset v2 and the
+// rest to v1, and aborts HTTP requests under /broken with 418.
+const canaryYAML = `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ledger}
 spec:
-  host: `+yamlHost+`
+  host: ` + yamlHost + `
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ledger}
 spec:
-  hosts: [`+yamlHost+`]
+  hosts: [` + yamlHost + `]
   http:
+  - match: [{uri: {prefix: /broken}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
   - match: [{headers: {x-canary: {exact: "yes"}}}]
-    route: [{destination: {host: `+yamlHost+`, subset: v2}}]
-  - route: [{destination: {host: `+yamlHost+`, subset: v1}}]
-`)
-	c := e.dial(t)
-	canary := metadata.AppendToOutgoingContext(ctx, "x-canary", "yes")
-	for range 10 {
-		if name, err := backendOf(canary, c, grpc.WaitForReady(true)); err != nil || name != "v2" {
-			t.Fatalf("RPC with x-canary: yes: %q, %v; want v2", name, err)
-		}
-		if name, err := backendOf(ctx, c, grpc.WaitForReady(true)); err != nil || name != "v1" {
-			t.Fatalf("RPC without x-canary: %q, %v; want v1", name, err)
+    route: [{destination: {host: ` + yamlHost + `, subset: v2}}]
+  - route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
+`
+
+// TestYAMLHeaderMatchRouting: a VirtualService's header match sends
+// canary calls to subset v2 and the rest to v1, over gRPC and over HTTP;
+// over HTTP its fault aborts /broken with 418 before any backend sees it.
+func TestYAMLHeaderMatchRouting(t *testing.T) {
+	// call makes one call, with "x-canary: yes" if canary, and returns the
+	// name of the backend that served it.
+	body := func(t *testing.T, call func(ctx context.Context, canary bool) (string, error)) {
+		ctx := testutil.Context(t)
+		for range 10 {
+			if name, err := call(ctx, true); err != nil || name != "v2" {
+				t.Fatalf("call with x-canary: yes: %q, %v; want v2", name, err)
+			}
+			if name, err := call(ctx, false); err != nil || name != "v1" {
+				t.Fatalf("call without x-canary: %q, %v; want v1", name, err)
+			}
 		}
 	}
+	t.Run("grpc", func(t *testing.T) {
+		e := newYAMLEnv(t)
+		v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
+		e.apply(t, []*backend{v1, v2}, canaryYAML)
+		c := e.dial(t)
+		body(t, func(ctx context.Context, canary bool) (string, error) {
+			if canary {
+				ctx = metadata.AppendToOutgoingContext(ctx, "x-canary", "yes")
+			}
+			return backendOf(ctx, c, grpc.WaitForReady(true))
+		})
+	})
+	t.Run("http", func(t *testing.T) {
+		ctx := testutil.Context(t)
+		e := newYAMLEnv(t)
+		v1 := startHTTPBackend(t, "v1", http1Plain, nil)
+		v2 := startHTTPBackend(t, "v2", http1Plain, nil)
+		e.applyService(t, "HTTP", []yamlEndpoint{{"v1", v1.addr}, {"v2", v2.addr}}, canaryYAML)
+		rt := NewRoundTripper(e.client, (&testDialer{}).dial)
+		t.Cleanup(func() { _ = rt.Close() })
+		client := &http.Client{Transport: rt}
+		get := func(ctx context.Context, path string, canary bool) (*http.Response, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+yamlHost+":9000"+path, nil)
+			if err != nil {
+				return nil, err
+			}
+			if canary {
+				req.Header.Set("x-canary", "yes")
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return nil, err
+			}
+			_ = resp.Body.Close()
+			return resp, nil
+		}
+		body(t, func(ctx context.Context, canary bool) (string, error) {
+			resp, err := get(ctx, "/x", canary)
+			if err != nil {
+				return "", err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return "", fmt.Errorf("status %d from %q", resp.StatusCode, resp.Header.Get("backend"))
+			}
+			return resp.Header.Get("backend"), nil
+		})
+		if r, err := get(ctx, "/broken", false); err != nil {
+			t.Errorf("GET /broken: %v", err)
+		} else if r.StatusCode != http.StatusTeapot {
+			t.Errorf("GET /broken: %d, want the injected 418", r.StatusCode)
+		}
+		if n := v1.hitsOf("/broken"); n != 0 {
+			t.Errorf("backend saw %d aborted requests", n)
+		}
+	})
 }
 
 func TestYAMLRetriesTimeoutAndFault(t *testing.T) {
@@ -397,78 +476,5 @@ spec:
 	}
 	if counts["a"] != 32 || counts["b"] != 96 {
 		t.Errorf("split %v, want a:32 b:96 (localityLbSetting 25/75)", counts)
-	}
-}
-
-func TestYAMLOverHTTP(t *testing.T) {
-	ctx := testutil.Context(t)
-	e := newYAMLEnv(t)
-	v1 := startHTTPBackend(t, "v1", http1Plain, nil)
-	v2 := startHTTPBackend(t, "v2", http1Plain, nil)
-	port := func(b *httpBackend) string { return b.addr[strings.LastIndex(b.addr, ":")+1:] }
-	err := e.cp.Apply([]byte(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: ` + port(v1) + `}, labels: {version: v1}}
-  - {address: 127.0.0.1, ports: {http: ` + port(v2) + `}, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ledger}
-spec:
-  host: ` + yamlHost + `
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  http:
-  - match: [{uri: {prefix: /broken}}]
-    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
-    route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
-  - match: [{headers: {x-canary: {exact: "yes"}}}]
-    route: [{destination: {host: ` + yamlHost + `, subset: v2}}]
-  - route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
-`))
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
-	rt := NewRoundTripper(e.client, (&testDialer{}).dial)
-	t.Cleanup(func() { _ = rt.Close() })
-	client := &http.Client{Transport: rt}
-	get := func(path string, header ...string) *http.Response {
-		t.Helper()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+yamlHost+":9000"+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		_ = resp.Body.Close()
-		return resp
-	}
-	if r := get("/x"); r.StatusCode != http.StatusOK || r.Header.Get("backend") != "v1" {
-		t.Errorf("GET /x: %d from %q, want 200 from v1", r.StatusCode, r.Header.Get("backend"))
-	}
-	if r := get("/x", "x-canary", "yes"); r.StatusCode != http.StatusOK || r.Header.Get("backend") != "v2" {
-		t.Errorf("GET /x with x-canary: %d from %q, want 200 from v2", r.StatusCode, r.Header.Get("backend"))
-	}
-	if r := get("/broken"); r.StatusCode != http.StatusTeapot {
-		t.Errorf("GET /broken: %d, want the injected 418", r.StatusCode)
-	}
-	if n := v1.hitsOf("/broken"); n != 0 {
-		t.Errorf("backend saw %d aborted requests", n)
 	}
 }
