@@ -82,13 +82,7 @@ func whoami(_ any, stream grpc.ServerStream) error {
 
 func startServer(t *testing.T, creds credentials.TransportCredentials) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(whoami))
-	testutil.Serve(t, srv, lis)
-	return lis.Addr().String()
+	return testutil.Start(t, grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(whoami)))
 }
 
 // dial connects through a manual resolver whose address carries info, as

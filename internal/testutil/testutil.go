@@ -175,6 +175,15 @@ func Serve(t testing.TB, srv Server, lis net.Listener) {
 	})
 }
 
+// Start serves srv on a new listener on 127.0.0.1 until the test's
+// cleanups, as Serve does, and returns its address.
+func Start(t testing.TB, srv Server) string {
+	t.Helper()
+	lis := Listen(t)
+	Serve(t, srv, lis)
+	return lis.Addr().String()
+}
+
 // ServeHTTP serves srv on lis until the test's cleanups, which close it
 // and wait for Serve to return.
 func ServeHTTP(t testing.TB, srv *http.Server, lis net.Listener) {
