@@ -68,7 +68,7 @@ func TestClusterStatesShowInFlightRequests(t *testing.T) {
 			_, err := fe.call(ctx)
 			blocked <- err
 		}()
-		waitFor(ctx, t, "the first call to reach the backend", func() bool { return calls.Load() == 1 })
+		testutil.WaitFor(ctx, t, "the first call to reach the backend", func() bool { return calls.Load() == 1 })
 		cs := findCluster(t, fe.clusterStates(), testTarget, "c")
 		want := EndpointState{Address: addr, Locality: "/z", Weight: 1, Health: "READY", InFlight: 1}
 		if cs.InFlight != 1 || len(cs.Endpoints) != 1 || cs.Endpoints[0] != want {
@@ -85,7 +85,7 @@ func TestClusterStatesShowInFlightRequests(t *testing.T) {
 				t.Errorf("after the response body closed: %+v, want nothing in flight", got)
 			}
 		}
-		waitFor(ctx, t, "the call to leave the counters", func() bool {
+		testutil.WaitFor(ctx, t, "the call to leave the counters", func() bool {
 			cs := findCluster(t, fe.clusterStates(), testTarget, "c")
 			return cs.InFlight == 0 && cs.Endpoints[0].InFlight == 0
 		})
@@ -114,7 +114,7 @@ func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
 	e.xds.endpoints.remove("missing-endpoints-eds")
 	e.route(w("c", 1), w("missing-endpoints", 0))
 
-	waitFor(ctx, t, "both backends to serve", func() bool {
+	testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
 		_, _ = e.client.EmptyCall(ctx, &testpb.Empty{})
 		return goodSvc.calls.Load() > 0 && badSvc.calls.Load() > 0
 	})

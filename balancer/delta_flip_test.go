@@ -99,14 +99,14 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		// Pushes that cross the client's requests make its nonces stale.
 		srv.Push()
 		target := want(withV1)
-		waitFor(ctx, t, fmt.Sprintf("flip %d: the client to watch %v (it watches %v)", i, target, clientView()), func() bool {
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: the client to watch %v (it watches %v)", i, target, clientView()), func() bool {
 			return equal(clientView(), target)
 		})
-		waitFor(ctx, t, fmt.Sprintf("flip %d: the server's subscriptions to equal the client's %v", i, target), func() bool {
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: the server's subscriptions to equal the client's %v", i, target), func() bool {
 			return equal(serverView(), target)
 		})
 		start := load.sent.Load()
-		waitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return load.sent.Load() > start+4 || load.failures.Load() > 0 })
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return load.sent.Load() > start+4 || load.failures.Load() > 0 })
 		if n := load.failures.Load(); n > 0 {
 			t.Fatalf("flip %d: %d RPCs failed, first: %v", i, n, load.firstErr.Load())
 		}

@@ -111,7 +111,7 @@ func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 		}
 		blocked <- err
 	}()
-	waitFor(ctx, t, "the blocked request to be in flight", func() bool { return web.hitsOf("/block") == 1 })
+	testutil.WaitFor(ctx, t, "the blocked request to be in flight", func() bool { return web.hitsOf("/block") == 1 })
 	if _, err := httpClient.Get("http://" + testTarget + "/x"); err == nil || !strings.Contains(err.Error(), "circuit breaker") {
 		t.Fatalf("second concurrent request: %v, want the circuit breaker to reject it", err)
 	}
@@ -131,7 +131,7 @@ func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 	t.Cleanup(func() { _ = conn.Close() })
 	tc := testgrpc.NewTestServiceClient(conn)
 	// The channel sees the route once its first RPC resolved it.
-	waitFor(ctx, t, "the channel's routes", func() bool {
+	testutil.WaitFor(ctx, t, "the channel's routes", func() bool {
 		_, _ = tc.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		_, route, _ := builder.routeFor(ctx, conn, "/grpc.testing.TestService/EmptyCall")
 		return route != nil && route.Action.RetryPolicy != nil

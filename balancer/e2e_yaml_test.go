@@ -65,13 +65,14 @@ func (e *yamlEnv) apply(t *testing.T, backends []*backend, more string) {
 	t.Helper()
 	var eps []yamlEndpoint
 	for _, b := range backends {
-		eps = append(eps, yamlEndpoint{b.name, b.addr})
+		eps = append(eps, yamlEndpoint{version: b.name, addr: b.addr})
 	}
 	e.applyService(t, "GRPC", eps, more)
 }
 
-// yamlEndpoint is a backend as a ServiceEntry lists it.
-type yamlEndpoint struct{ version, addr string }
+// yamlEndpoint is a backend as a ServiceEntry lists it: with a version
+// label, or a locality, or both.
+type yamlEndpoint struct{ version, addr, locality string }
 
 // applyService applies the ServiceEntry for yamlHost:9000, a port of
 // protocol (GRPC or HTTP) with eps as its endpoints, plus more YAML.
@@ -81,7 +82,14 @@ func (e *yamlEnv) applyService(t *testing.T, protocol string, eps []yamlEndpoint
 	var list strings.Builder
 	for _, ep := range eps {
 		port := ep.addr[strings.LastIndex(ep.addr, ":")+1:]
-		fmt.Fprintf(&list, "  - {address: 127.0.0.1, ports: {%s: %s}, labels: {version: %s}}\n", portName, port, ep.version)
+		fmt.Fprintf(&list, "  - {address: 127.0.0.1, ports: {%s: %s}", portName, port)
+		if ep.version != "" {
+			fmt.Fprintf(&list, ", labels: {version: %s}", ep.version)
+		}
+		if ep.locality != "" {
+			fmt.Fprintf(&list, ", locality: %s", ep.locality)
+		}
+		list.WriteString("}\n")
 	}
 	yaml := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -188,7 +196,7 @@ func TestYAMLHeaderMatchRouting(t *testing.T) {
 		e := newYAMLEnv(t)
 		v1 := startHTTPBackend(t, "v1", http1Plain, nil)
 		v2 := startHTTPBackend(t, "v2", http1Plain, nil)
-		e.applyService(t, "HTTP", []yamlEndpoint{{"v1", v1.addr}, {"v2", v2.addr}}, canaryYAML)
+		e.applyService(t, "HTTP", []yamlEndpoint{{version: "v1", addr: v1.addr}, {version: "v2", addr: v2.addr}}, canaryYAML)
 		rt := NewRoundTripper(e.client, (&testDialer{}).dial)
 		t.Cleanup(func() { _ = rt.Close() })
 		client := &http.Client{Transport: rt}
@@ -311,7 +319,7 @@ spec:
 		_, err := c.EmptyCall(metadata.AppendToOutgoingContext(ctx, "block", "1"), &testpb.Empty{})
 		done <- err
 	}()
-	waitFor(ctx, t, "the blocked RPC", func() bool { return blocked.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the blocked RPC", func() bool { return blocked.Load() == 1 })
 	_, err := c.EmptyCall(ctx, &testpb.Empty{})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "circuit breaker") {
 		t.Errorf("RPC over http2MaxRequests: %v, want Unavailable from the circuit breaker", err)
@@ -337,7 +345,7 @@ spec:
     outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}
 `)
 	c := e.dial(t, WithClock(clock))
-	waitFor(ctx, t, "both backends to serve", func() bool {
+	testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
 		_, _ = c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		return goodSvc.calls.Load() > 0 && badSvc.calls.Load() > 0
 	})
@@ -371,7 +379,7 @@ spec:
 `)
 	c := e.dial(t)
 	// Wait until all three endpoints serve, so that later picks see the full ring.
-	waitFor(ctx, t, "every backend", func() bool {
+	testutil.WaitFor(ctx, t, "every backend", func() bool {
 		seen := map[string]bool{}
 		for i := range 30 {
 			name, err := backendOf(metadata.AppendToOutgoingContext(ctx, "x-user", fmt.Sprint("warm-", i)), c, grpc.WaitForReady(true))
@@ -412,7 +420,7 @@ spec:
 `)
 	sticky := e.dial(t)
 	var first string
-	waitFor(ctx, t, "the channel to stick to one backend", func() bool {
+	testutil.WaitFor(ctx, t, "the channel to stick to one backend", func() bool {
 		first, _ = backendOf(ctx, sticky, grpc.WaitForReady(true))
 		for range 10 {
 			if name, err := backendOf(ctx, sticky); err != nil || name != first {
@@ -427,53 +435,21 @@ func TestYAMLLocalityDistribute(t *testing.T) {
 	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	port := func(b *backend) string { return b.addr[strings.LastIndex(b.addr, ":")+1:] }
-	err := e.cp.Apply([]byte(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: grpc, protocol: GRPC}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {grpc: ` + port(a) + `}, locality: r1/z1/s1}
-  - {address: 127.0.0.1, ports: {grpc: ` + port(b) + `}, locality: r1/z2/s1}
----
-apiVersion: networking.istio.io/v1
+	e.applyService(t, "GRPC", []yamlEndpoint{{addr: a.addr, locality: "r1/z1/s1"}, {addr: b.addr, locality: "r1/z2/s1"}}, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ledger}
 spec:
-  host: ` + yamlHost + `
+  host: `+yamlHost+`
   trafficPolicy:
     loadBalancer:
       simple: ROUND_ROBIN
       localityLbSetting:
         distribute: [{from: "*", to: {"r1/z1/*": 25, "r1/z2/*": 75}}]
-`))
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
+`)
 	c := e.dial(t)
-	waitFor(ctx, t, "both localities", func() bool {
-		seen := map[string]bool{}
-		for range 8 {
-			name, err := backendOf(ctx, c, grpc.WaitForReady(true))
-			if err != nil {
-				return false
-			}
-			seen[name] = true
-		}
-		return seen["a"] && seen["b"]
-	})
-	// Weighted round robin repeats a 64-pick cycle: 128 picks split exactly.
-	counts := map[string]int{}
-	for range 128 {
-		name, err := backendOf(ctx, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		counts[name]++
-	}
+	counts := cycleCounts(ctx, t,
+		func(ctx context.Context) (string, error) { return backendOf(ctx, c, grpc.WaitForReady(true)) },
+		func(ctx context.Context) (string, error) { return backendOf(ctx, c) })
 	if counts["a"] != 32 || counts["b"] != 96 {
 		t.Errorf("split %v, want a:32 b:96 (localityLbSetting 25/75)", counts)
 	}

@@ -58,7 +58,7 @@ func faultEnv(t *testing.T, cfg *xdsclient.FaultInjection, routes []xdsclient.Ro
 func TestGRPCFaultAbortFromFilterConfig(t *testing.T) {
 	ctx := testutil.Context(t)
 	e, svc := faultEnv(t, abortAll(codes.PermissionDenied), nil)
-	waitFor(ctx, t, "the fault to apply", func() bool {
+	testutil.WaitFor(ctx, t, "the fault to apply", func() bool {
 		_, err := e.client.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		return status.Code(err) == codes.PermissionDenied
 	})
@@ -88,7 +88,7 @@ func TestGRPCFaultRouteOverride(t *testing.T) {
 	if _, err := e.client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("UnaryCall (route without override): %v, want Unimplemented from the backend", err)
 	}
-	waitFor(ctx, t, "the override", func() bool {
+	testutil.WaitFor(ctx, t, "the override", func() bool {
 		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
 		return status.Code(err) == codes.ResourceExhausted
 	})
@@ -126,7 +126,7 @@ func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
 	e, svc := faultEnv(t, cfg, nil, WithClock(clock))
 	// Routes arrive before the first RPC is delayed; wait for the table.
 	e.conn.Connect()
-	waitFor(ctx, t, "routes", func() bool {
+	testutil.WaitFor(ctx, t, "routes", func() bool {
 		router, _, _ := e.builder.routeFor(ctx, e.conn, "/grpc.testing.TestService/EmptyCall")
 		return router != nil && len(router.faults) == 1
 	})

@@ -62,7 +62,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 	}
 
 	srv.Set(t, listener, routeTo("b"), []types.Resource{clusterA}, []types.Resource{epsA})
-	waitFor(ctx, t, "the client to watch cluster b", func() bool { return watches(client, "cluster", "b") })
+	testutil.WaitFor(ctx, t, "the client to watch cluster b", func() bool { return watches(client, "cluster", "b") })
 	for i := range 50 {
 		srv.Push() // CDS responses without b: not a deletion
 		if got, err := e.call(ctx); err != nil || got != "a" {
@@ -71,7 +71,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 	}
 	srv.Set(t, listener, routeTo("b"), []types.Resource{clusterA, xdstest.EDSCluster("b", false)},
 		[]types.Resource{epsA, xdstest.Endpoints("b", b.addr)})
-	waitFor(ctx, t, "RPCs to reach b", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to reach b", func() bool {
 		got, err := e.call(ctx)
 		if err != nil {
 			t.Fatalf("RPC while b arrives: %v; dump %+v; server CDS %v EDS %v", err, client.Dump(), srv.Subscribed("type.googleapis.com/envoy.config.cluster.v3.Cluster"), srv.Subscribed("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"))
@@ -88,7 +88,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 		t.Fatal(err)
 	}
 	srv2.Set(t, listener, routeTo("never"), []types.Resource{clusterA}, []types.Resource{epsA})
-	waitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
 		_, err := e2.call(ctx)
 		if err != nil && !strings.Contains(err.Error(), `"never"`) {
 			t.Fatalf("RPC error %v does not name the cluster", err)

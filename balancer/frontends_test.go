@@ -296,7 +296,7 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 				errs <- err
 			})
 		}
-		waitFor(ctx, t, "two calls in flight", func() bool { return inHandler.Load() == 2 })
+		testutil.WaitFor(ctx, t, "two calls in flight", func() bool { return inHandler.Load() == 2 })
 		before := calls.Load()
 		_, err := fe.call(ctx)
 		if !fe.circuitOpen(err, "c") {
@@ -356,7 +356,7 @@ func TestWeightedSplit(t *testing.T) {
 			t.Errorf("weight-0 cluster-c got %d calls, want exactly 0", counts["c"])
 		}
 		if g, ok := fe.(*grpcFrontEnd); ok {
-			waitFor(ctx, t, "a connection to the weight-0 cluster", func() bool {
+			testutil.WaitFor(ctx, t, "a connection to the weight-0 cluster", func() bool {
 				for _, cs := range g.e.builder.ClusterStates() {
 					for _, ep := range cs.Endpoints {
 						if ep.Address == cAddr && ep.Health == "READY" {

@@ -66,7 +66,7 @@ func TestHTTPPerTryTimeout(t *testing.T) {
 		Name: "vh", Domains: []string{"*"},
 		Routes: []xdsclient.Route{{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{Cluster: "c", RetryPolicy: policy}}},
 	}}})
-	waitFor(ctx, t, "the route", func() bool {
+	testutil.WaitFor(ctx, t, "the route", func() bool {
 		_, resp, err := e.get(ctx, "/warm")
 		return err == nil && resp.StatusCode == http.StatusOK
 	})

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -210,18 +209,6 @@ func testEndpoints(name string, addrs ...string) *xdsclient.Endpoints {
 
 func w(name string, weight uint32) xdsclient.ClusterWeight {
 	return xdsclient.ClusterWeight{Name: name, Weight: weight}
-}
-
-// waitFor polls cond until it holds; ctx bounds the wait and fails the test.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
 }
 
 // checkNoLeaks fails the test if goroutines of gRPC or of this package

@@ -142,7 +142,7 @@ func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
 
 	// Codes outside retry_on are not retried.
 	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(2, codes.Internal)})
-	waitFor(ctx, t, "the new retry policy", func() bool {
+	testutil.WaitFor(ctx, t, "the new retry policy", func() bool {
 		r := e.builderRoute(t)
 		return r != nil && r.Action.RetryPolicy.RetriesGRPC(codes.Internal)
 	})
@@ -216,7 +216,7 @@ func TestPendingTableDoesNotMixPolicies(t *testing.T) {
 
 	e.serve("cluster-slow", slow)
 	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-slow", Timeout: time.Nanosecond})
-	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
 		return len(e.creds.handshakes()) == 2
 	})
 	for i := range 50 {
@@ -227,7 +227,7 @@ func TestPendingTableDoesNotMixPolicies(t *testing.T) {
 	}
 	gate.release()
 	// Once published, the new route's timeout comes with the new cluster.
-	waitFor(ctx, t, "the new route's timeout", func() bool {
+	testutil.WaitFor(ctx, t, "the new route's timeout", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil
 	})

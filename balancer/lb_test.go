@@ -125,7 +125,7 @@ func (l *load) finish(t *testing.T) {
 func (l *load) waitOnly(ctx context.Context, t *testing.T, only string, window int64) {
 	t.Helper()
 	start := l.sent.Load()
-	waitFor(ctx, t, "traffic only to "+only, func() bool {
+	testutil.WaitFor(ctx, t, "traffic only to "+only, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		now := l.sent.Load()
@@ -145,7 +145,7 @@ func (l *load) waitOnly(ctx context.Context, t *testing.T, only string, window i
 func (l *load) waitBoth(ctx context.Context, t *testing.T, x, y string) {
 	t.Helper()
 	start := l.sent.Load()
-	waitFor(ctx, t, "traffic to "+x+" and "+y, func() bool {
+	testutil.WaitFor(ctx, t, "traffic to "+x+" and "+y, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.last[x] > start && l.last[y] > start
@@ -186,7 +186,7 @@ func TestFlipsUnderLoadNeverFail(t *testing.T) {
 			}
 			// Let some calls through each table.
 			start := l.sent.Load()
-			waitFor(ctx, t, "calls between flips", func() bool { return l.sent.Load() > start+8 })
+			testutil.WaitFor(ctx, t, "calls between flips", func() bool { return l.sent.Load() > start+8 })
 		}
 		l.mu.Lock()
 		for _, name := range []string{"a", "b"} {
@@ -213,7 +213,7 @@ func TestFlipsUnderLoadNeverFail(t *testing.T) {
 			fe.xds().endpoints.set("cluster-c-eds", unusable)
 			fe.routeAction(xdsclient.RouteAction{Cluster: "cluster-c"})
 			start := l.sent.Load()
-			waitFor(ctx, t, "calls while cluster-c has no usable endpoint", func() bool { return l.sent.Load() > start+50 })
+			testutil.WaitFor(ctx, t, "calls while cluster-c has no usable endpoint", func() bool { return l.sent.Load() > start+50 })
 			fe.serve(testCluster("cluster-c"), c)
 			l.waitOnly(ctx, t, "c", 50)
 		}
@@ -238,13 +238,13 @@ func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
 	e.route(w("cluster-b", 50), w("cluster-c", 50))
 	l.waitBoth(ctx, t, "b", "c")
 	// cluster-a is gone: its connection drains and closes.
-	waitFor(ctx, t, "cluster-a's connection to drain", func() bool { return a.conns.Load() == 0 })
+	testutil.WaitFor(ctx, t, "cluster-a's connection to drain", func() bool { return a.conns.Load() == 0 })
 	// Replace cluster-b by a new cluster on the same backend address.
 	e.serve("cluster-b2", b)
 	e.route(w("cluster-b2", 50), w("cluster-c", 50))
 	l.waitBoth(ctx, t, "b", "c")
 	l.finish(t)
-	waitFor(ctx, t, "cluster-b's old connection to drain", func() bool { return b.conns.Load() == 1 })
+	testutil.WaitFor(ctx, t, "cluster-b's old connection to drain", func() bool { return b.conns.Load() == 1 })
 	if got := e.xds.activeWatches(); got != 1+1+2*2 { // LDS, RDS, CDS+EDS for b2 and c
 		t.Errorf("active watches = %d, want 6 (unused clusters' watches cancelled)", got)
 	}
@@ -303,7 +303,7 @@ func TestListenerAndRouteNotFound(t *testing.T) {
 
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	waitFor(ctx, t, "RPCs to succeed once the listener exists", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to succeed once the listener exists", func() bool {
 		got, err := e.call(ctx)
 		return err == nil && got == "a"
 	})
@@ -318,7 +318,7 @@ func TestListenerAndRouteNotFound(t *testing.T) {
 	}
 
 	e.xds.routes.remove("rc")
-	waitFor(ctx, t, "RPCs to fail naming the route config", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the route config", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `route config "rc"`)
 	})
@@ -333,7 +333,7 @@ func TestClusterNotFoundFailsOnlyItsRPCs(t *testing.T) {
 	e.route(w("cluster-a", 1))
 	warmUp(ctx, t, e.call, "a")
 	e.route(w("cluster-missing", 1))
-	waitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `cluster "cluster-missing"`)
 	})
@@ -346,7 +346,7 @@ func TestNoReadyEndpointNamesClusterAndError(t *testing.T) {
 	dead.srv.Stop() // its port now refuses connections
 	e.serve("cluster-dead", dead)
 	e.route(w("cluster-dead", 1))
-	waitFor(ctx, t, "RPCs to fail naming the cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the cluster", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `cluster "cluster-dead" has no ready endpoint; last connection error:`) &&
 			strings.Contains(err.Error(), "refused")
@@ -368,7 +368,7 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 	withTLS.TLS = tls
 	l := startLoad(ctx, e.call, 4, 100000)
 	e.xds.clusters.set("cluster-a", withTLS)
-	waitFor(ctx, t, "a handshake with the new TLS settings", func() bool {
+	testutil.WaitFor(ctx, t, "a handshake with the new TLS settings", func() bool {
 		for _, h := range e.creds.handshakes() {
 			if h.Cluster == "cluster-a" && h.TLS == tls {
 				return true
@@ -376,7 +376,7 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(ctx, t, "the plaintext connection to drain", func() bool { return a.conns.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the plaintext connection to drain", func() bool { return a.conns.Load() == 1 })
 	l.finish(t)
 	hs := e.creds.handshakes()
 	if len(hs) != 2 || hs[0].TLS != nil || hs[0].Cluster != "cluster-a" {
@@ -397,7 +397,7 @@ func TestCloseCancelsWatches(t *testing.T) {
 	if err := e.conn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, "watches to be cancelled", func() bool { return e.xds.activeWatches() == 0 })
+	testutil.WaitFor(ctx, t, "watches to be cancelled", func() bool { return e.xds.activeWatches() == 0 })
 }
 
 func TestInlineRouteConfigAndListenerTemplate(t *testing.T) {
@@ -425,7 +425,7 @@ func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
 
 	e.serve("cluster-slow", slow)
 	e.route(w("cluster-slow", 1))
-	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
 		return len(e.creds.handshakes()) == 2
 	})
 	// While cluster-slow connects, the old table keeps serving: RPCs
@@ -439,7 +439,7 @@ func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
 		}
 	}
 	gate.release()
-	waitFor(ctx, t, "traffic to switch to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "traffic to switch to the new cluster", func() bool {
 		got, err := e.call(ctx)
 		return err == nil && got == "slow"
 	})
@@ -458,7 +458,7 @@ func TestPublishTimeoutBoundsTheWait(t *testing.T) {
 	e.route(w("cluster-hung", 1))
 	// After the timeout the new table is published even though its
 	// cluster never got ready: RPCs then wait for it.
-	waitFor(ctx, t, "the new table to be published", func() bool {
+	testutil.WaitFor(ctx, t, "the new table to be published", func() bool {
 		rpcCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
 		_, err := e.call(rpcCtx)
@@ -484,7 +484,7 @@ func TestEndpointChangeUnderLoad(t *testing.T) {
 	e.xds.endpoints.set("cluster-a-eds", eps)
 	l.waitOnly(ctx, t, "new1", 100)
 	l.finish(t)
-	waitFor(ctx, t, "the removed endpoints' connections to drain", func() bool {
+	testutil.WaitFor(ctx, t, "the removed endpoints' connections to drain", func() bool {
 		return old1.conns.Load() == 0 && old2.conns.Load() == 0
 	})
 }
@@ -527,7 +527,7 @@ func TestErrorBeforeFirstSnapshotFailsRPCs(t *testing.T) {
 	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	e.conn.Connect() // builds the resolver, which watches the listener
-	waitFor(ctx, t, "the listener watch", func() bool { return e.xds.activeWatches() == 1 })
+	testutil.WaitFor(ctx, t, "the listener watch", func() bool { return e.xds.activeWatches() == 1 })
 	e.xds.listeners.fail(testTarget, errors.New("listener svc.test:80: filter_chains[0]: unsupported filter"))
 	_, err := e.call(ctx)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unsupported filter") {

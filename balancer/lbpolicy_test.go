@@ -120,7 +120,7 @@ func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
 	// Without x-user the hash is random: once every backend served, every
 	// one is READY and on the ring.
 	warmUp(ctx, t, e.call, "a", "b", "c")
-	waitFor(ctx, t, "the ring hash table", func() bool {
+	testutil.WaitFor(ctx, t, "the ring hash table", func() bool {
 		r := e.builderRoute(t)
 		return r != nil && len(r.Action.HashPolicies) == 1
 	})
@@ -172,7 +172,7 @@ func TestRoundTripperRingHash(t *testing.T) {
 	e.xds.clusters.set("cluster-a", cluster)
 	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a",
 		HashPolicies: []xdsclient.HashPolicy{{Kind: xdsclient.HashQueryParameter, Name: "user"}}}))
-	waitFor(ctx, t, "the ring hash table", func() bool {
+	testutil.WaitFor(ctx, t, "the ring hash table", func() bool {
 		ch, err := e.rt.channel(testTarget)
 		if err != nil {
 			return false

@@ -47,7 +47,7 @@ func TestOutlierDetectionEjectsAndReturnsAFailingBackend(t *testing.T) {
 			t.Fatal("round robin never reached the failing backend")
 		}
 		// Round robin over both: wait until both are ready and serve.
-		waitFor(ctx, t, "both backends to serve", func() bool {
+		testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
 			_, _ = fe.call(ctx)
 			return goodCalls.Load() > 0 && badCalls.Load() > 0
 		})
@@ -71,7 +71,7 @@ func TestOutlierDetectionEjectsAndReturnsAFailingBackend(t *testing.T) {
 		for range 10 {
 			clock.Advance(time.Second)
 		}
-		waitFor(ctx, t, "the ejected backend to get calls again", func() bool {
+		testutil.WaitFor(ctx, t, "the ejected backend to get calls again", func() bool {
 			_, _ = fe.call(ctx)
 			return badCalls.Load() > before
 		})

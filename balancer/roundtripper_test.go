@@ -361,7 +361,7 @@ func TestRoundTripperNoRoutesYet(t *testing.T) {
 	}
 	e.xds.listeners.remove(testTarget)
 	// The error names what was looked up and how the control plane names it.
-	waitFor(ctx, t, "the listener's absence to be reported", func() bool {
+	testutil.WaitFor(ctx, t, "the listener's absence to be reported", func() bool {
 		_, _, err := e.get(ctx, "/")
 		return errors.Is(err, ErrResourceNotFound) && strings.Contains(err.Error(), `listener "`+testTarget+`"`) &&
 			strings.Contains(err.Error(), `"host:port"`)
@@ -391,7 +391,7 @@ func TestRoundTripperWaitsForItsCluster(t *testing.T) {
 		_, _, err := e.get(short, "/early")
 		errs <- err
 	}()
-	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
 	cancel()
 	err := <-errs
 	var unavailable *UnavailableError
@@ -408,7 +408,7 @@ func TestRoundTripperWaitsForItsCluster(t *testing.T) {
 		backend, _, err := e.get(ctx, "/held")
 		done <- result{backend, err}
 	}()
-	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
 	if r := <-done; r.err != nil || r.backend != "a" {
 		t.Fatalf("held request: %q, %v; want served by a once the endpoint arrived", r.backend, r.err)

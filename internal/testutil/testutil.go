@@ -43,6 +43,19 @@ func Context(t testing.TB) context.Context {
 	return ctx
 }
 
+// WaitFor polls cond until it holds; ctx bounds the wait, and its end
+// fails the test naming what it waited for.
+func WaitFor(ctx context.Context, t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
 // Logs is a slog.Handler that passes every record at or above its level
 // to the test, through Records and Await. It never blocks the logger: a
 // record the test is not keeping up with is dropped.
