@@ -422,3 +422,43 @@ func TestRetryBudgetStopsAStorm(t *testing.T) {
 		}
 	}, WithRetryBudget(0, 1))
 }
+
+// TestRetriesRetryUpToNumRetries: a call whose first attempt gets the
+// overloaded answer the retry policy names is retried and succeeds (two
+// attempts); one that gets it every time fails with it after 1 +
+// num_retries attempts.
+func TestRetriesRetryUpToNumRetries(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testutil.Context(t)
+		var attempts, failNext atomic.Int64 // failNext: how many of the next attempts fail
+		addr := fe.backend(t, "a", func(context.Context) error {
+			attempts.Add(1)
+			if failNext.Add(-1) >= 0 {
+				return errors.New("overloaded")
+			}
+			return nil
+		})
+		fe.serve(testCluster("c"), addr)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: fe.retryPolicy(2)})
+		fe.waitRouted(ctx, t)
+
+		attempts.Store(0)
+		failNext.Store(1)
+		if _, err := fe.call(ctx); err != nil {
+			t.Fatalf("call whose first attempt fails: %v, want the retry to succeed", err)
+		}
+		if n := attempts.Load(); n != 2 {
+			t.Errorf("backend saw %d attempts, want 2", n)
+		}
+
+		// num_retries bounds the attempts: 1 + 2.
+		attempts.Store(0)
+		failNext.Store(10)
+		if _, err := fe.call(ctx); !fe.overloaded(err) {
+			t.Fatalf("call failing every attempt: %v, want the backend's overloaded answer", err)
+		}
+		if n := attempts.Load(); n != 3 {
+			t.Errorf("backend saw %d attempts, want 3 (num_retries 2)", n)
+		}
+	})
+}
