@@ -201,16 +201,13 @@ func Start(t testing.TB, srv Server) string {
 // and wait for Serve to return.
 func ServeHTTP(t testing.TB, srv *http.Server, lis net.Listener) {
 	t.Helper()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		_ = srv.Close()
-		<-served
-	})
+	Serve(t, closer{srv}, lis)
 }
+
+// closer stops an http.Server the way Serve stops a gRPC server: at once.
+type closer struct{ *http.Server }
+
+func (c closer) Stop() { _ = c.Close() }
 
 // Listen returns a TCP listener on a free port of 127.0.0.1, closed by the
 // test's cleanups (closing it again after a server has is harmless).
