@@ -203,9 +203,10 @@ func TestFlipsUnderLoadNeverFail(t *testing.T) {
 
 		if _, ok := fe.(*httpFrontEnd); ok {
 			// A new cluster whose endpoints are not usable yet: the old
-			// table keeps serving until they are. (The gRPC front-end
-			// publishes such a table at once and fails its calls
-			// "no usable endpoints": a difference the report names.)
+			// table keeps serving until they are. (Only the RoundTripper's
+			// publisher waits for endpoints, waitForEndpoints: the gRPC
+			// one publishes such a table and fails fail-fast calls with
+			// "no usable endpoints".)
 			c := fe.backend(t, "c", nil)
 			fe.xds().clusters.set("cluster-c", testCluster("cluster-c"))
 			unusable := testEndpoints("cluster-c-eds", c)
