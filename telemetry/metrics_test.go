@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"mesh/identity/identitytest"
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
@@ -330,8 +331,7 @@ func TestGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T) {
 }
 
 func testGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T, interceptors bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	clientCreds, serverCreds := mtlsPair(t)
@@ -433,8 +433,7 @@ func TestGRPCStreamingLearnsPeerMetadata(t *testing.T) {
 }
 
 func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	p := startPair(t, pairConfig{
@@ -471,8 +470,7 @@ func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
 }
 
 func TestGRPCWithoutPeerMetadataReportsUnknown(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	// Neither side names its workload: nothing is exchanged.
 	p := startPair(t, pairConfig{clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter)}})
@@ -502,8 +500,7 @@ func TestGRPCWithoutPeerMetadataReportsUnknown(t *testing.T) {
 }
 
 func TestGRPCConnectionFailureIsFlagged(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	mp, reader := newMeter(t)
 	// A port nothing listens on: take one, then close it.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -567,8 +564,7 @@ func waitRequests(ctx context.Context, t *testing.T, reader *sdkmetric.ManualRea
 }
 
 func TestServerOptionsSendPeerMetadata(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	mp, reader := newMeter(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
