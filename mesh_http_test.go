@@ -46,15 +46,7 @@ func startWeb(ctx context.Context, t *testing.T, w *shop.World) net.Addr {
 		id, _ := mesh.PeerID(r.Context())
 		fmt.Fprintf(rw, "%s caller=%s tls=%t", r.Proto, id, r.TLS != nil)
 	}))
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		hs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		hs.Close()
-		<-served
-	})
+	testutil.ServeHTTP(t, hs, lis)
 	return lis.Addr()
 }
 

@@ -20,7 +20,6 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -197,15 +196,22 @@ func Start(t testing.TB, srv Server) string {
 	return lis.Addr().String()
 }
 
+// HTTPServer is what ServeHTTP needs of a server: an http.Server has it,
+// and so do servers built on one.
+type HTTPServer interface {
+	Serve(net.Listener) error
+	Close() error
+}
+
 // ServeHTTP serves srv on lis until the test's cleanups, which close it
 // and wait for Serve to return.
-func ServeHTTP(t testing.TB, srv *http.Server, lis net.Listener) {
+func ServeHTTP(t testing.TB, srv HTTPServer, lis net.Listener) {
 	t.Helper()
 	Serve(t, closer{srv}, lis)
 }
 
-// closer stops an http.Server the way Serve stops a gRPC server: at once.
-type closer struct{ *http.Server }
+// closer stops an HTTPServer the way Serve stops a gRPC server: at once.
+type closer struct{ HTTPServer }
 
 func (c closer) Stop() { _ = c.Close() }
 
