@@ -1,6 +1,8 @@
 // Package testutil holds what the module's tests share: a hang guard for a
-// test's context, a slog handler that hands log records to the test, and a
-// buffer that loggers may write from several goroutines.
+// test's context and a poll bounded by it (WaitFor), a slog handler that
+// hands log records to the test, a buffer that loggers may write from
+// several goroutines, and servers on 127.0.0.1 that the test's cleanups
+// stop (Serve, ServeHTTP, Start).
 //
 //	ctx := testutil.Context(t)
 //	logs := testutil.NewLogs(slog.LevelWarn)
