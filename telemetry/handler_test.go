@@ -2,7 +2,6 @@ package telemetry_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"regexp"
@@ -157,14 +156,7 @@ func newTestEnv(t *testing.T, cfg envConfig) *testEnv {
 	serverHandler := telemetry.NewServerHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.callee.provider)}, cfg.serverOpts...)...)
 	srv := grpc.NewServer(grpc.StatsHandler(endNotifier{Handler: serverHandler, ends: env.callee.ends}))
 	healthpb.RegisterHealthServer(srv, env.service)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	testutil.Serve(t, srv, lis)
 
 	clientHandler := telemetry.NewClientHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.caller.provider)}, cfg.clientOpts...)...)
 	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"maps"
 	"net"
 	"slices"
@@ -247,14 +246,7 @@ func startPair(t *testing.T, cfg pairConfig) *grpcPair {
 			grpc.ChainStreamInterceptor(sh.StreamInterceptor()))
 	}
 	healthpb.RegisterHealthServer(srv, p.service)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	testutil.Serve(t, srv, lis)
 
 	clientCreds := cfg.clientCreds
 	if clientCreds == nil {
@@ -572,12 +564,7 @@ func TestServerOptionsSendPeerMetadata(t *testing.T) {
 	}
 	srv := grpc.NewServer(telemetry.NewServerHandler(telemetry.WithWorkload(payments)).ServerOptions()...)
 	healthpb.RegisterHealthServer(srv, &healthService{seen: make(chan observation, 4)})
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	ends := make(chan struct{}, 4)
 	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

@@ -20,13 +20,17 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // HangGuard bounds a whole test so that a hang fails it instead of the
@@ -175,17 +179,17 @@ type Server interface {
 }
 
 // Serve serves srv on lis until the test's cleanups, which stop it and
-// wait for Serve to return, so no goroutine of it outlives the test.
+// wait for Serve to return, so no goroutine of it outlives the test. An
+// error from Serve other than its being stopped fails the test.
 func Serve(t testing.TB, srv Server, lis net.Listener) {
 	t.Helper()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
 	t.Cleanup(func() {
 		srv.Stop()
-		<-served
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			t.Errorf("serve: %v", err)
+		}
 	})
 }
 
