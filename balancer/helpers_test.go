@@ -70,13 +70,16 @@ func (c connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 
 func startBackend(t *testing.T, name string) *backend {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
+	return serveBackend(t, name, &backendService{name: name}, testutil.Listen(t))
+}
+
+// serveBackend serves svc as backend name on lis, counting its
+// connections, until the test's cleanups.
+func serveBackend(t *testing.T, name string, svc testgrpc.TestServiceServer, lis net.Listener) *backend {
+	t.Helper()
 	b := &backend{name: name, addr: lis.Addr().String()}
 	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
-	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
+	testgrpc.RegisterTestServiceServer(b.srv, svc)
 	testutil.Serve(t, b.srv, lis)
 	return b
 }
@@ -241,16 +244,8 @@ func (l *gatedListener) Close() error {
 // startGatedBackend is startBackend behind a gatedListener.
 func startGatedBackend(t *testing.T, name string) (*backend, *gatedListener) {
 	t.Helper()
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	lis := &gatedListener{Listener: inner, open: make(chan struct{})}
-	b := &backend{name: name, addr: inner.Addr().String()}
-	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
-	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
-	testutil.Serve(t, b.srv, lis)
-	return b, lis
+	lis := &gatedListener{Listener: testutil.Listen(t), open: make(chan struct{})}
+	return serveBackend(t, name, &backendService{name: name}, lis), lis
 }
 
 // routeFor returns the route a call to method on cc takes, with its router

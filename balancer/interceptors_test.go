@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -55,16 +54,8 @@ func (s *scriptedService) StreamingOutputCall(req *testpb.StreamingOutputCallReq
 // startScriptedBackend serves a scriptedService on 127.0.0.1:0.
 func startScriptedBackend(t *testing.T, script func(ctx context.Context, call int64) error) (*backend, *scriptedService) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
 	svc := &scriptedService{script: script}
-	b := &backend{name: "scripted", addr: lis.Addr().String()}
-	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
-	testgrpc.RegisterTestServiceServer(b.srv, svc)
-	testutil.Serve(t, b.srv, lis)
-	return b, svc
+	return serveBackend(t, "scripted", svc, testutil.Listen(t)), svc
 }
 
 // routeAction points testTarget's listener at one route with action.
