@@ -3,7 +3,6 @@ package transport_test
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -127,14 +126,12 @@ func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
 func TestTLSOnlyListenerRefusesPlaintextByProtocol(t *testing.T) {
 	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := testutil.NewLogs(slog.LevelWarn)
 	// Only the tls chain: a plaintext client matches nothing.
-	chains := permissiveChains()[:1]
-	addr := startServer(t, transport.NewServerCredentials(f.server, byProtocol(chains), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, byProtocol(permissiveChains()[:1]))
 	if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 		t.Fatal("plaintext RPC succeeded against a TLS-only listener")
 	}
-	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "no filter chain matches raw_buffer") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "no filter chain matches raw_buffer") {
 		t.Errorf("server error = %q", msg)
 	}
 }
@@ -142,9 +139,7 @@ func TestTLSOnlyListenerRefusesPlaintextByProtocol(t *testing.T) {
 func TestSilentClientTimesOut(t *testing.T) {
 	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := testutil.NewLogs(slog.LevelWarn)
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(),
-		transport.WithSniffTimeout(50*time.Millisecond), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict(), transport.WithSniffTimeout(50*time.Millisecond))
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -152,7 +147,7 @@ func TestSilentClientTimesOut(t *testing.T) {
 	}
 	defer conn.Close()
 	// Send nothing: the server must give up on its own.
-	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "client sent nothing") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "client sent nothing") {
 		t.Errorf("server error = %q", msg)
 	}
 	buf := make([]byte, 1)

@@ -85,6 +85,21 @@ func startServer(t *testing.T, creds credentials.TransportCredentials) string {
 	return testutil.Start(t, grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(whoami)))
 }
 
+// startLoggedServer is startServer with mesh server credentials whose
+// warnings go to the returned Logs, which nextError reads.
+func startLoggedServer(t *testing.T, providers transport.Providers, chooser transport.Chooser, opts ...transport.ServerOption) (string, *testutil.Logs) {
+	t.Helper()
+	logs := testutil.NewLogs(slog.LevelWarn)
+	opts = append(opts, transport.WithLogger(slog.New(logs)))
+	return startServer(t, transport.NewServerCredentials(providers, chooser, opts...)), logs
+}
+
+// nextError returns the "error" attribute of the next warning in logs.
+func nextError(ctx context.Context, t *testing.T, logs *testutil.Logs) string {
+	t.Helper()
+	return testutil.Attr(logs.Next(ctx, t), "error")
+}
+
 // dial connects through a manual resolver whose address carries info, as
 // the balancer does for xDS clusters.
 func dial(t *testing.T, addr string, info *handshake.Info, creds credentials.TransportCredentials) *grpc.ClientConn {
@@ -235,14 +250,13 @@ func TestPlaintextBothSides(t *testing.T) {
 func TestStrictServerRejectsPlaintextClient(t *testing.T) {
 	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := testutil.NewLogs(slog.LevelWarn)
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict())
 
 	_, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client)))
 	if err == nil {
 		t.Fatal("plaintext RPC to a STRICT server succeeded")
 	}
-	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "plaintext client, but filter chain \"test\" requires TLS") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "plaintext client, but filter chain \"test\" requires TLS") {
 		t.Errorf("server error = %q, want a TLS handshake failure", msg)
 	}
 }
@@ -250,8 +264,7 @@ func TestStrictServerRejectsPlaintextClient(t *testing.T) {
 func TestStrictServerRejectsClientWithoutCertificate(t *testing.T) {
 	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := testutil.NewLogs(slog.LevelWarn)
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict())
 	info := mtlsInfo()
 	info.TLS.Identity = nil // plain TLS: verify the server, present nothing
 
@@ -261,7 +274,7 @@ func TestStrictServerRejectsClientWithoutCertificate(t *testing.T) {
 	if err == nil {
 		t.Fatal("RPC without a client certificate succeeded")
 	}
-	if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "certificate") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "certificate") {
 		t.Errorf("server error = %q, want a missing client certificate", msg)
 	}
 }
@@ -352,8 +365,7 @@ func TestForeignTrustDomainRefused(t *testing.T) {
 		wantRPCError(t, err, clusterName, "cannot verify server certificate", "no bundle for trust domain", "other.org")
 	})
 	t.Run("client from another trust domain", func(t *testing.T) {
-		logs := testutil.NewLogs(slog.LevelWarn)
-		addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, strict())
 		// The foreign client trusts example.org, so only the server can object.
 		client := transport.ProviderMap{
 			"default": identity.NewStaticSource(issue(t, foreign, "spiffe://other.org/ns/default/sa/checkout"), nil),
@@ -365,7 +377,7 @@ func TestForeignTrustDomainRefused(t *testing.T) {
 		if err == nil {
 			t.Fatal("RPC from a foreign trust domain succeeded")
 		}
-		if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "cannot verify client certificate") ||
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "cannot verify client certificate") ||
 			!strings.Contains(msg, `no bundle for trust domain "other.org"`) {
 			t.Errorf("server error = %q, want foreign trust domain refused", msg)
 		}
@@ -391,27 +403,24 @@ func TestMisconfiguration(t *testing.T) {
 		wantRPCError(t, err, clusterName, "roots certificate provider", "nope", "not found")
 	})
 	t.Run("chooser error rejects", func(t *testing.T) {
-		logs := testutil.NewLogs(slog.LevelWarn)
 		reject := func(net.Conn, string) (*xdsclient.FilterChain, error) {
 			return nil, errors.New("no filter chain matches")
 		}
-		addr := startServer(t, transport.NewServerCredentials(f.server, reject, transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, reject)
 		if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded on a rejected connection")
 		}
-		if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "rejected: no filter chain matches") {
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "rejected: no filter chain matches") {
 			t.Errorf("server error = %q", msg)
 		}
 	})
 	t.Run("require client certificate without roots", func(t *testing.T) {
-		logs := testutil.NewLogs(slog.LevelWarn)
 		bad := &xdsclient.DownstreamTLS{Identity: *ref("default", ""), RequireClientCertificate: true}
-		addr := startServer(t, transport.NewServerCredentials(f.server,
-			chain(bad), transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, chain(bad))
 		if _, err := call(ctx, dial(t, addr, mtlsInfo(), transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded")
 		}
-		if msg := testutil.Attr(logs.Next(ctx, t), "error"); !strings.Contains(msg, "name no roots") {
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "name no roots") {
 			t.Errorf("server error = %q", msg)
 		}
 	})
@@ -475,7 +484,7 @@ func TestFileSourceRotation(t *testing.T) {
 	if err := identitytest.WriteFileAtomic(cfg.CertFile, []byte("not a certificate")); err != nil {
 		t.Fatal(err)
 	}
-	if msg := testutil.Attr(identityLogs.Next(ctx, t), "error"); !strings.Contains(msg, "cert-chain.pem: no PEM certificate") {
+	if msg := nextError(ctx, t, identityLogs); !strings.Contains(msg, "cert-chain.pem: no PEM certificate") {
 		t.Fatalf("identity error = %q, want cert-chain.pem named", msg)
 	}
 	if got, want := serialSeen(), second.Certificates[0].SerialNumber.String(); got != want {
