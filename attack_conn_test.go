@@ -29,6 +29,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // plaintextConn is a gRPC client without the mesh: what an attacker (or a
@@ -87,7 +88,7 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 // handler (a gRPC proxy, a reflection-style catch-all), "//admin.Admin/x"
 // otherwise runs the handler past a DENY policy on /admin.Admin/*.
 func TestAttackMalformedGRPCPath(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := startSite(ctx, t, nil, nil, areas())
 	var mu sync.Mutex
 	var reached []string
@@ -141,7 +142,7 @@ func TestAttackMalformedGRPCPath(t *testing.T) {
 // calls are refused and they are drained (GOAWAY, then closed), while the
 // mesh's own mTLS connections, which STRICT still admits, are untouched.
 func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100}, shop.WorldOptions{
 		Mesh: func(controlplane.Workload, string) []mesh.Option {
 			return []mesh.Option{mesh.WithDrainPeriod(time.Second)}
@@ -317,7 +318,7 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 // TestAttackOversizedHeaders: requests with more than 60 KiB of headers are
 // refused, over HTTP and gRPC, before any handler runs.
 func TestAttackOversizedHeaders(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := startSite(ctx, t, nil, nil, areas())
 	big := strings.Repeat("a", 100<<10)
 
@@ -358,7 +359,7 @@ func TestAttackOversizedHeaders(t *testing.T) {
 // time does not hold a connection past the read header timeout. The drip
 // is bounded by a count of bytes, far longer than the timeout.
 func TestAttackDrippedHeaders(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := startSite(ctx, t, nil, []mesh.Option{mesh.WithReadHeaderTimeout(300 * time.Millisecond)}, areas())
 	conn := dial(ctx, t, s.addr)
 	defer conn.Close()
@@ -398,7 +399,7 @@ func TestAttackDrippedHeaders(t *testing.T) {
 // TestHTTPServerSpeaksHTTP1OverMTLS: sidecars and most HTTP clients speak
 // HTTP/1.1 over TLS (ALPN http/1.1); a mesh HTTP server serves them.
 func TestHTTPServerSpeaksHTTP1OverMTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100})
 	addr := shop.StartWeb(t, ctx, w.ControlPlane, "v1")
 	dir := w.Dirs["checkout"]
@@ -457,7 +458,7 @@ func TestHTTPServerSpeaksHTTP1OverMTLS(t *testing.T) {
 // gRPC and HTTP servers send: a bound on concurrent streams per connection
 // and on the size of a request's headers.
 func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	s := startSite(ctx, t, nil, nil, areas())
 	grpcAddr := shop.ServeGRPC(t, s.m.NewGRPCServer())
 	if hs := s.m.NewHTTPServer(http.NotFoundHandler()).Server; hs.MaxHeaderBytes != mesh.DefaultMaxHeaderBytes ||

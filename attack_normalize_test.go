@@ -16,6 +16,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // site is one mesh HTTP workload ("web", app=web) behind the embedded
@@ -243,7 +244,7 @@ func TestAttackPathNormalization(t *testing.T) {
 	}
 	for i, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
-			ctx := testContext(t)
+			ctx := testutil.Context(t)
 			s := startSite(ctx, t, mode.cpOpts, mode.meshOpts, areas())
 			for _, phase := range []struct {
 				yaml   string

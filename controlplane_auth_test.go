@@ -15,6 +15,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // xdsCredentialsDir writes what a workload enrolled without certificate
@@ -59,7 +60,7 @@ spec:
 // serves them, and the restarted one serves the policy from its first
 // answer. Loosening the policy then takes effect at once.
 func TestControlPlaneRestartKeepsInboundPolicy(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca, signWithCA := testCA(t)
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{
 		ControlPlane: []controlplane.Option{signWithCA, controlplane.WithConfig([]byte(strictAllowCheckout))},

@@ -45,10 +45,6 @@ import (
 	"mesh/xdsclient/xdstest"
 )
 
-// testContext is the shared hang guard, under the name this package's
-// tests have always used.
-func testContext(t *testing.T) context.Context { return testutil.Context(t) }
-
 // assertSplit checks that got of n calls went to a leg of weight p within
 // five binomial standard deviations.
 func assertSplit(t *testing.T, got, n int, p float64) {
@@ -61,7 +57,7 @@ func assertSplit(t *testing.T, got, n int, p float64) {
 }
 
 func TestWeightedSplit(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 90, V2: 10})
 	const n = 10_000
 	split := shop.Run(ctx, w.Conn, n, 16)
@@ -74,7 +70,7 @@ func TestWeightedSplit(t *testing.T) {
 }
 
 func TestWeightZeroGetsNothing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 0, V2: 100})
 	split := shop.Run(ctx, w.Conn, 2_000, 8)
 	if split.Failed() != 0 || split.Count("v1") != 0 || split.Count("v2") != 2_000 {
@@ -83,7 +79,7 @@ func TestWeightZeroGetsNothing(t *testing.T) {
 }
 
 func TestFlipsUnderLoadFailNothing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 90, V2: 10})
 
 	var calls, failed atomic.Int64
@@ -133,7 +129,7 @@ func TestFlipsUnderLoadFailNothing(t *testing.T) {
 }
 
 func TestStrictServerRefusesPlaintext(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	conn, err := grpc.NewClient(w.Payments["v1"].String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -155,7 +151,7 @@ func TestStrictServerRefusesPlaintext(t *testing.T) {
 }
 
 func TestServerSpanIsChildOfClientSpan(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	for _, rec := range append([]*tracetest.SpanRecorder{w.ClientSpans}, w.ServerSpans["v1"]) {
 		rec.Reset()
@@ -201,7 +197,7 @@ func onlySpan(ctx context.Context, t *testing.T, rec *tracetest.SpanRecorder, ki
 }
 
 func TestReplacedCertFilesAreUsedByNextHandshakes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0, CertRefresh: 5 * time.Millisecond})
 	before := servingCertSerial(ctx, t, w.Conn)
 
@@ -270,7 +266,7 @@ func servingCertSerial(ctx context.Context, t *testing.T, conn *grpc.ClientConn)
 }
 
 func TestBadResourceIsNACKedAndLastGoodRouteKeepsServing(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cluster := func(subset string) string { return "outbound|8080|" + subset + "|" + shop.PaymentsHost }
 	// Once armed, the control plane sends checkout a route config whose
 	// weights sum to zero, in place of the one its YAML says.
@@ -331,7 +327,7 @@ func TestBadResourceIsNACKedAndLastGoodRouteKeepsServing(t *testing.T) {
 // who it is to the control plane's CA with its token, and calls payments
 // over mTLS with the certificate it got back.
 func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	cp := w.ControlPlane
 	workload := controlplane.Workload{Name: "checkout-agentless", Namespace: "default", ServiceAccount: "checkout", Service: "checkout", Port: 8080}
@@ -383,7 +379,7 @@ func TestAgentlessWorkloadCallsOverMTLS(t *testing.T) {
 // bootstrap's file provider: the server presents the SVID the control plane
 // pushed over ADS, not the one in its files, and mTLS works end to end.
 func TestSDSSecretsSecureCalls(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0},
 		shop.WorldOptions{ControlPlane: []controlplane.Option{controlplane.WithSDS(true)}})
 	reply, err := shop.Charge(ctx, w.Conn)
@@ -408,7 +404,7 @@ func TestSDSSecretsSecureCalls(t *testing.T) {
 }
 
 func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "# test registry\n") })
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	srv, err := admin.Serve(w.Checkout, "127.0.0.1:0", metrics)
@@ -474,7 +470,7 @@ func TestAdminPagesShowTheXDSConfigInForce(t *testing.T) {
 }
 
 func TestAccessLogRecordsEachCall(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	var logs testutil.Buffer
 	accessLog := slog.New(slog.NewJSONHandler(&logs, nil))
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 100, V2: 0}, shop.WorldOptions{

@@ -20,6 +20,7 @@ import (
 	"mesh/admin"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // startWeb serves an HTTP workload "web" in w's mesh; its handler answers
@@ -45,15 +46,7 @@ func startWeb(ctx context.Context, t *testing.T, w *shop.World) net.Addr {
 		id, _ := mesh.PeerID(r.Context())
 		fmt.Fprintf(rw, "%s caller=%s tls=%t", r.Proto, id, r.TLS != nil)
 	}))
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		hs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		hs.Close()
-		<-served
-	})
+	testutil.ServeHTTP(t, hs, lis)
 	return lis.Addr()
 }
 
@@ -86,7 +79,7 @@ func get(ctx context.Context, t *testing.T, client *http.Client, url string, wan
 }
 
 func TestHTTPClientAndServerOverMTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	addr := startWeb(ctx, t, w)
 
@@ -104,7 +97,7 @@ func TestHTTPClientAndServerOverMTLS(t *testing.T) {
 }
 
 func TestAuthorizationPolicyDeniesHTTPAndGRPC(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	startWeb(ctx, t, w)
 	client := w.Checkout.HTTPClient()
@@ -168,7 +161,7 @@ spec:
 // plane has no listener for fails with what was looked up and how to name
 // it.
 func TestHTTPClientWaitsForReadinessAndNamesUnknownTargets(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	client := w.Checkout.HTTPClient()
 	// Web is declared (its bootstrap written) before it serves: its

@@ -6,12 +6,13 @@ import (
 	"testing"
 
 	"mesh"
+	"mesh/internal/testutil"
 )
 
 // TestLastBootstrapOptionWins: of several bootstrap options, New uses the
 // last given, and none is ignored in favour of an earlier one.
 func TestLastBootstrapOptionWins(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	missing := filepath.Join(t.TempDir(), "missing.json")
 	if m, err := mesh.New(ctx, mesh.WithBootstrapJSON([]byte(`{}`)), mesh.WithBootstrapFile(missing)); err == nil || !strings.Contains(err.Error(), missing) {
 		if m != nil {

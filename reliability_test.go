@@ -18,6 +18,7 @@ import (
 	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // hasInboundListener reports whether resources carry a server listener,
@@ -32,7 +33,7 @@ func hasInboundListener(resources map[string][]types.Resource) bool {
 }
 
 func TestControlPlaneRestartUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	// The test holds the CA's key, so the second control plane can sign
 	// with the same root and the workloads' SVIDs stay valid.
 	_, signWithCA := testCA(t)
@@ -103,7 +104,7 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 }
 
 func TestRestartFromCacheWhileControlPlaneDown(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cachePath := func(dir string) string { return filepath.Join(dir, "xds-cache") }
 	w := shop.StartWorldWith(t, ctx, shop.WorldConfig{V1: 0, V2: 100}, shop.WorldOptions{
 		Mesh: func(_ controlplane.Workload, dir string) []mesh.Option {
@@ -159,7 +160,7 @@ func TestServingStateFollowsInboundListener(t *testing.T) {
 }
 
 func testServingState(t *testing.T, kind string) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	workload := map[string]string{"grpc": "payments-v1", "http": "web-v1"}[kind]
 	var drop atomic.Bool
 	hook := func(nodeID string, resources map[string][]types.Resource) {
@@ -271,7 +272,7 @@ func testServingState(t *testing.T, kind string) {
 }
 
 func TestTwoHundredGRPCFlipsUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	l := shop.StartLoad(ctx, t, 4, func(ctx context.Context) error { _, err := shop.Charge(ctx, w.Conn); return err })
 	// 100/0 and 0/100 in turn: one reply from the other version proves
@@ -292,7 +293,7 @@ func TestTwoHundredGRPCFlipsUnderLoad(t *testing.T) {
 }
 
 func TestTwoHundredHTTPFlipsUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	w := shop.StartWorld(t, ctx, shop.WorldConfig{V1: 100, V2: 0})
 	shop.StartWeb(t, ctx, w.ControlPlane, "v1")
 	shop.StartWeb(t, ctx, w.ControlPlane, "v2")

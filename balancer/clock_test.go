@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mesh/internal/testutil"
 )
 
 // fakeClock is a Clock that moves only when Advance is called. Due timers
@@ -86,7 +88,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // waitTimers waits until at least n timers are pending.
 func (c *fakeClock) waitTimers(ctx context.Context, t *testing.T, n int) {
 	t.Helper()
-	waitFor(ctx, t, "pending timers", func() bool { return c.pending() >= n })
+	testutil.WaitFor(ctx, t, "pending timers", func() bool { return c.pending() >= n })
 }
 
 // syncWaitGroup is a sync.WaitGroup to hand to code under test.

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -126,7 +127,7 @@ func clusterHeaderResources(target, rcName, clusterA, addrA, clusterB, addrB str
 
 func TestClusterHeaderFromAControlPlane(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv, client := realXDS(t)
 
 	grpcA, grpcB := startBackend(t, "grpc-a"), startBackend(t, "grpc-b")

@@ -3,7 +3,7 @@ package balancer
 import (
 	"context"
 	"net"
-	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +11,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -37,57 +38,69 @@ func findEndpoint(t *testing.T, cs ClusterState, addr string) EndpointState {
 	return EndpointState{}
 }
 
-func TestResolverBuilderClusterStatesShowInFlightRequests(t *testing.T) {
-	ctx := testContext(t)
-	e := newTestEnv(t)
-	release := make(chan struct{})
-	slow, svc := startScriptedBackend(t, func(ctx context.Context, call int64) error {
-		if call == 1 {
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return ctx.Err()
+// TestClusterStatesShowInFlightRequests: ClusterStates lists nothing
+// before the first table, counts a call in flight on its cluster and
+// endpoint until it ends, and nothing once the channel or RoundTripper is
+// closed.
+func TestClusterStatesShowInFlightRequests(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testutil.Context(t)
+		release := make(chan struct{})
+		var calls atomic.Int64
+		addr := fe.backend(t, "slow", func(ctx context.Context) error {
+			if calls.Add(1) == 1 {
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		})
+		fe.serve(testCluster("c"), addr)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c"})
+		if got := fe.clusterStates(); len(got) != 0 {
+			t.Fatalf("ClusterStates before any call: %+v, want none", got)
+		}
+
+		blocked := make(chan error, 1)
+		go func() {
+			_, err := fe.call(ctx)
+			blocked <- err
+		}()
+		testutil.WaitFor(ctx, t, "the first call to reach the backend", func() bool { return calls.Load() == 1 })
+		cs := findCluster(t, fe.clusterStates(), testTarget, "c")
+		want := EndpointState{Address: addr, Locality: "/z", Weight: 1, Health: "READY", InFlight: 1}
+		if cs.InFlight != 1 || len(cs.Endpoints) != 1 || cs.Endpoints[0] != want {
+			t.Errorf("while one call is in flight: %+v, want in flight 1 and endpoint %+v", cs, want)
+		}
+		close(release)
+		if err := <-blocked; err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := fe.(*httpFrontEnd); ok {
+			// The RoundTripper counts a request until its body is closed,
+			// which call has done.
+			if got := findCluster(t, fe.clusterStates(), testTarget, "c"); got.InFlight != 0 || got.Endpoints[0].InFlight != 0 {
+				t.Errorf("after the response body closed: %+v, want nothing in flight", got)
 			}
 		}
-		return nil
-	})
-	e.serve("c", slow)
-	e.route(w("c", 1))
-	if got := e.builder.ClusterStates(); len(got) != 0 {
-		t.Fatalf("ClusterStates before any table: %+v, want none", got)
-	}
+		testutil.WaitFor(ctx, t, "the call to leave the counters", func() bool {
+			cs := findCluster(t, fe.clusterStates(), testTarget, "c")
+			return cs.InFlight == 0 && cs.Endpoints[0].InFlight == 0
+		})
 
-	blocked := make(chan error, 1)
-	go func() {
-		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
-		blocked <- err
-	}()
-	waitFor(ctx, t, "the first RPC to reach the backend", func() bool { return svc.calls.Load() == 1 })
-	cs := findCluster(t, e.builder.ClusterStates(), testTarget, "c")
-	want := EndpointState{Address: slow.addr, Locality: "/z", Weight: 1, Health: "READY", InFlight: 1}
-	if cs.InFlight != 1 || len(cs.Endpoints) != 1 || cs.Endpoints[0] != want {
-		t.Errorf("while one RPC is in flight: %+v, want in flight 1 and endpoint %+v", cs, want)
-	}
-	close(release)
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
-	waitFor(ctx, t, "the RPC to leave the counters", func() bool {
-		cs := findCluster(t, e.builder.ClusterStates(), testTarget, "c")
-		return cs.InFlight == 0 && cs.Endpoints[0].InFlight == 0
+		if err := fe.close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := fe.clusterStates(); len(got) != 0 {
+			t.Errorf("ClusterStates after Close: %+v, want none", got)
+		}
 	})
-
-	// A closed channel leaves the list.
-	if err := e.conn.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.builder.ClusterStates(); len(got) != 0 {
-		t.Errorf("ClusterStates after the channel closed: %+v, want none", got)
-	}
 }
 
 func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	start := clock.Now()
 	e := newTestEnv(t, WithClock(clock))
@@ -101,7 +114,7 @@ func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
 	e.xds.endpoints.remove("missing-endpoints-eds")
 	e.route(w("c", 1), w("missing-endpoints", 0))
 
-	waitFor(ctx, t, "both backends to serve", func() bool {
+	testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
 		_, _ = e.client.EmptyCall(ctx, &testpb.Empty{})
 		return goodSvc.calls.Load() > 0 && badSvc.calls.Load() > 0
 	})
@@ -132,18 +145,15 @@ func TestResolverBuilderClusterStatesShowEjections(t *testing.T) {
 	}
 }
 
-func TestRoundTripperClusterStates(t *testing.T) {
-	ctx := testContext(t)
+// TestRoundTripperClusterStatesShowEndpointHealth: what only the
+// RoundTripper shows (TestClusterStatesShowInFlightRequests has the rest):
+// an endpoint it cannot dial is TRANSIENT_FAILURE, listed with its
+// locality and weight beside the live one, and a cluster whose calls
+// ended has nothing in flight.
+func TestRoundTripperClusterStatesShowEndpointHealth(t *testing.T) {
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
-	release := make(chan struct{})
-	web := startHTTPBackend(t, "web", http1Plain, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/block" {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}
-	})
+	web := startHTTPBackend(t, "web", http1Plain, nil)
 	// An address nobody listens on: dials to it fail.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -152,41 +162,18 @@ func TestRoundTripperClusterStates(t *testing.T) {
 	dead := lis.Addr().String()
 	_ = lis.Close()
 
-	e.serve("slow", nil, web)
 	e.xds.clusters.set("mixed", testCluster("mixed"))
 	mixed := testEndpoints("mixed-eds", web.addr, dead)
 	mixed.Localities[0].Locality = xdsclient.Locality{Region: "eu", Zone: "eu-1"}
 	mixed.Localities[0].Endpoints[1].Weight = 3
 	e.xds.endpoints.set("mixed-eds", mixed)
-	e.route(&xdsclient.RouteConfig{Name: "rc", VirtualHosts: []xdsclient.VirtualHost{{
-		Name: "vh", Domains: []string{"*"},
-		Routes: []xdsclient.Route{
-			{Match: xdsclient.RouteMatch{Prefix: "/block"}, Action: xdsclient.RouteAction{Cluster: "slow"}},
-			{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{Cluster: "mixed"}},
-		},
-	}}})
-	if got := e.rt.ClusterStates(); len(got) != 0 {
-		t.Fatalf("ClusterStates before any request: %+v, want none", got)
-	}
-
-	blocked := make(chan error, 1)
-	go func() {
-		_, _, err := e.get(ctx, "/block")
-		blocked <- err
-	}()
-	waitFor(ctx, t, "the blocked request to reach the backend", func() bool { return web.hitsOf("/block") == 1 })
+	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "mixed"}))
 	// Round robin sends one of two requests to each endpoint of "mixed".
 	for range 2 {
 		_, _, _ = e.get(ctx, "/x")
 	}
 
-	states := e.rt.ClusterStates()
-	slow := findCluster(t, states, testTarget, "slow")
-	wantSlow := EndpointState{Address: web.addr, Locality: "/z", Weight: 1, Health: "READY", InFlight: 1}
-	if slow.InFlight != 1 || len(slow.Endpoints) != 1 || slow.Endpoints[0] != wantSlow {
-		t.Errorf("slow cluster: %+v, want in flight 1 and endpoint %+v", slow, wantSlow)
-	}
-	m := findCluster(t, states, testTarget, "mixed")
+	m := findCluster(t, e.rt.ClusterStates(), testTarget, "mixed")
 	if m.InFlight != 0 || len(m.Endpoints) != 2 {
 		t.Errorf("mixed cluster: %+v, want 2 endpoints and nothing in flight", m)
 	}
@@ -195,19 +182,5 @@ func TestRoundTripperClusterStates(t *testing.T) {
 	}
 	if got, want := findEndpoint(t, m, dead), (EndpointState{Address: dead, Locality: "eu/eu-1", Weight: 3, Health: "TRANSIENT_FAILURE"}); got != want {
 		t.Errorf("dead endpoint: %+v, want %+v", got, want)
-	}
-
-	close(release)
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
-	if got := findCluster(t, e.rt.ClusterStates(), testTarget, "slow"); got.InFlight != 0 || got.Endpoints[0].InFlight != 0 {
-		t.Errorf("after the response body closed: %+v, want nothing in flight", got)
-	}
-	if err := e.rt.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.rt.ClusterStates(); len(got) != 0 {
-		t.Errorf("ClusterStates after Close: %+v, want none", got)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -266,7 +267,7 @@ func TestConformance(t *testing.T) {
 }
 
 func runConformanceCase(t *testing.T, b *backend, tc confCase) {
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	srv := xdstest.NewStrictServer(t)
 	client, err := xdsclient.New(srv.Bootstrap("node-1", tc.delta), xdsclient.WithResourceTimeout(time.Hour))
 	if err != nil {
@@ -282,9 +283,9 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 	if _, err := e.call(ctx); err != nil {
 		t.Fatalf("RPC on the good config: %v", err)
 	}
-	waitFor(ctx, t, "the inbound listener", func() bool { return dumpStatus(client, "listener", conformanceInbound) == xdsclient.StatusAcked })
+	testutil.WaitFor(ctx, t, "the inbound listener", func() bool { return dumpStatus(client, "listener", conformanceInbound) == xdsclient.StatusAcked })
 
-	load := startLoad(ctx, e, 2, math.MaxInt64)
+	load := startLoad(ctx, e.call, 2, math.MaxInt64)
 	finished := false
 	defer func() {
 		if !finished {
@@ -302,7 +303,7 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 	}
 	version := bad.set(t, srv) // one push: the resources and the entries together
 	if tc.nack != "" {
-		waitFor(ctx, t, "a NACK", func() bool { return len(srv.Stats().NACKMessages) > 0 })
+		testutil.WaitFor(ctx, t, "a NACK", func() bool { return len(srv.Stats().NACKMessages) > 0 })
 		if msg := srv.Stats().NACKMessages[0]; !strings.Contains(msg, tc.nack) {
 			t.Errorf("NACK %q, want it to contain %q", msg, tc.nack)
 		}
@@ -310,7 +311,7 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 			t.Errorf("%s %q status %v, want NACKED", tc.typ, tc.res, st)
 		}
 	} else {
-		waitFor(ctx, t, "the ACK of version "+version, func() bool {
+		testutil.WaitFor(ctx, t, "the ACK of version "+version, func() bool {
 			rs, found := dumpEntry(client, tc.typ, tc.res)
 			return found && rs.Status == xdsclient.StatusAcked && (tc.delta || rs.Version == version)
 		})
@@ -325,7 +326,7 @@ func runConformanceCase(t *testing.T, b *backend, tc confCase) {
 		}
 	}
 	start := load.sent.Load()
-	waitFor(ctx, t, "RPCs after the change", func() bool { return load.sent.Load() > start+20 || load.failures.Load() > 0 })
+	testutil.WaitFor(ctx, t, "RPCs after the change", func() bool { return load.sent.Load() > start+20 || load.failures.Load() > 0 })
 	finished = true
 	load.finish(t) // fails the test if any RPC on the last good config failed
 	// The garbled entries deleted nothing: the good resources still serve.

@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"math"
@@ -12,6 +11,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -24,8 +24,7 @@ import (
 // server's view of the subscriptions must equal the client's.
 func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 	checkNoLeaks(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // hang guard only
-	defer cancel()
+	ctx := testutil.Context(t)
 	const flips = 200
 
 	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
@@ -50,7 +49,7 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		t.Fatalf("first RPC: %v", err)
 	}
 
-	load := startLoad(ctx, e, 4, math.MaxInt64)
+	load := startLoad(ctx, e.call, 4, math.MaxInt64)
 	finished := false
 	defer func() {
 		if !finished {
@@ -100,14 +99,14 @@ func TestDeltaFlipsAgainstIstiodNonceRules(t *testing.T) {
 		// Pushes that cross the client's requests make its nonces stale.
 		srv.Push()
 		target := want(withV1)
-		waitFor(ctx, t, fmt.Sprintf("flip %d: the client to watch %v (it watches %v)", i, target, clientView()), func() bool {
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: the client to watch %v (it watches %v)", i, target, clientView()), func() bool {
 			return equal(clientView(), target)
 		})
-		waitFor(ctx, t, fmt.Sprintf("flip %d: the server's subscriptions to equal the client's %v", i, target), func() bool {
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: the server's subscriptions to equal the client's %v", i, target), func() bool {
 			return equal(serverView(), target)
 		})
 		start := load.sent.Load()
-		waitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return load.sent.Load() > start+4 || load.failures.Load() > 0 })
+		testutil.WaitFor(ctx, t, fmt.Sprintf("flip %d: RPCs to be served", i), func() bool { return load.sent.Load() > start+4 || load.failures.Load() > 0 })
 		if n := load.failures.Load(); n > 0 {
 			t.Fatalf("flip %d: %d RPCs failed, first: %v", i, n, load.firstErr.Load())
 		}

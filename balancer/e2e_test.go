@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
@@ -62,7 +63,7 @@ func policyResources(maxRequests uint32, addrs ...string) (listeners, routes, cl
 
 func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	srv, client := realXDS(t)
 
 	// HTTP: the first attempt of each request gets a 503.
@@ -110,7 +111,7 @@ func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 		}
 		blocked <- err
 	}()
-	waitFor(ctx, t, "the blocked request to be in flight", func() bool { return web.hitsOf("/block") == 1 })
+	testutil.WaitFor(ctx, t, "the blocked request to be in flight", func() bool { return web.hitsOf("/block") == 1 })
 	if _, err := httpClient.Get("http://" + testTarget + "/x"); err == nil || !strings.Contains(err.Error(), "circuit breaker") {
 		t.Fatalf("second concurrent request: %v, want the circuit breaker to reject it", err)
 	}
@@ -130,7 +131,7 @@ func TestRetriesAndCircuitBreakerFromAControlPlane(t *testing.T) {
 	t.Cleanup(func() { _ = conn.Close() })
 	tc := testgrpc.NewTestServiceClient(conn)
 	// The channel sees the route once its first RPC resolved it.
-	waitFor(ctx, t, "the channel's routes", func() bool {
+	testutil.WaitFor(ctx, t, "the channel's routes", func() bool {
 		_, _ = tc.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		_, route, _ := builder.routeFor(ctx, conn, "/grpc.testing.TestService/EmptyCall")
 		return route != nil && route.Action.RetryPolicy != nil

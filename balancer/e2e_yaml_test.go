@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/controlplane"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -36,7 +37,7 @@ type yamlEnv struct {
 func newYAMLEnv(t *testing.T) *yamlEnv {
 	t.Helper()
 	checkNoLeaks(t)
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cp, err := controlplane.New(ctx)
 	if err != nil {
 		t.Fatalf("controlplane.New: %v", err)
@@ -59,23 +60,46 @@ func newYAMLEnv(t *testing.T) *yamlEnv {
 }
 
 // apply applies the ServiceEntry for yamlHost:9000 with backends as its
-// endpoints (labelled version: <backend name>), plus more YAML.
+// gRPC endpoints (labelled version: <backend name>), plus more YAML.
 func (e *yamlEnv) apply(t *testing.T, backends []*backend, more string) {
 	t.Helper()
-	var eps strings.Builder
+	var eps []yamlEndpoint
 	for _, b := range backends {
-		port := b.addr[strings.LastIndex(b.addr, ":")+1:]
-		fmt.Fprintf(&eps, "  - {address: 127.0.0.1, ports: {grpc: %s}, labels: {version: %s}}\n", port, b.name)
+		eps = append(eps, yamlEndpoint{version: b.name, addr: b.addr})
+	}
+	e.applyService(t, "GRPC", eps, more)
+}
+
+// yamlEndpoint is a backend as a ServiceEntry lists it: with a version
+// label, or a locality, or both.
+type yamlEndpoint struct{ version, addr, locality string }
+
+// applyService applies the ServiceEntry for yamlHost:9000, a port of
+// protocol (GRPC or HTTP) with eps as its endpoints, plus more YAML.
+func (e *yamlEnv) applyService(t *testing.T, protocol string, eps []yamlEndpoint, more string) {
+	t.Helper()
+	portName := strings.ToLower(protocol)
+	var list strings.Builder
+	for _, ep := range eps {
+		port := ep.addr[strings.LastIndex(ep.addr, ":")+1:]
+		fmt.Fprintf(&list, "  - {address: 127.0.0.1, ports: {%s: %s}", portName, port)
+		if ep.version != "" {
+			fmt.Fprintf(&list, ", labels: {version: %s}", ep.version)
+		}
+		if ep.locality != "" {
+			fmt.Fprintf(&list, ", locality: %s", ep.locality)
+		}
+		list.WriteString("}\n")
 	}
 	yaml := `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: ledger}
 spec:
   hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  ports: [{number: 9000, name: ` + portName + `, protocol: ` + protocol + `}]
   resolution: STATIC
   endpoints:
-` + eps.String()
+` + list.String()
 	if more != "" {
 		yaml += "---\n" + more
 	}
@@ -115,41 +139,105 @@ func namedScripted(t *testing.T, name string, script func(context.Context, int64
 	return b, svc
 }
 
-func TestYAMLHeaderMatchRouting(t *testing.T) {
-	ctx := testContext(t)
-	e := newYAMLEnv(t)
-	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
-	e.apply(t, []*backend{v1, v2}, `apiVersion: networking.istio.io/v1
+// canaryYAML routes requests with "x-canary: yes" to subset v2 and the
+// rest to v1, and aborts HTTP requests under /broken with 418.
+const canaryYAML = `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ledger}
 spec:
-  host: `+yamlHost+`
+  host: ` + yamlHost + `
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ledger}
 spec:
-  hosts: [`+yamlHost+`]
+  hosts: [` + yamlHost + `]
   http:
+  - match: [{uri: {prefix: /broken}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
   - match: [{headers: {x-canary: {exact: "yes"}}}]
-    route: [{destination: {host: `+yamlHost+`, subset: v2}}]
-  - route: [{destination: {host: `+yamlHost+`, subset: v1}}]
-`)
-	c := e.dial(t)
-	canary := metadata.AppendToOutgoingContext(ctx, "x-canary", "yes")
-	for range 10 {
-		if name, err := backendOf(canary, c, grpc.WaitForReady(true)); err != nil || name != "v2" {
-			t.Fatalf("RPC with x-canary: yes: %q, %v; want v2", name, err)
-		}
-		if name, err := backendOf(ctx, c, grpc.WaitForReady(true)); err != nil || name != "v1" {
-			t.Fatalf("RPC without x-canary: %q, %v; want v1", name, err)
+    route: [{destination: {host: ` + yamlHost + `, subset: v2}}]
+  - route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
+`
+
+// TestYAMLHeaderMatchRouting: a VirtualService's header match sends
+// canary calls to subset v2 and the rest to v1, over gRPC and over HTTP;
+// over HTTP its fault aborts /broken with 418 before any backend sees it.
+func TestYAMLHeaderMatchRouting(t *testing.T) {
+	// call makes one call, with "x-canary: yes" if canary, and returns the
+	// name of the backend that served it.
+	body := func(t *testing.T, call func(ctx context.Context, canary bool) (string, error)) {
+		ctx := testutil.Context(t)
+		for range 10 {
+			if name, err := call(ctx, true); err != nil || name != "v2" {
+				t.Fatalf("call with x-canary: yes: %q, %v; want v2", name, err)
+			}
+			if name, err := call(ctx, false); err != nil || name != "v1" {
+				t.Fatalf("call without x-canary: %q, %v; want v1", name, err)
+			}
 		}
 	}
+	t.Run("grpc", func(t *testing.T) {
+		e := newYAMLEnv(t)
+		v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
+		e.apply(t, []*backend{v1, v2}, canaryYAML)
+		c := e.dial(t)
+		body(t, func(ctx context.Context, canary bool) (string, error) {
+			if canary {
+				ctx = metadata.AppendToOutgoingContext(ctx, "x-canary", "yes")
+			}
+			return backendOf(ctx, c, grpc.WaitForReady(true))
+		})
+	})
+	t.Run("http", func(t *testing.T) {
+		ctx := testutil.Context(t)
+		e := newYAMLEnv(t)
+		v1 := startHTTPBackend(t, "v1", http1Plain, nil)
+		v2 := startHTTPBackend(t, "v2", http1Plain, nil)
+		e.applyService(t, "HTTP", []yamlEndpoint{{version: "v1", addr: v1.addr}, {version: "v2", addr: v2.addr}}, canaryYAML)
+		rt := NewRoundTripper(e.client, (&testDialer{}).dial)
+		t.Cleanup(func() { _ = rt.Close() })
+		client := &http.Client{Transport: rt}
+		get := func(ctx context.Context, path string, canary bool) (*http.Response, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+yamlHost+":9000"+path, nil)
+			if err != nil {
+				return nil, err
+			}
+			if canary {
+				req.Header.Set("x-canary", "yes")
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return nil, err
+			}
+			_ = resp.Body.Close()
+			return resp, nil
+		}
+		body(t, func(ctx context.Context, canary bool) (string, error) {
+			resp, err := get(ctx, "/x", canary)
+			if err != nil {
+				return "", err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return "", fmt.Errorf("status %d from %q", resp.StatusCode, resp.Header.Get("backend"))
+			}
+			return resp.Header.Get("backend"), nil
+		})
+		if r, err := get(ctx, "/broken", false); err != nil {
+			t.Errorf("GET /broken: %v", err)
+		} else if r.StatusCode != http.StatusTeapot {
+			t.Errorf("GET /broken: %d, want the injected 418", r.StatusCode)
+		}
+		if n := v1.hitsOf("/broken"); n != 0 {
+			t.Errorf("backend saw %d aborted requests", n)
+		}
+	})
 }
 
 func TestYAMLRetriesTimeoutAndFault(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	var attempts atomic.Int64
 	b, _ := namedScripted(t, "v1", func(ctx context.Context, _ int64) error {
@@ -203,7 +291,7 @@ spec:
 }
 
 func TestYAMLConnectionPoolMaxRequests(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	release := make(chan struct{})
 	var blocked atomic.Int64
@@ -231,7 +319,7 @@ spec:
 		_, err := c.EmptyCall(metadata.AppendToOutgoingContext(ctx, "block", "1"), &testpb.Empty{})
 		done <- err
 	}()
-	waitFor(ctx, t, "the blocked RPC", func() bool { return blocked.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the blocked RPC", func() bool { return blocked.Load() == 1 })
 	_, err := c.EmptyCall(ctx, &testpb.Empty{})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "circuit breaker") {
 		t.Errorf("RPC over http2MaxRequests: %v, want Unavailable from the circuit breaker", err)
@@ -243,7 +331,7 @@ spec:
 }
 
 func TestYAMLOutlierDetectionEjectsAFailingBackend(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	clock := newFakeClock()
 	good, goodSvc := namedScripted(t, "good", func(context.Context, int64) error { return nil })
@@ -257,7 +345,7 @@ spec:
     outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}
 `)
 	c := e.dial(t, WithClock(clock))
-	waitFor(ctx, t, "both backends to serve", func() bool {
+	testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
 		_, _ = c.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		return goodSvc.calls.Load() > 0 && badSvc.calls.Load() > 0
 	})
@@ -278,7 +366,7 @@ spec:
 }
 
 func TestYAMLConsistentHash(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	e.apply(t, backends, `apiVersion: networking.istio.io/v1
@@ -291,7 +379,7 @@ spec:
 `)
 	c := e.dial(t)
 	// Wait until all three endpoints serve, so that later picks see the full ring.
-	waitFor(ctx, t, "every backend", func() bool {
+	testutil.WaitFor(ctx, t, "every backend", func() bool {
 		seen := map[string]bool{}
 		for i := range 30 {
 			name, err := backendOf(metadata.AppendToOutgoingContext(ctx, "x-user", fmt.Sprint("warm-", i)), c, grpc.WaitForReady(true))
@@ -332,7 +420,7 @@ spec:
 `)
 	sticky := e.dial(t)
 	var first string
-	waitFor(ctx, t, "the channel to stick to one backend", func() bool {
+	testutil.WaitFor(ctx, t, "the channel to stick to one backend", func() bool {
 		first, _ = backendOf(ctx, sticky, grpc.WaitForReady(true))
 		for range 10 {
 			if name, err := backendOf(ctx, sticky); err != nil || name != first {
@@ -344,130 +432,25 @@ spec:
 }
 
 func TestYAMLLocalityDistribute(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newYAMLEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
-	port := func(b *backend) string { return b.addr[strings.LastIndex(b.addr, ":")+1:] }
-	err := e.cp.Apply([]byte(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: grpc, protocol: GRPC}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {grpc: ` + port(a) + `}, locality: r1/z1/s1}
-  - {address: 127.0.0.1, ports: {grpc: ` + port(b) + `}, locality: r1/z2/s1}
----
-apiVersion: networking.istio.io/v1
+	e.applyService(t, "GRPC", []yamlEndpoint{{addr: a.addr, locality: "r1/z1/s1"}, {addr: b.addr, locality: "r1/z2/s1"}}, `apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: ledger}
 spec:
-  host: ` + yamlHost + `
+  host: `+yamlHost+`
   trafficPolicy:
     loadBalancer:
       simple: ROUND_ROBIN
       localityLbSetting:
         distribute: [{from: "*", to: {"r1/z1/*": 25, "r1/z2/*": 75}}]
-`))
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
+`)
 	c := e.dial(t)
-	waitFor(ctx, t, "both localities", func() bool {
-		seen := map[string]bool{}
-		for range 8 {
-			name, err := backendOf(ctx, c, grpc.WaitForReady(true))
-			if err != nil {
-				return false
-			}
-			seen[name] = true
-		}
-		return seen["a"] && seen["b"]
-	})
-	// Weighted round robin repeats a 64-pick cycle: 128 picks split exactly.
-	counts := map[string]int{}
-	for range 128 {
-		name, err := backendOf(ctx, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		counts[name]++
-	}
+	counts := cycleCounts(ctx, t,
+		func(ctx context.Context) (string, error) { return backendOf(ctx, c, grpc.WaitForReady(true)) },
+		func(ctx context.Context) (string, error) { return backendOf(ctx, c) })
 	if counts["a"] != 32 || counts["b"] != 96 {
 		t.Errorf("split %v, want a:32 b:96 (localityLbSetting 25/75)", counts)
-	}
-}
-
-func TestYAMLOverHTTP(t *testing.T) {
-	ctx := testContext(t)
-	e := newYAMLEnv(t)
-	v1 := startHTTPBackend(t, "v1", http1Plain, nil)
-	v2 := startHTTPBackend(t, "v2", http1Plain, nil)
-	port := func(b *httpBackend) string { return b.addr[strings.LastIndex(b.addr, ":")+1:] }
-	err := e.cp.Apply([]byte(`apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  ports: [{number: 9000, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: ` + port(v1) + `}, labels: {version: v1}}
-  - {address: 127.0.0.1, ports: {http: ` + port(v2) + `}, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ledger}
-spec:
-  host: ` + yamlHost + `
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: ledger}
-spec:
-  hosts: [` + yamlHost + `]
-  http:
-  - match: [{uri: {prefix: /broken}}]
-    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
-    route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
-  - match: [{headers: {x-canary: {exact: "yes"}}}]
-    route: [{destination: {host: ` + yamlHost + `, subset: v2}}]
-  - route: [{destination: {host: ` + yamlHost + `, subset: v1}}]
-`))
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
-	rt := NewRoundTripper(e.client, (&testDialer{}).dial)
-	t.Cleanup(func() { _ = rt.Close() })
-	client := &http.Client{Transport: rt}
-	get := func(path string, header ...string) *http.Response {
-		t.Helper()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+yamlHost+":9000"+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
-		_ = resp.Body.Close()
-		return resp
-	}
-	if r := get("/x"); r.StatusCode != http.StatusOK || r.Header.Get("backend") != "v1" {
-		t.Errorf("GET /x: %d from %q, want 200 from v1", r.StatusCode, r.Header.Get("backend"))
-	}
-	if r := get("/x", "x-canary", "yes"); r.StatusCode != http.StatusOK || r.Header.Get("backend") != "v2" {
-		t.Errorf("GET /x with x-canary: %d from %q, want 200 from v2", r.StatusCode, r.Header.Get("backend"))
-	}
-	if r := get("/broken"); r.StatusCode != http.StatusTeapot {
-		t.Errorf("GET /broken: %d, want the injected 418", r.StatusCode)
-	}
-	if n := v1.hitsOf("/broken"); n != 0 {
-		t.Errorf("backend saw %d aborted requests", n)
 	}
 }

@@ -3,7 +3,6 @@ package balancer
 import (
 	"context"
 	"errors"
-	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -55,9 +55,9 @@ func faultEnv(t *testing.T, cfg *xdsclient.FaultInjection, routes []xdsclient.Ro
 }
 
 func TestGRPCFaultAbortFromFilterConfig(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e, svc := faultEnv(t, abortAll(codes.PermissionDenied), nil)
-	waitFor(ctx, t, "the fault to apply", func() bool {
+	testutil.WaitFor(ctx, t, "the fault to apply", func() bool {
 		_, err := e.client.EmptyCall(ctx, &testpb.Empty{}, grpc.WaitForReady(true))
 		return status.Code(err) == codes.PermissionDenied
 	})
@@ -74,7 +74,7 @@ func TestGRPCFaultAbortFromFilterConfig(t *testing.T) {
 }
 
 func TestGRPCFaultRouteOverride(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	routes := []xdsclient.Route{
 		{Name: "aborted", Match: xdsclient.RouteMatch{Path: "/grpc.testing.TestService/EmptyCall", CaseSensitive: true},
 			Action:          xdsclient.RouteAction{Cluster: "c"},
@@ -87,14 +87,14 @@ func TestGRPCFaultRouteOverride(t *testing.T) {
 	if _, err := e.client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true)); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("UnaryCall (route without override): %v, want Unimplemented from the backend", err)
 	}
-	waitFor(ctx, t, "the override", func() bool {
+	testutil.WaitFor(ctx, t, "the override", func() bool {
 		_, err := e.client.EmptyCall(ctx, &testpb.Empty{})
 		return status.Code(err) == codes.ResourceExhausted
 	})
 }
 
 func TestGRPCFaultHeaderAbort(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	cfg := &xdsclient.FaultInjection{Abort: &xdsclient.FaultAbort{FromHeader: true, PerMillion: 1_000_000, Denominator: 100}}
 	e, _ := faultEnv(t, cfg, nil)
 	e.waitRouted(ctx, t)
@@ -116,7 +116,7 @@ func TestGRPCFaultHeaderAbort(t *testing.T) {
 }
 
 func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	clock := newFakeClock()
 	cfg := &xdsclient.FaultInjection{
 		Delay:           &xdsclient.FaultDelay{Fixed: time.Hour, PerMillion: 1_000_000, Denominator: 100},
@@ -125,7 +125,7 @@ func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
 	e, svc := faultEnv(t, cfg, nil, WithClock(clock))
 	// Routes arrive before the first RPC is delayed; wait for the table.
 	e.conn.Connect()
-	waitFor(ctx, t, "routes", func() bool {
+	testutil.WaitFor(ctx, t, "routes", func() bool {
 		router, _, _ := e.builder.routeFor(ctx, e.conn, "/grpc.testing.TestService/EmptyCall")
 		return router != nil && len(router.faults) == 1
 	})
@@ -155,64 +155,91 @@ func TestGRPCFaultDelayOnInjectedClock(t *testing.T) {
 		t.Errorf("backend saw %d calls, want 2", n)
 	}
 
-	// A delay longer than the caller's deadline ends with the deadline.
-	cctx, cancel := context.WithCancel(ctx)
-	go func() {
-		clock.waitTimers(ctx, t, 1)
-		cancel()
-	}()
-	_, err := e.client.EmptyCall(cctx, &testpb.Empty{})
-	if status.Code(err) != codes.Canceled {
-		t.Errorf("RPC cancelled during its delay: %v, want Canceled", err)
-	}
 }
 
-func TestRoundTripperFaultAbortAndDelay(t *testing.T) {
-	ctx := testContext(t)
-	clock := newFakeClock()
-	e := newHTTPEnv(t, WithClock(clock))
-	var hits atomic.Int64
-	b := startHTTPBackend(t, "a", http1Plain, func(http.ResponseWriter, *http.Request) { hits.Add(1) })
-	e.serve("c", nil, b)
-	abort := &xdsclient.FaultInjection{Abort: &xdsclient.FaultAbort{HTTPStatus: 503, PerMillion: 1_000_000, Denominator: 100}}
-	delay := &xdsclient.FaultInjection{Delay: &xdsclient.FaultDelay{Fixed: time.Minute, PerMillion: 1_000_000, Denominator: 100}}
-	e.xds.listeners.set(testTarget, faultListener(testTarget, "rc", nil))
-	e.xds.routes.set("rc", &xdsclient.RouteConfig{Name: "rc", VirtualHosts: []xdsclient.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: []xdsclient.Route{
-		{Name: "abort", Match: xdsclient.RouteMatch{Prefix: "/abort", CaseSensitive: true}, Action: xdsclient.RouteAction{Cluster: "c"}, FilterOverrides: map[string]any{testFaultFilter: abort}},
-		{Name: "delay", Match: xdsclient.RouteMatch{Prefix: "/delay", CaseSensitive: true}, Action: xdsclient.RouteAction{Cluster: "c"}, FilterOverrides: map[string]any{testFaultFilter: delay}},
-		{Name: "default", Action: xdsclient.RouteAction{Cluster: "c"}},
-	}}}})
-	if _, _, err := e.get(ctx, "/plain"); err != nil {
-		t.Fatalf("GET /plain: %v", err)
-	}
-	_, resp, err := e.get(ctx, "/abort")
-	if resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("GET /abort: %v, want an injected 503", err)
-	}
-	if n := hits.Load(); n != 1 {
-		t.Errorf("backend saw %d requests, want 1 (the abort never reaches it)", n)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := e.get(ctx, "/delay")
-		done <- err
-	}()
-	clock.waitTimers(ctx, t, 1)
-	if n := hits.Load(); n != 1 {
-		t.Fatalf("backend saw the delayed request before the delay ended")
-	}
-	clock.Advance(time.Minute)
-	if err := <-done; err != nil {
-		t.Fatalf("GET /delay: %v", err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	go func() {
-		clock.waitTimers(ctx, t, 1)
-		cancel()
-	}()
-	if _, _, err := e.get(cctx, "/delay"); !errors.Is(err, context.Canceled) {
-		t.Errorf("GET /delay cancelled during its delay: %v, want context.Canceled", err)
-	}
+// TestFaultOverrideAbortsAndDelays: a route's fault override aborts every
+// call before it reaches the backend (UNAVAILABLE or 503, from HTTP status
+// 503), then, changed to a one-minute delay, holds a call until the clock
+// passes the minute and the backend then serves it; a call cancelled
+// during its delay ends cancelled.
+func TestFaultOverrideAbortsAndDelays(t *testing.T) {
+	forEachFrontEndWithClock(t, func(t *testing.T, fe testFrontEnd, clock *fakeClock) {
+		ctx := testutil.Context(t)
+		var hits atomic.Int64
+		fe.serve(testCluster("c"), fe.backend(t, "a", func(context.Context) error { hits.Add(1); return nil }))
+		override := func(f *xdsclient.FaultInjection) {
+			route := xdsclient.Route{Name: "default", Action: xdsclient.RouteAction{Cluster: "c"}}
+			if f != nil {
+				route.FilterOverrides = map[string]any{testFaultFilter: f}
+			}
+			fe.xds().routes.set("rc", &xdsclient.RouteConfig{Name: "rc", VirtualHosts: []xdsclient.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: []xdsclient.Route{route}}}})
+		}
+		fe.xds().listeners.set(testTarget, faultListener(testTarget, "rc", nil))
+		override(nil)
+		fe.waitRouted(ctx, t)
+		if _, err := fe.call(ctx); err != nil {
+			t.Fatalf("call without a fault: %v", err)
+		}
+
+		override(&xdsclient.FaultInjection{Abort: &xdsclient.FaultAbort{HTTPStatus: 503, PerMillion: 1_000_000, Denominator: 100}})
+		testutil.WaitFor(ctx, t, "the abort to apply", func() bool {
+			_, err := fe.call(ctx)
+			return fe.overloaded(err)
+		})
+		before := hits.Load()
+		for range 5 {
+			if _, err := fe.call(ctx); !fe.overloaded(err) {
+				t.Fatalf("call: %v, want the injected abort", err)
+			}
+		}
+		if n := hits.Load() - before; n != 0 {
+			t.Errorf("backend saw %d aborted calls, want 0", n)
+		}
+
+		override(&xdsclient.FaultInjection{Delay: &xdsclient.FaultDelay{Fixed: time.Minute, PerMillion: 1_000_000, Denominator: 100}})
+		// Calls still under the abort return at once; the first under the
+		// delay arms its timer.
+		var done chan error
+		testutil.WaitFor(ctx, t, "a call held by the delay", func() bool {
+			done = make(chan error, 1)
+			go func() {
+				_, err := fe.call(ctx)
+				done <- err
+			}()
+			for clock.pending() == 0 {
+				select {
+				case err := <-done:
+					if !fe.overloaded(err) {
+						t.Fatalf("call before the delay applied: %v, want the abort", err)
+					}
+					return false
+				case <-ctx.Done():
+					return false
+				case <-time.After(time.Millisecond):
+				}
+			}
+			return true
+		})
+		if n := hits.Load() - before; n != 0 {
+			t.Fatalf("backend saw the delayed call before the delay ended")
+		}
+		clock.Advance(time.Minute)
+		if err := <-done; err != nil {
+			t.Fatalf("delayed call: %v", err)
+		}
+		if n := hits.Load() - before; n != 1 {
+			t.Errorf("backend saw %d calls after the delay, want 1", n)
+		}
+
+		cctx, cancel := context.WithCancel(ctx)
+		go func() {
+			clock.waitTimers(ctx, t, 1)
+			cancel()
+		}()
+		if _, err := fe.call(cctx); !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
+			t.Errorf("call cancelled during its delay: %v, want cancelled", err)
+		}
+	})
 }
 
 func TestFaultDecisionsFromHeaders(t *testing.T) {

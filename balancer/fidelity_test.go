@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,16 +9,10 @@ import (
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
-
-// hangGuard bounds a test that must not hang; no work is timed by it.
-func hangGuard(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 func newStrictXDS(t *testing.T, delta bool, timeout time.Duration) (*xdstest.StrictServer, *xdsclient.Client) {
 	t.Helper()
@@ -54,7 +47,7 @@ func TestRouteToUnknownClusterKeepsPreviousTable(t *testing.T) {
 }
 
 func routeToUnknownCluster(t *testing.T, delta bool) {
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	srv, client := newStrictXDS(t, delta, time.Hour)
 	listener := []types.Resource{xdstest.ClientListener(testTarget, "rc")}
@@ -69,7 +62,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 	}
 
 	srv.Set(t, listener, routeTo("b"), []types.Resource{clusterA}, []types.Resource{epsA})
-	waitFor(ctx, t, "the client to watch cluster b", func() bool { return watches(client, "cluster", "b") })
+	testutil.WaitFor(ctx, t, "the client to watch cluster b", func() bool { return watches(client, "cluster", "b") })
 	for i := range 50 {
 		srv.Push() // CDS responses without b: not a deletion
 		if got, err := e.call(ctx); err != nil || got != "a" {
@@ -78,7 +71,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 	}
 	srv.Set(t, listener, routeTo("b"), []types.Resource{clusterA, xdstest.EDSCluster("b", false)},
 		[]types.Resource{epsA, xdstest.Endpoints("b", b.addr)})
-	waitFor(ctx, t, "RPCs to reach b", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to reach b", func() bool {
 		got, err := e.call(ctx)
 		if err != nil {
 			t.Fatalf("RPC while b arrives: %v; dump %+v; server CDS %v EDS %v", err, client.Dump(), srv.Subscribed("type.googleapis.com/envoy.config.cluster.v3.Cluster"), srv.Subscribed("type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"))
@@ -95,7 +88,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 		t.Fatal(err)
 	}
 	srv2.Set(t, listener, routeTo("never"), []types.Resource{clusterA}, []types.Resource{epsA})
-	waitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
 		_, err := e2.call(ctx)
 		if err != nil && !strings.Contains(err.Error(), `"never"`) {
 			t.Fatalf("RPC error %v does not name the cluster", err)
@@ -109,7 +102,7 @@ func routeToUnknownCluster(t *testing.T, delta bool) {
 // first channel and on one opened later.
 func TestNACKedClusterFailsRPCsAtOnce(t *testing.T) {
 	checkNoLeaks(t)
-	ctx := hangGuard(t)
+	ctx := testutil.Context(t)
 	srv, client := newStrictXDS(t, false, time.Hour)
 	bad := xdstest.EDSCluster("bad", false)
 	bad.LbPolicy = clusterpb.Cluster_MAGLEV

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -48,22 +50,52 @@ type testFrontEnd interface {
 	overloaded(err error) bool
 	// retryPolicy retries overloaded answers up to n times.
 	retryPolicy(n uint32) *xdsclient.RetryPolicy
+	// clusterStates is the front-end's ClusterStates.
+	clusterStates() []ClusterState
+	// close closes the channel or the RoundTripper.
+	close() error
+	// xds is the fake xDS client the front-end watches.
+	xds() *fakeXDS
 }
 
 // forEachFrontEnd runs body over the gRPC and the HTTP front-end, each
 // made with opts.
 func forEachFrontEnd(t *testing.T, body func(t *testing.T, fe testFrontEnd), opts ...Option) {
-	t.Run("grpc", func(t *testing.T) { body(t, &grpcFrontEnd{newTestEnv(t, opts...)}) })
+	runFrontEnds(t, false, func(t *testing.T, fe testFrontEnd, _ *fakeClock) { body(t, fe) }, opts)
+}
+
+// forEachFrontEndWithClock is forEachFrontEnd for a body that drives
+// time: each front-end runs on a fake clock of its own.
+func forEachFrontEndWithClock(t *testing.T, body func(t *testing.T, fe testFrontEnd, clock *fakeClock), opts ...Option) {
+	runFrontEnds(t, true, body, opts)
+}
+
+func runFrontEnds(t *testing.T, fakeTime bool, body func(t *testing.T, fe testFrontEnd, clock *fakeClock), opts []Option) {
+	withClock := func() ([]Option, *fakeClock) {
+		if !fakeTime {
+			return opts, nil
+		}
+		clock := newFakeClock()
+		return append(slices.Clip(opts), WithClock(clock)), clock
+	}
+	t.Run("grpc", func(t *testing.T) {
+		opts, clock := withClock()
+		body(t, &grpcFrontEnd{e: newTestEnv(t, opts...), backends: map[string]*backend{}}, clock)
+	})
 	t.Run("http", func(t *testing.T) {
+		opts, clock := withClock()
 		rtOpts := make([]RoundTripperOption, 0, len(opts))
 		for _, o := range opts {
 			rtOpts = append(rtOpts, o)
 		}
-		body(t, &httpFrontEnd{newHTTPEnv(t, rtOpts...)})
+		body(t, &httpFrontEnd{newHTTPEnv(t, rtOpts...)}, clock)
 	})
 }
 
-type grpcFrontEnd struct{ e *testEnv }
+type grpcFrontEnd struct {
+	e        *testEnv
+	backends map[string]*backend // by address, for their connection counts
+}
 
 func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	b, _ := startScriptedBackend(t, func(ctx context.Context, _ int64) error {
@@ -78,6 +110,7 @@ func (f *grpcFrontEnd) backend(t *testing.T, name string, handle func(ctx contex
 		}
 		return nil
 	})
+	f.backends[b.addr] = b
 	return b.addr
 }
 
@@ -118,7 +151,15 @@ func (f *grpcFrontEnd) circuitOpen(err error, cluster string) bool {
 		strings.Contains(err.Error(), "circuit breaker")
 }
 
+func (f *grpcFrontEnd) clusterStates() []ClusterState { return f.e.builder.ClusterStates() }
+func (f *grpcFrontEnd) close() error                  { return f.e.conn.Close() }
+func (f *grpcFrontEnd) xds() *fakeXDS                 { return f.e.xds }
+
 type httpFrontEnd struct{ e *httpEnv }
+
+func (f *httpFrontEnd) clusterStates() []ClusterState { return f.e.rt.ClusterStates() }
+func (f *httpFrontEnd) close() error                  { return f.e.rt.Close() }
+func (f *httpFrontEnd) xds() *fakeXDS                 { return f.e.xds }
 
 func (f *httpFrontEnd) backend(t *testing.T, name string, handle func(ctx context.Context) error) string {
 	return startHTTPBackend(t, name, http1Plain, func(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +231,7 @@ func (f *httpFrontEnd) circuitOpen(err error, cluster string) bool {
 // still wins.
 func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		var blocking atomic.Bool
 		fe.serve(testCluster("c"), fe.backend(t, "a", func(ctx context.Context) error {
 			if blocking.Load() {
@@ -228,7 +269,7 @@ func TestRouteTimeoutBoundsTheCall(t *testing.T) {
 // never reaches the backend; the two within the limit succeed.
 func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		release := make(chan struct{})
 		var blocking atomic.Bool
 		var inHandler, calls atomic.Int64
@@ -255,7 +296,7 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 				errs <- err
 			})
 		}
-		waitFor(ctx, t, "two calls in flight", func() bool { return inHandler.Load() == 2 })
+		testutil.WaitFor(ctx, t, "two calls in flight", func() bool { return inHandler.Load() == 2 })
 		before := calls.Load()
 		_, err := fe.call(ctx)
 		if !fe.circuitOpen(err, "c") {
@@ -285,7 +326,7 @@ func TestCircuitBreakerRejectsOverLimit(t *testing.T) {
 // connected all the same, so that a flip to it is instant.
 func TestWeightedSplit(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		fe.serve(testCluster("cluster-a"), fe.backend(t, "a", nil))
 		fe.serve(testCluster("cluster-b"), fe.backend(t, "b", nil))
 		cAddr := fe.backend(t, "c", nil)
@@ -315,7 +356,7 @@ func TestWeightedSplit(t *testing.T) {
 			t.Errorf("weight-0 cluster-c got %d calls, want exactly 0", counts["c"])
 		}
 		if g, ok := fe.(*grpcFrontEnd); ok {
-			waitFor(ctx, t, "a connection to the weight-0 cluster", func() bool {
+			testutil.WaitFor(ctx, t, "a connection to the weight-0 cluster", func() bool {
 				for _, cs := range g.e.builder.ClusterStates() {
 					for _, ep := range cs.Endpoints {
 						if ep.Address == cAddr && ep.Health == "READY" {
@@ -334,7 +375,7 @@ func TestWeightedSplit(t *testing.T) {
 // the calls that fail get their failure without a retry.
 func TestRetryBudgetStopsAStorm(t *testing.T) {
 	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
-		ctx := testContext(t)
+		ctx := testutil.Context(t)
 		release := make(chan struct{})
 		retryRunning := make(chan struct{})
 		var armed atomic.Bool
@@ -380,4 +421,44 @@ func TestRetryBudgetStopsAStorm(t *testing.T) {
 			t.Fatalf("retried call: %v", err)
 		}
 	}, WithRetryBudget(0, 1))
+}
+
+// TestRetriesRetryUpToNumRetries: a call whose first attempt gets the
+// overloaded answer the retry policy names is retried and succeeds (two
+// attempts); one that gets it every time fails with it after 1 +
+// num_retries attempts.
+func TestRetriesRetryUpToNumRetries(t *testing.T) {
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testutil.Context(t)
+		var attempts, failNext atomic.Int64 // failNext: how many of the next attempts fail
+		addr := fe.backend(t, "a", func(context.Context) error {
+			attempts.Add(1)
+			if failNext.Add(-1) >= 0 {
+				return errors.New("overloaded")
+			}
+			return nil
+		})
+		fe.serve(testCluster("c"), addr)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: fe.retryPolicy(2)})
+		fe.waitRouted(ctx, t)
+
+		attempts.Store(0)
+		failNext.Store(1)
+		if _, err := fe.call(ctx); err != nil {
+			t.Fatalf("call whose first attempt fails: %v, want the retry to succeed", err)
+		}
+		if n := attempts.Load(); n != 2 {
+			t.Errorf("backend saw %d attempts, want 2", n)
+		}
+
+		// num_retries bounds the attempts: 1 + 2.
+		attempts.Store(0)
+		failNext.Store(10)
+		if _, err := fe.call(ctx); !fe.overloaded(err) {
+			t.Fatalf("call failing every attempt: %v, want the backend's overloaded answer", err)
+		}
+		if n := attempts.Load(); n != 3 {
+			t.Errorf("backend saw %d attempts, want 3 (num_retries 2)", n)
+		}
+	})
 }

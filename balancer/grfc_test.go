@@ -14,6 +14,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -21,7 +22,7 @@ import (
 // and retried; the first attempt here would otherwise wait until the
 // test's hang guard.
 func TestGRPCPerTryTimeout(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var calls atomic.Int64
 	var armed atomic.Bool
@@ -49,7 +50,7 @@ func TestGRPCPerTryTimeout(t *testing.T) {
 
 // TestHTTPPerTryTimeout is TestGRPCPerTryTimeout for the RoundTripper.
 func TestHTTPPerTryTimeout(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var calls atomic.Int64
 	var armed atomic.Bool
@@ -65,7 +66,7 @@ func TestHTTPPerTryTimeout(t *testing.T) {
 		Name: "vh", Domains: []string{"*"},
 		Routes: []xdsclient.Route{{Match: xdsclient.RouteMatch{Prefix: "/"}, Action: xdsclient.RouteAction{Cluster: "c", RetryPolicy: policy}}},
 	}}})
-	waitFor(ctx, t, "the route", func() bool {
+	testutil.WaitFor(ctx, t, "the route", func() bool {
 		_, resp, err := e.get(ctx, "/warm")
 		return err == nil && resp.StatusCode == http.StatusOK
 	})

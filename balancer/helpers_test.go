@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +18,8 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"mesh/internal/handshake"
+	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -70,22 +70,17 @@ func (c connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 
 func startBackend(t *testing.T, name string) *backend {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
+	return serveBackend(t, name, &backendService{name: name}, testutil.Listen(t))
+}
+
+// serveBackend serves svc as backend name on lis, counting its
+// connections, until the test's cleanups.
+func serveBackend(t *testing.T, name string, svc testgrpc.TestServiceServer, lis net.Listener) *backend {
+	t.Helper()
 	b := &backend{name: name, addr: lis.Addr().String()}
 	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
-	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
+	testgrpc.RegisterTestServiceServer(b.srv, svc)
+	testutil.Serve(t, b.srv, lis)
 	return b
 }
 
@@ -219,58 +214,10 @@ func w(name string, weight uint32) xdsclient.ClusterWeight {
 	return xdsclient.ClusterWeight{Name: name, Weight: weight}
 }
 
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // a hang guard
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// waitFor polls cond until it holds; ctx bounds the wait and fails the test.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-}
-
 // checkNoLeaks fails the test if goroutines of gRPC or of this package
 // outlive it (after every other cleanup has run).
 func checkNoLeaks(t *testing.T) {
-	t.Cleanup(func() {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			leaked := leakedGoroutines()
-			if len(leaked) == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%d goroutines leaked:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-}
-
-func leakedGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var leaked []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "checkNoLeaks") || strings.Contains(g, "leakedGoroutines") {
-			continue
-		}
-		if strings.Contains(g, "google.golang.org/grpc") ||
-			strings.Contains(g, "mesh/balancer.(*") ||
-			strings.Contains(g, "net/http.(*persistConn)") {
-			leaked = append(leaked, g)
-		}
-	}
-	return leaked
+	leakcheck.Check(t, "google.golang.org/grpc", "mesh/balancer.(*", "net/http.(*persistConn)")
 }
 
 // gatedListener holds back Accept until open is closed: a client's TCP
@@ -297,24 +244,8 @@ func (l *gatedListener) Close() error {
 // startGatedBackend is startBackend behind a gatedListener.
 func startGatedBackend(t *testing.T, name string) (*backend, *gatedListener) {
 	t.Helper()
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	lis := &gatedListener{Listener: inner, open: make(chan struct{})}
-	b := &backend{name: name, addr: inner.Addr().String()}
-	b.srv = grpc.NewServer(grpc.StatsHandler(connCounter{b}))
-	testgrpc.RegisterTestServiceServer(b.srv, &backendService{name: name})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
-	return b, lis
+	lis := &gatedListener{Listener: testutil.Listen(t), open: make(chan struct{})}
+	return serveBackend(t, name, &backendService{name: name}, lis), lis
 }
 
 // routeFor returns the route a call to method on cc takes, with its router

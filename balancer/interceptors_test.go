@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/internal/routeinfo"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -54,23 +54,8 @@ func (s *scriptedService) StreamingOutputCall(req *testpb.StreamingOutputCallReq
 // startScriptedBackend serves a scriptedService on 127.0.0.1:0.
 func startScriptedBackend(t *testing.T, script func(ctx context.Context, call int64) error) (*backend, *scriptedService) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
 	svc := &scriptedService{script: script}
-	b := &backend{name: "scripted", addr: lis.Addr().String(), srv: grpc.NewServer()}
-	testgrpc.RegisterTestServiceServer(b.srv, svc)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		b.srv.Stop()
-		<-served
-	})
-	return b, svc
+	return serveBackend(t, "scripted", svc, testutil.Listen(t)), svc
 }
 
 // routeAction points testTarget's listener at one route with action.
@@ -99,8 +84,12 @@ func (e *testEnv) waitRouted(ctx context.Context, t *testing.T) {
 	}
 }
 
+// TestGRPCRetryRetriesRetriableCodes: what only gRPC retries do
+// (TestRetriesRetryUpToNumRetries has the rest): each attempt tells the
+// backend how many came before it, and codes outside retry_on are not
+// retried.
 func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var mu sync.Mutex
 	var previous []string
@@ -136,19 +125,9 @@ func TestGRPCRetryRetriesRetriableCodes(t *testing.T) {
 	}
 	mu.Unlock()
 
-	// num_retries bounds the attempts: 1 + 2.
-	svc.calls.Store(0)
-	failNext.Store(10)
-	if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); status.Code(err) != codes.Unavailable {
-		t.Fatalf("RPC failing every attempt: %v, want Unavailable", err)
-	}
-	if n := svc.calls.Load(); n != 3 {
-		t.Errorf("backend saw %d attempts, want 3 (num_retries 2)", n)
-	}
-
 	// Codes outside retry_on are not retried.
 	e.routeAction(xdsclient.RouteAction{Cluster: "c", RetryPolicy: grpcRetryPolicy(2, codes.Internal)})
-	waitFor(ctx, t, "the new retry policy", func() bool {
+	testutil.WaitFor(ctx, t, "the new retry policy", func() bool {
 		r := e.builderRoute(t)
 		return r != nil && r.Action.RetryPolicy.RetriesGRPC(codes.Internal)
 	})
@@ -170,7 +149,7 @@ func (e *testEnv) builderRoute(t *testing.T) *xdsclient.Route {
 }
 
 func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	var failNext atomic.Int64
 	b, svc := startScriptedBackend(t, func(context.Context, int64) error {
@@ -212,17 +191,17 @@ func TestGRPCStreamRetriedBeforeFirstMessage(t *testing.T) {
 // resolver's newest routes instead would give them the new route's 1 ns
 // timeout while the old table's picker serves them, and fail them all.
 func TestPendingTableDoesNotMixPolicies(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(time.Hour))
 	a := startBackend(t, "a")
 	slow, gate := startGatedBackend(t, "slow")
 	e.serve("cluster-a", a)
 	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-a"})
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-slow", slow)
 	e.routeAction(xdsclient.RouteAction{Cluster: "cluster-slow", Timeout: time.Nanosecond})
-	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
 		return len(e.creds.handshakes()) == 2
 	})
 	for i := range 50 {
@@ -233,7 +212,7 @@ func TestPendingTableDoesNotMixPolicies(t *testing.T) {
 	}
 	gate.release()
 	// Once published, the new route's timeout comes with the new cluster.
-	waitFor(ctx, t, "the new route's timeout", func() bool {
+	testutil.WaitFor(ctx, t, "the new route's timeout", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.DeadlineExceeded && ctx.Err() == nil
 	})

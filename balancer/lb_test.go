@@ -16,18 +16,19 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
-// warmUp sends RPCs until every backend in want has served one, so that
+// warmUp makes calls until every backend in want has served one, so that
 // measurements start with every weighted cluster READY.
-func warmUp(ctx context.Context, t *testing.T, e *testEnv, want ...string) {
+func warmUp(ctx context.Context, t *testing.T, call func(context.Context) (string, error), want ...string) {
 	t.Helper()
 	seen := map[string]bool{}
 	for missing := len(want); missing > 0; {
-		got, err := e.call(ctx)
+		got, err := call(ctx)
 		if err != nil {
-			t.Fatalf("warm-up RPC: %v", err)
+			t.Fatalf("warm-up call: %v", err)
 		}
 		for _, name := range want {
 			if got == name && !seen[name] {
@@ -81,7 +82,7 @@ type load struct {
 	stop           chan struct{}
 }
 
-func startLoad(ctx context.Context, e *testEnv, workers int, max int64) *load {
+func startLoad(ctx context.Context, call func(context.Context) (string, error), workers int, max int64) *load {
 	l := &load{stop: make(chan struct{}), last: map[string]int64{}}
 	for range workers {
 		l.wg.Go(func() {
@@ -95,7 +96,7 @@ func startLoad(ctx context.Context, e *testEnv, workers int, max int64) *load {
 				if n > max {
 					return
 				}
-				got, err := e.call(ctx)
+				got, err := call(ctx)
 				if err != nil {
 					l.failures.Add(1)
 					l.firstErr.CompareAndSwap(nil, err)
@@ -124,7 +125,7 @@ func (l *load) finish(t *testing.T) {
 func (l *load) waitOnly(ctx context.Context, t *testing.T, only string, window int64) {
 	t.Helper()
 	start := l.sent.Load()
-	waitFor(ctx, t, "traffic only to "+only, func() bool {
+	testutil.WaitFor(ctx, t, "traffic only to "+only, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		now := l.sent.Load()
@@ -144,66 +145,114 @@ func (l *load) waitOnly(ctx context.Context, t *testing.T, only string, window i
 func (l *load) waitBoth(ctx context.Context, t *testing.T, x, y string) {
 	t.Helper()
 	start := l.sent.Load()
-	waitFor(ctx, t, "traffic to "+x+" and "+y, func() bool {
+	testutil.WaitFor(ctx, t, "traffic to "+x+" and "+y, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.last[x] > start && l.last[y] > start
 	})
 }
 
+// TestFlipsUnderLoadNeverFail: under load, no call fails while the
+// weights flip between two connected clusters, 90/10 to 0/100 and back
+// with the traffic followed each time, then 200 times 100/0 to 0/100 as
+// fast as calls get through; over gRPC the flips reconnect nothing. Over
+// HTTP, a new cluster whose endpoint is not usable yet leaves the old
+// table serving until it is.
 func TestFlipsUnderLoadNeverFail(t *testing.T) {
-	ctx := testContext(t)
-	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
-	a, b := startBackend(t, "a"), startBackend(t, "b")
-	e.serve("cluster-a", a)
-	e.serve("cluster-b", b)
-	e.route(w("cluster-a", 90), w("cluster-b", 10))
-	warmUp(ctx, t, e, "a", "b")
+	forEachFrontEnd(t, func(t *testing.T, fe testFrontEnd) {
+		ctx := testutil.Context(t)
+		a, b := fe.backend(t, "a", nil), fe.backend(t, "b", nil)
+		fe.serve(testCluster("cluster-a"), a)
+		fe.serve(testCluster("cluster-b"), b)
+		split := func(wa, wb uint32) {
+			fe.routeAction(xdsclient.RouteAction{WeightedClusters: []xdsclient.ClusterWeight{w("cluster-a", wa), w("cluster-b", wb)}})
+		}
+		split(90, 10)
+		warmUp(ctx, t, fe.call, "a", "b")
 
-	l := startLoad(ctx, e, 8, 200000)
-	for range 20 {
-		e.route(w("cluster-a", 0), w("cluster-b", 100))
-		l.waitOnly(ctx, t, "b", 50)
-		e.route(w("cluster-a", 90), w("cluster-b", 10))
-		l.waitBoth(ctx, t, "a", "b")
-	}
-	l.finish(t)
-	t.Logf("%d RPCs across 40 config changes", l.sent.Load())
-	if a.conns.Load() != 1 || b.conns.Load() != 1 {
-		t.Errorf("flips between connected clusters reconnected: a has %d connections, b %d; want 1 each", a.conns.Load(), b.conns.Load())
-	}
+		l := startLoad(ctx, fe.call, 8, 400000)
+		for range 20 {
+			split(0, 100)
+			l.waitOnly(ctx, t, "b", 50)
+			split(90, 10)
+			l.waitBoth(ctx, t, "a", "b")
+		}
+		fastStart := l.sent.Load()
+		for i := range 200 {
+			if i%2 == 0 {
+				split(0, 100)
+			} else {
+				split(100, 0)
+			}
+			// Let some calls through each table.
+			start := l.sent.Load()
+			testutil.WaitFor(ctx, t, "calls between flips", func() bool { return l.sent.Load() > start+8 })
+		}
+		l.mu.Lock()
+		for _, name := range []string{"a", "b"} {
+			if l.last[name] <= fastStart {
+				t.Errorf("backend %s served nothing across the fast flips", name)
+			}
+		}
+		l.mu.Unlock()
+		if g, ok := fe.(*grpcFrontEnd); ok {
+			if ca, cb := g.backends[a].conns.Load(), g.backends[b].conns.Load(); ca != 1 || cb != 1 {
+				t.Errorf("flips between connected clusters reconnected: a has %d connections, b %d; want 1 each", ca, cb)
+			}
+		}
+
+		if _, ok := fe.(*httpFrontEnd); ok {
+			// A new cluster whose endpoints are not usable yet: the old
+			// table keeps serving until they are. (Only the RoundTripper's
+			// publisher waits for endpoints, waitForEndpoints: the gRPC
+			// one publishes such a table and fails fail-fast calls with
+			// "no usable endpoints".)
+			c := fe.backend(t, "c", nil)
+			fe.xds().clusters.set("cluster-c", testCluster("cluster-c"))
+			unusable := testEndpoints("cluster-c-eds", c)
+			unusable.Localities[0].Endpoints[0].Health = xdsclient.HealthUnhealthy
+			fe.xds().endpoints.set("cluster-c-eds", unusable)
+			fe.routeAction(xdsclient.RouteAction{Cluster: "cluster-c"})
+			start := l.sent.Load()
+			testutil.WaitFor(ctx, t, "calls while cluster-c has no usable endpoint", func() bool { return l.sent.Load() > start+50 })
+			fe.serve(testCluster("cluster-c"), c)
+			l.waitOnly(ctx, t, "c", 50)
+		}
+		l.finish(t)
+		t.Logf("%d calls across the config changes", l.sent.Load())
+	}, WithDrainGrace(10*time.Millisecond))
 }
 
 func TestNewClusterAndRemovedClusterUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	a, b, c := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")
 	e.serve("cluster-a", a)
 	e.serve("cluster-b", b)
 	e.route(w("cluster-a", 50), w("cluster-b", 50))
-	warmUp(ctx, t, e, "a", "b")
+	warmUp(ctx, t, e.call, "a", "b")
 
-	l := startLoad(ctx, e, 8, 200000)
+	l := startLoad(ctx, e.call, 8, 200000)
 	// A brand-new cluster takes all traffic; the old table serves until
 	// its connection is READY.
 	e.serve("cluster-c", c)
 	e.route(w("cluster-b", 50), w("cluster-c", 50))
 	l.waitBoth(ctx, t, "b", "c")
 	// cluster-a is gone: its connection drains and closes.
-	waitFor(ctx, t, "cluster-a's connection to drain", func() bool { return a.conns.Load() == 0 })
+	testutil.WaitFor(ctx, t, "cluster-a's connection to drain", func() bool { return a.conns.Load() == 0 })
 	// Replace cluster-b by a new cluster on the same backend address.
 	e.serve("cluster-b2", b)
 	e.route(w("cluster-b2", 50), w("cluster-c", 50))
 	l.waitBoth(ctx, t, "b", "c")
 	l.finish(t)
-	waitFor(ctx, t, "cluster-b's old connection to drain", func() bool { return b.conns.Load() == 1 })
+	testutil.WaitFor(ctx, t, "cluster-b's old connection to drain", func() bool { return b.conns.Load() == 1 })
 	if got := e.xds.activeWatches(); got != 1+1+2*2 { // LDS, RDS, CDS+EDS for b2 and c
 		t.Errorf("active watches = %d, want 6 (unused clusters' watches cancelled)", got)
 	}
 }
 
 func TestRouteByPathPrefix(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.serve("cluster-a", a)
@@ -243,7 +292,7 @@ func callUnary(ctx context.Context, e *testEnv) (string, error) {
 }
 
 func TestListenerAndRouteNotFound(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 
@@ -255,7 +304,7 @@ func TestListenerAndRouteNotFound(t *testing.T) {
 
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	waitFor(ctx, t, "RPCs to succeed once the listener exists", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to succeed once the listener exists", func() bool {
 		got, err := e.call(ctx)
 		return err == nil && got == "a"
 	})
@@ -270,35 +319,35 @@ func TestListenerAndRouteNotFound(t *testing.T) {
 	}
 
 	e.xds.routes.remove("rc")
-	waitFor(ctx, t, "RPCs to fail naming the route config", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the route config", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `route config "rc"`)
 	})
 }
 
 func TestClusterNotFoundFailsOnlyItsRPCs(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.xds.clusters.remove("cluster-missing")
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 	e.route(w("cluster-missing", 1))
-	waitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the missing cluster", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `cluster "cluster-missing"`)
 	})
 }
 
 func TestNoReadyEndpointNamesClusterAndError(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	dead := startBackend(t, "dead")
 	dead.srv.Stop() // its port now refuses connections
 	e.serve("cluster-dead", dead)
 	e.route(w("cluster-dead", 1))
-	waitFor(ctx, t, "RPCs to fail naming the cluster", func() bool {
+	testutil.WaitFor(ctx, t, "RPCs to fail naming the cluster", func() bool {
 		_, err := e.call(ctx)
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), `cluster "cluster-dead" has no ready endpoint; last connection error:`) &&
 			strings.Contains(err.Error(), "refused")
@@ -306,21 +355,21 @@ func TestNoReadyEndpointNamesClusterAndError(t *testing.T) {
 }
 
 func TestTLSChangeReplacesSubConns(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	// An equal cluster with fresh pointers keeps the connection.
 	e.serve("cluster-a", a)
 	tls := &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}, SNI: "a.test"}
 	withTLS := testCluster("cluster-a")
 	withTLS.TLS = tls
-	l := startLoad(ctx, e, 4, 100000)
+	l := startLoad(ctx, e.call, 4, 100000)
 	e.xds.clusters.set("cluster-a", withTLS)
-	waitFor(ctx, t, "a handshake with the new TLS settings", func() bool {
+	testutil.WaitFor(ctx, t, "a handshake with the new TLS settings", func() bool {
 		for _, h := range e.creds.handshakes() {
 			if h.Cluster == "cluster-a" && h.TLS == tls {
 				return true
@@ -328,7 +377,7 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(ctx, t, "the plaintext connection to drain", func() bool { return a.conns.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the plaintext connection to drain", func() bool { return a.conns.Load() == 1 })
 	l.finish(t)
 	hs := e.creds.handshakes()
 	if len(hs) != 2 || hs[0].TLS != nil || hs[0].Cluster != "cluster-a" {
@@ -337,23 +386,23 @@ func TestTLSChangeReplacesSubConns(t *testing.T) {
 }
 
 func TestCloseCancelsWatches(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 	if got := e.xds.activeWatches(); got != 4 {
 		t.Fatalf("active watches = %d, want 4 (LDS, RDS, CDS, EDS)", got)
 	}
 	if err := e.conn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, "watches to be cancelled", func() bool { return e.xds.activeWatches() == 0 })
+	testutil.WaitFor(ctx, t, "watches to be cancelled", func() bool { return e.xds.activeWatches() == 0 })
 }
 
 func TestInlineRouteConfigAndListenerTemplate(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithListenerNameTemplate("xdstp://mesh/envoy.config.listener.v3.Listener/%s"))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
@@ -367,17 +416,17 @@ func TestInlineRouteConfigAndListenerTemplate(t *testing.T) {
 }
 
 func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	slow, gate := startGatedBackend(t, "slow")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-slow", slow)
 	e.route(w("cluster-slow", 1))
-	waitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "a connection attempt to the new cluster", func() bool {
 		return len(e.creds.handshakes()) == 2
 	})
 	// While cluster-slow connects, the old table keeps serving: RPCs
@@ -391,26 +440,26 @@ func TestNewTableWaitsUntilNewClusterIsReady(t *testing.T) {
 		}
 	}
 	gate.release()
-	waitFor(ctx, t, "traffic to switch to the new cluster", func() bool {
+	testutil.WaitFor(ctx, t, "traffic to switch to the new cluster", func() bool {
 		got, err := e.call(ctx)
 		return err == nil && got == "slow"
 	})
 }
 
 func TestPublishTimeoutBoundsTheWait(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(20*time.Millisecond))
 	a := startBackend(t, "a")
 	hung, _ := startGatedBackend(t, "hung")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
 	e.serve("cluster-hung", hung)
 	e.route(w("cluster-hung", 1))
 	// After the timeout the new table is published even though its
 	// cluster never got ready: RPCs then wait for it.
-	waitFor(ctx, t, "the new table to be published", func() bool {
+	testutil.WaitFor(ctx, t, "the new table to be published", func() bool {
 		rpcCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
 		_, err := e.call(rpcCtx)
@@ -419,14 +468,14 @@ func TestPublishTimeoutBoundsTheWait(t *testing.T) {
 }
 
 func TestEndpointChangeUnderLoad(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithDrainGrace(10*time.Millisecond))
 	old1, old2, new1 := startBackend(t, "old1"), startBackend(t, "old2"), startBackend(t, "new1")
 	e.serve("cluster-a", old1, old2)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "old1", "old2") // round robin reaches both
+	warmUp(ctx, t, e.call, "old1", "old2") // round robin reaches both
 
-	l := startLoad(ctx, e, 8, 200000)
+	l := startLoad(ctx, e.call, 8, 200000)
 	// Replace every endpoint of the cluster at once; unhealthy and
 	// draining endpoints never get traffic.
 	eps := testEndpoints("cluster-a-eds", new1.addr)
@@ -436,13 +485,13 @@ func TestEndpointChangeUnderLoad(t *testing.T) {
 	e.xds.endpoints.set("cluster-a-eds", eps)
 	l.waitOnly(ctx, t, "new1", 100)
 	l.finish(t)
-	waitFor(ctx, t, "the removed endpoints' connections to drain", func() bool {
+	testutil.WaitFor(ctx, t, "the removed endpoints' connections to drain", func() bool {
 		return old1.conns.Load() == 0 && old2.conns.Load() == 0
 	})
 }
 
 func TestLogicalDNSCluster(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a := startBackend(t, "a")
 	e.xds.clusters.set("dns", &xdsclient.Cluster{Name: "dns", Type: xdsclient.ClusterLogicalDNS, DNSAddress: a.addr})
@@ -476,10 +525,10 @@ func TestUsableAddresses(t *testing.T) {
 }
 
 func TestErrorBeforeFirstSnapshotFailsRPCs(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	e.conn.Connect() // builds the resolver, which watches the listener
-	waitFor(ctx, t, "the listener watch", func() bool { return e.xds.activeWatches() == 1 })
+	testutil.WaitFor(ctx, t, "the listener watch", func() bool { return e.xds.activeWatches() == 1 })
 	e.xds.listeners.fail(testTarget, errors.New("listener svc.test:80: filter_chains[0]: unsupported filter"))
 	_, err := e.call(ctx)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unsupported filter") {
@@ -512,14 +561,14 @@ func TestEqualTLS(t *testing.T) {
 // xDS stream reconnecting, say) do not fail calls: the old endpoints keep
 // serving until the endpoints return or the publish timeout passes.
 func TestVanishingEndpointsDoNotFailCalls(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t, WithPublishTimeout(time.Minute))
 	a := startBackend(t, "a")
 	e.serve("cluster-a", a)
 	e.route(w("cluster-a", 1))
-	warmUp(ctx, t, e, "a")
+	warmUp(ctx, t, e.call, "a")
 
-	l := startLoad(ctx, e, 4, 200000)
+	l := startLoad(ctx, e.call, 4, 200000)
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds")) // none
 	l.waitOnly(ctx, t, "a", 200)
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))

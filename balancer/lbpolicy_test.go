@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -108,7 +109,7 @@ func TestRequestHash(t *testing.T) {
 }
 
 func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	backends := []*backend{startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")}
 	e.serve("c", backends...)
@@ -118,8 +119,8 @@ func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
 	e.routeAction(xdsclient.RouteAction{Cluster: "c", HashPolicies: []xdsclient.HashPolicy{{Kind: xdsclient.HashHeader, Name: "x-user"}}})
 	// Without x-user the hash is random: once every backend served, every
 	// one is READY and on the ring.
-	warmUp(ctx, t, e, "a", "b", "c")
-	waitFor(ctx, t, "the ring hash table", func() bool {
+	warmUp(ctx, t, e.call, "a", "b", "c")
+	testutil.WaitFor(ctx, t, "the ring hash table", func() bool {
 		r := e.builderRoute(t)
 		return r != nil && len(r.Action.HashPolicies) == 1
 	})
@@ -143,7 +144,7 @@ func TestGRPCRingHashKeepsAUserOnOneBackend(t *testing.T) {
 }
 
 func TestGRPCLeastRequestServes(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.serve("c", a, b)
@@ -151,7 +152,7 @@ func TestGRPCLeastRequestServes(t *testing.T) {
 	cluster.LBPolicy = xdsclient.LBLeastRequest
 	e.xds.clusters.set("c", cluster)
 	e.route(w("c", 1))
-	warmUp(ctx, t, e, "a", "b")
+	warmUp(ctx, t, e.call, "a", "b")
 	counts := callMany(ctx, t, e.call, 400, 4)
 	if counts["a"] == 0 || counts["b"] == 0 {
 		t.Errorf("least_request used only %v", counts)
@@ -159,7 +160,7 @@ func TestGRPCLeastRequestServes(t *testing.T) {
 }
 
 func TestRoundTripperRingHash(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var backends []*httpBackend
 	for _, name := range []string{"a", "b", "c"} {
@@ -171,7 +172,7 @@ func TestRoundTripperRingHash(t *testing.T) {
 	e.xds.clusters.set("cluster-a", cluster)
 	e.route(actionRouteConfig("rc", xdsclient.RouteAction{Cluster: "cluster-a",
 		HashPolicies: []xdsclient.HashPolicy{{Kind: xdsclient.HashQueryParameter, Name: "user"}}}))
-	waitFor(ctx, t, "the ring hash table", func() bool {
+	testutil.WaitFor(ctx, t, "the ring hash table", func() bool {
 		ch, err := e.rt.channel(testTarget)
 		if err != nil {
 			return false

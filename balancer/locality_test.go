@@ -1,10 +1,12 @@
 package balancer
 
 import (
+	"context"
 	"slices"
 	"sync/atomic"
 	"testing"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -99,16 +101,28 @@ func twoLocalities(name string, a, b *backend, wa, wb, pa, pb uint32) *xdsclient
 }
 
 func TestGRPCLocalityWeights(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	e.xds.clusters.set("c", testCluster("c"))
 	e.xds.endpoints.set("c-eds", twoLocalities("c-eds", a, b, 1, 3, 0, 0))
 	e.route(w("c", 1))
-	waitFor(ctx, t, "both localities", func() bool {
+	counts := cycleCounts(ctx, t, e.call, e.call)
+	if counts["a"] != 32 || counts["b"] != 96 {
+		t.Errorf("split %v, want a:32 b:96 (locality weights 1:3)", counts)
+	}
+}
+
+// cycleCounts waits until eight warm calls in a row reach both backends
+// "a" and "b", then counts the backends of 128 calls. Weighted round robin
+// over locality weights 1:3 repeats a cycle of 64 picks (16 + 48), so any
+// 128 consecutive picks of one channel split exactly 32/96.
+func cycleCounts(ctx context.Context, t *testing.T, warm, call func(context.Context) (string, error)) map[string]int {
+	t.Helper()
+	testutil.WaitFor(ctx, t, "both localities", func() bool {
 		seen := map[string]bool{}
 		for range 8 {
-			name, err := e.call(ctx)
+			name, err := warm(ctx)
 			if err != nil {
 				return false
 			}
@@ -116,29 +130,25 @@ func TestGRPCLocalityWeights(t *testing.T) {
 		}
 		return seen["a"] && seen["b"]
 	})
-	// The schedule is a cycle of 64 picks (16 + 48): any 128 consecutive
-	// picks of one channel split exactly 32/96.
 	counts := map[string]int{}
 	for range 128 {
-		name, err := e.call(ctx)
+		name, err := call(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		counts[name]++
 	}
-	if counts["a"] != 32 || counts["b"] != 96 {
-		t.Errorf("split %v, want a:32 b:96 (locality weights 1:3)", counts)
-	}
+	return counts
 }
 
 func TestGRPCPriorityFailover(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newTestEnv(t)
 	primary, secondary := startBackend(t, "primary"), startBackend(t, "secondary")
 	e.xds.clusters.set("c", testCluster("c"))
 	e.xds.endpoints.set("c-eds", twoLocalities("c-eds", primary, secondary, 1, 1, 0, 1))
 	e.route(w("c", 1))
-	waitFor(ctx, t, "the first RPC", func() bool {
+	testutil.WaitFor(ctx, t, "the first RPC", func() bool {
 		_, err := e.call(ctx)
 		return err == nil
 	})
@@ -148,7 +158,7 @@ func TestGRPCPriorityFailover(t *testing.T) {
 		}
 	}
 	primary.srv.Stop()
-	waitFor(ctx, t, "failover to priority 1", func() bool {
+	testutil.WaitFor(ctx, t, "failover to priority 1", func() bool {
 		name, _ := e.call(ctx)
 		return name == "secondary"
 	})

@@ -2,14 +2,12 @@ package balancer
 
 import (
 	"context"
-	"net/http"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/status"
-
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -26,46 +24,57 @@ func failurePercentageDetection() *xdsclient.OutlierDetection {
 	}
 }
 
-func TestGRPCOutlierDetectionEjectsAndReturnsAFailingBackend(t *testing.T) {
-	ctx := testContext(t)
-	clock := newFakeClock()
-	e := newTestEnv(t, WithClock(clock))
-	good, goodSvc := startScriptedBackend(t, func(context.Context, int64) error { return nil })
-	bad, badSvc := startScriptedBackend(t, func(context.Context, int64) error { return status.Error(codes.Internal, "broken") })
-	c := testCluster("c")
-	c.OutlierDetection = failurePercentageDetection()
-	e.xds.clusters.set("c", c)
-	e.xds.endpoints.set("c-eds", testEndpoints("c-eds", good.addr, bad.addr))
-	e.route(w("c", 1))
+// TestOutlierDetectionEjectsAndReturnsAFailingBackend: of two endpoints,
+// the one failing every call is ejected at the detector's next interval
+// (no call reaches it, every call succeeds on the other) and gets calls
+// again after the base ejection time.
+func TestOutlierDetectionEjectsAndReturnsAFailingBackend(t *testing.T) {
+	forEachFrontEndWithClock(t, func(t *testing.T, fe testFrontEnd, clock *fakeClock) {
+		ctx := testutil.Context(t)
+		var goodCalls, badCalls atomic.Int64
+		good := fe.backend(t, "good", func(context.Context) error { goodCalls.Add(1); return nil })
+		bad := fe.backend(t, "bad", func(context.Context) error { badCalls.Add(1); return errors.New("broken") })
+		c := testCluster("c")
+		c.OutlierDetection = failurePercentageDetection()
+		fe.serve(c, good, bad)
+		fe.routeAction(xdsclient.RouteAction{Cluster: "c"})
 
-	// Round robin over both: wait until both are ready and serve.
-	waitFor(ctx, t, "both backends to serve", func() bool {
-		_, _ = e.client.EmptyCall(ctx, &testpb.Empty{})
-		return goodSvc.calls.Load() > 0 && badSvc.calls.Load() > 0
-	})
-	clock.waitTimers(ctx, t, 1) // the detector's interval timer
-	for range 20 {
-		_, _ = e.client.EmptyCall(ctx, &testpb.Empty{})
-	}
-	clock.Advance(time.Second)
-
-	before := badSvc.calls.Load()
-	for i := range 20 {
-		if _, err := e.client.EmptyCall(ctx, &testpb.Empty{}); err != nil {
-			t.Fatalf("RPC %d after the ejection: %v, want every RPC on the good backend", i, err)
+		for range 20 {
+			_, _ = fe.call(ctx)
 		}
-	}
-	if n := badSvc.calls.Load() - before; n != 0 {
-		t.Fatalf("ejected backend got %d RPCs", n)
-	}
-
-	// Ten seconds (base ejection time x multiplier 1) later it is back.
-	for range 10 {
+		if _, ok := fe.(*httpFrontEnd); ok && badCalls.Load() == 0 {
+			// The RoundTripper dials on demand: round robin reaches both at once.
+			t.Fatal("round robin never reached the failing backend")
+		}
+		// Round robin over both: wait until both are ready and serve.
+		testutil.WaitFor(ctx, t, "both backends to serve", func() bool {
+			_, _ = fe.call(ctx)
+			return goodCalls.Load() > 0 && badCalls.Load() > 0
+		})
+		clock.waitTimers(ctx, t, 1) // the detector's interval timer
+		for range 20 {
+			_, _ = fe.call(ctx)
+		}
 		clock.Advance(time.Second)
-	}
-	waitFor(ctx, t, "the ejected backend to get traffic again", func() bool {
-		_, _ = e.client.EmptyCall(ctx, &testpb.Empty{})
-		return badSvc.calls.Load() > before
+
+		before := badCalls.Load()
+		for i := range 20 {
+			if name, err := fe.call(ctx); err != nil || name != "good" {
+				t.Fatalf("call %d after the ejection: %q, %v; want every call on the good backend", i, name, err)
+			}
+		}
+		if n := badCalls.Load() - before; n != 0 {
+			t.Fatalf("ejected backend got %d calls", n)
+		}
+
+		// Ten seconds (base ejection time x multiplier 1) later it is back.
+		for range 10 {
+			clock.Advance(time.Second)
+		}
+		testutil.WaitFor(ctx, t, "the ejected backend to get calls again", func() bool {
+			_, _ = fe.call(ctx)
+			return badCalls.Load() > before
+		})
 	})
 }
 
@@ -126,47 +135,4 @@ func TestOutlierDetectorSuccessRateAndMultiplier(t *testing.T) {
 	if stats["f"].ejected.Load() {
 		t.Fatal("f still ejected after max_ejection_time")
 	}
-}
-
-func TestRoundTripperOutlierDetection(t *testing.T) {
-	ctx := testContext(t)
-	clock := newFakeClock()
-	e := newHTTPEnv(t, WithClock(clock))
-	good := startHTTPBackend(t, "good", http1Plain, nil)
-	bad := startHTTPBackend(t, "bad", http1Plain, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
-	c := testCluster("c")
-	c.OutlierDetection = failurePercentageDetection()
-	e.xds.clusters.set("c", c)
-	e.xds.endpoints.set("c-eds", testEndpoints("c-eds", good.addr, bad.addr))
-	e.route(weightedRouteConfig("rc", w("c", 1)))
-
-	badHits := func() int {
-		bad.mu.Lock()
-		defer bad.mu.Unlock()
-		return bad.hits["/"]
-	}
-	for range 20 {
-		_, _, _ = e.get(ctx, "/")
-	}
-	if badHits() == 0 {
-		t.Fatal("round robin never reached the failing backend")
-	}
-	clock.waitTimers(ctx, t, 1)
-	clock.Advance(time.Second)
-	before := badHits()
-	for i := range 20 {
-		if name, _, err := e.get(ctx, "/"); err != nil || name != "good" {
-			t.Fatalf("request %d after the ejection: %q, %v; want the good backend", i, name, err)
-		}
-	}
-	if badHits() != before {
-		t.Fatal("the ejected backend got requests")
-	}
-	for range 10 {
-		clock.Advance(time.Second)
-	}
-	waitFor(ctx, t, "the ejected backend to get requests again", func() bool {
-		_, _, _ = e.get(ctx, "/")
-		return badHits() > before
-	})
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 )
 
@@ -165,7 +166,7 @@ func (e *httpEnv) get(ctx context.Context, path string) (string, *http.Response,
 var plainTLS = &xdsclient.UpstreamTLS{Roots: xdsclient.CertificateRef{Provider: "default", Certificate: "ROOTCA"}}
 
 func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t, WithPlaintextHTTP2())
 	secure := startHTTPBackend(t, "secure", tlsALPN, nil)
 	h2c := startHTTPBackend(t, "h2c", h2cPlain, nil)
@@ -204,7 +205,7 @@ func TestRoundTripperHTTP2OverTLSAndH2C(t *testing.T) {
 }
 
 func TestRoundTripperMatchesHeadersAndQuery(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	a := startHTTPBackend(t, "a", http1Plain, nil)
 	b := startHTTPBackend(t, "b", http1Plain, nil)
@@ -256,80 +257,12 @@ func TestRoundTripperMatchesHeadersAndQuery(t *testing.T) {
 	}
 }
 
-func TestRoundTripperNeverFailsOverWeightFlips(t *testing.T) {
-	ctx := testContext(t)
-	e := newHTTPEnv(t, WithDrainGrace(10*time.Millisecond))
-	a := startHTTPBackend(t, "a", http1Plain, nil)
-	b := startHTTPBackend(t, "b", http1Plain, nil)
-	e.serve("cluster-a", nil, a)
-	e.serve("cluster-b", nil, b)
-	e.route(weightedRouteConfig("rc", w("cluster-a", 100), w("cluster-b", 0)))
-
-	var sent, failures atomic.Int64
-	var firstErr atomic.Value
-	var served sync.Map
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				sent.Add(1)
-				got, _, err := e.get(ctx, "/")
-				if err != nil {
-					failures.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				served.Store(got, true)
-			}
-		})
-	}
-	for i := range 200 {
-		if i%2 == 0 {
-			e.route(weightedRouteConfig("rc", w("cluster-a", 0), w("cluster-b", 100)))
-		} else {
-			e.route(weightedRouteConfig("rc", w("cluster-a", 100), w("cluster-b", 0)))
-		}
-		// Let some requests through each table.
-		start := sent.Load()
-		waitFor(ctx, t, "requests between flips", func() bool { return sent.Load() > start+8 })
-	}
-	for _, name := range []string{"a", "b"} {
-		if _, ok := served.Load(name); !ok {
-			t.Errorf("backend %s served nothing across the flips", name)
-		}
-	}
-	// A new cluster whose endpoints are not usable yet: the old table keeps
-	// serving until they are.
-	c := startHTTPBackend(t, "c", http1Plain, nil)
-	e.xds.clusters.set("cluster-c", testCluster("cluster-c"))
-	unusable := testEndpoints("cluster-c-eds", c.addr)
-	unusable.Localities[0].Endpoints[0].Health = xdsclient.HealthUnhealthy
-	e.xds.endpoints.set("cluster-c-eds", unusable)
-	e.route(weightedRouteConfig("rc", w("cluster-c", 100)))
-	start := sent.Load()
-	waitFor(ctx, t, "requests while cluster-c has no endpoints", func() bool { return sent.Load() > start+50 })
-	e.serve("cluster-c", nil, c)
-	waitFor(ctx, t, "traffic to cluster-c", func() bool { _, ok := served.Load("c"); return ok })
-	close(stop)
-	wg.Wait()
-	if n := failures.Load(); n > 0 {
-		t.Fatalf("%d of %d requests failed across 201 config changes; first: %v", n, sent.Load(), firstErr.Load())
-	}
-	t.Logf("%d requests across 201 config changes", sent.Load())
-}
-
 func httpRetryPolicy(retries uint32) *xdsclient.RetryPolicy {
 	return &xdsclient.RetryPolicy{NumRetries: retries, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
 }
 
 func TestRoundTripperRetries(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	var failNext atomic.Int64
 	var bodies []string
@@ -419,7 +352,7 @@ func TestRoundTripperRetries(t *testing.T) {
 }
 
 func TestRoundTripperNoRoutesYet(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t, WithPublishTimeout(time.Millisecond))
 	_, _, err := e.get(ctx, "/")
 	var unavailable *UnavailableError
@@ -428,7 +361,7 @@ func TestRoundTripperNoRoutesYet(t *testing.T) {
 	}
 	e.xds.listeners.remove(testTarget)
 	// The error names what was looked up and how the control plane names it.
-	waitFor(ctx, t, "the listener's absence to be reported", func() bool {
+	testutil.WaitFor(ctx, t, "the listener's absence to be reported", func() bool {
 		_, _, err := e.get(ctx, "/")
 		return errors.Is(err, ErrResourceNotFound) && strings.Contains(err.Error(), `listener "`+testTarget+`"`) &&
 			strings.Contains(err.Error(), `"host:port"`)
@@ -445,7 +378,7 @@ func TestRoundTripperNoRoutesYet(t *testing.T) {
 // endpoint yet waits for one, as gRPC's wait-for-ready does, and gives up
 // only when its context ends, naming the cluster.
 func TestRoundTripperWaitsForItsCluster(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	e := newHTTPEnv(t)
 	a := startHTTPBackend(t, "a", http1Plain, nil)
 	e.xds.clusters.set("cluster-a", testCluster("cluster-a"))
@@ -458,7 +391,7 @@ func TestRoundTripperWaitsForItsCluster(t *testing.T) {
 		_, _, err := e.get(short, "/early")
 		errs <- err
 	}()
-	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
 	cancel()
 	err := <-errs
 	var unavailable *UnavailableError
@@ -475,7 +408,7 @@ func TestRoundTripperWaitsForItsCluster(t *testing.T) {
 		backend, _, err := e.get(ctx, "/held")
 		done <- result{backend, err}
 	}()
-	waitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
+	testutil.WaitFor(ctx, t, "the request to wait for the cluster", func() bool { return e.rt.waiting.Load() == 1 })
 	e.xds.endpoints.set("cluster-a-eds", testEndpoints("cluster-a-eds", a.addr))
 	if r := <-done; r.err != nil || r.backend != "a" {
 		t.Fatalf("held request: %q, %v; want served by a once the endpoint arrived", r.backend, r.err)

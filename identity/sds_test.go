@@ -92,13 +92,7 @@ func peerSerial(_ any, stream grpc.ServerStream) error {
 
 func serve(t *testing.T, creds credentials.TransportCredentials) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(peerSerial))
-	testutil.Serve(t, srv, lis)
-	return lis.Addr().String()
+	return testutil.Start(t, grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(peerSerial)))
 }
 
 // askPeer makes one RPC on a new connection, so a new handshake, and

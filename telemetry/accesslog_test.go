@@ -62,8 +62,7 @@ func (r router) HandleRPC(ctx context.Context, rs stats.RPCStats) {
 }
 
 func TestGRPCAccessLogAndRequestID(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	var clientLog, serverLog logBuffer
 	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
 	serverTP, _ := newRecordingProvider(t, nil)
@@ -229,8 +228,7 @@ func TestAccessLogFilterAndSampling(t *testing.T) {
 // The router's route info is shared by a call's attempts; the attempt
 // number comes from the header the retry interceptor sets (gRFC A6).
 func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
 	clientCreds, serverCreds := mtlsPair(t)
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}

@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
@@ -113,8 +114,7 @@ func TestB3Extract(t *testing.T) {
 }
 
 func TestB3OverGRPCSendsParentSpanID(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	for _, single := range []bool{false, true} {
 		prop := telemetry.B3{SingleHeader: single}
 		env := newTestEnv(t, envConfig{

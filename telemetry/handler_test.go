@@ -2,12 +2,10 @@ package telemetry_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"regexp"
 	"testing"
-	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
@@ -23,11 +21,12 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
 // testTimeout bounds every wait in these tests; hitting it fails the test.
-const testTimeout = 15 * time.Second
+const testTimeout = testutil.HangGuard
 
 // observation is what the test service saw of one request.
 type observation struct {
@@ -157,14 +156,7 @@ func newTestEnv(t *testing.T, cfg envConfig) *testEnv {
 	serverHandler := telemetry.NewServerHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.callee.provider)}, cfg.serverOpts...)...)
 	srv := grpc.NewServer(grpc.StatsHandler(endNotifier{Handler: serverHandler, ends: env.callee.ends}))
 	healthpb.RegisterHealthServer(srv, env.service)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	testutil.Serve(t, srv, lis)
 
 	clientHandler := telemetry.NewClientHandler(append([]telemetry.GRPCOption{telemetry.WithTracerProvider(env.caller.provider)}, cfg.clientOpts...)...)
 	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
@@ -219,8 +211,7 @@ func wantAttr(t *testing.T, s sdktrace.ReadOnlySpan, key string, want attribute.
 }
 
 func TestServerSpanIsChildOfClientSpan(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	workload := attribute.String("mesh.workload", "checkout")
 	env := newTestEnv(t, envConfig{
 		clientOpts: []telemetry.GRPCOption{telemetry.WithAttributes(workload)},
@@ -302,8 +293,7 @@ func TestErrorStatusIsRecorded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.code.String(), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-			defer cancel()
+			ctx := testutil.Context(t)
 			env := newTestEnv(t, envConfig{})
 
 			_, err := env.client.Check(ctx, &healthpb.HealthCheckRequest{Service: tt.service})
@@ -335,8 +325,7 @@ func TestErrorStatusIsRecorded(t *testing.T) {
 var unsampledTraceparent = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-00$`)
 
 func TestNeverSampledTraceStillPropagates(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	env := newTestEnv(t, envConfig{clientSampler: sdktrace.NeverSample()})
 
 	if _, err := env.client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
@@ -369,8 +358,7 @@ func TestNeverSampledTraceStillPropagates(t *testing.T) {
 }
 
 func TestUnsampledClientParentsSampledServer(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	// A server that samples regardless still joins the client's trace.
 	env := newTestEnv(t, envConfig{clientSampler: sdktrace.NeverSample(), serverSampler: sdktrace.AlwaysSample()})
 
@@ -394,8 +382,7 @@ func TestUnsampledClientParentsSampledServer(t *testing.T) {
 // asked about every child of an unsampled parent: the shortcut that skips
 // such children is for parent-based samplers only.
 func TestRatioSamplerStillAskedUnderUnsampledParent(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	// Keeps all but one trace ID in ten million, without looking at parents.
 	env := newTestEnv(t, envConfig{clientSampler: sdktrace.NeverSample(), serverSampler: sdktrace.TraceIDRatioBased(1 - 1e-7)})
 
@@ -412,8 +399,7 @@ func TestRatioSamplerStillAskedUnderUnsampledParent(t *testing.T) {
 }
 
 func TestBaggagePropagates(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	env := newTestEnv(t, envConfig{})
 
 	member, err := baggage.NewMember("tenant", "acme")
@@ -434,8 +420,7 @@ func TestBaggagePropagates(t *testing.T) {
 }
 
 func TestStaleTraceparentIsReplaced(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	env := newTestEnv(t, envConfig{})
 
 	// As if a service forwarded the metadata it received to its own upstream.
@@ -457,8 +442,7 @@ func TestStaleTraceparentIsReplaced(t *testing.T) {
 }
 
 func TestStreamingRPCSpans(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	env := newTestEnv(t, envConfig{})
 
 	stream, err := env.client.Watch(ctx, &healthpb.HealthCheckRequest{})

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"mesh/identity/identitytest"
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
@@ -31,8 +32,7 @@ type httpSeen struct {
 }
 
 func TestHTTPMiddlewareAndTransport(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
@@ -199,8 +199,7 @@ func TestHTTPMiddlewareAndTransport(t *testing.T) {
 }
 
 func TestHTTPMutualTLSPrincipals(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	ca, err := identitytest.NewCA("cluster.local")
@@ -271,8 +270,7 @@ func (rt routingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func TestHTTPTransportRecordsRouteAndFailures(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	mp, reader := newMeter(t)
 	tp, spans := newRecordingProvider(t, sdktrace.AlwaysSample())
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"maps"
 	"net"
 	"slices"
@@ -25,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"mesh/identity/identitytest"
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
@@ -246,14 +246,7 @@ func startPair(t *testing.T, cfg pairConfig) *grpcPair {
 			grpc.ChainStreamInterceptor(sh.StreamInterceptor()))
 	}
 	healthpb.RegisterHealthServer(srv, p.service)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	testutil.Serve(t, srv, lis)
 
 	clientCreds := cfg.clientCreds
 	if clientCreds == nil {
@@ -330,8 +323,7 @@ func TestGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T) {
 }
 
 func testGRPCMetricsCarryIstioLabelsOnBothSides(t *testing.T, interceptors bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	clientCreds, serverCreds := mtlsPair(t)
@@ -433,8 +425,7 @@ func TestGRPCStreamingLearnsPeerMetadata(t *testing.T) {
 }
 
 func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	serverMeter, serverReader := newMeter(t)
 	p := startPair(t, pairConfig{
@@ -471,8 +462,7 @@ func testGRPCStreamingLearnsPeerMetadata(t *testing.T, interceptors bool) {
 }
 
 func TestGRPCWithoutPeerMetadataReportsUnknown(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	clientMeter, clientReader := newMeter(t)
 	// Neither side names its workload: nothing is exchanged.
 	p := startPair(t, pairConfig{clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(clientMeter)}})
@@ -502,8 +492,7 @@ func TestGRPCWithoutPeerMetadataReportsUnknown(t *testing.T) {
 }
 
 func TestGRPCConnectionFailureIsFlagged(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	mp, reader := newMeter(t)
 	// A port nothing listens on: take one, then close it.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -567,8 +556,7 @@ func waitRequests(ctx context.Context, t *testing.T, reader *sdkmetric.ManualRea
 }
 
 func TestServerOptionsSendPeerMetadata(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	mp, reader := newMeter(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -576,12 +564,7 @@ func TestServerOptionsSendPeerMetadata(t *testing.T) {
 	}
 	srv := grpc.NewServer(telemetry.NewServerHandler(telemetry.WithWorkload(payments)).ServerOptions()...)
 	healthpb.RegisterHealthServer(srv, &healthService{seen: make(chan observation, 4)})
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	testutil.Serve(t, srv, lis)
 	ends := make(chan struct{}, 4)
 	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

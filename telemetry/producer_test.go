@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 	"mesh/telemetry/otelsdk"
 )
@@ -27,8 +28,7 @@ import (
 // two scrapes to be the same text: names, help, types, units, scope
 // labels, Istio's labels, Envoy's buckets and values.
 func TestProducerScrapesLikeTheSDK(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	scrape := func(withProducer bool) string {
 		registry := prometheus.NewRegistry()
 		promOpts := []otelprom.Option{otelprom.WithRegisterer(registry), otelprom.WithoutTargetInfo()}
@@ -99,8 +99,7 @@ func lineDiff(a, b string) string {
 // span as an exemplar, as the SDK's trace-based exemplar filter gives
 // them; an unsampled call's carry none.
 func TestProducerKeepsExemplars(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	for _, sampled := range []bool{true, false} {
 		sampler := sdktrace.NeverSample()
 		if sampled {

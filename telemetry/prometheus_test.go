@@ -20,6 +20,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"mesh/internal/testutil"
 	"mesh/telemetry"
 )
 
@@ -27,8 +28,7 @@ import (
 // exporter through promhttp and checks that metric names, types, labels and
 // buckets are exactly those Istio's dashboards query.
 func TestPrometheusNamesAreIstios(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
+	ctx := testutil.Context(t)
 	registry := prometheus.NewRegistry()
 	exporter, err := otelprom.New(otelprom.WithRegisterer(registry), otelprom.WithoutScopeInfo(), otelprom.WithoutTargetInfo())
 	if err != nil {

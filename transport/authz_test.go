@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"mesh/identity"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -214,49 +215,12 @@ func authzServer(t *testing.T, f fixture, filters []xdsclient.HTTPFilter, logger
 		grpc.UnknownServiceHandler(whoami))
 	// A registered unary service, to exercise the unary interceptor.
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 	return lis.Addr().String()
 }
 
-// recordLog is a slog handler that keeps every record's message and attrs.
-type recordLog chan string
-
-func (r recordLog) Enabled(context.Context, slog.Level) bool { return true }
-func (r recordLog) Handle(_ context.Context, rec slog.Record) error {
-	var b strings.Builder
-	b.WriteString(rec.Level.String() + " " + rec.Message)
-	rec.Attrs(func(a slog.Attr) bool {
-		b.WriteString(" " + a.Key + "=" + a.Value.String())
-		return true
-	})
-	select {
-	case r <- b.String():
-	default:
-	}
-	return nil
-}
-func (r recordLog) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r recordLog) WithGroup(string) slog.Handler      { return r }
-
-func (r recordLog) await(ctx context.Context, t *testing.T, substr string) string {
-	t.Helper()
-	for {
-		select {
-		case line := <-r:
-			if strings.Contains(line, substr) {
-				return line
-			}
-		case <-ctx.Done():
-			t.Fatalf("no log line containing %q", substr)
-			return ""
-		}
-	}
-}
-
 func TestAuthorizerOverGRPC(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	intruderProviders := transport.ProviderMap{"default": staticSource(t, f, otherID)}
 	filters := []xdsclient.HTTPFilter{
@@ -277,7 +241,7 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 		}),
 		routerFilter(),
 	}
-	logs := make(recordLog, 64)
+	logs := testutil.NewLogs(slog.LevelDebug)
 	addr := authzServer(t, f, filters, slog.New(logs))
 
 	checkout := dial(t, addr, mtlsInfo(exact(serverID)), transport.NewClientCredentials(f.client))
@@ -290,7 +254,7 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("unauthorized principal: err = %v, want PermissionDenied", err)
 	}
-	if line := logs.await(ctx, t, "rbac: request denied"); !strings.Contains(line, "filter=envoy.filters.http.rbac ") || !strings.Contains(line, otherID) {
+	if line := logs.Await(ctx, t, "rbac: request denied"); !strings.Contains(line, "filter=envoy.filters.http.rbac ") || !strings.Contains(line, otherID) {
 		t.Errorf("denial log = %q", line)
 	}
 
@@ -301,7 +265,7 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(intruder).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("unauthorized unary call: err = %v, want PermissionDenied", err)
 	}
-	if line := logs.await(ctx, t, "rbac: request denied"); !strings.Contains(line, "path=/grpc.health.v1.Health/Check") {
+	if line := logs.Await(ctx, t, "rbac: request denied"); !strings.Contains(line, "path=/grpc.health.v1.Health/Check") {
 		t.Errorf("unary denial log = %q", line)
 	}
 
@@ -309,7 +273,7 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 	if _, err := call(ctx, plaintext); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("plaintext caller: err = %v, want PermissionDenied", err)
 	}
-	logs.await(ctx, t, "rbac: request denied")
+	logs.Await(ctx, t, "rbac: request denied")
 
 	// DENY wins over ALLOW, on streams too.
 	stream, err := checkout.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/mesh.test.Admin/Wipe")
@@ -322,7 +286,7 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 	if err := stream.RecvMsg(new(struct{})); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("denied stream: err = %v, want PermissionDenied", err)
 	}
-	if line := logs.await(ctx, t, "rbac: request denied"); !strings.Contains(line, "policy=ns[default]-policy[deny-admin]-rule[0]") {
+	if line := logs.Await(ctx, t, "rbac: request denied"); !strings.Contains(line, "policy=ns[default]-policy[deny-admin]-rule[0]") {
 		t.Errorf("denial log = %q, want the DENY policy named", line)
 	}
 
@@ -331,13 +295,13 @@ func TestAuthorizerOverGRPC(t *testing.T) {
 	if _, err := call(mdCtx, checkout); err != nil {
 		t.Fatalf("audited call refused: %v", err)
 	}
-	if line := logs.await(ctx, t, "rbac: audit policy matched"); !strings.Contains(line, "audit-deletes") {
+	if line := logs.Await(ctx, t, "rbac: audit policy matched"); !strings.Contains(line, "audit-deletes") {
 		t.Errorf("audit log = %q", line)
 	}
 }
 
 func TestAuthorizerMiddleware(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	filters := []xdsclient.HTTPFilter{
 		rbacFilter("envoy.filters.http.rbac", xdsclient.RBACAllow, xdsclient.RBACPolicy{
 			Name:        "allow-get-public",
@@ -359,9 +323,7 @@ func TestAuthorizerMiddleware(t *testing.T) {
 			return transport.ContextWithFilterChain(ctx, fc)
 		},
 	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close(); <-served })
+	testutil.ServeHTTP(t, srv, lis)
 
 	client := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(client.CloseIdleConnections)
@@ -397,7 +359,7 @@ func staticSource(t *testing.T, f fixture, id string) *identity.StaticSource {
 // A policy change reaches RPCs on a connection that was accepted before it,
 // through WithCurrentFilterChain.
 func TestAuthorizerFollowsCurrentFilterChain(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	chains := permissiveChains()
 	var current atomic.Pointer[xdsclient.FilterChain]
@@ -418,9 +380,7 @@ func TestAuthorizerFollowsCurrentFilterChain(t *testing.T) {
 		// whoami is an unknown-service handler: gRPC runs it as a stream.
 		grpc.StreamInterceptor(authz.StreamServerInterceptor()),
 		grpc.UnknownServiceHandler(whoami))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 
 	conn := dial(t, lis.Addr().String(), mtlsInfo(), transport.NewClientCredentials(f.client))
 	if _, err := call(ctx, conn); err != nil {

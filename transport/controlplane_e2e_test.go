@@ -16,6 +16,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/identity"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -43,7 +44,7 @@ func meshSource(t *testing.T, cp *controlplane.Server, sa string) *identity.Stat
 // decoded by xdsclient, and its PERMISSIVE chains and RBAC filters enforced
 // on real gRPC over loopback.
 func TestControlPlanePolicyEndToEnd(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	site := newInboundSite(ctx, t, `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -95,9 +96,7 @@ spec:
 	srv := grpc.NewServer(append(authz.ServerOptions(),
 		grpc.Creds(transport.NewServerCredentials(transport.ProviderMap{"default": meshSource(t, cp, "payments")}, chooser, quiet)),
 		grpc.UnknownServiceHandler(whoami))...)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 
 	addr := lis.Addr().String()
 	info := site.upstream()

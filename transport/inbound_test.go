@@ -19,6 +19,7 @@ import (
 
 	"mesh/controlplane"
 	"mesh/internal/handshake"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -92,14 +93,12 @@ func peerAuthentication(mode string) string {
 // connection's calls are refused and it is closed, while the mTLS
 // connection carries on untouched.
 func TestGRPCInboundDrainsPlaintextAfterStrict(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	site := newInboundSite(ctx, t, peerAuthentication("PERMISSIVE"))
 	in := transport.NewGRPCInbound(site.xds, site.providers(t, "payments"), quiet, transport.WithDrainPeriod(time.Millisecond))
 	srv := grpc.NewServer(append(in.ServerOptions(), grpc.UnknownServiceHandler(whoami))...)
 	closed := make(chan net.Addr, 64)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(in.Listen(closeReporter{site.lis, closed}, site.name)) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, in.Listen(closeReporter{site.lis, closed}, site.name))
 
 	addr := site.lis.Addr().String()
 	mtls := dial(t, addr, site.upstream(), transport.NewClientCredentials(site.providers(t, "checkout")))
@@ -192,7 +191,7 @@ func (c *reportingConn) Close() error {
 // inbound listener resource the control plane does not have reports
 // ErrListenerNotFound and closes every connection: fail closed.
 func TestInboundRefusesConnectionsWithoutItsResource(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	// The control plane never answers for an unknown name: the client
 	// decides it does not exist after its resource timeout.
 	site := newInboundSite(ctx, t, "", xdsclient.WithResourceTimeout(100*time.Millisecond))
@@ -210,9 +209,7 @@ func TestInboundRefusesConnectionsWithoutItsResource(t *testing.T) {
 			states <- err
 		}))
 	srv := grpc.NewServer(append(in.ServerOptions(), grpc.UnknownServiceHandler(whoami))...)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(in.Listen(site.lis, site.name+"-unknown")) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, in.Listen(site.lis, site.name+"-unknown"))
 
 	select {
 	case err := <-states:
@@ -235,7 +232,7 @@ func TestInboundRefusesConnectionsWithoutItsResource(t *testing.T) {
 // RoundTripper does), tells the handler who called, and refuses what the
 // AuthorizationPolicy denies with 403.
 func TestHTTPInboundAuthorizesOverMTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	site := newInboundSite(ctx, t, peerAuthentication("STRICT")+`---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -253,9 +250,7 @@ spec:
 		}), nil),
 		ConnContext: in.ConnContext,
 	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(in.Listen(site.lis, site.name)) }()
-	t.Cleanup(func() { _ = srv.Close(); <-served })
+	testutil.ServeHTTP(t, srv, in.Listen(site.lis, site.name))
 
 	up := site.upstream()
 	dial := transport.NewHTTPDialer(site.providers(t, "checkout"), quiet)

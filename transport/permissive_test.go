@@ -3,7 +3,6 @@ package transport_test
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -65,7 +65,7 @@ func TestDetectProtocol(t *testing.T) {
 }
 
 func TestPermissiveServesTLSAndPlaintextOnOnePort(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	addr := startServer(t, transport.NewServerCredentials(f.server, byProtocol(permissiveChains()), quiet))
 	clientCreds := transport.NewClientCredentials(f.client)
@@ -88,7 +88,7 @@ func TestPermissiveServesTLSAndPlaintextOnOnePort(t *testing.T) {
 }
 
 func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	chains := permissiveChains()
 	seen := make(chan string, 2)
@@ -103,9 +103,7 @@ func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
 			seen <- ai.FilterChain.Name
 			return whoami(nil, stream)
 		}))
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	t.Cleanup(func() { srv.Stop(); <-served })
+	testutil.Serve(t, srv, lis)
 
 	clientCreds := transport.NewClientCredentials(f.client)
 	for _, tc := range []struct {
@@ -126,26 +124,22 @@ func TestAuthInfoCarriesTheChosenFilterChain(t *testing.T) {
 }
 
 func TestTLSOnlyListenerRefusesPlaintextByProtocol(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
 	// Only the tls chain: a plaintext client matches nothing.
-	chains := permissiveChains()[:1]
-	addr := startServer(t, transport.NewServerCredentials(f.server, byProtocol(chains), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, byProtocol(permissiveChains()[:1]))
 	if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 		t.Fatal("plaintext RPC succeeded against a TLS-only listener")
 	}
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "no filter chain matches raw_buffer") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "no filter chain matches raw_buffer") {
 		t.Errorf("server error = %q", msg)
 	}
 }
 
 func TestSilentClientTimesOut(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(),
-		transport.WithSniffTimeout(50*time.Millisecond), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict(), transport.WithSniffTimeout(50*time.Millisecond))
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -153,7 +147,7 @@ func TestSilentClientTimesOut(t *testing.T) {
 	}
 	defer conn.Close()
 	// Send nothing: the server must give up on its own.
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "client sent nothing") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "client sent nothing") {
 		t.Errorf("server error = %q", msg)
 	}
 	buf := make([]byte, 1)

@@ -25,6 +25,7 @@ import (
 	"mesh/identity/identitytest"
 	"mesh/internal/handshake"
 	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 	"mesh/transport"
 	"mesh/xdsclient"
 )
@@ -39,13 +40,6 @@ const (
 
 // quiet keeps expected handshake failures out of the test output.
 var quiet = transport.WithLogger(slog.New(slog.DiscardHandler))
-
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 func newCA(t *testing.T, td string) *identitytest.CA {
 	t.Helper()
@@ -63,41 +57,6 @@ func issue(t *testing.T, ca *identitytest.CA, id string, dnsNames ...string) *x5
 		t.Fatal(err)
 	}
 	return svid
-}
-
-// logSink is a slog handler that hands Warn-and-above records to the test.
-type logSink chan slog.Record
-
-func newLogSink() logSink { return make(logSink, 64) }
-
-func (s logSink) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-func (s logSink) Handle(_ context.Context, r slog.Record) error {
-	select {
-	case s <- r.Clone():
-	default: // never block a handshake
-	}
-	return nil
-}
-func (s logSink) WithAttrs([]slog.Attr) slog.Handler { return s }
-func (s logSink) WithGroup(string) slog.Handler      { return s }
-
-// waitError returns the "error" attribute of the next warning.
-func (s logSink) waitError(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	select {
-	case r := <-s:
-		var msg string
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "error" {
-				msg = a.Value.String()
-			}
-			return true
-		})
-		return msg
-	case <-ctx.Done():
-		t.Fatal("timed out waiting for a logged error")
-		return ""
-	}
 }
 
 // whoami answers every RPC with what the server knows of its peer.
@@ -123,21 +82,22 @@ func whoami(_ any, stream grpc.ServerStream) error {
 
 func startServer(t *testing.T, creds credentials.TransportCredentials) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(whoami))
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return lis.Addr().String()
+	return testutil.Start(t, grpc.NewServer(grpc.Creds(creds), grpc.UnknownServiceHandler(whoami)))
+}
+
+// startLoggedServer is startServer with mesh server credentials whose
+// warnings go to the returned Logs, which nextError reads.
+func startLoggedServer(t *testing.T, providers transport.Providers, chooser transport.Chooser, opts ...transport.ServerOption) (string, *testutil.Logs) {
+	t.Helper()
+	logs := testutil.NewLogs(slog.LevelWarn)
+	opts = append(opts, transport.WithLogger(slog.New(logs)))
+	return startServer(t, transport.NewServerCredentials(providers, chooser, opts...)), logs
+}
+
+// nextError returns the "error" attribute of the next warning in logs.
+func nextError(ctx context.Context, t *testing.T, logs *testutil.Logs) string {
+	t.Helper()
+	return testutil.Attr(logs.Next(ctx, t), "error")
 }
 
 // dial connects through a manual resolver whose address carries info, as
@@ -230,7 +190,7 @@ func newFixture(t *testing.T) fixture {
 }
 
 func TestMutualTLS(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), quiet))
 	conn := dial(t, addr, mtlsInfo(exact(serverID)), transport.NewClientCredentials(f.client))
@@ -264,7 +224,7 @@ func TestMutualTLS(t *testing.T) {
 }
 
 func TestPlaintextBothSides(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	plaintext := chain(nil)
 	addr := startServer(t, transport.NewServerCredentials(f.server, plaintext, quiet))
@@ -288,25 +248,23 @@ func TestPlaintextBothSides(t *testing.T) {
 }
 
 func TestStrictServerRejectsPlaintextClient(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict())
 
 	_, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client)))
 	if err == nil {
 		t.Fatal("plaintext RPC to a STRICT server succeeded")
 	}
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "plaintext client, but filter chain \"test\" requires TLS") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "plaintext client, but filter chain \"test\" requires TLS") {
 		t.Errorf("server error = %q, want a TLS handshake failure", msg)
 	}
 }
 
 func TestStrictServerRejectsClientWithoutCertificate(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
-	logs := newLogSink()
-	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+	addr, logs := startLoggedServer(t, f.server, strict())
 	info := mtlsInfo()
 	info.TLS.Identity = nil // plain TLS: verify the server, present nothing
 
@@ -316,13 +274,13 @@ func TestStrictServerRejectsClientWithoutCertificate(t *testing.T) {
 	if err == nil {
 		t.Fatal("RPC without a client certificate succeeded")
 	}
-	if msg := logs.waitError(ctx, t); !strings.Contains(msg, "certificate") {
+	if msg := nextError(ctx, t, logs); !strings.Contains(msg, "certificate") {
 		t.Errorf("server error = %q, want a missing client certificate", msg)
 	}
 }
 
 func TestOptionalClientCertificate(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	permissive := &xdsclient.DownstreamTLS{Identity: *ref("default", "default"), Roots: ref("default", "ROOTCA")}
 	addr := startServer(t, transport.NewServerCredentials(f.server,
@@ -347,7 +305,7 @@ func TestOptionalClientCertificate(t *testing.T) {
 }
 
 func TestSubjectAltNameMismatch(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), quiet))
 	other := "spiffe://example.org/ns/default/sa/ledger"
@@ -358,7 +316,7 @@ func TestSubjectAltNameMismatch(t *testing.T) {
 }
 
 func TestSubjectAltNameMatchers(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	ca := newCA(t, trustDomain)
 	server := transport.ProviderMap{"default": identity.NewStaticSource(
 		issue(t, ca, serverID, "*.payments.svc", "payments.default.svc"), ca.Bundle())}
@@ -395,7 +353,7 @@ func TestSubjectAltNameMatchers(t *testing.T) {
 }
 
 func TestForeignTrustDomainRefused(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	foreign := newCA(t, "other.org")
 	foreignProviders := transport.ProviderMap{"default": identity.NewStaticSource(
@@ -407,8 +365,7 @@ func TestForeignTrustDomainRefused(t *testing.T) {
 		wantRPCError(t, err, clusterName, "cannot verify server certificate", "no bundle for trust domain", "other.org")
 	})
 	t.Run("client from another trust domain", func(t *testing.T) {
-		logs := newLogSink()
-		addr := startServer(t, transport.NewServerCredentials(f.server, strict(), transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, strict())
 		// The foreign client trusts example.org, so only the server can object.
 		client := transport.ProviderMap{
 			"default": identity.NewStaticSource(issue(t, foreign, "spiffe://other.org/ns/default/sa/checkout"), nil),
@@ -420,7 +377,7 @@ func TestForeignTrustDomainRefused(t *testing.T) {
 		if err == nil {
 			t.Fatal("RPC from a foreign trust domain succeeded")
 		}
-		if msg := logs.waitError(ctx, t); !strings.Contains(msg, "cannot verify client certificate") ||
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "cannot verify client certificate") ||
 			!strings.Contains(msg, `no bundle for trust domain "other.org"`) {
 			t.Errorf("server error = %q, want foreign trust domain refused", msg)
 		}
@@ -435,7 +392,7 @@ func TestForeignTrustDomainRefused(t *testing.T) {
 }
 
 func TestMisconfiguration(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 
 	t.Run("client names a missing provider", func(t *testing.T) {
@@ -446,27 +403,24 @@ func TestMisconfiguration(t *testing.T) {
 		wantRPCError(t, err, clusterName, "roots certificate provider", "nope", "not found")
 	})
 	t.Run("chooser error rejects", func(t *testing.T) {
-		logs := newLogSink()
 		reject := func(net.Conn, string) (*xdsclient.FilterChain, error) {
 			return nil, errors.New("no filter chain matches")
 		}
-		addr := startServer(t, transport.NewServerCredentials(f.server, reject, transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, reject)
 		if _, err := call(ctx, dial(t, addr, nil, transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded on a rejected connection")
 		}
-		if msg := logs.waitError(ctx, t); !strings.Contains(msg, "rejected: no filter chain matches") {
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "rejected: no filter chain matches") {
 			t.Errorf("server error = %q", msg)
 		}
 	})
 	t.Run("require client certificate without roots", func(t *testing.T) {
-		logs := newLogSink()
 		bad := &xdsclient.DownstreamTLS{Identity: *ref("default", ""), RequireClientCertificate: true}
-		addr := startServer(t, transport.NewServerCredentials(f.server,
-			chain(bad), transport.WithLogger(slog.New(logs))))
+		addr, logs := startLoggedServer(t, f.server, chain(bad))
 		if _, err := call(ctx, dial(t, addr, mtlsInfo(), transport.NewClientCredentials(f.client))); err == nil {
 			t.Fatal("RPC succeeded")
 		}
-		if msg := logs.waitError(ctx, t); !strings.Contains(msg, "name no roots") {
+		if msg := nextError(ctx, t, logs); !strings.Contains(msg, "name no roots") {
 			t.Errorf("server error = %q", msg)
 		}
 	})
@@ -475,7 +429,7 @@ func TestMisconfiguration(t *testing.T) {
 // TestFileSourceRotation checks that a rotated SVID is presented from the
 // next handshake on, and that a bad replacement keeps the last good one.
 func TestFileSourceRotation(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	addr := startServer(t, transport.NewServerCredentials(f.server, strict(), quiet))
 
@@ -486,7 +440,7 @@ func TestFileSourceRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.RefreshInterval = 2 * time.Millisecond
-	identityLogs := newLogSink()
+	identityLogs := testutil.NewLogs(slog.LevelWarn)
 	src, err := identity.NewFileSource(ctx, cfg, identity.WithLogger(slog.New(identityLogs)))
 	if err != nil {
 		t.Fatal(err)
@@ -520,8 +474,8 @@ func TestFileSourceRotation(t *testing.T) {
 	}
 	// Drop warnings about a half-written set (new certificate, old key) that
 	// the poller may have seen on the way.
-	for len(identityLogs) > 0 {
-		<-identityLogs
+	for len(identityLogs.Records()) > 0 {
+		<-identityLogs.Records()
 	}
 	if got, want := serialSeen(), second.Certificates[0].SerialNumber.String(); got != want {
 		t.Fatalf("after rotation server saw serial %s, want %s", got, want)
@@ -530,7 +484,7 @@ func TestFileSourceRotation(t *testing.T) {
 	if err := identitytest.WriteFileAtomic(cfg.CertFile, []byte("not a certificate")); err != nil {
 		t.Fatal(err)
 	}
-	if msg := identityLogs.waitError(ctx, t); !strings.Contains(msg, "cert-chain.pem: no PEM certificate") {
+	if msg := nextError(ctx, t, identityLogs); !strings.Contains(msg, "cert-chain.pem: no PEM certificate") {
 		t.Fatalf("identity error = %q, want cert-chain.pem named", msg)
 	}
 	if got, want := serialSeen(), second.Certificates[0].SerialNumber.String(); got != want {
@@ -578,12 +532,12 @@ func TestMain(m *testing.M) { leakcheck.Main(m, "mesh/", "google.golang.org/grpc
 // as after a control plane restarted with a new CA) says why, once per
 // cluster and cause, however often it redials.
 func TestCallerLogsHandshakeFailuresOncePerClusterAndCause(t *testing.T) {
-	ctx := testContext(t)
+	ctx := testutil.Context(t)
 	f := newFixture(t)
 	restarted := newCA(t, trustDomain)
 	server := transport.ProviderMap{"default": identity.NewStaticSource(issue(t, restarted, serverID), restarted.Bundle())}
 	addr := startServer(t, transport.NewServerCredentials(server, strict(), quiet))
-	sink := newLogSink()
+	sink := testutil.NewLogs(slog.LevelWarn)
 	dial := transport.NewHTTPDialer(f.client, transport.WithLogger(slog.New(sink)))
 	for _, cluster := range []string{clusterName, clusterName, clusterName, "outbound|8080|v2|payments.default.svc.cluster.local"} {
 		info := mtlsInfo()
@@ -596,7 +550,7 @@ func TestCallerLogsHandshakeFailuresOncePerClusterAndCause(t *testing.T) {
 	}
 	for _, cluster := range []string{clusterName, "outbound|8080|v2|payments.default.svc.cluster.local"} {
 		select {
-		case r := <-sink:
+		case r := <-sink.Records():
 			var got, cause string
 			r.Attrs(func(a slog.Attr) bool {
 				switch a.Key {
@@ -615,7 +569,7 @@ func TestCallerLogsHandshakeFailuresOncePerClusterAndCause(t *testing.T) {
 		}
 	}
 	select {
-	case r := <-sink:
+	case r := <-sink.Records():
 		t.Errorf("a second warning for the same cluster and cause: %s", r.Message)
 	default:
 	}

@@ -221,7 +221,7 @@ func (a *adsChannel) run(ctx context.Context) {
 			continue
 		}
 		a.c.mu.Lock()
-		a.c.streamDownLocked(a, fmt.Errorf("%w: server %s: %w", ErrStreamFailed, uri, err))
+		a.c.streamDownLocked(a, fmt.Errorf("%w: server %s: %w", errStreamFailed, uri, err))
 		a.c.mu.Unlock()
 		if gotResponse {
 			attempt = 0

@@ -19,14 +19,35 @@ const (
 	envGRPCBootstrapConfig = "GRPC_XDS_BOOTSTRAP_CONFIG"
 )
 
-// Channel credential types mesh can dial an xDS server with.
+// The bootstrap's vocabulary mesh implements: credential types, server
+// features (xds_servers[].server_features) and certificate provider
+// plugins.
 const (
+	// Channel credential types mesh can dial an xDS server with.
 	CredsInsecure = "insecure"
 	CredsTLS      = "tls"
-)
 
-// PluginFileWatcher is the certificate provider plugin that reads PEM files.
-const PluginFileWatcher = "file_watcher"
+	// CallCredsJWTTokenFile is the call credentials type of gRFC A97: a
+	// bearer token read from a file (istio-agent's istio-token, or the
+	// credential the embedded control plane writes with a bootstrap) sent
+	// as "authorization: Bearer <token>" on the ADS stream.
+	CallCredsJWTTokenFile = "jwt_token_file"
+
+	// ServerFeatureDelta selects the incremental (delta) ADS protocol for
+	// that server instead of state of the world. It is mesh's own feature
+	// name: the bootstrap says per server which protocol it speaks, so a
+	// delta primary and a state-of-the-world fallback mix freely.
+	ServerFeatureDelta = "delta"
+	// ServerFeatureIgnoreResourceDeletion (gRFC A53) keeps serving a
+	// listener or cluster the server deletes, logging the deletion instead
+	// of reporting NotFound. Route configurations and endpoints are
+	// deleted as usual.
+	ServerFeatureIgnoreResourceDeletion = "ignore_resource_deletion"
+
+	// PluginFileWatcher is the certificate provider plugin that reads PEM
+	// files.
+	PluginFileWatcher = "file_watcher"
+)
 
 // defaultRefreshInterval is file_watcher's refresh_interval when unset (gRFC A29).
 const defaultRefreshInterval = 10 * time.Minute

@@ -18,24 +18,28 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// Sentinels wrapped by the Err of watch events, to tell a rejected
-// resource from a connectivity problem. Either way the last good version
-// stays in force.
+// ErrResourceRejected is wrapped by the Err of a watch event when the
+// control plane sent an invalid version of the resource and it was
+// NACKed; the last good version stays in force. Other Errs (the stream
+// broke, an xdstp name is malformed or names an unknown authority) are
+// connectivity or configuration problems the client reports as it finds
+// them.
+var ErrResourceRejected = errors.New("xds: resource rejected")
+
+// Errors wrapped by other watch events and Dump entries; only the
+// package's own tests tell them apart.
 var (
-	// ErrResourceRejected: the control plane sent an invalid version of
-	// the resource; it was NACKed.
-	ErrResourceRejected = errors.New("xds: resource rejected")
-	// ErrStreamFailed: the ADS stream broke; the client is reconnecting.
-	ErrStreamFailed = errors.New("xds: ADS stream failed")
-	// ErrResourceNotFound: the server does not have the resource. It is
+	// errStreamFailed: the ADS stream broke; the client is reconnecting.
+	errStreamFailed = errors.New("xds: ADS stream failed")
+	// errResourceNotFound: the server does not have the resource. It is
 	// wrapped by the Error of a DOES_NOT_EXIST entry in Dump.
-	ErrResourceNotFound = errors.New("xds: resource does not exist")
-	// ErrUnknownAuthority: a watched xdstp name has an authority the
+	errResourceNotFound = errors.New("xds: resource does not exist")
+	// errUnknownAuthority: a watched xdstp name has an authority the
 	// bootstrap's authorities do not list (gRFC A47). No stream is opened.
-	ErrUnknownAuthority = errors.New("xds: unknown authority")
-	// ErrInvalidResourceName: a watched xdstp name is malformed or names
+	errUnknownAuthority = errors.New("xds: unknown authority")
+	// errInvalidResourceName: a watched xdstp name is malformed or names
 	// another resource type.
-	ErrInvalidResourceName = errors.New("xds: invalid resource name")
+	errInvalidResourceName = errors.New("xds: invalid resource name")
 )
 
 // resourceKind indexes the resource types.
@@ -282,12 +286,12 @@ func (c *Client) routeName(kind resourceKind, name string) (canonical, set strin
 	}
 	canonical, err = canonicalResourceName(c.kinds[kind].typeURL, name)
 	if err != nil {
-		return "", "", fmt.Errorf("%w: %s: %w", ErrInvalidResourceName, c.kinds[kind].name, err)
+		return "", "", fmt.Errorf("%w: %s: %w", errInvalidResourceName, c.kinds[kind].name, err)
 	}
 	n, _ := parseXDSTPName(canonical)
 	set, ok := c.authoritySets[n.authority]
 	if !ok {
-		return "", "", fmt.Errorf("%w: %s %q: authority %q is not in the bootstrap's authorities", ErrUnknownAuthority, c.kinds[kind].name, name, n.authority)
+		return "", "", fmt.Errorf("%w: %s %q: authority %q is not in the bootstrap's authorities", errUnknownAuthority, c.kinds[kind].name, name, n.authority)
 	}
 	return canonical, set, nil
 }

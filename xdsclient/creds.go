@@ -19,12 +19,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// CallCredsJWTTokenFile is the call credentials type of gRFC A97: a bearer
-// token read from a file (istio-agent's istio-token, or the credential the
-// embedded control plane writes with a bootstrap) sent as
-// "authorization: Bearer <token>" on the ADS stream.
-const CallCredsJWTTokenFile = "jwt_token_file"
-
 // jsonTokenFileCreds is the config of "jwt_token_file" call creds.
 type jsonTokenFileCreds struct {
 	JWTTokenFile string `json:"jwt_token_file"`

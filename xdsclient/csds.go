@@ -41,7 +41,7 @@ type ResourceStatus struct {
 	Version string
 	Status  ResourceStatusKind
 	// Error says why the last update was rejected (NACKED) or why the
-	// resource is missing (DOES_NOT_EXIST, wrapping ErrResourceNotFound).
+	// resource is missing (DOES_NOT_EXIST: "xds: resource does not exist: ...").
 	Error error
 	// UpdatedAt is when the value in force (or the NotFound) arrived;
 	// zero while REQUESTED.

@@ -2,7 +2,6 @@ package xdsclient_test
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 
@@ -97,21 +96,7 @@ func TestDumpAndCSDS(t *testing.T) {
 	}
 
 	// The same through CSDS, fetched and streamed over real gRPC.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	c.RegisterCSDS(gs)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	csds := statuspb.NewClientStatusDiscoveryServiceClient(cc)
+	csds := csdsClient(t, c)
 	resp, err := csds.FetchClientStatus(ctx, &statuspb.ClientStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -282,4 +267,18 @@ func unknownFields(m protoreflect.Message) string {
 		return true
 	})
 	return strings.Join(out, ", ")
+}
+
+// csdsClient is a CSDS client of c's status, served over real gRPC on
+// 127.0.0.1.
+func csdsClient(t *testing.T, c *xdsclient.Client) statuspb.ClientStatusDiscoveryServiceClient {
+	t.Helper()
+	gs := grpc.NewServer()
+	c.RegisterCSDS(gs)
+	cc, err := grpc.NewClient(testutil.Start(t, gs), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return statuspb.NewClientStatusDiscoveryServiceClient(cc)
 }

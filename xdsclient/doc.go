@@ -101,8 +101,8 @@
 // so "?b=2&a=1" and "?a=1&b=2" are one resource. The type segment must be
 // the watched type's proto name (envoy.config.listener.v3.Listener for
 // WatchListener, ...). A name whose authority is not in the bootstrap, or
-// a malformed one, gets an Err (ErrUnknownAuthority,
-// ErrInvalidResourceName) and opens no stream. A stream failure or a
+// a malformed one, gets an Err ("xds: unknown authority",
+// "xds: invalid resource name") and opens no stream. A stream failure or a
 // deletion affects only the resources of that stream's authorities.
 // Bootstrap.ClientListenerName and ServerListenerName apply the listener
 // name templates to a dial target and a listening address.

@@ -11,6 +11,11 @@ const (
 )
 
 var (
+	ErrStreamFailed        = errStreamFailed
+	ErrResourceNotFound    = errResourceNotFound
+	ErrUnknownAuthority    = errUnknownAuthority
+	ErrInvalidResourceName = errInvalidResourceName
+
 	CanonicalResourceName = canonicalResourceName
 	DefaultBackoff        = defaultBackoff
 )

@@ -11,8 +11,11 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Headers that drive header-controlled faults (Envoy's fault filter, gRFC A33).
+// The fault filter (Envoy's, gRFC A33): the type URL of its config, and
+// the headers that drive header-controlled faults.
 const (
+	TypeURLFault = typeURLFault
+
 	FaultDelayHeader           = "x-envoy-fault-delay-request"
 	FaultDelayPercentageHeader = "x-envoy-fault-delay-request-percentage"
 	FaultAbortHTTPHeader       = "x-envoy-fault-abort-request"
@@ -61,9 +64,6 @@ type FaultAbort struct {
 	PerMillion  uint32
 	Denominator uint32
 }
-
-// TypeURLFault is the type URL of the fault filter's config.
-const TypeURLFault = typeURLFault
 
 // decodeFault decodes an HTTPFault from a filter's typed_config or a
 // route's typed_per_filter_config.

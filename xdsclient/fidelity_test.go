@@ -1,7 +1,6 @@
 package xdsclient_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -280,24 +279,12 @@ func TestUnappliedFieldsAreListed(t *testing.T) {
 		{"listener", listenerName}:             {"api_listener.api_listener.use_remote_address: not applied"},
 	}
 	for w, fields := range want {
-		waitFor(ctx, t, w.typ+" "+w.name+" version "+version, func() bool { return statusOf(t, c, w.typ, w.name).Version == version })
+		testutil.WaitFor(ctx, t, w.typ+" "+w.name+" version "+version, func() bool { return statusOf(t, c, w.typ, w.name).Version == version })
 		rs := statusOf(t, c, w.typ, w.name)
 		slices.Sort(fields)
 		got := slices.Sorted(slices.Values(rs.Ignored))
 		if !slices.Equal(got, fields) {
 			t.Errorf("%s %s: ignored %q, want %q", w.typ, w.name, got, fields)
-		}
-	}
-}
-
-// waitFor polls cond until it holds; the test context bounds the wait.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }

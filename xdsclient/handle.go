@@ -284,7 +284,7 @@ func (c *Client) setNotFoundLocked(kind resourceKind, name string, st *resourceS
 	}
 	st.value, st.raw, st.hasValue, st.notFound, st.fromCache = nil, nil, false, true, false
 	st.version, st.updatedAt, st.ignored = "", c.now(), nil
-	st.absentErr = fmt.Errorf("%w: %s %q on server %s %s", ErrResourceNotFound, c.kinds[kind].name, name, server, why)
+	st.absentErr = fmt.Errorf("%w: %s %q on server %s %s", errResourceNotFound, c.kinds[kind].name, name, server, why)
 	c.notifyLocked(st, rawEvent{notFound: true})
 }
 

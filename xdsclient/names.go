@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -82,10 +81,6 @@ func (n xdstpName) String() string {
 	}
 	return b.String()
 }
-
-// errUnknownAuthority is wrapped by the watch error of an xdstp name whose
-// authority the bootstrap does not list.
-var errUnknownAuthority = errors.New("authority not in the bootstrap's authorities")
 
 // canonicalResourceName returns name in the form the client matches
 // resources by: an old-style name unchanged, an xdstp name with its context

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,8 +15,6 @@ import (
 	statuspb "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"mesh/internal/testutil"
@@ -141,21 +138,7 @@ func TestWatchSecretOverADS(t *testing.T) {
 
 func fetchCSDS(ctx context.Context, t *testing.T, c *xdsclient.Client) *statuspb.ClientStatusResponse {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	c.RegisterCSDS(gs)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	resp, err := statuspb.NewClientStatusDiscoveryServiceClient(cc).FetchClientStatus(ctx, &statuspb.ClientStatusRequest{})
+	resp, err := csdsClient(t, c).FetchClientStatus(ctx, &statuspb.ClientStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,3 +86,19 @@ func Find(substrings ...string) []string {
 	}
 	return leaked
 }
+
+// Check fails t if, once its other cleanups have run, goroutines whose
+// stacks mention any of substrings (by default, [Ours]) are still running
+// after Grace. Call it first in a test, so that its cleanup runs last; it
+// names the test that leaked, where Main only fails the binary.
+func Check(t testing.TB, substrings ...string) {
+	t.Helper()
+	if len(substrings) == 0 {
+		substrings = Ours()
+	}
+	t.Cleanup(func() {
+		if err := Wait(Grace, substrings...); err != nil {
+			t.Error(err)
+		}
+	})
+}

@@ -1,6 +1,8 @@
 // Package testutil holds what the module's tests share: a hang guard for a
-// test's context, a slog handler that hands log records to the test, and a
-// buffer that loggers may write from several goroutines.
+// test's context and a poll bounded by it (WaitFor), a slog handler that
+// hands log records to the test, a buffer that loggers may write from
+// several goroutines, and servers on 127.0.0.1 that the test's cleanups
+// stop (Serve, ServeHTTP, Start).
 //
 //	ctx := testutil.Context(t)
 //	logs := testutil.NewLogs(slog.LevelWarn)
@@ -18,13 +20,17 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // HangGuard bounds a whole test so that a hang fails it instead of the
@@ -40,6 +46,19 @@ func Context(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), HangGuard)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// WaitFor polls cond until it holds; ctx bounds the wait, and its end
+// fails the test naming what it waited for.
+func WaitFor(ctx context.Context, t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
 }
 
 // Logs is a slog.Handler that passes every record at or above its level
@@ -93,6 +112,33 @@ func (l *Logs) Await(ctx context.Context, t testing.TB, substr string) string {
 	}
 }
 
+// Next returns the next record logged; it fails the test if ctx ends
+// first.
+func (l *Logs) Next(ctx context.Context, t testing.TB) slog.Record {
+	t.Helper()
+	select {
+	case r := <-l.ch:
+		return r
+	case <-ctx.Done():
+		t.Fatal("timed out waiting for a log record")
+		return slog.Record{}
+	}
+}
+
+// Attr returns the value of r's attribute key as a string, or "" if r has
+// none.
+func Attr(r slog.Record, key string) string {
+	var v string
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == key {
+			v = a.Value.String()
+			return false
+		}
+		return true
+	})
+	return v
+}
+
 // Format renders r as its message followed by " key=value" for each
 // attribute.
 func Format(r slog.Record) string {
@@ -133,18 +179,58 @@ type Server interface {
 }
 
 // Serve serves srv on lis until the test's cleanups, which stop it and
-// wait for Serve to return, so no goroutine of it outlives the test.
+// wait for Serve to return, so no goroutine of it outlives the test. An
+// error from Serve other than its being stopped fails the test.
 func Serve(t testing.TB, srv Server, lis net.Listener) {
 	t.Helper()
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
 	t.Cleanup(func() {
 		srv.Stop()
-		<-served
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			t.Errorf("serve: %v", err)
+		}
 	})
+}
+
+// Start serves srv on a new listener on 127.0.0.1 until the test's
+// cleanups, as Serve does, and returns its address.
+func Start(t testing.TB, srv Server) string {
+	t.Helper()
+	lis := Listen(t)
+	Serve(t, srv, lis)
+	return lis.Addr().String()
+}
+
+// HTTPServer is what ServeHTTP needs of a server: an http.Server has it,
+// and so do servers built on one.
+type HTTPServer interface {
+	Serve(net.Listener) error
+	Close() error
+}
+
+// ServeHTTP serves srv on lis until the test's cleanups, which close it
+// and wait for Serve to return.
+func ServeHTTP(t testing.TB, srv HTTPServer, lis net.Listener) {
+	t.Helper()
+	Serve(t, closer{srv}, lis)
+}
+
+// closer stops an HTTPServer the way Serve stops a gRPC server: at once.
+type closer struct{ HTTPServer }
+
+func (c closer) Stop() { _ = c.Close() }
+
+// Listen returns a TCP listener on a free port of 127.0.0.1, closed by the
+// test's cleanups (closing it again after a server has is harmless).
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	return lis
 }
 
 // RootPool returns a pool of the PEM certificates in pemData, failing the

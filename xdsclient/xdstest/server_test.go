@@ -1,21 +1,20 @@
 package xdstest_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"mesh/internal/testutil"
 	"mesh/xdsclient"
 	"mesh/xdsclient/xdstest"
 )
 
 // The builders' output must pass mesh's own validation, served for real.
 func TestServerServesBuiltResources(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
+	ctx := testutil.Context(t)
 	srv := xdstest.NewServer(t)
 	const node = "node-1"
 	inbound := "xds.istio.io/grpc/lds/inbound/127.0.0.1:9443"
