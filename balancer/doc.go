@@ -78,6 +78,10 @@
 //     preferred priority that has a ready endpoint (not ejected); a priority
 //     still connecting holds RPCs, one whose endpoints all failed fails over
 //     to the next. Every priority is connected, so failover needs no dial.
+//     The HTTP RoundTripper dials per request and keeps no connection
+//     state to fail over on: as in Envoy (and as Istio's locality failover
+//     requires), its endpoints leave a priority by outlier ejection or by
+//     the health the control plane reports, not by a failed dial.
 //     Within the priority, round_robin is weighted by locality weight times
 //     the endpoint's share of its locality's endpoint weights (smooth
 //     weighted round robin, unrolled into a schedule, so a pick stays one
