@@ -41,6 +41,10 @@ type Mesh struct {
 	certs     certProviders         // those, then SDS secrets
 	resolver  *balancer.ResolverBuilder
 	clientTLS credentials.TransportCredentials
+	// peerMetadata is this workload's Istio peer metadata, exchanged at
+	// the handshake of mTLS connections with other mesh workloads; "" for
+	// none.
+	peerMetadata string
 
 	clientTelemetry *telemetry.ClientInterceptor
 	tap             *telemetry.Tap // every request's access log entry, for meshctl tap
@@ -112,7 +116,6 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	m.certs = certProviders{static: m.providers, sds: sds}
 	m.resolver = balancer.NewResolverBuilder(m.xds,
 		balancer.WithLogger(logger), balancer.WithListenerName(bs.ClientListenerName))
-	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger))
 
 	tp := o.tracerProvider
 	if tp == nil {
@@ -123,6 +126,15 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 		m.logger.Warn("node metadata does not make valid telemetry labels; leaving them out", "error", err)
 		workload = telemetry.Workload{}
 	}
+	if !workload.IsZero() {
+		// Exchanged once per connection with other mesh workloads,
+		// instead of in the headers of each call (telemetry still sends
+		// it in headers to peers that do not exchange it).
+		if _, value, err := telemetry.PeerMetadata(workload); err == nil {
+			m.peerMetadata = value
+		}
+	}
+	m.clientTLS = transport.NewClientCredentials(m.certs, transport.WithLogger(logger), transport.WithPeerMetadata(m.peerMetadata))
 	m.tap = telemetry.NewTap()
 	telem := []telemetry.Option{
 		telemetry.WithTracerProvider(tp),
@@ -141,7 +153,7 @@ func New(ctx context.Context, opts ...Option) (*Mesh, error) {
 	// grpc-go builds an object per event of every RPC (benchmarks/TELEMETRY.md).
 	// On gRPC the peer's identity is read from mesh's own credentials; the
 	// HTTP middleware and transport read the connection's TLS state.
-	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerAuthIdentity(peerAuthPrincipal)}
+	grpcTelem := []telemetry.GRPCOption{telemetry.WithPeerAuthIdentity(peerAuthPrincipal), telemetry.WithPeerAuthMetadata(peerAuthMetadata)}
 	for _, o := range telem {
 		grpcTelem = append(grpcTelem, o)
 	}

@@ -45,7 +45,11 @@ type GRPCServer struct {
 // interceptor, so it would see calls before they are authorized, and calls
 // it ends itself would go unmeasured.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
-	s := &GRPCServer{m: m, inbound: transport.NewGRPCInbound(m.xds, m.certs, m.inboundOptions()...)}
+	inboundOpts := []transport.GRPCInboundOption{transport.WithPeerMetadata(m.peerMetadata)}
+	for _, o := range m.inboundOptions() {
+		inboundOpts = append(inboundOpts, o)
+	}
+	s := &GRPCServer{m: m, inbound: transport.NewGRPCInbound(m.xds, m.certs, inboundOpts...)}
 	base := append([]grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),

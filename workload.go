@@ -49,6 +49,21 @@ func localWorkload(bs *xdsclient.Bootstrap, providers transport.ProviderMap) tel
 	return w
 }
 
+// peerAuthMetadata is the peer metadata the other side of a connection
+// sent at mesh's handshake, if it did.
+func peerAuthMetadata(ai credentials.AuthInfo) (string, bool) {
+	var value string
+	switch ai := ai.(type) {
+	case transport.AuthInfo:
+		value = ai.PeerMetadata
+	case *transport.AuthInfo:
+		if ai != nil {
+			value = ai.PeerMetadata
+		}
+	}
+	return value, value != ""
+}
+
 // peerAuthPrincipal is the SPIFFE ID mesh's transport credentials verified
 // for a connection, as telemetry labels want it.
 func peerAuthPrincipal(ai credentials.AuthInfo) (string, bool) {

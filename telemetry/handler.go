@@ -165,6 +165,82 @@ type handler struct {
 	headers sync.Pool
 	// requestIDs makes the IDs of client calls that carry none.
 	requestIDs requestIDSource
+	// channels holds, per client channel, what its calls found of their
+	// connections: whether servers exchange peer metadata at the
+	// handshake (an *atomic.Int32 of the peersExchange values).
+	channels     sync.Map // *grpc.ClientConn -> *atomic.Int32
+	channelCount atomic.Int32
+}
+
+// What a client channel's calls have found of their servers' connections
+// (handler.channels).
+const (
+	// Until a call finds out, calls send peer metadata headers and read
+	// the server's from the response.
+	peersExchangeUnknown int32 = iota
+	// Every connection so far exchanged it at the handshake: calls carry
+	// no peer metadata headers and ask for no response headers.
+	peersExchangeAll
+	// Some connection did not: calls carry the headers from then on.
+	peersExchangeNotAll
+)
+
+// maxChannels bounds handler.channels; past it the map starts over, and
+// each channel's calls find out again.
+const maxChannels = 1024
+
+// channelPeers returns what the calls of cc found of their connections.
+func (h *handler) channelPeers(cc *grpc.ClientConn) *atomic.Int32 {
+	if h.peerAuthMeta == nil {
+		return nil
+	}
+	if v, ok := h.channels.Load(cc); ok {
+		return v.(*atomic.Int32)
+	}
+	if h.channelCount.Add(1) > maxChannels {
+		h.channels.Clear()
+		h.channelCount.Store(1)
+	}
+	v, _ := h.channels.LoadOrStore(cc, new(atomic.Int32))
+	return v.(*atomic.Int32)
+}
+
+// carriesPeerMetadata reports whether a client call on a channel whose
+// calls found peers should send its peer metadata in headers and read
+// the server's from the response.
+func carriesPeerMetadata(peers *atomic.Int32) bool {
+	return peers == nil || peers.Load() != peersExchangeAll
+}
+
+// peerFromConnection returns the peer's workload as its connection's
+// credentials reported it (WithPeerAuthMetadata), or nil.
+func (h *handler) peerFromConnection(ai credentials.AuthInfo) *Workload {
+	if h.peerAuthMeta == nil || ai == nil {
+		return nil
+	}
+	value, ok := h.peerAuthMeta(ai)
+	if !ok {
+		return nil
+	}
+	return h.peerFromHeader(value)
+}
+
+// learnConnection takes a client call's server labels from the
+// connection it went over, when the server exchanged them there, and
+// remembers in peers, for the channel's later calls, whether it did.
+func (h *handler) learnConnection(st *rpcState, p *peer.Peer, peers *atomic.Int32) {
+	if peers == nil || p.AuthInfo == nil {
+		return // no connection: nothing learned
+	}
+	if w := h.peerFromConnection(p.AuthInfo); w != nil {
+		st.peer.Store(w)
+		st.connPeer = true
+		peers.CompareAndSwap(peersExchangeUnknown, peersExchangeAll)
+		return
+	}
+	if peers.Load() != peersExchangeNotAll {
+		peers.Store(peersExchangeNotAll)
+	}
 }
 
 func newHandler(client bool, opts []GRPCOption) *handler {
@@ -194,11 +270,14 @@ type rpcState struct {
 	ownRoute   routeinfo.Slot
 	ended      atomic.Bool
 	responded  atomic.Bool // the client saw response headers or trailers
-	peer       atomic.Pointer[Workload]
-	reqBytes   atomic.Int64 // wire bytes: headers (uncompressed) and messages
-	respBytes  atomic.Int64
-	reqMsgs    atomic.Int64
-	respMsgs   atomic.Int64
+	// connPeer: the peer's metadata came from its connection
+	// (WithPeerAuthMetadata), so no call on it carries it in headers.
+	connPeer  bool
+	peer      atomic.Pointer[Workload]
+	reqBytes  atomic.Int64 // wire bytes: headers (uncompressed) and messages
+	respBytes atomic.Int64
+	reqMsgs   atomic.Int64
+	respMsgs  atomic.Int64
 
 	mu        sync.Mutex
 	authority string
@@ -215,7 +294,7 @@ type rpcState struct {
 	// 480-byte size class on 64-bit platforms; mind it when adding fields.
 	respHeader metadata.MD
 	peerInfo   peer.Peer
-	callOpts   [6]grpc.CallOption
+	callOpts   [5]grpc.CallOption
 }
 
 // rpcStateKey names the handler that owns a state, so that two handlers
@@ -263,7 +342,7 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		fullMethod = info.FullMethodName
 		nameResolutionDelayed = info.NameResolutionDelay
 	}
-	return h.begin(ctx, fullMethod, nameResolutionDelayed, callerMetadata{})
+	return h.begin(ctx, fullMethod, nameResolutionDelayed, callerMetadata{}, true)
 }
 
 // callerMetadata is the outgoing metadata a client call carried before
@@ -297,8 +376,10 @@ func (c callerMetadata) value(ctx context.Context, key string) string {
 
 // begin starts an RPC, for the stats handler and the interceptors alike:
 // its span and request ID, read from the request (server) or written into
-// it with this workload's peer metadata (client).
-func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool, caller callerMetadata) *rpcContext {
+// it with this workload's peer metadata when sendPeer says so (client).
+// A server takes the client's peer metadata from the connection when the
+// client exchanged it there, else from the request's headers.
+func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool, caller callerMetadata, sendPeer bool) *rpcContext {
 	rc := &rpcContext{owner: h, state: rpcState{fullMethod: fullMethod, start: h.now()}}
 	st := &rc.state
 	st.route = &st.ownRoute
@@ -316,7 +397,15 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 		in.ctx = ctx
 		ctx = h.propagator.Extract(ctx, in)
 		st.requestID = in.Get(HeaderRequestID)
-		if w := h.peerFromHeader(in.Get(HeaderPeerMetadata)); w != nil {
+		var w *Workload
+		if p, ok := peer.FromContext(ctx); ok {
+			w = h.peerFromConnection(p.AuthInfo)
+			st.connPeer = w != nil
+		}
+		if w == nil {
+			w = h.peerFromHeader(in.Get(HeaderPeerMetadata))
+		}
+		if w != nil {
 			st.peer.Store(w)
 		}
 		st.authority = in.Get(":authority")
@@ -357,7 +446,7 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 		if !callerSentID {
 			hd.Set(HeaderRequestID, st.requestID)
 		}
-		if h.metaValue != "" {
+		if h.metaValue != "" && sendPeer {
 			hd.Set(HeaderPeerMetadataID, h.metaID)
 			hd.Set(HeaderPeerMetadata, h.metaValue)
 		}

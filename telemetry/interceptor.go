@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
@@ -106,8 +107,8 @@ func (s *ServerInterceptor) Unary() grpc.UnaryServerInterceptor { return s.inter
 // Stream returns the interceptor for streaming RPCs.
 func (s *ServerInterceptor) Stream() grpc.StreamServerInterceptor { return s.interceptStream }
 
-// callOptions returns opts with the options that collect the response
-// headers and the connection, in the state's own array when they fit.
+// callOptions returns opts with the options that collect the connection
+// and extra (unless nil), in the state's own array when they fit.
 func (st *rpcState) callOptions(opts []grpc.CallOption, extra grpc.CallOption) []grpc.CallOption {
 	out := st.callOpts[:0]
 	if len(opts)+2 > len(st.callOpts) {
@@ -115,7 +116,10 @@ func (st *rpcState) callOptions(opts []grpc.CallOption, extra grpc.CallOption) [
 	}
 	// Ours first: their after hooks run in order, and an OnFinish of the
 	// caller's may want what telemetry recorded.
-	out = append(out, grpc.Peer(&st.peerInfo), extra)
+	out = append(out, grpc.Peer(&st.peerInfo))
+	if extra != nil {
+		out = append(out, extra)
+	}
 	return append(out, opts...)
 }
 
@@ -149,23 +153,36 @@ func clientResponded(header metadata.MD, err error) bool {
 
 func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	callerMD, _ := metadata.FromOutgoingContext(ctx) // nil, and free, when the caller set none
-	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true})
+	peers := h.channelPeers(cc)
+	carry := carriesPeerMetadata(peers)
+	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true}, carry)
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
-	err := invoker(rc, method, req, reply, cc, st.callOptions(opts, grpc.Header(&st.respHeader))...)
+	var err error
+	if carry {
+		err = invoker(rc, method, req, reply, cc, st.callOptions(opts, grpc.Header(&st.respHeader))...)
+	} else {
+		// The server's labels come with the connection: grpc.Header's copy
+		// of the response headers would be read for nothing.
+		err = invoker(rc, method, req, reply, cc, st.callOptions(opts, nil)...)
+	}
+	h.learnConnection(st, &st.peerInfo, peers)
 
 	st.reqMsgs.Store(1)
 	st.reqBytes.Store(st.requestBytesSent(rc, callerMD) + messageWireBytes(req))
 	if clientResponded(st.respHeader, err) {
 		st.responded.Store(true)
 		n := responseHeaderBytes(st.respHeader)
+		if st.respHeader == nil && !carry {
+			n = grpcResponseFixedBytes + grpcContentTypeBytes // what mesh's servers send
+		}
 		if err == nil {
 			st.respMsgs.Store(1)
 			n += messageWireBytes(reply)
 		}
 		s, _ := status.FromError(err)
 		st.respBytes.Store(n + trailerBytes(int(s.Code()), s.Message()))
-		if st.respHeader != nil {
+		if st.respHeader != nil && !st.connPeer {
 			h.learnPeer(st, st.respHeader)
 		}
 	}
@@ -176,11 +193,12 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 
 func (h *handler) interceptStreamClient(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	callerMD, _ := metadata.FromOutgoingContext(ctx)
-	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true})
+	peers := h.channelPeers(cc)
+	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true}, carriesPeerMetadata(peers))
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
 	st.reqBytes.Store(st.requestBytesSent(rc, callerMD))
-	cs := &clientStream{h: h, rc: rc}
+	cs := &clientStream{h: h, rc: rc, peers: peers}
 	// OnFinish ends the attempt however the stream ends, also when its
 	// caller stops reading before the end.
 	s, err := streamer(rc, desc, cc, method, st.callOptions(opts, grpc.OnFinish(cs.finish))...)
@@ -196,8 +214,9 @@ func (h *handler) interceptStreamClient(ctx context.Context, desc *grpc.StreamDe
 // peer metadata from its headers.
 type clientStream struct {
 	grpc.ClientStream
-	h  *handler
-	rc *rpcContext
+	h     *handler
+	rc    *rpcContext
+	peers *atomic.Int32 // what the channel's calls found of their connections
 }
 
 func (s *clientStream) SendMsg(m any) error {
@@ -237,7 +256,9 @@ func (s *clientStream) sawHeader(md metadata.MD) {
 	st := &s.rc.state
 	if md != nil && st.responded.CompareAndSwap(false, true) {
 		st.respBytes.Add(responseHeaderBytes(md))
-		s.h.learnPeer(st, md)
+		if !st.connPeer {
+			s.h.learnPeer(st, md)
+		}
 	}
 }
 
@@ -256,12 +277,13 @@ func (s *clientStream) finish(err error) {
 		sc, _ := status.FromError(err)
 		st.respBytes.Add(trailerBytes(int(sc.Code()), sc.Message()))
 	}
+	s.h.learnConnection(st, &st.peerInfo, s.peers)
 	s.h.end(s.rc, st, err, &st.peerInfo)
 }
 
 func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContext {
 	h := s.h
-	rc := h.begin(ctx, method, false, callerMetadata{})
+	rc := h.begin(ctx, method, false, callerMetadata{}, false)
 	st := &rc.state
 	if p, ok := peer.FromContext(ctx); ok {
 		st.remote, st.local = p.Addr, p.LocalAddr
@@ -271,7 +293,7 @@ func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContex
 	// copies it. Other headers go uncounted: the metadata cannot be walked
 	// without copying all of it.
 	n := int64(grpcRequestFixedBytes+len(method)) + grpcContentTypeBytes + st.headerBytes + grpcUserAgentBytes
-	if w := st.peer.Load(); w != nil {
+	if w := st.peer.Load(); w != nil && !st.connPeer {
 		n += int64(len(HeaderPeerMetadataID) + peerIDLen(w))
 	}
 	st.reqBytes.Store(n)
@@ -297,9 +319,10 @@ func (s *ServerInterceptor) interceptUnary(ctx context.Context, req any, info *g
 func (s *ServerInterceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, inner grpc.UnaryServerInterceptor) (any, error) {
 	rc := s.begin(ctx, info.FullMethod)
 	st := &rc.state
-	if s.meta != nil {
+	if s.meta != nil && !st.connPeer {
 		// Only fails when the headers were already sent, which cannot
-		// have happened before the method runs.
+		// have happened before the method runs. A client that exchanged
+		// its metadata at the handshake has this workload's from there.
 		if grpc.SetHeader(rc, s.meta) == nil {
 			st.respBytes.Add(s.metaBytes)
 		}
@@ -329,7 +352,7 @@ func (s *ServerInterceptor) interceptStream(srv any, ss grpc.ServerStream, info 
 // when inner is not nil.
 func (s *ServerInterceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler, inner grpc.StreamServerInterceptor) error {
 	rc := s.begin(ss.Context(), info.FullMethod)
-	if s.meta != nil && ss.SetHeader(s.meta) == nil {
+	if s.meta != nil && !rc.state.connPeer && ss.SetHeader(s.meta) == nil {
 		rc.state.respBytes.Add(s.metaBytes)
 	}
 	var err error

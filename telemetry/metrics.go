@@ -127,6 +127,7 @@ type core struct {
 	service      string
 	peerIdentity func(context.Context) (string, bool)
 	peerAuthID   func(credentials.AuthInfo) (string, bool)
+	peerAuthMeta func(credentials.AuthInfo) (string, bool)
 	metaID       string // this workload's peer metadata headers; "" sends none
 	metaValue    string
 	peers        peerCache
@@ -149,6 +150,7 @@ func newCore(client bool, opts []Option) *core {
 		service:      cfg.service,
 		peerIdentity: cfg.peerIdentity,
 		peerAuthID:   cfg.peerAuthID,
+		peerAuthMeta: cfg.peerAuthMeta,
 		accessLogger: cfg.accessLogger,
 		accessLog:    cfg.accessLog,
 		tap:          cfg.tap,

@@ -36,6 +36,7 @@ type config struct {
 	service        string
 	peerIdentity   func(context.Context) (principal string, ok bool)
 	peerAuthID     func(credentials.AuthInfo) (principal string, ok bool)
+	peerAuthMeta   func(credentials.AuthInfo) (value string, ok bool)
 	accessLogger   *slog.Logger
 	accessLog      AccessLogConfig
 	tap            *Tap
@@ -147,6 +148,22 @@ func WithPeerAuthIdentity(f func(credentials.AuthInfo) (principal string, ok boo
 	return grpcOptionFunc(func(c *config) {
 		if f != nil {
 			c.peerAuthID = f
+		}
+	})
+}
+
+// WithPeerAuthMetadata reads the peer's Istio peer metadata (an
+// x-envoy-peer-metadata value) from its connection's
+// credentials.AuthInfo, for credentials that exchange it once per
+// connection (mesh's transport.WithPeerMetadata). On such a connection a
+// server takes the client's labels from there and sends no peer metadata
+// headers back; a client sends none and asks for no response headers once
+// its calls have found their servers exchanging, until one does not. A nil
+// function is ignored.
+func WithPeerAuthMetadata(f func(credentials.AuthInfo) (value string, ok bool)) GRPCOption {
+	return grpcOptionFunc(func(c *config) {
+		if f != nil {
+			c.peerAuthMeta = f
 		}
 	})
 }

@@ -22,6 +22,7 @@ type clientCredentials struct {
 	logger             *slog.Logger
 	failures           *failureLog
 	serverNameOverride string
+	peerMetadata       string // WithPeerMetadata
 }
 
 // NewClientCredentials returns gRPC transport credentials for mesh clients.
@@ -42,7 +43,7 @@ func NewClientCredentials(providers Providers, opts ...ClientOption) credentials
 
 func newClientCredentials(providers Providers, opts []ClientOption) *clientCredentials {
 	o := newOptions(ClientOption.applyClient, opts)
-	return &clientCredentials{providers: providers, logger: o.logger, failures: newFailureLog(o.logger)}
+	return &clientCredentials{providers: providers, logger: o.logger, failures: newFailureLog(o.logger), peerMetadata: o.peerMetadata}
 }
 
 func (c *clientCredentials) ClientHandshake(ctx context.Context, authority string, rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -63,13 +64,28 @@ func (c *clientCredentials) handshakeTLS(ctx context.Context, authority string, 
 	if err != nil {
 		return nil, nil, err
 	}
+	if c.peerMetadata != "" {
+		cfg.NextProtos = []string{alpnH2PeerMetadata, alpnH2}
+	}
 	conn := tls.Client(rawConn, cfg)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		_ = conn.Close()
 		return nil, nil, err
 	}
 	state := conn.ConnectionState()
-	if state.NegotiatedProtocol != alpnH2 {
+	var peerMetadata string
+	switch state.NegotiatedProtocol {
+	case alpnH2:
+	case alpnH2PeerMetadata:
+		if c.peerMetadata == "" {
+			_ = conn.Close()
+			return nil, nil, errNoExchange
+		}
+		if peerMetadata, err = exchangePeerMetadata(conn, c.peerMetadata, deadlineOf(ctx)); err != nil {
+			_ = conn.Close()
+			return nil, nil, err
+		}
+	default:
 		_ = conn.Close()
 		return nil, nil, fmt.Errorf("server negotiated ALPN protocol %q, want %q", state.NegotiatedProtocol, alpnH2)
 	}
@@ -83,6 +99,7 @@ func (c *clientCredentials) handshakeTLS(ctx context.Context, authority string, 
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		State:          &state,
 		PeerID:         id,
+		PeerMetadata:   peerMetadata,
 	}, nil
 }
 

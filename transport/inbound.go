@@ -51,9 +51,9 @@ type GRPCInbound struct {
 // NewGRPCInbound returns the connection handling of one gRPC server, whose
 // listeners' resources come from listeners and certificates from
 // providers.
-func NewGRPCInbound(listeners ListenerWatcher, providers Providers, opts ...InboundOption) *GRPCInbound {
+func NewGRPCInbound(listeners ListenerWatcher, providers Providers, opts ...GRPCInboundOption) *GRPCInbound {
 	s := &GRPCInbound{}
-	s.init(listeners, providers, newOptions(InboundOption.applyGRPCInbound, opts), s.currentChainForRPC)
+	s.init(listeners, providers, newOptions(GRPCInboundOption.applyGRPCInbound, opts), s.currentChainForRPC)
 	s.creds = drainingCredentials{s.creds}
 	return s
 }

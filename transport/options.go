@@ -26,9 +26,12 @@ type AuthorizerOption interface{ applyAuthorizer(*options) }
 // HTTPInboundOption configures NewHTTPInbound.
 type HTTPInboundOption interface{ applyHTTPInbound(*options) }
 
+// GRPCInboundOption configures NewGRPCInbound.
+type GRPCInboundOption interface{ applyGRPCInbound(*options) }
+
 // InboundOption configures NewGRPCInbound and NewHTTPInbound.
 type InboundOption interface {
-	applyGRPCInbound(*options)
+	GRPCInboundOption
 	HTTPInboundOption
 }
 
@@ -53,6 +56,9 @@ type options struct {
 	drainPeriod  time.Duration
 	maxConnAge   time.Duration
 	servingState func(addr net.Addr, serving bool, err error)
+	// peerMetadata is what gRPC connections exchange at the handshake
+	// (WithPeerMetadata); "" exchanges nothing.
+	peerMetadata string
 	// currentChain: what an Authorizer enforces on open connections; set
 	// by the inbound servers (and tests).
 	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain

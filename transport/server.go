@@ -33,6 +33,7 @@ type serverCredentials struct {
 	logger       *slog.Logger
 	sniffTimeout time.Duration
 	alpn         []string // accepted application protocols; "" for none offered
+	peerMetadata string   // WithPeerMetadata
 }
 
 // NewServerCredentials returns gRPC transport credentials for mesh servers.
@@ -49,7 +50,7 @@ func NewServerCredentials(providers Providers, chooser Chooser, opts ...ServerOp
 }
 
 func newServerCredentials(providers Providers, chooser Chooser, o options) *serverCredentials {
-	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout, alpn: o.alpn}
+	return &serverCredentials{providers: providers, chooser: chooser, logger: o.logger, sniffTimeout: o.sniffTimeout, alpn: o.alpn, peerMetadata: o.peerMetadata}
 }
 
 func (s *serverCredentials) ServerHandshake(rawConn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -97,7 +98,18 @@ func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.A
 		return nil, nil, fmt.Errorf("tls handshake: %w", err)
 	}
 	state := conn.ConnectionState()
-	if !slices.Contains(s.alpn, state.NegotiatedProtocol) {
+	var peerMetadata string
+	if state.NegotiatedProtocol == alpnH2PeerMetadata {
+		if s.peerMetadata == "" {
+			_ = conn.Close()
+			return nil, nil, errNoExchange
+		}
+		// grpc-go's handshake deadline, set on rawConn, bounds the reads.
+		if peerMetadata, err = exchangePeerMetadata(conn, s.peerMetadata, time.Time{}); err != nil {
+			_ = conn.Close()
+			return nil, nil, err
+		}
+	} else if !slices.Contains(s.alpn, state.NegotiatedProtocol) {
 		_ = conn.Close()
 		return nil, nil, fmt.Errorf("client did not negotiate an ALPN protocol of %q (got %q)", s.alpn, state.NegotiatedProtocol)
 	}
@@ -115,6 +127,7 @@ func (s *serverCredentials) handshake(rawConn net.Conn) (net.Conn, credentials.A
 		State:          &state,
 		PeerID:         id,
 		FilterChain:    fc,
+		PeerMetadata:   peerMetadata,
 	}, nil
 }
 
@@ -126,7 +139,7 @@ func (s *serverCredentials) tlsConfig(settings *xdsclient.DownstreamTLS) (*tls.C
 	get := certificateFrom(settings.Identity.Provider, ident)
 	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		NextProtos:     slices.DeleteFunc(slices.Clone(s.alpn), func(p string) bool { return p == "" }),
+		NextProtos:     s.nextProtos(),
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return get() },
 		ClientAuth:     tls.NoClientCert,
 	}
@@ -156,6 +169,16 @@ func (s *serverCredentials) tlsConfig(settings *xdsclient.DownstreamTLS) (*tls.C
 		return nil
 	}
 	return cfg, nil
+}
+
+// nextProtos is what the server offers by ALPN, in order of preference:
+// the peer metadata exchange first, when it has metadata to exchange.
+func (s *serverCredentials) nextProtos() []string {
+	protos := slices.DeleteFunc(slices.Clone(s.alpn), func(p string) bool { return p == "" })
+	if s.peerMetadata != "" {
+		protos = append([]string{alpnH2PeerMetadata}, protos...)
+	}
+	return protos
 }
 
 func (s *serverCredentials) ClientHandshake(_ context.Context, _ string, _ net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -47,6 +47,12 @@ type AuthInfo struct {
 	// served by (server side only; nil on clients). Its HTTP filters carry
 	// the RBAC policies the Authorizer enforces.
 	FilterChain *xdsclient.FilterChain
+	// PeerMetadata is the other side's Istio peer metadata (an
+	// x-envoy-peer-metadata value), when both sides exchanged it once for
+	// the connection (WithPeerMetadata); "" when they did not, and then
+	// calls carry it in their headers. It is the peer's claim, not proven
+	// by its certificate.
+	PeerMetadata string
 }
 
 // AuthType returns "mesh-mtls" for TLS connections (even when the client

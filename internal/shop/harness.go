@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"mesh"
 	"mesh/controlplane"
 	"mesh/xdsclient"
@@ -34,10 +36,10 @@ func LoadBootstrap(dir string, certRefresh time.Duration) (*xdsclient.Bootstrap,
 }
 
 // ServePayments serves Payments of version on a new loopback listener
-// with a server made from m, until the test ends.
-func ServePayments(tb testing.TB, m *mesh.Mesh, version string) net.Addr {
+// with a server made from m and opts, until the test ends.
+func ServePayments(tb testing.TB, m *mesh.Mesh, version string, opts ...grpc.ServerOption) net.Addr {
 	tb.Helper()
-	srv := m.NewGRPCServer()
+	srv := m.NewGRPCServer(opts...)
 	(&Payments{Version: version}).Register(srv)
 	return ServeGRPC(tb, srv)
 }

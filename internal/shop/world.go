@@ -72,6 +72,9 @@ type WorldOptions struct {
 	// Mesh, when set, returns extra options for a workload's mesh; dir is
 	// the workload's directory of bootstrap and SVID files.
 	Mesh func(w controlplane.Workload, dir string) []mesh.Option
+	// PaymentsServer, when set, returns extra options for a payments
+	// version's gRPC server.
+	PaymentsServer func(w controlplane.Workload) []grpc.ServerOption
 }
 
 // StartWorldWith is StartWorld with options for the control plane and the
@@ -123,7 +126,11 @@ func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo Worl
 			continue
 		}
 		version := wl.Labels["version"]
-		w.Payments[version] = ServePayments(tb, m, version)
+		var serverOpts []grpc.ServerOption
+		if wo.PaymentsServer != nil {
+			serverOpts = wo.PaymentsServer(wl)
+		}
+		w.Payments[version] = ServePayments(tb, m, version, serverOpts...)
 		w.ServerSpans[version] = rec
 	}
 	conn, err := w.Checkout.Dial(PaymentsTarget)
