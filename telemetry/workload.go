@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -236,8 +237,17 @@ func ParsePeerMetadata(value string) (Workload, error) {
 // decoding once per peer is enough. It is bounded and forgets everything
 // when full, which is cheap and keeps a hostile peer from growing it.
 type peerCache struct {
-	mu      sync.RWMutex // read-locked on every request, written once per peer
+	// last is the value decoded most recently: a connection's peers send
+	// the same value on every call, so most lookups end here, without
+	// the lock or hashing hundreds of bytes.
+	last    atomic.Pointer[peerCacheEntry]
+	mu      sync.RWMutex // read-locked on lookups last missed, written once per peer
 	entries map[string]*Workload
+}
+
+type peerCacheEntry struct {
+	value string
+	w     *Workload
 }
 
 const peerCacheSize = 256
@@ -248,6 +258,9 @@ const peerCacheSize = 256
 func (c *peerCache) lookup(value string) (*Workload, error) {
 	if value == "" {
 		return nil, nil
+	}
+	if e := c.last.Load(); e != nil && e.value == value {
+		return e.w, nil
 	}
 	c.mu.RLock()
 	w, ok := c.entries[value]
@@ -265,5 +278,6 @@ func (c *peerCache) lookup(value string) (*Workload, error) {
 	}
 	c.entries[value] = w
 	c.mu.Unlock()
+	c.last.Store(&peerCacheEntry{value: value, w: w})
 	return w, err
 }
