@@ -70,6 +70,13 @@
 // sidecar learn each other's labels. Principals come from the mutual TLS
 // handshake, never from headers.
 //
+// Credentials that exchange the same value once per connection (mesh's
+// transport.WithPeerMetadata, between two mesh workloads) spare every call
+// those headers: with WithPeerAuthMetadata, a server reads the client's
+// labels from the connection and sends none back, and a client channel
+// stops sending and reading them once its calls find their servers
+// exchanging; a channel whose servers do not keeps the headers.
+//
 // # Traces
 //
 // The client handler records a client span per RPC attempt, named after the

@@ -31,6 +31,12 @@
 // whose first bytes are a TLS handshake record gets the "tls" chain. A
 // client that sends nothing within 10s is dropped.
 //
+// With WithPeerMetadata on both ends, two mesh workloads exchange their
+// Istio peer metadata once per connection, right after the TLS handshake
+// (ALPN "mesh-h2-peer-metadata"), and AuthInfo.PeerMetadata reports the
+// other's; peers that do not offer it, such as grpc-go's own credentials
+// and Envoy, speak plain "h2".
+//
 // GRPCInbound and HTTPInbound do all of the server side from the control
 // plane's inbound listener resources (gRFC A36), as the mesh's servers do:
 // they gate each listener on its resource, choose each connection's filter
