@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 
 	"mesh/telemetry"
@@ -49,33 +48,33 @@ func localWorkload(bs *xdsclient.Bootstrap, providers transport.ProviderMap) tel
 	return w
 }
 
+// meshAuthInfo returns the AuthInfo of mesh's transport credentials that
+// ai is, if it is one (by value: a pointer to it would cost an allocation
+// per call).
+func meshAuthInfo(ai credentials.AuthInfo) (transport.AuthInfo, bool) {
+	switch ai := ai.(type) {
+	case transport.AuthInfo:
+		return ai, true
+	case *transport.AuthInfo:
+		if ai != nil {
+			return *ai, true
+		}
+	}
+	return transport.AuthInfo{}, false
+}
+
 // peerAuthMetadata is the peer metadata the other side of a connection
 // sent at mesh's handshake, if it did.
 func peerAuthMetadata(ai credentials.AuthInfo) (string, bool) {
-	var value string
-	switch ai := ai.(type) {
-	case transport.AuthInfo:
-		value = ai.PeerMetadata
-	case *transport.AuthInfo:
-		if ai != nil {
-			value = ai.PeerMetadata
-		}
-	}
-	return value, value != ""
+	info, _ := meshAuthInfo(ai)
+	return info.PeerMetadata, info.PeerMetadata != ""
 }
 
 // peerAuthPrincipal is the SPIFFE ID mesh's transport credentials verified
 // for a connection, as telemetry labels want it.
 func peerAuthPrincipal(ai credentials.AuthInfo) (string, bool) {
-	var id spiffeid.ID
-	switch ai := ai.(type) {
-	case transport.AuthInfo:
-		id = ai.PeerID
-	case *transport.AuthInfo:
-		if ai != nil {
-			id = ai.PeerID
-		}
-	}
+	info, _ := meshAuthInfo(ai)
+	id := info.PeerID
 	if id.IsZero() {
 		return "", false
 	}
