@@ -251,10 +251,8 @@ func (s *grpcStream[Req, Resp]) Context() context.Context { return s.ctx }
 // Send writes m as one uncompressed gRPC message. An error means the
 // stream is over; Recv tells why.
 func (s *grpcStream[Req, Resp]) Send(m Req) error {
+	// The server enforces its own size limit, with a status saying so.
 	size := proto.Size(m)
-	if size > maxRecvMsgSize {
-		return status.Errorf(codes.ResourceExhausted, "xds: request of %d bytes, larger than %d", size, maxRecvMsgSize)
-	}
 	buf := make([]byte, 5, 5+size)
 	binary.BigEndian.PutUint32(buf[1:], uint32(size))
 	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, m)

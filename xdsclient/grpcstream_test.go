@@ -319,3 +319,27 @@ func TestNewADSServerTargets(t *testing.T) {
 		})
 	}
 }
+
+// A gRPC server that serves no ADS answers Unimplemented, trailers-only.
+func TestGRPCStreamServerWithoutADS(t *testing.T) {
+	ctx := testutil.Context(t)
+	lis := listenTCP(t)
+	gs := grpc.NewServer()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = gs.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-done
+	})
+	srv, err := newADSServer(ServerConfig{URI: lis.Addr().String()}, serverCreds{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openSotW(ctx, t, srv)
+	if _, err := s.Recv(); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("Recv = %v, want Unimplemented", err)
+	}
+}
