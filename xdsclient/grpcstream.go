@@ -275,18 +275,21 @@ func (s *grpcStream[Req, Resp]) Recv() (Resp, error) {
 	if s.ended != nil {
 		return zero, s.ended
 	}
+	var err error
 	if s.resp == nil {
-		if err := s.start(); err != nil {
-			s.ended = err
-			return zero, err
+		err = s.start()
+	}
+	if err == nil {
+		var m Resp
+		if m, err = s.recv(); err == nil {
+			return m, nil
 		}
 	}
-	m, err := s.recv()
-	if err != nil {
-		s.ended = err
-		return zero, err
-	}
-	return m, nil
+	s.ended = err
+	// Sends from now on fail, whether or not the HTTP/2 client has
+	// stopped reading the request body yet.
+	s.pw.CloseWithError(errStreamClosed)
+	return zero, err
 }
 
 // start sends the request and reads the response headers.
