@@ -50,12 +50,14 @@ func echoOnce(err error) func(discoverypb.AggregatedDiscoveryService_StreamAggre
 	}
 }
 
-// serveADS starts a grpc-go server with h on lis and returns an adsServer
-// for uri that reaches it over plaintext.
+// serveADS starts a grpc-go server with h (none if nil) on lis and
+// returns an adsServer for uri that reaches it over plaintext.
 func serveADS(t *testing.T, lis net.Listener, uri string, h *adsHandler, opts ...grpc.ServerOption) *adsServer {
 	t.Helper()
 	s := grpc.NewServer(opts...)
-	discoverypb.RegisterAggregatedDiscoveryServiceServer(s, h)
+	if h != nil {
+		discoverypb.RegisterAggregatedDiscoveryServiceServer(s, h)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -324,20 +326,7 @@ func TestNewADSServerTargets(t *testing.T) {
 func TestGRPCStreamServerWithoutADS(t *testing.T) {
 	ctx := testutil.Context(t)
 	lis := listenTCP(t)
-	gs := grpc.NewServer()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = gs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-done
-	})
-	srv, err := newADSServer(ServerConfig{URI: lis.Addr().String()}, serverCreds{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := serveADS(t, lis, lis.Addr().String(), nil)
 	s := openSotW(ctx, t, srv)
 	if _, err := s.Recv(); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("Recv = %v, want Unimplemented", err)
