@@ -189,10 +189,9 @@ type grpcStream[Req, Resp proto.Message] struct {
 	stop    func() bool // stops the AfterFunc that aborts on cancel
 
 	// Only Recv touches these.
-	resp      *http.Response
-	ended     error // set once the stream has ended
-	hdr       [5]byte
-	reqFailed bool
+	resp  *http.Response
+	ended error // set once the stream has ended
+	hdr   [5]byte
 }
 
 // openStream dials srv and prepares a stream calling method on it. The
