@@ -11,9 +11,8 @@ import (
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -51,9 +50,9 @@ type typeState struct {
 // state-of-the-world or delta as that server's features say. Its mutable
 // fields are guarded by the owning Client's mu.
 type adsChannel struct {
-	c     *Client
-	set   *serverSet
-	conns []*grpc.ClientConn // one per server of set, created up front
+	c       *Client
+	set     *serverSet
+	servers []*adsServer // one per server of set
 	// cancel ends run; Close calls it.
 	cancel context.CancelFunc
 	// out sends the current stream's requests; nil between streams.
@@ -68,22 +67,13 @@ type adsChannel struct {
 func newADSChannel(c *Client, set *serverSet) (*adsChannel, error) {
 	a := &adsChannel{c: c, set: set, server: -1}
 	for i, s := range set.servers {
-		cc, err := grpc.NewClient(s.URI, set.dialOpts[i]...)
+		srv, err := newADSServer(s, set.creds[i])
 		if err != nil {
-			a.closeConns()
-			return nil, fmt.Errorf("xds: server %q: %w", s.URI, err)
+			return nil, err
 		}
-		a.conns = append(a.conns, cc)
+		a.servers = append(a.servers, srv)
 	}
 	return a, nil
-}
-
-func (a *adsChannel) closeConns() error {
-	var errs []error
-	for _, cc := range a.conns {
-		errs = append(errs, cc.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // namesChangedLocked records that kind's watched names changed.
@@ -248,7 +238,7 @@ func (a *adsChannel) runStream(ctx context.Context, server int) (gotResponse boo
 		probeDone := make(chan struct{})
 		go func() {
 			defer close(probeDone)
-			if waitReady(sctx, a.conns[0]) {
+			if a.waitReady(sctx) {
 				cancel(errPrimaryBack)
 			}
 		}()
@@ -269,19 +259,20 @@ func (a *adsChannel) runStream(ctx context.Context, server int) (gotResponse boo
 	return gotResponse, err
 }
 
-// waitReady reports whether cc becomes READY before ctx ends.
-func waitReady(ctx context.Context, cc *grpc.ClientConn) bool {
-	cc.Connect()
-	for {
-		s := cc.GetState()
-		switch s {
-		case connectivity.Ready:
+// waitReady reports whether the primary server becomes reachable (a
+// connection made, a ping answered) before ctx ends, trying again after
+// the client's backoff.
+func (a *adsChannel) waitReady(ctx context.Context) bool {
+	for attempt := 0; ; attempt++ {
+		if a.servers[0].ready(ctx) {
 			return true
-		case connectivity.Idle:
-			cc.Connect()
 		}
-		if !cc.WaitForStateChange(ctx, s) {
+		t := time.NewTimer(a.c.opts.backoff(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return false
+		case <-t.C:
 		}
 	}
 }
@@ -314,10 +305,7 @@ func (a *adsChannel) gotFirstResponse(server int) {
 }
 
 func (a *adsChannel) runSotWStream(ctx context.Context, server int) (gotResponse bool, err error) {
-	return runStream(ctx, a, server,
-		func(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient) (discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, error) {
-			return c.StreamAggregatedResources(ctx)
-		},
+	return runStream(ctx, a, server, sotwMethod, func() *discoverypb.DiscoveryResponse { return new(discoverypb.DiscoveryResponse) },
 		a.sendSotW,
 		func(resp *discoverypb.DiscoveryResponse) {
 			a.c.handleResponse(a, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), resp.GetResources())
@@ -325,10 +313,7 @@ func (a *adsChannel) runSotWStream(ctx context.Context, server int) (gotResponse
 }
 
 func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotResponse bool, err error) {
-	return runStream(ctx, a, server,
-		func(ctx context.Context, c discoverypb.AggregatedDiscoveryServiceClient) (discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, error) {
-			return c.DeltaAggregatedResources(ctx)
-		},
+	return runStream(ctx, a, server, deltaMethod, func() *discoverypb.DeltaDiscoveryResponse { return new(discoverypb.DeltaDiscoveryResponse) },
 		a.sendDelta,
 		func(resp *discoverypb.DeltaDiscoveryResponse) {
 			a.c.handleDeltaResponse(a, resp.GetTypeUrl(), resp.GetNonce(), resp.GetResources(), resp.GetRemovedResources())
@@ -339,14 +324,14 @@ func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotRespons
 // until it fails: this goroutine receives, each response goes to handle,
 // and a sender owned by this call, stopped before it returns, sends what
 // send builds.
-func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *adsChannel, server int,
-	open func(context.Context, discoverypb.AggregatedDiscoveryServiceClient) (S, error),
-	send func(stream S, first bool) (bool, error),
-	handle func(R),
+func runStream[Req, Resp proto.Message](ctx context.Context, a *adsChannel, server int, method string,
+	newResp func() Resp,
+	send func(stream adsStream[Req, Resp], first bool) (bool, error),
+	handle func(Resp),
 ) (gotResponse bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := open(sctx, discoverypb.NewAggregatedDiscoveryServiceClient(a.conns[server]))
+	stream, err := openStream[Req](sctx, a.servers[server], method, newResp)
 	if err != nil {
 		return false, err
 	}
@@ -365,6 +350,7 @@ func runStream[S interface{ Recv() (R, error) }, R any](ctx context.Context, a *
 		a.out = nil
 		a.c.mu.Unlock()
 		cancel()
+		stream.close() // unblocks a Send waiting on the connection
 		out.wg.Wait()
 	}()
 
@@ -461,7 +447,7 @@ func (a *adsChannel) dropRetiredLocked(kind resourceKind) {
 	}
 }
 
-func (a *adsChannel) sendSotW(stream discoverypb.AggregatedDiscoveryService_StreamAggregatedResourcesClient, needNode bool) (bool, error) {
+func (a *adsChannel) sendSotW(stream adsStream[*discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse], needNode bool) (bool, error) {
 	a.c.mu.Lock()
 	var reqs []*discoverypb.DiscoveryRequest
 	var kinds []resourceKind
@@ -589,7 +575,7 @@ func (a *adsChannel) deltaSubscriptionLocked(kind resourceKind, uri string) *dis
 // sendDelta sends, per type, the ACK or NACK of the last response and the
 // subscription changes since the last request, as separate requests: the
 // ACK first, so a server that answers the change does so after it.
-func (a *adsChannel) sendDelta(stream discoverypb.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, needNode bool) (bool, error) {
+func (a *adsChannel) sendDelta(stream adsStream[*discoverypb.DeltaDiscoveryRequest, *discoverypb.DeltaDiscoveryResponse], needNode bool) (bool, error) {
 	a.c.mu.Lock()
 	uri := a.serverURILocked()
 	var reqs []*discoverypb.DeltaDiscoveryRequest

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -140,8 +139,8 @@ type resourceState struct {
 type serverSet struct {
 	key     string
 	servers []ServerConfig
-	// dialOpts are each server's channel and call credentials.
-	dialOpts [][]grpc.DialOption
+	// creds are each server's channel and call credentials.
+	creds []serverCreds
 }
 
 // Client is an xDS client: one ADS stream per distinct server list (the
@@ -257,9 +256,9 @@ func addServerSet(sets map[string]*serverSet, servers []ServerConfig, path strin
 	if sets[key] != nil {
 		return key, nil
 	}
-	set := &serverSet{key: key, servers: servers, dialOpts: make([][]grpc.DialOption, len(servers))}
+	set := &serverSet{key: key, servers: servers, creds: make([]serverCreds, len(servers))}
 	for i, s := range servers {
-		if set.dialOpts[i], err = dialOptions(s, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+		if set.creds[i], err = credsFor(s, fmt.Sprintf("%s[%d]", path, i)); err != nil {
 			return "", err
 		}
 	}
@@ -365,18 +364,16 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 
 	c.wg.Wait()
-	var errs []error
+	// Each stream closed its connection as it ended.
 	for _, a := range channels {
 		a.connected.Store(false)
-		errs = append(errs, a.closeConns())
 	}
-	err := errors.Join(errs...)
 	if c.cache != nil {
 		c.cache.close()
 	}
 	c.meter.close()
 	c.events.close()
-	return err
+	return nil
 }
 
 // WatchListener watches the LDS resource name. See the package docs for
@@ -491,7 +488,7 @@ func (c *Client) subscriptionChangedLocked(kind resourceKind, st *resourceState)
 			a, err = newADSChannel(c, set)
 		}
 		if err != nil {
-			// grpc.NewClient fails only on a malformed target, which the
+			// Only a server_uri that does not parse fails here, which the
 			// watchers must hear about; retrying would not help.
 			c.log.Error("xds: cannot create channel", "error", err)
 			for _, other := range c.watches[kind] {

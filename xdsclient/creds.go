@@ -2,21 +2,15 @@ package xdsclient
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // jsonTokenFileCreds is the config of "jwt_token_file" call creds.
@@ -38,31 +32,41 @@ func parseTokenFileConfig(raw json.RawMessage) (string, error) {
 	return cfg.JWTTokenFile, nil
 }
 
-// dialOptions are the channel and call credentials for one xDS server.
-func dialOptions(s ServerConfig, path string) ([]grpc.DialOption, error) {
-	tc, err := transportCredentials(s, path)
+// serverCreds are the channel and call credentials for one xDS server:
+// tls nil means plaintext (h2c).
+type serverCreds struct {
+	tls    *reloadingTLS
+	tokens []*tokenFileCreds
+}
+
+// credsFor reads s's channel and call credentials (gRFC A65, A97).
+func credsFor(s ServerConfig, path string) (serverCreds, error) {
+	var sc serverCreds
+	tc, err := channelCreds(s, path)
 	if err != nil {
-		return nil, err
+		return sc, err
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(tc)}
+	sc.tls = tc
 	for i, cc := range s.CallCreds {
 		if cc.Type != CallCredsJWTTokenFile {
 			continue // gRFC A97: unsupported call creds are ignored
 		}
 		file, err := parseTokenFileConfig(cc.Config)
 		if err != nil {
-			return nil, fmt.Errorf("bootstrap: %s.call_creds[%d].config: %w", path, i, err)
+			return sc, fmt.Errorf("bootstrap: %s.call_creds[%d].config: %w", path, i, err)
 		}
-		opts = append(opts, grpc.WithPerRPCCredentials(&tokenFileCreds{path: file}))
+		sc.tokens = append(sc.tokens, &tokenFileCreds{path: file})
 	}
-	return opts, nil
+	return sc, nil
 }
 
-func transportCredentials(s ServerConfig, path string) (credentials.TransportCredentials, error) {
+// channelCreds returns the first supported channel creds of s: nil for
+// insecure, else TLS from the bootstrap's files.
+func channelCreds(s ServerConfig, path string) (*reloadingTLS, error) {
 	for i, cc := range s.ChannelCreds {
 		switch cc.Type {
 		case CredsInsecure:
-			return insecure.NewCredentials(), nil
+			return nil, nil
 		case CredsTLS:
 			cfg, err := parseTLSCredsConfig(cc.Config)
 			if err != nil {
@@ -98,21 +102,21 @@ func stamp(path string) (fileStamp, error) {
 // again, before a handshake, when they changed: rotated certificates and
 // roots take effect on the next connection, with no restart.
 type reloadingTLS struct {
-	cfg        jsonTLSCreds
-	path       string // for errors
-	serverName string // set by OverrideServerName
+	cfg  jsonTLSCreds
+	path string // for errors
 
 	mu     sync.Mutex
 	stamps [3]fileStamp
-	creds  credentials.TransportCredentials
+	config *tls.Config
 }
 
 func (r *reloadingTLS) files() [3]string {
 	return [3]string{r.cfg.CACertificateFile, r.cfg.CertificateFile, r.cfg.PrivateKeyFile}
 }
 
-// current returns TLS credentials built from the files as they are now.
-func (r *reloadingTLS) current() (credentials.TransportCredentials, error) {
+// current returns a TLS config built from the files as they are now,
+// shared: callers clone it before they set anything.
+func (r *reloadingTLS) current() (*tls.Config, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var stamps [3]fileStamp
@@ -127,10 +131,10 @@ func (r *reloadingTLS) current() (credentials.TransportCredentials, error) {
 		}
 		stamps[i] = st
 	}
-	if r.creds != nil && stamps == r.stamps {
-		return r.creds, nil
+	if r.config != nil && stamps == r.stamps {
+		return r.config, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: r.serverName}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if f := r.cfg.CACertificateFile; f != "" {
 		pem, err := os.ReadFile(f)
 		if err != nil {
@@ -149,37 +153,8 @@ func (r *reloadingTLS) current() (credentials.TransportCredentials, error) {
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}
-	r.creds, r.stamps = credentials.NewTLS(tc), stamps
-	return r.creds, nil
-}
-
-func (r *reloadingTLS) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	c, err := r.current()
-	if err != nil {
-		return nil, nil, err
-	}
-	return c.ClientHandshake(ctx, authority, conn)
-}
-
-func (r *reloadingTLS) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return nil, nil, errors.New("xds: tls channel creds are client-side only")
-}
-
-func (r *reloadingTLS) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2", ServerName: r.serverName}
-}
-
-func (r *reloadingTLS) Clone() credentials.TransportCredentials {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return &reloadingTLS{cfg: r.cfg, path: r.path, serverName: r.serverName}
-}
-
-func (r *reloadingTLS) OverrideServerName(name string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.serverName, r.creds = name, nil
-	return nil
+	r.config, r.stamps = tc, stamps
+	return tc, nil
 }
 
 // tokenFileCreds sends the token in a file as a bearer token, reading the
@@ -194,12 +169,14 @@ type tokenFileCreds struct {
 	token string
 }
 
-func (c *tokenFileCreds) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+// authorization is the value of the authorization header of the next
+// stream.
+func (c *tokenFileCreds) authorization() (string, error) {
 	token, err := c.read()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return map[string]string{"authorization": "Bearer " + token}, nil
+	return "Bearer " + token, nil
 }
 
 func (c *tokenFileCreds) read() (string, error) {
@@ -223,6 +200,3 @@ func (c *tokenFileCreds) read() (string, error) {
 	c.token, c.stamp = token, st
 	return token, nil
 }
-
-// RequireTransportSecurity keeps the token off plaintext channels.
-func (c *tokenFileCreds) RequireTransportSecurity() bool { return true }
