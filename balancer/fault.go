@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/grpchttp"
 	"mesh/xdsclient"
 )
 
@@ -171,14 +172,14 @@ func chooseAbort(a *xdsclient.FaultAbort, headers Headers, grpcRequest bool) *fa
 		if code, err := strconv.ParseUint(grpcValue, 10, 32); grpcValue != "" && err == nil && code <= 16 && (grpcRequest || httpValue == "") {
 			out.grpcCode, out.httpStatus = codes.Code(code), grpcToHTTPStatus(codes.Code(code))
 		} else if st, err := strconv.ParseUint(httpValue, 10, 32); httpValue != "" && err == nil && st >= 200 && st < 600 {
-			out.httpStatus, out.grpcCode = int(st), httpToGRPCCode(int(st))
+			out.httpStatus, out.grpcCode = int(st), grpchttp.CodeFromHTTPStatus(int(st))
 		} else {
 			return nil
 		}
 	case a.GRPCStatus != nil:
 		out.grpcCode, out.httpStatus = codes.Code(*a.GRPCStatus), grpcToHTTPStatus(codes.Code(*a.GRPCStatus))
 	default:
-		out.httpStatus, out.grpcCode = int(a.HTTPStatus), httpToGRPCCode(int(a.HTTPStatus))
+		out.httpStatus, out.grpcCode = int(a.HTTPStatus), grpchttp.CodeFromHTTPStatus(int(a.HTTPStatus))
 	}
 	if !lucky(a.PerMillion, a.Denominator, a.FromHeader, headers, xdsclient.FaultAbortPercentageHeader) {
 		return nil
@@ -239,24 +240,6 @@ func (a *faultAbort) httpResponse(req *http.Request) *http.Response {
 		ContentLength: 0,
 		Request:       req,
 	}
-}
-
-// httpToGRPCCode maps an HTTP status to a gRPC code as gRPC clients do
-// (gRPC's HTTP to gRPC status code mapping).
-func httpToGRPCCode(st int) codes.Code {
-	switch st {
-	case http.StatusBadRequest:
-		return codes.Internal
-	case http.StatusUnauthorized:
-		return codes.Unauthenticated
-	case http.StatusForbidden:
-		return codes.PermissionDenied
-	case http.StatusNotFound:
-		return codes.Unimplemented
-	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return codes.Unavailable
-	}
-	return codes.Unknown
 }
 
 // grpcToHTTPStatus maps a gRPC code to the closest HTTP status, for HTTP

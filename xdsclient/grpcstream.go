@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"mesh/internal/grpchttp"
 )
 
 // The ADS stream is gRPC over HTTP/2 spoken directly on an x/net/http2
@@ -304,7 +306,7 @@ func (s *grpcStream[Req, Resp]) start() error {
 		return s.statusError(resp.Header)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return status.Errorf(httpStatusCode(resp.StatusCode), "xds: %s answered HTTP status %d", s.srv.uri, resp.StatusCode)
+		return status.Errorf(grpchttp.CodeFromHTTPStatus(resp.StatusCode), "xds: %s answered HTTP status %d", s.srv.uri, resp.StatusCode)
 	}
 	if ct := resp.Header.Get("Content-Type"); ct != "application/grpc" && !strings.HasPrefix(ct, "application/grpc+") && !strings.HasPrefix(ct, "application/grpc;") {
 		return status.Errorf(codes.Unknown, "xds: %s answered content-type %q, not gRPC", s.srv.uri, ct)
@@ -411,21 +413,3 @@ func (s *grpcStream[Req, Resp]) abort() {
 }
 
 var errStreamClosed = errors.New("xds: stream closed")
-
-// httpStatusCode maps a non-200 HTTP status to a gRPC code, as gRPC's
-// HTTP-to-gRPC status mapping does.
-func httpStatusCode(code int) codes.Code {
-	switch code {
-	case http.StatusBadRequest:
-		return codes.Internal
-	case http.StatusUnauthorized:
-		return codes.Unauthenticated
-	case http.StatusForbidden:
-		return codes.PermissionDenied
-	case http.StatusNotFound:
-		return codes.Unimplemented
-	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return codes.Unavailable
-	}
-	return codes.Unknown
-}
