@@ -31,10 +31,11 @@ func peerMetadataOf(ai credentials.AuthInfo) (string, bool) {
 	return a.PeerMetadata, ok && a.PeerMetadata != ""
 }
 
-// A channel's calls stop carrying peer metadata headers once its server
-// is found to exchange them at the handshake; a channel of the same
-// client to a server that does not keeps sending them on every call, and
-// both servers label every call with the client's workload.
+// A channel's calls, unary and streams, stop carrying peer metadata
+// headers once its server is found to exchange them at the handshake; a
+// channel of the same client to a server that does not keeps sending them
+// on every call, and both servers label every call with the client's
+// workload.
 func TestPeerMetadataHeadersOnlyWhereTheConnectionDidNotCarryIt(t *testing.T) {
 	ctx := testutil.Context(t)
 	ca, err := identitytest.NewCA("cluster.local")
@@ -88,6 +89,13 @@ func TestPeerMetadataHeadersOnlyWhereTheConnectionDidNotCarryIt(t *testing.T) {
 					s.withMeta.Add(1)
 				}
 				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				s.calls.Add(1)
+				if len(metadata.ValueFromIncomingContext(ss.Context(), telemetry.HeaderPeerMetadata)) > 0 {
+					s.withMeta.Add(1)
+				}
+				return h(srv, ss)
 			})}, interceptor.ServerOptions()...)...)
 		healthpb.RegisterHealthServer(srv, &healthService{seen: make(chan observation, 1000)})
 		s.addr = testutil.Start(t, srv)
@@ -123,20 +131,25 @@ func TestPeerMetadataHeadersOnlyWhereTheConnectionDidNotCarryIt(t *testing.T) {
 			}
 		}
 	}
+	// Streams learn from the connection too.
+	for _, c := range []healthpb.HealthClient{toExchanging, toPlain} {
+		watchToEnd(ctx, t, c, "")
+	}
+	const perServer = calls + 1
 	// The first call to the exchanging server could not know yet.
 	if got := exchanging.withMeta.Load(); got != 1 {
 		t.Errorf("the exchanging server got the metadata in headers on %d of %d calls, want the first only", got, exchanging.calls.Load())
 	}
-	if got := plain.withMeta.Load(); got != calls {
+	if got := plain.withMeta.Load(); got != perServer {
 		t.Errorf("the server that does not exchange got the metadata in headers on %d of %d calls, want all", got, plain.calls.Load())
 	}
 	for name, s := range map[string]*server{"exchanging": exchanging, "plain": plain} {
-		if got := requestsBy(t, s.reader, "source_workload"); got[checkout.Name] != calls || len(got) != 1 {
-			t.Errorf("%s server's requests by source_workload = %v, want %d of %s", name, got, calls, checkout.Name)
+		if got := requestsBy(t, s.reader, "source_workload"); got[checkout.Name] != perServer || len(got) != 1 {
+			t.Errorf("%s server's requests by source_workload = %v, want %d of %s", name, got, perServer, checkout.Name)
 		}
 	}
-	if got := requestsBy(t, clientReader, "destination_workload"); got[payments.Name] != 2*calls || len(got) != 1 {
-		t.Errorf("client's requests by destination_workload = %v, want %d of %s", got, 2*calls, payments.Name)
+	if got := requestsBy(t, clientReader, "destination_workload"); got[payments.Name] != 2*perServer || len(got) != 1 {
+		t.Errorf("client's requests by destination_workload = %v, want %d of %s", got, 2*perServer, payments.Name)
 	}
 }
 
