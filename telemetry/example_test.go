@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -149,6 +150,9 @@ func ExampleMiddleware() {
 	client := &http.Client{Transport: telemetry.Transport(http.DefaultTransport,
 		telemetry.WithMeterProvider(mp), telemetry.WithWorkload(checkout),
 		telemetry.WithService("payments.shop.svc.cluster.local"))}
+	// Counts are reported while the Transport is reachable; a real program
+	// keeps its client for as long as it calls.
+	defer runtime.KeepAlive(client)
 	resp, err := client.Get(srv.URL)
 	if err != nil {
 		log.Fatal(err)

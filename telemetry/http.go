@@ -148,7 +148,10 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the response headers, Istio's standard metrics with reporter "source" and
 // an access log record. Metrics are recorded when the response body is
 // read to its end or closed, so durations and sizes cover the whole body.
-// The request passed in is never modified.
+// The request passed in is never modified. Its request counts are reported
+// while the returned RoundTripper is reachable, as a client that uses it
+// keeps it: one nobody holds any more is collected, and its counts with
+// it.
 func Transport(rt http.RoundTripper, opts ...Option) http.RoundTripper {
 	if rt == nil {
 		rt = http.DefaultTransport

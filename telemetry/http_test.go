@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,8 @@ func TestHTTPMiddlewareAndTransport(t *testing.T) {
 		telemetry.WithMeterProvider(clientMeter), telemetry.WithTracerProvider(clientTP),
 		telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost),
 		telemetry.WithClock(stepClock(25*time.Millisecond)))}
+	// The meter reports a Transport's counts while it is reachable.
+	defer runtime.KeepAlive(client)
 
 	const requestBody = "amount=42"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/pay", strings.NewReader(requestBody))
@@ -239,6 +242,8 @@ func TestHTTPMutualTLSPrincipals(t *testing.T) {
 	t.Cleanup(base.CloseIdleConnections)
 	client := &http.Client{Transport: telemetry.Transport(base, telemetry.WithMeterProvider(clientMeter),
 		telemetry.WithWorkload(checkout), telemetry.WithService(paymentsHost))}
+	// The meter reports a Transport's counts while it is reachable.
+	defer runtime.KeepAlive(client)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
 	resp, err := client.Do(req)
 	if err != nil {
@@ -286,6 +291,8 @@ func TestHTTPTransportRecordsRouteAndFailures(t *testing.T) {
 	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: addr, Retries: 2}
 	router := routingTransport{next: base, info: route, ok: make(chan bool, 1)}
 	client := &http.Client{Transport: telemetry.Transport(router, telemetry.WithMeterProvider(mp), telemetry.WithTracerProvider(tp))}
+	// The meter reports a Transport's counts while it is reachable.
+	defer runtime.KeepAlive(client)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/x", nil)
 	if _, err := client.Do(req); err == nil {
 		t.Fatal("get from a closed port succeeded")
