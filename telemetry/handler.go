@@ -399,6 +399,8 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 		st.requestID = in.Get(HeaderRequestID)
 		var w *Workload
 		if p, ok := peer.FromContext(ctx); ok {
+			// The stats handler learns the addresses again from InHeader.
+			st.remote, st.local = p.Addr, p.LocalAddr
 			w = h.peerFromConnection(p.AuthInfo)
 			st.connPeer = w != nil
 		}

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -283,11 +282,8 @@ func (s *clientStream) finish(err error) {
 
 func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContext {
 	h := s.h
-	rc := h.begin(ctx, method, false, callerMetadata{}, false)
+	rc := h.begin(ctx, method, false, callerMetadata{}, false) // also reads the peer's addresses
 	st := &rc.state
-	if p, ok := peer.FromContext(ctx); ok {
-		st.remote, st.local = p.Addr, p.LocalAddr
-	}
 	// What a gRPC request always carries, the headers begin read, and two
 	// more a mesh client sends, sized as mesh sends them: reading a header
 	// copies it. Other headers go uncounted: the metadata cannot be walked
