@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -44,6 +45,12 @@ type GRPCServer struct {
 // set with grpc.UnaryInterceptor (or StreamInterceptor) before every chained
 // interceptor, so it would see calls before they are authorized, and calls
 // it ends itself would go unmeasured.
+//
+// Calls run on goroutines the server reuses (grpc.NumStreamWorkers), which
+// spares each call the growth of a new goroutine's stack; a handler must
+// not leave its goroutine locked to a thread or with pprof labels set.
+// Pass grpc.NumStreamWorkers(0) for a goroutine per call. Stop or
+// GracefulStop ends the workers.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	inboundOpts := []transport.GRPCInboundOption{transport.WithPeerMetadata(m.peerMetadata)}
 	for _, o := range m.inboundOptions() {
@@ -53,12 +60,23 @@ func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	base := append([]grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),
+		grpc.NumStreamWorkers(streamWorkers()),
 	}, s.inbound.ConnectionOptions()...)
 	// Authorization inside telemetry, so denied calls are still measured;
 	// one interceptor calling the other spares grpc-go's per-call chain.
 	base = append(base, m.serverTelemetry.ServerOptionsAround(s.inbound.UnaryServerInterceptor(), s.inbound.StreamServerInterceptor())...)
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
+}
+
+// streamWorkers is how many goroutines a mesh gRPC server keeps to run
+// calls on. grpc-go otherwise starts a goroutine per call, whose stack then
+// grows by copying, several times, on every call: a tenth of a busy
+// server's CPU (benchmarks/TELEMETRY.md, sixth round). A worker's stack
+// stays grown. A call that finds every worker busy gets a goroutine of its
+// own, as without workers, so the count bounds only what is reused.
+func streamWorkers() uint32 {
+	return uint32(max(16, 4*runtime.GOMAXPROCS(0)))
 }
 
 // inboundOptions are the mesh's settings for its servers' connections.
