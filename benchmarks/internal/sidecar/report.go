@@ -33,12 +33,13 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 
 // Names is how the report heads each variant's column.
 var Names = map[string]string{
-	Plain:    "B: grpc-go + mTLS",
-	Sidecars: "C: HAProxy mTLS pair",
-	Mesh:     "M: mesh",
-	MeshSDK:  "M-sdk: mesh, SDK's own histograms",
-	MeshLean: "M-lean: mesh, no-op telemetry",
-	GRPCOTel: "G: grpc-go + mTLS + grpc OTel metrics",
+	Plain:        "B: grpc-go + mTLS",
+	Sidecars:     "C: HAProxy mTLS pair",
+	Mesh:         "M: mesh",
+	MeshSDK:      "M-sdk: mesh, SDK's own histograms",
+	MeshLean:     "M-lean: mesh, no-op telemetry",
+	GRPCOTel:     "G: grpc-go + mTLS + grpc OTel metrics",
+	PlainWorkers: "Bw: grpc-go + mTLS, server stream workers",
 }
 
 // WriteMarkdown writes the results as the tables benchmarks/README.md

@@ -56,7 +56,7 @@ func RoleMain() bool {
 		return false
 	}
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
-	mode := fs.String("mode", "", "variant: B, plain, G, M, M-sdk, M-lean")
+	mode := fs.String("mode", "", "variant: B, Bw, plain, G, M, M-sdk, M-lean")
 	dir := fs.String("dir", "", "the workload directory WriteBootstrap wrote")
 	target := fs.String("target", "", "client: where to send the echo")
 	if err := fs.Parse(strings.Fields(os.Getenv(roleEnv + "_ARGS"))); err != nil {
@@ -126,7 +126,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 	var serve func() error
 	var stop func()
 	switch mode {
-	case "plain", "B", "G":
+	case "plain", "B", "Bw", "G":
 		var opts []grpc.ServerOption
 		if mode != "plain" {
 			cfg, err := echo.MTLS(dir, true)
@@ -134,6 +134,10 @@ func runServer(ctx context.Context, mode, dir string) error {
 				return err
 			}
 			opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
+		}
+		if mode == "Bw" {
+			// As many as a mesh server keeps (mesh's streamWorkers).
+			opts = append(opts, grpc.NumStreamWorkers(uint32(max(16, 4*runtime.GOMAXPROCS(0)))))
 		}
 		if mode == "G" {
 			mp, _ := sdkTelemetry()
@@ -170,7 +174,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 // clientConn dials target the way mode's client does.
 func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnInterface, func(), error) {
 	switch mode {
-	case "plain", "B", "G":
+	case "plain", "B", "Bw", "G":
 		creds := insecure.NewCredentials()
 		if mode != "plain" {
 			cfg, err := echo.MTLS(dir, false)

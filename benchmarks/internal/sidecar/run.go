@@ -25,6 +25,10 @@ import (
 const (
 	// Plain grpc-go with mutual TLS (go-spiffe's tls.Config): the baseline.
 	Plain = "B"
+	// B with the server running calls on reused goroutines
+	// (grpc.NumStreamWorkers, as many as a mesh server keeps), so that
+	// what mesh gains from them is told apart from the rest.
+	PlainWorkers = "Bw"
 	// The same plaintext client and server with an HAProxy mTLS pair
 	// between them: a stand-in for an Envoy sidecar pair.
 	Sidecars = "C"
@@ -44,7 +48,7 @@ const (
 )
 
 // Variants lists every variant.
-var Variants = []string{Plain, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
+var Variants = []string{Plain, PlainWorkers, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
 
 // Config sizes a run. Zero fields take the defaults in parentheses.
 type Config struct {
@@ -313,7 +317,7 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 	}
 	var mode, clientDir, target string
 	switch v {
-	case Plain, GRPCOTel:
+	case Plain, PlainWorkers, GRPCOTel:
 		addr, err := server(v, dirs["echo"])
 		if err != nil {
 			return nil, err
