@@ -33,7 +33,7 @@ func main() {
 	beforeRoot := flag.String("before-root", "", "another checkout of mesh whose lean mesh client is measured beside this one's")
 	flag.IntVar(&cfg.Reps, "reps", 3, "reps of every phase, variants taking turns; the report shows medians")
 	flag.IntVar(&cfg.One, "one", 5000, "echoes per rep one at a time")
-	flag.IntVar(&cfg.Eight, "eight", 20000, "echoes per rep eight at a time")
+	flag.IntVar(&cfg.Eight, "eight", 100000, "echoes per rep eight at a time")
 	flag.IntVar(&cfg.OpenRate, "rate", 1000, "open loop: echoes per second")
 	flag.IntVar(&cfg.Open, "open", 5000, "open loop: echoes per rep")
 	flag.Parse()
