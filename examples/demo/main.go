@@ -82,8 +82,13 @@ func runThen(ctx context.Context, out io.Writer, calls int, then func(context.Co
 	for _, version := range []string{"v1", "v2"} {
 		fmt.Fprintf(out, "payments %s    %s\n", version, w.paymentsAddr[version])
 	}
-	if err := shop.WaitFor(ctx, conn, 1, func(shop.Reply) bool { return true }); err != nil {
-		return fmt.Errorf("payments never answered: %w", err)
+	// Each version serves once its listener has reached the control plane
+	// and its endpoint checkout; until then calls routed to it fail fast,
+	// as Envoy's do with no healthy upstream. Measure once both answered.
+	for _, version := range []string{"v1", "v2"} {
+		if err := shop.WaitFor(ctx, conn, 1, func(r shop.Reply) bool { return r.Version == version }); err != nil {
+			return fmt.Errorf("payments %s never answered: %w", version, err)
+		}
 	}
 
 	split := shop.Run(ctx, conn, calls, 16)

@@ -139,8 +139,17 @@ func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo Worl
 	}
 	tb.Cleanup(func() { conn.Close() })
 	w.Conn = conn
-	if err := WaitFor(ctx, conn, 1, func(Reply) bool { return true }); err != nil {
-		tb.Fatal(err)
+	// Each version serves once its listener has reached the control plane
+	// and its endpoint the client; until then calls routed to it fail fast,
+	// as Envoy's do with no healthy upstream. A test starts once every
+	// version the split sends calls to has answered, not just one of them.
+	for version, weight := range map[string]int{"v1": cfg.V1, "v2": cfg.V2} {
+		if weight == 0 {
+			continue
+		}
+		if err := WaitFor(ctx, conn, 1, func(r Reply) bool { return r.Version == version }); err != nil {
+			tb.Fatalf("payments %s never answered: %v", version, err)
+		}
 	}
 	return w
 }
