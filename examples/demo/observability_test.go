@@ -226,8 +226,12 @@ func promQuery(ctx context.Context, base, query string) ([]sample, error) {
 // in the test's temp dir.
 func TestGraphPageInHeadlessChromium(t *testing.T) {
 	requireTool(t, chromiumBinary, "chromium")
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute) // a hang guard
+	// A hang guard. Two race-enabled suites at once on 2 cores once took
+	// this test past 3 minutes, where it takes seconds alone; the steps
+	// log when they finish, so a slow run shows where its time went.
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
+	start := time.Now()
 	w := startTraffic(t, ctx)
 	base, err := w.cp.ServeAdmin(ctx, "127.0.0.1:0")
 	if err != nil {
@@ -249,7 +253,7 @@ func TestGraphPageInHeadlessChromium(t *testing.T) {
 		e1, ok1 := g.Edge(checkout, versions["v1"])
 		e2, ok2 := g.Edge(checkout, versions["v2"])
 		if ok1 && ok2 && e1.Rate > 0 && e2.Rate > 0 && e1.MutualTLS && e2.MutualTLS {
-			t.Logf("graph.json: %+v\n%+v", e1, e2)
+			t.Logf("after %v, graph.json: %+v\n%+v", time.Since(start).Round(time.Millisecond), e1, e2)
 			break
 		}
 		select {
@@ -264,6 +268,7 @@ func TestGraphPageInHeadlessChromium(t *testing.T) {
 	chromium := func(extra ...string) string { return shop.Chromium(t, ctx, dir, page, extra...) }
 	screenshot := filepath.Join(dir, "graph.png")
 	chromium("--screenshot=" + screenshot)
+	t.Logf("screenshot taken after %v", time.Since(start).Round(time.Millisecond))
 	if info, err := os.Stat(screenshot); err != nil || info.Size() == 0 {
 		t.Errorf("no screenshot at %s: %v", screenshot, err)
 	} else {
