@@ -2,10 +2,12 @@ package shop
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,9 +144,14 @@ func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo Worl
 	// Each version serves once its listener has reached the control plane
 	// and its endpoint the client; until then calls routed to it fail fast,
 	// as Envoy's do with no healthy upstream. A test starts once every
-	// version the split sends calls to has answered, not just one of them.
+	// version the split sends calls to has answered, not just one of them,
+	// and the client knows the endpoint of every other version, so that a
+	// test's first shift of weight to it does not race its start.
 	for version, weight := range map[string]int{"v1": cfg.V1, "v2": cfg.V2} {
 		if weight == 0 {
+			if err := waitEndpointKnown(ctx, w.Checkout, version, w.Payments[version].String()); err != nil {
+				tb.Fatalf("payments %s never reached the client: %v", version, err)
+			}
 			continue
 		}
 		if err := WaitFor(ctx, conn, 1, func(r Reply) bool { return r.Version == version }); err != nil {
@@ -152,4 +159,28 @@ func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo Worl
 		}
 	}
 	return w
+}
+
+// waitEndpointKnown waits until one of m's channels routes to a cluster of
+// version's subset that lists addr.
+func waitEndpointKnown(ctx context.Context, m *mesh.Mesh, version, addr string) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		for _, c := range m.ClusterStates() {
+			if !strings.Contains(c.Name, "|"+version+"|") {
+				continue
+			}
+			for _, e := range c.Endpoints {
+				if e.Address == addr {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no cluster of subset %s lists %s: %w", version, addr, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
