@@ -23,10 +23,15 @@ func (r *Results) median(v string, ph Phase, get func(Measurement) float64) floa
 		vals[i] = get(m)
 	}
 	slices.Sort(vals)
-	if n := len(vals); n%2 == 0 {
-		return (vals[n/2-1] + vals[n/2]) / 2
+	return middle(vals)
+}
+
+// middle returns the median of sorted values.
+func middle(sorted []float64) float64 {
+	if n := len(sorted); n%2 == 0 {
+		return (sorted[n/2-1] + sorted[n/2]) / 2
 	}
-	return vals[len(vals)/2]
+	return sorted[len(sorted)/2]
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
@@ -80,6 +85,8 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	row(fmt.Sprintf("%d/s open loop, p99", r.Config.OpenRate), Open, "µs", "%.0f", p99)
 	row(fmt.Sprintf("%d/s open loop, CPU per request, all processes", r.Config.OpenRate), Open, "µs", "%.1f", cpu)
 
+	r.writePairedRatios(w, p50, cpu, p99)
+
 	if !slices.Contains(vs, Plain) || !slices.Contains(vs, Sidecars) {
 		return
 	}
@@ -114,6 +121,52 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 	added(fmt.Sprintf("latency, %d/s open loop, p99", r.Config.OpenRate), Open, "µs", p99)
 	added("CPU per request, 8 in flight", Eight, "µs", cpu)
 	added(fmt.Sprintf("CPU per request, %d/s open loop", r.Config.OpenRate), Open, "µs", cpu)
+}
+
+// pairedRatios returns, rep by rep, variant v's value over B's in the same
+// rep of phase ph, sorted. Variants take turns within a rep, so a ratio
+// compares measurements seconds apart, which a slow drift of the machine
+// moves less than it moves the medians of whole columns.
+func (r *Results) pairedRatios(v string, ph Phase, get func(Measurement) float64) []float64 {
+	base, runs := r.Runs[Plain][ph], r.Runs[v][ph]
+	var out []float64
+	for i := range min(len(base), len(runs)) {
+		if b := get(base[i]); b > 0 {
+			out = append(out, get(runs[i])/b)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// writePairedRatios writes, for the rows the goals name, every variant's
+// per-rep ratios to B as minimum, median and maximum: how far one run's
+// verdict can be trusted.
+func (r *Results) writePairedRatios(w io.Writer, p50, cpu, p99 func(Measurement) float64) {
+	vs := slices.DeleteFunc(slices.Clone(r.Config.Variants), func(v string) bool { return v == Plain })
+	if !slices.Contains(r.Config.Variants, Plain) || len(vs) == 0 || r.Config.Reps < 2 {
+		return
+	}
+	fmt.Fprintf(w, "\nRatios to B rep by rep (%d reps; minimum / median / maximum):\n\n| ratio to B, same rep |", r.Config.Reps)
+	for _, v := range vs {
+		fmt.Fprintf(w, " %s |", name(v))
+	}
+	fmt.Fprint(w, "\n| --- |"+strings.Repeat(" ---: |", len(vs))+"\n")
+	row := func(label string, ph Phase, get func(Measurement) float64) {
+		fmt.Fprintf(w, "| %s |", label)
+		for _, v := range vs {
+			if q := r.pairedRatios(v, ph, get); len(q) > 0 {
+				fmt.Fprintf(w, " %.2f / %.2f / %.2f |", q[0], middle(q), q[len(q)-1])
+			} else {
+				fmt.Fprint(w, " |")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	row("1 in flight, p50", One, p50)
+	row("8 in flight, throughput", Eight, func(m Measurement) float64 { return m.Throughput })
+	row("8 in flight, CPU per request, all processes", Eight, cpu)
+	row(fmt.Sprintf("%d/s open loop, p99", r.Config.OpenRate), Open, p99)
 }
 
 // name heads variant v's column.
