@@ -7,7 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +18,7 @@ import (
 
 	"mesh"
 	"mesh/controlplane"
+	"mesh/xdsclient"
 )
 
 // World is the example mesh, started for one test or benchmark on real
@@ -161,26 +162,31 @@ func StartWorldWith(tb testing.TB, ctx context.Context, cfg WorldConfig, wo Worl
 	return w
 }
 
-// waitEndpointKnown waits until one of m's channels routes to a cluster of
-// version's subset that lists addr.
+// waitEndpointKnown waits until m's xDS client has received the endpoints
+// of version's subset of payments with addr among them: once they are
+// known, a router shifting weight to the subset waits for its connection
+// rather than failing calls for want of endpoints.
 func waitEndpointKnown(ctx context.Context, m *mesh.Mesh, version, addr string) error {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		for _, c := range m.ClusterStates() {
-			if !strings.Contains(c.Name, "|"+version+"|") {
-				continue
-			}
-			for _, e := range c.Endpoints {
+	known := make(chan struct{})
+	var once sync.Once
+	cluster := controlplane.ClusterName(PaymentsPort, version, PaymentsHost)
+	cancel := m.XDSClient().WatchEndpoints(cluster, func(ev xdsclient.Event[*xdsclient.Endpoints]) {
+		if ev.Err != nil || ev.NotFound {
+			return
+		}
+		for _, l := range ev.Resource.Localities {
+			for _, e := range l.Endpoints {
 				if e.Address == addr {
-					return nil
+					once.Do(func() { close(known) })
 				}
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no cluster of subset %s lists %s: %w", version, addr, ctx.Err())
-		case <-tick.C:
-		}
+	})
+	defer cancel()
+	select {
+	case <-known:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("the endpoints of %s never listed %s: %w", cluster, addr, ctx.Err())
 	}
 }
