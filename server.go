@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
+	"mesh/internal/workers"
 	"mesh/transport"
 )
 
@@ -60,23 +60,13 @@ func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	base := append([]grpc.ServerOption{
 		grpc.MaxHeaderListSize(uint32(m.limits.maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),
-		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.NumStreamWorkers(workers.Stream()),
 	}, s.inbound.ConnectionOptions()...)
 	// Authorization inside telemetry, so denied calls are still measured;
 	// one interceptor calling the other spares grpc-go's per-call chain.
 	base = append(base, m.serverTelemetry.ServerOptionsAround(s.inbound.UnaryServerInterceptor(), s.inbound.StreamServerInterceptor())...)
 	s.srv = grpc.NewServer(append(base, opts...)...)
 	return s
-}
-
-// streamWorkers is how many goroutines a mesh gRPC server keeps to run
-// calls on. grpc-go otherwise starts a goroutine per call, whose stack then
-// grows by copying, several times, on every call: a tenth of a busy
-// server's CPU (benchmarks/TELEMETRY.md, sixth round). A worker's stack
-// stays grown. A call that finds every worker busy gets a goroutine of its
-// own, as without workers, so the count bounds only what is reused.
-func streamWorkers() uint32 {
-	return uint32(max(16, 4*runtime.GOMAXPROCS(0)))
 }
 
 // inboundOptions are the mesh's settings for its servers' connections.

@@ -11,10 +11,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"mesh"
 	"mesh/controlplane"
 	"mesh/internal/shop"
 	"mesh/internal/testutil"
+	"mesh/internal/workers"
 )
 
 // A mesh server runs calls on goroutines it reuses, so that no call pays
@@ -60,7 +60,7 @@ func TestGRPCServerRunsCallsOnReusedGoroutines(t *testing.T) {
 			defer mu.Unlock()
 			// Calls one at a time find a worker idle; only a call that
 			// finds all of them busy gets a goroutine of its own.
-			maxWorkers := int(mesh.StreamWorkers())
+			maxWorkers := int(workers.Stream())
 			switch {
 			case tc.perCall && len(goroutines) != calls:
 				t.Errorf("%d calls ran on %d goroutines; want a goroutine per call", calls, len(goroutines))

@@ -35,6 +35,7 @@ import (
 	"mesh"
 	"mesh/benchmarks/internal/echo"
 	"mesh/controlplane"
+	"mesh/internal/workers"
 	"mesh/telemetry/otelsdk"
 )
 
@@ -136,8 +137,7 @@ func runServer(ctx context.Context, mode, dir string) error {
 			opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
 		}
 		if mode == "Bw" {
-			// As many as a mesh server keeps (mesh's streamWorkers).
-			opts = append(opts, grpc.NumStreamWorkers(uint32(max(16, 4*runtime.GOMAXPROCS(0)))))
+			opts = append(opts, grpc.NumStreamWorkers(workers.Stream())) // as many as a mesh server keeps
 		}
 		if mode == "G" {
 			mp, _ := sdkTelemetry()
