@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"time"
 
-	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	clusterpb "mesh/xdsclient/internal/lite/envoy/config/cluster/v3"
 )
 
 // Outlier detection defaults (gRFC A50, as in Envoy).

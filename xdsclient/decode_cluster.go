@@ -5,15 +5,16 @@ import (
 	"net"
 	"strconv"
 
-	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	aggregatepb "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
-	leastrequestpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
-	ringhashpb "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	clusterpb "mesh/xdsclient/internal/lite/envoy/config/cluster/v3"
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	endpointpb "mesh/xdsclient/internal/lite/envoy/config/endpoint/v3"
+	aggregatepb "mesh/xdsclient/internal/lite/envoy/extensions/clusters/aggregate/v3"
+	leastrequestpb "mesh/xdsclient/internal/lite/envoy/extensions/load_balancing_policies/least_request/v3"
+	ringhashpb "mesh/xdsclient/internal/lite/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	tlspb "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
 )
 
 // defaultMaxRequests is the circuit breaker limit when none is configured (gRFC A32).
@@ -21,7 +22,7 @@ const defaultMaxRequests = 1024
 
 func (dc *decodeContext) decodeCluster(a *anypb.Any) (string, *Cluster, error) {
 	pb := &clusterpb.Cluster{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("cluster: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
 	name := pb.GetName()
@@ -170,7 +171,7 @@ func (dc *decodeContext) loadBalancingPolicy(c *Cluster, policies []*clusterpb.L
 		switch {
 		case typeURL == typeURLRingHash && tc.GetTypeUrl() == typeURLRingHash:
 			rh := &ringhashpb.RingHash{}
-			if err := tc.UnmarshalTo(rh); err != nil {
+			if err := unmarshalAny(tc, rh); err != nil {
 				return fmt.Errorf("%s: %w", ppath, err)
 			}
 			if f := rh.GetHashFunction(); f != ringhashpb.RingHash_DEFAULT_HASH && f != ringhashpb.RingHash_XX_HASH {
@@ -179,7 +180,7 @@ func (dc *decodeContext) loadBalancingPolicy(c *Cluster, policies []*clusterpb.L
 			return setRingSizes(c, rh.GetMinimumRingSize(), rh.GetMaximumRingSize(), ppath)
 		case typeURL == typeURLLeastRequest && tc.GetTypeUrl() == typeURLLeastRequest:
 			lr := &leastrequestpb.LeastRequest{}
-			if err := tc.UnmarshalTo(lr); err != nil {
+			if err := unmarshalAny(tc, lr); err != nil {
 				return fmt.Errorf("%s: %w", ppath, err)
 			}
 			c.ChoiceCount, err = choiceCount(lr.GetChoiceCount(), ppath+".choice_count")
@@ -241,7 +242,7 @@ func customClusterType(ct *clusterpb.Cluster_CustomClusterType) error {
 	const aggregateURL = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 	if ct.GetTypedConfig().GetTypeUrl() == aggregateURL {
 		agg := &aggregatepb.ClusterConfig{}
-		if err := ct.GetTypedConfig().UnmarshalTo(agg); err != nil {
+		if err := unmarshalAny(ct.GetTypedConfig(), agg); err != nil {
 			return fmt.Errorf("cluster_type.typed_config: %w", err)
 		}
 		if len(agg.GetClusters()) == 0 {
@@ -289,7 +290,7 @@ func (dc *decodeContext) upstreamTLS(ts *corepb.TransportSocket, path string) (*
 		return nil, fmt.Errorf("%s.typed_config: unsupported type %q", path, tc.GetTypeUrl())
 	}
 	pb := &tlspb.UpstreamTlsContext{}
-	if err := tc.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(tc, pb); err != nil {
 		return nil, fmt.Errorf("%s.typed_config: %w", path, err)
 	}
 	cpath := path + ".typed_config.common_tls_context"

@@ -7,13 +7,15 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient/internal/lite"
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	tlspb "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
+	matcherpb "mesh/xdsclient/internal/lite/envoy/type/matcher/v3"
+	typepb "mesh/xdsclient/internal/lite/envoy/type/v3"
 )
 
 // Type URLs of the resources and extensions mesh decodes.
@@ -313,14 +315,24 @@ func (dc *decodeContext) validationContext(ctx *tlspb.CommonTlsContext, path str
 // oneofField names the field set in m's oneof, as the proto spells it,
 // for messages about what mesh does not support: a Go type name means
 // nothing to whoever wrote the config.
-func oneofField(m proto.Message, oneof string) string {
-	r := m.ProtoReflect()
-	od := r.Descriptor().Oneofs().ByName(protoreflect.Name(oneof))
-	if od == nil {
+func oneofField(m interface{ WhichOneof(string) (string, bool) }, oneof string) string {
+	f, ok := m.WhichOneof(oneof)
+	switch {
+	case !ok:
 		return oneof
+	case f == "":
+		return "unset " + oneof
 	}
-	if f := r.WhichOneof(od); f != nil {
-		return string(f.Name())
+	return f
+}
+
+// unmarshalAny decodes a into m, whose type it must hold, as
+// anypb.UnmarshalTo does for protobuf-go's types.
+func unmarshalAny(a *anypb.Any, m lite.Message) error {
+	url := a.GetTypeUrl()
+	name := url[strings.LastIndexByte(url, '/')+1:]
+	if name != m.FullName() {
+		return fmt.Errorf("mismatched message type: got %q, want %q", name, m.FullName())
 	}
-	return "unset " + oneof
+	return lite.Unmarshal(a.GetValue(), m)
 }

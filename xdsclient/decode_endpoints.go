@@ -3,14 +3,15 @@ package xdsclient
 import (
 	"fmt"
 
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	endpointpb "mesh/xdsclient/internal/lite/envoy/config/endpoint/v3"
 )
 
 func (dc *decodeContext) decodeEndpoints(a *anypb.Any) (string, *Endpoints, error) {
 	pb := &endpointpb.ClusterLoadAssignment{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("cluster_load_assignment: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
 	name := pb.GetClusterName()

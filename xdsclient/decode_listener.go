@@ -5,14 +5,14 @@ import (
 	"net/netip"
 	"strings"
 
-	udpatypepb "github.com/cncf/xds/go/udpa/type/v1"
-	xdstypepb "github.com/cncf/xds/go/xds/type/v3"
-
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerpb "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	hcmpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	listenerpb "mesh/xdsclient/internal/lite/envoy/config/listener/v3"
+	hcmpb "mesh/xdsclient/internal/lite/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlspb "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
+	udpatypepb "mesh/xdsclient/internal/lite/udpa/type/v1"
+	xdstypepb "mesh/xdsclient/internal/lite/xds/type/v3"
 )
 
 // decodeListener unmarshals and validates an LDS resource. The returned
@@ -20,7 +20,7 @@ import (
 // so the caller can tell watchers of that name.
 func (dc *decodeContext) decodeListener(a *anypb.Any) (string, *Listener, error) {
 	pb := &listenerpb.Listener{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("listener: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
 	name := pb.GetName()
@@ -163,7 +163,7 @@ func (dc *decodeContext) downstreamTLS(ts *corepb.TransportSocket, path string) 
 		return nil, fmt.Errorf("%s.typed_config: unsupported type %q", path, tc.GetTypeUrl())
 	}
 	pb := &tlspb.DownstreamTlsContext{}
-	if err := tc.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(tc, pb); err != nil {
 		return nil, fmt.Errorf("%s.typed_config: %w", path, err)
 	}
 	path += ".typed_config.common_tls_context"
@@ -199,7 +199,7 @@ func (dc *decodeContext) hcmFromAny(a *anypb.Any, path string, server bool) (*HT
 		return nil, fmt.Errorf("%s: want an HttpConnectionManager, got %q", path, a.GetTypeUrl())
 	}
 	pb := &hcmpb.HttpConnectionManager{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	// gRFC A41: RBAC cannot tell the peer's address from one a proxy
@@ -341,13 +341,13 @@ func filterTypeURL(a *anypb.Any) (string, error) {
 	switch a.GetTypeUrl() {
 	case typeURLTypedStruct:
 		ts := &xdstypepb.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		if err := unmarshalAny(a, ts); err != nil {
 			return "", fmt.Errorf("invalid TypedStruct: %w", err)
 		}
 		typeURL = ts.GetTypeUrl()
 	case typeURLUDPATypedStrc:
 		ts := &udpatypepb.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		if err := unmarshalAny(a, ts); err != nil {
 			return "", fmt.Errorf("invalid TypedStruct: %w", err)
 		}
 		typeURL = ts.GetTypeUrl()

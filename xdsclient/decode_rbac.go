@@ -4,16 +4,20 @@ import (
 	"fmt"
 	"sort"
 
-	udpatypepb "github.com/cncf/xds/go/udpa/type/v1"
-	xdstypepb "github.com/cncf/xds/go/xds/type/v3"
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	rbacconfigpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
-	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	rbacpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	matcherpb "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	envoyrbacpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"mesh/xdsclient/internal/lite"
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	rbacconfigpb "mesh/xdsclient/internal/lite/envoy/config/rbac/v3"
+	routepb "mesh/xdsclient/internal/lite/envoy/config/route/v3"
+	rbacpb "mesh/xdsclient/internal/lite/envoy/extensions/filters/http/rbac/v3"
+	matcherpb "mesh/xdsclient/internal/lite/envoy/type/matcher/v3"
+	udpatypepb "mesh/xdsclient/internal/lite/udpa/type/v1"
+	xdstypepb "mesh/xdsclient/internal/lite/xds/type/v3"
 )
 
 // maxRBACDepth bounds the nesting of and/or/not rules, so a hostile
@@ -26,12 +30,12 @@ func decodeRBACFilter(a *anypb.Any, path string) (*RBAC, error) {
 	pb := &rbacpb.RBAC{}
 	switch a.GetTypeUrl() {
 	case typeURLRBAC:
-		if err := a.UnmarshalTo(pb); err != nil {
+		if err := unmarshalAny(a, pb); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 	case typeURLTypedStruct:
 		ts := &xdstypepb.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		if err := unmarshalAny(a, ts); err != nil {
 			return nil, fmt.Errorf("%s: invalid TypedStruct: %w", path, err)
 		}
 		if err := unmarshalStruct(ts.GetValue(), pb); err != nil {
@@ -39,7 +43,7 @@ func decodeRBACFilter(a *anypb.Any, path string) (*RBAC, error) {
 		}
 	case typeURLUDPATypedStrc:
 		ts := &udpatypepb.TypedStruct{}
-		if err := a.UnmarshalTo(ts); err != nil {
+		if err := unmarshalAny(a, ts); err != nil {
 			return nil, fmt.Errorf("%s: invalid TypedStruct: %w", path, err)
 		}
 		if err := unmarshalStruct(ts.GetValue(), pb); err != nil {
@@ -51,12 +55,23 @@ func decodeRBACFilter(a *anypb.Any, path string) (*RBAC, error) {
 	return rbacFilter(pb, path)
 }
 
+// unmarshalStruct decodes an RBAC filter config given as a TypedStruct's
+// JSON. Reading JSON takes the descriptors of Envoy's generated type; a
+// control plane rarely sends it this way (istiod never does).
 func unmarshalStruct(s *structpb.Struct, into *rbacpb.RBAC) error {
 	js, err := s.MarshalJSON()
 	if err != nil {
 		return err
 	}
-	return protojson.Unmarshal(js, into)
+	var full envoyrbacpb.RBAC
+	if err := protojson.Unmarshal(js, &full); err != nil {
+		return err
+	}
+	b, err := proto.Marshal(&full)
+	if err != nil {
+		return err
+	}
+	return lite.Unmarshal(b, into)
 }
 
 func rbacFilter(pb *rbacpb.RBAC, path string) (*RBAC, error) {

@@ -5,14 +5,15 @@ import (
 	"math"
 	"time"
 
-	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	routepb "mesh/xdsclient/internal/lite/envoy/config/route/v3"
 )
 
 func (dc *decodeContext) decodeRouteConfig(a *anypb.Any) (string, *RouteConfig, error) {
 	pb := &routepb.RouteConfiguration{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("route_config: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
 	name := pb.GetName()

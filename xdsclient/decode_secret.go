@@ -7,10 +7,11 @@ import (
 	"errors"
 	"fmt"
 
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient/internal/lite"
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	tlspb "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
 )
 
 const (
@@ -22,7 +23,7 @@ const (
 // never their content: a private key must not reach a NACK or a log.
 func (dc *decodeContext) decodeSecret(a *anypb.Any) (string, *Secret, error) {
 	pb := &tlspb.Secret{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("secret: cannot unmarshal: %w", err)
 	}
 	name := pb.GetName()
@@ -139,7 +140,7 @@ func (dc *decodeContext) spiffeBundles(cv *corepb.TypedExtensionConfig, path str
 		return nil, fmt.Errorf("%s.typed_config: unsupported validator %q; want SPIFFECertValidatorConfig", path, tc.GetTypeUrl())
 	}
 	cfg := &tlspb.SPIFFECertValidatorConfig{}
-	if err := proto.Unmarshal(tc.GetValue(), cfg); err != nil {
+	if err := lite.Unmarshal(tc.GetValue(), cfg); err != nil {
 		return nil, fmt.Errorf("%s.typed_config: %w", path, err)
 	}
 	path += ".typed_config"

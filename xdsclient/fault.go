@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"time"
 
-	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	faultcommonpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
-	faultpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	typepb "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	routepb "mesh/xdsclient/internal/lite/envoy/config/route/v3"
+	faultcommonpb "mesh/xdsclient/internal/lite/envoy/extensions/filters/common/fault/v3"
+	faultpb "mesh/xdsclient/internal/lite/envoy/extensions/filters/http/fault/v3"
+	typepb "mesh/xdsclient/internal/lite/envoy/type/v3"
 )
 
 // The fault filter (Envoy's, gRFC A33): the type URL of its config, and
@@ -69,7 +70,7 @@ type FaultAbort struct {
 // route's typed_per_filter_config.
 func decodeFault(a *anypb.Any, path string) (*FaultInjection, error) {
 	pb := &faultpb.HTTPFault{}
-	if err := a.UnmarshalTo(pb); err != nil {
+	if err := unmarshalAny(a, pb); err != nil {
 		return nil, fmt.Errorf("%s: cannot unmarshal %s: %w", path, a.GetTypeUrl(), err)
 	}
 	return faultInjection(pb, path)
@@ -163,7 +164,7 @@ func (dc *decodeContext) filterOverrides(m map[string]*anypb.Any, path string) (
 		fpath := fmt.Sprintf("%s[%q]", path, name)
 		if a.GetTypeUrl() == typeURLFilterConfig {
 			fc := &routepb.FilterConfig{}
-			if err := a.UnmarshalTo(fc); err != nil {
+			if err := unmarshalAny(a, fc); err != nil {
 				return nil, fmt.Errorf("%s: %w", fpath, err)
 			}
 			a = fc.GetConfig()

@@ -10,6 +10,9 @@ import (
 
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient/internal/lite"
+	"mesh/xdsclient/internal/lite/registry"
 )
 
 // decoded is one resource of a response after decoding.
@@ -49,7 +52,7 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 		name = canonical
 	}
 	if err == nil {
-		if m, uerr := r.UnmarshalNew(); uerr == nil {
+		if m := registry.New(r.GetTypeUrl()); m != nil && lite.Unmarshal(r.GetValue(), m) == nil {
 			dc.ignored = append(dc.ignored, c.audit.report(kind, m, dc.ignored)...)
 		}
 	}

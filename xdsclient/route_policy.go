@@ -7,8 +7,9 @@ import (
 	"strings"
 	"time"
 
-	routepb "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc/codes"
+
+	routepb "mesh/xdsclient/internal/lite/envoy/config/route/v3"
 )
 
 // Retry defaults (gRFC A44; Envoy's defaults for HTTP).

@@ -5,9 +5,10 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient/internal/lite"
+	"mesh/xdsclient/internal/lite/registry"
 )
 
 // The fields mesh applies, or checks and rejects, per resource type, as
@@ -134,7 +135,7 @@ var indexes = regexp.MustCompile(`\[[^\]]*\]`)
 // report returns "path: not applied" for each field m sets that mesh
 // neither applies nor already reported in ignored (whose paths carry
 // indexes), in field order.
-func (a *unappliedAudit) report(kind resourceKind, m proto.Message, ignored []string) []string {
+func (a *unappliedAudit) report(kind resourceKind, m lite.Message, ignored []string) []string {
 	set := a[kind]
 	if set == nil {
 		return nil
@@ -146,32 +147,26 @@ func (a *unappliedAudit) report(kind resourceKind, m proto.Message, ignored []st
 	}
 	var out []string
 	seen := map[string]bool{}
-	var walk func(r protoreflect.Message, prefix string)
-	walk = func(r protoreflect.Message, prefix string) {
-		r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			path := string(fd.Name())
+	var walk func(m lite.Message, prefix string)
+	walk = func(m lite.Message, prefix string) {
+		m.RangeSet(func(f lite.Field) bool {
+			path := f.Name
 			if prefix != "" {
 				path = prefix + "." + path
 			}
 			switch {
 			case set.whole[path] || reported[path]:
-			case set.interior[path] && fd.Message() != nil && !fd.IsMap():
-				each := func(mv protoreflect.Message) {
-					if any, ok := mv.Interface().(*anypb.Any); ok {
+			case set.interior[path] && len(f.Messages) > 0 && !f.IsMap:
+				for _, v := range f.Messages {
+					switch v := v.(type) {
+					case *anypb.Any:
 						// A typed_config mesh decodes: walk what it holds.
-						if inner, err := any.UnmarshalNew(); err == nil {
-							walk(inner.ProtoReflect(), path)
+						if inner := registry.New(v.GetTypeUrl()); inner != nil && lite.Unmarshal(v.GetValue(), inner) == nil {
+							walk(inner, path)
 						}
-						return
+					case lite.Message:
+						walk(v, path)
 					}
-					walk(mv, path)
-				}
-				if fd.IsList() {
-					for i := range v.List().Len() {
-						each(v.List().Get(i).Message())
-					}
-				} else {
-					each(v.Message())
 				}
 			default:
 				if !seen[path] {
@@ -182,6 +177,6 @@ func (a *unappliedAudit) report(kind resourceKind, m proto.Message, ignored []st
 			return true
 		})
 	}
-	walk(m.ProtoReflect(), "")
+	walk(m, "")
 	return out
 }
