@@ -88,7 +88,8 @@ var transientGoroutines = map[string]bool{
 // TestMeshClientStaysLean runs the mesh client program to its first answer
 // and checks what it holds then: no goroutine beyond those above (each
 // goroutine that waits for work must be there for a reason), no HTTP
-// client machinery in a gRPC-only program, a live heap below 4 MiB, and a
+// client machinery in a gRPC-only program, a live heap of at most 2.5 MiB
+// (issue 13's goal), and a
 // stripped binary at most 8 MB larger than a plain grpc-go client's when
 // both are built with grpc-go's grpcnotrace tag.
 func TestMeshClientStaysLean(t *testing.T) {
@@ -144,10 +145,11 @@ func TestMeshClientStaysLean(t *testing.T) {
 		}
 	}
 
-	// Mostly protobuf-go's descriptors and coders for the Envoy types
-	// decoded (benchmarks/README.md); more means more is imported or kept.
-	if prof.HeapBytes > 4<<20 {
-		t.Errorf("live heap after the first RPC = %d bytes, want at most 4 MiB", prof.HeapBytes)
+	// About 1.5 MiB, a third of it protobuf-go's registry of the types
+	// linked (benchmarks/README.md). Decoding xDS into protobuf-go's Envoy
+	// types again would take it to over 3 MiB.
+	if prof.HeapBytes > 5<<19 {
+		t.Errorf("live heap after the first RPC = %d bytes, want at most 2.5 MiB", prof.HeapBytes)
 	}
 	t.Logf("live heap after the first RPC: %.2f MiB", float64(prof.HeapBytes)/(1<<20))
 
