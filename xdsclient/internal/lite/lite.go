@@ -166,3 +166,28 @@ func ConsumeTag(b []byte) (protowire.Number, protowire.Type, int) {
 	}
 	return num, typ, n
 }
+
+// Encoder is a generated message type that can also be encoded: the xDS
+// client's requests and what they carry.
+type Encoder interface {
+	AppendTo(b []byte) ([]byte, error)
+}
+
+// AppendMessage appends m, length-prefixed, to b (which ends in its tag).
+func AppendMessage(b []byte, m Encoder) ([]byte, error) {
+	sub, err := m.AppendTo(nil)
+	if err != nil {
+		return nil, err
+	}
+	return protowire.AppendBytes(b, sub), nil
+}
+
+// AppendProto appends m, a protobuf-go message, length-prefixed, to b
+// (which ends in its tag), deterministically.
+func AppendProto(b []byte, m proto.Message) ([]byte, error) {
+	sub, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return protowire.AppendBytes(b, sub), nil
+}

@@ -2,6 +2,7 @@ package lite_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -14,11 +15,13 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/runtime/protoimpl"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"mesh/xdsclient/internal/lite"
 	"mesh/xdsclient/internal/lite/registry"
@@ -38,6 +41,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
 
 // liteTypes lists every type package registry makes, by reading its source.
@@ -60,13 +64,32 @@ func liteTypes(t *testing.T) []protoreflect.FullName {
 }
 
 // filler sets random values in messages of Envoy's generated types.
-type filler struct{ r *rand.Rand }
+type filler struct {
+	r *rand.Rand
+	// only, when set, limits message fields to these types and protobuf's
+	// own (google.protobuf.*).
+	only map[protoreflect.FullName]bool
+}
+
+func (f filler) skips(fd protoreflect.FieldDescriptor) bool {
+	if fd.IsMap() {
+		fd = fd.MapValue()
+	}
+	md := fd.Message()
+	if f.only == nil || md == nil {
+		return false
+	}
+	if md.FullName() == "google.protobuf.Any" {
+		return true // protojson cannot write an Any of a made-up type
+	}
+	return !f.only[md.FullName()] && md.ParentFile().Package() != "google.protobuf"
+}
 
 func (f filler) fill(m protoreflect.Message, depth int) {
 	fields := m.Descriptor().Fields()
 	for i := range fields.Len() {
 		fd := fields.Get(i)
-		if f.r.IntN(3) == 0 {
+		if f.r.IntN(3) == 0 || f.skips(fd) {
 			continue
 		}
 		if od := fd.ContainingOneof(); od != nil && m.WhichOneof(od) != nil {
@@ -287,7 +310,7 @@ func sameOne(t *testing.T, path string, fd protoreflect.FieldDescriptor, pv prot
 // types and with go-control-plane's, and compares every field.
 func TestLiteTypesDecodeAsProtobufGo(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	f := filler{r}
+	f := filler{r: r}
 	for _, name := range liteTypes(t) {
 		mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
 		if err != nil {
@@ -401,5 +424,194 @@ func TestGeneratedTypesAreCurrent(t *testing.T) {
 	}
 	if n < 10 {
 		t.Fatalf("the generator wrote %d files", n)
+	}
+}
+
+// TestLiteEncodingDecodesAsSent encodes random messages of every lite
+// type that can be encoded and checks that protobuf-go, decoding them as
+// Envoy's own types, reads back what was encoded.
+func TestLiteEncodingDecodesAsSent(t *testing.T) {
+	f := filler{r: rand.New(rand.NewPCG(3, 4))}
+	encoders := 0
+	for _, name := range liteTypes(t) {
+		if _, ok := registry.New("type.googleapis.com/" + string(name)).(lite.Encoder); !ok {
+			continue
+		}
+		encoders++
+		mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 200 {
+			want := mt.New()
+			f.fill(want, 0)
+			wire, err := proto.Marshal(want.Interface())
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := registry.New("type.googleapis.com/" + string(name))
+			if err := lite.Unmarshal(wire, m); err != nil {
+				t.Fatal(err)
+			}
+			out, err := m.(lite.Encoder).AppendTo(nil)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got := mt.New()
+			if err := proto.Unmarshal(out, got.Interface()); err != nil {
+				t.Fatalf("%s: protobuf-go cannot decode what lite encoded: %v", name, err)
+			}
+			if !proto.Equal(got.Interface(), want.Interface()) {
+				t.Fatalf("%s: lite encoded\n%v\nwant\n%v", name, got, want)
+			}
+		}
+	}
+	if encoders < 4 {
+		t.Fatalf("%d lite types can be encoded", encoders)
+	}
+}
+
+// jsonDecoder is a lite type that reads JSON objects.
+type jsonDecoder interface {
+	lite.Message
+	UnmarshalJSONStruct(*structpb.Struct, int) error
+}
+
+// sameJSON is same for a message read from JSON, where a field lite keeps
+// as a Raw is only marked set.
+func sameJSON(t *testing.T, pm protoreflect.Message, lm lite.Message) {
+	t.Helper()
+	// Re-encode protobuf-go's message with every Raw-typed field emptied,
+	// which is all the JSON path keeps of them.
+	var strip func(m protoreflect.Message, l lite.Message)
+	strip = func(m protoreflect.Message, l lite.Message) {
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			getter := reflect.ValueOf(l).MethodByName("Get" + goName(t, m.Type(), fd))
+			lv := getter.Call(nil)[0]
+			each := func(pv protoreflect.Value, lv reflect.Value) {
+				switch x := lv.Interface().(type) {
+				case *lite.Raw:
+					proto.Reset(pv.Message().Interface())
+				case lite.Message:
+					strip(pv.Message(), x)
+				}
+			}
+			switch {
+			case fd.IsMap():
+				if fd.MapValue().Message() != nil {
+					v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+						each(mv, lv.MapIndex(reflect.ValueOf(k.Interface())))
+						return true
+					})
+				}
+			case fd.IsList():
+				if fd.Message() != nil {
+					for i := range v.List().Len() {
+						each(v.List().Get(i), lv.Index(i))
+					}
+				}
+			case fd.Message() != nil:
+				each(v, lv)
+			}
+			return true
+		})
+	}
+	strip(pm, lm)
+	same(t, string(pm.Descriptor().FullName()), pm, lm)
+}
+
+// TestLiteJSONReadsAsProtojson reads random RBAC filter configs, written
+// by protojson as a TypedStruct carries them, with the lite types and with
+// protojson into Envoy's own types, and compares them; then it mutates the
+// JSON and checks that both accept or both refuse it.
+func TestLiteJSONReadsAsProtojson(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	only := map[protoreflect.FullName]bool{}
+	for _, n := range liteTypes(t) {
+		only[n] = true
+	}
+	f := filler{r: r, only: only}
+	name := protoreflect.FullName("envoy.extensions.filters.http.rbac.v3.RBAC")
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compared, refused := 0, 0
+	for range 3000 {
+		orig := mt.New()
+		f.fill(orig, 0)
+		js, err := protojson.Marshal(orig.Interface())
+		if err != nil {
+			continue // an Any of a made-up type
+		}
+		var tree any
+		if err := json.Unmarshal(js, &tree); err != nil {
+			t.Fatal(err)
+		}
+		if r.IntN(2) == 0 {
+			mutate(r, tree)
+		}
+		js, err = json.Marshal(tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &structpb.Struct{}
+		if err := st.UnmarshalJSON(js); err != nil {
+			continue // not an object any more
+		}
+		want := mt.New()
+		wantErr := protojson.Unmarshal(js, want.Interface())
+		got := registry.New("type.googleapis.com/" + string(name)).(jsonDecoder)
+		gotErr := got.UnmarshalJSONStruct(st, 0)
+		if gotErr == nil && wantErr != nil && holdsRaw(got) {
+			t.Fatalf("lite holds a Raw field, which the filler never sets: %s", js)
+		}
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("lite error %v, protojson error %v, for %s", gotErr, wantErr, js)
+		}
+		if wantErr != nil {
+			refused++
+			continue
+		}
+		compared++
+		sameJSON(t, want, got)
+	}
+	if compared < 100 || refused < 20 {
+		t.Fatalf("compared %d configs and saw %d refused: too few", compared, refused)
+	}
+	t.Logf("compared %d configs; both refused %d", compared, refused)
+}
+
+// mutate changes one random value of a decoded JSON tree in place.
+func mutate(r *rand.Rand, tree any) {
+	obj, ok := tree.(map[string]any)
+	if !ok || len(obj) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	k := keys[r.IntN(len(keys))]
+	switch r.IntN(6) {
+	case 0:
+		obj[k] = "NaN"
+	case 1:
+		obj[k] = 1.5
+	case 2:
+		obj[k] = nil
+	case 3:
+		obj["noSuchField"] = true
+	case 4:
+		obj[k] = []any{obj[k]}
+	default:
+		if sub, ok := obj[k].(map[string]any); ok {
+			mutate(r, sub)
+		} else if list, ok := obj[k].([]any); ok && len(list) > 0 {
+			mutate(r, list[0])
+		} else {
+			obj[k] = "x"
+		}
 	}
 }

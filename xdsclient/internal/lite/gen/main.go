@@ -70,6 +70,9 @@ var wellKnown = map[protoreflect.FullName][2]string{
 	"google.protobuf.FloatValue":  {"google.golang.org/protobuf/types/known/wrapperspb", "FloatValue"},
 	"google.protobuf.StringValue": {"google.golang.org/protobuf/types/known/wrapperspb", "StringValue"},
 	"google.protobuf.BytesValue":  {"google.golang.org/protobuf/types/known/wrapperspb", "BytesValue"},
+	// Not a well-known type, but gRPC's own status, which grpc-go links
+	// anyway: its graph is google.protobuf.Any alone.
+	"google.rpc.Status": {"google.golang.org/genproto/googleapis/rpc/status", "Status"},
 }
 
 // goType is where a generated Go type of go-control-plane lives and its name.
@@ -158,6 +161,8 @@ func (f *file) use(path string) string {
 
 type generator struct {
 	included map[protoreflect.FullName]bool
+	encoded  map[protoreflect.FullName]bool
+	json     map[protoreflect.FullName]bool
 	files    map[string]*file
 	enums    map[protoreflect.FullName]bool
 }
@@ -173,9 +178,20 @@ func (g *generator) file(path string) *file {
 
 // Generate returns the generated files, by path relative to package lite.
 func Generate() (map[string][]byte, error) {
-	g := &generator{included: map[protoreflect.FullName]bool{}, files: map[string]*file{}, enums: map[protoreflect.FullName]bool{}}
+	g := &generator{included: map[protoreflect.FullName]bool{}, encoded: map[protoreflect.FullName]bool{}, json: map[protoreflect.FullName]bool{}, files: map[string]*file{}, enums: map[protoreflect.FullName]bool{}}
 	for _, m := range messages {
 		g.included[protoreflect.FullName(m)] = true
+	}
+	for _, m := range encoded {
+		if !g.included[protoreflect.FullName(m)] {
+			return nil, fmt.Errorf("encoded message %s is not in messages", m)
+		}
+		g.encoded[protoreflect.FullName(m)] = true
+	}
+	for _, root := range jsonRoots {
+		if err := g.jsonClosure(protoreflect.FullName(root)); err != nil {
+			return nil, err
+		}
 	}
 	names := make([]string, 0, len(messages))
 	names = append(names, messages...)
@@ -292,6 +308,12 @@ func (g *generator) enum(name protoreflect.FullName) error {
 	}
 	f.body.WriteString("\t}\n\treturn strconv.Itoa(int(x))\n}\n\n")
 	f.use("strconv")
+	fmt.Fprintf(&f.body, "// %sFromName returns the value a proto name names.\nfunc %sFromName(name string) (%s, bool) {\n\tswitch name {\n", gt.name, gt.name, gt.name)
+	for i := range values.Len() {
+		v := values.Get(i)
+		fmt.Fprintf(&f.body, "\tcase %q:\n\t\treturn %d, true\n", v.Name(), v.Number())
+	}
+	f.body.WriteString("\t}\n\treturn 0, false\n}\n\n")
 	return nil
 }
 
@@ -489,6 +511,14 @@ func (g *generator) message(name protoreflect.FullName) error {
 		fmt.Fprintf(w, "\tif %s {\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n\t}\n", cond, lite, fi.fd.Name(), messagesOf(fi.fd, "x."+fi.goName, true))
 	}
 	w.WriteString("}\n\n")
+	if g.encoded[name] {
+		if err := g.marshal(f, gt.name, fields); err != nil {
+			return err
+		}
+	}
+	if g.json[name] {
+		return g.fromJSON(f, gt.name, name, fields)
+	}
 	return nil
 }
 
@@ -846,4 +876,236 @@ func (g *generator) decodeCases(f *file, typeName string, fi *field) error {
 	}
 	_ = typeName
 	return nil
+}
+
+// marshal writes AppendTo: the message's encoding, fields in number order
+// (as protobuf-go writes them), map entries in key order.
+func (g *generator) marshal(f *file, typeName string, fields []*field) error {
+	w := &f.body
+	pw := f.use("google.golang.org/protobuf/encoding/protowire")
+	byNum := append([]*field(nil), fields...)
+	sort.Slice(byNum, func(i, j int) bool { return byNum[i].fd.Number() < byNum[j].fd.Number() })
+	fmt.Fprintf(w, "// AppendTo appends the message's encoding to b.\nfunc (x *%s) AppendTo(b []byte) ([]byte, error) {\n\tif x == nil {\n\t\treturn b, nil\n\t}\n", typeName)
+	for _, fi := range byNum {
+		fd := fi.fd
+		vt, err := g.goValueType(f, fd)
+		if err != nil {
+			return err
+		}
+		num := fd.Number()
+		switch {
+		case fd.IsMap():
+			kt, err := g.goValueType(f, fd.MapKey())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "{\nkeys := make([]%s, 0, len(x.%s))\nfor k := range x.%s {\nkeys = append(keys, k)\n}\n%sSort(keys)\n", kt, fi.goName, fi.goName, f.use("slices")+"")
+			fmt.Fprintf(w, "for _, k := range keys {\nvar e []byte\nvar err error\n")
+			fmt.Fprintf(w, "if e, err = %s; err != nil {\nreturn nil, err\n}\n", g.appendValue(f, fd.MapKey(), 1, "e", "k"))
+			fmt.Fprintf(w, "if e, err = %s; err != nil {\nreturn nil, err\n}\n", g.appendValue(f, fd.MapValue(), 2, "e", "x."+fi.goName+"[k]"))
+			fmt.Fprintf(w, "b = %sAppendTag(b, %d, %sBytesType)\nb = %sAppendBytes(b, e)\n}\n}\n", pw, num, pw, pw)
+		case fd.IsList():
+			if wt := wireType(fd.Kind()); wt != "BytesType" {
+				fmt.Fprintf(w, "if len(x.%s) > 0 {\nvar packed []byte\nfor _, v := range x.%s {\npacked = %s\n}\n", fi.goName, fi.goName, scalarAppend(f, fd, "packed", "v"))
+				fmt.Fprintf(w, "b = %sAppendTag(b, %d, %sBytesType)\nb = %sAppendBytes(b, packed)\n}\n", pw, num, pw, pw)
+				continue
+			}
+			fmt.Fprintf(w, "for _, v := range x.%s {\nvar err error\nif b, err = %s; err != nil {\nreturn nil, err\n}\n}\n", fi.goName, g.appendValue(f, fd, num, "b", "v"))
+		case fi.oneof != "":
+			fmt.Fprintf(w, "if o, ok := x.%s.(*%s); ok {\nvar err error\nif b, err = %s; err != nil {\nreturn nil, err\n}\n}\n", fi.oneof, fi.wrapper, g.appendValue(f, fd, num, "b", "o."+fi.goName))
+		case isOptionalScalar(fd):
+			fmt.Fprintf(w, "if x.%s != nil {\nvar err error\nif b, err = %s; err != nil {\nreturn nil, err\n}\n}\n", fi.goName, g.appendValue(f, fd, num, "b", "*x."+fi.goName))
+		default:
+			fmt.Fprintf(w, "if %s {\nvar err error\nif b, err = %s; err != nil {\nreturn nil, err\n}\n}\n", setCondition(f, fd, "x."+fi.goName), g.appendValue(f, fd, num, "b", "x."+fi.goName))
+		}
+		_ = vt
+	}
+	w.WriteString("return b, nil\n}\n\n")
+	return nil
+}
+
+// scalarAppend is an expression appending the varint or fixed encoding of
+// scalar v of fd's kind to b, without a tag.
+func scalarAppend(f *file, fd protoreflect.FieldDescriptor, b, v string) string {
+	pw := f.use("google.golang.org/protobuf/encoding/protowire")
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return pw + "AppendVarint(" + b + ", " + pw + "EncodeBool(" + v + "))"
+	case protoreflect.EnumKind, protoreflect.Int32Kind, protoreflect.Int64Kind:
+		return pw + "AppendVarint(" + b + ", uint64(int64(" + v + ")))"
+	case protoreflect.Sint32Kind, protoreflect.Sint64Kind:
+		return pw + "AppendVarint(" + b + ", " + pw + "EncodeZigZag(int64(" + v + ")))"
+	case protoreflect.Uint32Kind, protoreflect.Uint64Kind:
+		return pw + "AppendVarint(" + b + ", uint64(" + v + "))"
+	case protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind:
+		return pw + "AppendFixed32(" + b + ", uint32(" + v + "))"
+	case protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
+		return pw + "AppendFixed64(" + b + ", uint64(" + v + "))"
+	case protoreflect.FloatKind:
+		return pw + "AppendFixed32(" + b + ", " + f.use("math") + "Float32bits(" + v + "))"
+	case protoreflect.DoubleKind:
+		return pw + "AppendFixed64(" + b + ", " + f.use("math") + "Float64bits(" + v + "))"
+	}
+	panic("not a scalar kind: " + fd.Kind().String())
+}
+
+// appendValue is an expression of type ([]byte, error) appending field
+// num holding v, tag included, to b.
+func (g *generator) appendValue(f *file, fd protoreflect.FieldDescriptor, num protoreflect.FieldNumber, b, v string) string {
+	pw := f.use("google.golang.org/protobuf/encoding/protowire")
+	lite := f.use(litePath)
+	tag := fmt.Sprintf("%sAppendTag(%s, %d, %s%s)", pw, b, num, pw, wireType(fd.Kind()))
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return fmt.Sprintf("%sAppendString(%s, %s), nil", pw, tag, v)
+	case protoreflect.BytesKind:
+		return fmt.Sprintf("%sAppendBytes(%s, %s), nil", pw, tag, v)
+	case protoreflect.MessageKind:
+		mn := fd.Message().FullName()
+		switch {
+		case wellKnown[mn] != [2]string{}:
+			return fmt.Sprintf("%sAppendProto(%s, %s)", lite, tag, v)
+		case !g.included[mn]:
+			return fmt.Sprintf("%sAppendBytes(%s, %s.Bytes()), nil", pw, tag, v)
+		case g.encoded[mn]:
+			return fmt.Sprintf("%sAppendMessage(%s, %s)", lite, tag, v)
+		}
+		panic(fmt.Sprintf("%s holds %s, which is not encoded", fd.FullName(), mn))
+	}
+	return scalarAppend(f, fd, tag, v) + ", nil"
+}
+
+// jsonClosure marks root and every listed message reachable from it as
+// decoded from JSON too.
+func (g *generator) jsonClosure(name protoreflect.FullName) error {
+	if g.json[name] {
+		return nil
+	}
+	if !g.included[name] {
+		return fmt.Errorf("JSON root %s is not in messages", name)
+	}
+	g.json[name] = true
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(name)
+	if err != nil {
+		return err
+	}
+	fields := mt.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd.IsMap() {
+			if fd.MapKey().Kind() != protoreflect.StringKind {
+				return fmt.Errorf("%s: JSON maps with %v keys are not supported", fd.FullName(), fd.MapKey().Kind())
+			}
+			fd = fd.MapValue()
+		}
+		if md := fd.Message(); md != nil && g.included[md.FullName()] {
+			if err := g.jsonClosure(md.FullName()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fromJSON writes UnmarshalJSONStruct: the message from a JSON object, as
+// protojson reads one, for configs sent as a TypedStruct.
+func (g *generator) fromJSON(f *file, typeName string, name protoreflect.FullName, fields []*field) error {
+	w := &f.body
+	lite := f.use(litePath)
+	sp := f.use("google.golang.org/protobuf/types/known/structpb")
+	fmt.Fprintf(w, "// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.\nfunc (x *%s) UnmarshalJSONStruct(s *%sStruct, depth int) error {\n", typeName, sp)
+	fmt.Fprintf(w, "\tif depth > %sMaxDepth {\n\t\treturn %sErrDepth\n\t}\n", lite, lite)
+	fmt.Fprintf(w, "\tvar seen %sJSONSeen\n\tfor _, key := range %sSortedKeys(s) {\n\t\tv := s.GetFields()[key]\n\t\tswitch key {\n", lite, lite)
+	for _, fi := range fields {
+		fd := fi.fd
+		names := fmt.Sprintf("%q", fd.JSONName())
+		if string(fd.Name()) != fd.JSONName() {
+			names += fmt.Sprintf(", %q", fd.Name())
+		}
+		full := string(fd.FullName())
+		fmt.Fprintf(w, "\t\tcase %s:\n", names)
+		oneofName := ""
+		if fi.oneof != "" {
+			oneofName = string(fd.ContainingOneof().Name())
+		}
+		fmt.Fprintf(w, "if err := seen.Field(%q, %q, %d, %q); err != nil {\nreturn err\n}\n", string(name), full, fd.Number(), oneofName)
+		isValueField := fd.Message() != nil && fd.Message().FullName() == "google.protobuf.Value" && !fd.IsList() && !fd.IsMap()
+		if !isValueField {
+			fmt.Fprintf(w, "if %sIsNull(v) {\ncontinue\n}\n", lite)
+		}
+		switch {
+		case fd.IsMap():
+			vt, err := g.goValueType(f, fd.MapValue())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "obj, err := %sJSONObject(v, %q)\nif err != nil {\nreturn err\n}\n", lite, full)
+			fmt.Fprintf(w, "x.%s = map[string]%s{}\nfor _, k := range %sSortedKeys(obj) {\n", fi.goName, vt, lite)
+			fmt.Fprintf(w, "ev, err := %s\nif err != nil {\nreturn err\n}\nx.%s[k] = ev\n}\n", g.jsonValue(f, fd.MapValue(), vt, "obj.GetFields()[k]", full), fi.goName)
+		case fd.IsList():
+			fmt.Fprintf(w, "list, err := %sJSONList(v, %q)\nif err != nil {\nreturn err\n}\nx.%s = nil\nfor _, ev := range list.GetValues() {\n", lite, full, fi.goName)
+			vt, err := g.goValueType(f, fd)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "e, err := %s\nif err != nil {\nreturn err\n}\nx.%s = append(x.%s, e)\n}\n", g.jsonValue(f, fd, vt, "ev", full), fi.goName, fi.goName)
+		default:
+			vt, err := g.goValueType(f, fd)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "e, err := %s\nif err != nil {\nreturn err\n}\n", g.jsonValue(f, fd, vt, "v", full))
+			switch {
+			case fi.oneof != "":
+				fmt.Fprintf(w, "x.%s = &%s{%s: e}\n", fi.oneof, fi.wrapper, fi.goName)
+			case isOptionalScalar(fd):
+				fmt.Fprintf(w, "x.%s = &e\n", fi.goName)
+			default:
+				fmt.Fprintf(w, "x.%s = e\n", fi.goName)
+			}
+		}
+	}
+	fmt.Fprintf(w, "\t\tdefault:\n\t\t\treturn %sUnknownJSONField(%q, key)\n\t\t}\n\t}\n\treturn nil\n}\n\n", lite, name)
+	return nil
+}
+
+// jsonValue is an expression of type (vt, error) reading one value of fd
+// from the *structpb.Value v.
+func (g *generator) jsonValue(f *file, fd protoreflect.FieldDescriptor, vt, v, full string) string {
+	lite := f.use(litePath)
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return fmt.Sprintf("%sJSONString(%s, %q)", lite, v, full)
+	case protoreflect.BoolKind:
+		return fmt.Sprintf("%sJSONBool(%s, %q)", lite, v, full)
+	case protoreflect.BytesKind:
+		return fmt.Sprintf("%sJSONBytes(%s, %q)", lite, v, full)
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return fmt.Sprintf("%sJSONInt32(%s, %q)", lite, v, full)
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return fmt.Sprintf("%sJSONUint32(%s, %q)", lite, v, full)
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return fmt.Sprintf("%sJSONInt64(%s, %q)", lite, v, full)
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return fmt.Sprintf("%sJSONUint64(%s, %q)", lite, v, full)
+	case protoreflect.FloatKind:
+		return fmt.Sprintf("%sJSONFloat32(%s, %q)", lite, v, full)
+	case protoreflect.DoubleKind:
+		return fmt.Sprintf("%sJSONFloat64(%s, %q)", lite, v, full)
+	case protoreflect.EnumKind:
+		if fd.Enum().FullName() == "google.protobuf.NullValue" {
+			return fmt.Sprintf("%s(0), nil", vt)
+		}
+		return fmt.Sprintf("%sJSONEnum(%s, %q, %sFromName)", lite, v, full, vt)
+	}
+	mn := fd.Message().FullName()
+	if wk, ok := wellKnown[mn]; ok {
+		return fmt.Sprintf("%sJSON%s(%s, %q)", lite, wk[1], v, full)
+	}
+	if !g.included[mn] {
+		// Decoders only ask whether such a field is set.
+		return fmt.Sprintf("%sJSONRaw(%s, %q)", lite, v, full)
+	}
+	elem := strings.TrimPrefix(vt, "*")
+	return fmt.Sprintf("func() (%s, error) {\nobj, err := %sJSONObject(%s, %q)\nif err != nil {\nreturn nil, err\n}\nm := &%s{}\nif err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {\nreturn nil, err\n}\nreturn m, nil\n}()", vt, lite, v, full, elem)
 }

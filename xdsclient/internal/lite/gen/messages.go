@@ -99,6 +99,14 @@ var messages = []string{
 	"envoy.extensions.filters.http.fault.v3.FaultAbort",
 	"envoy.extensions.filters.common.fault.v3.FaultDelay",
 
+	// The ADS protocol.
+	"envoy.service.discovery.v3.DiscoveryRequest",
+	"envoy.service.discovery.v3.DiscoveryResponse",
+	"envoy.service.discovery.v3.DeltaDiscoveryRequest",
+	"envoy.service.discovery.v3.DeltaDiscoveryResponse",
+	"envoy.service.discovery.v3.Resource",
+	"envoy.config.core.v3.Node",
+
 	// Authorization.
 	"envoy.extensions.filters.http.rbac.v3.RBAC",
 	"envoy.config.rbac.v3.RBAC",
@@ -108,4 +116,30 @@ var messages = []string{
 	"envoy.config.rbac.v3.Principal",
 	"envoy.config.rbac.v3.Principal.Set",
 	"envoy.config.rbac.v3.Principal.Authenticated",
+}
+
+// encoded are the messages the client also writes: its requests.
+var encoded = []string{
+	"envoy.service.discovery.v3.DiscoveryRequest",
+	"envoy.service.discovery.v3.DeltaDiscoveryRequest",
+	"envoy.config.core.v3.Node",
+	"envoy.config.core.v3.Locality",
+	"envoy.config.core.v3.Address",
+	"envoy.config.core.v3.SocketAddress",
+	// Secrets, re-encoded without their keys for CSDS.
+	"envoy.extensions.transport_sockets.tls.v3.Secret",
+	"envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+	"envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+	"envoy.extensions.transport_sockets.tls.v3.CertificateProviderPluginInstance",
+	"envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+	"envoy.config.core.v3.DataSource",
+	"envoy.config.core.v3.TypedExtensionConfig",
+	"envoy.type.matcher.v3.StringMatcher",
+	"envoy.type.matcher.v3.RegexMatcher",
+}
+
+// jsonRoots are the messages the client also reads from JSON (a
+// TypedStruct), with every listed message reachable from them.
+var jsonRoots = []string{
+	"envoy.extensions.filters.http.rbac.v3.RBAC",
 }

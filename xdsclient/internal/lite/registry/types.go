@@ -20,6 +20,7 @@ import (
 	least_requestv3 "mesh/xdsclient/internal/lite/envoy/extensions/load_balancing_policies/least_request/v3"
 	ring_hashv3 "mesh/xdsclient/internal/lite/envoy/extensions/load_balancing_policies/ring_hash/v3"
 	tlsv3 "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "mesh/xdsclient/internal/lite/envoy/service/discovery/v3"
 	matcherv3 "mesh/xdsclient/internal/lite/envoy/type/matcher/v3"
 	typev3 "mesh/xdsclient/internal/lite/envoy/type/v3"
 	typev1 "mesh/xdsclient/internal/lite/udpa/type/v1"
@@ -64,6 +65,8 @@ func New(typeURL string) lite.Message {
 		return &corev3.HttpProtocolOptions{}
 	case "type.googleapis.com/envoy.config.core.v3.Locality":
 		return &corev3.Locality{}
+	case "type.googleapis.com/envoy.config.core.v3.Node":
+		return &corev3.Node{}
 	case "type.googleapis.com/envoy.config.core.v3.RuntimeFractionalPercent":
 		return &corev3.RuntimeFractionalPercent{}
 	case "type.googleapis.com/envoy.config.core.v3.SelfConfigSource":
@@ -194,6 +197,16 @@ func New(typeURL string) lite.Message {
 		return &tlsv3.TlsCertificate{}
 	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
 		return &tlsv3.UpstreamTlsContext{}
+	case "type.googleapis.com/envoy.service.discovery.v3.DeltaDiscoveryRequest":
+		return &discoveryv3.DeltaDiscoveryRequest{}
+	case "type.googleapis.com/envoy.service.discovery.v3.DeltaDiscoveryResponse":
+		return &discoveryv3.DeltaDiscoveryResponse{}
+	case "type.googleapis.com/envoy.service.discovery.v3.DiscoveryRequest":
+		return &discoveryv3.DiscoveryRequest{}
+	case "type.googleapis.com/envoy.service.discovery.v3.DiscoveryResponse":
+		return &discoveryv3.DiscoveryResponse{}
+	case "type.googleapis.com/envoy.service.discovery.v3.Resource":
+		return &discoveryv3.Resource{}
 	case "type.googleapis.com/envoy.type.matcher.v3.PathMatcher":
 		return &matcherv3.PathMatcher{}
 	case "type.googleapis.com/envoy.type.matcher.v3.RegexMatchAndSubstitute":

@@ -4,6 +4,7 @@ package typev3
 
 import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	lite "mesh/xdsclient/internal/lite"
 	strconv "strconv"
 )
@@ -182,6 +183,46 @@ func (x *Int32Range) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Int32Range) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "start":
+			if err := seen.Field("envoy.type.v3.Int32Range", "envoy.type.v3.Int32Range.start", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONInt32(v, "envoy.type.v3.Int32Range.start")
+			if err != nil {
+				return err
+			}
+			x.Start = e
+		case "end":
+			if err := seen.Field("envoy.type.v3.Int32Range", "envoy.type.v3.Int32Range.end", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONInt32(v, "envoy.type.v3.Int32Range.end")
+			if err != nil {
+				return err
+			}
+			x.End = e
+		default:
+			return lite.UnknownJSONField("envoy.type.v3.Int32Range", key)
+		}
+	}
+	return nil
+}
+
 // Int64Range is envoy.type.v3.Int64Range.
 type Int64Range struct {
 	Start int64
@@ -269,6 +310,46 @@ func (x *Int64Range) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Int64Range) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "start":
+			if err := seen.Field("envoy.type.v3.Int64Range", "envoy.type.v3.Int64Range.start", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONInt64(v, "envoy.type.v3.Int64Range.start")
+			if err != nil {
+				return err
+			}
+			x.Start = e
+		case "end":
+			if err := seen.Field("envoy.type.v3.Int64Range", "envoy.type.v3.Int64Range.end", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONInt64(v, "envoy.type.v3.Int64Range.end")
+			if err != nil {
+				return err
+			}
+			x.End = e
+		default:
+			return lite.UnknownJSONField("envoy.type.v3.Int64Range", key)
+		}
+	}
+	return nil
+}
+
 // FractionalPercent_DenominatorType is envoy.type.v3.FractionalPercent.DenominatorType.
 type FractionalPercent_DenominatorType int32
 
@@ -289,4 +370,17 @@ func (x FractionalPercent_DenominatorType) String() string {
 		return "MILLION"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// FractionalPercent_DenominatorTypeFromName returns the value a proto name names.
+func FractionalPercent_DenominatorTypeFromName(name string) (FractionalPercent_DenominatorType, bool) {
+	switch name {
+	case "HUNDRED":
+		return 0, true
+	case "TEN_THOUSAND":
+		return 1, true
+	case "MILLION":
+		return 2, true
+	}
+	return 0, false
 }

@@ -3281,6 +3281,17 @@ func (x Cluster_ClusterProtocolSelection) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// Cluster_ClusterProtocolSelectionFromName returns the value a proto name names.
+func Cluster_ClusterProtocolSelectionFromName(name string) (Cluster_ClusterProtocolSelection, bool) {
+	switch name {
+	case "USE_CONFIGURED_PROTOCOL":
+		return 0, true
+	case "USE_DOWNSTREAM_PROTOCOL":
+		return 1, true
+	}
+	return 0, false
+}
+
 // Cluster_DiscoveryType is envoy.config.cluster.v3.Cluster.DiscoveryType.
 type Cluster_DiscoveryType int32
 
@@ -3309,6 +3320,23 @@ func (x Cluster_DiscoveryType) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// Cluster_DiscoveryTypeFromName returns the value a proto name names.
+func Cluster_DiscoveryTypeFromName(name string) (Cluster_DiscoveryType, bool) {
+	switch name {
+	case "STATIC":
+		return 0, true
+	case "STRICT_DNS":
+		return 1, true
+	case "LOGICAL_DNS":
+		return 2, true
+	case "EDS":
+		return 3, true
+	case "ORIGINAL_DST":
+		return 4, true
+	}
+	return 0, false
+}
+
 // Cluster_DnsLookupFamily is envoy.config.cluster.v3.Cluster.DnsLookupFamily.
 type Cluster_DnsLookupFamily int32
 
@@ -3335,6 +3363,23 @@ func (x Cluster_DnsLookupFamily) String() string {
 		return "ALL"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// Cluster_DnsLookupFamilyFromName returns the value a proto name names.
+func Cluster_DnsLookupFamilyFromName(name string) (Cluster_DnsLookupFamily, bool) {
+	switch name {
+	case "AUTO":
+		return 0, true
+	case "V4_ONLY":
+		return 1, true
+	case "V6_ONLY":
+		return 2, true
+	case "V4_PREFERRED":
+		return 3, true
+	case "ALL":
+		return 4, true
+	}
+	return 0, false
 }
 
 // Cluster_LbPolicy is envoy.config.cluster.v3.Cluster.LbPolicy.
@@ -3371,6 +3416,27 @@ func (x Cluster_LbPolicy) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// Cluster_LbPolicyFromName returns the value a proto name names.
+func Cluster_LbPolicyFromName(name string) (Cluster_LbPolicy, bool) {
+	switch name {
+	case "ROUND_ROBIN":
+		return 0, true
+	case "LEAST_REQUEST":
+		return 1, true
+	case "RING_HASH":
+		return 2, true
+	case "RANDOM":
+		return 3, true
+	case "MAGLEV":
+		return 5, true
+	case "CLUSTER_PROVIDED":
+		return 6, true
+	case "LOAD_BALANCING_POLICY_CONFIG":
+		return 7, true
+	}
+	return 0, false
+}
+
 // Cluster_RingHashLbConfig_HashFunction is envoy.config.cluster.v3.Cluster.RingHashLbConfig.HashFunction.
 type Cluster_RingHashLbConfig_HashFunction int32
 
@@ -3388,4 +3454,15 @@ func (x Cluster_RingHashLbConfig_HashFunction) String() string {
 		return "MURMUR_HASH_2"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// Cluster_RingHashLbConfig_HashFunctionFromName returns the value a proto name names.
+func Cluster_RingHashLbConfig_HashFunctionFromName(name string) (Cluster_RingHashLbConfig_HashFunction, bool) {
+	switch name {
+	case "XX_HASH":
+		return 0, true
+	case "MURMUR_HASH_2":
+		return 1, true
+	}
+	return 0, false
 }

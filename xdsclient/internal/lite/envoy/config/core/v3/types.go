@@ -7,9 +7,11 @@ import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
 	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	lite "mesh/xdsclient/internal/lite"
 	typev3 "mesh/xdsclient/internal/lite/envoy/type/v3"
+	slices "slices"
 	strconv "strconv"
 )
 
@@ -178,6 +180,32 @@ func (x *Address) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *Address) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if o, ok := x.Address.(*Address_SocketAddress); ok {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 1, protowire.BytesType), o.SocketAddress); err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Address.(*Address_Pipe); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 2, protowire.BytesType), o.Pipe.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Address.(*Address_EnvoyInternalAddress); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 3, protowire.BytesType), o.EnvoyInternalAddress.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // AggregatedConfigSource is envoy.config.core.v3.AggregatedConfigSource.
 type AggregatedConfigSource struct {
 }
@@ -317,6 +345,46 @@ func (x *CidrRange) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *CidrRange) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "addressPrefix", "address_prefix":
+			if err := seen.Field("envoy.config.core.v3.CidrRange", "envoy.config.core.v3.CidrRange.address_prefix", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.core.v3.CidrRange.address_prefix")
+			if err != nil {
+				return err
+			}
+			x.AddressPrefix = e
+		case "prefixLen", "prefix_len":
+			if err := seen.Field("envoy.config.core.v3.CidrRange", "envoy.config.core.v3.CidrRange.prefix_len", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONUInt32Value(v, "envoy.config.core.v3.CidrRange.prefix_len")
+			if err != nil {
+				return err
+			}
+			x.PrefixLen = e
+		default:
+			return lite.UnknownJSONField("envoy.config.core.v3.CidrRange", key)
+		}
+	}
+	return nil
 }
 
 // ConfigSource is envoy.config.core.v3.ConfigSource.
@@ -822,6 +890,44 @@ func (x *DataSource) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *DataSource) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if o, ok := x.Specifier.(*DataSource_Filename); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), o.Filename), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Specifier.(*DataSource_InlineBytes); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 2, protowire.BytesType), o.InlineBytes), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Specifier.(*DataSource_InlineString); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), o.InlineString), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Specifier.(*DataSource_EnvironmentVariable); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 4, protowire.BytesType), o.EnvironmentVariable), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.WatchedDirectory != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 5, protowire.BytesType), x.WatchedDirectory.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // HttpProtocolOptions is envoy.config.core.v3.HttpProtocolOptions.
 type HttpProtocolOptions struct {
 	IdleTimeout                  *durationpb.Duration
@@ -1179,6 +1285,526 @@ func (x *Locality) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *Locality) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.Region != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), x.Region), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Zone != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), x.Zone), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.SubZone != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), x.SubZone), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// Node is envoy.config.core.v3.Node.
+type Node struct {
+	Id                   string
+	Cluster              string
+	Metadata             *structpb.Struct
+	DynamicParameters    map[string]*lite.Raw
+	Locality             *Locality
+	UserAgentName        string
+	UserAgentVersionType isNode_UserAgentVersionType
+	Extensions           []*lite.Raw
+	ClientFeatures       []string
+	ListeningAddresses   []*Address
+}
+
+type isNode_UserAgentVersionType interface{ isNode_UserAgentVersionType() }
+
+func (x *Node) GetUserAgentVersionType() isNode_UserAgentVersionType {
+	if x != nil {
+		return x.UserAgentVersionType
+	}
+	return nil
+}
+
+type Node_UserAgentVersion struct{ UserAgentVersion string }
+
+func (*Node_UserAgentVersion) isNode_UserAgentVersionType() {}
+
+type Node_UserAgentBuildVersion struct{ UserAgentBuildVersion *lite.Raw }
+
+func (*Node_UserAgentBuildVersion) isNode_UserAgentVersionType() {}
+
+func (x *Node) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Node) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Node) GetMetadata() *structpb.Struct {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Node) GetDynamicParameters() map[string]*lite.Raw {
+	if x != nil {
+		return x.DynamicParameters
+	}
+	return nil
+}
+
+func (x *Node) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+func (x *Node) GetUserAgentName() string {
+	if x != nil {
+		return x.UserAgentName
+	}
+	return ""
+}
+
+func (x *Node) GetUserAgentVersion() string {
+	if x, ok := x.GetUserAgentVersionType().(*Node_UserAgentVersion); ok {
+		return x.UserAgentVersion
+	}
+	return ""
+}
+
+func (x *Node) GetUserAgentBuildVersion() *lite.Raw {
+	if x, ok := x.GetUserAgentVersionType().(*Node_UserAgentBuildVersion); ok {
+		return x.UserAgentBuildVersion
+	}
+	return nil
+}
+
+func (x *Node) GetExtensions() []*lite.Raw {
+	if x != nil {
+		return x.Extensions
+	}
+	return nil
+}
+
+func (x *Node) GetClientFeatures() []string {
+	if x != nil {
+		return x.ClientFeatures
+	}
+	return nil
+}
+
+func (x *Node) GetListeningAddresses() []*Address {
+	if x != nil {
+		return x.ListeningAddresses
+	}
+	return nil
+}
+
+// FullName is the message's proto name.
+func (*Node) FullName() string { return "envoy.config.core.v3.Node" }
+
+// WhichOneof returns the proto name of the field set in oneof ("" when
+// none is) and whether the message has that oneof.
+func (x *Node) WhichOneof(oneof string) (string, bool) {
+	switch oneof {
+	case "user_agent_version_type":
+		switch x.GetUserAgentVersionType().(type) {
+		case *Node_UserAgentVersion:
+			return "user_agent_version", true
+		case *Node_UserAgentBuildVersion:
+			return "user_agent_build_version", true
+		}
+		return "", true
+	}
+	return "", false
+}
+
+// UnmarshalAt merges the encoded message b into x.
+func (x *Node) UnmarshalAt(b []byte, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	for len(b) > 0 {
+		num, typ, n := lite.ConsumeTag(b)
+		if n < 0 {
+			return lite.WireError("envoy.config.core.v3.Node", n)
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			v, err := lite.String(bv, "envoy.config.core.v3.Node.id")
+			if err != nil {
+				return err
+			}
+			x.Id = v
+		case num == 2 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			v, err := lite.String(bv, "envoy.config.core.v3.Node.cluster")
+			if err != nil {
+				return err
+			}
+			x.Cluster = v
+		case num == 3 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			if x.Metadata == nil {
+				x.Metadata = &structpb.Struct{}
+			}
+			if err := lite.MergeProto(bv, x.Metadata); err != nil {
+				return fmt.Errorf("%s: %w", "envoy.config.core.v3.Node.metadata", err)
+			}
+		case num == 12 && typ == protowire.BytesType:
+			entry, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			var key string
+			var val *lite.Raw
+			val = &lite.Raw{}
+			if err := func(b []byte) error {
+				for len(b) > 0 {
+					num, typ, n := lite.ConsumeTag(b)
+					if n < 0 {
+						return lite.WireError("envoy.config.core.v3.Node", n)
+					}
+					b = b[n:]
+					switch {
+					case num == 1 && typ == protowire.BytesType:
+						bv, n := protowire.ConsumeBytes(b)
+						if n < 0 {
+							return lite.WireError("envoy.config.core.v3.Node", n)
+						}
+						b = b[n:]
+						v, err := lite.String(bv, "envoy.config.core.v3.Node.DynamicParametersEntry.key")
+						if err != nil {
+							return err
+						}
+						key = v
+					case num == 2 && typ == protowire.BytesType:
+						bv, n := protowire.ConsumeBytes(b)
+						if n < 0 {
+							return lite.WireError("envoy.config.core.v3.Node", n)
+						}
+						b = b[n:]
+						if val == nil {
+							val = &lite.Raw{}
+						}
+						if err := lite.CheckRaw(bv, "envoy.config.core.v3.Node.DynamicParametersEntry.value"); err != nil {
+							return err
+						}
+						val.Merge(bv)
+					default:
+						n = protowire.ConsumeFieldValue(num, typ, b)
+						if n < 0 {
+							return lite.WireError("envoy.config.core.v3.Node", n)
+						}
+						b = b[n:]
+					}
+				}
+				return nil
+			}(entry); err != nil {
+				return err
+			}
+			if x.DynamicParameters == nil {
+				x.DynamicParameters = map[string]*lite.Raw{}
+			}
+			x.DynamicParameters[key] = val
+		case num == 4 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			if x.Locality == nil {
+				x.Locality = &Locality{}
+			}
+			if err := x.Locality.UnmarshalAt(bv, depth+1); err != nil {
+				return err
+			}
+		case num == 6 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			v, err := lite.String(bv, "envoy.config.core.v3.Node.user_agent_name")
+			if err != nil {
+				return err
+			}
+			x.UserAgentName = v
+		case num == 7 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			v, err := lite.String(bv, "envoy.config.core.v3.Node.user_agent_version")
+			if err != nil {
+				return err
+			}
+			x.UserAgentVersionType = &Node_UserAgentVersion{UserAgentVersion: v}
+		case num == 8 && typ == protowire.BytesType:
+			var into *lite.Raw
+			if o, ok := x.UserAgentVersionType.(*Node_UserAgentBuildVersion); ok {
+				into = o.UserAgentBuildVersion
+			}
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			if into == nil {
+				into = &lite.Raw{}
+			}
+			if err := lite.CheckRaw(bv, "envoy.config.core.v3.Node.user_agent_build_version"); err != nil {
+				return err
+			}
+			into.Merge(bv)
+			x.UserAgentVersionType = &Node_UserAgentBuildVersion{UserAgentBuildVersion: into}
+		case num == 9 && typ == protowire.BytesType:
+			var into *lite.Raw
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			if into == nil {
+				into = &lite.Raw{}
+			}
+			if err := lite.CheckRaw(bv, "envoy.config.core.v3.Node.extensions"); err != nil {
+				return err
+			}
+			into.Merge(bv)
+			x.Extensions = append(x.Extensions, into)
+		case num == 10 && typ == protowire.BytesType:
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			v, err := lite.String(bv, "envoy.config.core.v3.Node.client_features")
+			if err != nil {
+				return err
+			}
+			x.ClientFeatures = append(x.ClientFeatures, v)
+		case num == 11 && typ == protowire.BytesType:
+			var into *Address
+			bv, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+			if into == nil {
+				into = &Address{}
+			}
+			if err := into.UnmarshalAt(bv, depth+1); err != nil {
+				return err
+			}
+			x.ListeningAddresses = append(x.ListeningAddresses, into)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return lite.WireError("envoy.config.core.v3.Node", n)
+			}
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+// RangeSet calls f for each field x sets, in declaration order.
+func (x *Node) RangeSet(f func(lite.Field) bool) {
+	if x == nil {
+		return
+	}
+	if x.Id != "" {
+		if !f(lite.Field{Name: "id"}) {
+			return
+		}
+	}
+	if x.Cluster != "" {
+		if !f(lite.Field{Name: "cluster"}) {
+			return
+		}
+	}
+	if x.Metadata != nil {
+		if !f(lite.Field{Name: "metadata", Messages: []any{x.Metadata}}) {
+			return
+		}
+	}
+	if len(x.DynamicParameters) > 0 {
+		if !f(lite.Field{Name: "dynamic_parameters", IsMap: true}) {
+			return
+		}
+	}
+	if x.Locality != nil {
+		if !f(lite.Field{Name: "locality", Messages: []any{x.Locality}}) {
+			return
+		}
+	}
+	if x.UserAgentName != "" {
+		if !f(lite.Field{Name: "user_agent_name"}) {
+			return
+		}
+	}
+	switch v := x.UserAgentVersionType.(type) {
+	case *Node_UserAgentVersion:
+		if !f(lite.Field{Name: "user_agent_version"}) {
+			return
+		}
+	case *Node_UserAgentBuildVersion:
+		if !f(lite.Field{Name: "user_agent_build_version", Messages: []any{v.UserAgentBuildVersion}}) {
+			return
+		}
+	}
+	if len(x.Extensions) > 0 {
+		if !f(lite.Field{Name: "extensions", Messages: func() []any {
+			ms := make([]any, len(x.Extensions))
+			for i, m := range x.Extensions {
+				ms[i] = m
+			}
+			return ms
+		}()}) {
+			return
+		}
+	}
+	if len(x.ClientFeatures) > 0 {
+		if !f(lite.Field{Name: "client_features"}) {
+			return
+		}
+	}
+	if len(x.ListeningAddresses) > 0 {
+		if !f(lite.Field{Name: "listening_addresses", Messages: func() []any {
+			ms := make([]any, len(x.ListeningAddresses))
+			for i, m := range x.ListeningAddresses {
+				ms[i] = m
+			}
+			return ms
+		}()}) {
+			return
+		}
+	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *Node) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.Id != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), x.Id), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Cluster != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), x.Cluster), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Metadata != nil {
+		var err error
+		if b, err = lite.AppendProto(protowire.AppendTag(b, 3, protowire.BytesType), x.Metadata); err != nil {
+			return nil, err
+		}
+	}
+	if x.Locality != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 4, protowire.BytesType), x.Locality); err != nil {
+			return nil, err
+		}
+	}
+	if x.UserAgentName != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 6, protowire.BytesType), x.UserAgentName), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.UserAgentVersionType.(*Node_UserAgentVersion); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 7, protowire.BytesType), o.UserAgentVersion), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.UserAgentVersionType.(*Node_UserAgentBuildVersion); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 8, protowire.BytesType), o.UserAgentBuildVersion.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.Extensions {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 9, protowire.BytesType), v.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.ClientFeatures {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 10, protowire.BytesType), v), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.ListeningAddresses {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 11, protowire.BytesType), v); err != nil {
+			return nil, err
+		}
+	}
+	{
+		keys := make([]string, 0, len(x.DynamicParameters))
+		for k := range x.DynamicParameters {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			var e []byte
+			var err error
+			if e, err = protowire.AppendString(protowire.AppendTag(e, 1, protowire.BytesType), k), nil; err != nil {
+				return nil, err
+			}
+			if e, err = protowire.AppendBytes(protowire.AppendTag(e, 2, protowire.BytesType), x.DynamicParameters[k].Bytes()), nil; err != nil {
+				return nil, err
+			}
+			b = protowire.AppendTag(b, 12, protowire.BytesType)
+			b = protowire.AppendBytes(b, e)
+		}
+	}
+	return b, nil
 }
 
 // RuntimeFractionalPercent is envoy.config.core.v3.RuntimeFractionalPercent.
@@ -1571,6 +2197,56 @@ func (x *SocketAddress) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *SocketAddress) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.Protocol != 0 {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 1, protowire.VarintType), uint64(int64(x.Protocol))), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Address != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), x.Address), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.PortSpecifier.(*SocketAddress_PortValue); ok {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 3, protowire.VarintType), uint64(o.PortValue)), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.PortSpecifier.(*SocketAddress_NamedPort); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 4, protowire.BytesType), o.NamedPort), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.ResolverName != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 5, protowire.BytesType), x.ResolverName), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Ipv4Compat {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 6, protowire.VarintType), protowire.EncodeBool(x.Ipv4Compat)), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.NetworkNamespaceFilepath != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 7, protowire.BytesType), x.NetworkNamespaceFilepath), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // TransportSocket is envoy.config.core.v3.TransportSocket.
 type TransportSocket struct {
 	Name       string
@@ -1784,6 +2460,66 @@ func (x *TypedExtensionConfig) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *TypedExtensionConfig) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.Name != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), x.Name), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.TypedConfig != nil {
+		var err error
+		if b, err = lite.AppendProto(protowire.AppendTag(b, 2, protowire.BytesType), x.TypedConfig); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *TypedExtensionConfig) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "name":
+			if err := seen.Field("envoy.config.core.v3.TypedExtensionConfig", "envoy.config.core.v3.TypedExtensionConfig.name", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.core.v3.TypedExtensionConfig.name")
+			if err != nil {
+				return err
+			}
+			x.Name = e
+		case "typedConfig", "typed_config":
+			if err := seen.Field("envoy.config.core.v3.TypedExtensionConfig", "envoy.config.core.v3.TypedExtensionConfig.typed_config", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONAny(v, "envoy.config.core.v3.TypedExtensionConfig.typed_config")
+			if err != nil {
+				return err
+			}
+			x.TypedConfig = e
+		default:
+			return lite.UnknownJSONField("envoy.config.core.v3.TypedExtensionConfig", key)
+		}
+	}
+	return nil
+}
+
 // ApiVersion is envoy.config.core.v3.ApiVersion.
 type ApiVersion int32
 
@@ -1804,6 +2540,19 @@ func (x ApiVersion) String() string {
 		return "V3"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// ApiVersionFromName returns the value a proto name names.
+func ApiVersionFromName(name string) (ApiVersion, bool) {
+	switch name {
+	case "AUTO":
+		return 0, true
+	case "V2":
+		return 1, true
+	case "V3":
+		return 2, true
+	}
+	return 0, false
 }
 
 // HealthStatus is envoy.config.core.v3.HealthStatus.
@@ -1837,6 +2586,25 @@ func (x HealthStatus) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// HealthStatusFromName returns the value a proto name names.
+func HealthStatusFromName(name string) (HealthStatus, bool) {
+	switch name {
+	case "UNKNOWN":
+		return 0, true
+	case "HEALTHY":
+		return 1, true
+	case "UNHEALTHY":
+		return 2, true
+	case "DRAINING":
+		return 3, true
+	case "TIMEOUT":
+		return 4, true
+	case "DEGRADED":
+		return 5, true
+	}
+	return 0, false
+}
+
 // HttpProtocolOptions_HeadersWithUnderscoresAction is envoy.config.core.v3.HttpProtocolOptions.HeadersWithUnderscoresAction.
 type HttpProtocolOptions_HeadersWithUnderscoresAction int32
 
@@ -1859,6 +2627,19 @@ func (x HttpProtocolOptions_HeadersWithUnderscoresAction) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// HttpProtocolOptions_HeadersWithUnderscoresActionFromName returns the value a proto name names.
+func HttpProtocolOptions_HeadersWithUnderscoresActionFromName(name string) (HttpProtocolOptions_HeadersWithUnderscoresAction, bool) {
+	switch name {
+	case "ALLOW":
+		return 0, true
+	case "REJECT_REQUEST":
+		return 1, true
+	case "DROP_HEADER":
+		return 2, true
+	}
+	return 0, false
+}
+
 // RoutingPriority is envoy.config.core.v3.RoutingPriority.
 type RoutingPriority int32
 
@@ -1878,6 +2659,17 @@ func (x RoutingPriority) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// RoutingPriorityFromName returns the value a proto name names.
+func RoutingPriorityFromName(name string) (RoutingPriority, bool) {
+	switch name {
+	case "DEFAULT":
+		return 0, true
+	case "HIGH":
+		return 1, true
+	}
+	return 0, false
+}
+
 // SocketAddress_Protocol is envoy.config.core.v3.SocketAddress.Protocol.
 type SocketAddress_Protocol int32
 
@@ -1895,6 +2687,17 @@ func (x SocketAddress_Protocol) String() string {
 		return "UDP"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// SocketAddress_ProtocolFromName returns the value a proto name names.
+func SocketAddress_ProtocolFromName(name string) (SocketAddress_Protocol, bool) {
+	switch name {
+	case "TCP":
+		return 0, true
+	case "UDP":
+		return 1, true
+	}
+	return 0, false
 }
 
 // TrafficDirection is envoy.config.core.v3.TrafficDirection.
@@ -1917,4 +2720,17 @@ func (x TrafficDirection) String() string {
 		return "OUTBOUND"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// TrafficDirectionFromName returns the value a proto name names.
+func TrafficDirectionFromName(name string) (TrafficDirection, bool) {
+	switch name {
+	case "UNSPECIFIED":
+		return 0, true
+	case "INBOUND":
+		return 1, true
+	case "OUTBOUND":
+		return 2, true
+	}
+	return 0, false
 }

@@ -1846,6 +1846,19 @@ func (x FilterChainMatch_ConnectionSourceType) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// FilterChainMatch_ConnectionSourceTypeFromName returns the value a proto name names.
+func FilterChainMatch_ConnectionSourceTypeFromName(name string) (FilterChainMatch_ConnectionSourceType, bool) {
+	switch name {
+	case "ANY":
+		return 0, true
+	case "SAME_IP_OR_LOOPBACK":
+		return 1, true
+	case "EXTERNAL":
+		return 2, true
+	}
+	return 0, false
+}
+
 // Listener_DrainType is envoy.config.listener.v3.Listener.DrainType.
 type Listener_DrainType int32
 
@@ -1863,4 +1876,15 @@ func (x Listener_DrainType) String() string {
 		return "MODIFY_ONLY"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// Listener_DrainTypeFromName returns the value a proto name names.
+func Listener_DrainTypeFromName(name string) (Listener_DrainType, bool) {
+	switch name {
+	case "DEFAULT":
+		return 0, true
+	case "MODIFY_ONLY":
+		return 1, true
+	}
+	return 0, false
 }

@@ -4,6 +4,7 @@ package rbacv3
 
 import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	lite "mesh/xdsclient/internal/lite"
 	corev3 "mesh/xdsclient/internal/lite/envoy/config/core/v3"
 	routev3 "mesh/xdsclient/internal/lite/envoy/config/route/v3"
@@ -533,6 +534,290 @@ func (x *Permission) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Permission) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "andRules", "and_rules":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.and_rules", 1, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Permission_Set, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.and_rules")
+				if err != nil {
+					return nil, err
+				}
+				m := &Permission_Set{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_AndRules{AndRules: e}
+		case "orRules", "or_rules":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.or_rules", 2, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Permission_Set, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.or_rules")
+				if err != nil {
+					return nil, err
+				}
+				m := &Permission_Set{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_OrRules{OrRules: e}
+		case "any":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.any", 3, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.config.rbac.v3.Permission.any")
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_Any{Any: e}
+		case "header":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.header", 4, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*routev3.HeaderMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.header")
+				if err != nil {
+					return nil, err
+				}
+				m := &routev3.HeaderMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_Header{Header: e}
+		case "urlPath", "url_path":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.url_path", 10, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.PathMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.url_path")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.PathMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_UrlPath{UrlPath: e}
+		case "destinationIp", "destination_ip":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.destination_ip", 5, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.CidrRange, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.destination_ip")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.CidrRange{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_DestinationIp{DestinationIp: e}
+		case "destinationPort", "destination_port":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.destination_port", 6, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONUint32(v, "envoy.config.rbac.v3.Permission.destination_port")
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_DestinationPort{DestinationPort: e}
+		case "destinationPortRange", "destination_port_range":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.destination_port_range", 11, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*typev3.Int32Range, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.destination_port_range")
+				if err != nil {
+					return nil, err
+				}
+				m := &typev3.Int32Range{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_DestinationPortRange{DestinationPortRange: e}
+		case "metadata":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.metadata", 7, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Permission.metadata")
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_Metadata{Metadata: e}
+		case "notRule", "not_rule":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.not_rule", 8, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Permission, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.not_rule")
+				if err != nil {
+					return nil, err
+				}
+				m := &Permission{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_NotRule{NotRule: e}
+		case "requestedServerName", "requested_server_name":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.requested_server_name", 9, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.StringMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.requested_server_name")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.StringMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_RequestedServerName{RequestedServerName: e}
+		case "matcher":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.matcher", 12, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.TypedExtensionConfig, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.matcher")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.TypedExtensionConfig{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_Matcher{Matcher: e}
+		case "uriTemplate", "uri_template":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.uri_template", 13, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.TypedExtensionConfig, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Permission.uri_template")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.TypedExtensionConfig{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_UriTemplate{UriTemplate: e}
+		case "sourcedMetadata", "sourced_metadata":
+			if err := seen.Field("envoy.config.rbac.v3.Permission", "envoy.config.rbac.v3.Permission.sourced_metadata", 14, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Permission.sourced_metadata")
+			if err != nil {
+				return err
+			}
+			x.Rule = &Permission_SourcedMetadata{SourcedMetadata: e}
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Permission", key)
+		}
+	}
+	return nil
+}
+
 // Permission_Set is envoy.config.rbac.v3.Permission.Set.
 type Permission_Set struct {
 	Rules []*Permission
@@ -609,6 +894,51 @@ func (x *Permission_Set) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Permission_Set) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "rules":
+			if err := seen.Field("envoy.config.rbac.v3.Permission.Set", "envoy.config.rbac.v3.Permission.Set.rules", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			list, err := lite.JSONList(v, "envoy.config.rbac.v3.Permission.Set.rules")
+			if err != nil {
+				return err
+			}
+			x.Rules = nil
+			for _, ev := range list.GetValues() {
+				e, err := func() (*Permission, error) {
+					obj, err := lite.JSONObject(ev, "envoy.config.rbac.v3.Permission.Set.rules")
+					if err != nil {
+						return nil, err
+					}
+					m := &Permission{}
+					if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+						return nil, err
+					}
+					return m, nil
+				}()
+				if err != nil {
+					return err
+				}
+				x.Rules = append(x.Rules, e)
+			}
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Permission.Set", key)
+		}
+	}
+	return nil
 }
 
 // Policy is envoy.config.rbac.v3.Policy.
@@ -798,6 +1128,116 @@ func (x *Policy) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Policy) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "permissions":
+			if err := seen.Field("envoy.config.rbac.v3.Policy", "envoy.config.rbac.v3.Policy.permissions", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			list, err := lite.JSONList(v, "envoy.config.rbac.v3.Policy.permissions")
+			if err != nil {
+				return err
+			}
+			x.Permissions = nil
+			for _, ev := range list.GetValues() {
+				e, err := func() (*Permission, error) {
+					obj, err := lite.JSONObject(ev, "envoy.config.rbac.v3.Policy.permissions")
+					if err != nil {
+						return nil, err
+					}
+					m := &Permission{}
+					if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+						return nil, err
+					}
+					return m, nil
+				}()
+				if err != nil {
+					return err
+				}
+				x.Permissions = append(x.Permissions, e)
+			}
+		case "principals":
+			if err := seen.Field("envoy.config.rbac.v3.Policy", "envoy.config.rbac.v3.Policy.principals", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			list, err := lite.JSONList(v, "envoy.config.rbac.v3.Policy.principals")
+			if err != nil {
+				return err
+			}
+			x.Principals = nil
+			for _, ev := range list.GetValues() {
+				e, err := func() (*Principal, error) {
+					obj, err := lite.JSONObject(ev, "envoy.config.rbac.v3.Policy.principals")
+					if err != nil {
+						return nil, err
+					}
+					m := &Principal{}
+					if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+						return nil, err
+					}
+					return m, nil
+				}()
+				if err != nil {
+					return err
+				}
+				x.Principals = append(x.Principals, e)
+			}
+		case "condition":
+			if err := seen.Field("envoy.config.rbac.v3.Policy", "envoy.config.rbac.v3.Policy.condition", 3, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Policy.condition")
+			if err != nil {
+				return err
+			}
+			x.Condition = e
+		case "checkedCondition", "checked_condition":
+			if err := seen.Field("envoy.config.rbac.v3.Policy", "envoy.config.rbac.v3.Policy.checked_condition", 4, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Policy.checked_condition")
+			if err != nil {
+				return err
+			}
+			x.CheckedCondition = e
+		case "celConfig", "cel_config":
+			if err := seen.Field("envoy.config.rbac.v3.Policy", "envoy.config.rbac.v3.Policy.cel_config", 5, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Policy.cel_config")
+			if err != nil {
+				return err
+			}
+			x.CelConfig = e
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Policy", key)
+		}
+	}
+	return nil
 }
 
 // Principal is envoy.config.rbac.v3.Principal.
@@ -1331,6 +1771,290 @@ func (x *Principal) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Principal) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "andIds", "and_ids":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.and_ids", 1, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Principal_Set, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.and_ids")
+				if err != nil {
+					return nil, err
+				}
+				m := &Principal_Set{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_AndIds{AndIds: e}
+		case "orIds", "or_ids":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.or_ids", 2, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Principal_Set, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.or_ids")
+				if err != nil {
+					return nil, err
+				}
+				m := &Principal_Set{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_OrIds{OrIds: e}
+		case "any":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.any", 3, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.config.rbac.v3.Principal.any")
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_Any{Any: e}
+		case "authenticated":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.authenticated", 4, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Principal_Authenticated, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.authenticated")
+				if err != nil {
+					return nil, err
+				}
+				m := &Principal_Authenticated{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_Authenticated_{Authenticated: e}
+		case "sourceIp", "source_ip":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.source_ip", 5, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.CidrRange, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.source_ip")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.CidrRange{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_SourceIp{SourceIp: e}
+		case "directRemoteIp", "direct_remote_ip":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.direct_remote_ip", 10, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.CidrRange, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.direct_remote_ip")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.CidrRange{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_DirectRemoteIp{DirectRemoteIp: e}
+		case "remoteIp", "remote_ip":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.remote_ip", 11, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.CidrRange, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.remote_ip")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.CidrRange{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_RemoteIp{RemoteIp: e}
+		case "header":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.header", 6, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*routev3.HeaderMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.header")
+				if err != nil {
+					return nil, err
+				}
+				m := &routev3.HeaderMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_Header{Header: e}
+		case "urlPath", "url_path":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.url_path", 9, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.PathMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.url_path")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.PathMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_UrlPath{UrlPath: e}
+		case "metadata":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.metadata", 7, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Principal.metadata")
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_Metadata{Metadata: e}
+		case "filterState", "filter_state":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.filter_state", 12, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Principal.filter_state")
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_FilterState{FilterState: e}
+		case "notId", "not_id":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.not_id", 8, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*Principal, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.not_id")
+				if err != nil {
+					return nil, err
+				}
+				m := &Principal{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_NotId{NotId: e}
+		case "sourcedMetadata", "sourced_metadata":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.sourced_metadata", 13, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.Principal.sourced_metadata")
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_SourcedMetadata{SourcedMetadata: e}
+		case "custom":
+			if err := seen.Field("envoy.config.rbac.v3.Principal", "envoy.config.rbac.v3.Principal.custom", 14, "identifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*corev3.TypedExtensionConfig, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.custom")
+				if err != nil {
+					return nil, err
+				}
+				m := &corev3.TypedExtensionConfig{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Identifier = &Principal_Custom{Custom: e}
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Principal", key)
+		}
+	}
+	return nil
+}
+
 // Principal_Authenticated is envoy.config.rbac.v3.Principal.Authenticated.
 type Principal_Authenticated struct {
 	PrincipalName *matcherv3.StringMatcher
@@ -1401,6 +2125,44 @@ func (x *Principal_Authenticated) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Principal_Authenticated) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "principalName", "principal_name":
+			if err := seen.Field("envoy.config.rbac.v3.Principal.Authenticated", "envoy.config.rbac.v3.Principal.Authenticated.principal_name", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.StringMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.Principal.Authenticated.principal_name")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.StringMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.PrincipalName = e
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Principal.Authenticated", key)
+		}
+	}
+	return nil
 }
 
 // Principal_Set is envoy.config.rbac.v3.Principal.Set.
@@ -1479,6 +2241,51 @@ func (x *Principal_Set) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *Principal_Set) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "ids":
+			if err := seen.Field("envoy.config.rbac.v3.Principal.Set", "envoy.config.rbac.v3.Principal.Set.ids", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			list, err := lite.JSONList(v, "envoy.config.rbac.v3.Principal.Set.ids")
+			if err != nil {
+				return err
+			}
+			x.Ids = nil
+			for _, ev := range list.GetValues() {
+				e, err := func() (*Principal, error) {
+					obj, err := lite.JSONObject(ev, "envoy.config.rbac.v3.Principal.Set.ids")
+					if err != nil {
+						return nil, err
+					}
+					m := &Principal{}
+					if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+						return nil, err
+					}
+					return m, nil
+				}()
+				if err != nil {
+					return err
+				}
+				x.Ids = append(x.Ids, e)
+			}
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.Principal.Set", key)
+		}
+	}
+	return nil
 }
 
 // RBAC is envoy.config.rbac.v3.RBAC.
@@ -1642,6 +2449,75 @@ func (x *RBAC) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *RBAC) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "action":
+			if err := seen.Field("envoy.config.rbac.v3.RBAC", "envoy.config.rbac.v3.RBAC.action", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONEnum(v, "envoy.config.rbac.v3.RBAC.action", RBAC_ActionFromName)
+			if err != nil {
+				return err
+			}
+			x.Action = e
+		case "policies":
+			if err := seen.Field("envoy.config.rbac.v3.RBAC", "envoy.config.rbac.v3.RBAC.policies", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			obj, err := lite.JSONObject(v, "envoy.config.rbac.v3.RBAC.policies")
+			if err != nil {
+				return err
+			}
+			x.Policies = map[string]*Policy{}
+			for _, k := range lite.SortedKeys(obj) {
+				ev, err := func() (*Policy, error) {
+					obj, err := lite.JSONObject(obj.GetFields()[k], "envoy.config.rbac.v3.RBAC.policies")
+					if err != nil {
+						return nil, err
+					}
+					m := &Policy{}
+					if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+						return nil, err
+					}
+					return m, nil
+				}()
+				if err != nil {
+					return err
+				}
+				x.Policies[k] = ev
+			}
+		case "auditLoggingOptions", "audit_logging_options":
+			if err := seen.Field("envoy.config.rbac.v3.RBAC", "envoy.config.rbac.v3.RBAC.audit_logging_options", 3, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.config.rbac.v3.RBAC.audit_logging_options")
+			if err != nil {
+				return err
+			}
+			x.AuditLoggingOptions = e
+		default:
+			return lite.UnknownJSONField("envoy.config.rbac.v3.RBAC", key)
+		}
+	}
+	return nil
+}
+
 // RBAC_Action is envoy.config.rbac.v3.RBAC.Action.
 type RBAC_Action int32
 
@@ -1662,4 +2538,17 @@ func (x RBAC_Action) String() string {
 		return "LOG"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// RBAC_ActionFromName returns the value a proto name names.
+func RBAC_ActionFromName(name string) (RBAC_Action, bool) {
+	switch name {
+	case "ALLOW":
+		return 0, true
+	case "DENY":
+		return 1, true
+	case "LOG":
+		return 2, true
+	}
+	return 0, false
 }

@@ -7,6 +7,7 @@ import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
 	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	wrapperspb "google.golang.org/protobuf/types/known/wrapperspb"
 	lite "mesh/xdsclient/internal/lite"
 	corev3 "mesh/xdsclient/internal/lite/envoy/config/core/v3"
@@ -491,6 +492,184 @@ func (x *HeaderMatcher) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *HeaderMatcher) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "name":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.name", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.route.v3.HeaderMatcher.name")
+			if err != nil {
+				return err
+			}
+			x.Name = e
+		case "exactMatch", "exact_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.exact_match", 4, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.route.v3.HeaderMatcher.exact_match")
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_ExactMatch{ExactMatch: e}
+		case "safeRegexMatch", "safe_regex_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.safe_regex_match", 11, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.RegexMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.route.v3.HeaderMatcher.safe_regex_match")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.RegexMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_SafeRegexMatch{SafeRegexMatch: e}
+		case "rangeMatch", "range_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.range_match", 6, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*typev3.Int64Range, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.route.v3.HeaderMatcher.range_match")
+				if err != nil {
+					return nil, err
+				}
+				m := &typev3.Int64Range{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_RangeMatch{RangeMatch: e}
+		case "presentMatch", "present_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.present_match", 7, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.config.route.v3.HeaderMatcher.present_match")
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_PresentMatch{PresentMatch: e}
+		case "prefixMatch", "prefix_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.prefix_match", 9, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.route.v3.HeaderMatcher.prefix_match")
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_PrefixMatch{PrefixMatch: e}
+		case "suffixMatch", "suffix_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.suffix_match", 10, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.route.v3.HeaderMatcher.suffix_match")
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_SuffixMatch{SuffixMatch: e}
+		case "containsMatch", "contains_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.contains_match", 12, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.config.route.v3.HeaderMatcher.contains_match")
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_ContainsMatch{ContainsMatch: e}
+		case "stringMatch", "string_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.string_match", 13, "header_match_specifier"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*matcherv3.StringMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.config.route.v3.HeaderMatcher.string_match")
+				if err != nil {
+					return nil, err
+				}
+				m := &matcherv3.StringMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.HeaderMatchSpecifier = &HeaderMatcher_StringMatch{StringMatch: e}
+		case "invertMatch", "invert_match":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.invert_match", 8, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.config.route.v3.HeaderMatcher.invert_match")
+			if err != nil {
+				return err
+			}
+			x.InvertMatch = e
+		case "treatMissingHeaderAsEmpty", "treat_missing_header_as_empty":
+			if err := seen.Field("envoy.config.route.v3.HeaderMatcher", "envoy.config.route.v3.HeaderMatcher.treat_missing_header_as_empty", 14, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.config.route.v3.HeaderMatcher.treat_missing_header_as_empty")
+			if err != nil {
+				return err
+			}
+			x.TreatMissingHeaderAsEmpty = e
+		default:
+			return lite.UnknownJSONField("envoy.config.route.v3.HeaderMatcher", key)
+		}
+	}
+	return nil
 }
 
 // QueryParameterMatcher is envoy.config.route.v3.QueryParameterMatcher.
@@ -6196,6 +6375,19 @@ func (x RouteAction_ClusterNotFoundResponseCode) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// RouteAction_ClusterNotFoundResponseCodeFromName returns the value a proto name names.
+func RouteAction_ClusterNotFoundResponseCodeFromName(name string) (RouteAction_ClusterNotFoundResponseCode, bool) {
+	switch name {
+	case "SERVICE_UNAVAILABLE":
+		return 0, true
+	case "NOT_FOUND":
+		return 1, true
+	case "INTERNAL_SERVER_ERROR":
+		return 2, true
+	}
+	return 0, false
+}
+
 // RouteAction_InternalRedirectAction is envoy.config.route.v3.RouteAction.InternalRedirectAction.
 type RouteAction_InternalRedirectAction int32
 
@@ -6213,6 +6405,17 @@ func (x RouteAction_InternalRedirectAction) String() string {
 		return "HANDLE_INTERNAL_REDIRECT"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// RouteAction_InternalRedirectActionFromName returns the value a proto name names.
+func RouteAction_InternalRedirectActionFromName(name string) (RouteAction_InternalRedirectAction, bool) {
+	switch name {
+	case "PASS_THROUGH_INTERNAL_REDIRECT":
+		return 0, true
+	case "HANDLE_INTERNAL_REDIRECT":
+		return 1, true
+	}
+	return 0, false
 }
 
 // VirtualHost_TlsRequirementType is envoy.config.route.v3.VirtualHost.TlsRequirementType.
@@ -6235,4 +6438,17 @@ func (x VirtualHost_TlsRequirementType) String() string {
 		return "ALL"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// VirtualHost_TlsRequirementTypeFromName returns the value a proto name names.
+func VirtualHost_TlsRequirementTypeFromName(name string) (VirtualHost_TlsRequirementType, bool) {
+	switch name {
+	case "NONE":
+		return 0, true
+	case "EXTERNAL_ONLY":
+		return 1, true
+	case "ALL":
+		return 2, true
+	}
+	return 0, false
 }

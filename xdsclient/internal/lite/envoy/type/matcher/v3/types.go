@@ -4,6 +4,7 @@ package matcherv3
 
 import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	lite "mesh/xdsclient/internal/lite"
 )
 
@@ -100,6 +101,44 @@ func (x *PathMatcher) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *PathMatcher) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "path":
+			if err := seen.Field("envoy.type.matcher.v3.PathMatcher", "envoy.type.matcher.v3.PathMatcher.path", 1, "rule"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*StringMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.type.matcher.v3.PathMatcher.path")
+				if err != nil {
+					return nil, err
+				}
+				m := &StringMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rule = &PathMatcher_Path{Path: e}
+		default:
+			return lite.UnknownJSONField("envoy.type.matcher.v3.PathMatcher", key)
+		}
+	}
+	return nil
 }
 
 // RegexMatchAndSubstitute is envoy.type.matcher.v3.RegexMatchAndSubstitute.
@@ -316,6 +355,66 @@ func (x *RegexMatcher) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *RegexMatcher) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if o, ok := x.EngineType.(*RegexMatcher_GoogleRe2); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 1, protowire.BytesType), o.GoogleRe2.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Regex != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), x.Regex), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *RegexMatcher) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "googleRe2", "google_re2":
+			if err := seen.Field("envoy.type.matcher.v3.RegexMatcher", "envoy.type.matcher.v3.RegexMatcher.google_re2", 1, "engine_type"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.type.matcher.v3.RegexMatcher.google_re2")
+			if err != nil {
+				return err
+			}
+			x.EngineType = &RegexMatcher_GoogleRe2{GoogleRe2: e}
+		case "regex":
+			if err := seen.Field("envoy.type.matcher.v3.RegexMatcher", "envoy.type.matcher.v3.RegexMatcher.regex", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.type.matcher.v3.RegexMatcher.regex")
+			if err != nil {
+				return err
+			}
+			x.Regex = e
+		default:
+			return lite.UnknownJSONField("envoy.type.matcher.v3.RegexMatcher", key)
+		}
+	}
+	return nil
 }
 
 // StringMatcher is envoy.type.matcher.v3.StringMatcher.
@@ -579,4 +678,164 @@ func (x *StringMatcher) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *StringMatcher) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_Exact); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), o.Exact), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_Prefix); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), o.Prefix), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_Suffix); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), o.Suffix), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_SafeRegex); ok {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 5, protowire.BytesType), o.SafeRegex); err != nil {
+			return nil, err
+		}
+	}
+	if x.IgnoreCase {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 6, protowire.VarintType), protowire.EncodeBool(x.IgnoreCase)), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_Contains); ok {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 7, protowire.BytesType), o.Contains), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.MatchPattern.(*StringMatcher_Custom); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 8, protowire.BytesType), o.Custom.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *StringMatcher) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "exact":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.exact", 1, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.type.matcher.v3.StringMatcher.exact")
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_Exact{Exact: e}
+		case "prefix":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.prefix", 2, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.type.matcher.v3.StringMatcher.prefix")
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_Prefix{Prefix: e}
+		case "suffix":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.suffix", 3, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.type.matcher.v3.StringMatcher.suffix")
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_Suffix{Suffix: e}
+		case "safeRegex", "safe_regex":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.safe_regex", 5, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*RegexMatcher, error) {
+				obj, err := lite.JSONObject(v, "envoy.type.matcher.v3.StringMatcher.safe_regex")
+				if err != nil {
+					return nil, err
+				}
+				m := &RegexMatcher{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_SafeRegex{SafeRegex: e}
+		case "contains":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.contains", 7, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.type.matcher.v3.StringMatcher.contains")
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_Contains{Contains: e}
+		case "custom":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.custom", 8, "match_pattern"); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.type.matcher.v3.StringMatcher.custom")
+			if err != nil {
+				return err
+			}
+			x.MatchPattern = &StringMatcher_Custom{Custom: e}
+		case "ignoreCase", "ignore_case":
+			if err := seen.Field("envoy.type.matcher.v3.StringMatcher", "envoy.type.matcher.v3.StringMatcher.ignore_case", 6, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.type.matcher.v3.StringMatcher.ignore_case")
+			if err != nil {
+				return err
+			}
+			x.IgnoreCase = e
+		default:
+			return lite.UnknownJSONField("envoy.type.matcher.v3.StringMatcher", key)
+		}
+	}
+	return nil
 }

@@ -224,3 +224,14 @@ func (x LeastRequest_SelectionMethod) String() string {
 	}
 	return strconv.Itoa(int(x))
 }
+
+// LeastRequest_SelectionMethodFromName returns the value a proto name names.
+func LeastRequest_SelectionMethodFromName(name string) (LeastRequest_SelectionMethod, bool) {
+	switch name {
+	case "N_CHOICES":
+		return 0, true
+	case "FULL_SCAN":
+		return 1, true
+	}
+	return 0, false
+}

@@ -247,3 +247,16 @@ func (x RingHash_HashFunction) String() string {
 	}
 	return strconv.Itoa(int(x))
 }
+
+// RingHash_HashFunctionFromName returns the value a proto name names.
+func RingHash_HashFunctionFromName(name string) (RingHash_HashFunction, bool) {
+	switch name {
+	case "DEFAULT_HASH":
+		return 0, true
+	case "XX_HASH":
+		return 1, true
+	case "MURMUR_HASH_2":
+		return 2, true
+	}
+	return 0, false
+}

@@ -108,6 +108,26 @@ func (x *CertificateProviderPluginInstance) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *CertificateProviderPluginInstance) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.InstanceName != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), x.InstanceName), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.CertificateName != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), x.CertificateName), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // CertificateValidationContext is envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.
 type CertificateValidationContext struct {
 	TrustedCa                         *corev3.DataSource
@@ -553,6 +573,110 @@ func (x *CertificateValidationContext) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *CertificateValidationContext) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.TrustedCa != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 1, protowire.BytesType), x.TrustedCa); err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.VerifyCertificateHash {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 2, protowire.BytesType), v), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.VerifyCertificateSpki {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), v), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.RequireSignedCertificateTimestamp != nil {
+		var err error
+		if b, err = lite.AppendProto(protowire.AppendTag(b, 6, protowire.BytesType), x.RequireSignedCertificateTimestamp); err != nil {
+			return nil, err
+		}
+	}
+	if x.Crl != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 7, protowire.BytesType), x.Crl); err != nil {
+			return nil, err
+		}
+	}
+	if x.AllowExpiredCertificate {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 8, protowire.VarintType), protowire.EncodeBool(x.AllowExpiredCertificate)), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.MatchSubjectAltNames {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 9, protowire.BytesType), v); err != nil {
+			return nil, err
+		}
+	}
+	if x.TrustChainVerification != 0 {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 10, protowire.VarintType), uint64(int64(x.TrustChainVerification))), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.WatchedDirectory != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 11, protowire.BytesType), x.WatchedDirectory.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.CustomValidatorConfig != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 12, protowire.BytesType), x.CustomValidatorConfig); err != nil {
+			return nil, err
+		}
+	}
+	if x.CaCertificateProviderInstance != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 13, protowire.BytesType), x.CaCertificateProviderInstance); err != nil {
+			return nil, err
+		}
+	}
+	if x.OnlyVerifyLeafCertCrl {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 14, protowire.VarintType), protowire.EncodeBool(x.OnlyVerifyLeafCertCrl)), nil; err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.MatchTypedSubjectAltNames {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 15, protowire.BytesType), v); err != nil {
+			return nil, err
+		}
+	}
+	if x.MaxVerifyDepth != nil {
+		var err error
+		if b, err = lite.AppendProto(protowire.AppendTag(b, 16, protowire.BytesType), x.MaxVerifyDepth); err != nil {
+			return nil, err
+		}
+	}
+	if x.SystemRootCerts != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 17, protowire.BytesType), x.SystemRootCerts.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.SuppressClientCaList {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 18, protowire.VarintType), protowire.EncodeBool(x.SuppressClientCaList)), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // CommonTlsContext is envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.
@@ -2198,6 +2322,44 @@ func (x *Secret) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *Secret) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.Name != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), x.Name), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Type.(*Secret_TlsCertificate); ok {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 2, protowire.BytesType), o.TlsCertificate); err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Type.(*Secret_SessionTicketKeys); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 3, protowire.BytesType), o.SessionTicketKeys.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Type.(*Secret_ValidationContext); ok {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 4, protowire.BytesType), o.ValidationContext); err != nil {
+			return nil, err
+		}
+	}
+	if o, ok := x.Type.(*Secret_GenericSecret); ok {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 5, protowire.BytesType), o.GenericSecret.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // SubjectAltNameMatcher is envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher.
 type SubjectAltNameMatcher struct {
 	SanType SubjectAltNameMatcher_SanType
@@ -2313,6 +2475,32 @@ func (x *SubjectAltNameMatcher) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// AppendTo appends the message's encoding to b.
+func (x *SubjectAltNameMatcher) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.SanType != 0 {
+		var err error
+		if b, err = protowire.AppendVarint(protowire.AppendTag(b, 1, protowire.VarintType), uint64(int64(x.SanType))), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Matcher != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 2, protowire.BytesType), x.Matcher); err != nil {
+			return nil, err
+		}
+	}
+	if x.Oid != "" {
+		var err error
+		if b, err = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), x.Oid), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // TlsCertificate is envoy.extensions.transport_sockets.tls.v3.TlsCertificate.
@@ -2598,6 +2786,68 @@ func (x *TlsCertificate) RangeSet(f func(lite.Field) bool) {
 	}
 }
 
+// AppendTo appends the message's encoding to b.
+func (x *TlsCertificate) AppendTo(b []byte) ([]byte, error) {
+	if x == nil {
+		return b, nil
+	}
+	if x.CertificateChain != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 1, protowire.BytesType), x.CertificateChain); err != nil {
+			return nil, err
+		}
+	}
+	if x.PrivateKey != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 2, protowire.BytesType), x.PrivateKey); err != nil {
+			return nil, err
+		}
+	}
+	if x.Password != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 3, protowire.BytesType), x.Password); err != nil {
+			return nil, err
+		}
+	}
+	if x.OcspStaple != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 4, protowire.BytesType), x.OcspStaple); err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range x.SignedCertificateTimestamp {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 5, protowire.BytesType), v); err != nil {
+			return nil, err
+		}
+	}
+	if x.PrivateKeyProvider != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 6, protowire.BytesType), x.PrivateKeyProvider.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.WatchedDirectory != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 7, protowire.BytesType), x.WatchedDirectory.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	if x.Pkcs12 != nil {
+		var err error
+		if b, err = lite.AppendMessage(protowire.AppendTag(b, 8, protowire.BytesType), x.Pkcs12); err != nil {
+			return nil, err
+		}
+	}
+	if x.TlsParams != nil {
+		var err error
+		if b, err = protowire.AppendBytes(protowire.AppendTag(b, 9, protowire.BytesType), x.TlsParams.Bytes()), nil; err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
 // UpstreamTlsContext is envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext.
 type UpstreamTlsContext struct {
 	CommonTlsContext     *CommonTlsContext
@@ -2826,6 +3076,17 @@ func (x CertificateValidationContext_TrustChainVerification) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// CertificateValidationContext_TrustChainVerificationFromName returns the value a proto name names.
+func CertificateValidationContext_TrustChainVerificationFromName(name string) (CertificateValidationContext_TrustChainVerification, bool) {
+	switch name {
+	case "VERIFY_TRUST_CHAIN":
+		return 0, true
+	case "ACCEPT_UNTRUSTED":
+		return 1, true
+	}
+	return 0, false
+}
+
 // DownstreamTlsContext_OcspStaplePolicy is envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext.OcspStaplePolicy.
 type DownstreamTlsContext_OcspStaplePolicy int32
 
@@ -2846,6 +3107,19 @@ func (x DownstreamTlsContext_OcspStaplePolicy) String() string {
 		return "MUST_STAPLE"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// DownstreamTlsContext_OcspStaplePolicyFromName returns the value a proto name names.
+func DownstreamTlsContext_OcspStaplePolicyFromName(name string) (DownstreamTlsContext_OcspStaplePolicy, bool) {
+	switch name {
+	case "LENIENT_STAPLING":
+		return 0, true
+	case "STRICT_STAPLING":
+		return 1, true
+	case "MUST_STAPLE":
+		return 2, true
+	}
+	return 0, false
 }
 
 // SubjectAltNameMatcher_SanType is envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher.SanType.
@@ -2877,4 +3151,23 @@ func (x SubjectAltNameMatcher_SanType) String() string {
 		return "OTHER_NAME"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// SubjectAltNameMatcher_SanTypeFromName returns the value a proto name names.
+func SubjectAltNameMatcher_SanTypeFromName(name string) (SubjectAltNameMatcher_SanType, bool) {
+	switch name {
+	case "SAN_TYPE_UNSPECIFIED":
+		return 0, true
+	case "EMAIL":
+		return 1, true
+	case "DNS":
+		return 2, true
+	case "URI":
+		return 3, true
+	case "IP_ADDRESS":
+		return 4, true
+	case "OTHER_NAME":
+		return 5, true
+	}
+	return 0, false
 }

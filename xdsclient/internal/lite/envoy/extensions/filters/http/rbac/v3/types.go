@@ -4,6 +4,7 @@ package rbacv3
 
 import (
 	protowire "google.golang.org/protobuf/encoding/protowire"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	lite "mesh/xdsclient/internal/lite"
 	rbacv3 "mesh/xdsclient/internal/lite/envoy/config/rbac/v3"
 )
@@ -222,4 +223,124 @@ func (x *RBAC) RangeSet(f func(lite.Field) bool) {
 			return
 		}
 	}
+}
+
+// UnmarshalJSONStruct sets x from the JSON object s, as protojson reads one.
+func (x *RBAC) UnmarshalJSONStruct(s *structpb.Struct, depth int) error {
+	if depth > lite.MaxDepth {
+		return lite.ErrDepth
+	}
+	var seen lite.JSONSeen
+	for _, key := range lite.SortedKeys(s) {
+		v := s.GetFields()[key]
+		switch key {
+		case "rules":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.rules", 1, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*rbacv3.RBAC, error) {
+				obj, err := lite.JSONObject(v, "envoy.extensions.filters.http.rbac.v3.RBAC.rules")
+				if err != nil {
+					return nil, err
+				}
+				m := &rbacv3.RBAC{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.Rules = e
+		case "rulesStatPrefix", "rules_stat_prefix":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.rules_stat_prefix", 6, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.extensions.filters.http.rbac.v3.RBAC.rules_stat_prefix")
+			if err != nil {
+				return err
+			}
+			x.RulesStatPrefix = e
+		case "matcher":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.matcher", 4, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.extensions.filters.http.rbac.v3.RBAC.matcher")
+			if err != nil {
+				return err
+			}
+			x.Matcher = e
+		case "shadowRules", "shadow_rules":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_rules", 2, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := func() (*rbacv3.RBAC, error) {
+				obj, err := lite.JSONObject(v, "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_rules")
+				if err != nil {
+					return nil, err
+				}
+				m := &rbacv3.RBAC{}
+				if err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {
+					return nil, err
+				}
+				return m, nil
+			}()
+			if err != nil {
+				return err
+			}
+			x.ShadowRules = e
+		case "shadowMatcher", "shadow_matcher":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_matcher", 5, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONRaw(v, "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_matcher")
+			if err != nil {
+				return err
+			}
+			x.ShadowMatcher = e
+		case "shadowRulesStatPrefix", "shadow_rules_stat_prefix":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_rules_stat_prefix", 3, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONString(v, "envoy.extensions.filters.http.rbac.v3.RBAC.shadow_rules_stat_prefix")
+			if err != nil {
+				return err
+			}
+			x.ShadowRulesStatPrefix = e
+		case "trackPerRuleStats", "track_per_rule_stats":
+			if err := seen.Field("envoy.extensions.filters.http.rbac.v3.RBAC", "envoy.extensions.filters.http.rbac.v3.RBAC.track_per_rule_stats", 7, ""); err != nil {
+				return err
+			}
+			if lite.IsNull(v) {
+				continue
+			}
+			e, err := lite.JSONBool(v, "envoy.extensions.filters.http.rbac.v3.RBAC.track_per_rule_stats")
+			if err != nil {
+				return err
+			}
+			x.TrackPerRuleStats = e
+		default:
+			return lite.UnknownJSONField("envoy.extensions.filters.http.rbac.v3.RBAC", key)
+		}
+	}
+	return nil
 }

@@ -1947,6 +1947,21 @@ func (x HttpConnectionManager_CodecType) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// HttpConnectionManager_CodecTypeFromName returns the value a proto name names.
+func HttpConnectionManager_CodecTypeFromName(name string) (HttpConnectionManager_CodecType, bool) {
+	switch name {
+	case "AUTO":
+		return 0, true
+	case "HTTP1":
+		return 1, true
+	case "HTTP2":
+		return 2, true
+	case "HTTP3":
+		return 3, true
+	}
+	return 0, false
+}
+
 // HttpConnectionManager_ForwardClientCertDetails is envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ForwardClientCertDetails.
 type HttpConnectionManager_ForwardClientCertDetails int32
 
@@ -1973,6 +1988,23 @@ func (x HttpConnectionManager_ForwardClientCertDetails) String() string {
 		return "ALWAYS_FORWARD_ONLY"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// HttpConnectionManager_ForwardClientCertDetailsFromName returns the value a proto name names.
+func HttpConnectionManager_ForwardClientCertDetailsFromName(name string) (HttpConnectionManager_ForwardClientCertDetails, bool) {
+	switch name {
+	case "SANITIZE":
+		return 0, true
+	case "FORWARD_ONLY":
+		return 1, true
+	case "APPEND_FORWARD":
+		return 2, true
+	case "SANITIZE_SET":
+		return 3, true
+	case "ALWAYS_FORWARD_ONLY":
+		return 4, true
+	}
+	return 0, false
 }
 
 // HttpConnectionManager_PathWithEscapedSlashesAction is envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.PathWithEscapedSlashesAction.
@@ -2003,6 +2035,23 @@ func (x HttpConnectionManager_PathWithEscapedSlashesAction) String() string {
 	return strconv.Itoa(int(x))
 }
 
+// HttpConnectionManager_PathWithEscapedSlashesActionFromName returns the value a proto name names.
+func HttpConnectionManager_PathWithEscapedSlashesActionFromName(name string) (HttpConnectionManager_PathWithEscapedSlashesAction, bool) {
+	switch name {
+	case "IMPLEMENTATION_SPECIFIC_DEFAULT":
+		return 0, true
+	case "KEEP_UNCHANGED":
+		return 1, true
+	case "REJECT_REQUEST":
+		return 2, true
+	case "UNESCAPE_AND_REDIRECT":
+		return 3, true
+	case "UNESCAPE_AND_FORWARD":
+		return 4, true
+	}
+	return 0, false
+}
+
 // HttpConnectionManager_ServerHeaderTransformation is envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ServerHeaderTransformation.
 type HttpConnectionManager_ServerHeaderTransformation int32
 
@@ -2023,4 +2072,17 @@ func (x HttpConnectionManager_ServerHeaderTransformation) String() string {
 		return "PASS_THROUGH"
 	}
 	return strconv.Itoa(int(x))
+}
+
+// HttpConnectionManager_ServerHeaderTransformationFromName returns the value a proto name names.
+func HttpConnectionManager_ServerHeaderTransformationFromName(name string) (HttpConnectionManager_ServerHeaderTransformation, bool) {
+	switch name {
+	case "OVERWRITE":
+		return 0, true
+	case "APPEND_IF_ABSENT":
+		return 1, true
+	case "PASS_THROUGH":
+		return 2, true
+	}
+	return 0, false
 }
