@@ -9,11 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"mesh/xdsclient/internal/lite"
+	discoverypb "mesh/xdsclient/internal/lite/envoy/service/discovery/v3"
 )
 
 const typeURLResourceWrapper = "type.googleapis.com/envoy.service.discovery.v3.Resource"
@@ -324,7 +325,7 @@ func (a *adsChannel) runDeltaStream(ctx context.Context, server int) (gotRespons
 // until it fails: this goroutine receives, each response goes to handle,
 // and a sender owned by this call, stopped before it returns, sends what
 // send builds.
-func runStream[Req, Resp proto.Message](ctx context.Context, a *adsChannel, server int, method string,
+func runStream[Req lite.Encoder, Resp lite.Message](ctx context.Context, a *adsChannel, server int, method string,
 	newResp func() Resp,
 	send func(stream adsStream[Req, Resp], first bool) (bool, error),
 	handle func(Resp),
@@ -629,7 +630,7 @@ func (a *adsChannel) requested(kinds []resourceKind) {
 func unwrapResource(r *anypb.Any, typeURL string) (*anypb.Any, error) {
 	if r.GetTypeUrl() == typeURLResourceWrapper {
 		w := &discoverypb.Resource{}
-		if err := r.UnmarshalTo(w); err != nil {
+		if err := unmarshalAny(r, w); err != nil {
 			return nil, fmt.Errorf("invalid Resource wrapper: %w", err)
 		}
 		r = w.GetResource()

@@ -12,9 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
 )
 
 // ErrResourceRejected is wrapped by the Err of a watch event when the

@@ -8,7 +8,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
@@ -267,7 +266,7 @@ func (c *Client) clientStatus() []byte {
 	})
 	var cfg []byte
 	if c.node != nil {
-		node, err := proto.Marshal(c.node)
+		node, err := c.node.AppendTo(nil)
 		if err == nil {
 			cfg = appendMessage(cfg, fieldConfigNode, node)
 		}

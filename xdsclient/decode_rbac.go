@@ -4,13 +4,9 @@ import (
 	"fmt"
 	"sort"
 
-	envoyrbacpb "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"mesh/xdsclient/internal/lite"
 	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
 	rbacconfigpb "mesh/xdsclient/internal/lite/envoy/config/rbac/v3"
 	routepb "mesh/xdsclient/internal/lite/envoy/config/route/v3"
@@ -56,22 +52,9 @@ func decodeRBACFilter(a *anypb.Any, path string) (*RBAC, error) {
 }
 
 // unmarshalStruct decodes an RBAC filter config given as a TypedStruct's
-// JSON. Reading JSON takes the descriptors of Envoy's generated type; a
-// control plane rarely sends it this way (istiod never does).
+// JSON object, as protojson reads one (istiod never sends it this way).
 func unmarshalStruct(s *structpb.Struct, into *rbacpb.RBAC) error {
-	js, err := s.MarshalJSON()
-	if err != nil {
-		return err
-	}
-	var full envoyrbacpb.RBAC
-	if err := protojson.Unmarshal(js, &full); err != nil {
-		return err
-	}
-	b, err := proto.Marshal(&full)
-	if err != nil {
-		return err
-	}
-	return lite.Unmarshal(b, into)
+	return into.UnmarshalJSONStruct(s, 0)
 }
 
 func rbacFilter(pb *rbacpb.RBAC, path string) (*RBAC, error) {

@@ -264,3 +264,46 @@ func TestDecodeSDSReferencesInTLSContexts(t *testing.T) {
 		})
 	}
 }
+
+// TestRedactSecretHidesEveryKeyForm covers each place a Secret can carry a
+// private key: redactSecret's output, read back with go-control-plane's own
+// types, keeps the chain and holds none of the key's bytes.
+func TestRedactSecretHidesEveryKeyForm(t *testing.T) {
+	chain, key := selfSigned(t, "leaf")
+	for name, s := range map[string]*tlspb.Secret{
+		"private_key": certSecret("default", chain, key),
+		"pkcs12": {Name: "p12", Type: &tlspb.Secret_TlsCertificate{TlsCertificate: &tlspb.TlsCertificate{
+			CertificateChain: inline(chain), Pkcs12: inline(key)}}},
+		"both": {Name: "both", Type: &tlspb.Secret_TlsCertificate{TlsCertificate: &tlspb.TlsCertificate{
+			CertificateChain: inline(chain), PrivateKey: inline(key), Pkcs12: inline(key)}}},
+		"generic_secret": {Name: "g", Type: &tlspb.Secret_GenericSecret{GenericSecret: &tlspb.GenericSecret{Secret: inline(key)}}},
+	} {
+		raw := redactSecret(mustAny(t, s).GetValue())
+		if raw == nil {
+			t.Fatalf("%s: redactSecret refused a valid secret", name)
+		}
+		if bytes.Contains(raw, key) || bytes.Contains(raw, key[40:80]) {
+			t.Fatalf("%s: the redacted secret keeps key bytes", name)
+		}
+		got := &tlspb.Secret{}
+		if err := proto.Unmarshal(raw, got); err != nil {
+			t.Fatalf("%s: go-control-plane cannot read the redacted secret: %v", name, err)
+		}
+		if got.GetName() != s.GetName() {
+			t.Fatalf("%s: name %q, want %q", name, got.GetName(), s.GetName())
+		}
+		if tc := got.GetTlsCertificate(); tc != nil {
+			if !bytes.Equal(tc.GetCertificateChain().GetInlineBytes(), chain) {
+				t.Fatalf("%s: the chain did not survive", name)
+			}
+			for field, ds := range map[string]*corepb.DataSource{"private_key": tc.GetPrivateKey(), "pkcs12": tc.GetPkcs12()} {
+				if ds != nil && ds.GetInlineString() != redacted {
+					t.Fatalf("%s: %s = %v, want %q", name, field, ds, redacted)
+				}
+			}
+		}
+	}
+	if redactSecret([]byte{0x12, 0x05, 0x0a}) != nil {
+		t.Fatal("redactSecret accepted a truncated secret")
+	}
+}

@@ -17,9 +17,9 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"mesh/internal/grpchttp"
+	"mesh/xdsclient/internal/lite"
 )
 
 // The ADS stream is gRPC over HTTP/2 spoken directly on an x/net/http2
@@ -43,7 +43,7 @@ const (
 
 // adsStream is what the ADS protocol code needs of a stream, state of the
 // world or delta alike.
-type adsStream[Req, Resp proto.Message] interface {
+type adsStream[Req lite.Encoder, Resp lite.Message] interface {
 	Send(Req) error
 	Recv() (Resp, error)
 	CloseSend() error
@@ -179,7 +179,7 @@ func (s *adsServer) ready(ctx context.Context) bool {
 // grpcStream is one gRPC bidirectional stream on a connection of its
 // own. Send and CloseSend may be called from one goroutine at a time, Recv
 // from another.
-type grpcStream[Req, Resp proto.Message] struct {
+type grpcStream[Req lite.Encoder, Resp lite.Message] struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	srv     *adsServer
@@ -200,7 +200,7 @@ type grpcStream[Req, Resp proto.Message] struct {
 // request goes out on the first Recv: the HTTP/2 round trip returns only
 // with the response headers, which a server may send only after the
 // first request; Send meanwhile waits for the body to be read.
-func openStream[Req, Resp proto.Message](ctx context.Context, srv *adsServer, method string, newResp func() Resp) (*grpcStream[Req, Resp], error) {
+func openStream[Req lite.Encoder, Resp lite.Message](ctx context.Context, srv *adsServer, method string, newResp func() Resp) (*grpcStream[Req, Resp], error) {
 	var auth []string
 	for _, tc := range srv.creds.tokens {
 		if srv.creds.tls == nil {
@@ -253,13 +253,11 @@ func (s *grpcStream[Req, Resp]) Context() context.Context { return s.ctx }
 // stream is over; Recv tells why.
 func (s *grpcStream[Req, Resp]) Send(m Req) error {
 	// The server enforces its own size limit, with a status saying so.
-	size := proto.Size(m)
-	buf := make([]byte, 5, 5+size)
-	binary.BigEndian.PutUint32(buf[1:], uint32(size))
-	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, m)
+	buf, err := m.AppendTo(make([]byte, 5, 512))
 	if err != nil {
 		return status.Errorf(codes.Internal, "xds: marshaling the request: %v", err)
 	}
+	binary.BigEndian.PutUint32(buf[1:], uint32(len(buf)-5))
 	if _, err := s.pw.Write(buf); err != nil {
 		return fmt.Errorf("xds: the stream to %s is closed: %w", s.srv.uri, io.EOF)
 	}
@@ -343,7 +341,7 @@ func (s *grpcStream[Req, Resp]) recv() (Resp, error) {
 		return zero, s.transportError(err)
 	}
 	m := s.newResp()
-	if err := proto.Unmarshal(buf, m); err != nil {
+	if err := lite.Unmarshal(buf, m); err != nil {
 		return zero, status.Errorf(codes.Internal, "xds: %s sent a message that does not parse: %v", s.srv.uri, err)
 	}
 	return m, nil

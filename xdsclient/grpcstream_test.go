@@ -20,6 +20,7 @@ import (
 
 	"mesh/internal/leakcheck"
 	"mesh/internal/testutil"
+	litediscoverypb "mesh/xdsclient/internal/lite/envoy/service/discovery/v3"
 )
 
 // The lean gRPC client of the ADS stream, against grpc-go's own server
@@ -83,11 +84,11 @@ func listenTCP(t *testing.T) net.Listener {
 	return lis
 }
 
-func newSotW() *discoverypb.DiscoveryResponse { return new(discoverypb.DiscoveryResponse) }
+func newSotW() *litediscoverypb.DiscoveryResponse { return new(litediscoverypb.DiscoveryResponse) }
 
-func openSotW(ctx context.Context, t *testing.T, srv *adsServer) *grpcStream[*discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse] {
+func openSotW(ctx context.Context, t *testing.T, srv *adsServer) *grpcStream[*litediscoverypb.DiscoveryRequest, *litediscoverypb.DiscoveryResponse] {
 	t.Helper()
-	s, err := openStream[*discoverypb.DiscoveryRequest](ctx, srv, sotwMethod, newSotW)
+	s, err := openStream[*litediscoverypb.DiscoveryRequest](ctx, srv, sotwMethod, newSotW)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func openSotW(ctx context.Context, t *testing.T, srv *adsServer) *grpcStream[*di
 
 // sendAsync sends req while the caller receives: the first Send waits
 // for the request to go out, which the first Recv starts.
-func sendAsync(s adsStream[*discoverypb.DiscoveryRequest, *discoverypb.DiscoveryResponse], req *discoverypb.DiscoveryRequest) <-chan error {
+func sendAsync(s adsStream[*litediscoverypb.DiscoveryRequest, *litediscoverypb.DiscoveryResponse], req *litediscoverypb.DiscoveryRequest) <-chan error {
 	ch := make(chan error, 1)
 	go func() { ch <- s.Send(req) }()
 	return ch
@@ -115,7 +116,7 @@ func TestGRPCStreamStatusFromTrailers(t *testing.T) {
 		return echoOnce(status.Error(codes.PermissionDenied, "denied: 100% sure, naïvely"))(s)
 	}})
 	s := openSotW(ctx, t, srv)
-	sent := sendAsync(s, &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL, ResourceNames: []string{"a"}})
+	sent := sendAsync(s, &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL, ResourceNames: []string{"a"}})
 	resp, err := s.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +147,7 @@ func TestGRPCStreamOKStatusIsEOF(t *testing.T) {
 	lis := listenTCP(t)
 	srv := serveADS(t, lis, lis.Addr().String(), &adsHandler{sotw: echoOnce(nil)})
 	s := openSotW(ctx, t, srv)
-	sendAsync(s, &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
+	sendAsync(s, &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
 	if _, err := s.Recv(); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +170,7 @@ func TestGRPCStreamTrailersOnly(t *testing.T) {
 		t.Fatalf("Recv = %v, want Unauthenticated from a trailers-only response", err)
 	}
 	// The request body's writer stopped with the stream: Send fails.
-	if err := s.Send(&discoverypb.DiscoveryRequest{TypeUrl: testTypeURL}); !errors.Is(err, io.EOF) {
+	if err := s.Send(&litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL}); !errors.Is(err, io.EOF) {
 		t.Fatalf("Send after the stream ended = %v, want io.EOF", err)
 	}
 }
@@ -182,7 +183,7 @@ func TestGRPCStreamRefusesCompressedMessage(t *testing.T) {
 	//lint:ignore SA1019 the one way to make grpc-go compress unasked
 	srv := serveADS(t, lis, lis.Addr().String(), &adsHandler{sotw: echoOnce(nil)}, grpc.RPCCompressor(grpc.NewGZIPCompressor())) //nolint:staticcheck
 	s := openSotW(ctx, t, srv)
-	sendAsync(s, &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
+	sendAsync(s, &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
 	_, err := s.Recv()
 	if st, _ := status.FromError(err); st.Code() != codes.Internal || !strings.Contains(st.Message(), `compressed message (grpc-encoding "gzip")`) {
 		t.Fatalf("Recv = %v, want the compressed message refused, naming gzip", err)
@@ -206,7 +207,7 @@ func TestGRPCStreamGoAwayThenReconnect(t *testing.T) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 50 * time.Millisecond, MaxConnectionAgeGrace: 50 * time.Millisecond}))
 	for i := range 2 {
 		s := openSotW(ctx, t, srv)
-		sendAsync(s, &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
+		sendAsync(s, &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
 		if _, err := s.Recv(); err != nil {
 			t.Fatalf("stream %d: %v", i, err)
 		}
@@ -229,12 +230,12 @@ func TestGRPCStreamCloseLeavesNoGoroutine(t *testing.T) {
 		<-s.Context().Done() // reads nothing, sends nothing
 		return nil
 	}})
-	s, err := openStream[*discoverypb.DiscoveryRequest](ctx, srv, sotwMethod, newSotW)
+	s, err := openStream[*litediscoverypb.DiscoveryRequest](ctx, srv, sotwMethod, newSotW)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Larger than the flow control windows, so Send blocks.
-	big := &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL, VersionInfo: strings.Repeat("x", 3<<20)}
+	big := &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL, VersionInfo: strings.Repeat("x", 3<<20)}
 	sent := sendAsync(s, big)
 	recvd := make(chan error, 1)
 	go func() {
@@ -280,7 +281,7 @@ func TestGRPCStreamOverUnixSocket(t *testing.T) {
 	}
 	srv := serveADS(t, lis, "unix://"+path, &adsHandler{sotw: echoOnce(nil)})
 	s := openSotW(ctx, t, srv)
-	sendAsync(s, &discoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
+	sendAsync(s, &litediscoverypb.DiscoveryRequest{TypeUrl: testTypeURL})
 	if _, err := s.Recv(); err != nil {
 		t.Fatal(err)
 	}

@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"mesh/xdsclient/internal/lite"
+	discoverypb "mesh/xdsclient/internal/lite/envoy/service/discovery/v3"
 	"mesh/xdsclient/internal/lite/registry"
 )
 

@@ -7,9 +7,9 @@ import (
 	"slices"
 	"strings"
 
-	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlspb "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/protobuf/proto"
+	"mesh/xdsclient/internal/lite"
+	corepb "mesh/xdsclient/internal/lite/envoy/config/core/v3"
+	tlspb "mesh/xdsclient/internal/lite/envoy/extensions/transport_sockets/tls/v3"
 )
 
 // Secret is an SDS resource (envoy.extensions.transport_sockets.tls.v3.Secret)
@@ -111,21 +111,34 @@ func (c *Client) WatchSecret(name string, fn func(Event[*Secret])) (cancel func(
 	return watchTyped(c, kindSecret, name, fn)
 }
 
-// redactSecret returns the serialized Secret raw with its private key
-// replaced by "[redacted]", for CSDS; nil if raw does not parse.
+// redactSecret returns the serialized Secret raw with what holds its
+// private key (private_key, pkcs12, a generic secret) replaced by
+// "[redacted]", for CSDS; nil if raw does not parse.
 func redactSecret(raw []byte) []byte {
 	pb := &tlspb.Secret{}
-	if err := proto.Unmarshal(raw, pb); err != nil {
+	if err := lite.Unmarshal(raw, pb); err != nil {
 		return nil
 	}
-	if tc := pb.GetTlsCertificate(); tc != nil && tc.GetPrivateKey() != nil {
-		tc.PrivateKey = &corepb.DataSource{Specifier: &corepb.DataSource_InlineString{InlineString: redacted}}
+	if tc := pb.GetTlsCertificate(); tc != nil {
+		if tc.GetPrivateKey() != nil {
+			tc.PrivateKey = redactedData()
+		}
+		if tc.GetPkcs12() != nil {
+			tc.Pkcs12 = redactedData()
+		}
 	}
-	out, err := proto.MarshalOptions{Deterministic: true}.Marshal(pb)
+	if pb.GetGenericSecret() != nil {
+		pb.Type = &tlspb.Secret_GenericSecret{GenericSecret: nil}
+	}
+	out, err := pb.AppendTo(nil)
 	if err != nil {
 		return nil
 	}
 	return out
+}
+
+func redactedData() *corepb.DataSource {
+	return &corepb.DataSource{Specifier: &corepb.DataSource_InlineString{InlineString: redacted}}
 }
 
 // withoutKey returns v, or for a *Secret a copy without its private key.
