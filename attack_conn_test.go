@@ -246,13 +246,19 @@ func TestAttackPlaintextConnectionsAfterStrict(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	select {
-	case a := <-closed:
-		if a.String() != plainPeer.LocalAddr.String() {
-			t.Errorf("connection %s closed, want %s", a, plainPeer.LocalAddr)
+	// The client may have redialled after the GOAWAY: connections opened
+	// under STRICT are refused and closed too, possibly before the old
+	// one ends its drain period.
+	for done := false; !done; {
+		select {
+		case a := <-closed:
+			done = a.String() == plainPeer.LocalAddr.String()
+			if !done {
+				t.Logf("connection %s, opened under STRICT, closed", a)
+			}
+		case <-ctx.Done():
+			t.Fatal("the plaintext gRPC connection was never closed")
 		}
-	case <-ctx.Done():
-		t.Fatal("the plaintext gRPC connection was never closed")
 	}
 	for range 5 {
 		if err := plain.Invoke(ctx, shop.ChargeMethod, &emptypb.Empty{}, &emptypb.Empty{}, grpc.WaitForReady(false)); err == nil {

@@ -1007,10 +1007,15 @@ spec:
   stable: v1
   canary: v2
   steps: [50, 100]
-  interval: 500ms
-  minRequests: 100
+  interval: 3s
+  minRequests: 60
   minSuccessRate: 0.99
 `))
+	// An interval judges only with minRequests to v2 in it: 120 calls in
+	// 3 s at 50%. The loop below sends far more even on a loaded machine
+	// (about 100/s under -race beside a second test run, where 100 calls
+	// in 500 ms starved every interval). With v2 failing one call in
+	// five, 60 calls all succeed with probability 0.8^60, about 1e-6.
 	var st controlplane.CanaryStatus
 	for {
 		shop.Run(ctx, m.conn, 100, 4)
