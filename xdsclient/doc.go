@@ -153,6 +153,11 @@
 // appear in errors, logs, Dump or CSDS (the key is "[redacted]"), and
 // secrets are not written to the WithCache file.
 //
-// Envoy protos never leave this package; package xdstest (test support)
-// runs a real go-control-plane server and builds resources for tests.
+// Envoy protos never leave this package. It reads and writes them with
+// plain Go types generated from go-control-plane's descriptors
+// (internal/lite), not with protobuf-go's generated types: those would
+// link megabytes of code and build, on the first decode, descriptors for
+// every message type reachable from a Listener. A program using mesh
+// links no go-control-plane package. Package xdstest (test support) runs a
+// real go-control-plane server and builds resources for tests.
 package xdsclient
