@@ -98,36 +98,11 @@ func MergeProto(b []byte, m proto.Message) error {
 	return proto.UnmarshalOptions{Merge: true}.Unmarshal(b, m)
 }
 
-// Packed calls each for each varint in a packed repeated field's bytes.
-func PackedVarints(b []byte, message string, each func(uint64)) error {
+// Packed calls each for each value consume reads from a packed repeated
+// field's bytes b.
+func Packed[T any](b []byte, message string, consume func([]byte) (T, int), each func(T)) error {
 	for len(b) > 0 {
-		v, n := protowire.ConsumeVarint(b)
-		if n < 0 {
-			return WireError(message, n)
-		}
-		each(v)
-		b = b[n:]
-	}
-	return nil
-}
-
-// PackedFixed32 calls each for each 32-bit value in a packed field's bytes.
-func PackedFixed32(b []byte, message string, each func(uint32)) error {
-	for len(b) > 0 {
-		v, n := protowire.ConsumeFixed32(b)
-		if n < 0 {
-			return WireError(message, n)
-		}
-		each(v)
-		b = b[n:]
-	}
-	return nil
-}
-
-// PackedFixed64 calls each for each 64-bit value in a packed field's bytes.
-func PackedFixed64(b []byte, message string, each func(uint64)) error {
-	for len(b) > 0 {
-		v, n := protowire.ConsumeFixed64(b)
+		v, n := consume(b)
 		if n < 0 {
 			return WireError(message, n)
 		}

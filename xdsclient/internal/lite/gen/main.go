@@ -160,6 +160,7 @@ func (f *file) use(path string) string {
 }
 
 type generator struct {
+	first    map[string]goType // each package's first message, for its example
 	included map[protoreflect.FullName]bool
 	encoded  map[protoreflect.FullName]bool
 	json     map[protoreflect.FullName]bool
@@ -178,7 +179,7 @@ func (g *generator) file(path string) *file {
 
 // Generate returns the generated files, by path relative to package lite.
 func Generate() (map[string][]byte, error) {
-	g := &generator{included: map[protoreflect.FullName]bool{}, encoded: map[protoreflect.FullName]bool{}, json: map[protoreflect.FullName]bool{}, files: map[string]*file{}, enums: map[protoreflect.FullName]bool{}}
+	g := &generator{first: map[string]goType{}, included: map[protoreflect.FullName]bool{}, encoded: map[protoreflect.FullName]bool{}, json: map[protoreflect.FullName]bool{}, files: map[string]*file{}, enums: map[protoreflect.FullName]bool{}}
 	for _, m := range messages {
 		g.included[protoreflect.FullName(m)] = true
 	}
@@ -218,7 +219,8 @@ func Generate() (map[string][]byte, error) {
 	for path, f := range g.files {
 		var src bytes.Buffer
 		src.WriteString(header)
-		fmt.Fprintf(&src, "package %s\n\n", pkgName(path))
+		rel := strings.TrimPrefix(path, litePath+"/")
+		fmt.Fprintf(&src, "// Package %s holds the xDS client's own counterparts of the types of\n// go-control-plane's %s, read from their descriptors (see package lite).\npackage %s\n\n", pkgName(path), rel, pkgName(path))
 		if path == litePath+"/registry" {
 			src.Reset()
 			src.WriteString(header)
@@ -241,8 +243,14 @@ func Generate() (map[string][]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("formatting %s: %w\n%s", path, err, src.Bytes())
 		}
-		rel := strings.TrimPrefix(path, litePath+"/")
 		out[filepath.Join(rel, "types.go")] = formatted
+		if path != litePath+"/registry" {
+			ex, err := example(path, g.first[path])
+			if err != nil {
+				return nil, err
+			}
+			out[filepath.Join(rel, "example_test.go")] = ex
+		}
 	}
 	return out, nil
 }
@@ -337,6 +345,9 @@ func (g *generator) message(name protoreflect.FullName) error {
 		return err
 	}
 	f := g.file(path)
+	if _, ok := g.first[path]; !ok {
+		g.first[path] = goType{string(name), gt.name}
+	}
 	mt, _ := protoregistry.GlobalTypes.FindMessageByName(name)
 	md := mt.Descriptor()
 
@@ -828,17 +839,15 @@ func (g *generator) decodeCases(f *file, typeName string, fi *field) error {
 			// Packed, or one value at a time: a parser takes either.
 			fmt.Fprintf(w, "case num == %d && typ == %sBytesType:\n", num, pw)
 			fmt.Fprintf(w, "bv, n := %sConsumeBytes(b)\nif n < 0 {\nreturn %sWireError(%q, n)\n}\nb = b[n:]\n", pw, lite, msgName)
+			consume, rawType, raw := "ConsumeVarint", "uint64", "raw"
 			switch wt {
-			case "VarintType":
-				fmt.Fprintf(w, "if err := %sPackedVarints(bv, %q, func(raw uint64) { x.%s = append(x.%s, %s) }); err != nil {\nreturn err\n}\n",
-					lite, msgName, fi.goName, fi.goName, scalarFrom(f, fd, vt, "raw"))
 			case "Fixed32Type":
-				fmt.Fprintf(w, "if err := %sPackedFixed32(bv, %q, func(raw uint32) { x.%s = append(x.%s, %s) }); err != nil {\nreturn err\n}\n",
-					lite, msgName, fi.goName, fi.goName, scalarFrom(f, fd, vt, "uint64(raw)"))
-			default:
-				fmt.Fprintf(w, "if err := %sPackedFixed64(bv, %q, func(raw uint64) { x.%s = append(x.%s, %s) }); err != nil {\nreturn err\n}\n",
-					lite, msgName, fi.goName, fi.goName, scalarFrom(f, fd, vt, "raw"))
+				consume, rawType, raw = "ConsumeFixed32", "uint32", "uint64(raw)"
+			case "Fixed64Type":
+				consume = "ConsumeFixed64"
 			}
+			fmt.Fprintf(w, "if err := %sPacked(bv, %q, %s%s, func(raw %s) { x.%s = append(x.%s, %s) }); err != nil {\nreturn err\n}\n",
+				lite, msgName, pw, consume, rawType, fi.goName, fi.goName, scalarFrom(f, fd, vt, raw))
 			fmt.Fprintf(w, "case num == %d && typ == %s%s:\n", num, pw, wt)
 			w.WriteString(readScalar(f, fd, vt, msgName))
 			fmt.Fprintf(w, "x.%s = append(x.%s, v)\n", fi.goName, fi.goName)
@@ -1108,4 +1117,34 @@ func (g *generator) jsonValue(f *file, fd protoreflect.FieldDescriptor, vt, v, f
 	}
 	elem := strings.TrimPrefix(vt, "*")
 	return fmt.Sprintf("func() (%s, error) {\nobj, err := %sJSONObject(%s, %q)\nif err != nil {\nreturn nil, err\n}\nm := &%s{}\nif err := m.UnmarshalJSONStruct(obj, depth+1); err != nil {\nreturn nil, err\n}\nreturn m, nil\n}()", vt, lite, v, full, elem)
+}
+
+// example writes a package's example: decoding its first message type.
+func example(path string, first goType) ([]byte, error) {
+	if first.name == "" {
+		return nil, fmt.Errorf("package %s has no message type", path)
+	}
+	name := pkgName(path)
+	src := fmt.Sprintf(`%spackage %s_test
+
+import (
+	"fmt"
+
+	"mesh/xdsclient/internal/lite"
+	%s %q
+)
+
+// Decoding an encoded message: here an empty one, whose fields are all unset.
+func Example() {
+	var m %s.%s
+	if err := lite.Unmarshal(nil, &m); err != nil {
+		fmt.Println(err)
+	}
+	set := 0
+	m.RangeSet(func(lite.Field) bool { set++; return true })
+	fmt.Println(m.FullName(), set)
+	// Output: %s 0
+}
+`, header, name, name, path, name, first.name, first.pkg)
+	return format.Source([]byte(src))
 }
