@@ -25,6 +25,7 @@ func (dc *decodeContext) decodeCluster(a *anypb.Any) (string, *Cluster, error) {
 	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("cluster: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
+	dc.decoded(pb)
 	name := pb.GetName()
 	if name == "" {
 		return "", nil, fmt.Errorf("cluster: name: missing")

@@ -46,6 +46,16 @@ type decodeContext struct {
 	// does not implement and skips; the client logs each once and lists
 	// them in Dump.
 	ignored []string
+	// resource is the resource message decoded, which the audit of fields
+	// mesh does not apply walks rather than decoding it again.
+	resource lite.Message
+}
+
+// decoded records m as the resource message being decoded.
+func (dc *decodeContext) decoded(m lite.Message) {
+	if dc != nil {
+		dc.resource = m
+	}
 }
 
 // ignore records that the field at path was skipped, and why.

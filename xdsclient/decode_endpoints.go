@@ -14,6 +14,7 @@ func (dc *decodeContext) decodeEndpoints(a *anypb.Any) (string, *Endpoints, erro
 	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("cluster_load_assignment: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
+	dc.decoded(pb)
 	name := pb.GetClusterName()
 	if name == "" {
 		return "", nil, fmt.Errorf("cluster_load_assignment: cluster_name: missing")

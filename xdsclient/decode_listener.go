@@ -23,6 +23,7 @@ func (dc *decodeContext) decodeListener(a *anypb.Any) (string, *Listener, error)
 	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("listener: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
+	dc.decoded(pb)
 	name := pb.GetName()
 	if name == "" {
 		return "", nil, fmt.Errorf("listener: name: missing")

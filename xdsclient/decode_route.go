@@ -16,6 +16,7 @@ func (dc *decodeContext) decodeRouteConfig(a *anypb.Any) (string, *RouteConfig, 
 	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("route_config: cannot unmarshal %s: %w", a.GetTypeUrl(), err)
 	}
+	dc.decoded(pb)
 	name := pb.GetName()
 	if name == "" {
 		return "", nil, fmt.Errorf("route_config: name: missing")

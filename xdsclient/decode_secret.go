@@ -26,6 +26,7 @@ func (dc *decodeContext) decodeSecret(a *anypb.Any) (string, *Secret, error) {
 	if err := unmarshalAny(a, pb); err != nil {
 		return "", nil, fmt.Errorf("secret: cannot unmarshal: %w", err)
 	}
+	dc.decoded(pb)
 	name := pb.GetName()
 	if name == "" {
 		return "", nil, errors.New("secret: name: missing")

@@ -10,9 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"mesh/xdsclient/internal/lite"
 	discoverypb "mesh/xdsclient/internal/lite/envoy/service/discovery/v3"
-	"mesh/xdsclient/internal/lite/registry"
 )
 
 // decoded is one resource of a response after decoding.
@@ -52,7 +50,7 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 		name = canonical
 	}
 	if err == nil {
-		if m := registry.New(r.GetTypeUrl()); m != nil && lite.Unmarshal(r.GetValue(), m) == nil {
+		if m := dc.resource; m != nil {
 			dc.ignored = append(dc.ignored, c.audit.report(kind, m, dc.ignored)...)
 		}
 	}
