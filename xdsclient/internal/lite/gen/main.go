@@ -487,7 +487,7 @@ func (g *generator) message(name protoreflect.FullName) error {
 	fmt.Fprintf(w, "\tif depth > %sMaxDepth {\n\t\treturn %sErrDepth\n\t}\n", lite, lite)
 	fmt.Fprintf(w, "\tfor len(b) > 0 {\n\t\tnum, typ, n := %sConsumeTag(b)\n\t\tif n < 0 {\n\t\t\treturn %sWireError(%q, n)\n\t\t}\n\t\tb = b[n:]\n\t\tswitch {\n", lite, lite, name)
 	for _, fi := range fields {
-		if err := g.decodeCases(f, gt.name, fi); err != nil {
+		if err := g.decodeCases(f, fi); err != nil {
 			return fmt.Errorf("%s.%s: %w", name, fi.fd.Name(), err)
 		}
 	}
@@ -513,13 +513,13 @@ func (g *generator) message(name protoreflect.FullName) error {
 				if m.oneof != fi.oneof {
 					continue
 				}
-				fmt.Fprintf(w, "\tcase *%s:\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n", m.wrapper, lite, m.fd.Name(), messagesOf(m.fd, "v."+m.goName, false))
+				fmt.Fprintf(w, "\tcase *%s:\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n", m.wrapper, lite, m.fd.Name(), messagesOf(m.fd, "v."+m.goName))
 			}
 			w.WriteString("\t}\n")
 			continue
 		}
 		cond := setCondition(f, fi.fd, "x."+fi.goName)
-		fmt.Fprintf(w, "\tif %s {\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n\t}\n", cond, lite, fi.fd.Name(), messagesOf(fi.fd, "x."+fi.goName, true))
+		fmt.Fprintf(w, "\tif %s {\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n\t}\n", cond, lite, fi.fd.Name(), messagesOf(fi.fd, "x."+fi.goName))
 	}
 	w.WriteString("}\n\n")
 	if g.encoded[name] {
@@ -579,7 +579,7 @@ func setCondition(f *file, fd protoreflect.FieldDescriptor, v string) string {
 }
 
 // messagesOf writes the Messages of a Field for a message-valued field.
-func messagesOf(fd protoreflect.FieldDescriptor, v string, _ bool) string {
+func messagesOf(fd protoreflect.FieldDescriptor, v string) string {
 	if fd.Message() == nil || fd.IsMap() {
 		if fd.IsMap() {
 			return ", IsMap: true"
@@ -735,10 +735,10 @@ func readScalar(f *file, fd protoreflect.FieldDescriptor, t, msgName string) str
 		pw, consume, lite, msgName, scalarFrom(f, fd, t, "uint64(raw)"))
 }
 
-// readValue writes code that reads one value of a length-delimited or
-// scalar field into variable v, given the field's Go value type t; for a
-// message field the code merges into the expression into (which it first
-// allocates when nil).
+// readBytesValue writes code that reads one value of a length-delimited
+// field (string, bytes or message) from b, advancing b: into variable v,
+// given the field's Go value type t, or for a message field by merging
+// into the expression into (which it first allocates when nil).
 func (g *generator) readBytesValue(f *file, fd protoreflect.FieldDescriptor, t, msgName, into string) string {
 	pw := f.use("google.golang.org/protobuf/encoding/protowire")
 	lite := f.use(litePath)
@@ -766,7 +766,7 @@ func (g *generator) readBytesValue(f *file, fd protoreflect.FieldDescriptor, t, 
 	return s.String()
 }
 
-func (g *generator) decodeCases(f *file, typeName string, fi *field) error {
+func (g *generator) decodeCases(f *file, fi *field) error {
 	fd := fi.fd
 	w := &f.body
 	pw := f.use("google.golang.org/protobuf/encoding/protowire")
@@ -883,7 +883,6 @@ func (g *generator) decodeCases(f *file, typeName string, fi *field) error {
 			}
 		}
 	}
-	_ = typeName
 	return nil
 }
 
@@ -897,10 +896,6 @@ func (g *generator) marshal(f *file, typeName string, fields []*field) error {
 	fmt.Fprintf(w, "// AppendTo appends the message's encoding to b.\nfunc (x *%s) AppendTo(b []byte) ([]byte, error) {\n\tif x == nil {\n\t\treturn b, nil\n\t}\n", typeName)
 	for _, fi := range byNum {
 		fd := fi.fd
-		vt, err := g.goValueType(f, fd)
-		if err != nil {
-			return err
-		}
 		num := fd.Number()
 		switch {
 		case fd.IsMap():
@@ -927,7 +922,6 @@ func (g *generator) marshal(f *file, typeName string, fields []*field) error {
 		default:
 			fmt.Fprintf(w, "if %s {\nvar err error\nif b, err = %s; err != nil {\nreturn nil, err\n}\n}\n", setCondition(f, fd, "x."+fi.goName), g.appendValue(f, fd, num, "b", "x."+fi.goName))
 		}
-		_ = vt
 	}
 	w.WriteString("return b, nil\n}\n\n")
 	return nil
