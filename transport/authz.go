@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/incomingmd"
 	"mesh/xdsclient"
 )
 
@@ -36,6 +37,7 @@ type Authorizer struct {
 	logger       *slog.Logger
 	currentChain func(ctx context.Context, chosen *xdsclient.FilterChain) *xdsclient.FilterChain
 	pathFloor    PathNormalization
+	incoming     incomingmd.Reader // reads a call's headers without copying
 }
 
 // NewAuthorizer returns an Authorizer. WithLogger sets where its decisions
@@ -45,7 +47,7 @@ func NewAuthorizer(opts ...AuthorizerOption) *Authorizer {
 }
 
 func newAuthorizer(o options) *Authorizer {
-	return &Authorizer{logger: o.logger, currentChain: o.currentChain, pathFloor: o.pathNormalization}
+	return &Authorizer{logger: o.logger, currentChain: o.currentChain, pathFloor: o.pathNormalization, incoming: incomingmd.NewReader()}
 }
 
 // chainFor returns the filter chain to enforce for a request on a
@@ -140,16 +142,16 @@ func (a *Authorizer) authorizeRPC(ctx context.Context, fullMethod string) error 
 	if fc == nil || fc.HTTP == nil {
 		return nil
 	}
-	// Headers are read one by one, as policies ask for them: copying the
-	// whole incoming metadata would cost every call a map and a slice per
+	// Headers are read one by one, as policies ask for them, without
+	// copying: grpc-go's API would cost every call a map and a slice per
 	// header.
-	// Even :authority is read only if a policy asks: each read copies.
 	req := &rbacRequest{
 		Source:      addrPortOf(p.Addr),
 		Destination: addrPortOf(p.LocalAddr),
 		Method:      http.MethodPost,
 		Path:        fullMethod,
 		incoming:    ctx,
+		reader:      a.incoming,
 	}
 	if ai.State != nil {
 		req.ServerName = ai.State.ServerName

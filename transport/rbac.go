@@ -7,8 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/grpc/metadata"
-
+	"mesh/internal/incomingmd"
 	"mesh/xdsclient"
 )
 
@@ -35,6 +34,7 @@ type rbacRequest struct {
 	// is empty): read only as policies ask, and without building a
 	// closure per call.
 	incoming context.Context
+	reader   incomingmd.Reader // reads incoming
 	// peerURI is the text of PeerCertificate's only URI SAN when the
 	// handshake already had it (a verified SPIFFE ID), sparing formatting
 	// the URL per call.
@@ -53,9 +53,7 @@ func (r *rbacRequest) header(name string) (string, bool) {
 		return r.Path, r.Path != ""
 	case ":authority", "host":
 		if r.Authority == "" && r.Header == nil && r.incoming != nil {
-			if v := metadata.ValueFromIncomingContext(r.incoming, ":authority"); len(v) > 0 {
-				r.Authority = v[0]
-			}
+			r.Authority, _ = r.reader.Get(r.incoming, ":authority")
 		}
 		return r.Authority, r.Authority != ""
 	case ":scheme":
@@ -69,7 +67,7 @@ func (r *rbacRequest) header(name string) (string, bool) {
 	case r.Header != nil:
 		values = r.Header(name)
 	case r.incoming != nil:
-		values = metadata.ValueFromIncomingContext(r.incoming, name)
+		values = r.reader.Values(r.incoming, name) // not to be changed: grpc-go's own
 	}
 	if len(values) == 0 {
 		return "", false
