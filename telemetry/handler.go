@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"mesh/internal/incomingmd"
 	"mesh/internal/routeinfo"
 )
 
@@ -165,6 +166,8 @@ type handler struct {
 	headers sync.Pool
 	// requestIDs makes the IDs of client calls that carry none.
 	requestIDs requestIDSource
+	// incoming reads a server call's headers without copying them.
+	incoming incomingmd.Reader
 	// channels holds, per client channel, what its calls found of their
 	// connections: whether servers exchange peer metadata at the
 	// handshake (an *atomic.Int32 of the peersExchange values).
@@ -253,6 +256,7 @@ func newHandler(client bool, opts []GRPCOption) *handler {
 		startOptions: []trace.SpanStartOption{trace.WithSpanKind(kind)},
 		systemAttr:   keyRPCSystem.String("grpc"),
 		headers:      sync.Pool{New: func() any { return new(outgoingHeaders) }},
+		incoming:     incomingmd.NewReader(),
 	}
 }
 
@@ -284,17 +288,22 @@ type rpcState struct {
 	remote    net.Addr
 	local     net.Addr
 
-	incoming incomingHeaders
 	// headerBytes sizes the headers begin wrote (client) or read (server),
 	// for the interceptors, which see no whole header block.
 	headerBytes int64
+}
 
-	// What the interceptors collect through call options, kept here to
-	// share the state's allocation. The whole rpcContext fits the runtime's
-	// 480-byte size class on 64-bit platforms; mind it when adding fields.
+// grpcClientCall is a gRPC client attempt's rpcContext with what the interceptors
+// collect through call options, which a server RPC does without: apart,
+// each side's allocation fits a smaller size class. On 64-bit platforms
+// an rpcContext fits the runtime's 320-byte class and a grpcClientCall its
+// 480-byte class; mind them when adding fields.
+type grpcClientCall struct {
+	rpcContext
 	respHeader metadata.MD
 	peerInfo   peer.Peer
-	callOpts   [5]grpc.CallOption
+	callOpts   [4]grpc.CallOption
+	codec      sizingCodec
 }
 
 // rpcStateKey names the handler that owns a state, so that two handlers
@@ -342,7 +351,7 @@ func (h *handler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Co
 		fullMethod = info.FullMethodName
 		nameResolutionDelayed = info.NameResolutionDelay
 	}
-	return h.begin(ctx, fullMethod, nameResolutionDelayed, callerMetadata{}, true)
+	return h.begin(new(rpcContext), ctx, fullMethod, nameResolutionDelayed, callerMetadata{}, true)
 }
 
 // callerMetadata is the outgoing metadata a client call carried before
@@ -379,8 +388,12 @@ func (c callerMetadata) value(ctx context.Context, key string) string {
 // it with this workload's peer metadata when sendPeer says so (client).
 // A server takes the client's peer metadata from the connection when the
 // client exchanged it there, else from the request's headers.
-func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDelayed bool, caller callerMetadata, sendPeer bool) *rpcContext {
-	rc := &rpcContext{owner: h, state: rpcState{fullMethod: fullMethod, start: h.now()}}
+//
+// rc is the zero rpcContext begin fills in and returns: the caller
+// allocates it, alone or within a grpcClientCall.
+func (h *handler) begin(rc *rpcContext, ctx context.Context, fullMethod string, nameResolutionDelayed bool, caller callerMetadata, sendPeer bool) *rpcContext {
+	rc.owner = h
+	rc.state.fullMethod, rc.state.start = fullMethod, h.now()
 	st := &rc.state
 	st.route = &st.ownRoute
 	if h.client {
@@ -393,8 +406,8 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 		st.requestID = caller.value(ctx, HeaderRequestID)
 		callerSentID = st.requestID != ""
 	} else {
-		in := &st.incoming // part of the state: passing it allocates nothing
-		in.ctx = ctx
+		rc.Context = ctx // what in reads, until begin replaces it below
+		in := (*incomingHeaders)(rc)
 		ctx = h.propagator.Extract(ctx, in)
 		st.requestID = in.Get(HeaderRequestID)
 		var w *Workload
@@ -411,8 +424,6 @@ func (h *handler) begin(ctx context.Context, fullMethod string, nameResolutionDe
 			st.peer.Store(w)
 		}
 		st.authority = in.Get(":authority")
-		st.headerBytes = in.bytes
-		*in = incomingHeaders{}
 	}
 	inheritedID := st.requestID != ""
 	if !inheritedID {
@@ -702,14 +713,6 @@ func addrString(a net.Addr) string {
 // outgoingValue returns the first value of key in ctx's outgoing metadata.
 func outgoingValue(ctx context.Context, key string) string {
 	if v := metadata.ValueFromOutgoingContext(ctx, key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-// incomingValue returns the first value of key in ctx's incoming metadata.
-func incomingValue(ctx context.Context, key string) string {
-	if v := metadata.ValueFromIncomingContext(ctx, key); len(v) > 0 {
 		return v[0]
 	}
 	return ""

@@ -37,6 +37,7 @@ type observation struct {
 	ctxRequestID   string // telemetry.RequestIDFromContext
 	spanContext    trace.SpanContext
 	baggage        baggage.Baggage
+	contentType    string
 }
 
 // healthService answers Check according to the requested service name, so
@@ -63,6 +64,7 @@ func (s *healthService) observe(ctx context.Context) {
 		ctxRequestID:   ctxID,
 		spanContext:    trace.SpanContextFromContext(ctx),
 		baggage:        baggage.FromContext(ctx),
+		contentType:    first("content-type"),
 	}
 }
 

@@ -107,17 +107,20 @@ func (s *ServerInterceptor) Unary() grpc.UnaryServerInterceptor { return s.inter
 func (s *ServerInterceptor) Stream() grpc.StreamServerInterceptor { return s.interceptStream }
 
 // callOptions returns opts with the options that collect the connection
-// and extra (unless nil), in the state's own array when they fit.
-func (st *rpcState) callOptions(opts []grpc.CallOption, extra grpc.CallOption) []grpc.CallOption {
-	out := st.callOpts[:0]
-	if len(opts)+2 > len(st.callOpts) {
-		out = make([]grpc.CallOption, 0, len(opts)+2)
+// and those of extra that are not nil, in the call's own array when they
+// fit.
+func (c *grpcClientCall) callOptions(opts []grpc.CallOption, extra ...grpc.CallOption) []grpc.CallOption {
+	out := c.callOpts[:0]
+	if len(opts)+1+len(extra) > len(c.callOpts) {
+		out = make([]grpc.CallOption, 0, len(opts)+1+len(extra))
 	}
 	// Ours first: their after hooks run in order, and an OnFinish of the
 	// caller's may want what telemetry recorded.
-	out = append(out, grpc.Peer(&st.peerInfo))
-	if extra != nil {
-		out = append(out, extra)
+	out = append(out, grpc.Peer(&c.peerInfo))
+	for _, o := range extra {
+		if o != nil {
+			out = append(out, o)
+		}
 	}
 	return append(out, opts...)
 }
@@ -154,53 +157,54 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 	callerMD, _ := metadata.FromOutgoingContext(ctx) // nil, and free, when the caller set none
 	peers := h.channelPeers(cc)
 	carry := carriesPeerMetadata(peers)
-	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true}, carry)
+	call := new(grpcClientCall)
+	rc := h.begin(&call.rpcContext, ctx, method, false, callerMetadata{md: callerMD, known: true}, carry)
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
-	var err error
+	var header grpc.CallOption
 	if carry {
-		err = invoker(rc, method, req, reply, cc, st.callOptions(opts, grpc.Header(&st.respHeader))...)
-	} else {
-		// The server's labels come with the connection: grpc.Header's copy
-		// of the response headers would be read for nothing.
-		err = invoker(rc, method, req, reply, cc, st.callOptions(opts, nil)...)
-	}
-	h.learnConnection(st, &st.peerInfo, peers)
+		header = grpc.Header(&call.respHeader)
+	} // else the server's labels come with the connection: grpc.Header's copy of the response headers would be read for nothing
+	var codecOpt grpc.ForceCodecV2CallOption
+	codec := call.codec.install(opts, &codecOpt)
+	err := invoker(rc, method, req, reply, cc, call.callOptions(opts, header, codec)...)
+	h.learnConnection(st, &call.peerInfo, peers)
 
 	st.reqMsgs.Store(1)
-	st.reqBytes.Store(st.requestBytesSent(rc, callerMD) + messageWireBytes(req))
-	if clientResponded(st.respHeader, err) {
+	st.reqBytes.Store(st.requestBytesSent(rc, callerMD) + call.codec.sentBytes(codec != nil, req))
+	if clientResponded(call.respHeader, err) {
 		st.responded.Store(true)
-		n := responseHeaderBytes(st.respHeader)
-		if st.respHeader == nil && !carry {
+		n := responseHeaderBytes(call.respHeader)
+		if call.respHeader == nil && !carry {
 			n = grpcResponseFixedBytes + grpcContentTypeBytes // what mesh's servers send
 		}
 		if err == nil {
 			st.respMsgs.Store(1)
-			n += messageWireBytes(reply)
+			n += call.codec.receivedBytes(codec != nil, reply)
 		}
 		s, _ := status.FromError(err)
 		st.respBytes.Store(n + trailerBytes(int(s.Code()), s.Message()))
-		if st.respHeader != nil && !st.connPeer {
-			h.learnPeer(st, st.respHeader)
+		if call.respHeader != nil && !st.connPeer {
+			h.learnPeer(st, call.respHeader)
 		}
 	}
 	st.ended.Store(true)
-	h.end(rc, st, err, &st.peerInfo)
+	h.end(rc, st, err, &call.peerInfo)
 	return err
 }
 
 func (h *handler) interceptStreamClient(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	callerMD, _ := metadata.FromOutgoingContext(ctx)
 	peers := h.channelPeers(cc)
-	rc := h.begin(ctx, method, false, callerMetadata{md: callerMD, known: true}, carriesPeerMetadata(peers))
+	call := new(grpcClientCall)
+	rc := h.begin(&call.rpcContext, ctx, method, false, callerMetadata{md: callerMD, known: true}, carriesPeerMetadata(peers))
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
 	st.reqBytes.Store(st.requestBytesSent(rc, callerMD))
-	cs := &clientStream{h: h, rc: rc, peers: peers}
+	cs := &clientStream{h: h, call: call, rc: rc, peers: peers}
 	// OnFinish ends the attempt however the stream ends, also when its
 	// caller stops reading before the end.
-	s, err := streamer(rc, desc, cc, method, st.callOptions(opts, grpc.OnFinish(cs.finish))...)
+	s, err := streamer(rc, desc, cc, method, call.callOptions(opts, grpc.OnFinish(cs.finish))...)
 	if err != nil {
 		cs.finish(err)
 		return nil, err
@@ -214,7 +218,8 @@ func (h *handler) interceptStreamClient(ctx context.Context, desc *grpc.StreamDe
 type clientStream struct {
 	grpc.ClientStream
 	h     *handler
-	rc    *rpcContext
+	call  *grpcClientCall
+	rc    *rpcContext   // the call's
 	peers *atomic.Int32 // what the channel's calls found of their connections
 }
 
@@ -276,13 +281,13 @@ func (s *clientStream) finish(err error) {
 		sc, _ := status.FromError(err)
 		st.respBytes.Add(trailerBytes(int(sc.Code()), sc.Message()))
 	}
-	s.h.learnConnection(st, &st.peerInfo, s.peers)
-	s.h.end(s.rc, st, err, &st.peerInfo)
+	s.h.learnConnection(st, &s.call.peerInfo, s.peers)
+	s.h.end(s.rc, st, err, &s.call.peerInfo)
 }
 
 func (s *ServerInterceptor) begin(ctx context.Context, method string) *rpcContext {
 	h := s.h
-	rc := h.begin(ctx, method, false, callerMetadata{}, false) // also reads the peer's addresses
+	rc := h.begin(new(rpcContext), ctx, method, false, callerMetadata{}, false) // also reads the peer's addresses
 	st := &rc.state
 	// What a gRPC request always carries, the headers begin read, and two
 	// more a mesh client sends, sized as mesh sends them: reading a header

@@ -109,26 +109,25 @@ func (h *outgoingHeaders) attachOutgoing(ctx context.Context, caller callerMetad
 	return metadata.AppendToOutgoingContext(ctx, h.kv...)
 }
 
-// incomingHeaders reads the incoming metadata of the context it wraps one key
-// at a time, sparing a copy of the whole metadata on every server RPC, and
-// adds up the size of what it found (for the request's byte count). It is
-// used by pointer, from the RPC's state, so passing it allocates nothing.
-type incomingHeaders struct {
-	ctx   context.Context
-	bytes int64
-}
+// incomingHeaders reads a server RPC's incoming metadata, in the context
+// its rpcContext wraps while begin starts it, one key at a time and without
+// copying (an allocation per header read, through grpc-go's API), and adds
+// up the size of what it found into the state's headerBytes (for the
+// request's byte count). The rpcContext stands in for it, so passing it
+// allocates nothing.
+type incomingHeaders rpcContext
 
 func (h *incomingHeaders) Get(key string) string {
-	if v := metadata.ValueFromIncomingContext(h.ctx, key); len(v) > 0 {
-		h.bytes += int64(len(key) + len(v[0]))
-		return v[0]
+	v, ok := h.owner.incoming.Get(h.Context, key)
+	if ok {
+		h.state.headerBytes += int64(len(key) + len(v))
 	}
-	return ""
+	return v
 }
 
 func (*incomingHeaders) Set(string, string) {} // incoming metadata is read-only
 
 func (h *incomingHeaders) Keys() []string {
-	md, _ := metadata.FromIncomingContext(h.ctx)
+	md, _ := metadata.FromIncomingContext(h.Context)
 	return MetadataCarrier(md).Keys()
 }

@@ -52,7 +52,9 @@ func TestOutgoingHeaders(t *testing.T) {
 
 func TestIncomingHeaders(t *testing.T) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{"traceparent": {"p", "q"}, "Baggage": {"k=v"}})
-	h := incomingHeaders{ctx: ctx}
+	owner := newHandler(false, nil)
+	rc := &rpcContext{Context: ctx, owner: owner}
+	h := (*incomingHeaders)(rc)
 	if got := h.Get("traceparent"); got != "p" {
 		t.Errorf("Get(traceparent) = %q, want the first value", got)
 	}
@@ -66,7 +68,10 @@ func TestIncomingHeaders(t *testing.T) {
 	if got, want := h.Keys(), []string{"baggage", "traceparent"}; !slices.Equal(got, want) {
 		t.Errorf("Keys = %q, want %q", got, want)
 	}
-	empty := incomingHeaders{ctx: context.Background()}
+	if got, want := rc.state.headerBytes, int64(2*len("traceparent")+2*len("p")+len("baggage")+len("k=v")); got != want {
+		t.Errorf("header bytes %d, want %d: each read counted", got, want)
+	}
+	empty := (*incomingHeaders)(&rpcContext{Context: context.Background(), owner: owner})
 	if got := empty.Get("traceparent"); got != "" {
 		t.Errorf("Get without metadata = %q, want empty", got)
 	}

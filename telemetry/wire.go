@@ -5,6 +5,9 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/runtime/protoiface"
@@ -147,3 +150,79 @@ const (
 	goUserAgentBytes = int64(len("user-agent") + len("Go-http-client/1.1"))
 	httpDateBytes    = int64(len("date") + len(http.TimeFormat))
 )
+
+// sizingCodec is a unary client call's codec, kept in its clientCall: the
+// codec grpc-go would pick for the call, counting the bytes of the
+// messages it marshals and unmarshals. The reply's size then comes with
+// its decoding instead of a second walk of it (which allocates for every
+// entry of a map field), and both sizes are what went over the wire, with
+// any codec's encoding.
+type sizingCodec struct {
+	inner encoding.CodecV2
+	// sent and received are the bytes marshaled and unmarshaled; -1 until
+	// a message is. A unary call marshals and unmarshals on its caller's
+	// goroutine, one after the other.
+	sent, received int64
+}
+
+// install sets c up for a unary call with opts and returns the option that
+// makes the call use it, stored in opt; nil when the call picks its own
+// codec or content subtype, or grpc-go would pick a legacy codec: then the
+// messages are sized as messageWireBytes sizes them.
+func (c *sizingCodec) install(opts []grpc.CallOption, opt *grpc.ForceCodecV2CallOption) grpc.CallOption {
+	for _, o := range opts {
+		switch o.(type) {
+		case grpc.ForceCodecV2CallOption, *grpc.ForceCodecV2CallOption,
+			grpc.ForceCodecCallOption, *grpc.ForceCodecCallOption,
+			grpc.CustomCodecCallOption, *grpc.CustomCodecCallOption,
+			grpc.ContentSubtypeCallOption, *grpc.ContentSubtypeCallOption:
+			return nil
+		}
+	}
+	// grpc-go prefers a legacy codec registered under the name.
+	if encoding.GetCodec(grpcproto.Name) != nil {
+		return nil
+	}
+	if c.inner = encoding.GetCodecV2(grpcproto.Name); c.inner == nil {
+		return nil
+	}
+	c.sent, c.received = -1, -1
+	*opt = grpc.ForceCodecV2CallOption{CodecV2: c}
+	return opt
+}
+
+func (c *sizingCodec) Marshal(v any) (mem.BufferSlice, error) {
+	data, err := c.inner.Marshal(v)
+	if err == nil {
+		c.sent = int64(data.Len())
+	}
+	return data, err
+}
+
+func (c *sizingCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	c.received = int64(data.Len())
+	return c.inner.Unmarshal(data, v)
+}
+
+// Name is empty so that the call's content-type stays "application/grpc",
+// as grpc-go sends it for its default codec: a forced codec's name would
+// become a "+proto" subtype.
+func (c *sizingCodec) Name() string { return "" }
+
+// sentBytes is the wire size of the request message m, from the codec
+// when it marshaled m.
+func (c *sizingCodec) sentBytes(installed bool, m any) int64 {
+	if installed && c.sent >= 0 {
+		return c.sent + grpcFrameHeader
+	}
+	return messageWireBytes(m)
+}
+
+// receivedBytes is the wire size of the reply message m, from the codec
+// when it unmarshaled m.
+func (c *sizingCodec) receivedBytes(installed bool, m any) int64 {
+	if installed && c.received >= 0 {
+		return c.received + grpcFrameHeader
+	}
+	return messageWireBytes(m)
+}

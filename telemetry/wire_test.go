@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,8 +16,11 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
 	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"mesh/telemetry"
@@ -338,5 +342,109 @@ func (tap *httpTap) exchanges(t *testing.T) (requests, responses []int64) {
 			t.Fatalf("tap: response body: %v", err)
 		}
 		responses = append(responses, int64(len(":status")+3+len(body))+headerSize(resp.Header))
+	}
+}
+
+// countingCodec is a caller's own codec: proto's, counting its uses.
+type countingCodec struct {
+	encoding.CodecV2
+	name string // "" for proto's
+	uses atomic.Int32
+}
+
+func (c *countingCodec) Name() string {
+	if c.name != "" {
+		return c.name
+	}
+	return c.CodecV2.Name()
+}
+
+// subtypeCodec is registered for content subtype "meshtest", as codecs
+// are, at init.
+var subtypeCodec = &countingCodec{CodecV2: encoding.GetCodecV2("proto"), name: "meshtest"}
+
+func init() { encoding.RegisterCodecV2(subtypeCodec) }
+
+func (c *countingCodec) Marshal(v any) (mem.BufferSlice, error) {
+	c.uses.Add(1)
+	return c.CodecV2.Marshal(v)
+}
+
+func (c *countingCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	c.uses.Add(1)
+	return c.CodecV2.Unmarshal(data, v)
+}
+
+// TestGRPCClientKeepsTheCallersCodec: the client interceptor sizes a unary
+// call's messages with a codec of its own only where the call would use
+// grpc-go's default, and then sends what grpc-go sends; a codec or content
+// subtype the caller chose is kept. The sizes recorded are the wire's
+// either way.
+func TestGRPCClientKeepsTheCallersCodec(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watchdog := time.AfterFunc(testTimeout, cancel)
+	defer watchdog.Stop()
+	meter, reader := newMeter(t)
+	p := startPair(t, pairConfig{
+		interceptors: true, tap: true,
+		clientOpts: []telemetry.GRPCOption{telemetry.WithMeterProvider(meter), telemetry.WithWorkload(checkout)},
+		serverOpts: []telemetry.GRPCOption{telemetry.WithWorkload(payments)},
+	})
+	counting := &countingCodec{CodecV2: encoding.GetCodecV2("proto")}
+	calls := []struct {
+		name        string
+		opts        []grpc.CallOption
+		contentType string
+		codec       *countingCodec // the caller's, used once each way
+	}{
+		{"default codec", nil, "application/grpc", nil},
+		{"the caller's codec", []grpc.CallOption{grpc.ForceCodecV2(counting)}, "application/grpc+proto", counting},
+		{"the caller's content subtype", []grpc.CallOption{grpc.CallContentSubtype("meshtest")}, "application/grpc+meshtest", subtypeCodec},
+	}
+	for _, c := range calls {
+		before := counting.uses.Load() + subtypeCodec.uses.Load()
+		if _, err := p.client.Check(ctx, &healthpb.HealthCheckRequest{Service: "payments"}, c.opts...); err != nil {
+			t.Fatalf("%s: check: %v", c.name, err)
+		}
+		seen := <-p.service.seen
+		if seen.contentType != c.contentType {
+			t.Errorf("%s: the server saw content-type %q, want %q", c.name, seen.contentType, c.contentType)
+		}
+		want := int32(0)
+		if c.codec != nil {
+			// The server, in this process, decodes and encodes with the
+			// subtype's codec too.
+			want = 2
+			if c.codec == subtypeCodec {
+				want = 4
+			}
+		}
+		if got := counting.uses.Load() + subtypeCodec.uses.Load() - before; got != want {
+			t.Errorf("%s: the caller's codecs were used %d times, want %d", c.name, got, want)
+		}
+	}
+	waitN(ctx, t, "client", p.clientEnds, len(calls))
+	wire := p.tap.wait(ctx, t, len(calls))
+	metrics := collect(t, reader)
+	for _, c := range []struct {
+		metric string
+		want   func(wireStream) int64
+	}{
+		{telemetry.MetricRequestBytes, func(s wireStream) int64 { return s.request }},
+		{telemetry.MetricResponseBytes, func(s wireStream) int64 { return s.response }},
+	} {
+		var want int64
+		for _, s := range wire {
+			want += c.want(s)
+		}
+		h := histogram[int64](t, metrics, c.metric)
+		if len(h) != 1 || h[0].Count != uint64(len(calls)) {
+			t.Fatalf("%s: %d series, want one of %d calls", c.metric, len(h), len(calls))
+		}
+		t.Logf("%s: recorded %d, wire %d", c.metric, h[0].Sum, want)
+		if d := h[0].Sum - want; d < -wireTolerance*int64(len(calls)) || d > wireTolerance*int64(len(calls)) {
+			t.Errorf("%s: sum %d over %d calls, the wire carried %d", c.metric, h[0].Sum, len(calls), want)
+		}
 	}
 }
