@@ -225,30 +225,35 @@ func TestAccessLogFilterAndSampling(t *testing.T) {
 // The router's route info is shared by a call's attempts; the attempt
 // number comes from the header the retry interceptor sets (gRFC A6).
 func TestGRPCRetryCountFromPreviousAttemptsHeader(t *testing.T) {
-	ctx := testutil.Context(t)
-	clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
-	clientCreds, serverCreds := mtlsPair(t)
-	route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}
-	p := startPair(t, pairConfig{
-		clientCreds: clientCreds, serverCreds: serverCreds,
-		clientOpts: []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP)},
-		wrapClient: func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
-	})
-	attemptCtx := metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", "2")
-	if _, err := p.client.Check(attemptCtx, &healthpb.HealthCheckRequest{Service: "payments"}); err != nil {
-		t.Fatalf("check: %v", err)
+	for _, interceptors := range []bool{false, true} {
+		t.Run(fmt.Sprintf("interceptors=%t", interceptors), func(t *testing.T) {
+			ctx := testutil.Context(t)
+			clientTP, clientSpans := newRecordingProvider(t, sdktrace.AlwaysSample())
+			clientCreds, serverCreds := mtlsPair(t)
+			route := telemetry.RouteInfo{Cluster: "outbound|8080|v2|" + paymentsHost, Subset: "v2", Endpoint: "10.0.0.7:8080"}
+			p := startPair(t, pairConfig{
+				clientCreds: clientCreds, serverCreds: serverCreds,
+				clientOpts:   []telemetry.GRPCOption{telemetry.WithTracerProvider(clientTP)},
+				wrapClient:   func(h stats.Handler) stats.Handler { return router{Handler: h, route: route} },
+				interceptors: interceptors,
+			})
+			attemptCtx := metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", "2")
+			if _, err := p.client.Check(attemptCtx, &healthpb.HealthCheckRequest{Service: "payments"}); err != nil {
+				t.Fatalf("check: %v", err)
+			}
+			waitN(ctx, t, "client", p.clientEnds, 1)
+			for _, s := range clientSpans.Ended() {
+				if s.SpanKind() != trace.SpanKindClient {
+					continue
+				}
+				if v, ok := spanAttr(s, "retry.count"); !ok || v.AsInt64() != 2 {
+					t.Fatalf("client span retry.count = %v (set %t), want 2", v.AsInt64(), ok)
+				}
+				return
+			}
+			t.Fatal("no client span")
+		})
 	}
-	waitN(ctx, t, "client", p.clientEnds, 1)
-	for _, s := range clientSpans.Ended() {
-		if s.SpanKind() != trace.SpanKindClient {
-			continue
-		}
-		if v, ok := spanAttr(s, "retry.count"); !ok || v.AsInt64() != 2 {
-			t.Fatalf("client span retry.count = %v (set %t), want 2", v.AsInt64(), ok)
-		}
-		return
-	}
-	t.Fatal("no client span")
 }
 
 // TestTap: a tap sees every request, whatever the access log samples, up

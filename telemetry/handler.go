@@ -276,12 +276,15 @@ type rpcState struct {
 	responded  atomic.Bool // the client saw response headers or trailers
 	// connPeer: the peer's metadata came from its connection
 	// (WithPeerAuthMetadata), so no call on it carries it in headers.
-	connPeer  bool
-	peer      atomic.Pointer[Workload]
-	reqBytes  atomic.Int64 // wire bytes: headers (uncompressed) and messages
-	respBytes atomic.Int64
-	reqMsgs   atomic.Int64
-	respMsgs  atomic.Int64
+	connPeer bool
+	// previousAttempts is the client's grpc-previous-rpc-attempts (gRFC
+	// A6), which the mesh's retry interceptor sets on retries.
+	previousAttempts int32
+	peer             atomic.Pointer[Workload]
+	reqBytes         atomic.Int64 // wire bytes: headers (uncompressed) and messages
+	respBytes        atomic.Int64
+	reqMsgs          atomic.Int64
+	respMsgs         atomic.Int64
 
 	mu        sync.Mutex
 	authority string
@@ -304,6 +307,7 @@ type grpcClientCall struct {
 	peerInfo   peer.Peer
 	callOpts   [4]grpc.CallOption
 	codec      sizingCodec
+	codecOpt   grpc.ForceCodecV2CallOption // installs codec
 }
 
 // rpcStateKey names the handler that owns a state, so that two handlers
@@ -405,6 +409,11 @@ func (h *handler) begin(rc *rpcContext, ctx context.Context, fullMethod string, 
 	if h.client {
 		st.requestID = caller.value(ctx, HeaderRequestID)
 		callerSentID = st.requestID != ""
+		if v := caller.value(ctx, headerPreviousAttempts); v != "" {
+			if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+				st.previousAttempts = int32(n)
+			}
+		}
 	} else {
 		rc.Context = ctx // what in reads, until begin replaces it below
 		in := (*incomingHeaders)(rc)
@@ -588,11 +597,7 @@ func (h *handler) end(ctx context.Context, st *rpcState, err error, p *peer.Peer
 	if h.client && route.Retries == 0 {
 		// The mesh's retry interceptor numbers gRPC attempts as gRFC A6
 		// does; the picker's route info is shared by all of them.
-		if v := outgoingValue(ctx, headerPreviousAttempts); v != "" {
-			if n, err := strconv.Atoi(v); err == nil {
-				route.Retries = n
-			}
-		}
+		route.Retries = int(st.previousAttempts)
 	}
 	st.mu.Lock()
 	ex := exchange{

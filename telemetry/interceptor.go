@@ -165,8 +165,7 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 	if carry {
 		header = grpc.Header(&call.respHeader)
 	} // else the server's labels come with the connection: grpc.Header's copy of the response headers would be read for nothing
-	var codecOpt grpc.ForceCodecV2CallOption
-	codec := call.codec.install(opts, &codecOpt)
+	codec := call.codec.install(opts, &call.codecOpt)
 	err := invoker(rc, method, req, reply, cc, call.callOptions(opts, header, codec)...)
 	h.learnConnection(st, &call.peerInfo, peers)
 

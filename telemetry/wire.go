@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 
@@ -151,18 +152,27 @@ const (
 	httpDateBytes    = int64(len("date") + len(http.TimeFormat))
 )
 
-// sizingCodec is a unary client call's codec, kept in its clientCall: the
-// codec grpc-go would pick for the call, counting the bytes of the
+// sizingCodec is a unary client call's codec, kept in its grpcClientCall:
+// the codec grpc-go would pick for the call, counting the bytes of the
 // messages it marshals and unmarshals. The reply's size then comes with
 // its decoding instead of a second walk of it (which allocates for every
-// entry of a map field), and both sizes are what went over the wire, with
-// any codec's encoding.
+// entry of a map field), and both sizes are what went over the wire.
 type sizingCodec struct {
-	inner encoding.CodecV2
 	// sent and received are the bytes marshaled and unmarshaled; -1 until
 	// a message is. A unary call marshals and unmarshals on its caller's
 	// goroutine, one after the other.
 	sent, received int64
+}
+
+// codec is the codec a call without codec options uses: grpc-go's
+// registered for proto, nil when that is a legacy codec, which grpc-go
+// prefers. Looked up per use, as grpc-go does, which keeps it out of the
+// call's state.
+func (*sizingCodec) codec() encoding.CodecV2 {
+	if encoding.GetCodec(grpcproto.Name) != nil {
+		return nil
+	}
+	return encoding.GetCodecV2(grpcproto.Name)
 }
 
 // install sets c up for a unary call with opts and returns the option that
@@ -179,11 +189,7 @@ func (c *sizingCodec) install(opts []grpc.CallOption, opt *grpc.ForceCodecV2Call
 			return nil
 		}
 	}
-	// grpc-go prefers a legacy codec registered under the name.
-	if encoding.GetCodec(grpcproto.Name) != nil {
-		return nil
-	}
-	if c.inner = encoding.GetCodecV2(grpcproto.Name); c.inner == nil {
+	if c.codec() == nil {
 		return nil
 	}
 	c.sent, c.received = -1, -1
@@ -191,8 +197,16 @@ func (c *sizingCodec) install(opts []grpc.CallOption, opt *grpc.ForceCodecV2Call
 	return opt
 }
 
+// errNoCodec: the proto codec went missing after install found it, which
+// only a registration after init could do.
+var errNoCodec = errors.New("telemetry: no proto codec registered")
+
 func (c *sizingCodec) Marshal(v any) (mem.BufferSlice, error) {
-	data, err := c.inner.Marshal(v)
+	codec := c.codec()
+	if codec == nil {
+		return nil, errNoCodec
+	}
+	data, err := codec.Marshal(v)
 	if err == nil {
 		c.sent = int64(data.Len())
 	}
@@ -200,8 +214,12 @@ func (c *sizingCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c *sizingCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	codec := c.codec()
+	if codec == nil {
+		return errNoCodec
+	}
 	c.received = int64(data.Len())
-	return c.inner.Unmarshal(data, v)
+	return codec.Unmarshal(data, v)
 }
 
 // Name is empty so that the call's content-type stays "application/grpc",
