@@ -294,6 +294,9 @@ type rpcState struct {
 	// headerBytes sizes the headers begin wrote (client) or read (server),
 	// for the interceptors, which see no whole header block.
 	headerBytes int64
+	// incoming is a server RPC's incoming metadata while begin reads it,
+	// found once: every lookup in the context walks all its layers.
+	incomingMD metadata.MD
 }
 
 // grpcClientCall is a gRPC client attempt's rpcContext with what the interceptors
@@ -415,7 +418,8 @@ func (h *handler) begin(rc *rpcContext, ctx context.Context, fullMethod string, 
 			}
 		}
 	} else {
-		rc.Context = ctx // what in reads, until begin replaces it below
+		rc.Context = ctx // for in's Keys, until begin replaces it below
+		st.incomingMD = h.incoming.Metadata(ctx)
 		in := (*incomingHeaders)(rc)
 		ctx = h.propagator.Extract(ctx, in)
 		st.requestID = in.Get(HeaderRequestID)
@@ -433,6 +437,7 @@ func (h *handler) begin(rc *rpcContext, ctx context.Context, fullMethod string, 
 			st.peer.Store(w)
 		}
 		st.authority = in.Get(":authority")
+		st.incomingMD = nil
 	}
 	inheritedID := st.requestID != ""
 	if !inheritedID {

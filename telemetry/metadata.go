@@ -7,6 +7,8 @@ import (
 
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc/metadata"
+
+	"mesh/internal/incomingmd"
 )
 
 // MetadataCarrier adapts gRPC metadata to an OpenTelemetry
@@ -109,20 +111,21 @@ func (h *outgoingHeaders) attachOutgoing(ctx context.Context, caller callerMetad
 	return metadata.AppendToOutgoingContext(ctx, h.kv...)
 }
 
-// incomingHeaders reads a server RPC's incoming metadata, in the context
-// its rpcContext wraps while begin starts it, one key at a time and without
-// copying (an allocation per header read, through grpc-go's API), and adds
+// incomingHeaders reads a server RPC's incoming metadata, which begin put
+// in the state, one key at a time and without copying (an allocation per
+// header read, through grpc-go's API), and adds
 // up the size of what it found into the state's headerBytes (for the
 // request's byte count). The rpcContext stands in for it, so passing it
 // allocates nothing.
 type incomingHeaders rpcContext
 
 func (h *incomingHeaders) Get(key string) string {
-	v, ok := h.owner.incoming.Get(h.Context, key)
-	if ok {
-		h.state.headerBytes += int64(len(key) + len(v))
+	v := incomingmd.Values(h.state.incomingMD, key)
+	if len(v) == 0 {
+		return ""
 	}
-	return v
+	h.state.headerBytes += int64(len(key) + len(v[0]))
+	return v[0]
 }
 
 func (*incomingHeaders) Set(string, string) {} // incoming metadata is read-only

@@ -54,6 +54,7 @@ func TestIncomingHeaders(t *testing.T) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.MD{"traceparent": {"p", "q"}, "Baggage": {"k=v"}})
 	owner := newHandler(false, nil)
 	rc := &rpcContext{Context: ctx, owner: owner}
+	rc.state.incomingMD = owner.incoming.Metadata(ctx)
 	h := (*incomingHeaders)(rc)
 	if got := h.Get("traceparent"); got != "p" {
 		t.Errorf("Get(traceparent) = %q, want the first value", got)

@@ -68,6 +68,25 @@ func (r Reader) Values(ctx context.Context, key string) []string {
 		return metadata.ValueFromIncomingContext(ctx, key)
 	}
 	md, _ := ctx.Value(r.key).(metadata.MD)
+	return Values(md, key)
+}
+
+// Metadata returns ctx's incoming metadata, for reading several keys with
+// one walk of the context: the map grpc-go stored, which the caller must
+// not change, or, when r copies, metadata.FromIncomingContext's copy (keys
+// in lower case). Read it with Values, which matches keys as grpc-go does.
+func (r Reader) Metadata(ctx context.Context) metadata.MD {
+	if r.key == nil {
+		md, _ := metadata.FromIncomingContext(ctx)
+		return md
+	}
+	md, _ := ctx.Value(r.key).(metadata.MD)
+	return md
+}
+
+// Values returns the values of key in md: an exact match first, then one
+// in any case, as metadata.ValueFromIncomingContext matches keys.
+func Values(md metadata.MD, key string) []string {
 	if v, ok := md[key]; ok {
 		return v
 	}

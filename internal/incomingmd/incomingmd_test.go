@@ -48,6 +48,16 @@ func TestReaderFindsWhatGRPCGoFinds(t *testing.T) {
 				if got := r.Values(ctx, key); !slices.Equal(got, want) {
 					t.Errorf("copies %v, %s: Values(%q) = %q, want %q", r.Copies(), name, key, got, want)
 				}
+				// A copy of the metadata has its keys in lower case, as
+				// metadata.FromIncomingContext makes them.
+				wantFromMetadata := want
+				if r.Copies() {
+					md, _ := metadata.FromIncomingContext(ctx)
+					wantFromMetadata = md.Get(key)
+				}
+				if got := incomingmd.Values(r.Metadata(ctx), key); !slices.Equal(got, wantFromMetadata) {
+					t.Errorf("copies %v, %s: Values(Metadata, %q) = %q, want %q", r.Copies(), name, key, got, wantFromMetadata)
+				}
 				v, ok := r.Get(ctx, key)
 				if wantOK := len(want) > 0; ok != wantOK || (ok && v != want[0]) {
 					t.Errorf("copies %v, %s: Get(%q) = %q, %v; want %q", r.Copies(), name, key, v, ok, want)
@@ -80,6 +90,10 @@ func TestReaderReadsAGRPCServerCallWithoutAllocating(t *testing.T) {
 			res.allocs = testing.AllocsPerRun(100, func() {
 				for _, k := range keys {
 					r.Get(ctx, k)
+				}
+				md := r.Metadata(ctx)
+				for _, k := range keys {
+					incomingmd.Values(md, k)
 				}
 			})
 			results <- res
