@@ -21,12 +21,9 @@ import (
 )
 
 func main() {
-	if sidecar.RoleMain() {
-		return
-	}
 	var cfg sidecar.Config
 	variants := flag.String("variants", "", "variants to measure, comma-separated (default "+strings.Join(sidecar.Variants, ",")+", and M/before,M-lean/before with -before)")
-	flag.StringVar(&cfg.Before, "before", "", "an executable of this command built from an earlier tree, to run its M and M-lean beside this one's")
+	flag.StringVar(&cfg.Before, "before", "", "the role program of an earlier tree (go build ./benchmarks/internal/sidecar/role there), to run its M and M-lean beside this one's")
 	clients := flag.Bool("clients", true, "also build and measure the lean client programs")
 	leanOnly := flag.Bool("lean-only", false, "measure the lean client programs only")
 	profile := flag.String("profile", "", "a directory for the mesh client's goroutine and heap profiles after its first RPC")

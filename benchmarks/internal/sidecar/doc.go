@@ -19,6 +19,7 @@
 // eight at a time (throughput, CPU) and an open loop at a fixed rate
 // (latency from each call's intended send time), variants taking turns.
 //
-// The harness re-executes its own executable for the processes it needs;
-// that executable must call RoleMain first thing.
+// The processes it measures run the role program (package roles), which
+// Run builds from mesh's module: it links what each variant's service
+// links, not the harness and its control plane.
 package sidecar

@@ -8,8 +8,8 @@ import (
 	"mesh/benchmarks/internal/sidecar"
 )
 
-// A run of the plain grpc-go baseline and mesh, a few hundred echoes each.
-// The executable that runs it must call RoleMain first (see TestMain).
+// A run of the plain grpc-go baseline and mesh, a few hundred echoes each,
+// from a directory inside mesh's module (Run builds the role program).
 func ExampleRun() {
 	res, err := sidecar.Run(context.Background(), sidecar.Config{
 		Variants: []string{sidecar.Plain, sidecar.Mesh},

@@ -64,11 +64,11 @@ func (cfg *ClientsConfig) defaults(ctx context.Context) error {
 		cfg.Stderr = os.Stderr
 	}
 	if cfg.Root == "" {
-		out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "go.mod") {
-			return fmt.Errorf("finding mesh's module: go env GOMOD said %q: %v", out, err)
+		root, err := moduleRoot(ctx)
+		if err != nil {
+			return err
 		}
-		cfg.Root = filepath.Dir(strings.TrimSpace(string(out)))
+		cfg.Root = root
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"mesh/benchmarks/internal/sidecar/roles"
 	"mesh/controlplane"
 )
 
@@ -52,16 +53,19 @@ var Variants = []string{Plain, PlainWorkers, Sidecars, Mesh, MeshSDK, MeshLean, 
 
 // Config sizes a run. Zero fields take the defaults in parentheses.
 type Config struct {
-	// Exe is an executable that calls RoleMain first thing (os.Executable).
+	// Exe is the program of the measured processes, ./role (built into a
+	// temporary directory by Run when empty, with BuildRole).
 	Exe string
 	// HAProxy is the haproxy binary (found on PATH).
 	HAProxy string
 	// Variants to measure (all, and with Before set M and M-lean again
 	// from that executable).
 	Variants []string
-	// Before, when set, is an executable built from an earlier tree whose
-	// M and M-lean run as the variants M/before and M-lean/before, for a
-	// before-and-after comparison in one run.
+	// Before, when set, is the role program built from an earlier tree
+	// (BuildRole there), whose M and M-lean run as the variants M/before
+	// and M-lean/before, for a before-and-after comparison in one run. A
+	// tree older than the role program has its benchmarks/sidecar command
+	// play the roles, with the harness's control plane in each process.
 	Before string
 	// Reps is how many times each variant runs each phase, variants taking
 	// turns (3); the report shows medians.
@@ -81,13 +85,6 @@ type Config struct {
 }
 
 func (c *Config) defaults() error {
-	if c.Exe == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		c.Exe = exe
-	}
 	if len(c.Variants) == 0 {
 		c.Variants = slices.Clone(Variants)
 		if c.Before != "" {
@@ -118,6 +115,35 @@ func (c *Config) defaults() error {
 		c.Progress = func(string) {}
 	}
 	return nil
+}
+
+// RolePackage is the role program's package in mesh's module.
+const RolePackage = "./benchmarks/internal/sidecar/role"
+
+// BuildRole builds the role program of the mesh module the working
+// directory is in (go env GOMOD) into dir and returns its path; the build's
+// errors go to stderr.
+func BuildRole(ctx context.Context, dir string, stderr io.Writer) (string, error) {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	exe := filepath.Join(dir, "role")
+	build := exec.CommandContext(ctx, "go", "build", "-o", exe, RolePackage)
+	build.Dir, build.Stderr = root, stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("building %s: %w", RolePackage, err)
+	}
+	return exe, nil
+}
+
+// moduleRoot is the directory of the go.mod the working directory is in.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "go.mod") {
+		return "", fmt.Errorf("finding mesh's module: go env GOMOD said %q: %v", out, err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
 // Phase names a load shape.
@@ -171,6 +197,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	if cfg.Exe == "" {
+		if cfg.Exe, err = BuildRole(ctx, tmp, cfg.Stderr); err != nil {
+			return nil, err
+		}
+	}
 	cp, dirs, err := startControlPlane(ctx, tmp)
 	if err != nil {
 		return nil, err
@@ -463,7 +494,7 @@ func measure(ps []*proc, client *proc, cmd string) (Measurement, error) {
 	if err != nil {
 		return Measurement{}, err
 	}
-	var r phaseResult
+	var r roles.PhaseResult
 	if err := json.Unmarshal([]byte(line), &r); err != nil {
 		return Measurement{}, fmt.Errorf("client answered %q: %w", line, err)
 	}
@@ -550,7 +581,7 @@ func (ps *procSet) startRole(cfg *Config, variant, role, args string) (*proc, er
 		exe = cfg.Before
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, roleEnv+"_ARGS="+args)
+	cmd.Env = append(os.Environ(), roles.Env+"="+role, roles.Env+"_ARGS="+args)
 	return ps.start(variant, role, cmd, cfg.Stderr)
 }
 

@@ -10,16 +10,13 @@ import (
 	"time"
 
 	"mesh/benchmarks/internal/sidecar"
+	"mesh/benchmarks/internal/sidecar/roles"
+	"mesh/controlplane"
 	"mesh/internal/leakcheck"
+	"mesh/internal/testutil"
 )
 
-// TestMain lets the harness run this test binary as its clients and servers.
-func TestMain(m *testing.M) {
-	if sidecar.RoleMain() {
-		return
-	}
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // TestTinyRun runs every variant, HAProxy pair included, for a few hundred
 // echoes: the harness works end to end, and every report row has a number.
@@ -33,8 +30,9 @@ func TestTinyRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute) // a hang guard
 	defer cancel()
-	// This binary again as the "before" build: the M/before variants run.
-	exe, err := os.Executable()
+	// The role program again as the "before" build: the M/before variants
+	// run.
+	exe, err := sidecar.BuildRole(ctx, t.TempDir(), t.Output())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +69,37 @@ func TestTinyRun(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestRoleProgramLinksNoHarness: the measured processes' program links no
+// control plane, whose Envoy descriptors would sit in every process's live
+// heap (about 1.3 MB) and make every variant collect garbage more often
+// than its own service would.
+func TestRoleProgramLinksNoHarness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a program")
+	}
+	if roles.BootstrapFile != controlplane.BootstrapFile {
+		t.Errorf("roles.BootstrapFile = %q, the control plane writes %q", roles.BootstrapFile, controlplane.BootstrapFile)
+	}
+	ctx := testutil.Context(t)
+	exe, err := sidecar.BuildRole(ctx, t.TempDir(), t.Output())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, "go", "version", "-m", exe).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Module paths as go version -m lists them, tab first.
+	for _, mod := range []string{"\tgithub.com/envoyproxy/", "\tistio.io/api\t", "\tsigs.k8s.io/yaml\t"} {
+		if strings.Contains(string(out), mod) {
+			t.Errorf("the role program links %s", strings.TrimSpace(mod))
+		}
+	}
+	if !strings.Contains(string(out), "\tgo.opentelemetry.io/otel/sdk\t") {
+		t.Errorf("the role program lacks the OpenTelemetry SDK M records with; go version -m said:\n%s", out)
 	}
 }
 

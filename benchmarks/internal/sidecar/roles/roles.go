@@ -1,4 +1,4 @@
-package sidecar
+package roles
 
 import (
 	"bufio"
@@ -34,25 +34,28 @@ import (
 
 	"mesh"
 	"mesh/benchmarks/internal/echo"
-	"mesh/controlplane"
 	"mesh/internal/workers"
 	"mesh/telemetry/otelsdk"
 )
 
-// roleEnv names the environment variable that turns the harness's own
-// executable into one of its processes (RoleMain).
-const roleEnv = "MESH_SIDECAR_ROLE"
+// Env names the environment variable that makes a process one of the
+// harness's (Main): "server" or "client". Env + "_ARGS" holds its flags.
+const Env = "MESH_SIDECAR_ROLE"
 
-// RoleMain runs the process role that the harness asked for in the
+// BootstrapFile is the bootstrap's name in a workload directory:
+// BootstrapFile, which is not imported here because that
+// would link the control plane into every measured process.
+const BootstrapFile = "bootstrap.json"
+
+// Main runs the process role that the harness asked for in the
 // environment and reports true, or reports false at once when the process
-// is not one of the harness's children. Call it first thing in main or
-// TestMain:
+// is not one of the harness's children. Call it first thing in main:
 //
-//	if sidecar.RoleMain() {
+//	if roles.Main() {
 //		return
 //	}
-func RoleMain() bool {
-	role := os.Getenv(roleEnv)
+func Main() bool {
+	role := os.Getenv(Env)
 	if role == "" {
 		return false
 	}
@@ -60,7 +63,7 @@ func RoleMain() bool {
 	mode := fs.String("mode", "", "variant: B, Bw, plain, G, M, M-sdk, M-lean")
 	dir := fs.String("dir", "", "the workload directory WriteBootstrap wrote")
 	target := fs.String("target", "", "client: where to send the echo")
-	if err := fs.Parse(strings.Fields(os.Getenv(roleEnv + "_ARGS"))); err != nil {
+	if err := fs.Parse(strings.Fields(os.Getenv(Env + "_ARGS"))); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
@@ -101,7 +104,7 @@ func meshTelemetry() (metric.MeterProvider, *sdktrace.TracerProvider) {
 
 func meshOptions(mode, dir string) ([]mesh.Option, error) {
 	opts := []mesh.Option{
-		mesh.WithBootstrapFile(filepath.Join(dir, controlplane.BootstrapFile)),
+		mesh.WithBootstrapFile(filepath.Join(dir, BootstrapFile)),
 		mesh.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))),
 	}
 	switch mode {
@@ -212,8 +215,9 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 	return nil, nil, fmt.Errorf("unknown client mode %q", mode)
 }
 
-// phaseResult is what a client reports for one load phase.
-type phaseResult struct {
+// PhaseResult is what a client reports for one load phase, a JSON line on
+// its standard output.
+type PhaseResult struct {
 	N       int           `json:"n"`
 	Elapsed time.Duration `json:"elapsed"`
 	P50     time.Duration `json:"p50"`
@@ -224,7 +228,7 @@ type phaseResult struct {
 // runClient connects, waits until the echo answers (xDS may still be
 // arriving), warms up, prints "ready", then runs the load phases its
 // standard input asks for ("closed <in flight> <n>", "open <per second>
-// <n>"), answering each with a phaseResult line.
+// <n>"), answering each with a PhaseResult line.
 func runClient(ctx context.Context, mode, dir, target string) error {
 	conn, closeConn, err := clientConn(ctx, mode, dir, target)
 	if err != nil {
@@ -259,7 +263,7 @@ func runClient(ctx context.Context, mode, dir, target string) error {
 		if err := errors.Join(errA, errN); err != nil || a <= 0 || n <= 0 {
 			return fmt.Errorf("bad command %q", in.Text())
 		}
-		var r phaseResult
+		var r PhaseResult
 		switch f[0] {
 		case "closed":
 			r, err = closedLoop(ctx, conn, req, a, n)
@@ -280,7 +284,7 @@ func runClient(ctx context.Context, mode, dir, target string) error {
 
 // closedLoop sends n echoes from inflight goroutines, each sending its
 // next as soon as its last is answered.
-func closedLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapperspb.BytesValue, inflight, n int) (phaseResult, error) {
+func closedLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapperspb.BytesValue, inflight, n int) (PhaseResult, error) {
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var firstErr error
@@ -312,7 +316,7 @@ func closedLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapper
 // openLoop sends n echoes at perSecond, each at its intended time whether
 // or not earlier ones were answered, and measures each from its intended
 // send time, so a stall counts against every call it delays.
-func openLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapperspb.BytesValue, perSecond, n int) (phaseResult, error) {
+func openLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrapperspb.BytesValue, perSecond, n int) (PhaseResult, error) {
 	lat := make([]time.Duration, n)
 	period := time.Second / time.Duration(perSecond)
 	jobs := make(chan int, n)
@@ -351,8 +355,8 @@ func openLoop(ctx context.Context, conn grpc.ClientConnInterface, req *wrappersp
 	return summarize(lat, time.Since(start)), firstErr
 }
 
-func summarize(lat []time.Duration, elapsed time.Duration) phaseResult {
+func summarize(lat []time.Duration, elapsed time.Duration) PhaseResult {
 	slices.Sort(lat)
 	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-	return phaseResult{N: len(lat), Elapsed: elapsed, P50: at(0.50), P99: at(0.99)}
+	return PhaseResult{N: len(lat), Elapsed: elapsed, P50: at(0.50), P99: at(0.99)}
 }
