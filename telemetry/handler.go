@@ -168,6 +168,8 @@ type handler struct {
 	requestIDs requestIDSource
 	// incoming reads a server call's headers without copying them.
 	incoming incomingmd.Reader
+	// protoCodec is what a client's unary calls are sized with.
+	protoCodec *protoCodec
 	// channels holds, per client channel, what its calls found of their
 	// connections: whether servers exchange peer metadata at the
 	// handshake (an *atomic.Int32 of the peersExchange values).
@@ -257,6 +259,7 @@ func newHandler(client bool, opts []GRPCOption) *handler {
 		systemAttr:   keyRPCSystem.String("grpc"),
 		headers:      sync.Pool{New: func() any { return new(outgoingHeaders) }},
 		incoming:     incomingmd.NewReader(),
+		protoCodec:   newProtoCodec(),
 	}
 }
 

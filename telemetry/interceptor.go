@@ -165,7 +165,7 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 	if carry {
 		header = grpc.Header(&call.respHeader)
 	} // else the server's labels come with the connection: grpc.Header's copy of the response headers would be read for nothing
-	codec := call.codec.install(opts, &call.codecOpt)
+	codec := call.codec.install(h.protoCodec, opts, &call.codecOpt)
 	err := invoker(rc, method, req, reply, cc, call.callOptions(opts, header, codec)...)
 	h.learnConnection(st, &call.peerInfo, peers)
 

@@ -1,7 +1,6 @@
 package telemetry
 
 import (
-	"errors"
 	"net/http"
 	"strings"
 
@@ -158,28 +157,39 @@ const (
 // its decoding instead of a second walk of it (which allocates for every
 // entry of a map field), and both sizes are what went over the wire.
 type sizingCodec struct {
+	inner *protoCodec // the handler's
 	// sent and received are the bytes marshaled and unmarshaled; -1 until
 	// a message is. A unary call marshals and unmarshals on its caller's
 	// goroutine, one after the other.
 	sent, received int64
 }
 
-// codec is the codec a call without codec options uses: grpc-go's
-// registered for proto, nil when that is a legacy codec, which grpc-go
-// prefers. Looked up per use, as grpc-go does, which keeps it out of the
-// call's state.
-func (*sizingCodec) codec() encoding.CodecV2 {
+// protoCodec is the codec grpc-go gives a call without codec options: the
+// one registered for proto. Codecs are registered at init (grpc-go's
+// encoding package says so), before a handler exists, so a handler looks
+// it up once. nil when the registered one is a legacy codec, which grpc-go
+// prefers: calls are then left to it.
+type protoCodec struct{ encoding.CodecV2 }
+
+func newProtoCodec() *protoCodec {
 	if encoding.GetCodec(grpcproto.Name) != nil {
 		return nil
 	}
-	return encoding.GetCodecV2(grpcproto.Name)
+	c := encoding.GetCodecV2(grpcproto.Name)
+	if c == nil {
+		return nil
+	}
+	return &protoCodec{c}
 }
 
-// install sets c up for a unary call with opts and returns the option that
-// makes the call use it, stored in opt; nil when the call picks its own
-// codec or content subtype, or grpc-go would pick a legacy codec: then the
+// install sets c up for a unary call with opts, with inner, and returns
+// the option that makes the call use it, stored in opt; nil when the call
+// picks its own codec or content subtype, or inner is nil: then the
 // messages are sized as messageWireBytes sizes them.
-func (c *sizingCodec) install(opts []grpc.CallOption, opt *grpc.ForceCodecV2CallOption) grpc.CallOption {
+func (c *sizingCodec) install(inner *protoCodec, opts []grpc.CallOption, opt *grpc.ForceCodecV2CallOption) grpc.CallOption {
+	if inner == nil {
+		return nil
+	}
 	for _, o := range opts {
 		switch o.(type) {
 		case grpc.ForceCodecV2CallOption, *grpc.ForceCodecV2CallOption,
@@ -189,24 +199,13 @@ func (c *sizingCodec) install(opts []grpc.CallOption, opt *grpc.ForceCodecV2Call
 			return nil
 		}
 	}
-	if c.codec() == nil {
-		return nil
-	}
-	c.sent, c.received = -1, -1
+	c.inner, c.sent, c.received = inner, -1, -1
 	*opt = grpc.ForceCodecV2CallOption{CodecV2: c}
 	return opt
 }
 
-// errNoCodec: the proto codec went missing after install found it, which
-// only a registration after init could do.
-var errNoCodec = errors.New("telemetry: no proto codec registered")
-
 func (c *sizingCodec) Marshal(v any) (mem.BufferSlice, error) {
-	codec := c.codec()
-	if codec == nil {
-		return nil, errNoCodec
-	}
-	data, err := codec.Marshal(v)
+	data, err := c.inner.Marshal(v)
 	if err == nil {
 		c.sent = int64(data.Len())
 	}
@@ -214,12 +213,8 @@ func (c *sizingCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c *sizingCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	codec := c.codec()
-	if codec == nil {
-		return errNoCodec
-	}
 	c.received = int64(data.Len())
-	return codec.Unmarshal(data, v)
+	return c.inner.Unmarshal(data, v)
 }
 
 // Name is empty so that the call's content-type stays "application/grpc",
