@@ -23,6 +23,7 @@ import (
 func main() {
 	var cfg sidecar.Config
 	variants := flag.String("variants", "", "variants to measure, comma-separated (default "+strings.Join(sidecar.Variants, ",")+", and M/before,M-lean/before with -before)")
+	flag.StringVar(&cfg.Exe, "role", "", "the role program the processes run (default: built from this tree's ./benchmarks/internal/sidecar/role)")
 	flag.StringVar(&cfg.Before, "before", "", "the role program of an earlier tree (go build ./benchmarks/internal/sidecar/role there), to run its M and M-lean beside this one's")
 	clients := flag.Bool("clients", true, "also build and measure the lean client programs")
 	leanOnly := flag.Bool("lean-only", false, "measure the lean client programs only")
