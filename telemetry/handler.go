@@ -297,16 +297,16 @@ type rpcState struct {
 	// headerBytes sizes the headers begin wrote (client) or read (server),
 	// for the interceptors, which see no whole header block.
 	headerBytes int64
-	// incoming is a server RPC's incoming metadata while begin reads it,
+	// incomingMD is a server RPC's incoming metadata while begin reads it,
 	// found once: every lookup in the context walks all its layers.
 	incomingMD metadata.MD
 }
 
-// grpcClientCall is a gRPC client attempt's rpcContext with what the interceptors
-// collect through call options, which a server RPC does without: apart,
-// each side's allocation fits a smaller size class. On 64-bit platforms
-// an rpcContext fits the runtime's 320-byte class and a grpcClientCall its
-// 480-byte class; mind them when adding fields.
+// grpcClientCall is a gRPC client attempt's rpcContext with what the
+// interceptors collect through call options, which a server RPC does
+// without: apart, each side's allocation fits a smaller size class. On
+// 64-bit platforms an rpcContext fits the runtime's 320-byte class and a
+// grpcClientCall its 480-byte class; mind them when adding fields.
 type grpcClientCall struct {
 	rpcContext
 	respHeader metadata.MD
@@ -421,7 +421,6 @@ func (h *handler) begin(rc *rpcContext, ctx context.Context, fullMethod string, 
 			}
 		}
 	} else {
-		rc.Context = ctx // for in's Keys, until begin replaces it below
 		st.incomingMD = h.incoming.Metadata(ctx)
 		in := (*incomingHeaders)(rc)
 		ctx = h.propagator.Extract(ctx, in)

@@ -161,10 +161,13 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 	rc := h.begin(&call.rpcContext, ctx, method, false, callerMetadata{md: callerMD, known: true}, carry)
 	st := &rc.state
 	st.authority = targetAuthority(cc.Target())
+	// The response headers are asked for only while the server's labels may
+	// come in them: when they come with the connection, grpc.Header's copy
+	// of the headers would be read for nothing.
 	var header grpc.CallOption
 	if carry {
 		header = grpc.Header(&call.respHeader)
-	} // else the server's labels come with the connection: grpc.Header's copy of the response headers would be read for nothing
+	}
 	codec := call.codec.install(h.protoCodec, opts, &call.codecOpt)
 	err := invoker(rc, method, req, reply, cc, call.callOptions(opts, header, codec)...)
 	h.learnConnection(st, &call.peerInfo, peers)
@@ -218,7 +221,7 @@ type clientStream struct {
 	grpc.ClientStream
 	h     *handler
 	call  *grpcClientCall
-	rc    *rpcContext   // the call's
+	rc    *rpcContext   // &call.rpcContext
 	peers *atomic.Int32 // what the channel's calls found of their connections
 }
 

@@ -131,6 +131,5 @@ func (h *incomingHeaders) Get(key string) string {
 func (*incomingHeaders) Set(string, string) {} // incoming metadata is read-only
 
 func (h *incomingHeaders) Keys() []string {
-	md, _ := metadata.FromIncomingContext(h.Context)
-	return MetadataCarrier(md).Keys()
+	return MetadataCarrier(h.state.incomingMD).Keys()
 }
