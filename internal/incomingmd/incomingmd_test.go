@@ -49,14 +49,18 @@ func TestReaderFindsWhatGRPCGoFinds(t *testing.T) {
 					t.Errorf("copies %v, %s: Values(%q) = %q, want %q", r.Copies(), name, key, got, want)
 				}
 				// A copy of the metadata has its keys in lower case, as
-				// metadata.FromIncomingContext makes them.
+				// metadata.FromIncomingContext makes them; keys that differ
+				// only in case then collide, and which one wins depends on
+				// map order, so those are left out.
 				wantFromMetadata := want
 				if r.Copies() {
 					md, _ := metadata.FromIncomingContext(ctx)
 					wantFromMetadata = md.Get(key)
 				}
-				if got := incomingmd.Values(r.Metadata(ctx), key); !slices.Equal(got, wantFromMetadata) {
-					t.Errorf("copies %v, %s: Values(Metadata, %q) = %q, want %q", r.Copies(), name, key, got, wantFromMetadata)
+				if !r.Copies() || !keysCollide(ctx) {
+					if got := incomingmd.Values(r.Metadata(ctx), key); !slices.Equal(got, wantFromMetadata) {
+						t.Errorf("copies %v, %s: Values(Metadata, %q) = %q, want %q", r.Copies(), name, key, got, wantFromMetadata)
+					}
 				}
 				v, ok := r.Get(ctx, key)
 				if wantOK := len(want) > 0; ok != wantOK || (ok && v != want[0]) {
@@ -65,6 +69,14 @@ func TestReaderFindsWhatGRPCGoFinds(t *testing.T) {
 			}
 		}
 	}
+}
+
+// keysCollide reports whether ctx's incoming metadata has two keys that
+// differ only in case.
+func keysCollide(ctx context.Context) bool {
+	stored := incomingmd.NewReader().Metadata(ctx) // the map as stored
+	lower, _ := metadata.FromIncomingContext(ctx)
+	return len(stored) != len(lower)
 }
 
 // TestReaderReadsAGRPCServerCallWithoutAllocating reads the headers of a
