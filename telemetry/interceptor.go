@@ -173,7 +173,7 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 	h.learnConnection(st, &call.peerInfo, peers)
 
 	st.reqMsgs.Store(1)
-	st.reqBytes.Store(st.requestBytesSent(rc, callerMD) + call.codec.sentBytes(codec != nil, req))
+	st.reqBytes.Store(st.requestBytesSent(rc, callerMD) + call.codec.sentBytes(req))
 	if clientResponded(call.respHeader, err) {
 		st.responded.Store(true)
 		n := responseHeaderBytes(call.respHeader)
@@ -182,7 +182,7 @@ func (h *handler) interceptUnaryClient(ctx context.Context, method string, req, 
 		}
 		if err == nil {
 			st.respMsgs.Store(1)
-			n += call.codec.receivedBytes(codec != nil, reply)
+			n += call.codec.receivedBytes(reply)
 		}
 		s, _ := status.FromError(err)
 		st.respBytes.Store(n + trailerBytes(int(s.Code()), s.Message()))

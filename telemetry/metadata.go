@@ -112,11 +112,10 @@ func (h *outgoingHeaders) attachOutgoing(ctx context.Context, caller callerMetad
 }
 
 // incomingHeaders reads a server RPC's incoming metadata, which begin put
-// in the state, one key at a time and without copying (an allocation per
-// header read, through grpc-go's API), and adds
-// up the size of what it found into the state's headerBytes (for the
-// request's byte count). The rpcContext stands in for it, so passing it
-// allocates nothing.
+// in the state, one key at a time and without copying (through grpc-go's
+// API, an allocation per header read), and adds up the size of what it
+// found into the state's headerBytes (for the request's byte count). The
+// rpcContext stands in for it, so passing it allocates nothing.
 type incomingHeaders rpcContext
 
 func (h *incomingHeaders) Get(key string) string {

@@ -157,7 +157,7 @@ const (
 // its decoding instead of a second walk of it (which allocates for every
 // entry of a map field), and both sizes are what went over the wire.
 type sizingCodec struct {
-	inner *protoCodec // the handler's
+	inner *protoCodec // the handler's; nil unless installed
 	// sent and received are the bytes marshaled and unmarshaled; -1 until
 	// a message is. A unary call marshals and unmarshals on its caller's
 	// goroutine, one after the other.
@@ -222,19 +222,19 @@ func (c *sizingCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // become a "+proto" subtype.
 func (c *sizingCodec) Name() string { return "" }
 
-// sentBytes is the wire size of the request message m, from the codec
-// when it marshaled m.
-func (c *sizingCodec) sentBytes(installed bool, m any) int64 {
-	if installed && c.sent >= 0 {
+// sentBytes is the wire size of the request message m: from the codec
+// when the call went through it, else messageWireBytes's.
+func (c *sizingCodec) sentBytes(m any) int64 {
+	if c.inner != nil && c.sent >= 0 {
 		return c.sent + grpcFrameHeader
 	}
 	return messageWireBytes(m)
 }
 
-// receivedBytes is the wire size of the reply message m, from the codec
-// when it unmarshaled m.
-func (c *sizingCodec) receivedBytes(installed bool, m any) int64 {
-	if installed && c.received >= 0 {
+// receivedBytes is the wire size of the reply message m: from the codec
+// when the call went through it, else messageWireBytes's.
+func (c *sizingCodec) receivedBytes(m any) int64 {
+	if c.inner != nil && c.received >= 0 {
 		return c.received + grpcFrameHeader
 	}
 	return messageWireBytes(m)
