@@ -62,7 +62,8 @@ type Config struct {
 	// from that executable).
 	Variants []string
 	// Before, when set, is the role program built from an earlier tree
-	// (BuildRole there), whose M and M-lean run as the variants M/before
+	// (go build ./benchmarks/internal/sidecar/role in its checkout), whose
+	// M and M-lean run as the variants M/before
 	// and M-lean/before, for a before-and-after comparison in one run. A
 	// tree older than the role program has its benchmarks/sidecar command
 	// play the roles, with the harness's control plane in each process.
