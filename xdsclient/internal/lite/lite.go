@@ -54,6 +54,15 @@ type Field struct {
 	IsMap    bool
 }
 
+// Messages returns a repeated message field's values for Field.Messages.
+func Messages[T any](values []T) []any {
+	ms := make([]any, len(values))
+	for i, m := range values {
+		ms[i] = m
+	}
+	return ms
+}
+
 // Raw is a message field of a type the client never reads into; it keeps
 // only the bytes, so that a decoder can tell whether it was set.
 type Raw struct{ b []byte }

@@ -513,13 +513,13 @@ func (g *generator) message(name protoreflect.FullName) error {
 				if m.oneof != fi.oneof {
 					continue
 				}
-				fmt.Fprintf(w, "\tcase *%s:\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n", m.wrapper, lite, m.fd.Name(), messagesOf(m.fd, "v."+m.goName))
+				fmt.Fprintf(w, "\tcase *%s:\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n", m.wrapper, lite, m.fd.Name(), messagesOf(m.fd, "v."+m.goName, lite))
 			}
 			w.WriteString("\t}\n")
 			continue
 		}
 		cond := setCondition(f, fi.fd, "x."+fi.goName)
-		fmt.Fprintf(w, "\tif %s {\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n\t}\n", cond, lite, fi.fd.Name(), messagesOf(fi.fd, "x."+fi.goName))
+		fmt.Fprintf(w, "\tif %s {\n\t\tif !f(%sField{Name: %q%s}) {\n\t\t\treturn\n\t\t}\n\t}\n", cond, lite, fi.fd.Name(), messagesOf(fi.fd, "x."+fi.goName, lite))
 	}
 	w.WriteString("}\n\n")
 	if g.encoded[name] {
@@ -578,8 +578,9 @@ func setCondition(f *file, fd protoreflect.FieldDescriptor, v string) string {
 	return v + " != 0"
 }
 
-// messagesOf writes the Messages of a Field for a message-valued field.
-func messagesOf(fd protoreflect.FieldDescriptor, v string) string {
+// messagesOf writes the Messages of a Field for a message-valued field;
+// lite qualifies the lite package's names.
+func messagesOf(fd protoreflect.FieldDescriptor, v, lite string) string {
 	if fd.Message() == nil || fd.IsMap() {
 		if fd.IsMap() {
 			return ", IsMap: true"
@@ -587,7 +588,7 @@ func messagesOf(fd protoreflect.FieldDescriptor, v string) string {
 		return ""
 	}
 	if fd.IsList() {
-		return ", Messages: func() []any {\n\t\tms := make([]any, len(" + v + "))\n\t\tfor i, m := range " + v + " {\n\t\t\tms[i] = m\n\t\t}\n\t\treturn ms\n\t}()"
+		return ", Messages: " + lite + "Messages(" + v + ")"
 	}
 	return ", Messages: []any{" + v + "}"
 }

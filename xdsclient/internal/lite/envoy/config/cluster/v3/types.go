@@ -104,24 +104,12 @@ func (x *CircuitBreakers) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Thresholds) > 0 {
-		if !f(lite.Field{Name: "thresholds", Messages: func() []any {
-			ms := make([]any, len(x.Thresholds))
-			for i, m := range x.Thresholds {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "thresholds", Messages: lite.Messages(x.Thresholds)}) {
 			return
 		}
 	}
 	if len(x.PerHostThresholds) > 0 {
-		if !f(lite.Field{Name: "per_host_thresholds", Messages: func() []any {
-			ms := make([]any, len(x.PerHostThresholds))
-			for i, m := range x.PerHostThresholds {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "per_host_thresholds", Messages: lite.Messages(x.PerHostThresholds)}) {
 			return
 		}
 	}
@@ -1674,13 +1662,7 @@ func (x *Cluster) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.TransportSocketMatches) > 0 {
-		if !f(lite.Field{Name: "transport_socket_matches", Messages: func() []any {
-			ms := make([]any, len(x.TransportSocketMatches))
-			for i, m := range x.TransportSocketMatches {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "transport_socket_matches", Messages: lite.Messages(x.TransportSocketMatches)}) {
 			return
 		}
 	}
@@ -1745,13 +1727,7 @@ func (x *Cluster) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.HealthChecks) > 0 {
-		if !f(lite.Field{Name: "health_checks", Messages: func() []any {
-			ms := make([]any, len(x.HealthChecks))
-			for i, m := range x.HealthChecks {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "health_checks", Messages: lite.Messages(x.HealthChecks)}) {
 			return
 		}
 	}
@@ -1816,13 +1792,7 @@ func (x *Cluster) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.DnsResolvers) > 0 {
-		if !f(lite.Field{Name: "dns_resolvers", Messages: func() []any {
-			ms := make([]any, len(x.DnsResolvers))
-			for i, m := range x.DnsResolvers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "dns_resolvers", Messages: lite.Messages(x.DnsResolvers)}) {
 			return
 		}
 	}
@@ -1924,13 +1894,7 @@ func (x *Cluster) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Filters) > 0 {
-		if !f(lite.Field{Name: "filters", Messages: func() []any {
-			ms := make([]any, len(x.Filters))
-			for i, m := range x.Filters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "filters", Messages: lite.Messages(x.Filters)}) {
 			return
 		}
 	}
@@ -2481,13 +2445,7 @@ func (x *LoadBalancingPolicy) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Policies) > 0 {
-		if !f(lite.Field{Name: "policies", Messages: func() []any {
-			ms := make([]any, len(x.Policies))
-			for i, m := range x.Policies {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "policies", Messages: lite.Messages(x.Policies)}) {
 			return
 		}
 	}
@@ -3242,13 +3200,7 @@ func (x *OutlierDetection) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Monitors) > 0 {
-		if !f(lite.Field{Name: "monitors", Messages: func() []any {
-			ms := make([]any, len(x.Monitors))
-			for i, m := range x.Monitors {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "monitors", Messages: lite.Messages(x.Monitors)}) {
 			return
 		}
 	}

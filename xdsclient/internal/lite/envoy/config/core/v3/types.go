@@ -652,13 +652,7 @@ func (x *ConfigSource) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Authorities) > 0 {
-		if !f(lite.Field{Name: "authorities", Messages: func() []any {
-			ms := make([]any, len(x.Authorities))
-			for i, m := range x.Authorities {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "authorities", Messages: lite.Messages(x.Authorities)}) {
 			return
 		}
 	}
@@ -1694,13 +1688,7 @@ func (x *Node) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Extensions) > 0 {
-		if !f(lite.Field{Name: "extensions", Messages: func() []any {
-			ms := make([]any, len(x.Extensions))
-			for i, m := range x.Extensions {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "extensions", Messages: lite.Messages(x.Extensions)}) {
 			return
 		}
 	}
@@ -1710,13 +1698,7 @@ func (x *Node) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ListeningAddresses) > 0 {
-		if !f(lite.Field{Name: "listening_addresses", Messages: func() []any {
-			ms := make([]any, len(x.ListeningAddresses))
-			for i, m := range x.ListeningAddresses {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "listening_addresses", Messages: lite.Messages(x.ListeningAddresses)}) {
 			return
 		}
 	}

@@ -190,13 +190,7 @@ func (x *ClusterLoadAssignment) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Endpoints) > 0 {
-		if !f(lite.Field{Name: "endpoints", Messages: func() []any {
-			ms := make([]any, len(x.Endpoints))
-			for i, m := range x.Endpoints {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "endpoints", Messages: lite.Messages(x.Endpoints)}) {
 			return
 		}
 	}
@@ -336,13 +330,7 @@ func (x *ClusterLoadAssignment_Policy) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.DropOverloads) > 0 {
-		if !f(lite.Field{Name: "drop_overloads", Messages: func() []any {
-			ms := make([]any, len(x.DropOverloads))
-			for i, m := range x.DropOverloads {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "drop_overloads", Messages: lite.Messages(x.DropOverloads)}) {
 			return
 		}
 	}
@@ -620,13 +608,7 @@ func (x *Endpoint) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.AdditionalAddresses) > 0 {
-		if !f(lite.Field{Name: "additional_addresses", Messages: func() []any {
-			ms := make([]any, len(x.AdditionalAddresses))
-			for i, m := range x.AdditionalAddresses {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "additional_addresses", Messages: lite.Messages(x.AdditionalAddresses)}) {
 			return
 		}
 	}
@@ -1081,13 +1063,7 @@ func (x *LocalityLbEndpoints) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.LbEndpoints) > 0 {
-		if !f(lite.Field{Name: "lb_endpoints", Messages: func() []any {
-			ms := make([]any, len(x.LbEndpoints))
-			for i, m := range x.LbEndpoints {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "lb_endpoints", Messages: lite.Messages(x.LbEndpoints)}) {
 			return
 		}
 	}

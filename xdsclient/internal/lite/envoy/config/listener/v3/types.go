@@ -430,13 +430,7 @@ func (x *FilterChain) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Filters) > 0 {
-		if !f(lite.Field{Name: "filters", Messages: func() []any {
-			ms := make([]any, len(x.Filters))
-			for i, m := range x.Filters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "filters", Messages: lite.Messages(x.Filters)}) {
 			return
 		}
 	}
@@ -739,13 +733,7 @@ func (x *FilterChainMatch) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.PrefixRanges) > 0 {
-		if !f(lite.Field{Name: "prefix_ranges", Messages: func() []any {
-			ms := make([]any, len(x.PrefixRanges))
-			for i, m := range x.PrefixRanges {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "prefix_ranges", Messages: lite.Messages(x.PrefixRanges)}) {
 			return
 		}
 	}
@@ -760,13 +748,7 @@ func (x *FilterChainMatch) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.DirectSourcePrefixRanges) > 0 {
-		if !f(lite.Field{Name: "direct_source_prefix_ranges", Messages: func() []any {
-			ms := make([]any, len(x.DirectSourcePrefixRanges))
-			for i, m := range x.DirectSourcePrefixRanges {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "direct_source_prefix_ranges", Messages: lite.Messages(x.DirectSourcePrefixRanges)}) {
 			return
 		}
 	}
@@ -776,13 +758,7 @@ func (x *FilterChainMatch) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.SourcePrefixRanges) > 0 {
-		if !f(lite.Field{Name: "source_prefix_ranges", Messages: func() []any {
-			ms := make([]any, len(x.SourcePrefixRanges))
-			for i, m := range x.SourcePrefixRanges {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "source_prefix_ranges", Messages: lite.Messages(x.SourcePrefixRanges)}) {
 			return
 		}
 	}
@@ -1619,13 +1595,7 @@ func (x *Listener) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.AdditionalAddresses) > 0 {
-		if !f(lite.Field{Name: "additional_addresses", Messages: func() []any {
-			ms := make([]any, len(x.AdditionalAddresses))
-			for i, m := range x.AdditionalAddresses {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "additional_addresses", Messages: lite.Messages(x.AdditionalAddresses)}) {
 			return
 		}
 	}
@@ -1640,13 +1610,7 @@ func (x *Listener) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.FilterChains) > 0 {
-		if !f(lite.Field{Name: "filter_chains", Messages: func() []any {
-			ms := make([]any, len(x.FilterChains))
-			for i, m := range x.FilterChains {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "filter_chains", Messages: lite.Messages(x.FilterChains)}) {
 			return
 		}
 	}
@@ -1696,13 +1660,7 @@ func (x *Listener) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ListenerFilters) > 0 {
-		if !f(lite.Field{Name: "listener_filters", Messages: func() []any {
-			ms := make([]any, len(x.ListenerFilters))
-			for i, m := range x.ListenerFilters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "listener_filters", Messages: lite.Messages(x.ListenerFilters)}) {
 			return
 		}
 	}
@@ -1727,13 +1685,7 @@ func (x *Listener) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.SocketOptions) > 0 {
-		if !f(lite.Field{Name: "socket_options", Messages: func() []any {
-			ms := make([]any, len(x.SocketOptions))
-			for i, m := range x.SocketOptions {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "socket_options", Messages: lite.Messages(x.SocketOptions)}) {
 			return
 		}
 	}
@@ -1773,13 +1725,7 @@ func (x *Listener) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.AccessLog) > 0 {
-		if !f(lite.Field{Name: "access_log", Messages: func() []any {
-			ms := make([]any, len(x.AccessLog))
-			for i, m := range x.AccessLog {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "access_log", Messages: lite.Messages(x.AccessLog)}) {
 			return
 		}
 	}

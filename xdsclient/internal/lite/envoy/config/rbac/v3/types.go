@@ -886,13 +886,7 @@ func (x *Permission_Set) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Rules) > 0 {
-		if !f(lite.Field{Name: "rules", Messages: func() []any {
-			ms := make([]any, len(x.Rules))
-			for i, m := range x.Rules {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "rules", Messages: lite.Messages(x.Rules)}) {
 			return
 		}
 	}
@@ -1094,24 +1088,12 @@ func (x *Policy) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Permissions) > 0 {
-		if !f(lite.Field{Name: "permissions", Messages: func() []any {
-			ms := make([]any, len(x.Permissions))
-			for i, m := range x.Permissions {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "permissions", Messages: lite.Messages(x.Permissions)}) {
 			return
 		}
 	}
 	if len(x.Principals) > 0 {
-		if !f(lite.Field{Name: "principals", Messages: func() []any {
-			ms := make([]any, len(x.Principals))
-			for i, m := range x.Principals {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "principals", Messages: lite.Messages(x.Principals)}) {
 			return
 		}
 	}
@@ -2233,13 +2215,7 @@ func (x *Principal_Set) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Ids) > 0 {
-		if !f(lite.Field{Name: "ids", Messages: func() []any {
-			ms := make([]any, len(x.Ids))
-			for i, m := range x.Ids {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "ids", Messages: lite.Messages(x.Ids)}) {
 			return
 		}
 	}

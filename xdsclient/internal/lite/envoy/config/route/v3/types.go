@@ -1174,24 +1174,12 @@ func (x *RetryPolicy) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RetryHostPredicate) > 0 {
-		if !f(lite.Field{Name: "retry_host_predicate", Messages: func() []any {
-			ms := make([]any, len(x.RetryHostPredicate))
-			for i, m := range x.RetryHostPredicate {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "retry_host_predicate", Messages: lite.Messages(x.RetryHostPredicate)}) {
 			return
 		}
 	}
 	if len(x.RetryOptionsPredicates) > 0 {
-		if !f(lite.Field{Name: "retry_options_predicates", Messages: func() []any {
-			ms := make([]any, len(x.RetryOptionsPredicates))
-			for i, m := range x.RetryOptionsPredicates {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "retry_options_predicates", Messages: lite.Messages(x.RetryOptionsPredicates)}) {
 			return
 		}
 	}
@@ -1216,24 +1204,12 @@ func (x *RetryPolicy) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RetriableHeaders) > 0 {
-		if !f(lite.Field{Name: "retriable_headers", Messages: func() []any {
-			ms := make([]any, len(x.RetriableHeaders))
-			for i, m := range x.RetriableHeaders {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "retriable_headers", Messages: lite.Messages(x.RetriableHeaders)}) {
 			return
 		}
 	}
 	if len(x.RetriableRequestHeaders) > 0 {
-		if !f(lite.Field{Name: "retriable_request_headers", Messages: func() []any {
-			ms := make([]any, len(x.RetriableRequestHeaders))
-			for i, m := range x.RetriableRequestHeaders {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "retriable_request_headers", Messages: lite.Messages(x.RetriableRequestHeaders)}) {
 			return
 		}
 	}
@@ -1931,13 +1907,7 @@ func (x *Route) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RequestHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "request_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.RequestHeadersToAdd))
-			for i, m := range x.RequestHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_headers_to_add", Messages: lite.Messages(x.RequestHeadersToAdd)}) {
 			return
 		}
 	}
@@ -1947,13 +1917,7 @@ func (x *Route) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResponseHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "response_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.ResponseHeadersToAdd))
-			for i, m := range x.ResponseHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "response_headers_to_add", Messages: lite.Messages(x.ResponseHeadersToAdd)}) {
 			return
 		}
 	}
@@ -1983,13 +1947,7 @@ func (x *Route) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RouteSpecifiers) > 0 {
-		if !f(lite.Field{Name: "route_specifiers", Messages: func() []any {
-			ms := make([]any, len(x.RouteSpecifiers))
-			for i, m := range x.RouteSpecifiers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "route_specifiers", Messages: lite.Messages(x.RouteSpecifiers)}) {
 			return
 		}
 	}
@@ -2980,13 +2938,7 @@ func (x *RouteAction) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RequestMirrorPolicies) > 0 {
-		if !f(lite.Field{Name: "request_mirror_policies", Messages: func() []any {
-			ms := make([]any, len(x.RequestMirrorPolicies))
-			for i, m := range x.RequestMirrorPolicies {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_mirror_policies", Messages: lite.Messages(x.RequestMirrorPolicies)}) {
 			return
 		}
 	}
@@ -2996,13 +2948,7 @@ func (x *RouteAction) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RateLimits) > 0 {
-		if !f(lite.Field{Name: "rate_limits", Messages: func() []any {
-			ms := make([]any, len(x.RateLimits))
-			for i, m := range x.RateLimits {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "rate_limits", Messages: lite.Messages(x.RateLimits)}) {
 			return
 		}
 	}
@@ -3012,13 +2958,7 @@ func (x *RouteAction) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.HashPolicy) > 0 {
-		if !f(lite.Field{Name: "hash_policy", Messages: func() []any {
-			ms := make([]any, len(x.HashPolicy))
-			for i, m := range x.HashPolicy {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "hash_policy", Messages: lite.Messages(x.HashPolicy)}) {
 			return
 		}
 	}
@@ -3038,13 +2978,7 @@ func (x *RouteAction) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.UpgradeConfigs) > 0 {
-		if !f(lite.Field{Name: "upgrade_configs", Messages: func() []any {
-			ms := make([]any, len(x.UpgradeConfigs))
-			for i, m := range x.UpgradeConfigs {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "upgrade_configs", Messages: lite.Messages(x.UpgradeConfigs)}) {
 			return
 		}
 	}
@@ -3549,13 +3483,7 @@ func (x *RouteAction_HashPolicy_Cookie) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Attributes) > 0 {
-		if !f(lite.Field{Name: "attributes", Messages: func() []any {
-			ms := make([]any, len(x.Attributes))
-			for i, m := range x.Attributes {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "attributes", Messages: lite.Messages(x.Attributes)}) {
 			return
 		}
 	}
@@ -4395,13 +4323,7 @@ func (x *RouteConfiguration) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.VirtualHosts) > 0 {
-		if !f(lite.Field{Name: "virtual_hosts", Messages: func() []any {
-			ms := make([]any, len(x.VirtualHosts))
-			for i, m := range x.VirtualHosts {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "virtual_hosts", Messages: lite.Messages(x.VirtualHosts)}) {
 			return
 		}
 	}
@@ -4416,13 +4338,7 @@ func (x *RouteConfiguration) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResponseHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "response_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.ResponseHeadersToAdd))
-			for i, m := range x.ResponseHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "response_headers_to_add", Messages: lite.Messages(x.ResponseHeadersToAdd)}) {
 			return
 		}
 	}
@@ -4432,13 +4348,7 @@ func (x *RouteConfiguration) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RequestHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "request_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.RequestHeadersToAdd))
-			for i, m := range x.RequestHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_headers_to_add", Messages: lite.Messages(x.RequestHeadersToAdd)}) {
 			return
 		}
 	}
@@ -4463,24 +4373,12 @@ func (x *RouteConfiguration) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ClusterSpecifierPlugins) > 0 {
-		if !f(lite.Field{Name: "cluster_specifier_plugins", Messages: func() []any {
-			ms := make([]any, len(x.ClusterSpecifierPlugins))
-			for i, m := range x.ClusterSpecifierPlugins {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "cluster_specifier_plugins", Messages: lite.Messages(x.ClusterSpecifierPlugins)}) {
 			return
 		}
 	}
 	if len(x.RequestMirrorPolicies) > 0 {
-		if !f(lite.Field{Name: "request_mirror_policies", Messages: func() []any {
-			ms := make([]any, len(x.RequestMirrorPolicies))
-			for i, m := range x.RequestMirrorPolicies {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_mirror_policies", Messages: lite.Messages(x.RequestMirrorPolicies)}) {
 			return
 		}
 	}
@@ -4510,13 +4408,7 @@ func (x *RouteConfiguration) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RouteSpecifiers) > 0 {
-		if !f(lite.Field{Name: "route_specifiers", Messages: func() []any {
-			ms := make([]any, len(x.RouteSpecifiers))
-			for i, m := range x.RouteSpecifiers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "route_specifiers", Messages: lite.Messages(x.RouteSpecifiers)}) {
 			return
 		}
 	}
@@ -4974,35 +4866,17 @@ func (x *RouteMatch) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Headers) > 0 {
-		if !f(lite.Field{Name: "headers", Messages: func() []any {
-			ms := make([]any, len(x.Headers))
-			for i, m := range x.Headers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "headers", Messages: lite.Messages(x.Headers)}) {
 			return
 		}
 	}
 	if len(x.QueryParameters) > 0 {
-		if !f(lite.Field{Name: "query_parameters", Messages: func() []any {
-			ms := make([]any, len(x.QueryParameters))
-			for i, m := range x.QueryParameters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "query_parameters", Messages: lite.Messages(x.QueryParameters)}) {
 			return
 		}
 	}
 	if len(x.Cookies) > 0 {
-		if !f(lite.Field{Name: "cookies", Messages: func() []any {
-			ms := make([]any, len(x.Cookies))
-			for i, m := range x.Cookies {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "cookies", Messages: lite.Messages(x.Cookies)}) {
 			return
 		}
 	}
@@ -5017,24 +4891,12 @@ func (x *RouteMatch) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.DynamicMetadata) > 0 {
-		if !f(lite.Field{Name: "dynamic_metadata", Messages: func() []any {
-			ms := make([]any, len(x.DynamicMetadata))
-			for i, m := range x.DynamicMetadata {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "dynamic_metadata", Messages: lite.Messages(x.DynamicMetadata)}) {
 			return
 		}
 	}
 	if len(x.FilterState) > 0 {
-		if !f(lite.Field{Name: "filter_state", Messages: func() []any {
-			ms := make([]any, len(x.FilterState))
-			for i, m := range x.FilterState {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "filter_state", Messages: lite.Messages(x.FilterState)}) {
 			return
 		}
 	}
@@ -5621,13 +5483,7 @@ func (x *VirtualHost) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Routes) > 0 {
-		if !f(lite.Field{Name: "routes", Messages: func() []any {
-			ms := make([]any, len(x.Routes))
-			for i, m := range x.Routes {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "routes", Messages: lite.Messages(x.Routes)}) {
 			return
 		}
 	}
@@ -5642,35 +5498,17 @@ func (x *VirtualHost) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.VirtualClusters) > 0 {
-		if !f(lite.Field{Name: "virtual_clusters", Messages: func() []any {
-			ms := make([]any, len(x.VirtualClusters))
-			for i, m := range x.VirtualClusters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "virtual_clusters", Messages: lite.Messages(x.VirtualClusters)}) {
 			return
 		}
 	}
 	if len(x.RateLimits) > 0 {
-		if !f(lite.Field{Name: "rate_limits", Messages: func() []any {
-			ms := make([]any, len(x.RateLimits))
-			for i, m := range x.RateLimits {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "rate_limits", Messages: lite.Messages(x.RateLimits)}) {
 			return
 		}
 	}
 	if len(x.RequestHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "request_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.RequestHeadersToAdd))
-			for i, m := range x.RequestHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_headers_to_add", Messages: lite.Messages(x.RequestHeadersToAdd)}) {
 			return
 		}
 	}
@@ -5680,13 +5518,7 @@ func (x *VirtualHost) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResponseHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "response_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.ResponseHeadersToAdd))
-			for i, m := range x.ResponseHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "response_headers_to_add", Messages: lite.Messages(x.ResponseHeadersToAdd)}) {
 			return
 		}
 	}
@@ -5746,13 +5578,7 @@ func (x *VirtualHost) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RequestMirrorPolicies) > 0 {
-		if !f(lite.Field{Name: "request_mirror_policies", Messages: func() []any {
-			ms := make([]any, len(x.RequestMirrorPolicies))
-			for i, m := range x.RequestMirrorPolicies {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_mirror_policies", Messages: lite.Messages(x.RequestMirrorPolicies)}) {
 			return
 		}
 	}
@@ -5762,13 +5588,7 @@ func (x *VirtualHost) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RouteSpecifiers) > 0 {
-		if !f(lite.Field{Name: "route_specifiers", Messages: func() []any {
-			ms := make([]any, len(x.RouteSpecifiers))
-			for i, m := range x.RouteSpecifiers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "route_specifiers", Messages: lite.Messages(x.RouteSpecifiers)}) {
 			return
 		}
 	}
@@ -5947,13 +5767,7 @@ func (x *WeightedCluster) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.Clusters) > 0 {
-		if !f(lite.Field{Name: "clusters", Messages: func() []any {
-			ms := make([]any, len(x.Clusters))
-			for i, m := range x.Clusters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "clusters", Messages: lite.Messages(x.Clusters)}) {
 			return
 		}
 	}
@@ -6311,13 +6125,7 @@ func (x *WeightedCluster_ClusterWeight) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RequestHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "request_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.RequestHeadersToAdd))
-			for i, m := range x.RequestHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "request_headers_to_add", Messages: lite.Messages(x.RequestHeadersToAdd)}) {
 			return
 		}
 	}
@@ -6327,13 +6135,7 @@ func (x *WeightedCluster_ClusterWeight) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResponseHeadersToAdd) > 0 {
-		if !f(lite.Field{Name: "response_headers_to_add", Messages: func() []any {
-			ms := make([]any, len(x.ResponseHeadersToAdd))
-			for i, m := range x.ResponseHeadersToAdd {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "response_headers_to_add", Messages: lite.Messages(x.ResponseHeadersToAdd)}) {
 			return
 		}
 	}

@@ -305,24 +305,12 @@ func (x *DeltaDiscoveryRequest) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResourceLocatorsSubscribe) > 0 {
-		if !f(lite.Field{Name: "resource_locators_subscribe", Messages: func() []any {
-			ms := make([]any, len(x.ResourceLocatorsSubscribe))
-			for i, m := range x.ResourceLocatorsSubscribe {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resource_locators_subscribe", Messages: lite.Messages(x.ResourceLocatorsSubscribe)}) {
 			return
 		}
 	}
 	if len(x.ResourceLocatorsUnsubscribe) > 0 {
-		if !f(lite.Field{Name: "resource_locators_unsubscribe", Messages: func() []any {
-			ms := make([]any, len(x.ResourceLocatorsUnsubscribe))
-			for i, m := range x.ResourceLocatorsUnsubscribe {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resource_locators_unsubscribe", Messages: lite.Messages(x.ResourceLocatorsUnsubscribe)}) {
 			return
 		}
 	}
@@ -634,13 +622,7 @@ func (x *DeltaDiscoveryResponse) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Resources) > 0 {
-		if !f(lite.Field{Name: "resources", Messages: func() []any {
-			ms := make([]any, len(x.Resources))
-			for i, m := range x.Resources {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resources", Messages: lite.Messages(x.Resources)}) {
 			return
 		}
 	}
@@ -655,13 +637,7 @@ func (x *DeltaDiscoveryResponse) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.RemovedResourceNames) > 0 {
-		if !f(lite.Field{Name: "removed_resource_names", Messages: func() []any {
-			ms := make([]any, len(x.RemovedResourceNames))
-			for i, m := range x.RemovedResourceNames {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "removed_resource_names", Messages: lite.Messages(x.RemovedResourceNames)}) {
 			return
 		}
 	}
@@ -676,13 +652,7 @@ func (x *DeltaDiscoveryResponse) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResourceErrors) > 0 {
-		if !f(lite.Field{Name: "resource_errors", Messages: func() []any {
-			ms := make([]any, len(x.ResourceErrors))
-			for i, m := range x.ResourceErrors {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resource_errors", Messages: lite.Messages(x.ResourceErrors)}) {
 			return
 		}
 	}
@@ -886,13 +856,7 @@ func (x *DiscoveryRequest) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResourceLocators) > 0 {
-		if !f(lite.Field{Name: "resource_locators", Messages: func() []any {
-			ms := make([]any, len(x.ResourceLocators))
-			for i, m := range x.ResourceLocators {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resource_locators", Messages: lite.Messages(x.ResourceLocators)}) {
 			return
 		}
 	}
@@ -1151,13 +1115,7 @@ func (x *DiscoveryResponse) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Resources) > 0 {
-		if !f(lite.Field{Name: "resources", Messages: func() []any {
-			ms := make([]any, len(x.Resources))
-			for i, m := range x.Resources {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resources", Messages: lite.Messages(x.Resources)}) {
 			return
 		}
 	}
@@ -1182,13 +1140,7 @@ func (x *DiscoveryResponse) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.ResourceErrors) > 0 {
-		if !f(lite.Field{Name: "resource_errors", Messages: func() []any {
-			ms := make([]any, len(x.ResourceErrors))
-			for i, m := range x.ResourceErrors {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "resource_errors", Messages: lite.Messages(x.ResourceErrors)}) {
 			return
 		}
 	}

@@ -514,24 +514,12 @@ func (x *CertificateValidationContext) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.MatchTypedSubjectAltNames) > 0 {
-		if !f(lite.Field{Name: "match_typed_subject_alt_names", Messages: func() []any {
-			ms := make([]any, len(x.MatchTypedSubjectAltNames))
-			for i, m := range x.MatchTypedSubjectAltNames {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "match_typed_subject_alt_names", Messages: lite.Messages(x.MatchTypedSubjectAltNames)}) {
 			return
 		}
 	}
 	if len(x.MatchSubjectAltNames) > 0 {
-		if !f(lite.Field{Name: "match_subject_alt_names", Messages: func() []any {
-			ms := make([]any, len(x.MatchSubjectAltNames))
-			for i, m := range x.MatchSubjectAltNames {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "match_subject_alt_names", Messages: lite.Messages(x.MatchSubjectAltNames)}) {
 			return
 		}
 	}
@@ -1110,24 +1098,12 @@ func (x *CommonTlsContext) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.TlsCertificates) > 0 {
-		if !f(lite.Field{Name: "tls_certificates", Messages: func() []any {
-			ms := make([]any, len(x.TlsCertificates))
-			for i, m := range x.TlsCertificates {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "tls_certificates", Messages: lite.Messages(x.TlsCertificates)}) {
 			return
 		}
 	}
 	if len(x.TlsCertificateSdsSecretConfigs) > 0 {
-		if !f(lite.Field{Name: "tls_certificate_sds_secret_configs", Messages: func() []any {
-			ms := make([]any, len(x.TlsCertificateSdsSecretConfigs))
-			for i, m := range x.TlsCertificateSdsSecretConfigs {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "tls_certificate_sds_secret_configs", Messages: lite.Messages(x.TlsCertificateSdsSecretConfigs)}) {
 			return
 		}
 	}
@@ -1868,13 +1844,7 @@ func (x *SPIFFECertValidatorConfig) RangeSet(f func(lite.Field) bool) {
 		return
 	}
 	if len(x.TrustDomains) > 0 {
-		if !f(lite.Field{Name: "trust_domains", Messages: func() []any {
-			ms := make([]any, len(x.TrustDomains))
-			for i, m := range x.TrustDomains {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "trust_domains", Messages: lite.Messages(x.TrustDomains)}) {
 			return
 		}
 	}
@@ -2771,13 +2741,7 @@ func (x *TlsCertificate) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.SignedCertificateTimestamp) > 0 {
-		if !f(lite.Field{Name: "signed_certificate_timestamp", Messages: func() []any {
-			ms := make([]any, len(x.SignedCertificateTimestamp))
-			for i, m := range x.SignedCertificateTimestamp {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "signed_certificate_timestamp", Messages: lite.Messages(x.SignedCertificateTimestamp)}) {
 			return
 		}
 	}

@@ -579,13 +579,7 @@ func (x *HTTPFault) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.Headers) > 0 {
-		if !f(lite.Field{Name: "headers", Messages: func() []any {
-			ms := make([]any, len(x.Headers))
-			for i, m := range x.Headers {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "headers", Messages: lite.Messages(x.Headers)}) {
 			return
 		}
 	}

@@ -1318,13 +1318,7 @@ func (x *HttpConnectionManager) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.HttpFilters) > 0 {
-		if !f(lite.Field{Name: "http_filters", Messages: func() []any {
-			ms := make([]any, len(x.HttpFilters))
-			for i, m := range x.HttpFilters {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "http_filters", Messages: lite.Messages(x.HttpFilters)}) {
 			return
 		}
 	}
@@ -1419,13 +1413,7 @@ func (x *HttpConnectionManager) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.AccessLog) > 0 {
-		if !f(lite.Field{Name: "access_log", Messages: func() []any {
-			ms := make([]any, len(x.AccessLog))
-			for i, m := range x.AccessLog {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "access_log", Messages: lite.Messages(x.AccessLog)}) {
 			return
 		}
 	}
@@ -1455,24 +1443,12 @@ func (x *HttpConnectionManager) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.OriginalIpDetectionExtensions) > 0 {
-		if !f(lite.Field{Name: "original_ip_detection_extensions", Messages: func() []any {
-			ms := make([]any, len(x.OriginalIpDetectionExtensions))
-			for i, m := range x.OriginalIpDetectionExtensions {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "original_ip_detection_extensions", Messages: lite.Messages(x.OriginalIpDetectionExtensions)}) {
 			return
 		}
 	}
 	if len(x.EarlyHeaderMutationExtensions) > 0 {
-		if !f(lite.Field{Name: "early_header_mutation_extensions", Messages: func() []any {
-			ms := make([]any, len(x.EarlyHeaderMutationExtensions))
-			for i, m := range x.EarlyHeaderMutationExtensions {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "early_header_mutation_extensions", Messages: lite.Messages(x.EarlyHeaderMutationExtensions)}) {
 			return
 		}
 	}
@@ -1532,13 +1508,7 @@ func (x *HttpConnectionManager) RangeSet(f func(lite.Field) bool) {
 		}
 	}
 	if len(x.UpgradeConfigs) > 0 {
-		if !f(lite.Field{Name: "upgrade_configs", Messages: func() []any {
-			ms := make([]any, len(x.UpgradeConfigs))
-			for i, m := range x.UpgradeConfigs {
-				ms[i] = m
-			}
-			return ms
-		}()}) {
+		if !f(lite.Field{Name: "upgrade_configs", Messages: lite.Messages(x.UpgradeConfigs)}) {
 			return
 		}
 	}
