@@ -280,6 +280,8 @@ type rpcState struct {
 	// connPeer: the peer's metadata came from its connection
 	// (WithPeerAuthMetadata), so no call on it carries it in headers.
 	connPeer bool
+	// incomingCase is what reading incomingMD learned about its keys.
+	incomingCase incomingmd.KeyCase
 	// previousAttempts is the client's grpc-previous-rpc-attempts (gRFC
 	// A6), which the mesh's retry interceptor sets on retries.
 	previousAttempts int32

@@ -119,7 +119,7 @@ func (h *outgoingHeaders) attachOutgoing(ctx context.Context, caller callerMetad
 type incomingHeaders rpcContext
 
 func (h *incomingHeaders) Get(key string) string {
-	v := incomingmd.Values(h.state.incomingMD, key)
+	v := incomingmd.ValuesCased(h.state.incomingMD, key, &h.state.incomingCase)
 	if len(v) == 0 {
 		return ""
 	}

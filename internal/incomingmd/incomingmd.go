@@ -98,6 +98,62 @@ func Values(md metadata.MD, key string) []string {
 	return nil
 }
 
+// KeyCase is what reading one metadata map has learned about the case of
+// its keys, kept by the caller between reads of the same map (the zero
+// KeyCase knows nothing). Metadata grpc-go's server transport stored has
+// every key in lower case, as HTTP/2 requires; once that is known, a key
+// that is not in the map needs no search for it in another case.
+type KeyCase int8
+
+const (
+	caseUnknown KeyCase = iota
+	caseLower           // every key is ASCII without upper case
+	caseOther
+)
+
+// ValuesCased returns Values(md, key), learning into *c, on the first key
+// md lacks, whether md's keys are all lower case: reading several keys of
+// one call's metadata, most of them absent, then searches it once instead
+// of once per absent key.
+func ValuesCased(md metadata.MD, key string, c *KeyCase) []string {
+	if v, ok := md[key]; ok {
+		return v
+	}
+	if len(md) == 0 {
+		return nil
+	}
+	if *c == caseUnknown {
+		*c = caseOther
+		if allLowerASCII(md) {
+			*c = caseLower
+		}
+	}
+	// An ASCII key without upper case equals in any case (strings.EqualFold)
+	// only itself among such keys, which the lookup above did not find.
+	if *c == caseLower && lowerASCII(key) {
+		return nil
+	}
+	return Values(md, key)
+}
+
+func allLowerASCII(md metadata.MD) bool {
+	for k := range md {
+		if !lowerASCII(k) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 0x80 || ('A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
 // Get returns the first value of key in ctx's incoming metadata, and
 // whether there was one.
 func (r Reader) Get(ctx context.Context, key string) (string, bool) {

@@ -71,6 +71,39 @@ func TestReaderFindsWhatGRPCGoFinds(t *testing.T) {
 	}
 }
 
+// TestValuesCasedFindsWhatGRPCGoFinds reads the keys of each map in turn
+// with one KeyCase per map, as a call's reader does, and compares every read
+// with metadata.ValueFromIncomingContext's: the memo must never hide a key
+// grpc-go would find in another case, Unicode folding included.
+func TestValuesCasedFindsWhatGRPCGoFinds(t *testing.T) {
+	maps := map[string]metadata.MD{
+		"nil":     nil,
+		"lower":   metadata.Pairs("traceparent", "p", "x-request-id", "r", ":authority", "a"),
+		"mixed":   {"Baggage": {"k=v"}, "x-Request-ID": {"s"}, "traceparent": {"p"}},
+		"kelvin":  {"\u212aey": {"kelvin"}, "traceparent": {"p"}}, // "\u212a" folds to "k"
+		"long s":  {"ba\u017fe": {"long s"}},                      // "\u017f" folds to "s"
+		"upper":   {"TRACESTATE": {"t"}},
+		"no keys": {},
+	}
+	orders := [][]string{
+		{"absent", "traceparent", "baggage", "key", "base", "tracestate", "x-request-id"},
+		{"tracestate", "x-request-id", "Baggage", "KEY", "absent", "BASE"},
+		{"key", "base", "baggage", ""},
+	}
+	for name, md := range maps {
+		ctx := metadata.NewIncomingContext(context.Background(), md)
+		for _, keys := range orders {
+			var c incomingmd.KeyCase
+			for _, key := range keys {
+				want := metadata.ValueFromIncomingContext(ctx, key)
+				if got := incomingmd.ValuesCased(md, key, &c); !slices.Equal(got, want) {
+					t.Errorf("%s, reading %q in turn: ValuesCased(%q) = %q, want %q", name, keys, key, got, want)
+				}
+			}
+		}
+	}
+}
+
 // keysCollide reports whether ctx's incoming metadata has two keys that
 // differ only in case.
 func keysCollide(ctx context.Context) bool {
