@@ -45,6 +45,7 @@ var Names = map[string]string{
 	MeshLean:     "M-lean: mesh, no-op telemetry",
 	GRPCOTel:     "G: grpc-go + mTLS + grpc OTel metrics",
 	PlainWorkers: "Bw: grpc-go + mTLS, server stream workers",
+	PlainHeaders: "Bh: grpc-go + mTLS + mesh's two headers",
 }
 
 // WriteMarkdown writes the results as the tables benchmarks/README.md

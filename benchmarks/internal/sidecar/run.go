@@ -30,6 +30,11 @@ const (
 	// (grpc.NumStreamWorkers, as many as a mesh server keeps), so that
 	// what mesh gains from them is told apart from the rest.
 	PlainWorkers = "Bw"
+	// B whose client sends, on every call, the two headers a mesh call
+	// carries beyond plain gRPC's (a new traceparent and x-request-id), so
+	// that what they cost in grpc-go's transport is told apart from mesh's
+	// code.
+	PlainHeaders = "Bh"
 	// The same plaintext client and server with an HAProxy mTLS pair
 	// between them: a stand-in for an Envoy sidecar pair.
 	Sidecars = "C"
@@ -49,7 +54,7 @@ const (
 )
 
 // Variants lists every variant.
-var Variants = []string{Plain, PlainWorkers, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
+var Variants = []string{Plain, PlainWorkers, PlainHeaders, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
 
 // Config sizes a run. Zero fields take the defaults in parentheses.
 type Config struct {
@@ -350,7 +355,7 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 	}
 	var mode, clientDir, target string
 	switch v {
-	case Plain, PlainWorkers, GRPCOTel:
+	case Plain, PlainWorkers, PlainHeaders, GRPCOTel:
 		addr, err := server(v, dirs["echo"])
 		if err != nil {
 			return nil, err
