@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"mesh/benchmarks/internal/echo"
 	"mesh/controlplane"
 	"mesh/internal/shop"
 	"mesh/telemetry"
@@ -24,6 +25,14 @@ import (
 // TLS (go-spiffe's tls.Config, SVIDs from the same CA the mesh uses): what a
 // team writes without a mesh.
 func UnaryGRPC(b *testing.B) { unaryGRPC(b, nil, nil) }
+
+// UnaryGRPCHeaders is UnaryGRPC with the client sending, on every call,
+// the two headers a mesh call carries beyond plain gRPC's (a new
+// traceparent and x-request-id): what they cost in grpc-go's transport,
+// apart from mesh's code.
+func UnaryGRPCHeaders(b *testing.B) {
+	unaryGRPC(b, []grpc.DialOption{grpc.WithUnaryInterceptor(echo.SendMeshHeaders)}, nil)
+}
 
 // UnaryGRPCTraced is UnaryGRPC plus mesh's tracing stats handlers, with a
 // sampler that records nothing: it separates what tracing costs from what

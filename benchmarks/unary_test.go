@@ -6,6 +6,7 @@ import "testing"
 // two sub-benchmarks, not their absolute times.
 func BenchmarkUnary(b *testing.B) {
 	b.Run("grpc-go-mtls", UnaryGRPC)
+	b.Run("grpc-go-mtls-headers", UnaryGRPCHeaders)
 	b.Run("grpc-go-mtls-traced", UnaryGRPCTraced)
 	b.Run("mesh", UnaryMesh)
 }

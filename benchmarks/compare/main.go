@@ -1,8 +1,9 @@
 // Command compare runs the side-by-side benchmarks of package benchmarks in
 // one process and prints them as the Markdown table kept in
-// benchmarks/README.md: plain grpc-go + mTLS, with mesh's tracing, with
-// grpc-go's own OpenTelemetry metrics, mesh, and mesh with every default on
-// (BenchmarkUnaryMeshFull), each with its ratio to plain grpc-go.
+// benchmarks/README.md: plain grpc-go + mTLS, with the two headers every
+// mesh call carries, with mesh's tracing, with grpc-go's own OpenTelemetry
+// metrics, mesh, and mesh with every default on (BenchmarkUnaryMeshFull),
+// each with its ratio to plain grpc-go.
 //
 //	go run ./benchmarks/compare
 package main
@@ -28,6 +29,7 @@ func main() {
 		f    func(*testing.B)
 	}{
 		{"grpc-go + mTLS", benchmarks.UnaryGRPC},
+		{"+ mesh's two headers", benchmarks.UnaryGRPCHeaders},
 		{"+ mesh tracing", benchmarks.UnaryGRPCTraced},
 		{"+ grpc OTel metrics", benchmarks.UnaryGRPCOTel},
 		{"mesh", benchmarks.UnaryMesh},

@@ -3,15 +3,12 @@ package roles
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,7 +29,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	grpcotel "google.golang.org/grpc/stats/opentelemetry"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -192,7 +188,7 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 		}
 		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 		if mode == "Bh" {
-			opts = append(opts, grpc.WithUnaryInterceptor(sendMeshHeaders))
+			opts = append(opts, grpc.WithUnaryInterceptor(echo.SendMeshHeaders))
 		}
 		if mode == "G" {
 			mp, _ := sdkTelemetry()
@@ -220,41 +216,6 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 		return conn, func() { conn.Close(); m.Close() }, nil
 	}
 	return nil, nil, fmt.Errorf("unknown client mode %q", mode)
-}
-
-// sendMeshHeaders is Bh's client interceptor: it adds to every call what a
-// mesh client's call carries on the wire beyond plain gRPC's headers, a new
-// W3C traceparent (not sampled) and x-request-id (a version 4 UUID), in
-// grpc-go's own way, and does nothing else.
-func sendMeshHeaders(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	var ids [3]uint64 // trace ID (16 bytes), span ID (8)
-	for i := range ids {
-		ids[i] = rand.Uint64()
-	}
-	var raw [24]byte
-	for i, v := range ids {
-		binary.BigEndian.PutUint64(raw[8*i:], v)
-	}
-	var tp [55]byte // 00-<trace ID>-<span ID>-00
-	copy(tp[:], "00-")
-	hex.Encode(tp[3:35], raw[:16])
-	tp[35] = '-'
-	hex.Encode(tp[36:52], raw[16:24])
-	copy(tp[52:], "-00")
-	var uuid [36]byte
-	raw[6] = raw[6]&0x0f | 0x40 // version 4
-	raw[8] = raw[8]&0x3f | 0x80 // variant 10
-	hex.Encode(uuid[0:8], raw[0:4])
-	uuid[8] = '-'
-	hex.Encode(uuid[9:13], raw[4:6])
-	uuid[13] = '-'
-	hex.Encode(uuid[14:18], raw[6:8])
-	uuid[18] = '-'
-	hex.Encode(uuid[19:23], raw[8:10])
-	uuid[23] = '-'
-	hex.Encode(uuid[24:36], raw[10:16])
-	ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", string(tp[:]), "x-request-id", string(uuid[:]))
-	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 // PhaseResult is what a client reports for one load phase, a JSON line on

@@ -1,4 +1,4 @@
-package roles
+package echo_test
 
 import (
 	"context"
@@ -13,19 +13,16 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"mesh/benchmarks/internal/echo"
-	"mesh/internal/leakcheck"
 	"mesh/internal/testutil"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m) }
-
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
-// TestBhSendsMeshsTwoHeaders holds Bh to what it stands for: every call
+// TestSendMeshHeaders holds the interceptor to what it stands for: every call
 // reaches a grpc-go server with a new traceparent that OpenTelemetry's W3C
 // propagator reads as a valid, unsampled remote parent, and a new version 4
 // UUID as x-request-id.
-func TestBhSendsMeshsTwoHeaders(t *testing.T) {
+func TestSendMeshHeaders(t *testing.T) {
 	seen := make(chan metadata.MD, 2)
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
@@ -34,7 +31,7 @@ func TestBhSendsMeshsTwoHeaders(t *testing.T) {
 	}))
 	echo.Register(srv)
 	addr := testutil.Start(t, srv)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(sendMeshHeaders))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(echo.SendMeshHeaders))
 	if err != nil {
 		t.Fatal(err)
 	}
