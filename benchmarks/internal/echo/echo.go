@@ -98,18 +98,18 @@ func SendMeshHeaders(ctx context.Context, method string, req, reply any, cc *grp
 	tp[35] = '-'
 	hex.Encode(tp[36:52], raw[16:24])
 	copy(tp[52:], "-00")
-	var uuid [36]byte
 	raw[6] = raw[6]&0x0f | 0x40 // version 4
 	raw[8] = raw[8]&0x3f | 0x80 // variant 10
-	hex.Encode(uuid[0:8], raw[0:4])
-	uuid[8] = '-'
-	hex.Encode(uuid[9:13], raw[4:6])
-	uuid[13] = '-'
-	hex.Encode(uuid[14:18], raw[6:8])
-	uuid[18] = '-'
-	hex.Encode(uuid[19:23], raw[8:10])
-	uuid[23] = '-'
-	hex.Encode(uuid[24:36], raw[10:16])
+	var uuid [36]byte           // 8-4-4-4-12 hex digits
+	at := 0
+	for i := range 16 {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			uuid[at] = '-'
+			at++
+		}
+		hex.Encode(uuid[at:at+2], raw[i:i+1])
+		at += 2
+	}
 	ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", string(tp[:]), "x-request-id", string(uuid[:]))
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
