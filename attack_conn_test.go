@@ -488,29 +488,7 @@ func TestServersAnnounceEnvoyLikeLimits(t *testing.T) {
 // returns the server's first SETTINGS.
 func serverSettings(ctx context.Context, t *testing.T, addr net.Addr) map[http2.SettingID]uint32 {
 	t.Helper()
-	conn := dial(ctx, t, addr)
-	defer conn.Close()
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(conn, conn)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("%s: no SETTINGS: %v", addr, err)
-		}
-		sf, ok := f.(*http2.SettingsFrame)
-		if !ok || sf.IsAck() {
-			continue
-		}
-		out := map[http2.SettingID]uint32{}
-		sf.ForeachSetting(func(s http2.Setting) error {
-			out[s.ID] = s.Val
-			return nil
-		})
-		return out
-	}
+	p, settings := h2Client(ctx, t, addr)
+	p.conn.Close()
+	return settings
 }

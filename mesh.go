@@ -17,6 +17,7 @@ import (
 
 	"mesh/balancer"
 	"mesh/identity"
+	"mesh/internal/flowcontrol"
 	"mesh/telemetry"
 	"mesh/transport"
 	"mesh/xdsclient"
@@ -250,7 +251,12 @@ func (m *Mesh) XDSClient() *xdsclient.Client { return m.xds }
 // DialOptions returns what a gRPC channel needs to be routed, secured and
 // traced by the mesh: the "mesh" resolver with the interceptors that apply
 // each route's timeout and retry policy, the mesh's transport credentials
-// and its telemetry interceptors. Use them with a "mesh:///host:port" target:
+// and its telemetry interceptors. Its HTTP/2 flow-control windows are fixed
+// (4 MiB per stream, 16 MiB per connection), as Envoy's are, rather than
+// grown by grpc-go's estimation, which pings the server every round trip
+// while data flows; grpc.WithInitialWindowSize and
+// grpc.WithInitialConnWindowSize after them choose others. Use them with a
+// "mesh:///host:port" target:
 //
 //	conn, err := grpc.NewClient("mesh:///payments.default.svc.cluster.local:8080", m.DialOptions()...)
 //
@@ -262,6 +268,7 @@ func (m *Mesh) DialOptions() []grpc.DialOption {
 	// measured on its own, and are called by them directly (grpc-go's
 	// chain would cost a closure per call).
 	opts := m.resolver.DialOptionsAround(m.clientTelemetry.Unary(), m.clientTelemetry.Stream())
+	opts = append(opts, flowcontrol.DialOptions()...)
 	return append(opts,
 		grpc.WithTransportCredentials(m.clientTLS),
 		grpc.WithMaxHeaderListSize(uint32(m.limits.maxHeaderBytes)))

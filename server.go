@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
+	"mesh/internal/flowcontrol"
 	"mesh/internal/workers"
 	"mesh/transport"
 )
@@ -51,6 +52,11 @@ type GRPCServer struct {
 // not leave its goroutine locked to a thread or with pprof labels set.
 // Pass grpc.NumStreamWorkers(0) for a goroutine per call. Stop or
 // GracefulStop ends the workers.
+//
+// Its HTTP/2 flow-control windows are fixed (4 MiB per stream, 16 MiB per
+// connection), as Envoy's are, rather than grown by grpc-go's estimation,
+// which pings the client every round trip while data flows;
+// grpc.InitialWindowSize and grpc.InitialConnWindowSize choose others.
 func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 	inboundOpts := []transport.GRPCInboundOption{transport.WithPeerMetadata(m.peerMetadata)}
 	for _, o := range m.inboundOptions() {
@@ -62,6 +68,7 @@ func (m *Mesh) NewGRPCServer(opts ...grpc.ServerOption) *GRPCServer {
 		grpc.MaxConcurrentStreams(m.limits.maxConcurrentStreams),
 		grpc.NumStreamWorkers(workers.Stream()),
 	}, s.inbound.ConnectionOptions()...)
+	base = append(base, flowcontrol.ServerOptions()...)
 	// Authorization inside telemetry, so denied calls are still measured;
 	// one interceptor calling the other spares grpc-go's per-call chain.
 	base = append(base, m.serverTelemetry.ServerOptionsAround(s.inbound.UnaryServerInterceptor(), s.inbound.StreamServerInterceptor())...)
