@@ -44,7 +44,7 @@ var Names = map[string]string{
 	MeshSDK:      "M-sdk: mesh, SDK's own histograms",
 	MeshLean:     "M-lean: mesh, no-op telemetry",
 	GRPCOTel:     "G: grpc-go + mTLS + grpc OTel metrics",
-	PlainWorkers: "Bw: grpc-go + mTLS, server stream workers",
+	PlainWorkers: "Bw: grpc-go + mTLS + mesh's grpc-go options",
 	PlainHeaders: "Bh: grpc-go + mTLS + mesh's two headers",
 }
 

@@ -26,9 +26,11 @@ import (
 const (
 	// Plain grpc-go with mutual TLS (go-spiffe's tls.Config): the baseline.
 	Plain = "B"
-	// B with the server running calls on reused goroutines
-	// (grpc.NumStreamWorkers, as many as a mesh server keeps), so that
-	// what mesh gains from them is told apart from the rest.
+	// B with the grpc-go options mesh sets, which plain grpc-go users can
+	// set too: the server runs calls on reused goroutines
+	// (grpc.NumStreamWorkers, as many as a mesh server keeps), and both
+	// ends fix their flow-control windows (no estimation pings). What mesh
+	// gains from them is told apart from the rest.
 	PlainWorkers = "Bw"
 	// B whose client sends, on every call, the two headers a mesh call
 	// carries beyond plain gRPC's (a new traceparent and x-request-id), so

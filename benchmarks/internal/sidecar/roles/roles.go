@@ -34,6 +34,7 @@ import (
 
 	"mesh"
 	"mesh/benchmarks/internal/echo"
+	"mesh/internal/flowcontrol"
 	"mesh/internal/workers"
 	"mesh/telemetry/otelsdk"
 )
@@ -139,8 +140,9 @@ func runServer(ctx context.Context, mode, dir string) error {
 			}
 			opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
 		}
-		if mode == "Bw" {
-			opts = append(opts, grpc.NumStreamWorkers(workers.Stream())) // as many as a mesh server keeps
+		if mode == "Bw" { // the grpc-go options a mesh server sets
+			opts = append(opts, grpc.NumStreamWorkers(workers.Stream()))
+			opts = append(opts, flowcontrol.ServerOptions()...)
 		}
 		if mode == "G" {
 			mp, _ := sdkTelemetry()
@@ -189,6 +191,9 @@ func clientConn(ctx context.Context, mode, dir, target string) (grpc.ClientConnI
 		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 		if mode == "Bh" {
 			opts = append(opts, grpc.WithUnaryInterceptor(echo.SendMeshHeaders))
+		}
+		if mode == "Bw" { // the grpc-go options a mesh client sets
+			opts = append(opts, flowcontrol.DialOptions()...)
 		}
 		if mode == "G" {
 			mp, _ := sdkTelemetry()
