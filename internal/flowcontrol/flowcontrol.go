@@ -9,16 +9,17 @@
 // start at 64 KiB and grow by estimating the bandwidth-delay product, for
 // which each end sends the other a PING every round trip for as long as
 // data flows. At one call in flight that is a PING and its ack each way on
-// every call: a quarter more frames, TLS records and system calls than the
-// call itself needs.
+// every call: frames, TLS records and wakeups the call does not need, and
+// some 30% more system calls (benchmarks/TELEMETRY.md, tenth round).
 package flowcontrol
 
 import "google.golang.org/grpc"
 
 const (
 	// StreamWindow is how many bytes of one stream a receiver accepts
-	// before its reader catches up: a call's most in flight each way. Four
-	// round trips' worth at 10 Gbit/s and 1 ms, as net/http's client has.
+	// before its reader catches up: a call's most in flight each way. Over
+	// three round trips' worth at 10 Gbit/s and 1 ms; what net/http's
+	// client takes per stream.
 	StreamWindow = 4 << 20
 	// ConnWindow bounds the same for all the streams of a connection, so
 	// what a peer can make a process hold per connection. It is the
