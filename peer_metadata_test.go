@@ -51,6 +51,23 @@ func TestPeerMetadataTravelsOncePerConnection(t *testing.T) {
 			return []grpc.ServerOption{grpc.ChainUnaryInterceptor(record)}
 		},
 	})
+	// Each reporter's counts so far: StartWorld's calls, of which the first
+	// may fail fast while the endpoint connects (no upstream, so no peer:
+	// "unknown", as Envoy labels them).
+	type reporterCheck struct{ workload, reporter, peerLabel, want string }
+	checks := []reporterCheck{
+		{"checkout", "source", "destination_workload", "payments-v1"},
+		{"payments-v1", "destination", "source_workload", "checkout"},
+	}
+	reader := func(workload string) *sdkmetric.ManualReader {
+		mu.Lock()
+		defer mu.Unlock()
+		return readers[workload]
+	}
+	before := make([]map[string]int64, len(checks))
+	for i, tc := range checks {
+		before[i] = requestsByLabel(ctx, t, reader(tc.workload), tc.reporter, tc.peerLabel)
+	}
 	// StartWorld's first calls found the server exchanging: from here on
 	// no call carries the metadata, either way.
 	counting.Store(true)
@@ -68,18 +85,18 @@ func TestPeerMetadataTravelsOncePerConnection(t *testing.T) {
 		t.Errorf("the server served %d calls, %d of them with %s; want %d and 0", served.Load(), servedWithHeader.Load(), telemetry.HeaderPeerMetadata, calls)
 	}
 
-	// Each reporter counted every call (StartWorld's too) with the other
-	// side's labels, and none without.
-	for _, tc := range []struct{ workload, reporter, peerLabel, want string }{
-		{"checkout", "source", "destination_workload", "payments-v1"},
-		{"payments-v1", "destination", "source_workload", "checkout"},
-	} {
-		mu.Lock()
-		r := readers[tc.workload]
-		mu.Unlock()
-		byPeer := requestsByLabel(ctx, t, r, tc.reporter, tc.peerLabel)
-		if byPeer[tc.want] < calls || len(byPeer) != 1 {
-			t.Errorf("%s's istio_requests_total{reporter=%q} by %s = %v; want only %q, at least %d", tc.workload, tc.reporter, tc.peerLabel, byPeer, tc.want, calls)
+	// Each reporter counted every one of these calls with the other side's
+	// labels, and none without.
+	for i, tc := range checks {
+		after := requestsByLabel(ctx, t, reader(tc.workload), tc.reporter, tc.peerLabel)
+		added := map[string]int64{}
+		for label, n := range after {
+			if d := n - before[i][label]; d != 0 {
+				added[label] = d
+			}
+		}
+		if added[tc.want] != calls || len(added) != 1 {
+			t.Errorf("%s's istio_requests_total{reporter=%q} by %s grew by %v over %d calls; want only %q, by %d", tc.workload, tc.reporter, tc.peerLabel, added, calls, tc.want, calls)
 		}
 	}
 }
