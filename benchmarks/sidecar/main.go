@@ -32,6 +32,7 @@ func main() {
 	flag.IntVar(&cfg.Reps, "reps", 3, "reps of every phase, variants taking turns; the report shows medians")
 	flag.IntVar(&cfg.One, "one", 5000, "echoes per rep one at a time")
 	flag.IntVar(&cfg.Eight, "eight", 100000, "echoes per rep eight at a time")
+	flag.IntVar(&cfg.Slices, "slices", 5, "parts each rep's eight-at-a-time echoes are sent in, variants taking turns part by part")
 	flag.IntVar(&cfg.OpenRate, "rate", 1000, "open loop: echoes per second")
 	flag.IntVar(&cfg.Open, "open", 5000, "open loop: echoes per rep")
 	flag.Parse()

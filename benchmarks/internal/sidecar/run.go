@@ -83,6 +83,11 @@ type Config struct {
 	// Eight is the echoes sent 8 at a time per rep (100000: seconds, so
 	// that CPU per request, read in 10 ms ticks, settles on a busy machine).
 	Eight int
+	// Slices splits each rep's Eight into this many parts, the variants
+	// taking turns part by part (5), so that a drift of the machine over
+	// seconds falls on every variant alike rather than on whichever ran
+	// its whole phase then.
+	Slices int
 	// OpenRate and Open: Open echoes sent at OpenRate per second per rep,
 	// whether or not earlier ones were answered (1000/s, 5000).
 	OpenRate, Open int
@@ -114,6 +119,8 @@ func (c *Config) defaults() error {
 	def(&c.Reps, 3)
 	def(&c.One, 5000)
 	def(&c.Eight, 100000)
+	def(&c.Slices, 5)
+	c.Slices = min(c.Slices, c.Eight)
 	def(&c.OpenRate, 1000)
 	def(&c.Open, 5000)
 	if c.Stderr == nil {
@@ -171,9 +178,19 @@ const (
 type Measurement struct {
 	N          int
 	Elapsed    time.Duration
-	P50, P99   time.Duration
+	P50, P99   time.Duration            // zero for a phase run in slices
 	CPU        map[string]time.Duration // by process role: client, server, proxy...
 	Throughput float64                  // requests per second
+}
+
+// add is m and the next slice of its phase, o, as one measurement.
+func (m Measurement) add(o Measurement) Measurement {
+	sum := Measurement{N: m.N + o.N, Elapsed: m.Elapsed + o.Elapsed, CPU: maps.Clone(o.CPU)}
+	for name, d := range m.CPU {
+		sum.CPU[name] += d
+	}
+	sum.Throughput = float64(sum.N) / max(sum.Elapsed.Seconds(), 1e-9)
+	return sum
 }
 
 // CPUPerRequest is the CPU time all processes spent per request.
@@ -231,24 +248,47 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 
 	res := &Results{Config: cfg, Runs: map[string][numPhases][]Measurement{}}
+	run := func(rep int, v, cmd string) (Measurement, error) {
+		cfg.Progress(fmt.Sprintf("rep %d/%d: %s %s", rep+1, cfg.Reps, v, cmd))
+		m, err := measure(procs.of(v), clients[v], cmd)
+		if err != nil {
+			return m, fmt.Errorf("%s, %s: %w", v, cmd, err)
+		}
+		return m, nil
+	}
 	for rep := range cfg.Reps {
 		// Rotate who goes first, so no variant always follows the same one.
 		order := append(slices.Clone(cfg.Variants[rep%len(cfg.Variants):]), cfg.Variants[:rep%len(cfg.Variants)]...)
-		for _, v := range order {
+		record := func(v string, ph Phase, m Measurement) {
 			runs := res.Runs[v]
-			for ph, cmd := range []string{
-				fmt.Sprintf("closed 1 %d", cfg.One),
-				fmt.Sprintf("closed 8 %d", cfg.Eight),
-				fmt.Sprintf("open %d %d", cfg.OpenRate, cfg.Open),
-			} {
-				cfg.Progress(fmt.Sprintf("rep %d/%d: %s %s", rep+1, cfg.Reps, v, cmd))
-				m, err := measure(procs.of(v), clients[v], cmd)
-				if err != nil {
-					return nil, fmt.Errorf("%s, %s: %w", v, cmd, err)
-				}
-				runs[ph] = append(runs[ph], m)
-			}
+			runs[ph] = append(runs[ph], m)
 			res.Runs[v] = runs
+		}
+		for _, v := range order {
+			m, err := run(rep, v, fmt.Sprintf("closed 1 %d", cfg.One))
+			if err != nil {
+				return nil, err
+			}
+			record(v, One, m)
+		}
+		eight := map[string]Measurement{}
+		for slice := range cfg.Slices {
+			n := cfg.Eight/cfg.Slices + boolInt(slice < cfg.Eight%cfg.Slices)
+			for _, v := range order {
+				m, err := run(rep, v, fmt.Sprintf("closed 8 %d", n))
+				if err != nil {
+					return nil, err
+				}
+				eight[v] = eight[v].add(m)
+			}
+		}
+		for _, v := range order {
+			record(v, Eight, eight[v])
+			m, err := run(rep, v, fmt.Sprintf("open %d %d", cfg.OpenRate, cfg.Open))
+			if err != nil {
+				return nil, err
+			}
+			record(v, Open, m)
 		}
 	}
 	return res, nil
