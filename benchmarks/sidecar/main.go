@@ -1,5 +1,5 @@
 // Command sidecar measures mesh against plain grpc-go with mutual TLS, an
-// HAProxy mTLS sidecar pair (a stand-in for Envoy), mesh with no-op
+// HAProxy mTLS sidecar pair in TCP and in HTTP/2 mode (stand-ins for Envoy), mesh with no-op
 // telemetry and grpc-go's own OpenTelemetry metrics plugin, every client,
 // server and proxy a process of its own, and prints the Markdown tables
 // kept in benchmarks/README.md. It needs haproxy on PATH

@@ -39,7 +39,8 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // Names is how the report heads each variant's column.
 var Names = map[string]string{
 	Plain:        "B: grpc-go + mTLS",
-	Sidecars:     "C: HAProxy mTLS pair",
+	Sidecars:     "C: HAProxy mTLS pair, TCP",
+	SidecarsHTTP: "C7: HAProxy mTLS pair, HTTP/2",
 	Mesh:         "M: mesh",
 	MeshSDK:      "M-sdk: mesh, SDK's own histograms",
 	MeshLean:     "M-lean: mesh, no-op telemetry",
@@ -88,28 +89,38 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 
 	r.writePairedRatios(w, p50, cpu, p99)
 
-	if !slices.Contains(vs, Plain) || !slices.Contains(vs, Sidecars) {
+	if !slices.Contains(vs, Plain) {
 		return
 	}
-	fmt.Fprintf(w, "\nWhat each adds over B (medians; goal: mesh adds at most 1/10 of the pair's latency and 1/5 of its CPU):\n\n")
 	var meshes []string
 	for _, v := range []string{Mesh, MeshSDK, MeshLean, Mesh + Before, MeshLean + Before} {
 		if slices.Contains(vs, v) {
 			meshes = append(meshes, v)
 		}
 	}
-	fmt.Fprint(w, "| added over B | C: sidecar pair |")
+	for _, pair := range []string{Sidecars, SidecarsHTTP} {
+		if slices.Contains(vs, pair) {
+			r.writeAdded(w, pair, meshes, p50, p99, cpu)
+		}
+	}
+}
+
+// writeAdded writes what the sidecar pair and each mesh variant add over
+// B, and each mesh's addition as a fraction of the pair's.
+func (r *Results) writeAdded(w io.Writer, pair string, meshes []string, p50, p99, cpu func(Measurement) float64) {
+	fmt.Fprintf(w, "\nWhat each adds over B, against %s (medians; goal: mesh adds at most 1/10 of the pair's latency and 1/5 of its CPU):\n\n", name(pair))
+	fmt.Fprintf(w, "| added over B | %s |", pair)
 	for _, v := range meshes {
 		short, _, _ := strings.Cut(name(v), ":")
 		if strings.HasSuffix(v, Before) {
 			short += " (before)"
 		}
-		fmt.Fprintf(w, " %s | %s / C |", short, short)
+		fmt.Fprintf(w, " %s | %s / %s |", short, short, pair)
 	}
 	fmt.Fprint(w, "\n| --- | ---: |"+strings.Repeat(" ---: | ---: |", len(meshes))+"\n")
 	added := func(label string, ph Phase, unit string, get func(Measurement) float64) {
 		base := r.median(Plain, ph, get)
-		c := r.median(Sidecars, ph, get) - base
+		c := r.median(pair, ph, get) - base
 		fmt.Fprintf(w, "| %s | %.1f %s |", label, c, unit)
 		for _, v := range meshes {
 			m := r.median(v, ph, get) - base

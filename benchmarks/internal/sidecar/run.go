@@ -38,8 +38,15 @@ const (
 	// code.
 	PlainHeaders = "Bh"
 	// The same plaintext client and server with an HAProxy mTLS pair
-	// between them: a stand-in for an Envoy sidecar pair.
+	// between them, in TCP mode: a stand-in for an Envoy sidecar pair
+	// that forwards bytes and parses no HTTP, so it flatters the sidecars.
 	Sidecars = "C"
+	// C with the pair in HTTP mode, HTTP/2 on every hop: each proxy
+	// decodes every request's and response's frames and headers and
+	// encodes them again, as an Envoy sidecar's HTTP connection manager
+	// does for gRPC in Istio (routing per request, retries and metrics per
+	// response code need it).
+	SidecarsHTTP = "C7"
 	// mesh client to mesh server: xDS routing, STRICT mTLS, RBAC, Istio
 	// metrics through the OpenTelemetry SDK (histograms handed to the
 	// reader by telemetry/otelsdk's producer), tracing sampled parent-based
@@ -56,7 +63,7 @@ const (
 )
 
 // Variants lists every variant.
-var Variants = []string{Plain, PlainWorkers, PlainHeaders, Sidecars, Mesh, MeshSDK, MeshLean, GRPCOTel}
+var Variants = []string{Plain, PlainWorkers, PlainHeaders, Sidecars, SidecarsHTTP, Mesh, MeshSDK, MeshLean, GRPCOTel}
 
 // Config sizes a run. Zero fields take the defaults in parentheses.
 type Config struct {
@@ -104,10 +111,10 @@ func (c *Config) defaults() error {
 			c.Variants = append(c.Variants, Mesh+Before, MeshLean+Before)
 		}
 	}
-	if slices.Contains(c.Variants, Sidecars) && c.HAProxy == "" {
+	if (slices.Contains(c.Variants, Sidecars) || slices.Contains(c.Variants, SidecarsHTTP)) && c.HAProxy == "" {
 		p, err := exec.LookPath("haproxy")
 		if err != nil {
-			return fmt.Errorf("variant C needs haproxy: %w", err)
+			return fmt.Errorf("variants C and C7 need haproxy: %w", err)
 		}
 		c.HAProxy = p
 	}
@@ -403,16 +410,17 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 			return nil, err
 		}
 		mode, clientDir, target = v, dirs["client-echo"], addr
-	case Sidecars:
+	case Sidecars, SidecarsHTTP:
 		app, err := server("plain", "")
 		if err != nil {
 			return nil, err
 		}
-		inbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-server", dirs["echo"], app, true)
+		pair := haproxyPair{variant: v, http: v == SidecarsHTTP}
+		inbound, err := ps.startHAProxy(ctx, cfg, tmp, pair, "proxy-server", dirs["echo"], app, true)
 		if err != nil {
 			return nil, err
 		}
-		outbound, err := ps.startHAProxy(ctx, cfg, tmp, "proxy-client", dirs["client-echo"], inbound, false)
+		outbound, err := ps.startHAProxy(ctx, cfg, tmp, pair, "proxy-client", dirs["client-echo"], inbound, false)
 		if err != nil {
 			return nil, err
 		}
@@ -441,23 +449,45 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 	return c, nil
 }
 
-// haproxyConfig is one sidecar: TCP mode, one thread, TLS terminated
+// haproxyPair says which sidecar pair a variant runs.
+type haproxyPair struct {
+	variant string
+	http    bool // HTTP mode, HTTP/2 on every hop; else TCP mode
+}
+
+// haproxyConfig is one sidecar of the pair: one thread, TLS terminated
 // (inbound: bind with the server's SVID, client certificate required) or
 // originated (outbound: the client's SVID, server certificate verified
-// against the trust domain's root).
-func haproxyConfig(listen, upstream, crt, ca string, inbound bool) string {
+// against the trust domain's root). In HTTP mode every hop speaks HTTP/2:
+// prior knowledge in the clear to and from the applications, ALPN h2
+// between the proxies.
+func haproxyConfig(listen, upstream, crt, ca string, inbound, http bool) string {
 	bind := "bind " + listen
 	srv := "server app " + upstream
-	if inbound {
-		bind += " ssl crt " + crt + " ca-file " + ca + " verify required"
-	} else {
-		srv += " ssl crt " + crt + " ca-file " + ca + " verify required"
+	tls := " ssl crt " + crt + " ca-file " + ca + " verify required"
+	if http {
+		tls += " alpn h2"
+	}
+	switch {
+	case inbound:
+		bind += tls
+	default:
+		srv += tls
+	}
+	mode := "tcp"
+	if http {
+		mode = "http"
+		if inbound {
+			srv += " proto h2"
+		} else {
+			bind += " proto h2"
+		}
 	}
 	return `global
 	nbthread 1
 	maxconn 1000
 defaults
-	mode tcp
+	mode ` + mode + `
 	timeout connect 10s
 	timeout client 30m
 	timeout server 30m
@@ -468,7 +498,7 @@ backend app
 	` + srv + "\n"
 }
 
-func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, name, certDir, upstream string, inbound bool) (string, error) {
+func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp string, pair haproxyPair, name, certDir, upstream string, inbound bool) (string, error) {
 	chain, err := os.ReadFile(filepath.Join(certDir, controlplane.CertChainFile))
 	if err != nil {
 		return "", err
@@ -477,7 +507,7 @@ func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, name, cer
 	if err != nil {
 		return "", err
 	}
-	crt := filepath.Join(tmp, name+".pem")
+	crt := filepath.Join(tmp, pair.variant+"-"+name+".pem")
 	if err := os.WriteFile(crt, append(chain, key...), 0o600); err != nil {
 		return "", err
 	}
@@ -485,13 +515,13 @@ func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, name, cer
 	if err != nil {
 		return "", err
 	}
-	conf := filepath.Join(tmp, name+".cfg")
+	conf := filepath.Join(tmp, pair.variant+"-"+name+".cfg")
 	ca := filepath.Join(certDir, controlplane.RootCertFile)
-	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, crt, ca, inbound)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, crt, ca, inbound, pair.http)), 0o600); err != nil {
 		return "", err
 	}
 	cmd := exec.Command(cfg.HAProxy, "-db", "-f", conf)
-	p, err := ps.start(Sidecars, name, cmd, cfg.Stderr)
+	p, err := ps.start(pair.variant, name, cmd, cfg.Stderr)
 	if err != nil {
 		return "", err
 	}

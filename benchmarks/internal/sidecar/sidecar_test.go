@@ -60,7 +60,7 @@ func TestTinyRun(t *testing.T) {
 			}
 		}
 		want := 2
-		if v == sidecar.Sidecars {
+		if v == sidecar.Sidecars || v == sidecar.SidecarsHTTP {
 			want = 4 // client, server and both proxies
 		}
 		if n := len(res.Runs[v][0][0].CPU); n != want {
@@ -70,7 +70,7 @@ func TestTinyRun(t *testing.T) {
 	var b strings.Builder
 	res.WriteMarkdown(&b)
 	t.Log("\n" + b.String())
-	for _, want := range []string{"C: HAProxy mTLS pair", "proxy-server", "What each adds over B", "M: mesh (before)"} {
+	for _, want := range []string{"C: HAProxy mTLS pair, TCP", "C7: HAProxy mTLS pair, HTTP/2", "proxy-server", "What each adds over B, against C7", "M: mesh (before)"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
