@@ -1,9 +1,9 @@
-// Command sidecar measures mesh against plain grpc-go with mutual TLS, an
-// HAProxy mTLS sidecar pair in TCP and in HTTP/2 mode (stand-ins for Envoy), mesh with no-op
-// telemetry and grpc-go's own OpenTelemetry metrics plugin, every client,
-// server and proxy a process of its own, and prints the Markdown tables
-// kept in benchmarks/README.md. It needs haproxy on PATH
-// (apt-get install -y haproxy).
+// Command sidecar measures mesh against plain grpc-go with mutual TLS,
+// HAProxy mTLS sidecar pairs in TCP and in HTTP/2 mode (stand-ins for
+// Envoy), mesh with no-op telemetry and grpc-go's own OpenTelemetry
+// metrics plugin, every client, server and proxy a process of its own,
+// and prints the Markdown tables kept in benchmarks/README.md. It needs
+// haproxy on PATH (apt-get install -y haproxy).
 //
 //	go run ./benchmarks/sidecar
 package main
