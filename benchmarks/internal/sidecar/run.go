@@ -415,12 +415,11 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 		if err != nil {
 			return nil, err
 		}
-		pair := haproxyPair{variant: v, http: v == SidecarsHTTP}
-		inbound, err := ps.startHAProxy(ctx, cfg, tmp, pair, "proxy-server", dirs["echo"], app, true)
+		inbound, err := ps.startHAProxy(ctx, cfg, tmp, v, "proxy-server", dirs["echo"], app, true)
 		if err != nil {
 			return nil, err
 		}
-		outbound, err := ps.startHAProxy(ctx, cfg, tmp, pair, "proxy-client", dirs["client-echo"], inbound, false)
+		outbound, err := ps.startHAProxy(ctx, cfg, tmp, v, "proxy-client", dirs["client-echo"], inbound, false)
 		if err != nil {
 			return nil, err
 		}
@@ -449,12 +448,6 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 	return c, nil
 }
 
-// haproxyPair says which sidecar pair a variant runs.
-type haproxyPair struct {
-	variant string
-	http    bool // HTTP mode, HTTP/2 on every hop; else TCP mode
-}
-
 // haproxyConfig is one sidecar of the pair: one thread, TLS terminated
 // (inbound: bind with the server's SVID, client certificate required) or
 // originated (outbound: the client's SVID, server certificate verified
@@ -465,23 +458,16 @@ func haproxyConfig(listen, upstream, crt, ca string, inbound, http bool) string 
 	bind := "bind " + listen
 	srv := "server app " + upstream
 	tls := " ssl crt " + crt + " ca-file " + ca + " verify required"
+	mode, appHop := "tcp", "" // appHop: options of the hop to or from the application
 	if http {
-		tls += " alpn h2"
+		mode, tls, appHop = "http", tls+" alpn h2", " proto h2"
 	}
-	switch {
-	case inbound:
+	if inbound {
 		bind += tls
-	default:
+		srv += appHop
+	} else {
 		srv += tls
-	}
-	mode := "tcp"
-	if http {
-		mode = "http"
-		if inbound {
-			srv += " proto h2"
-		} else {
-			bind += " proto h2"
-		}
+		bind += appHop
 	}
 	return `global
 	nbthread 1
@@ -498,7 +484,9 @@ backend app
 	` + srv + "\n"
 }
 
-func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp string, pair haproxyPair, name, certDir, upstream string, inbound bool) (string, error) {
+// startHAProxy starts one sidecar of variant's pair (C or C7) and returns
+// the address it listens on.
+func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, variant, name, certDir, upstream string, inbound bool) (string, error) {
 	chain, err := os.ReadFile(filepath.Join(certDir, controlplane.CertChainFile))
 	if err != nil {
 		return "", err
@@ -507,7 +495,7 @@ func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp string, pa
 	if err != nil {
 		return "", err
 	}
-	crt := filepath.Join(tmp, pair.variant+"-"+name+".pem")
+	crt := filepath.Join(tmp, variant+"-"+name+".pem")
 	if err := os.WriteFile(crt, append(chain, key...), 0o600); err != nil {
 		return "", err
 	}
@@ -515,13 +503,13 @@ func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp string, pa
 	if err != nil {
 		return "", err
 	}
-	conf := filepath.Join(tmp, pair.variant+"-"+name+".cfg")
+	conf := filepath.Join(tmp, variant+"-"+name+".cfg")
 	ca := filepath.Join(certDir, controlplane.RootCertFile)
-	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, crt, ca, inbound, pair.http)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, crt, ca, inbound, variant == SidecarsHTTP)), 0o600); err != nil {
 		return "", err
 	}
 	cmd := exec.Command(cfg.HAProxy, "-db", "-f", conf)
-	p, err := ps.start(pair.variant, name, cmd, cfg.Stderr)
+	p, err := ps.start(variant, name, cmd, cfg.Stderr)
 	if err != nil {
 		return "", err
 	}
