@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"mesh/benchmarks/internal/sidecar/roles"
 	"mesh/controlplane"
 )
@@ -423,6 +425,9 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 		if err != nil {
 			return nil, err
 		}
+		if err := checkPairMode(ctx, outbound, v == SidecarsHTTP); err != nil {
+			return nil, err
+		}
 		mode, target = "plain", outbound
 	case Mesh, MeshSDK, MeshLean, Mesh + Before, MeshLean + Before:
 		mode = strings.TrimSuffix(v, Before)
@@ -528,6 +533,48 @@ func (ps *procSet) startHAProxy(ctx context.Context, cfg *Config, tmp, variant, 
 			return "", fmt.Errorf("haproxy %s never listened on %s: %w", name, listen, err)
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// checkPairMode makes sure the pair at addr runs in the mode its variant
+// says: that in HTTP mode the client's sidecar terminates HTTP/2 itself,
+// and in TCP mode passes the application's bytes through. HAProxy's
+// HTTP/2 layer announces extended CONNECT (RFC 8441) in its SETTINGS,
+// which grpc-go never does, so whose SETTINGS answer a connection preface
+// tells the two apart.
+func checkPairMode(ctx context.Context, addr string, http bool) error {
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl) // a hang guard only
+	}
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		return err
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		return err
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return fmt.Errorf("no SETTINGS from %s: %w", addr, err)
+		}
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			continue
+		}
+		_, proxy := sf.Value(http2.SettingEnableConnectProtocol)
+		switch {
+		case http && !proxy:
+			return fmt.Errorf("the sidecar at %s does not speak HTTP/2 itself: the application's SETTINGS came through", addr)
+		case !http && proxy:
+			return fmt.Errorf("the sidecar at %s answered in HTTP/2 itself, not as a TCP proxy", addr)
+		}
+		return nil
 	}
 }
 
