@@ -548,9 +548,13 @@ func checkPairMode(ctx context.Context, addr string, http bool) error {
 		return err
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl) // a hang guard only
+	// A hang guard only, generous: a proxy that never answers must fail
+	// the run, not stall it, even when ctx has no deadline of its own.
+	dl := time.Now().Add(time.Minute)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
 	}
+	conn.SetDeadline(dl)
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
 		return err
 	}
