@@ -63,7 +63,10 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 		fmt.Fprintf(w, "| %s |", label)
 		for _, v := range vs {
 			x := r.median(v, ph, get)
-			fmt.Fprintf(w, " "+format+" %s", x, unit)
+			fmt.Fprintf(w, " "+format, x)
+			if unit != "" {
+				fmt.Fprint(w, " "+unit)
+			}
 			if base > 0 && v != Plain {
 				fmt.Fprintf(w, " (%.2fx)", x/base)
 			}
@@ -83,6 +86,11 @@ func (r *Results) WriteMarkdown(w io.Writer) {
 			return us(m.CPU[name] / time.Duration(max(m.N, 1)))
 		})
 	}
+	// When the cores are the limit every variant keeps them equally busy,
+	// and throughput is CPU per request read upside down.
+	row("8 in flight, cores busy (throughput × CPU per request)", Eight, "", "%.2f", func(m Measurement) float64 {
+		return m.Throughput * m.CPUPerRequest().Seconds()
+	})
 	row(fmt.Sprintf("%d/s open loop, p50", r.Config.OpenRate), Open, "µs", "%.0f", p50)
 	row(fmt.Sprintf("%d/s open loop, p99", r.Config.OpenRate), Open, "µs", "%.0f", p99)
 	row(fmt.Sprintf("%d/s open loop, CPU per request, all processes", r.Config.OpenRate), Open, "µs", "%.1f", cpu)

@@ -47,6 +47,7 @@ func TestReportPairsRepsWithB(t *testing.T) {
 		"| 8 in flight, CPU per request, all processes | 1.10 / 1.20 / 1.30 |",
 		"| 1000/s open loop, p99 | 1.10 / 1.20 / 1.30 |",
 		"| 1 in flight, p50 | 200 µs | 240 µs (1.20x) |",
+		"| 8 in flight, cores busy (throughput × CPU per request) | 0.08 | 0.08 (0.99x) |",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
