@@ -46,6 +46,11 @@ func UnaryGRPCTraced(b *testing.B) {
 }
 
 func unaryGRPC(b *testing.B, dialOpts []grpc.DialOption, serverOpts []grpc.ServerOption) {
+	unaryGRPCConn(b, dialOpts, serverOpts, func(conn grpc.ClientConnInterface) grpc.ClientConnInterface { return conn })
+}
+
+// unaryGRPCConn is unaryGRPC sending its calls through wrap(conn).
+func unaryGRPCConn(b *testing.B, dialOpts []grpc.DialOption, serverOpts []grpc.ServerOption, wrap func(grpc.ClientConnInterface) grpc.ClientConnInterface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cp, err := controlplane.New(ctx, controlplane.WithLogger(shop.TestLogger(b)))
@@ -69,7 +74,7 @@ func unaryGRPC(b *testing.B, dialOpts []grpc.DialOption, serverOpts []grpc.Serve
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	runUnary(ctx, b, conn)
+	runUnary(ctx, b, wrap(conn))
 }
 
 // UnaryMesh measures the same RPC through mesh: routed by xDS from the

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"mesh/benchmarks/internal/echo"
 	"mesh/internal/shop"
 )
 
@@ -64,26 +65,12 @@ func extraHeaders(n int, deadline bool) grpc.UnaryClientInterceptor {
 // mesh adds is smaller than in BenchmarkUnary (benchmarks/README.md).
 func BenchmarkUnaryAppHeader(b *testing.B) {
 	b.Run("grpc-go-mtls", func(b *testing.B) {
-		unaryGRPC(b, []grpc.DialOption{grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(withAppHeader(ctx), method, req, reply, cc, opts...)
-		})}, nil)
+		unaryGRPCConn(b, nil, nil, echo.WithAppHeader)
 	})
 	b.Run("mesh", func(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		w := shop.StartWorld(b, ctx, shop.WorldConfig{V1: 100, V2: 0, Sampler: sdktrace.NeverSample()})
-		runUnary(ctx, b, appHeaderConn{w.Conn})
+		runUnary(ctx, b, echo.WithAppHeader(w.Conn))
 	})
-}
-
-// withAppHeader adds the program's own header to a call's context.
-func withAppHeader(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, "x-tenant", "shop")
-}
-
-// appHeaderConn sends every unary call with the program's own header.
-type appHeaderConn struct{ grpc.ClientConnInterface }
-
-func (c appHeaderConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return c.ClientConnInterface.Invoke(withAppHeader(ctx), method, args, reply, opts...)
 }

@@ -35,6 +35,7 @@ func main() {
 	flag.IntVar(&cfg.Slices, "slices", 5, "parts each rep's eight-at-a-time echoes are sent in, variants taking turns part by part")
 	flag.IntVar(&cfg.OpenRate, "rate", 1000, "open loop: echoes per second")
 	flag.IntVar(&cfg.Open, "open", 5000, "open loop: echoes per rep")
+	flag.BoolVar(&cfg.AppHeader, "app-header", false, "every client sends one header of the program's own on every call, as calls with an auth token or tenant do")
 	flag.Parse()
 	if *variants != "" {
 		cfg.Variants = strings.Split(*variants, ",")

@@ -53,6 +53,9 @@ var Names = map[string]string{
 // keeps: medians over the reps, each with its ratio to B.
 func (r *Results) WriteMarkdown(w io.Writer) {
 	vs := r.Config.Variants
+	if r.Config.AppHeader {
+		fmt.Fprint(w, "Every call carries one header of the program's own (-app-header).\n\n")
+	}
 	fmt.Fprintf(w, "| load (median of %d) |", r.Config.Reps)
 	for _, v := range vs {
 		fmt.Fprintf(w, " %s |", name(v))

@@ -53,4 +53,14 @@ func TestReportPairsRepsWithB(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
 	}
+	const appHeaderLine = "Every call carries one header of the program's own"
+	if strings.Contains(b.String(), appHeaderLine) {
+		t.Errorf("a run without AppHeader says %q", appHeaderLine)
+	}
+	res.Config.AppHeader = true
+	b.Reset()
+	res.WriteMarkdown(&b)
+	if !strings.HasPrefix(b.String(), appHeaderLine) {
+		t.Errorf("a run with AppHeader does not open with %q:\n%s", appHeaderLine, b.String())
+	}
 }

@@ -100,6 +100,10 @@ type Config struct {
 	// OpenRate and Open: Open echoes sent at OpenRate per second per rep,
 	// whether or not earlier ones were answered (1000/s, 5000).
 	OpenRate, Open int
+	// AppHeader, when set, has every client send one header of the
+	// program's own on every call (echo.WithAppHeader), as calls carrying an
+	// auth token or a tenant do, for every variant alike.
+	AppHeader bool
 	// Stderr receives the processes' standard error (os.Stderr).
 	Stderr io.Writer
 	// Progress, when set, is told what is being measured.
@@ -439,11 +443,7 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 	default:
 		return nil, fmt.Errorf("unknown variant %q", v)
 	}
-	args := "-mode " + mode + " -target " + target
-	if clientDir != "" {
-		args += " -dir " + clientDir
-	}
-	c, err := ps.startRole(cfg, v, "client", args)
+	c, err := ps.startRole(cfg, v, "client", clientArgs(cfg, mode, target, clientDir))
 	if err != nil {
 		return nil, err
 	}
@@ -451,6 +451,19 @@ func startVariant(ctx context.Context, cfg *Config, ps *procSet, v string, dirs 
 		return nil, fmt.Errorf("client not ready: %q, %v", line, err)
 	}
 	return c, nil
+}
+
+// clientArgs are the role program's arguments for a client of mode that
+// sends to target, with its workload in dir (none if empty).
+func clientArgs(cfg *Config, mode, target, dir string) string {
+	args := "-mode " + mode + " -target " + target
+	if dir != "" {
+		args += " -dir " + dir
+	}
+	if cfg.AppHeader {
+		args += " -app-header"
+	}
+	return args
 }
 
 // haproxyConfig is one sidecar of the pair: one thread, TLS terminated

@@ -64,6 +64,7 @@ func Main() bool {
 	mode := fs.String("mode", "", "variant: B, Bw, Bh, plain, G, M, M-sdk, M-lean")
 	dir := fs.String("dir", "", "the workload directory WriteBootstrap wrote")
 	target := fs.String("target", "", "client: where to send the echo")
+	appHeader := fs.Bool("app-header", false, "client: send one header of the program's own on every call")
 	if err := fs.Parse(strings.Fields(os.Getenv(Env + "_ARGS"))); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -75,7 +76,7 @@ func Main() bool {
 	case "server":
 		err = runServer(ctx, *mode, *dir)
 	case "client":
-		err = runClient(ctx, *mode, *dir, *target)
+		err = runClient(ctx, *mode, *dir, *target, *appHeader)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
@@ -237,12 +238,15 @@ type PhaseResult struct {
 // arriving), warms up, prints "ready", then runs the load phases its
 // standard input asks for ("closed <in flight> <n>", "open <per second>
 // <n>"), answering each with a PhaseResult line.
-func runClient(ctx context.Context, mode, dir, target string) error {
+func runClient(ctx context.Context, mode, dir, target string, appHeader bool) error {
 	conn, closeConn, err := clientConn(ctx, mode, dir, target)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
+	if appHeader {
+		conn = echo.WithAppHeader(conn)
+	}
 	req := echo.NewRequest()
 	for resp := new(wrapperspb.BytesValue); ; {
 		err := echo.Call(ctx, conn, req, resp)
