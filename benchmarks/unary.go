@@ -46,7 +46,7 @@ func UnaryGRPCTraced(b *testing.B) {
 }
 
 func unaryGRPC(b *testing.B, dialOpts []grpc.DialOption, serverOpts []grpc.ServerOption) {
-	unaryGRPCConn(b, dialOpts, serverOpts, func(conn grpc.ClientConnInterface) grpc.ClientConnInterface { return conn })
+	unaryGRPCConn(b, dialOpts, serverOpts, sameConn)
 }
 
 // unaryGRPCConn is unaryGRPC sending its calls through wrap(conn).
@@ -80,12 +80,18 @@ func unaryGRPCConn(b *testing.B, dialOpts []grpc.DialOption, serverOpts []grpc.S
 // UnaryMesh measures the same RPC through mesh: routed by xDS from the
 // embedded control plane, mTLS from the workloads' SVIDs, and traced with a
 // sampler that records nothing (as production tracing mostly does).
-func UnaryMesh(b *testing.B) {
+func UnaryMesh(b *testing.B) { unaryMeshConn(b, sameConn) }
+
+// unaryMeshConn is UnaryMesh sending its calls through wrap(conn).
+func unaryMeshConn(b *testing.B, wrap func(grpc.ClientConnInterface) grpc.ClientConnInterface) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	w := shop.StartWorld(b, ctx, shop.WorldConfig{V1: 100, V2: 0, Sampler: sdktrace.NeverSample()})
-	runUnary(ctx, b, w.Conn)
+	runUnary(ctx, b, wrap(w.Conn))
 }
+
+// sameConn sends calls through conn unchanged.
+func sameConn(conn grpc.ClientConnInterface) grpc.ClientConnInterface { return conn }
 
 func runUnary(ctx context.Context, b *testing.B, conn grpc.ClientConnInterface) {
 	// Warm the connection so the handshake is not measured.

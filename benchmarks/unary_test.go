@@ -6,14 +6,11 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"testing"
-	"time"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
 	"mesh/benchmarks/internal/echo"
-	"mesh/internal/shop"
 )
 
 // BenchmarkUnary runs plain grpc-go and mesh in the same run; compare the
@@ -64,13 +61,6 @@ func extraHeaders(n int, deadline bool) grpc.UnaryClientInterceptor {
 // auth token or tenant do: a ninth header field that both pay for, so what
 // mesh adds is smaller than in BenchmarkUnary (benchmarks/README.md).
 func BenchmarkUnaryAppHeader(b *testing.B) {
-	b.Run("grpc-go-mtls", func(b *testing.B) {
-		unaryGRPCConn(b, nil, nil, echo.WithAppHeader)
-	})
-	b.Run("mesh", func(b *testing.B) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		w := shop.StartWorld(b, ctx, shop.WorldConfig{V1: 100, V2: 0, Sampler: sdktrace.NeverSample()})
-		runUnary(ctx, b, echo.WithAppHeader(w.Conn))
-	})
+	b.Run("grpc-go-mtls", func(b *testing.B) { unaryGRPCConn(b, nil, nil, echo.WithAppHeader) })
+	b.Run("mesh", func(b *testing.B) { unaryMeshConn(b, echo.WithAppHeader) })
 }
