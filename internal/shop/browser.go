@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"html"
+	"image/png"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,45 +38,103 @@ func RequireTool(t testing.TB, path, debianPackage string) {
 		"!!! Install it with: apt-get update && apt-get install -y %s !!!\n", path, debianPackage)
 }
 
-// Chromium loads page in headless Chromium, with a profile under dir, and
-// returns its stdout: the DOM after scripts ran with extra "--dump-dom",
-// nothing with "--screenshot=FILE". Each fetch the page makes holds its
-// virtual time, so a slow first graph.json is waited for.
+// Chromium loads page in headless Chromium and returns its stdout: the
+// DOM after scripts ran with extra "--dump-dom", nothing with
+// "--screenshot=FILE". Each fetch the page makes holds its virtual time,
+// so a slow first graph.json is waited for. dir holds the profiles.
 func Chromium(t testing.TB, ctx context.Context, dir, page string, extra ...string) string {
 	t.Helper()
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-		"--user-data-dir=" + filepath.Join(dir, "profile"), "--window-size=1200,800", "--virtual-time-budget=5000"}, extra...)
-	// Beside two race suites on 2 cores, Chromium once sat for minutes on a
-	// screenshot of a page whose graph.json had long answered, and was
-	// killed by the test's guard. A run takes seconds, ten or so on a busy
-	// machine: a run that hangs is stopped and started again, up to
-	// chromiumAttempts times, each logged; any other failure fails at once.
+	out, err := runChromium(ctx, t.Logf, ChromiumBinary, chromiumAttemptGuard, dir, page, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// runChromium runs binary (a Chromium) on page until one run ends with its
+// output whole, up to chromiumAttempts runs.
+//
+// A run takes seconds, ten or so on a busy machine, but beside two race
+// suites on 2 cores Chromium has sat for minutes, three runs in a row, on
+// the screenshot of a page whose graph.json had long answered. Chromium
+// may also finish its output and then not exit. So a run is stopped after
+// guard. If its output is whole by then (the screenshot a complete PNG,
+// the DOM dump through </html>), that output is taken. Otherwise the run
+// is started again, up to chromiumAttempts times, each logged. Every run
+// has a profile of its own and its own process group, killed whole when
+// it is stopped, so nothing a stopped run leaves (a profile lock, a
+// helper process) reaches the next one. Any other failure ends at once.
+func runChromium(ctx context.Context, logf func(string, ...any), binary string, guard time.Duration, dir, page string, extra ...string) (string, error) {
+	var screenshot string
+	for _, a := range extra {
+		if v, ok := strings.CutPrefix(a, "--screenshot="); ok {
+			screenshot = v
+		}
+	}
 	for attempt := 1; ; attempt++ {
-		runCtx, cancel := context.WithTimeout(ctx, chromiumAttemptGuard)
-		cmd := exec.CommandContext(runCtx, ChromiumBinary, append(args, page)...)
+		args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+			"--user-data-dir=" + filepath.Join(dir, fmt.Sprintf("profile-%d", attempt)), "--window-size=1200,800",
+			"--virtual-time-budget=5000"}, extra...)
+		if screenshot != "" {
+			_ = os.Remove(screenshot) // only this run's screenshot counts
+		}
+		runCtx, cancel := context.WithTimeout(ctx, guard)
+		cmd := exec.CommandContext(runCtx, binary, append(args, page)...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// Called only while the process is not yet waited for, so its
+		// group cannot have been reused.
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		// A helper that outlives the browser must not hold Wait on the
+		// output pipes.
+		cmd.WaitDelay = chromiumWaitDelay
 		err := cmd.Run()
 		hung := runCtx.Err() != nil && ctx.Err() == nil
 		cancel()
+		whole := chromiumOutputWhole(screenshot, stdout.String())
 		switch {
 		case err == nil:
-			return stdout.String()
+			return stdout.String(), nil
+		case whole && hung:
+			logf("chromium %v wrote its output whole, then hung until stopped after %v; taking the output", extra, guard)
+			return stdout.String(), nil
+		case whole:
+			logf("chromium %v wrote its output whole, then failed (%v); taking the output", extra, err)
+			return stdout.String(), nil
 		case hung && attempt < chromiumAttempts:
-			t.Logf("chromium %v hung for %v (attempt %d of %d); starting it again", extra, chromiumAttemptGuard, attempt, chromiumAttempts)
+			logf("chromium %v hung for %v (attempt %d of %d); starting it again", extra, guard, attempt, chromiumAttempts)
 		default:
-			t.Fatalf("chromium %v (attempt %d of %d): %v\n%s", extra, attempt, chromiumAttempts, err, stderr.String())
+			return "", fmt.Errorf("chromium %v (attempt %d of %d): %w\n%s", extra, attempt, chromiumAttempts, err, stderr.String())
 		}
 	}
 }
 
+// chromiumOutputWhole reports whether a run's output is complete: the
+// screenshot, when there is one, decodes as a PNG to its end; otherwise
+// the DOM dump on stdout reaches </html>.
+func chromiumOutputWhole(screenshot, stdout string) bool {
+	if screenshot == "" {
+		return strings.Contains(stdout, "</html>")
+	}
+	f, err := os.Open(screenshot)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	_, err = png.Decode(f)
+	return err == nil
+}
+
 // chromiumAttempts and chromiumAttemptGuard bound a hung Chromium: 3 runs
 // of at most a minute each, six times the longest a run took on a busy
-// machine, fit the page tests' hang guards.
+// machine, fit the page tests' hang guards. chromiumWaitDelay bounds the
+// wait for output pipes a leftover helper process holds.
 const (
 	chromiumAttempts     = 3
 	chromiumAttemptGuard = time.Minute
+	chromiumWaitDelay    = 10 * time.Second
 )
 
 // ElementTag returns the start tag in html that contains attr, or "".
