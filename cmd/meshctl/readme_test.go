@@ -5,12 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
+
+	"mesh/internal/shop"
 )
 
 // quickStartCommands returns the lines of the shell block of README's
@@ -75,11 +76,10 @@ func TestReadmeQuickStart(t *testing.T) {
 		}
 	}
 	script.WriteString("echo '### done'\n")
-	cmd := exec.CommandContext(ctx, "bash", "-c", script.String())
+	// The whole group, background jobs too, is killed when the hang guard
+	// fires.
+	cmd := shop.GroupCommand(ctx, "bash", "-c", script.String())
 	cmd.Env = append(os.Environ(), "MESHCTL_STATE=", "MESHCTL_API=", "MESHCTL_TOKEN_FILE=", "DISPLAY=", "WAYLAND_DISPLAY=")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// The whole group, background jobs too, when the hang guard fires.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()

@@ -2,7 +2,6 @@ package shop
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"image"
 	"image/png"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"mesh/internal/testutil"
 )
 
 // fakeChromiumGuard stops a fake run that hangs on purpose. The fakes that
@@ -72,8 +73,7 @@ echo run >> "$state/runs"
 // logged and its error.
 func runFake(t *testing.T, binary string, extra ...string) (out, logged string, err error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute) // a hang guard
-	defer cancel()
+	ctx := testutil.Context(t)
 	var mu sync.Mutex
 	var log strings.Builder
 	logf := func(format string, args ...any) {
@@ -105,21 +105,18 @@ func requireStopped(t *testing.T, state string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a hang guard
-	defer cancel()
+	ctx := testutil.Context(t)
 	for _, field := range strings.Fields(string(b)) {
 		pid, err := strconv.Atoi(field)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for running(pid) {
-			select {
-			case <-ctx.Done():
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				t.Fatalf("process %d of a stopped run is still running", pid)
-			case <-time.After(20 * time.Millisecond):
+		t.Cleanup(func() {
+			if t.Failed() && running(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL) // a leftover of the failure
 			}
-		}
+		})
+		testutil.WaitFor(ctx, t, fmt.Sprintf("process %d of a stopped run to end", pid), func() bool { return !running(pid) })
 	}
 }
 
