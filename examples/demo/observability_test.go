@@ -226,10 +226,8 @@ func promQuery(ctx context.Context, base, query string) ([]sample, error) {
 // in the test's temp dir.
 func TestGraphPageInHeadlessChromium(t *testing.T) {
 	requireTool(t, chromiumBinary, "chromium")
-	// A hang guard. Beside two race-enabled suites on 2 cores, Chromium
-	// has hung on the screenshot for minutes after graph.json was ready
-	// (shop.Chromium starts a hung run again); the steps log when they
-	// finish, so a slow run shows where its time went.
+	// A hang guard (shop.Chromium starts a hung Chromium run again); the
+	// steps log when they finish, so a slow run shows where its time went.
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
 	start := time.Now()

@@ -293,6 +293,8 @@ func TestHandlerPages(t *testing.T) {
 	if code, ctype, body := get(t, srv.URL+"/debug/graph"); code != 200 || !strings.HasPrefix(ctype, "text/html") ||
 		!strings.Contains(body, `fetch("graph.json"`) || strings.Contains(body, "https://") {
 		t.Errorf("/debug/graph = %d %s, want a self-contained page polling graph.json", code, ctype)
+	} else if poll := fmt.Sprintf("setInterval(refresh, %d)", admin.GraphRefresh.Milliseconds()); !strings.Contains(body, poll) {
+		t.Errorf("/debug/graph does not poll every GraphRefresh (%s)", poll)
 	}
 	code, _, body = get(t, srv.URL+"/debug/graph.json")
 	var g admin.Graph

@@ -1,6 +1,16 @@
 package admin
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
+
+// GraphRefresh is how often the /debug/graph page asks for graph.json again.
+const GraphRefresh = 2 * time.Second
+
+// graphRefreshText is GraphRefresh in milliseconds, as the page's script
+// writes it; TestHandlerPages keeps the two the same.
+const graphRefreshText = "2000"
 
 // ElementID is the HTML id the graph page gives a node or edge with the
 // given ID, after "node-" or "edge-": every character outside
@@ -131,7 +141,7 @@ async function refresh() {
   }
 }
 refresh();
-setInterval(refresh, 2000);
+setInterval(refresh, ` + graphRefreshText + `);
 </script>
 </body></html>
 `

@@ -13,10 +13,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"mesh/internal/admin"
 )
 
 // ChromiumBinary is where Debian's chromium package installs the browser
@@ -41,7 +44,8 @@ func RequireTool(t testing.TB, path, debianPackage string) {
 // Chromium loads page in headless Chromium and returns its stdout: the
 // DOM after scripts ran with extra "--dump-dom", nothing with
 // "--screenshot=FILE". Each fetch the page makes holds its virtual time,
-// so a slow first graph.json is waited for. dir holds the profiles.
+// so a slow first graph.json is waited for; the page's refreshes are not
+// (see chromiumVirtualTime). dir holds the profiles.
 func Chromium(t testing.TB, ctx context.Context, dir, page string, extra ...string) string {
 	t.Helper()
 	out, err := runChromium(ctx, t.Logf, ChromiumBinary, chromiumAttemptGuard, dir, page, extra...)
@@ -54,11 +58,9 @@ func Chromium(t testing.TB, ctx context.Context, dir, page string, extra ...stri
 // runChromium runs binary (a Chromium) on page until one run ends with its
 // output whole, up to chromiumAttempts runs.
 //
-// A run takes seconds, ten or so on a busy machine, but beside two race
-// suites on 2 cores Chromium has sat for minutes, three runs in a row, on
-// the screenshot of a page whose graph.json had long answered. Chromium
-// may also finish its output and then not exit. So a run is stopped after
-// guard. If its output is whole by then (the screenshot a complete PNG,
+// A run takes seconds, ten or so on a busy machine. Chromium has hung on
+// a screenshot (see chromiumVirtualTime for the case found), and it may
+// finish its output and then not exit. So a run is stopped after guard. If its output is whole by then (the screenshot a complete PNG,
 // the DOM dump through </html>), that output is taken. Otherwise the run
 // is started again, up to chromiumAttempts times, each logged. Every run
 // has a profile of its own and its own process group, killed whole when
@@ -75,7 +77,7 @@ func runChromium(ctx context.Context, logf func(string, ...any), binary string, 
 		args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 			"--user-data-dir=" + filepath.Join(dir, fmt.Sprintf("profile-%d", attempt)), "--window-size=1200,800",
-			"--virtual-time-budget=5000"}, extra...)
+			"--virtual-time-budget=" + strconv.FormatInt(chromiumVirtualTime.Milliseconds(), 10)}, extra...)
 		if screenshot != "" {
 			_ = os.Remove(screenshot) // only this run's screenshot counts
 		}
@@ -122,6 +124,14 @@ func chromiumOutputWhole(screenshot, stdout string) bool {
 	_, err = png.Decode(f)
 	return err == nil
 }
+
+// chromiumVirtualTime is the page time Chromium runs scripts for before
+// it dumps the DOM or takes the screenshot: the first graph.json and the
+// drawing after it, and less than the graph page's refresh, so a run asks
+// for graph.json once. With a budget over two refreshes, graph.json
+// slowed to 2.5 s (as under the race detector on a busy machine) made
+// Chromium hang on the screenshot in most runs; with one fetch it did not.
+const chromiumVirtualTime = admin.GraphRefresh / 2
 
 // chromiumAttempts and chromiumAttemptGuard bound a hung Chromium: 3 runs
 // of at most a minute each, six times the longest a run took on a busy
