@@ -60,9 +60,10 @@ func Chromium(t testing.TB, ctx context.Context, dir, page string, extra ...stri
 //
 // A run takes seconds, ten or so on a busy machine. Chromium has hung on
 // a screenshot (see chromiumVirtualTime for the case found), and it may
-// finish its output and then not exit. So a run is stopped after guard. If its output is whole by then (the screenshot a complete PNG,
-// the DOM dump through </html>), that output is taken. Otherwise the run
-// is started again, up to chromiumAttempts times, each logged. Every run
+// finish its output and then not exit. So a run is stopped after guard.
+// If its output is whole by then (the screenshot a complete PNG, the DOM
+// dump through </html>), that output is taken. Otherwise the run is
+// started again, up to chromiumAttempts times, each logged. Every run
 // has a profile of its own and its own process group, killed whole when
 // it is stopped, so nothing a stopped run leaves (a profile lock, a
 // helper process) reaches the next one. Any other failure ends at once.
