@@ -92,10 +92,11 @@ func runChromium(ctx context.Context, logf func(string, ...any), binary string, 
 		err := cmd.Run()
 		hung := runCtx.Err() != nil && ctx.Err() == nil
 		cancel()
+		if err == nil {
+			return stdout.String(), nil
+		}
 		whole := chromiumOutputWhole(screenshot, stdout.String())
 		switch {
-		case err == nil:
-			return stdout.String(), nil
 		case whole && hung:
 			logf("chromium %v wrote its output whole, then hung until stopped after %v; taking the output", extra, guard)
 			return stdout.String(), nil
