@@ -176,8 +176,6 @@ type Client struct {
 	// loggedIgnored remembers which ignored fields were logged, so each
 	// is logged once per resource type.
 	loggedIgnored map[string]bool
-	// audit finds the fields a resource sets that mesh does not apply.
-	audit *unappliedAudit
 }
 
 // New validates bs and returns a Client. No connection is made until the
@@ -224,7 +222,6 @@ func New(bs *Bootstrap, opts ...Option) (*Client, error) {
 		now:           time.Now,
 
 		loggedIgnored: map[string]bool{},
-		audit:         newUnappliedAudit(),
 	}
 	if c.dc.providers == nil {
 		c.dc.providers = map[string]CertificateProvider{}

@@ -51,7 +51,7 @@ func (c *Client) decodeOne(kind resourceKind, r *anypb.Any) decoded {
 	}
 	if err == nil {
 		if m := dc.resource; m != nil {
-			dc.ignored = append(dc.ignored, c.audit.report(kind, m, dc.ignored)...)
+			dc.ignored = append(dc.ignored, reportUnapplied(kind, m, dc.ignored)...)
 		}
 	}
 	return decoded{name: name, value: v, raw: r.GetValue(), ignored: dc.ignored, err: err}

@@ -2,7 +2,6 @@ package xdsclient
 
 import (
 	"regexp"
-	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/anypb"
@@ -19,19 +18,19 @@ import (
 // only name things (stat_prefix, a chain's or a filter's name) have no
 // behaviour to apply and are listed as applied.
 var (
-	hcmApplied = []string{
+	hcmApplied = fields(
 		"stat_prefix", "rds", "http_filters", "common_http_protocol_options.max_stream_duration",
 		"xff_num_trusted_hops", "original_ip_detection_extensions", "scoped_routes",
 		// Path normalization before authorization (Listener.PathNormalization).
 		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
-	}
-	retryApplied = []string{
+	)
+	retryApplied = fields(
 		"retry_on", "num_retries", "retriable_status_codes", "retry_back_off", "per_try_timeout",
 		// Reported with their own reason by the decoder.
 		"retry_host_predicate", "host_selection_retry_max_attempts", "retry_priority", "per_try_idle_timeout",
 		"rate_limited_retry_back_off", "retriable_headers", "retriable_request_headers", "retry_options_predicates",
-	}
-	routeConfigApplied = concat([]string{
+	)
+	routeConfigApplied = merge(fields(
 		"name", "virtual_hosts.name", "virtual_hosts.domains", "virtual_hosts.typed_per_filter_config",
 		"virtual_hosts.routes.name", "virtual_hosts.routes.match.prefix", "virtual_hosts.routes.match.path",
 		"virtual_hosts.routes.match.safe_regex", "virtual_hosts.routes.match.case_sensitive",
@@ -45,28 +44,29 @@ var (
 		"virtual_hosts.routes.route.weighted_clusters.clusters.weight", "virtual_hosts.routes.route.cluster_header",
 		"virtual_hosts.routes.route.cluster_specifier_plugin", "virtual_hosts.routes.route.max_stream_duration.max_stream_duration",
 		"virtual_hosts.routes.route.max_stream_duration.grpc_timeout_header_max", "virtual_hosts.routes.route.hash_policy",
-	}, under("virtual_hosts.retry_policy", retryApplied), under("virtual_hosts.routes.route.retry_policy", retryApplied))
-	validationApplied = []string{
+	), under("virtual_hosts.retry_policy", retryApplied), under("virtual_hosts.routes.route.retry_policy", retryApplied))
+	validationApplied = fields(
 		"ca_certificate_provider_instance", "trusted_ca", "match_subject_alt_names", "match_typed_subject_alt_names",
-	}
-	commonTLSApplied = concat([]string{
+	)
+	commonTLSApplied = merge(fields(
 		"tls_certificates", "tls_certificate_provider_instance", "tls_certificate_certificate_provider_instance",
 		"tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
 		"validation_context_certificate_provider_instance",
 		"combined_validation_context.validation_context_certificate_provider_instance",
 		"combined_validation_context.validation_context_sds_secret_config",
-	}, under("validation_context", validationApplied), under("combined_validation_context.default_validation_context", validationApplied))
-	upstreamTLSApplied   = concat([]string{"sni"}, under("common_tls_context", commonTLSApplied))
-	downstreamTLSApplied = concat([]string{"require_client_certificate"}, under("common_tls_context", commonTLSApplied))
-	filterChainApplied   = concat([]string{
+	), under("validation_context", validationApplied), under("combined_validation_context.default_validation_context", validationApplied))
+	hcmWithRoutesApplied = merge(hcmApplied, under("route_config", routeConfigApplied))
+	upstreamTLSApplied   = merge(fields("sni"), under("common_tls_context", commonTLSApplied))
+	downstreamTLSApplied = merge(fields("require_client_certificate"), under("common_tls_context", commonTLSApplied))
+	filterChainApplied   = merge(fields(
 		"name", "filter_chain_match.destination_port", "filter_chain_match.prefix_ranges", "filter_chain_match.source_type",
 		"filter_chain_match.source_prefix_ranges", "filter_chain_match.source_ports", "filter_chain_match.transport_protocol",
 		"filter_chain_match.application_protocols", "filters.name", "transport_socket.name",
-	}, under("filters.typed_config", hcmWithRoutes()), under("transport_socket.typed_config", downstreamTLSApplied))
-	listenerApplied = concat([]string{
+	), under("filters.typed_config", hcmWithRoutesApplied), under("transport_socket.typed_config", downstreamTLSApplied))
+	listenerApplied = merge(fields(
 		"name", "address.socket_address.address", "address.socket_address.port_value", "listener_filters", "use_original_dst",
-	}, under("api_listener.api_listener", hcmWithRoutes()), under("filter_chains", filterChainApplied), under("default_filter_chain", filterChainApplied))
-	clusterApplied = []string{
+	), under("api_listener.api_listener", hcmWithRoutesApplied), under("filter_chains", filterChainApplied), under("default_filter_chain", filterChainApplied))
+	clusterApplied = fields(
 		"name", "type", "eds_cluster_config", "load_assignment", "lb_policy", "load_balancing_policy", "cluster_type",
 		"least_request_lb_config.choice_count", "ring_hash_lb_config.minimum_ring_size", "ring_hash_lb_config.maximum_ring_size",
 		"ring_hash_lb_config.hash_function", "circuit_breakers.thresholds.priority", "circuit_breakers.thresholds.max_requests",
@@ -77,67 +77,81 @@ var (
 		"outlier_detection.enforcing_failure_percentage", "outlier_detection.failure_percentage_threshold",
 		"outlier_detection.failure_percentage_minimum_hosts", "outlier_detection.failure_percentage_request_volume",
 		"transport_socket.name", "lrs_server",
-	}
-	endpointsApplied = []string{
+	)
+	endpointsApplied = fields(
 		"cluster_name", "endpoints.locality", "endpoints.load_balancing_weight", "endpoints.priority",
 		"endpoints.lb_endpoints.endpoint.address.socket_address.address", "endpoints.lb_endpoints.endpoint.address.socket_address.port_value",
 		"endpoints.lb_endpoints.health_status", "endpoints.lb_endpoints.load_balancing_weight", "policy.drop_overloads",
-	}
+	)
 )
 
-func hcmWithRoutes() []string { return concat(hcmApplied, under("route_config", routeConfigApplied)) }
+// appliedFields is a tree of applied field paths: a field name maps to
+// the applied fields below it, or to nil when the field is applied whole.
+// A message that appears under several fields (a TLS context, an HTTP
+// connection manager) is one subtree shared by all of them, so the table
+// holds each field name once rather than every path spelled out: it is
+// read on every xDS response and kept for the life of the process.
+// Trees are never changed once built; merge copies what it combines.
+type appliedFields map[string]appliedFields
 
-func under(prefix string, paths []string) []string {
-	out := make([]string, len(paths))
-	for i, p := range paths {
-		out[i] = prefix + "." + p
+// fields returns the tree of the dotted paths given, each applied whole.
+func fields(paths ...string) appliedFields {
+	out := appliedFields{}
+	for _, p := range paths {
+		out = merge(out, pathTo(p, nil))
 	}
 	return out
 }
 
-func concat(lists ...[]string) []string { return slices.Concat(lists...) }
+// under returns tree placed at the dotted path prefix.
+func under(prefix string, tree appliedFields) appliedFields { return pathTo(prefix, tree) }
 
-// appliedSet indexes applied paths: whole[p] for listed paths, interior[p]
-// for their proper prefixes.
-type appliedSet struct{ whole, interior map[string]bool }
+// pathTo returns the tree holding only the dotted path p, with leaf below
+// its last field (nil: p is applied whole).
+func pathTo(p string, leaf appliedFields) appliedFields {
+	parent, name, nested := strings.Cut(p, ".")
+	if !nested {
+		return appliedFields{p: leaf}
+	}
+	return appliedFields{parent: pathTo(name, leaf)}
+}
 
-func newAppliedSet(paths []string) appliedSet {
-	s := appliedSet{whole: map[string]bool{}, interior: map[string]bool{}}
-	for _, p := range paths {
-		s.whole[p] = true
-		for i := range len(p) {
-			if p[i] == '.' {
-				s.interior[p[:i]] = true
+// merge returns the union of trees, leaving them unchanged. A field applied
+// whole in any of them is applied whole in the union.
+func merge(trees ...appliedFields) appliedFields {
+	out := appliedFields{}
+	for _, t := range trees {
+		for name, sub := range t {
+			prev, seen := out[name]
+			switch {
+			case !seen:
+				out[name] = sub
+			case prev == nil || sub == nil:
+				out[name] = nil
+			default:
+				out[name] = merge(prev, sub)
 			}
 		}
 	}
-	return s
+	return out
 }
 
-// unappliedAudit holds the applied sets of every resource type; built once
-// per Client.
-type unappliedAudit [numKinds]*appliedSet
-
-func newUnappliedAudit() *unappliedAudit {
-	var a unappliedAudit
-	for kind, paths := range map[resourceKind][]string{
-		kindListener: listenerApplied, kindRouteConfig: routeConfigApplied,
-		kindCluster: concat(clusterApplied, under("transport_socket.typed_config", upstreamTLSApplied)), kindEndpoints: endpointsApplied,
-	} {
-		s := newAppliedSet(paths)
-		a[kind] = &s
-	}
-	return &a
+// appliedByKind is the tree of every resource type mesh audits.
+var appliedByKind = [numKinds]appliedFields{
+	kindListener:    listenerApplied,
+	kindRouteConfig: routeConfigApplied,
+	kindCluster:     merge(clusterApplied, under("transport_socket.typed_config", upstreamTLSApplied)),
+	kindEndpoints:   endpointsApplied,
 }
 
 var indexes = regexp.MustCompile(`\[[^\]]*\]`)
 
-// report returns "path: not applied" for each field m sets that mesh
-// neither applies nor already reported in ignored (whose paths carry
+// reportUnapplied returns "path: not applied" for each field m sets that
+// mesh neither applies nor already reported in ignored (whose paths carry
 // indexes), in field order.
-func (a *unappliedAudit) report(kind resourceKind, m lite.Message, ignored []string) []string {
-	set := a[kind]
-	if set == nil {
+func reportUnapplied(kind resourceKind, m lite.Message, ignored []string) []string {
+	applied := appliedByKind[kind]
+	if applied == nil {
 		return nil
 	}
 	reported := map[string]bool{}
@@ -147,25 +161,26 @@ func (a *unappliedAudit) report(kind resourceKind, m lite.Message, ignored []str
 	}
 	var out []string
 	seen := map[string]bool{}
-	var walk func(m lite.Message, prefix string)
-	walk = func(m lite.Message, prefix string) {
+	var walk func(m lite.Message, prefix string, applied appliedFields)
+	walk = func(m lite.Message, prefix string, applied appliedFields) {
 		m.RangeSet(func(f lite.Field) bool {
 			path := f.Name
 			if prefix != "" {
 				path = prefix + "." + path
 			}
+			below, listed := applied[f.Name]
 			switch {
-			case set.whole[path] || reported[path]:
-			case set.interior[path] && len(f.Messages) > 0 && !f.IsMap:
+			case listed && below == nil || reported[path]:
+			case listed && len(f.Messages) > 0 && !f.IsMap:
 				for _, v := range f.Messages {
 					switch v := v.(type) {
 					case *anypb.Any:
 						// A typed_config mesh decodes: walk what it holds.
 						if inner := registry.New(v.GetTypeUrl()); inner != nil && lite.Unmarshal(v.GetValue(), inner) == nil {
-							walk(inner, path)
+							walk(inner, path, below)
 						}
 					case lite.Message:
-						walk(v, path)
+						walk(v, path, below)
 					}
 				}
 			default:
@@ -177,6 +192,6 @@ func (a *unappliedAudit) report(kind resourceKind, m lite.Message, ignored []str
 			return true
 		})
 	}
-	walk(m, "")
+	walk(m, "", applied)
 	return out
 }
