@@ -98,22 +98,19 @@ type appliedFields map[string]appliedFields
 func fields(paths ...string) appliedFields {
 	out := appliedFields{}
 	for _, p := range paths {
-		out = merge(out, pathTo(p, nil))
+		out = merge(out, under(p, nil))
 	}
 	return out
 }
 
-// under returns tree placed at the dotted path prefix.
-func under(prefix string, tree appliedFields) appliedFields { return pathTo(prefix, tree) }
-
-// pathTo returns the tree holding only the dotted path p, with leaf below
-// its last field (nil: p is applied whole).
-func pathTo(p string, leaf appliedFields) appliedFields {
-	parent, name, nested := strings.Cut(p, ".")
+// under returns the tree holding only the dotted path prefix, with tree
+// below its last field (nil: the field is applied whole).
+func under(prefix string, tree appliedFields) appliedFields {
+	parent, name, nested := strings.Cut(prefix, ".")
 	if !nested {
-		return appliedFields{p: leaf}
+		return appliedFields{prefix: tree}
 	}
-	return appliedFields{parent: pathTo(name, leaf)}
+	return appliedFields{parent: under(name, tree)}
 }
 
 // merge returns the union of trees, leaving them unchanged. A field applied
@@ -170,7 +167,7 @@ func reportUnapplied(kind resourceKind, m lite.Message, ignored []string) []stri
 			}
 			below, listed := applied[f.Name]
 			switch {
-			case listed && below == nil || reported[path]:
+			case (listed && below == nil) || reported[path]:
 			case listed && len(f.Messages) > 0 && !f.IsMap:
 				for _, v := range f.Messages {
 					switch v := v.(type) {
