@@ -96,11 +96,11 @@ type appliedFields map[string]appliedFields
 
 // fields returns the tree of the dotted paths given, each applied whole.
 func fields(paths ...string) appliedFields {
-	out := appliedFields{}
-	for _, p := range paths {
-		out = merge(out, under(p, nil))
+	trees := make([]appliedFields, len(paths))
+	for i, p := range paths {
+		trees[i] = under(p, nil)
 	}
-	return out
+	return merge(trees...)
 }
 
 // under returns the tree holding only the dotted path prefix, with tree
