@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"mesh/internal/shop"
+	"mesh/internal/testutil"
 )
 
 // quickStartCommands returns the lines of the shell block of README's
@@ -78,7 +78,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	script.WriteString("echo '### done'\n")
 	// The whole group, background jobs too, is killed when the hang guard
 	// fires.
-	cmd := shop.GroupCommand(ctx, "bash", "-c", script.String())
+	cmd := testutil.GroupCommand(ctx, "bash", "-c", script.String())
 	cmd.Env = append(os.Environ(), "MESHCTL_STATE=", "MESHCTL_API=", "MESHCTL_TOKEN_FILE=", "DISPLAY=", "WAYLAND_DISPLAY=")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -10,16 +10,15 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"mesh/internal/admin"
+	"mesh/internal/testutil"
 )
 
 // ChromiumBinary is where Debian's chromium package installs the browser
@@ -83,7 +82,7 @@ func runChromium(ctx context.Context, logf func(string, ...any), binary string, 
 			_ = os.Remove(screenshot) // only this run's screenshot counts
 		}
 		runCtx, cancel := context.WithTimeout(ctx, guard)
-		cmd := GroupCommand(runCtx, binary, append(args, page)...)
+		cmd := testutil.GroupCommand(runCtx, binary, append(args, page)...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		// A helper that outlives the browser must not hold Wait on the
@@ -144,18 +143,6 @@ const (
 	chromiumAttemptGuard = time.Minute
 	chromiumWaitDelay    = 10 * time.Second
 )
-
-// GroupCommand returns exec.CommandContext(ctx, name, args...) run in a
-// process group of its own, which is killed whole when ctx ends before the
-// command does: what it started in the background goes with it.
-func GroupCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// Cancel runs only while the process is not yet waited for, so its
-	// group cannot have been reused by another.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	return cmd
-}
 
 // ElementTag returns the start tag in html that contains attr, or "".
 func ElementTag(html, attr string) string {

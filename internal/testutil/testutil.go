@@ -1,8 +1,9 @@
 // Package testutil holds what the module's tests share: a hang guard for a
 // test's context and a poll bounded by it (WaitFor), a slog handler that
 // hands log records to the test, a buffer that loggers may write from
-// several goroutines, and servers on 127.0.0.1 that the test's cleanups
-// stop (Serve, ServeHTTP, Start).
+// several goroutines, servers on 127.0.0.1 that the test's cleanups stop
+// (Serve, ServeHTTP, Start), and commands killed with all they started
+// (GroupCommand).
 //
 //	ctx := testutil.Context(t)
 //	logs := testutil.NewLogs(slog.LevelWarn)
@@ -25,8 +26,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,4 +264,16 @@ func CSR(t testing.TB, key crypto.Signer, uris ...string) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+// GroupCommand returns exec.CommandContext(ctx, name, args...) run in a
+// process group of its own, which is killed whole when ctx ends before the
+// command does: what it started in the background goes with it.
+func GroupCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Cancel runs only while the process is not yet waited for, so its
+	// group cannot have been reused by another.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return cmd
 }
