@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"strings"
@@ -75,7 +76,9 @@ var xdsTypeNames = map[string]string{
 }
 
 // ProxyStatus lists every connected stream's workload with, per resource
-// type, the version sent last, the version ACKed and the latest NACK.
+// type, the version sent last, the version ACKed and the latest NACK,
+// ordered by workload and node, as istioctl proxy-status orders its rows:
+// the order streams connected in changes with every restart.
 //
 // # Experimental
 func (s *Server) ProxyStatus() []ProxyStatus {
@@ -127,5 +130,8 @@ func (s *Server) ProxyStatus() []ProxyStatus {
 		}
 		out = append(out, ps)
 	}
+	slices.SortStableFunc(out, func(a, b ProxyStatus) int {
+		return cmp.Or(strings.Compare(a.Workload, b.Workload), strings.Compare(a.Node, b.Node))
+	})
 	return out
 }

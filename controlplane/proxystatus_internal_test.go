@@ -1,7 +1,10 @@
 package controlplane
 
 import (
+	"slices"
 	"testing"
+
+	"mesh/internal/testutil"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
 
@@ -30,5 +33,27 @@ func TestSyncStateRecord(t *testing.T) {
 	st.record(cds, nil, &discovery.DeltaDiscoveryRequest{TypeUrl: cds, ErrorDetail: &status.Status{Message: msg}})
 	if st.nack[cds] != msg {
 		t.Fatalf("a delta NACK: nack %q", st.nack[cds])
+	}
+}
+
+// TestProxyStatusOrdersByWorkload: rows come in workload order, then node
+// order, not in the order the streams connected, which changes with every
+// restart. (These nodes enrolled no workload name, so the node orders.)
+func TestProxyStatusOrdersByWorkload(t *testing.T) {
+	s := newTestServer(t)
+	ctx := testutil.Context(t)
+	declarePayments(t, s)
+	serve(t, s, "payments-2", "127.0.0.1:9002", "v2")
+	serve(t, s, "payments-1", "127.0.0.1:9001", "v1")
+	var got []string
+	testutil.WaitFor(ctx, t, "both workloads in proxy-status", func() bool {
+		got = got[:0]
+		for _, p := range s.ProxyStatus() {
+			got = append(got, p.Workload+" "+p.Node)
+		}
+		return len(got) == 2
+	})
+	if want := []string{"default/ " + paymentsNode("payments-1", "", "").id, "default/ " + paymentsNode("payments-2", "", "").id}; !slices.Equal(got, want) {
+		t.Errorf("proxy-status rows %v, want %v", got, want)
 	}
 }
